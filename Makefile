@@ -1,0 +1,46 @@
+# avaproto — the commands. `make demo` and `make test` set up .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: demo test lint typecheck pytest protos spec bench clean help
+
+help:
+	@echo "make demo       start the motion extension and send it a clip"
+	@echo "make test       ruff, mypy --strict and the whole test suite"
+	@echo "make protos     regenerate avaproto/_generated from protos/"
+	@echo "make spec       regenerate spec/README.md and spec/state-machine.md"
+	@echo "make bench      the benchmarks (ratios against a baseline in the same run)"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/avaproto demo
+
+test: lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check avaproto tests spec
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict avaproto
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+protos: $(STAMP)
+	$(BIN)/python -m avaproto.codegen
+
+spec: $(STAMP)
+	$(BIN)/python -m spec.catalogue render
+
+bench: $(STAMP)
+	$(BIN)/python -m avaproto.bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,59 @@
+"""The errors avaproto raises, each naming the spec/ rule it enforces.
+
+Like h11, a violation is either the peer's (``RemoteProtocolError``: the stream ends
+with the error's gRPC status and message) or our own caller's
+(``LocalProtocolError``: a bug in the code driving the session, raised before any
+bad message could leave). Both carry the rule id from spec/ and the gRPC status the
+violation maps to, so a transport can answer with one precise status whose message
+names the rule broken.
+"""
+
+from __future__ import annotations
+
+from .status import Status
+
+
+class AvaprotoError(Exception):
+    """Base of every error avaproto raises on purpose."""
+
+
+class ProtocolError(AvaprotoError):
+    """A rule of the protocol was broken.
+
+    ``rule`` is the id of the rule in spec/ (``"SEQ-2"``); ``status`` the gRPC status
+    the violation maps to. ``str(error)`` starts with the rule id, so a status message
+    or a log line always says which rule, and a person can look it up.
+    """
+
+    def __init__(self, rule: str, status: Status, message: str) -> None:
+        self.rule = rule
+        self.status = status
+        self.detail = message
+        super().__init__(f"[{rule}] {message}")
+
+    def __reduce__(self) -> tuple[type[ProtocolError], tuple[str, Status, str]]:
+        return (type(self), (self.rule, self.status, self.detail))
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke a rule; the stream must end with ``status``."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side tried to break a rule; nothing was sent."""
+
+
+class FrameError(ProtocolError):
+    """A frame's bytes do not match its format (size, stride, dimensions, pixel format)."""
+
+
+class SharedMemoryError(ProtocolError):
+    """A shared-memory handle, segment or content reference breaks a rule."""
+
+
+class LeaseError(ProtocolError):
+    """A shared-memory lease was used against its lifecycle (use after release, double release)."""
+
+
+class InferenceError(ProtocolError):
+    """An inference is not well formed (value against type, a confidence or box out of [0, 1])."""

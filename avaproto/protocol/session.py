@@ -1,0 +1,383 @@
+"""One stream's protocol state, sans I/O: messages in, events and messages out.
+
+``Session`` is the model of the lifecycle machine in ``lifecycle.py``: the table decides
+which transitions exist, and the ``check_*`` methods here are the rules its rows name.
+Nothing here reads a socket, awaits, or touches pixels: the engine feeds received
+messages to ``receive`` and sends what ``send_descriptor`` / ``send_sample`` return, on
+any transport, for either role.
+
+Every rule broken raises a ``ProtocolError`` carrying the spec/ rule id and its gRPC
+status, and leaves the session ``failed``: a broken peer cannot be half-trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ..messages import MediaSample, MediaStreamDescriptor, MediaStreamMessage
+from ..status import Status
+from .ack_ledger import AckLedger
+from .descriptor import StreamDescriptor, check_descriptor
+from .events import (
+    AckReceived,
+    Content,
+    DescriptorReceived,
+    EmbeddedContent,
+    Event,
+    ReferencedContent,
+    SampleReceived,
+    StreamEnded,
+)
+from .lifecycle import (
+    AWAITING_DESCRIPTOR,
+    CLOSED,
+    FAILED,
+    build_machine,
+)
+from .roles import Role
+from .sequence import IncomingSequence, OutgoingSequence
+from .video_format import DEFAULT_LIMITS, FrameLimits
+
+log = logging.getLogger(__name__)
+
+ProtocolErrorType = type[LocalProtocolError] | type[RemoteProtocolError]
+
+
+class Session:
+    """The protocol state of one ``ProcessMediaStream`` call, for either role."""
+
+    state: str  # maintained by the lifecycle machine
+
+    def __init__(self, role: Role, *, limits: FrameLimits = DEFAULT_LIMITS) -> None:
+        self.role = role
+        self.limits = limits
+        self.ledger = AckLedger()
+        self._outgoing = OutgoingSequence()
+        self._incoming = IncomingSequence()
+        self.own_descriptor: StreamDescriptor | None = None
+        self.peer_descriptor: StreamDescriptor | None = None
+        self._own_descriptor_number = 0
+        self._peer_descriptor_number = 0
+        self._own_closed = False
+        self._peer_closed = False
+        self.error: ProtocolError | None = None
+        # Scratch results of the rules, committed only once a whole transition succeeded.
+        self._pending_descriptor: StreamDescriptor | None = None
+        self._tolerated_ack = 0
+        self._events = build_machine(self).events
+
+    # --- public API: what the engine calls ------------------------------------------
+
+    def receive(self, message: MediaStreamMessage) -> list[Event]:
+        """Apply a message from the peer; return what it means, in order."""
+        if message.media_stream_descriptor is not None:
+            self._trigger("receive_descriptor", RemoteProtocolError, message)
+            return [self._record_peer_descriptor(message)]
+        self._trigger("receive_sample", RemoteProtocolError, message)
+        return self._record_peer_sample(message)
+
+    def receive_end(self) -> list[Event]:
+        """The peer closed its direction: it will send no more messages."""
+        self._trigger("receive_end", RemoteProtocolError)
+        self._peer_closed = True
+        return [StreamEnded()]
+
+    def send_descriptor(self, descriptor: MediaStreamDescriptor) -> MediaStreamMessage:
+        """Our descriptor as the next message; the extension's acknowledges the pipeline's."""
+        message = MediaStreamMessage(
+            sequence_number=self._outgoing.peek(),
+            ack_sequence_number=self._peer_descriptor_number,
+            media_stream_descriptor=descriptor,
+        )
+        self._trigger("send_descriptor", LocalProtocolError, message)
+        self._outgoing.advance()
+        self.own_descriptor = self._pending_descriptor
+        self._own_descriptor_number = message.sequence_number
+        self.ledger.sent(message.sequence_number, needs_ack=False)
+        return message
+
+    def send_sample(self, sample: MediaSample | None, *, ack: int = 0) -> MediaStreamMessage:
+        """The next message carrying ``sample`` and, when ``ack`` is not 0, acknowledging it.
+
+        ``sample`` None sends an acknowledgement alone.
+        """
+        message = MediaStreamMessage(
+            sequence_number=self._outgoing.peek(),
+            ack_sequence_number=ack,
+            media_sample=sample,
+        )
+        self._trigger("send_sample", LocalProtocolError, message)
+        self._outgoing.advance()
+        if ack:
+            self.ledger.acknowledge(ack)
+        needs_ack = sample is not None and (
+            self.role.sends_requests or sample.content_reference is not None
+        )
+        self.ledger.sent(message.sequence_number, needs_ack)
+        return message
+
+    def send_end(self) -> None:
+        """We close our direction: nothing more will be sent."""
+        self._trigger("send_end", LocalProtocolError)
+        self._own_closed = True
+
+    def fail(self, error: ProtocolError) -> None:
+        """Move to ``failed`` for a reason found outside the session (auth, a processor error)."""
+        if self.error is None:
+            self.error = error
+        self._events["violation"].trigger(self)
+
+    @property
+    def closed(self) -> bool:
+        return self.state == CLOSED
+
+    @property
+    def failed(self) -> bool:
+        return self.state == FAILED
+
+    @property
+    def last_sent(self) -> int:
+        return self._outgoing.last
+
+    @property
+    def last_received(self) -> int:
+        return self._incoming.last
+
+    # --- routing guards (pure; transitions passes them the trigger's message too) ------
+
+    def own_described(self, *_message: object) -> bool:
+        return self.own_descriptor is not None
+
+    def peer_described(self, *_message: object) -> bool:
+        return self.peer_descriptor is not None
+
+    def own_closed(self, *_message: object) -> bool:
+        return self._own_closed
+
+    def peer_closed(self, *_message: object) -> bool:
+        return self._peer_closed
+
+    # --- rules (the table's ``before`` callbacks) -------------------------------------
+
+    def check_peer_sequence(self, message: MediaStreamMessage) -> None:
+        self._incoming.check(message.sequence_number)
+
+    def check_peer_descriptor(self, message: MediaStreamMessage) -> None:
+        assert message.media_stream_descriptor is not None
+        if message.ack_sequence_number not in (0, self._own_descriptor_number):
+            raise RemoteProtocolError(
+                "DESC-5",
+                Status.INVALID_ARGUMENT,
+                f"the {self.role.peer.value}'s descriptor acknowledges message "
+                f"{message.ack_sequence_number}; it may acknowledge only our descriptor "
+                + (f"({self._own_descriptor_number})" if self._own_descriptor_number else
+                   "(none sent yet), so 0"),
+            )
+        # Stash the checked form for _record_peer_descriptor; committed only on success.
+        self._pending_descriptor = check_descriptor(
+            message.media_stream_descriptor, self.role.peer, self.limits
+        )
+
+    def check_own_descriptor(self, message: MediaStreamMessage) -> None:
+        assert message.media_stream_descriptor is not None
+        if not self.role.speaks_first and self.peer_descriptor is None:
+            raise LocalProtocolError(
+                "DESC-5",
+                Status.INTERNAL,
+                "the extension sends its descriptor in answer to the pipeline's; none "
+                "has been received",
+            )
+        try:
+            self._pending_descriptor = check_descriptor(
+                message.media_stream_descriptor, self.role, self.limits
+            )
+        except RemoteProtocolError as error:
+            raise LocalProtocolError(error.rule, Status.INTERNAL, error.detail) from None
+
+    def check_peer_ack(self, message: MediaStreamMessage) -> None:
+        # Settles the acknowledgement at once: should a later rule of this message fail,
+        # the whole session fails, so a partly applied message is never acted upon.
+        number = message.ack_sequence_number
+        if number and not self.ledger.peer_acknowledged(number):
+            # An acknowledgement of a message that needed none: tolerated (ACK-3).
+            self._tolerated_ack = number
+
+    def check_peer_sample(self, message: MediaStreamMessage) -> None:
+        self._check_sample(message.media_sample, self.peer_descriptor, RemoteProtocolError)
+
+    def check_own_sample(self, message: MediaStreamMessage) -> None:
+        if message.ack_sequence_number and not self.ledger.owes(message.ack_sequence_number):
+            raise LocalProtocolError(
+                "ACK-1",
+                Status.INTERNAL,
+                f"cannot acknowledge message {message.ack_sequence_number}: it is not a "
+                "received message awaiting an acknowledgement",
+            )
+        self._check_sample(message.media_sample, self.own_descriptor, LocalProtocolError)
+
+    def check_own_end(self) -> None:
+        if self.ledger.owed_count:
+            raise LocalProtocolError(
+                "LIFE-2",
+                Status.INTERNAL,
+                "cannot end the stream before acknowledging messages "
+                f"{_numbers(self.ledger.owed)}",
+            )
+
+    def check_peer_end(self) -> None:
+        if self.ledger.awaiting_count:
+            raise RemoteProtocolError(
+                "LIFE-2",
+                Status.FAILED_PRECONDITION,
+                f"the {self.role.peer.value} ended its stream without acknowledging our "
+                f"messages {_numbers(self.ledger.awaiting)}",
+            )
+
+    # --- internals --------------------------------------------------------------------
+
+    def _check_sample(
+        self,
+        sample: MediaSample | None,
+        descriptor: StreamDescriptor | None,
+        error: ProtocolErrorType,
+    ) -> None:
+        if sample is None:
+            return  # an acknowledgement alone (ACK-7)
+        assert descriptor is not None  # the table admits samples only after descriptors
+        status = Status.INTERNAL if error is LocalProtocolError else None
+        reference = sample.content_reference
+        embedded = sample.content_bytes
+        if reference is None and embedded is None:
+            return  # inferences only (EMB-3)
+        video = descriptor.video_format
+        if video is None:
+            raise error(
+                "DESC-7",
+                status or Status.INVALID_ARGUMENT,
+                "sample carries content, but its sender's descriptor announced no media "
+                "format (inferences only)",
+            )
+        if reference is not None:
+            memory = descriptor.shared_memory
+            if memory is None:
+                raise error(
+                    "SHM-1",
+                    status or Status.FAILED_PRECONDITION,
+                    "sample refers to shared memory, but its sender's descriptor announced "
+                    "no shared_memory_buffer_transfer_properties",
+                )
+            end = reference.address_offset + reference.length_bytes
+            if end > memory.length_bytes:
+                raise error(
+                    "SHM-4",
+                    status or Status.OUT_OF_RANGE,
+                    f"content reference [{reference.address_offset}, {end}) lies outside "
+                    f"the shared-memory segment of {memory.length_bytes} bytes",
+                )
+            length = reference.length_bytes
+        else:
+            assert embedded is not None
+            length = len(embedded.bytes)
+        if video.is_raw and length != video.frame_bytes:
+            raise error(
+                "MEDIA-6",
+                status or Status.INVALID_ARGUMENT,
+                f"sample content is {length} bytes; a {video} frame is exactly "
+                f"{video.frame_bytes} bytes",
+            )
+
+    def _trigger(self, name: str, error: ProtocolErrorType, *args: Any) -> None:
+        if self.state == FAILED:
+            raise error(
+                "LIFE-3",
+                Status.FAILED_PRECONDITION,
+                f"the stream already failed: {self.error}",
+            )
+        self._tolerated_ack = 0
+        try:
+            if not self._events[name].trigger(self, *args):
+                raise self._refusal(name, error)
+        except ProtocolError as violation:
+            self.error = violation
+            self._events["violation"].trigger(self)
+            raise
+
+    def _refusal(self, trigger: str, error: ProtocolErrorType) -> ProtocolError:
+        """Why ``trigger`` has no row from here: the rule that forbids it."""
+        status = Status.INTERNAL if error is LocalProtocolError else Status.FAILED_PRECONDITION
+        own = trigger.startswith("send_")
+        who = "we" if own else f"the {self.role.peer.value}"
+        if self.state == CLOSED or (self._own_closed if own else self._peer_closed):
+            return error("LIFE-1", status, f"{who} already ended the stream")
+        if trigger in ("send_descriptor", "receive_descriptor"):
+            return error("DESC-2", status, f"{who} already sent a descriptor")
+        if self.state == AWAITING_DESCRIPTOR:
+            described = self.own_descriptor if own else self.peer_descriptor
+            if described is None and trigger in ("send_sample", "receive_sample"):
+                return error(
+                    "DESC-1", status, f"{who} must send a descriptor as the first message"
+                )
+            if trigger == "receive_end":
+                return error(
+                    "DESC-5",
+                    status,
+                    f"the {self.role.peer.value} ended the stream without answering our "
+                    "descriptor",
+                )
+            if trigger == "send_end":
+                return error(
+                    "DESC-5", status, "the extension answers the pipeline's descriptor first"
+                )
+            return error(
+                "DESC-6", status, "samples flow only after both descriptors were exchanged"
+            )
+        return error("LIFE-1", status, f"{trigger} is not possible in state {self.state}")
+
+    def _record_peer_descriptor(self, message: MediaStreamMessage) -> DescriptorReceived:
+        assert message.media_stream_descriptor is not None
+        self._incoming.record(message.sequence_number)
+        self.peer_descriptor = self._pending_descriptor
+        assert self.peer_descriptor is not None
+        self._peer_descriptor_number = message.sequence_number
+        if message.ack_sequence_number:
+            self.ledger.peer_acknowledged(message.ack_sequence_number)
+        log.debug("%s descriptor received: %s", self.role.peer.value, self.peer_descriptor)
+        return DescriptorReceived(
+            message.sequence_number, self.peer_descriptor, message.media_stream_descriptor
+        )
+
+    def _record_peer_sample(self, message: MediaStreamMessage) -> list[Event]:
+        number = message.sequence_number
+        self._incoming.record(number)
+        events: list[Event] = []
+        if message.ack_sequence_number:
+            events.append(
+                AckReceived(
+                    message.ack_sequence_number, number, self._tolerated_ack == 0
+                )
+            )
+        sample = message.media_sample
+        if sample is None:
+            return events
+        content: Content | None = None
+        if sample.content_bytes is not None:
+            content = EmbeddedContent(sample.content_bytes.bytes)
+        elif sample.content_reference is not None:
+            ref = sample.content_reference
+            content = ReferencedContent(ref.address_offset, ref.length_bytes)
+        requires_ack = self.role.peer.sends_requests or isinstance(content, ReferencedContent)
+        if requires_ack:
+            self.ledger.received(number)
+        events.append(
+            SampleReceived(number, sample.timestamp, content, sample.inferences, requires_ack,
+                           sample)
+        )
+        return events
+
+
+def _numbers(numbers: frozenset[int]) -> str:
+    listed = sorted(numbers)
+    shown = ", ".join(map(str, listed[:10]))
+    return shown + (f" and {len(listed) - 10} more" if len(listed) > 10 else "")

@@ -1,0 +1,1 @@
+"""Transports: binding the engine to HTTP/2 (grpclib) and to in-memory streams."""
