@@ -41,8 +41,11 @@ def arrows() -> list[Arrow]:
                 guards = tuple(
                     (name if condition.target else f"!{name}")
                     for condition in transition.conditions
-                    for name in [condition.func if isinstance(condition.func, str) else
-                                 getattr(condition.func, "__name__", repr(condition.func))]
+                    for name in [
+                        condition.func
+                        if isinstance(condition.func, str)
+                        else getattr(condition.func, "__name__", repr(condition.func))
+                    ]
                 )
                 found.append(Arrow(source, transition.dest or source, trigger, guards))
     return found
@@ -58,7 +61,7 @@ def mermaid() -> str:
 
 def dot() -> str:
     """A Graphviz ``digraph``."""
-    lines = ["digraph session {", "    rankdir=LR;", '    node [shape=box, style=rounded];']
+    lines = ["digraph session {", "    rankdir=LR;", "    node [shape=box, style=rounded];"]
     lines += [f"    {state};" for state in STATES]
     lines += [f'    {a.source} -> {a.dest} [label="{a.label}"];' for a in arrows()]
     lines.append("}")

@@ -136,9 +136,8 @@ def scan_tests(tests_dir: Path = TESTS) -> dict[str, tuple[str, ...]]:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         module_ids: tuple[str, ...] = ()
         for node in tree.body:
-            if (
-                isinstance(node, ast.Assign)
-                and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets)
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets
             ):
                 module_ids = tuple(_rule_ids(node.value))
         relative = path.relative_to(tests_dir.parent).as_posix()

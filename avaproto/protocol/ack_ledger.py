@@ -81,8 +81,9 @@ class AckLedger:
                 "ACK-3",
                 Status.INVALID_ARGUMENT,
                 f"ack_sequence_number {number} names no message we sent "
-                f"(we sent 1 to {self._last_sent})" if self._last_sent else
-                f"ack_sequence_number {number} names no message: we have sent none",
+                f"(we sent 1 to {self._last_sent})"
+                if self._last_sent
+                else f"ack_sequence_number {number} names no message: we have sent none",
             )
         if self._runs.needed(number):
             raise RemoteProtocolError(

@@ -81,8 +81,6 @@ def check_authentication(values: Sequence[str], expected: Credentials | None) ->
         raise _refuse(f"{len(values)} {AUTH_HEADER} headers; expected exactly one")
     presented = parse_header(values[0])
     same_user = hmac.compare_digest(presented.username.encode(), expected.username.encode())
-    same_password = hmac.compare_digest(
-        presented.password.encode(), expected.password.encode()
-    )
+    same_password = hmac.compare_digest(presented.password.encode(), expected.password.encode())
     if not (same_user and same_password):
         raise _refuse("wrong username or password")

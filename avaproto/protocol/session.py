@@ -172,8 +172,11 @@ class Session:
                 Status.INVALID_ARGUMENT,
                 f"the {self.role.peer.value}'s descriptor acknowledges message "
                 f"{message.ack_sequence_number}; it may acknowledge only our descriptor "
-                + (f"({self._own_descriptor_number})" if self._own_descriptor_number else
-                   "(none sent yet), so 0"),
+                + (
+                    f"({self._own_descriptor_number})"
+                    if self._own_descriptor_number
+                    else "(none sent yet), so 0"
+                ),
             )
         # Stash the checked form for _record_peer_descriptor; committed only on success.
         self._pending_descriptor = check_descriptor(
@@ -222,8 +225,7 @@ class Session:
             raise LocalProtocolError(
                 "LIFE-2",
                 Status.INTERNAL,
-                "cannot end the stream before acknowledging messages "
-                f"{_numbers(self.ledger.owed)}",
+                f"cannot end the stream before acknowledging messages {_numbers(self.ledger.owed)}",
             )
 
     def check_peer_end(self) -> None:
@@ -316,15 +318,12 @@ class Session:
         if self.state == AWAITING_DESCRIPTOR:
             described = self.own_descriptor if own else self.peer_descriptor
             if described is None and trigger in ("send_sample", "receive_sample"):
-                return error(
-                    "DESC-1", status, f"{who} must send a descriptor as the first message"
-                )
+                return error("DESC-1", status, f"{who} must send a descriptor as the first message")
             if trigger == "receive_end":
                 return error(
                     "DESC-5",
                     status,
-                    f"the {self.role.peer.value} ended the stream without answering our "
-                    "descriptor",
+                    f"the {self.role.peer.value} ended the stream without answering our descriptor",
                 )
             if trigger == "send_end":
                 return error(
@@ -354,9 +353,7 @@ class Session:
         events: list[Event] = []
         if message.ack_sequence_number:
             events.append(
-                AckReceived(
-                    message.ack_sequence_number, number, self._tolerated_ack == 0
-                )
+                AckReceived(message.ack_sequence_number, number, self._tolerated_ack == 0)
             )
         sample = message.media_sample
         if sample is None:
@@ -371,8 +368,9 @@ class Session:
         if requires_ack:
             self.ledger.received(number)
         events.append(
-            SampleReceived(number, sample.timestamp, content, sample.inferences, requires_ack,
-                           sample)
+            SampleReceived(
+                number, sample.timestamp, content, sample.inferences, requires_ack, sample
+            )
         )
         return events
 

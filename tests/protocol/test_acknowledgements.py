@@ -62,7 +62,7 @@ class TestRequestsAreAcknowledged:
 class TestAcknowledgementNumbers:
     @pytest.mark.rule("ACK-2")
     def test_zero_acknowledges_nothing(self) -> None:
-        pipeline, extension = negotiate()
+        pipeline, _ = negotiate()
         pipeline.send_sample(MediaSample())
         events = pipeline.receive(answer(2, 0))
         assert not any(isinstance(e, AckReceived) for e in events)

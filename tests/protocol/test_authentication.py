@@ -88,7 +88,8 @@ class TestRefusals:
 class TestSecrecy:
     @pytest.mark.rule("AUTH-4")
     @pytest.mark.parametrize(
-        "value", [basic("ava:hunter2-secret"), "Basic " + "aHVudGVyMi1zZWNyZXQ=", basic("hunter2-secret")]
+        "value",
+        [basic("ava:hunter2-secret"), "Basic " + "aHVudGVyMi1zZWNyZXQ=", basic("hunter2-secret")],
     )
     def test_errors_never_show_the_credentials(
         self, value: str, caplog: pytest.LogCaptureFixture

@@ -42,7 +42,9 @@ class TestFirstMessage:
     @pytest.mark.rule("DESC-1")
     def test_extension_refuses_a_sample_first(self) -> None:
         extension = Session(Role.EXTENSION)
-        error = refused(extension, MediaStreamMessage(sequence_number=1, media_sample=MediaSample()))
+        error = refused(
+            extension, MediaStreamMessage(sequence_number=1, media_sample=MediaSample())
+        )
         assert (error.rule, error.status) == ("DESC-1", Status.FAILED_PRECONDITION)
         assert "first message" in str(error)
 
@@ -55,9 +57,7 @@ class TestFirstMessage:
     def test_pipeline_refuses_an_answer_that_is_not_a_descriptor(self) -> None:
         pipeline = Session(Role.PIPELINE)
         pipeline.send_descriptor(pipeline_descriptor())
-        error = refused(
-            pipeline, MediaStreamMessage(sequence_number=1, media_sample=MediaSample())
-        )
+        error = refused(pipeline, MediaStreamMessage(sequence_number=1, media_sample=MediaSample()))
         assert error.rule == "DESC-1"
 
     @pytest.mark.rule("DESC-1")
@@ -86,7 +86,7 @@ class TestFirstMessage:
 class TestOneDescriptor:
     @pytest.mark.rule("DESC-2")
     def test_second_descriptor_from_the_peer_is_refused(self) -> None:
-        pipeline, extension = negotiate()
+        _, extension = negotiate()
         error = refused(
             extension,
             MediaStreamMessage(sequence_number=2, media_stream_descriptor=pipeline_descriptor()),
@@ -220,19 +220,19 @@ class TestSamplesAfterDescriptors:
     def test_extension_refuses_samples_before_it_answered(self) -> None:
         extension = Session(Role.EXTENSION)
         extension.receive(first_message(pipeline_descriptor()))
-        error = refused(extension, MediaStreamMessage(sequence_number=2, media_sample=MediaSample()))
+        error = refused(
+            extension, MediaStreamMessage(sequence_number=2, media_sample=MediaSample())
+        )
         assert (error.rule, error.status) == ("DESC-6", Status.FAILED_PRECONDITION)
 
 
 class TestMediaDescriptor:
     @pytest.mark.rule("DESC-7")
     def test_inferences_only_descriptor_refuses_content(self) -> None:
-        pipeline, extension = negotiate(pipeline_descriptor(media=False))
+        _, extension = negotiate(pipeline_descriptor(media=False))
         assert extension.peer_descriptor is not None
         assert not extension.peer_descriptor.carries_media
-        sample = MediaStreamMessage(
-            sequence_number=2, media_sample=MediaSample(content_bytes=None)
-        )
+        sample = MediaStreamMessage(sequence_number=2, media_sample=MediaSample(content_bytes=None))
         extension.receive(sample)  # no content: fine
         bad = pipeline_sample_with_content(3)
         error = refused(extension, bad)
@@ -314,8 +314,8 @@ class TestSharedMemoryProperties:
     @pytest.mark.parametrize(("name", "length"), [("", 1024), ("segment", 0)])
     def test_handle_and_length_are_required(self, name: str, length: int) -> None:
         descriptor = pipeline_descriptor()
-        descriptor.shared_memory_buffer_transfer_properties = (
-            SharedMemoryBufferTransferProperties(handle_name=name, length_bytes=length)
+        descriptor.shared_memory_buffer_transfer_properties = SharedMemoryBufferTransferProperties(
+            handle_name=name, length_bytes=length
         )
         error = refused(Session(Role.EXTENSION), first_message(descriptor))
         assert (error.rule, error.status) == ("SHM-2", Status.INVALID_ARGUMENT)

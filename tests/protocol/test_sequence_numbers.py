@@ -78,7 +78,9 @@ class TestPeerNumbers:
     @pytest.mark.rule("SEQ-4")
     def test_zero_is_refused(self) -> None:
         extension = Session(Role.EXTENSION)
-        message = MediaStreamMessage(sequence_number=0, media_stream_descriptor=pipeline_descriptor())
+        message = MediaStreamMessage(
+            sequence_number=0, media_stream_descriptor=pipeline_descriptor()
+        )
         with pytest.raises(RemoteProtocolError) as caught:
             extension.receive(message)
         assert (caught.value.rule, caught.value.status) == ("SEQ-4", Status.INVALID_ARGUMENT)

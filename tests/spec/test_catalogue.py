@@ -82,7 +82,9 @@ def test_rules_page_is_current() -> None:
 @pytest.mark.rule("LIFE-4")
 def test_state_diagram_page_is_current() -> None:
     page = (ROOT / "spec" / "state-machine.md").read_text(encoding="utf-8")
-    assert page == catalogue.render_diagram_page(), "spec/state-machine.md is stale: run `make spec`"
+    assert page == catalogue.render_diagram_page(), (
+        "spec/state-machine.md is stale: run `make spec`"
+    )
     assert mermaid() in page
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -29,7 +28,7 @@ def ca() -> trustme.CA:
 
 
 @pytest.fixture
-def files(tmp_path: Path, ca: trustme.CA) -> Iterator[dict[str, Path]]:
+def files(tmp_path: Path, ca: trustme.CA) -> dict[str, Path]:
     server = ca.issue_cert("localhost", "127.0.0.1")
     client = ca.issue_cert("pipeline.test")
     other_ca = trustme.CA()
@@ -49,7 +48,7 @@ def files(tmp_path: Path, ca: trustme.CA) -> Iterator[dict[str, Path]]:
     client.private_key_pem.write_to_path(str(paths["client_key"]))
     for blob in client.cert_chain_pems:
         blob.write_to_path(str(paths["client_cert"]), append=True)
-    yield paths
+    return paths
 
 
 async def handshake(
@@ -143,9 +142,7 @@ async def test_mutual_tls_requires_a_client_certificate(files: dict[str, Path]) 
     assert server_error is not None or client_error is not None
     _, server_error, client_error = await handshake(
         server,
-        client_context(
-            ca=files["ca"], certificate=files["client_cert"], key=files["client_key"]
-        ),
+        client_context(ca=files["ca"], certificate=files["client_cert"], key=files["client_key"]),
         "localhost",
     )
     assert (server_error, client_error) == (None, None)
