@@ -43,6 +43,15 @@ class LocalProtocolError(ProtocolError):
     """This side tried to break a rule; nothing was sent."""
 
 
+class StreamFailed(AvaprotoError):
+    """The peer ended the stream with a non-OK gRPC status (as seen by the pipeline)."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        self.status = status
+        self.detail = message
+        super().__init__(f"{status.name}: {message}" if message else status.name)
+
+
 class FrameError(ProtocolError):
     """A frame's bytes do not match its format (size, stride, dimensions, pixel format)."""
 

@@ -284,11 +284,6 @@ class Inference(betterproto2.Message):
     inference_id values of other inferences of the same frame.
     """
 
-    sequence_id: "str" = betterproto2.field(14, betterproto2.TYPE_STRING)
-    """
-    Optional: links inferences about the same thing across frames.
-    """
-
     classification: "Classification | None" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, optional=True, group="value"
     )
@@ -312,6 +307,12 @@ class Inference(betterproto2.Message):
     other: "InferenceOther | None" = betterproto2.field(
         13, betterproto2.TYPE_MESSAGE, optional=True, group="value"
     )
+
+    sequence_id: "str" = betterproto2.field(14, betterproto2.TYPE_STRING)
+    """
+    Optional: links inferences about the same thing across frames. Declared after the
+    value so that fields are written in number order, as every protobuf runtime does.
+    """
 
     extensions: "dict[str, str]" = betterproto2.field(
         15,

@@ -1,0 +1,30 @@
+"""``python -m avaproto.bench``: run the benchmarks and print their tables."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from . import pixels
+
+BENCHMARKS: dict[str, Callable[..., str]] = {"pixels": pixels.run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m avaproto.bench",
+        description="Benchmarks, each against a baseline measured in the same run.",
+    )
+    parser.add_argument("--repeat", type=int, default=20, help="timed runs per figure")
+    parser.add_argument("--only", choices=sorted(BENCHMARKS), help="run one benchmark")
+    args = parser.parse_args(argv)
+    for name, bench in BENCHMARKS.items():
+        if args.only and name != args.only:
+            continue
+        print(f"== {name}")
+        print(bench(repeat=args.repeat))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,158 @@
+"""``avaproto.connect``: drive an extension the way a video pipeline does.
+
+    async with avaproto.connect("localhost:5001", format=fmt, transfer="shm") as pipeline:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(feed, pipeline)          # await pipeline.send(frame, timestamp=t)
+            async for result in pipeline.results():   # one per acknowledged sample
+                print(result.acknowledged, result.inferences)
+
+Frames go out as numpy arrays (RGB, converted to the stream's format) or as bytes
+already in that format; with ``transfer="shm"`` they travel through a shared-memory
+segment (75 MiB by default, as the protocol's own example) whose slots are freed only
+by the extension's acknowledgements.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Literal
+
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from .engine.drive import PipelineStream, Result
+from .messages import (
+    GraphIdentifier,
+    Inference,
+    MediaDescriptor,
+    MediaStreamDescriptor,
+    SharedMemoryBufferTransferProperties,
+)
+from .protocol.auth import Credentials
+from .protocol.descriptor import StreamDescriptor
+from .protocol.video_format import VideoFormat
+from .transport.grpc_client import open_channel
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+Transfer = Literal["embedded", "shm"]
+#: The protocol's own example segment size (SharedMemorySizeMiB 75).
+DEFAULT_SHM_BYTES = 75 * 1024 * 1024
+
+
+class Pipeline:
+    """The pipeline's end of one stream; get one from ``connect``."""
+
+    def __init__(self, stream: PipelineStream, results: MemoryObjectReceiveStream[Result]) -> None:
+        self.stream = stream
+        self._results = results
+
+    @property
+    def extension(self) -> StreamDescriptor:
+        """The extension's answer descriptor (its identifier, what it sends back)."""
+        return self.stream.extension
+
+    @property
+    def format(self) -> VideoFormat | None:
+        return self.stream.format
+
+    async def send(
+        self,
+        frame: npt.NDArray[np.uint8] | bytes | bytearray | memoryview | None,
+        *,
+        timestamp: int,
+        inferences: Sequence[Inference] = (),
+    ) -> int:
+        """Send one frame; returns its sequence number. Waits while the window is full.
+
+        ``frame`` is an RGB array (height x width x 3, converted to the stream's format),
+        bytes already in the stream's format, or None for a sample of inferences only.
+        """
+        return await self.stream.send(
+            encode_frame(frame, self.format), timestamp=timestamp, inferences=inferences
+        )
+
+    async def end(self) -> None:
+        """No more frames; the remaining answers still arrive on ``results``."""
+        await self.stream.end()
+
+    def results(self) -> MemoryObjectReceiveStream[Result]:
+        """The extension's answers as they arrive; ends when the extension ends the stream."""
+        return self._results
+
+
+def encode_frame(
+    frame: npt.NDArray[np.uint8] | bytes | bytearray | memoryview | None,
+    fmt: VideoFormat | None,
+) -> bytes | bytearray | memoryview | None:
+    """Bytes in ``fmt`` for a frame given as an RGB array; bytes-like input passes through."""
+    if frame is None or isinstance(frame, bytes | bytearray | memoryview):
+        return frame
+    if fmt is None:
+        raise ValueError("this stream carries inferences only: send frame=None")
+    if fmt.is_raw:
+        from .media.frames import encode
+
+        return encode(frame, fmt)
+    from .media.images import encode_image
+
+    return encode_image(frame, fmt.encoding)
+
+
+@asynccontextmanager
+async def connect(
+    target: str,
+    *,
+    format: VideoFormat | None = None,
+    transfer: Transfer = "embedded",
+    shm_bytes: int = DEFAULT_SHM_BYTES,
+    shm_directory: str = "/dev/shm",
+    graph: GraphIdentifier | None = None,
+    configuration: str = "",
+    credentials: Credentials | None = None,
+    tls: ssl.SSLContext | None = None,
+    window: int = 8,
+    timescale: int = 90000,
+) -> AsyncIterator[Pipeline]:
+    """Open a stream to the extension at ``target`` (``host:port``) and negotiate it.
+
+    ``format`` None opens a stream of inferences only. ``tls`` is a client context from
+    ``avaproto.transport.tls.client_context``: the hostname of ``target`` is always
+    verified (TLS-2). On leaving the block the input ends, every answer is awaited and
+    the extension's side of the protocol is checked to the end.
+    """
+    descriptor = MediaStreamDescriptor(
+        graph_identifier=graph
+        or GraphIdentifier(graph_instance_name="avaproto", graph_node_name="grpcExtension"),
+        extension_configuration=configuration,
+        media_descriptor=MediaDescriptor(
+            timescale=timescale,
+            video_frame_sample_format=format.to_message() if format else None,
+        ),
+    )
+    arena = None
+    if transfer == "shm":
+        from .media.shared_memory import SharedMemoryArena
+
+        arena = SharedMemoryArena.create(shm_bytes, directory=shm_directory)
+        descriptor.shared_memory_buffer_transfer_properties = SharedMemoryBufferTransferProperties(
+            handle_name=arena.handle_name, length_bytes=arena.length_bytes
+        )
+    elif transfer != "embedded":
+        raise ValueError(f"transfer must be 'embedded' or 'shm', got {transfer!r}")
+    try:
+        metadata = credentials.metadata() if credentials else ()
+        async with (
+            open_channel(target, ssl_context=tls, metadata=metadata) as channel,
+            PipelineStream.open(channel, descriptor, window=window, arena=arena) as (
+                stream,
+                results,
+            ),
+        ):
+            yield Pipeline(stream, results)
+    finally:
+        if arena is not None:
+            arena.close()

@@ -1,0 +1,188 @@
+"""Reading ``MediaStreamMessage`` off the wire without copying the frame.
+
+betterproto2's generic parser copies a ``bytes`` field at every level of nesting; for a
+frame carried in ``MediaStreamMessage.media_sample.content_bytes.bytes`` that is several
+copies of hundreds of kilobytes per message. This decoder walks the three envelopes by
+hand and leaves the frame as a ``memoryview`` of the buffer it was given, so the only
+copy of an embedded frame is the one the transport made when it read it off the socket.
+The rare or small parts (descriptors, content references, inferences) are handed to
+the generated classes, so there is one definition of every message.
+
+Malformed input raises ``RemoteProtocolError`` (WIRE-1, INVALID_ARGUMENT) naming what
+was wrong and where; it never crashes and never reads past the buffer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from .errors import RemoteProtocolError
+from .messages import (
+    ContentBytes,
+    ContentReference,
+    Inference,
+    MediaSample,
+    MediaStreamDescriptor,
+    MediaStreamMessage,
+)
+from .status import Status
+
+Buffer = bytes | bytearray | memoryview
+
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+
+
+def _malformed(what: str, offset: int) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        "WIRE-1", Status.INVALID_ARGUMENT, f"malformed MediaStreamMessage: {what} at byte {offset}"
+    )
+
+
+def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    start = pos
+    while pos < end:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            if result >> 64:
+                raise _malformed("varint larger than 64 bits", start)
+            return result, pos
+        shift += 7
+        if shift >= 70:
+            break
+    raise _malformed("truncated or overlong varint", start)
+
+
+def _fields(
+    data: memoryview, pos: int, end: int, path: str = "MediaStreamMessage"
+) -> list[tuple[int, int, int, int]]:
+    """Every field in ``data[pos:end]`` as (number, wire type, value or start, stop)."""
+    found = []
+    while pos < end:
+        key, pos = _varint(data, pos, end)
+        number, wire_type = key >> 3, key & 7
+        if number == 0:
+            raise _malformed(f"{path}: field number 0", pos)
+        if wire_type == _VARINT:
+            value, pos = _varint(data, pos, end)
+            found.append((number, wire_type, value, pos))
+        elif wire_type == _LEN:
+            length, pos = _varint(data, pos, end)
+            stop = pos + length
+            if stop > end:
+                raise _malformed(f"{path}: field {number} of {length} bytes runs past the end", pos)
+            found.append((number, wire_type, pos, stop))
+            pos = stop
+        elif wire_type in (_I64, _I32):
+            stop = pos + (8 if wire_type == _I64 else 4)
+            if stop > end:
+                raise _malformed(f"{path}: fixed-size field {number} runs past the end", pos)
+            found.append((number, wire_type, pos, stop))
+            pos = stop
+        else:
+            raise _malformed(f"{path}: unsupported wire type {wire_type} of field {number}", pos)
+    return found
+
+
+def _expect(wire_type: int, expected: int, name: str, pos: int) -> None:
+    if wire_type != expected:
+        raise _malformed(f"{name} has wire type {wire_type}", pos)
+
+
+def _sample(data: memoryview, pos: int, end: int) -> MediaSample:
+    sample = MediaSample()
+    for number, wire_type, start, stop in _fields(data, pos, end):
+        if number == 1:
+            _expect(wire_type, _VARINT, "timestamp", stop)
+            sample.timestamp = start
+        elif number == 5:
+            _expect(wire_type, _LEN, "content_bytes", start)
+            content = data[stop:stop]  # empty unless field 1 is present
+            for inner, inner_type, a, b in _fields(data, start, stop):
+                if inner == 1:
+                    _expect(inner_type, _LEN, "content_bytes.bytes", a)
+                    content = data[a:b]
+            sample.content_bytes = ContentBytes(bytes=content)  # type: ignore[arg-type]
+            sample.content_reference = None
+        elif number == 6:
+            _expect(wire_type, _LEN, "content_reference", start)
+            sample.content_reference = _parse(ContentReference, data, start, stop)
+            sample.content_bytes = None
+        elif number == 10:
+            _expect(wire_type, _LEN, "inferences", start)
+            sample.inferences.append(_parse(Inference, data, start, stop))
+    return sample
+
+
+_Parsed = TypeVar("_Parsed", ContentReference, Inference, MediaStreamDescriptor)
+
+_WIRE_TYPES = {
+    **dict.fromkeys(
+        ("int32", "int64", "uint32", "uint64", "sint32", "sint64", "bool", "enum"), _VARINT
+    ),
+    **dict.fromkeys(("fixed64", "sfixed64", "double"), _I64),
+    **dict.fromkeys(("fixed32", "sfixed32", "float"), _I32),
+    **dict.fromkeys(("string", "bytes", "message", "map"), _LEN),
+}
+
+
+def _check_structure(data: memoryview, pos: int, end: int, cls: type[Any], path: str) -> None:
+    """Verify what betterproto2 would otherwise accept silently.
+
+    The generated parser reads a length-delimited field that runs past its end as a
+    shorter one and takes any wire type for a field; a truncated descriptor would then
+    parse as a different one. This walks every field (bounds, wire type against the
+    field's declared type, sub-messages and map entries recursively) first.
+    """
+    meta = cls._betterproto
+    for number, wire_type, start, stop in _fields(data, pos, end, path):
+        name = meta.field_name_by_number.get(number)
+        if name is None:
+            continue  # an unknown field: skipped, as protobuf requires
+        field = meta.meta_by_field_name[name]
+        expected = _WIRE_TYPES.get(field.proto_type, _LEN)
+        packed = field.repeated and wire_type == _LEN and expected != _LEN
+        if wire_type != expected and not packed:
+            raise _malformed(f"{path}.{name} has wire type {wire_type}", start)
+        if field.proto_type == "message":
+            _check_structure(data, start, stop, meta.cls_by_field[name], f"{path}.{name}")
+        elif field.proto_type == "map":
+            _fields(data, start, stop, f"{path}.{name}")  # an entry: key 1, value 2
+
+
+def _parse(cls: type[_Parsed], data: memoryview, start: int, stop: int) -> _Parsed:
+    _check_structure(data, start, stop, cls, cls.__name__)
+    try:
+        return cls.parse(bytes(data[start:stop]))
+    except Exception as error:  # betterproto2 raises several types for bad input
+        raise _malformed(f"{cls.__name__}: {error}", start) from None
+
+
+def decode_message(buffer: Buffer) -> MediaStreamMessage:
+    """Parse one ``MediaStreamMessage``; embedded content stays a view of ``buffer``."""
+    data = memoryview(buffer).cast("B") if not isinstance(buffer, memoryview) else buffer
+    message = MediaStreamMessage()
+    for number, wire_type, start, stop in _fields(data, 0, len(data)):
+        if number == 1:
+            _expect(wire_type, _VARINT, "sequence_number", stop)
+            message.sequence_number = start
+        elif number == 2:
+            _expect(wire_type, _VARINT, "ack_sequence_number", stop)
+            message.ack_sequence_number = start
+        elif number == 5:
+            _expect(wire_type, _LEN, "media_stream_descriptor", start)
+            message.media_stream_descriptor = _parse(MediaStreamDescriptor, data, start, stop)
+            message.media_sample = None
+        elif number == 6:
+            _expect(wire_type, _LEN, "media_sample", start)
+            message.media_sample = _sample(data, start, stop)
+            message.media_stream_descriptor = None
+    return message
+
+
+def encode_message(message: MediaStreamMessage) -> bytes:
+    """Serialize a message (betterproto2 accepts a memoryview in a bytes field)."""
+    return bytes(message)

@@ -1,0 +1,30 @@
+"""What the engine needs of a transport: whole messages in and out, and each end.
+
+The engine never sees HTTP/2: the grpclib transports and the in-memory one both
+present a stream of ``MediaStreamMessage`` as this small protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..messages import MediaStreamMessage
+
+
+class MessageChannel(Protocol):
+    """One side of one ``ProcessMediaStream`` call."""
+
+    #: Who is at the other end, for log lines ("ipv4:127.0.0.1:50123", "memory").
+    peer: str
+
+    async def receive(self) -> MediaStreamMessage | None:
+        """The peer's next message, or None once it has ended its direction."""
+        ...
+
+    async def send(self, message: MediaStreamMessage) -> None:
+        """Send one message; waits while the transport applies backpressure."""
+        ...
+
+    async def send_end(self) -> None:
+        """End our direction: nothing more will be sent."""
+        ...

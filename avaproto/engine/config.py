@@ -1,0 +1,35 @@
+"""How one stream is served: an explicit configuration value, like grpclib's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import anyio
+
+from ..protocol.video_format import DEFAULT_LIMITS, FrameLimits
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Settings of the extension's side of every stream."""
+
+    #: Sent as ``extension_identifier`` in the answer descriptor (DESC-4).
+    extension_identifier: str = "avaproto"
+    #: Samples processed at once; reading stops while this many are unanswered (SRV-1).
+    max_in_flight: int = 8
+    #: Answer in request order (True) or as processing completes (SRV-2).
+    ordered: bool = True
+    #: Seconds one frame may take before the stream ends with DEADLINE_EXCEEDED (SRV-4).
+    frame_timeout: float | None = None
+    #: Where shared-memory handles are looked up (SHM-3).
+    shm_directory: str = "/dev/shm"
+    #: The largest frame accepted (MEDIA-3).
+    limits: FrameLimits = DEFAULT_LIMITS
+    #: Worker threads shared by synchronous processors (None: anyio's default limiter).
+    thread_limiter: anyio.CapacityLimiter | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
+        if self.frame_timeout is not None and self.frame_timeout <= 0:
+            raise ValueError(f"frame_timeout must be positive, got {self.frame_timeout}")

@@ -1,0 +1,334 @@
+"""The extension's side of one stream: receive, process concurrently, answer, release.
+
+    reader ──► session.receive ──► start processing (≤ max_in_flight at once) ──┐
+      ▲  waits for a free slot before reading on (backpressure, SRV-1)         │
+      └──────────── answerer: in request order, answer + ack, release lease ◄──┘
+
+One task group holds the reader, the answerer and every processing task, so nothing
+outlives the stream. Every received sample is answered exactly once, after its
+processing finished (ACK-1), by a message that carries its inferences and its
+acknowledgement (ACK-6); its shared-memory lease is released right after that message
+is sent (SRV-6). At the end of input everything in flight completes first (LIFE-2);
+on a violation, a failing processor or cancellation, the task group cancels the rest
+and ``finally`` releases every lease and mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ..errors import InferenceError, ProtocolError
+from ..media.inferences import validate
+from ..messages import Inference, MediaDescriptor, MediaSample, MediaStreamDescriptor
+from ..protocol.descriptor import StreamDescriptor
+from ..protocol.events import DescriptorReceived, EmbeddedContent, SampleReceived
+from ..protocol.roles import Role
+from ..protocol.session import Session
+from ..status import Status
+from .channel import MessageChannel
+from .config import EngineConfig
+from .extension import Extension
+from .frame import Frame
+from .outcome import first_protocol_error
+
+log = logging.getLogger("avaproto.serve")
+
+
+@dataclass
+class StreamSummary:
+    """What happened on one stream, for the closing log line and for tests."""
+
+    peer: str
+    descriptor: StreamDescriptor | None = None
+    frames: int = 0
+    inferences: int = 0
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+    status: Status = Status.OK
+    message: str = ""
+
+    @property
+    def seconds(self) -> float:
+        return (self.ended or time.monotonic()) - self.started
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else math.nan
+
+
+@dataclass(eq=False)
+class _Job:
+    sample: SampleReceived
+    frame: Frame
+    lease: _Lease | None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    inferences: list[Inference] = field(default_factory=list)
+    #: For a sequential extension: the previous sample's processing, to wait for.
+    after: anyio.Event | None = None
+
+
+class _Lease:
+    """The part of a shared-memory lease the engine uses (see media.shared_memory)."""
+
+    view: memoryview
+
+    def release(self) -> None: ...
+
+
+_DEFAULT_CONFIG = EngineConfig()
+
+
+async def serve_stream(
+    channel: MessageChannel, extension: Extension, config: EngineConfig = _DEFAULT_CONFIG
+) -> StreamSummary:
+    """Serve one stream to its end; raise ``ProtocolError`` when it must end with a status."""
+    session = Session(Role.EXTENSION, limits=config.limits)
+    summary = StreamSummary(channel.peer)
+    region = None
+    opened = False
+    try:
+        first = await channel.receive()
+        if first is None:
+            session.receive_end()
+            return summary
+        [event] = session.receive(first)
+        assert isinstance(event, DescriptorReceived)
+        descriptor = summary.descriptor = event.descriptor
+        if descriptor.shared_memory is not None:
+            from ..media.shared_memory import SharedMemoryRegion
+
+            region = SharedMemoryRegion.open(
+                descriptor.shared_memory.handle_name,
+                descriptor.shared_memory.length_bytes,
+                directory=config.shm_directory,
+            )
+        log.info(
+            "stream opened: peer %s, %s, %s",
+            channel.peer,
+            descriptor.video_format or "inferences only",
+            f"shared memory {descriptor.shared_memory.handle_name}"
+            if descriptor.shared_memory
+            else "embedded",
+        )
+        opened = True
+        await extension.open(descriptor)
+        answer = MediaStreamDescriptor(
+            extension_identifier=config.extension_identifier,
+            media_descriptor=MediaDescriptor(timescale=descriptor.timescale),
+        )
+        await channel.send(session.send_descriptor(answer))
+        await _Pump(session, channel, extension, descriptor, region, config, summary).run()
+        session.send_end()
+        await channel.send_end()
+        return summary
+    except ProtocolError as error:
+        if not session.failed:
+            session.fail(error)
+        summary.status, summary.message = error.status, str(error)
+        raise
+    except anyio.get_cancelled_exc_class():
+        summary.status, summary.message = Status.CANCELLED, "cancelled"
+        raise
+    finally:
+        summary.ended = time.monotonic()
+        with anyio.CancelScope(shield=True):
+            if opened:
+                await _close(extension)
+        if region is not None:
+            region.close(force=True)
+        log.info(
+            "stream closed: peer %s, %d frames in %.1f s (%.1f fps), %d inferences, %s%s",
+            summary.peer,
+            summary.frames,
+            summary.seconds,
+            summary.fps if summary.frames else 0.0,
+            summary.inferences,
+            summary.status.name,
+            f": {summary.message}" if summary.message else "",
+        )
+
+
+async def _close(extension: Extension) -> None:
+    try:
+        await extension.close()
+    except Exception:
+        log.exception("extension close() failed")
+
+
+class _Pump:
+    """The reader, the answerer and the processing tasks of one stream."""
+
+    def __init__(
+        self,
+        session: Session,
+        channel: MessageChannel,
+        extension: Extension,
+        descriptor: StreamDescriptor,
+        region: object | None,
+        config: EngineConfig,
+        summary: StreamSummary,
+    ) -> None:
+        self.session = session
+        self.channel = channel
+        self.extension = extension
+        self.descriptor = descriptor
+        self.region = region
+        self.config = config
+        self.summary = summary
+        self.slots = anyio.Semaphore(config.max_in_flight)
+        self.live: set[_Job] = set()
+        # A stateful extension (a tracker, a motion detector) sees its frames one at a
+        # time and in order; the engine still reads ahead up to max_in_flight.
+        self.sequential = bool(getattr(extension, "sequential", False))
+        self.previous: anyio.Event | None = None
+
+    async def run(self) -> None:
+        send, receive = anyio.create_memory_object_stream[_Job](self.config.max_in_flight)
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._answer_all, receive)
+                await self._read_all(tasks, send)
+        except BaseExceptionGroup as group:
+            error = first_protocol_error(group)
+            if error is None:
+                raise
+            raise error from None
+        finally:
+            for job in self.live:  # only after a failure: answered jobs left the set
+                _release(job)
+
+    async def _read_all(self, tasks: TaskGroup, jobs: MemoryObjectSendStream[_Job]) -> None:
+        async with jobs:
+            while True:
+                await self.slots.acquire()
+                message = await self.channel.receive()
+                if message is None:
+                    self.session.receive_end()
+                    return
+                started = False
+                for event in self.session.receive(message):
+                    if isinstance(event, SampleReceived):
+                        job = self._job(event)
+                        if self.sequential:
+                            job.after, self.previous = self.previous, job.done
+                        self.live.add(job)
+                        if self.config.ordered:
+                            await jobs.send(job)
+                            tasks.start_soon(self._process, job, None)
+                        else:
+                            tasks.start_soon(self._process, job, jobs.clone())
+                        started = True
+                if not started:
+                    self.slots.release()  # an acknowledgement alone takes no slot
+
+    def _job(self, event: SampleReceived) -> _Job:
+        lease = None
+        data: memoryview | None = None
+        content = event.content
+        if isinstance(content, EmbeddedContent):
+            data = memoryview(content.data)
+        elif content is not None:
+            assert self.region is not None  # the session checked SHM-1
+            lease = self.region.lease(  # type: ignore[attr-defined]
+                event.sequence_number, content.offset, content.length
+            )
+            data = lease.view
+        frame = Frame(
+            sequence_number=event.sequence_number,
+            timestamp=event.timestamp,
+            data=data,
+            format=self.descriptor.video_format if data is not None else None,
+            descriptor=self.descriptor,
+            inferences=event.inferences,
+        )
+        return _Job(event, frame, lease)
+
+    async def _process(self, job: _Job, done: MemoryObjectSendStream[_Job] | None) -> None:
+        number = job.sample.sequence_number
+        timeout = self.config.frame_timeout
+        if job.after is not None:
+            await job.after.wait()
+        try:
+            with anyio.fail_after(timeout) if timeout else nullcontext():
+                result = await self.extension.process(job.frame)
+            job.inferences = _checked(result, number)
+        except TimeoutError:
+            raise ProtocolError(
+                "SRV-4",
+                Status.DEADLINE_EXCEEDED,
+                f"processing sample {number} took longer than the frame timeout of {timeout} s",
+            ) from None
+        except ProtocolError:
+            raise
+        except Exception as error:
+            raise ProtocolError(
+                "SRV-3",
+                Status.INTERNAL,
+                f"the extension failed on sample {number}: {type(error).__name__}: {error}",
+            ) from error
+        job.done.set()
+        if done is not None:
+            async with done:
+                await done.send(job)
+
+    async def _answer_all(self, jobs: MemoryObjectReceiveStream[_Job]) -> None:
+        async with jobs:
+            async for job in jobs:
+                await job.done.wait()
+                sample = MediaSample(timestamp=job.sample.timestamp, inferences=job.inferences)
+                await self.channel.send(
+                    self.session.send_sample(sample, ack=job.sample.sequence_number)
+                )
+                self.live.discard(job)
+                _release(job)
+                self.slots.release()
+                self.summary.frames += 1
+                self.summary.inferences += len(job.inferences)
+
+
+def _checked(result: object, number: int) -> list[Inference]:
+    if result is None:
+        return []
+    try:
+        inferences: list[object] = list(result)  # type: ignore[call-overload]
+    except TypeError:
+        raise ProtocolError(
+            "SRV-3",
+            Status.INTERNAL,
+            f"the extension returned {type(result).__name__} for sample {number}; "
+            "expected inferences (an iterable of Inference) or None",
+        ) from None
+    for index, inference in enumerate(inferences):
+        if not isinstance(inference, Inference):
+            raise ProtocolError(
+                "SRV-3",
+                Status.INTERNAL,
+                f"the extension returned a {type(inference).__name__} among the inferences "
+                f"of sample {number}; expected Inference",
+            )
+        try:
+            validate(inference, f"inferences[{index}]")
+        except InferenceError as error:
+            raise ProtocolError(
+                "SRV-3",
+                Status.INTERNAL,
+                f"the extension returned an invalid inference for sample {number}: {error}",
+            ) from None
+    return inferences  # type: ignore[return-value]  # every item checked above
+
+
+def _release(job: _Job) -> None:
+    if job.lease is None:
+        return
+    try:
+        job.lease.release()
+    except ProtocolError as error:
+        log.warning("sample %d: %s", job.sample.sequence_number, error)

@@ -1,0 +1,65 @@
+"""Encoded samples (JPG, PNG, BMP): bytes on the wire, arrays only on request.
+
+The protocol passes encoded images through untouched (MEDIA-12): a sender's JPEG
+reaches the extension as the same bytes. Turning them into pixels needs an image
+codec, so it is an optional extra (Pillow, ``pip install 'avaproto[image]'``),
+imported only when a caller asks for pixels, with an error that says what to install.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..messages import Encoding
+
+#: Pillow's name for each encoded format of the contract.
+PILLOW_FORMATS = {Encoding.JPG: "JPEG", Encoding.PNG: "PNG", Encoding.BMP: "BMP"}
+
+
+def load_pillow() -> Any:
+    """Pillow's ``Image`` module, or an ``ImportError`` naming the extra to install."""
+    try:
+        from PIL import Image
+    except ImportError as error:
+        raise ImportError(
+            "decoding and encoding JPG, PNG and BMP needs Pillow: pip install 'avaproto[image]'"
+        ) from error
+    return Image
+
+
+def _pillow_format(encoding: Encoding) -> str:
+    try:
+        return PILLOW_FORMATS[encoding]
+    except KeyError:
+        raise ValueError(
+            f"{Encoding(encoding).name} is not an encoded image format; RAW frames are "
+            "read with avaproto.media.frames"
+        ) from None
+
+
+def decode_image(data: bytes | bytearray | memoryview, encoding: Encoding) -> npt.NDArray[np.uint8]:
+    """An encoded sample as height x width x 3 RGB (a new array: decoding must allocate)."""
+    expected = _pillow_format(encoding)
+    image_module = load_pillow()
+    with image_module.open(io.BytesIO(data)) as image:
+        if image.format != expected:
+            raise ValueError(f"the sample is {image.format} data, but the stream says {expected}")
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def encode_image(rgb: npt.NDArray[np.uint8], encoding: Encoding, *, quality: int = 90) -> bytes:
+    """Height x width x 3 RGB as an encoded sample of ``encoding``."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(
+            f"expected a height x width x 3 uint8 RGB array, got {rgb.shape} {rgb.dtype}"
+        )
+    pillow_format = _pillow_format(encoding)
+    image_module = load_pillow()
+    buffer = io.BytesIO()
+    options = {"quality": quality} if encoding is Encoding.JPG else {}
+    image_module.fromarray(np.ascontiguousarray(rgb), "RGB").save(buffer, pillow_format, **options)
+    return buffer.getvalue()

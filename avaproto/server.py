@@ -1,0 +1,89 @@
+"""``avaproto.serve``: serve an extension in a few lines.
+
+    def detect(frame: avaproto.Frame) -> list[Inference]:
+        return [avaproto.inferences.motion(box) for box in model(frame.rgb())]
+
+    anyio.run(avaproto.serve, detect)   # port 5001, until SIGTERM or Ctrl-C
+
+``serve`` takes a processor function (sync or async, from a ``Frame`` to inferences),
+or an extension class (one instance per stream, with ``open``/``process``/``close``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+
+import anyio
+
+from .engine.config import EngineConfig
+from .engine.extension import Extension, FunctionExtension, Processor
+from .transport.grpc_server import ExtensionFactory, ExtensionServer, ServerConfig, start_server
+
+log = logging.getLogger("avaproto.server")
+
+Servable = Processor | type[Extension] | ExtensionFactory
+
+
+def as_factory(
+    target: Servable, *, limiter: anyio.CapacityLimiter | None = None
+) -> ExtensionFactory:
+    """One extension per stream from a class, a factory, or a processor function.
+
+    A class, or a callable taking no argument, is a factory; a callable taking one
+    argument (the frame) is a processor, wrapped in ``FunctionExtension``.
+    """
+    if isinstance(target, type):
+        return target
+    if not callable(target):
+        raise TypeError(f"cannot serve {target!r}: expected a processor, a class or a factory")
+    try:
+        parameters = [
+            p
+            for p in inspect.signature(target).parameters.values()
+            if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        parameters = []
+    if not parameters:
+        return target  # type: ignore[return-value]
+    processor: Processor = target  # type: ignore[assignment]
+    return lambda: FunctionExtension(processor, limiter=limiter)
+
+
+@asynccontextmanager
+async def running(
+    target: Servable, config: ServerConfig | None = None, *, grace: float = 5.0
+) -> AsyncIterator[ExtensionServer]:
+    """A server for the duration of the block, drained gracefully on the way out."""
+    config = config or ServerConfig()
+    server = await start_server(as_factory(target, limiter=config.engine.thread_limiter), config)
+    try:
+        yield server
+    finally:
+        with anyio.CancelScope(shield=True):
+            await server.drain(grace)
+
+
+async def serve(
+    target: Servable,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 5001,
+    config: ServerConfig | None = None,
+    grace: float = 5.0,
+    ready: Callable[[ExtensionServer], None] | None = None,
+) -> None:
+    """Serve ``target`` until cancelled or until SIGTERM/SIGINT, then drain for ``grace`` s."""
+    config = replace(config or ServerConfig(engine=EngineConfig()), host=host, port=port)
+    async with running(target, config, grace=grace) as server:
+        if ready is not None:
+            ready(server)
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for received in signals:
+                log.info("%s: draining for up to %.1f s", signal.Signals(received).name, grace)
+                break

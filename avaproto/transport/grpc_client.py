@@ -1,0 +1,123 @@
+"""The pipeline's gRPC client: grpclib bound to the engine's ``PipelineStream``."""
+
+from __future__ import annotations
+
+import re
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpclib.client
+import grpclib.const
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+
+from ..errors import StreamFailed
+from ..messages import METHOD_PATH, MediaStreamMessage
+from ..status import Status
+
+_TARGET = re.compile(
+    r"^(?:(?:tcp|grpc|http|https)://)?(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:/]+)):(?P<port>\d+)/?$"
+)
+
+
+def parse_target(target: str) -> tuple[str, int]:
+    """``host:port``, ``[::1]:port`` or ``tcp://host:port`` (as pipelines write endpoints)."""
+    match = _TARGET.match(target.strip())
+    if not match:
+        raise ValueError(f"target {target!r} is not host:port (or tcp://host:port)")
+    host = match.group("v6") or match.group("host")
+    port = int(match.group("port"))
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} of target {target!r} is out of range")
+    return host, port
+
+
+def _failed(error: GRPCError) -> StreamFailed:
+    return StreamFailed(Status(error.status.value), error.message or "")
+
+
+class ClientChannel:
+    """One call's messages on the pipeline's side."""
+
+    def __init__(self, stream: grpclib.client.Stream[Any, Any], peer: str) -> None:
+        self._stream = stream
+        self.peer = peer
+
+    async def receive(self) -> MediaStreamMessage | None:
+        try:
+            message = await self._stream.recv_message()
+            if message is not None:
+                assert isinstance(message, MediaStreamMessage)
+                return message
+            # The extension ended its stream. Its status is in the trailers, which grpclib
+            # only reads after our side ended: read them from the HTTP/2 stream directly.
+            trailers = await self._stream._stream.recv_trailers()
+            status, detail, _ = self._stream._process_grpc_status(dict(trailers))
+        except GRPCError as error:
+            raise _failed(error) from None
+        except StreamTerminatedError as error:
+            raise self._why_reset(error) from None
+        if status is not grpclib.const.Status.OK:
+            raise StreamFailed(Status(status.value), detail or "")
+        return None
+
+    async def send(self, message: MediaStreamMessage) -> None:
+        try:
+            await self._stream.send_message(message)
+        except StreamTerminatedError as error:
+            raise self._why_reset(error) from None
+
+    def _why_reset(self, error: StreamTerminatedError) -> StreamFailed:
+        """The status an extension sent before resetting the stream (a refusal), if any.
+
+        A refusing extension answers with a trailers-only response, then resets the
+        stream we are still sending on; grpclib then reports only the reset.
+        """
+        for headers in (self._stream._stream.trailers, self._stream._stream.headers):
+            fields = dict(headers or ())
+            if "grpc-status" in fields:
+                status, detail, _ = self._stream._process_grpc_status(fields)
+                if status is not grpclib.const.Status.OK:
+                    return StreamFailed(Status(status.value), detail or "")
+        return StreamFailed(Status.UNAVAILABLE, f"connection lost: {error}")
+
+    async def send_end(self) -> None:
+        await self._stream.end()
+
+
+@asynccontextmanager
+async def open_channel(
+    target: str,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    metadata: Sequence[tuple[str, str]] = (),
+) -> AsyncIterator[ClientChannel]:
+    """One ``ProcessMediaStream`` call to ``target``, as a ``MessageChannel``."""
+    host, port = parse_target(target)
+    channel = grpclib.client.Channel(host, port, ssl=ssl_context)
+    try:
+        stream = channel.request(
+            METHOD_PATH,
+            grpclib.const.Cardinality.STREAM_STREAM,
+            MediaStreamMessage,
+            MediaStreamMessage,
+            metadata=list(metadata),
+        )
+        try:
+            async with stream:
+                try:
+                    await stream.send_request()
+                except GRPCError as error:
+                    raise _failed(error) from None
+                except (ConnectionError, OSError) as error:
+                    raise StreamFailed(
+                        Status.UNAVAILABLE, f"cannot reach {host}:{port}: {error}"
+                    ) from None
+                yield ClientChannel(stream, f"{host}:{port}")
+                if not stream._end_done:
+                    await stream.end()
+        except GRPCError as error:
+            raise _failed(error) from None
+    finally:
+        channel.close()

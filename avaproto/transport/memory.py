@@ -1,0 +1,96 @@
+"""An in-memory transport: two channels joined by anyio memory object streams.
+
+Messages cross as serialized bytes and are read back with the same decoder the network
+transports use, so the engine runs exactly as it does over HTTP/2, on asyncio or trio,
+without a socket. Bounded streams give the same backpressure a flow-control window does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ..codec import decode_message, encode_message
+from ..engine.config import EngineConfig
+from ..engine.extension import Extension
+from ..engine.serve import StreamSummary, serve_stream
+from ..errors import ProtocolError, StreamFailed
+from ..messages import MediaStreamMessage
+from ..status import Status
+
+
+@dataclass(frozen=True)
+class _Trailer:
+    """How a stream ends with a status, as gRPC trailers end an HTTP/2 stream."""
+
+    status: Status
+    message: str
+
+
+_Item = bytes | _Trailer
+
+
+class MemoryChannel:
+    """One end of an in-memory stream (see ``channel_pair``)."""
+
+    def __init__(
+        self,
+        send: MemoryObjectSendStream[_Item],
+        receive: MemoryObjectReceiveStream[_Item],
+        peer: str = "memory",
+    ) -> None:
+        self._send = send
+        self._receive = receive
+        self.peer = peer
+
+    async def receive(self) -> MediaStreamMessage | None:
+        try:
+            item = await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            return None
+        if isinstance(item, _Trailer):
+            raise StreamFailed(item.status, item.message)
+        return decode_message(item)
+
+    async def send(self, message: MediaStreamMessage) -> None:
+        await self._send.send(encode_message(message))
+
+    async def send_end(self) -> None:
+        await self._send.aclose()
+
+    async def abort(self, status: Status, message: str) -> None:
+        """End the stream with a status: the other side's ``receive`` raises ``StreamFailed``."""
+        try:
+            with anyio.move_on_after(1):
+                await self._send.send(_Trailer(status, message))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the other side is gone: nobody to tell
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Drop both directions, as a disconnect would."""
+        await self._send.aclose()
+        await self._receive.aclose()
+
+
+def channel_pair(capacity: int = 4) -> tuple[MemoryChannel, MemoryChannel]:
+    """Two connected channels: (the pipeline's end, the extension's end)."""
+    to_extension, from_pipeline = anyio.create_memory_object_stream[_Item](capacity)
+    to_pipeline, from_extension = anyio.create_memory_object_stream[_Item](capacity)
+    return (
+        MemoryChannel(to_extension, from_extension, "memory:extension"),
+        MemoryChannel(to_pipeline, from_pipeline, "memory:pipeline"),
+    )
+
+
+async def serve(
+    channel: MemoryChannel, extension: Extension, config: EngineConfig | None = None
+) -> StreamSummary:
+    """Serve one in-memory stream; a protocol error ends it with its status, then re-raises."""
+    try:
+        return await serve_stream(channel, extension, config or EngineConfig())
+    except ProtocolError as error:
+        await channel.abort(error.status, str(error))
+        raise

@@ -1,0 +1,384 @@
+"""The extension's engine over the in-memory transport, on asyncio and on trio.
+
+The pipeline's side here is the project's own ``PipelineStream``; both ends run the
+real protocol core, so every message is checked on both sides.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from avaproto.engine.config import EngineConfig
+from avaproto.engine.drive import PipelineStream, Result
+from avaproto.engine.extension import ExtensionRefused, FunctionExtension
+from avaproto.engine.frame import Frame
+from avaproto.engine.outcome import first_protocol_error
+from avaproto.engine.serve import StreamSummary, serve_stream
+from avaproto.errors import ProtocolError, StreamFailed
+from avaproto.messages import Inference, MediaSample, MediaStreamMessage
+from avaproto.protocol.descriptor import StreamDescriptor
+from avaproto.status import Status
+from avaproto.transport.memory import channel_pair, serve
+from tests.builders import FRAME_BYTES, pipeline_descriptor
+
+pytestmark = pytest.mark.anyio
+TIMEOUT = 20
+
+
+def tagged(frame: Frame) -> list[Inference]:
+    """One inference naming the frame, so answers can be matched to requests."""
+    return [Inference(subtype=f"seq-{frame.sequence_number}-ts-{frame.timestamp}")]
+
+
+@asynccontextmanager
+async def served(
+    extension: object,
+    config: EngineConfig | None = None,
+    *,
+    window: int = 8,
+    descriptor: object = None,
+) -> AsyncIterator[tuple[PipelineStream, anyio.abc.ObjectReceiveStream[Result], list[object]]]:
+    """An extension engine and a pipeline stream joined in memory."""
+    pipeline_end, extension_end = channel_pair()
+    outcome: list[object] = []
+
+    async def run() -> None:
+        try:
+            outcome.append(await serve(extension_end, extension, config or EngineConfig()))  # type: ignore[arg-type]
+        except ProtocolError as error:
+            outcome.append(error)
+
+    with anyio.fail_after(TIMEOUT):
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(run)
+                async with PipelineStream.open(
+                    pipeline_end, descriptor or pipeline_descriptor(), window=window
+                ) as (stream, results):
+                    yield stream, results, outcome
+        except BaseExceptionGroup as group:
+            cause = first_protocol_error(group)
+            if cause is None:
+                raise
+            raise cause from None
+
+
+async def collect(results: anyio.abc.ObjectReceiveStream[Result]) -> list[Result]:
+    return [result async for result in results]
+
+
+@pytest.mark.rule("ACK-1", "ACK-6", "SRV-2")
+async def test_every_sample_is_answered_in_order_with_its_ack() -> None:
+    async with served(FunctionExtension(tagged)) as (stream, results, outcome):
+        numbers = [await stream.send(bytes(FRAME_BYTES), timestamp=t * 3000) for t in range(20)]
+        await stream.end()
+        answers = await collect(results)
+    assert [a.acknowledged for a in answers] == numbers
+    assert [a.inferences[0].subtype for a in answers] == [
+        f"seq-{n}-ts-{t * 3000}" for t, n in enumerate(numbers)
+    ]
+    assert [a.timestamp for a in answers] == [t * 3000 for t in range(20)]
+    [summary] = outcome
+    assert isinstance(summary, StreamSummary)
+    assert (summary.frames, summary.inferences, summary.status) == (20, 20, Status.OK)
+
+
+@pytest.mark.rule("SRV-2", "ACK-8")
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_random_latency_keeps_order_unless_asked_not_to(ordered: bool) -> None:
+    delays = random.Random(7)
+
+    async def slow(frame: Frame) -> list[Inference]:
+        await anyio.sleep(delays.random() / 200)
+        return tagged(frame)
+
+    config = EngineConfig(max_in_flight=6, ordered=ordered)
+    async with served(FunctionExtension(slow), config) as (stream, results, _):
+
+        async def feed() -> None:
+            for t in range(40):
+                await stream.send(bytes(FRAME_BYTES), timestamp=t)
+            await stream.end()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(feed)
+            answers = await collect(results)
+    acknowledged = [a.acknowledged for a in answers]
+    assert sorted(acknowledged) == list(range(2, 42))  # type: ignore[type-var]
+    if ordered:
+        assert acknowledged == list(range(2, 42))
+
+
+@pytest.mark.rule("SRV-1")
+async def test_no_more_than_max_in_flight_at_once() -> None:
+    running = 0
+    peak = 0
+    release = anyio.Event()
+
+    async def gated(frame: Frame) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await release.wait()
+        running -= 1
+
+    config = EngineConfig(max_in_flight=3)
+    async with served(FunctionExtension(gated), config, window=10) as (stream, results, _):
+
+        async def feed() -> None:
+            for t in range(10):
+                await stream.send(bytes(FRAME_BYTES), timestamp=t)
+            await stream.end()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(feed)
+            await anyio.wait_all_tasks_blocked()
+            # Everything is blocked: the engine holds three frames and reads no more.
+            assert (running, peak) == (3, 3)
+            assert stream.in_flight > 3  # the pipeline has sent more than that
+            release.set()
+            answers = await collect(results)
+    assert peak == 3
+    assert len(answers) == 10
+
+
+@pytest.mark.rule("LIFE-2", "ACK-1")
+async def test_end_of_input_with_frames_in_flight_answers_them_all() -> None:
+    gate = anyio.Event()
+
+    async def held(frame: Frame) -> list[Inference]:
+        await gate.wait()
+        return tagged(frame)
+
+    async with served(FunctionExtension(held), EngineConfig(max_in_flight=8)) as (
+        stream,
+        results,
+        outcome,
+    ):
+        for t in range(8):
+            await stream.send(bytes(FRAME_BYTES), timestamp=t)
+        await stream.end()  # half-close while all eight are being processed
+        gate.set()
+        answers = await collect(results)
+    assert len(answers) == 8
+    assert stream.session.ledger.settled
+    assert isinstance(outcome[0], StreamSummary)
+
+
+@pytest.mark.rule("SRV-3", "LIFE-3")
+async def test_processor_that_raises_ends_the_stream_with_internal() -> None:
+    def broken(frame: Frame) -> None:
+        if frame.sequence_number == 4:
+            raise ValueError("model exploded")
+
+    with pytest.raises(StreamFailed) as failed:
+        async with served(FunctionExtension(broken)) as (stream, results, outcome):
+            for t in range(5):
+                await stream.send(bytes(FRAME_BYTES), timestamp=t)
+            await stream.end()
+            await collect(results)
+    [error] = outcome
+    assert isinstance(error, ProtocolError)
+    assert (error.rule, error.status) == ("SRV-3", Status.INTERNAL)
+    assert failed.value.status is Status.INTERNAL
+    assert "[SRV-3]" in failed.value.detail
+    assert "sample 4" in failed.value.detail and "model exploded" in failed.value.detail
+
+
+@pytest.mark.rule("SRV-3")
+async def test_processor_returning_garbage_ends_the_stream_with_internal() -> None:
+    with pytest.raises(StreamFailed):
+        async with served(FunctionExtension(lambda frame: ["not an inference"])) as (
+            stream,
+            results,
+            outcome,
+        ):
+            await stream.send(bytes(FRAME_BYTES), timestamp=0)
+            await stream.end()
+            await collect(results)
+    assert isinstance(outcome[0], ProtocolError)
+    assert "str" in str(outcome[0])
+
+
+@pytest.mark.rule("SRV-4")
+async def test_frame_timeout_ends_the_stream_with_deadline_exceeded() -> None:
+    async def stuck(frame: Frame) -> None:
+        await anyio.sleep_forever()
+
+    with pytest.raises(StreamFailed) as failed:
+        async with served(FunctionExtension(stuck), EngineConfig(frame_timeout=0.05)) as (
+            stream,
+            results,
+            outcome,
+        ):
+            await stream.send(bytes(FRAME_BYTES), timestamp=0)
+            await collect(results)
+    assert isinstance(outcome[0], ProtocolError)
+    assert outcome[0].status is Status.DEADLINE_EXCEEDED
+    assert failed.value.status is Status.DEADLINE_EXCEEDED
+    assert "0.05 s" in failed.value.detail
+
+
+class Refusing:
+    async def open(self, descriptor: StreamDescriptor) -> None:
+        raise ExtensionRefused(f"no model named {descriptor.extension_configuration!r}")
+
+    async def process(self, frame: Frame) -> None:
+        raise AssertionError("never called")
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.rule("CFG-2", "CFG-3")
+async def test_open_may_refuse_the_configuration() -> None:
+    extension = Refusing()
+    with pytest.raises(StreamFailed) as failed:
+        async with served(extension, descriptor=pipeline_descriptor(configuration="yolo9")):
+            pass
+    assert extension.closed
+    assert failed.value.status is Status.INVALID_ARGUMENT
+    assert "no model named 'yolo9'" in failed.value.detail
+
+
+@pytest.mark.rule("EMB-3")
+async def test_samples_without_content_reach_the_processor() -> None:
+    seen: list[tuple[object, list[Inference]]] = []
+
+    def record(frame: Frame) -> None:
+        seen.append((frame.data, frame.inferences))
+
+    async with served(FunctionExtension(record)) as (stream, results, _):
+        await stream.send(None, timestamp=5, inferences=[Inference(subtype="upstream")])
+        await stream.end()
+        [answer] = await collect(results)
+    assert seen == [(None, [Inference(subtype="upstream")])]
+    assert answer.acknowledged == 2
+
+
+@pytest.mark.rule("LIFE-4")
+async def test_pipeline_that_sends_nothing_closes_cleanly() -> None:
+    pipeline_end, extension_end = channel_pair()
+    with anyio.fail_after(TIMEOUT):
+        await pipeline_end.send_end()
+        summary = await serve_stream(extension_end, FunctionExtension(tagged))
+    assert (summary.frames, summary.status) == (0, Status.OK)
+
+
+@pytest.mark.rule("DESC-1", "LIFE-3")
+async def test_violation_ends_the_stream_with_its_status() -> None:
+    pipeline_end, extension_end = channel_pair()
+    with anyio.fail_after(TIMEOUT):
+        await pipeline_end.send(MediaStreamMessage(sequence_number=1, media_sample=MediaSample()))
+        with pytest.raises(ProtocolError) as caught:
+            await serve_stream(extension_end, FunctionExtension(tagged))
+    assert (caught.value.rule, caught.value.status) == ("DESC-1", Status.FAILED_PRECONDITION)
+
+
+SyncOrAsync = Callable[[Frame], list[Inference] | Awaitable[list[Inference]]]
+
+
+@pytest.mark.rule("SRV-1")
+async def test_sync_and_async_processors_both_work() -> None:
+    async def async_tagged(frame: Frame) -> list[Inference]:
+        return tagged(frame)
+
+    for processor in (tagged, async_tagged):
+        async with served(FunctionExtension(processor)) as (stream, results, _):
+            await stream.send(bytes(FRAME_BYTES), timestamp=1)
+            await stream.end()
+            [answer] = await collect(results)
+        assert answer.inferences == tagged_frame(2, 1)
+
+
+def tagged_frame(number: int, timestamp: int) -> list[Inference]:
+    return [Inference(subtype=f"seq-{number}-ts-{timestamp}")]
+
+
+@pytest.mark.rule("PIPE-2")
+async def test_pipeline_keeps_at_most_window_samples_unacknowledged() -> None:
+    running = 0
+    release = anyio.Event()
+
+    async def gated(frame: Frame) -> None:
+        nonlocal running
+        running += 1
+        await release.wait()
+
+    config = EngineConfig(max_in_flight=10)
+    async with served(FunctionExtension(gated), config, window=3) as (stream, results, _):
+        sent = 0
+
+        async def feed() -> None:
+            nonlocal sent
+            for t in range(8):
+                await stream.send(bytes(FRAME_BYTES), timestamp=t)
+                sent += 1
+            await stream.end()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(feed)
+            await anyio.wait_all_tasks_blocked()
+            # The extension would take ten; the pipeline holds itself to its window.
+            assert (sent, stream.in_flight, running) == (3, 3, 3)
+            release.set()
+            answers = await collect(results)
+    assert [a.acknowledged for a in answers] == list(range(2, 10))
+
+
+@pytest.mark.rule("SRV-10")
+async def test_a_sequential_extension_sees_its_frames_one_at_a_time_in_order() -> None:
+    seen: list[int] = []
+    running = 0
+    generator = random.Random(3)
+
+    class Tracker:
+        sequential = True
+
+        async def open(self, descriptor: StreamDescriptor) -> None: ...
+
+        async def process(self, frame: Frame) -> None:
+            nonlocal running
+            running += 1
+            assert running == 1, "two frames of a sequential extension at once"
+            for _ in range(generator.randrange(4)):
+                await anyio.lowlevel.checkpoint()
+            seen.append(frame.sequence_number)
+            running -= 1
+
+        async def close(self) -> None: ...
+
+    async with served(Tracker(), EngineConfig(max_in_flight=6)) as (stream, results, _):
+
+        async def feed() -> None:
+            for t in range(30):
+                await stream.send(bytes(FRAME_BYTES), timestamp=t)
+            await stream.end()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(feed)
+            answers = await collect(results)
+    assert seen == list(range(2, 32))
+    assert len(answers) == 30
+
+
+@pytest.mark.rule("SRV-3", "INF-4")
+async def test_processor_returning_an_invalid_inference_ends_the_stream_with_internal() -> None:
+    from avaproto.messages import Motion, Rectangle
+
+    def sloppy(frame: Frame) -> list[Inference]:
+        return [Inference(motion=Motion(box=Rectangle(l=0.5, w=0.9)))]
+
+    with pytest.raises(StreamFailed) as caught:
+        async with served(FunctionExtension(sloppy)) as (stream, results, _):
+            await stream.send(bytes(FRAME_BYTES), timestamp=0)
+            await stream.end()
+            await collect(results)
+    assert caught.value.status is Status.INTERNAL
+    assert "INF-4" in caught.value.detail and "sample 2" in caught.value.detail

@@ -1,0 +1,112 @@
+"""The hand-written decoder agrees with the generated parser and never reads past its input."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from avaproto.codec import decode_message
+from avaproto.errors import RemoteProtocolError
+from avaproto.messages import (
+    ContentBytes,
+    ContentReference,
+    Inference,
+    InferenceType,
+    MediaSample,
+    MediaStreamMessage,
+    Motion,
+    Rectangle,
+)
+from avaproto.status import Status
+from tests.builders import pipeline_descriptor
+
+uint64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
+inference = st.builds(
+    Inference,
+    type=st.sampled_from(list(InferenceType)),
+    subtype=st.text(max_size=8),
+    motion=st.builds(Motion, box=st.builds(Rectangle, l=st.just(0.25), w=st.just(0.5))),
+)
+sample = st.builds(
+    MediaSample,
+    timestamp=uint64,
+    content_bytes=st.one_of(st.none(), st.builds(ContentBytes, bytes=st.binary(max_size=300))),
+    inferences=st.lists(inference, max_size=3),
+)
+reference_sample = st.builds(
+    MediaSample,
+    timestamp=uint64,
+    content_reference=st.builds(ContentReference, address_offset=uint64, length_bytes=uint64),
+)
+message = st.builds(
+    MediaStreamMessage,
+    sequence_number=uint64,
+    ack_sequence_number=uint64,
+    media_sample=st.one_of(st.none(), sample, reference_sample),
+)
+
+
+@pytest.mark.rule("WIRE-1", "EMB-1")
+@settings(max_examples=300, deadline=None)
+@given(message)
+def test_decoder_agrees_with_the_generated_parser(original: MediaStreamMessage) -> None:
+    wire = bytes(original)
+    decoded = decode_message(wire)
+    assert bytes(decoded) == wire
+    assert decoded == MediaStreamMessage.parse(wire)
+
+
+@pytest.mark.rule("EMB-1")
+def test_embedded_content_is_a_view_of_the_received_buffer() -> None:
+    frame = bytes(range(256)) * 100
+    sample = MediaSample(content_bytes=ContentBytes(frame))
+    wire = bytearray(bytes(MediaStreamMessage(media_sample=sample)))
+    decoded = decode_message(wire)
+    assert decoded.media_sample is not None and decoded.media_sample.content_bytes is not None
+    content = decoded.media_sample.content_bytes.bytes
+    assert isinstance(content, memoryview)
+    assert content.obj is wire  # no copy: a window on the buffer it was read into
+    assert bytes(content) == frame
+
+
+@pytest.mark.rule("WIRE-1")
+def test_descriptors_are_decoded_too() -> None:
+    original = MediaStreamMessage(sequence_number=1, media_stream_descriptor=pipeline_descriptor())
+    assert decode_message(bytes(original)) == original
+
+
+@pytest.mark.rule("WIRE-1")
+@pytest.mark.parametrize(
+    ("data", "fault"),
+    [
+        (b"\x08", "truncated or overlong varint"),
+        (b"\x08" + b"\xff" * 10 + b"\x01", "varint"),
+        (b"\x32\x05\x08", "runs past the end"),
+        (b"\x0b", "wire type 3"),
+        (b"\x00", "field number 0"),
+        (b"\x0a\x00", "sequence_number has wire type 2"),
+        (b"\x2a\x02\x0a\x05", "MediaStreamDescriptor"),
+    ],
+)
+def test_malformed_input_is_refused_precisely(data: bytes, fault: str) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        decode_message(data)
+    assert (caught.value.rule, caught.value.status) == ("WIRE-1", Status.INVALID_ARGUMENT)
+    assert fault in str(caught.value)
+    assert "at byte" in str(caught.value)
+
+
+@pytest.mark.rule("WIRE-1")
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64))
+def test_any_bytes_decode_or_raise_wire_1(data: bytes) -> None:
+    outcome: object
+    try:
+        outcome = decode_message(data)
+    except RemoteProtocolError as error:
+        outcome = error
+    # Either a message or the one error of malformed input: nothing else escapes.
+    assert isinstance(outcome, MediaStreamMessage) or (
+        isinstance(outcome, RemoteProtocolError) and outcome.rule == "WIRE-1"
+    )

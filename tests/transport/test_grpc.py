@@ -1,0 +1,374 @@
+"""The extension server and the pipeline client over real HTTP/2 on a loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import grpclib.client
+import grpclib.const
+import pytest
+import trustme
+
+from avaproto.client import Pipeline, connect
+from avaproto.engine.config import EngineConfig
+from avaproto.engine.drive import Result
+from avaproto.engine.extension import ExtensionRefused
+from avaproto.engine.frame import Frame
+from avaproto.errors import StreamFailed
+from avaproto.messages import METHOD_PATH, Encoding, Inference, MediaStreamMessage, PixelFormat
+from avaproto.protocol.auth import Credentials
+from avaproto.protocol.descriptor import StreamDescriptor
+from avaproto.protocol.video_format import VideoFormat
+from avaproto.server import running
+from avaproto.status import Status
+from avaproto.transport.grpc_server import ExtensionServer, ServerConfig
+from avaproto.transport.tls import client_context, server_context
+
+pytestmark = pytest.mark.anyio
+TIMEOUT = 30
+RGB24 = VideoFormat.checked(Encoding.RAW, PixelFormat.RGB24, 32, 24)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # grpclib runs on asyncio
+
+
+def tagged(frame: Frame) -> list[Inference]:
+    size = len(frame.data or b"")
+    return [Inference(subtype=f"{frame.sequence_number}:{frame.timestamp}:{size}")]
+
+
+@asynccontextmanager
+async def server(target: Any = tagged, **config: Any) -> AsyncIterator[ExtensionServer]:
+    with anyio.fail_after(TIMEOUT):
+        async with running(target, ServerConfig(port=0, **config), grace=2) as started:
+            yield started
+
+
+async def exchange(pipeline: Pipeline, frames: list[bytes | None]) -> list[Result]:
+    async def feed() -> None:
+        for t, frame in enumerate(frames):
+            await pipeline.send(frame, timestamp=t * 3000)
+        await pipeline.end()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(feed)
+        return [result async for result in pipeline.results()]
+
+
+@pytest.mark.rule("ACK-1", "EMB-1", "CONN-1", "CONN-2", "CONN-3")
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        RGB24,
+        VideoFormat.checked(Encoding.RAW, PixelFormat.BGRA, 17, 9, 80),
+        VideoFormat.checked(Encoding.RAW, PixelFormat.YUV420P, 33, 17),
+        VideoFormat.checked(Encoding.RAW, PixelFormat.RGB565LE, 8, 8),
+        VideoFormat.checked(Encoding.JPG),
+    ],
+    ids=str,
+)
+async def test_frames_are_answered_end_to_end(fmt: VideoFormat) -> None:
+    size = fmt.frame_bytes if fmt.is_raw else 1000
+    async with server() as extension, connect(f"127.0.0.1:{extension.port}", format=fmt) as pipe:
+        assert pipe.extension.extension_identifier == "avaproto"
+        results = await exchange(pipe, [bytes([t]) * size for t in range(12)])
+    assert [r.acknowledged for r in results] == list(range(2, 14))
+    assert [r.inferences[0].subtype for r in results] == [
+        f"{n}:{t * 3000}:{size}" for t, n in enumerate(range(2, 14))
+    ]
+    assert all(r.latency is not None and r.latency >= 0 for r in results)
+
+
+class TestAuthentication:
+    CREDENTIALS = Credentials("pipeline", "s3cret")
+
+    @pytest.mark.rule("AUTH-2", "AUTH-3")
+    async def test_right_credentials(self) -> None:
+        async with (
+            server(credentials=self.CREDENTIALS) as extension,
+            connect(
+                f"127.0.0.1:{extension.port}", format=RGB24, credentials=self.CREDENTIALS
+            ) as pipe,
+        ):
+            assert len(await exchange(pipe, [bytes(RGB24.frame_bytes)])) == 1
+
+    @pytest.mark.rule("AUTH-3", "AUTH-4")
+    @pytest.mark.parametrize(
+        ("credentials", "says"),
+        [
+            (None, "missing x-ms-authentication"),
+            (Credentials("pipeline", "wrong"), "wrong username or password"),
+            (Credentials("intruder", "s3cret"), "wrong username or password"),
+        ],
+    )
+    async def test_refused_before_any_message_is_read(
+        self, credentials: Credentials | None, says: str
+    ) -> None:
+        opened: list[object] = []
+
+        class Recording:
+            def __init__(self) -> None:
+                opened.append(self)
+
+            async def open(self, descriptor: StreamDescriptor) -> None: ...
+            async def process(self, frame: Frame) -> None: ...
+            async def close(self) -> None: ...
+
+        async with server(Recording, credentials=self.CREDENTIALS) as extension:
+            with pytest.raises(StreamFailed) as caught:
+                async with connect(
+                    f"127.0.0.1:{extension.port}", format=RGB24, credentials=credentials
+                ):
+                    pass
+        assert caught.value.status is Status.UNAUTHENTICATED
+        assert says in caught.value.detail and "[AUTH-3]" in caught.value.detail
+        assert "s3cret" not in caught.value.detail
+        assert opened == []
+
+    @pytest.mark.rule("AUTH-3")
+    async def test_malformed_header(self) -> None:
+        async with server(credentials=self.CREDENTIALS) as extension:
+            status, detail = await raw_call(
+                extension.port, [], metadata=[("x-ms-authentication", "Basic %%%")]
+            )
+        assert status is grpclib.const.Status.UNAUTHENTICATED
+        assert "base64" in (detail or "")
+
+    @pytest.mark.rule("AUTH-1")
+    async def test_without_configured_credentials_any_header_is_accepted(self) -> None:
+        async with (
+            server() as extension,
+            connect(
+                f"127.0.0.1:{extension.port}",
+                format=RGB24,
+                credentials=Credentials("anyone", "anything"),
+            ) as pipe,
+        ):
+            assert len(await exchange(pipe, [bytes(RGB24.frame_bytes)])) == 1
+
+
+class TestTLS:
+    @pytest.fixture
+    def tls(self, tmp_path: Path) -> dict[str, Any]:
+        ca = trustme.CA()
+        cert = ca.issue_cert("localhost")
+        cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        return {
+            "server": server_context(tmp_path / "server.pem", tmp_path / "server.pem"),
+            "client": client_context(ca=tmp_path / "ca.pem"),
+        }
+
+    @pytest.mark.rule("TLS-1")
+    async def test_stream_over_tls(self, tls: dict[str, Any]) -> None:
+        async with (
+            server(ssl=tls["server"]) as extension,
+            connect(f"localhost:{extension.port}", format=RGB24, tls=tls["client"]) as pipe,
+        ):
+            assert len(await exchange(pipe, [bytes(RGB24.frame_bytes)] * 3)) == 3
+
+    @pytest.mark.rule("TLS-2")
+    async def test_certificate_must_name_the_dialled_host(self, tls: dict[str, Any]) -> None:
+        async with server(ssl=tls["server"]) as extension:
+            with pytest.raises(StreamFailed) as caught:
+                # The certificate names "localhost", not the address dialled.
+                async with connect(f"127.0.0.1:{extension.port}", format=RGB24, tls=tls["client"]):
+                    pass
+        assert caught.value.status is Status.UNAVAILABLE
+        assert "certificate" in caught.value.detail.lower()
+
+
+@pytest.mark.rule("CFG-1", "CFG-2")
+async def test_configuration_reaches_the_extension() -> None:
+    seen: list[str] = []
+
+    class Configured:
+        async def open(self, descriptor: StreamDescriptor) -> None:
+            seen.append(descriptor.extension_configuration)
+
+        async def process(self, frame: Frame) -> None:
+            seen.append(frame.configuration)
+
+        async def close(self) -> None: ...
+
+    configuration = '{"model": "yolov3", "classes": ["person", "car"], "ü": 1}'
+    async with (
+        server(Configured) as extension,
+        connect(f"127.0.0.1:{extension.port}", format=RGB24, configuration=configuration) as pipe,
+    ):
+        await exchange(pipe, [bytes(RGB24.frame_bytes)])
+    assert seen == [configuration, configuration]
+
+
+@pytest.mark.rule("CFG-3")
+async def test_extension_refusing_the_configuration() -> None:
+    class Picky:
+        async def open(self, descriptor: StreamDescriptor) -> None:
+            raise ExtensionRefused("threshold must be a number from 0 to 1, got 'high'")
+
+        async def process(self, frame: Frame) -> None: ...
+        async def close(self) -> None: ...
+
+    async with server(Picky) as extension:
+        with pytest.raises(StreamFailed) as caught:
+            async with connect(f"127.0.0.1:{extension.port}", format=RGB24):
+                pass
+    assert caught.value.status is Status.INVALID_ARGUMENT
+    assert "threshold" in caught.value.detail
+
+
+@pytest.mark.rule("LIFE-2", "ACK-1")
+async def test_half_close_with_frames_in_flight_answers_them_all() -> None:
+    gate = anyio.Event()
+
+    async def held(frame: Frame) -> list[Inference]:
+        await gate.wait()
+        return tagged(frame)
+
+    async with (
+        server(held, engine=EngineConfig(max_in_flight=8)) as extension,
+        connect(f"127.0.0.1:{extension.port}", format=RGB24, window=8) as pipe,
+    ):
+        for t in range(8):
+            await pipe.send(bytes(RGB24.frame_bytes), timestamp=t)
+        await pipe.end()
+        gate.set()
+        results = [r async for r in pipe.results()]
+    assert [r.acknowledged for r in results] == list(range(2, 10))
+
+
+@pytest.mark.rule("SRV-3", "SRV-6")
+async def test_failing_processor_ends_only_its_own_stream() -> None:
+    def picky(frame: Frame) -> list[Inference]:
+        if frame.configuration == "fail" and frame.sequence_number == 3:
+            raise RuntimeError("boom")
+        return tagged(frame)
+
+    async with server(picky) as extension:
+        target = f"127.0.0.1:{extension.port}"
+        async with connect(target, format=RGB24, configuration="ok") as healthy:
+            await healthy.send(bytes(RGB24.frame_bytes), timestamp=0)
+            with pytest.raises(StreamFailed) as caught:
+                async with connect(target, format=RGB24, configuration="fail") as failing:
+                    await exchange(failing, [bytes(RGB24.frame_bytes)] * 3)
+            rest = await exchange(healthy, [bytes(RGB24.frame_bytes)] * 3)
+    assert caught.value.status is Status.INTERNAL
+    assert "sample 3" in caught.value.detail and "RuntimeError: boom" in caught.value.detail
+    assert [r.acknowledged for r in rest] == [2, 3, 4, 5]
+
+
+@pytest.mark.rule("SRV-5")
+async def test_oversized_message_is_refused_before_buffering() -> None:
+    big = VideoFormat.checked(Encoding.RAW, PixelFormat.RGB24, 256, 256)
+    async with server(max_message_bytes=100_000) as extension:
+        with pytest.raises(StreamFailed) as caught:
+            async with connect(f"127.0.0.1:{extension.port}", format=big) as pipe:
+                await exchange(pipe, [bytes(big.frame_bytes)])
+    assert caught.value.status is Status.RESOURCE_EXHAUSTED
+    assert "100000 bytes" in caught.value.detail
+
+
+@pytest.mark.rule("SRV-6")
+async def test_stream_limit() -> None:
+    async with server(max_streams=1) as extension:
+        target = f"127.0.0.1:{extension.port}"
+        async with connect(target, format=RGB24) as first:
+            with pytest.raises(StreamFailed) as caught:
+                async with connect(target, format=RGB24):
+                    pass
+            assert len(await exchange(first, [bytes(RGB24.frame_bytes)])) == 1
+    assert caught.value.status is Status.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.rule("SRV-9")
+async def test_health_service_reports_serving() -> None:
+    from grpclib.health.v1.health_grpc import HealthStub
+    from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+
+    async with server() as extension:
+        channel = grpclib.client.Channel("127.0.0.1", extension.port)
+        try:
+            reply = await HealthStub(channel).Check(HealthCheckRequest(), timeout=TIMEOUT)
+        finally:
+            channel.close()
+    assert reply.status == HealthCheckResponse.SERVING
+
+
+@pytest.mark.rule("SRV-8")
+async def test_drain_lets_running_streams_finish_and_refuses_new_ones() -> None:
+    gate = anyio.Event()
+    answered: list[Result] = []
+
+    async def held(frame: Frame) -> list[Inference]:
+        await gate.wait()
+        return tagged(frame)
+
+    with anyio.fail_after(TIMEOUT):
+        async with running(held, ServerConfig(port=0), grace=10) as extension:
+            target = f"127.0.0.1:{extension.port}"
+            async with connect(target, format=RGB24) as pipe, anyio.create_task_group() as tasks:
+                await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
+                tasks.start_soon(extension.drain, 10)
+                await anyio.wait_all_tasks_blocked()
+                with pytest.raises(StreamFailed):
+                    async with connect(target, format=RGB24):
+                        pass
+                gate.set()
+                await pipe.end()
+                answered.extend([r async for r in pipe.results()])
+    assert [r.acknowledged for r in answered] == [2]
+
+
+class _RawCodec:
+    __content_subtype__ = "proto"
+
+    def encode(self, message: bytes, message_type: Any) -> bytes:
+        return message
+
+    def decode(self, data: bytes, message_type: Any) -> bytes:
+        return data
+
+
+async def raw_call(
+    port: int, payloads: list[bytes], metadata: list[tuple[str, str]] | None = None
+) -> tuple[grpclib.const.Status, str | None]:
+    """Send raw bytes as messages; return the status the server ended with."""
+    channel = grpclib.client.Channel("127.0.0.1", port, codec=_RawCodec())  # type: ignore[arg-type]
+    try:
+        async with channel.request(
+            METHOD_PATH, grpclib.const.Cardinality.STREAM_STREAM, bytes, bytes, metadata=metadata
+        ) as stream:
+            await stream.send_request()
+            for payload in payloads:
+                await stream.send_message(payload)
+            await stream.end()
+            async for _ in stream:
+                pass
+    except grpclib.exceptions.GRPCError as error:
+        return error.status, error.message
+    finally:
+        channel.close()
+    return grpclib.const.Status.OK, None
+
+
+@pytest.mark.rule("WIRE-1")
+async def test_malformed_message_ends_the_stream_with_invalid_argument() -> None:
+    async with server() as extension:
+        status, detail = await raw_call(extension.port, [b"\x08\x01\x32\x09\x08"])
+    assert status is grpclib.const.Status.INVALID_ARGUMENT
+    assert "[WIRE-1]" in (detail or "") and "runs past the end" in (detail or "")
+
+
+@pytest.mark.rule("DESC-1")
+async def test_first_message_not_a_descriptor_over_the_network() -> None:
+    async with server() as extension:
+        sample_first = bytes(MediaStreamMessage(sequence_number=1, ack_sequence_number=0))
+        status, detail = await raw_call(extension.port, [sample_first])
+    assert status is grpclib.const.Status.FAILED_PRECONDITION
+    assert "[DESC-1]" in (detail or "")

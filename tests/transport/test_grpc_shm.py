@@ -1,0 +1,141 @@
+"""Shared-memory transfer end to end over loopback gRPC, and what a disconnect leaves.
+
+Both parties are real: the pipeline's arena is a file under /dev/shm, the extension
+maps it read-only, and every sample's pixels reach the processor through that mapping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import anyio
+import numpy as np
+import pytest
+
+from avaproto.client import connect
+from avaproto.engine.frame import Frame
+from avaproto.media import frames
+from avaproto.messages import Encoding, Inference, PixelFormat
+from avaproto.protocol.video_format import VideoFormat
+from avaproto.server import running
+from avaproto.transport.grpc_server import ServerConfig
+
+pytestmark = pytest.mark.anyio
+TIMEOUT = 30
+SHM = Path("/dev/shm")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # grpclib runs on asyncio
+
+
+def shm_fds() -> list[str]:
+    """This process's open files under /dev/shm."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed while listing (the listing's own fd)
+        if target.startswith("/dev/shm/"):
+            found.append(target)
+    return sorted(found)
+
+
+def shm_mappings() -> list[str]:
+    """This process's mappings of files under /dev/shm."""
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        return sorted(line.split(maxsplit=5)[-1].strip() for line in maps if "/dev/shm/" in line)
+
+
+def pictures(count: int, width: int, height: int) -> list[np.ndarray]:
+    generator = np.random.default_rng(7)
+    return [generator.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def digest_of_rgb(frame: Frame) -> list[Inference]:
+    shared = frame.descriptor.shared_memory is not None
+    digest = hashlib.sha256(np.ascontiguousarray(frame.rgb()).tobytes()).hexdigest()
+    return [Inference(subtype=f"{shared}:{digest}")]
+
+
+@pytest.mark.rule("SHM-1", "SHM-4", "ACK-1", "SRV-7")
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        VideoFormat.checked(Encoding.RAW, PixelFormat.RGB24, 64, 48),
+        VideoFormat.checked(Encoding.RAW, PixelFormat.BGRA, 31, 17, 31 * 4 + 12),
+        VideoFormat.checked(Encoding.RAW, PixelFormat.YUV420P, 33, 19),
+        VideoFormat.checked(Encoding.RAW, PixelFormat.RGB565LE, 20, 10),
+    ],
+    ids=str,
+)
+async def test_frames_through_shared_memory_reach_the_processor_intact(fmt: VideoFormat) -> None:
+    sources = pictures(12, fmt.width, fmt.height)
+    expected = []
+    for rgb in sources:
+        sent = frames.encode(rgb, fmt)
+        seen = np.ascontiguousarray(frames.to_rgb(frames.decode(sent, fmt), fmt))
+        expected.append(f"True:{hashlib.sha256(seen.tobytes()).hexdigest()}")
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            running(digest_of_rgb, ServerConfig(port=0), grace=2) as server,
+            connect(
+                f"127.0.0.1:{server.port}", format=fmt, transfer="shm", shm_bytes=1 << 20
+            ) as pipe,
+        ):
+            arena = pipe.stream.arena
+            assert arena is not None and (SHM / arena.handle_name).exists()
+
+            async def feed() -> None:
+                for t, rgb in enumerate(sources):
+                    await pipe.send(rgb, timestamp=t)
+                await pipe.end()
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(feed)
+                results = [r async for r in pipe.results()]
+            assert arena.in_use == 0  # every slot came back with its acknowledgement
+    assert [r.acknowledged for r in results] == list(range(2, 14))
+    assert [r.inferences[0].subtype for r in results] == expected
+    assert not (SHM / arena.handle_name).exists()  # the pipeline unlinked its segment
+
+
+@pytest.mark.rule("SHM-1", "LIFE-3", "SRV-7")
+async def test_a_pipeline_that_disconnects_mid_stream_leaves_nothing_behind() -> None:
+    fds_before, maps_before = shm_fds(), shm_mappings()
+    entered = 0
+    three_in = anyio.Event()
+    never = anyio.Event()
+
+    async def stuck(frame: Frame) -> None:
+        nonlocal entered
+        assert frame.data is not None and len(frame.data) == 32 * 24 * 3
+        entered += 1
+        if entered == 3:
+            three_in.set()
+        await never.wait()  # the pipeline goes away before this returns
+
+    fmt = VideoFormat.checked(Encoding.RAW, PixelFormat.RGB24, 32, 24)
+    with anyio.fail_after(TIMEOUT):
+        async with running(stuck, ServerConfig(port=0), grace=2) as server:
+            with anyio.CancelScope() as client:
+                async with connect(
+                    f"127.0.0.1:{server.port}", format=fmt, transfer="shm", shm_bytes=1 << 16
+                ) as pipe:
+                    arena = pipe.stream.arena
+                    assert arena is not None
+                    for t in range(3):
+                        await pipe.send(bytes(fmt.frame_bytes), timestamp=t)
+                    await three_in.wait()
+                    # Mid-stream: the extension maps the segment and holds three leases.
+                    assert any(arena.handle_name in m for m in shm_mappings())
+                    client.cancel()
+            await server.service.wait_idle()
+            assert server.service.active == 0
+    assert not (SHM / arena.handle_name).exists()
+    assert shm_fds() == fds_before
+    assert shm_mappings() == maps_before
