@@ -137,11 +137,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--extension {args.extension}: {error}") from None
     config = _server_config(args)
 
-    def ready(server: Any) -> None:
-        print(f"serving {args.extension} on {args.host}:{server.port}", file=sys.stderr)
-
+    # The server logs "serving ... on HOST:PORT" once it listens (port 0: the one chosen).
     anyio.run(lambda: serve(factory, host=args.host, port=args.port, config=config,
-                            grace=args.grace, ready=ready))  # fmt: skip
+                            grace=args.grace))  # fmt: skip
     return 0
 
 
@@ -466,11 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    # A server narrates its streams (one line as each opens and closes) by default.
+    verbosity = args.verbose + (1 if args.command == "serve" else 0)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbosity, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # transitions narrates every callback at INFO: keep it for -vv only.
     logging.getLogger("transitions").setLevel(
-        logging.DEBUG if args.verbose > 1 else logging.WARNING
+        logging.DEBUG if verbosity > 1 else logging.WARNING
     )
     run: Command = args.run
     try:

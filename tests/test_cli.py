@@ -30,8 +30,13 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 @contextmanager
-def serving(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """``avaproto serve`` on a free port; yields host:port; stops it with SIGTERM."""
+def serving(
+    *args: str, env: dict[str, str] | None = None, logs: list[str] | None = None
+) -> Iterator[str]:
+    """``avaproto serve`` on a free port; yields host:port; stops it with SIGTERM.
+
+    ``logs`` receives the server's log lines once it has stopped.
+    """
     process = subprocess.Popen(
         [*AVAPROTO, "serve", "--port", "0", *args],
         stderr=subprocess.PIPE,
@@ -48,6 +53,8 @@ def serving(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
         process.send_signal(signal.SIGTERM)
         try:
             assert process.wait(timeout=TIMEOUT) == 0
+            if logs is not None:
+                logs.extend(process.stderr.read().splitlines())
         finally:
             if process.poll() is None:
                 process.kill()
@@ -98,6 +105,19 @@ def test_null_extension_answers_without_inferences(tmp_path: Path) -> None:
     assert [json.loads(line) for line in output.read_text().splitlines()] == [
         {"sequenceNumber": n, "timestamp": t * 3000} for t, n in enumerate(range(2, 12))
     ]
+
+
+@pytest.mark.rule("SRV-8")
+def test_serve_logs_each_stream_and_drains_on_sigterm() -> None:
+    logs: list[str] = []
+    with serving("--extension", "null", logs=logs) as target:
+        done = run("send", target, "--frames", "5", "--size", "32x32", "--transfer", "shm")
+    assert done.returncode == 0, done.stderr
+    opened = [line for line in logs if "stream opened" in line]
+    closed = [line for line in logs if "stream closed" in line]
+    assert len(opened) == 1 and "RAW RGB24 32x32" in opened[0] and "shared memory" in opened[0]
+    assert len(closed) == 1 and "5 frames" in closed[0] and closed[0].endswith("OK")
+    assert any("SIGTERM: draining" in line for line in logs)
 
 
 def test_demo_prints_motion_and_a_summary() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from . import pixels
+from . import pixels, transport
 
-BENCHMARKS: dict[str, Callable[..., str]] = {"pixels": pixels.run}
+BENCHMARKS: dict[str, Callable[..., str]] = {"pixels": pixels.run, "transport": transport.run}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,14 +15,16 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m avaproto.bench",
         description="Benchmarks, each against a baseline measured in the same run.",
     )
-    parser.add_argument("--repeat", type=int, default=20, help="timed runs per figure")
+    parser.add_argument(
+        "--repeat", type=int, help="timed runs per figure (default: each benchmark's own)"
+    )
     parser.add_argument("--only", choices=sorted(BENCHMARKS), help="run one benchmark")
     args = parser.parse_args(argv)
     for name, bench in BENCHMARKS.items():
         if args.only and name != args.only:
             continue
         print(f"== {name}")
-        print(bench(repeat=args.repeat))
+        print(bench() if args.repeat is None else bench(repeat=args.repeat), flush=True)
     return 0
 
 

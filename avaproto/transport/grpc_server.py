@@ -34,6 +34,7 @@ from ..errors import ProtocolError
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..protocol.auth import AUTH_HEADER, Credentials, check_authentication
 from ..status import Status
+from .http2 import tune_server
 
 if TYPE_CHECKING:
     import asyncio
@@ -199,6 +200,7 @@ async def start_server(factory: ExtensionFactory, config: ServerConfig) -> Exten
     if health is not None:
         handlers.append(health)
     server = grpclib.server.Server(handlers)
+    tune_server(server)
     await server.start(config.host, config.port, ssl=config.ssl)
     running = ExtensionServer(server, service)
     log.info(

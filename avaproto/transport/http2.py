@@ -1,0 +1,66 @@
+"""HTTP/2 settings for frame-sized messages, applied to grpclib's connections.
+
+A video frame is a large message: a 416 x 416 RGB frame is 519 KB, a 1080p one 6 MB.
+With HTTP/2's default SETTINGS_MAX_FRAME_SIZE of 16 KiB, a peer splits each such
+message into dozens of DATA frames, and h2 (pure Python) spends more on each frame's
+bookkeeping (parsing, flow-control acknowledgement, events) than on its bytes. The
+server therefore advertises a larger maximum frame size; peers that honour it (all
+gRPC implementations do) send each frame in a few DATA frames.
+
+h2 also formats a ``repr`` of every frame it receives for a trace log that is off by
+default, and hyperframe's repr hexlifies the *whole* payload before keeping its first
+20 hex digits. ``quiet_frame_repr`` makes it hexlify only the bytes it shows: the
+text is identical, the cost no longer grows with the payload.
+"""
+
+from __future__ import annotations
+
+import binascii
+from typing import Any
+
+import grpclib.server
+import hyperframe.frame
+from h2.settings import SettingCodes
+
+#: What the server advertises as SETTINGS_MAX_FRAME_SIZE (the protocol allows up to
+#: 16 MiB - 1). 1 MiB keeps one frame's buffering small next to a message's.
+MAX_FRAME_SIZE = 1 << 20
+
+_SHOWN_BYTES = 10  # hyperframe shows 20 hex digits
+
+
+def _raw_data_repr(data: bytes | None) -> str:
+    """hyperframe's ``_raw_data_repr``, same output, without hexlifying what it drops."""
+    if not data:
+        return "None"
+    shown = binascii.hexlify(data[: _SHOWN_BYTES + 1]).decode("ascii")
+    if len(shown) > 2 * _SHOWN_BYTES:
+        shown = shown[: 2 * _SHOWN_BYTES] + "..."
+    return "<hex:" + shown + ">"
+
+
+def quiet_frame_repr() -> None:
+    """Install the payload-independent frame repr (idempotent)."""
+    hyperframe.frame._raw_data_repr = _raw_data_repr
+
+
+def tune_server(server: grpclib.server.Server, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+    """Advertise ``max_frame_size`` on every connection ``server`` accepts."""
+    quiet_frame_repr()
+    make_protocol: Any = server._protocol_factory
+
+    def protocol_factory() -> Any:
+        protocol: Any = make_protocol()
+        connection_made = protocol.connection_made
+
+        def tuned_connection_made(transport: Any) -> None:
+            connection_made(transport)
+            protocol.connection._connection.update_settings(
+                {SettingCodes.MAX_FRAME_SIZE: max_frame_size}
+            )
+            protocol.connection.flush()
+
+        protocol.connection_made = tuned_connection_made
+        return protocol
+
+    server._protocol_factory = protocol_factory  # type: ignore[method-assign]
