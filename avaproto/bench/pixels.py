@@ -61,6 +61,7 @@ def measure(width: int = 1920, height: int = 1080, repeat: int = 20) -> list[Tim
 
 
 def report(results: list[Timing], width: int, height: int) -> str:
+    """A table of the timings; the ratio is what compares across machines."""
     baseline = results[0].median
     lines = [
         f"to_rgb, {width}x{height}, then written into an RGB array; "
@@ -77,4 +78,5 @@ def report(results: list[Timing], width: int, height: int) -> str:
 
 
 def run(repeat: int = 20, width: int = 1920, height: int = 1080) -> str:
+    """Measure and format the table; the size is a parameter so a test can run it tiny."""
     return report(measure(width, height, repeat), width, height)

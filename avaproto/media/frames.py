@@ -1,35 +1,58 @@
 """RAW frames as numpy views, and back to bytes.
 
-``decode`` reads a sample's bytes in place: ``numpy.frombuffer`` over the buffer and a
-strided view over it, so an embedded frame stays a view of the received message and a
+``decode`` reads a sample's bytes in place: a strided ``numpy.ndarray`` over the
+buffer, so an embedded frame stays a view of the received message and a
 shared-memory frame a view of the sender's mapping (MEDIA-7). Row padding
-(``stride_bytes`` wider than the row) is skipped by the view's strides, never copied.
-The view is read-only exactly when the buffer is.
+(``stride_bytes`` wider than the row) is skipped by the view's strides, never copied,
+and never read (MEDIA-11). The view is read-only exactly when the buffer is, so a
+processor cannot scribble over a read-only mapping and a writable buffer can be
+filled in place (``encode_native`` writes frames that way).
 
-Every layout comes from ``avaproto.protocol.pixel_formats.PIXEL_LAYOUTS``; nothing here
-restates a format's bytes.
+Every layout comes from ``avaproto.protocol.pixel_formats.PIXEL_LAYOUTS``: the plane
+offsets and pitches from ``PixelLayout.planes``, the channel order of packed formats
+from ``channels``, the 16-bit fields from ``bits`` and ``byte_order``. Nothing here
+restates a format's bytes, so a new format is one row of that table.
 
-Colour (MEDIA-10). ``to_rgb`` gives height x width x 3 uint8 RGB:
+Colour (MEDIA-9, MEDIA-10). ``to_rgb`` gives height x width x 3 uint8 RGB:
 
-* 24- and 32-bit formats are channel-selecting views (RGB24 is the decoded view itself,
-  BGR24 its reversed channels, RGBA its first three), so they allocate nothing.
-* 16-bit formats expand each field to 8 bits by bit replication (``v << 3 | v >> 2``
-  for 5 bits, ``v << 2 | v >> 4`` for 6), so full scale maps to 255.
-* YUV420P is ITU-R BT.601 in limited ("studio") range, Y in 16..235 and U, V in
-  16..240, as video decoders produce it::
+* 24- and 32-bit formats are channel-selecting views (RGB24 is the decoded view
+  itself, BGR24 ``image[..., ::-1]``, RGBA ``image[..., :3]``, ARGB ``image[..., 1:4]``,
+  BGRA ``image[..., 2::-1]``, ABGR ``image[..., 3:0:-1]``): no arithmetic, no allocation.
+* 16-bit formats widen each field to 8 bits by bit replication (``v << 3 | v >> 2``
+  for 5 bits, ``v << 2 | v >> 4`` for 6), so 0 maps to 0 and full scale to 255. The
+  encoder picks, for each 8-bit value, the field whose widening lies nearest, so a
+  round trip is off by at most half a step: 4 for 5 bits, 2 for 6.
+* YUV420P is ITU-R BT.601 in limited ("studio swing") range, Y in 16..235 and U, V
+  in 16..240, as video decoders produce it. With Kr = 0.299, Kb = 0.114::
 
-      R = 1.164 (Y - 16)                 + 1.596 (V - 128)
-      G = 1.164 (Y - 16) - 0.392 (U - 128) - 0.813 (V - 128)
-      B = 1.164 (Y - 16) + 2.017 (U - 128)
+      Y' = (Y - 16) * 255/219            U' = (U - 128) * 255/224
+      V' = (V - 128) * 255/224
+      R = Y' + 1.402 V'
+      G = Y' - 0.344136 U' - 0.714136 V'
+      B = Y' + 1.772 U'
 
-  Chroma is upsampled by repeating each sample over its 2 x 2 block (the odd last
-  row or column uses the last sample); the encoder averages each block.
+  computed in float32, rounded to nearest and clipped to 0..255. Chroma is upsampled
+  by nearest neighbour: each U, V sample covers its 2 x 2 block of luma, and at an
+  odd width or height the last chroma column or row covers the single luma column or
+  row left over (the block is cropped at the edge). The encoder is the exact inverse
+  (the same coefficients) with each chroma sample the mean of its block, so a picture
+  constant over 2 x 2 blocks survives a round trip within the rounding of 8-bit
+  limited range.
+
+Errors. A buffer that does not match its announced format is the peer's fault:
+``FrameError`` naming the rule (MEDIA-6 for the size, MEDIA-12 for an encoded
+format). An array of the wrong shape or dtype handed to ``to_rgb``, ``encode`` or
+``encode_native`` is the caller's programming error: ``ValueError`` saying what was
+expected.
 """
 
 from __future__ import annotations
 
+import mmap
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TypeAlias
+from functools import cache
+from typing import TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -40,7 +63,8 @@ from ..protocol.pixel_formats import Layout, PixelLayout, Plane
 from ..protocol.video_format import DEFAULT_LIMITS, FrameLimits, VideoFormat
 from ..status import Status
 
-Buffer: TypeAlias = bytes | bytearray | memoryview
+#: Anything holding a frame's bytes: received bytes, a buffer, a shared-memory slice.
+Buffer: TypeAlias = bytes | bytearray | memoryview | mmap.mmap
 RGB: TypeAlias = npt.NDArray[np.uint8]
 
 
@@ -52,14 +76,24 @@ class YuvPlanes:
     u: npt.NDArray[np.uint8]
     v: npt.NDArray[np.uint8]
 
+    def __iter__(self) -> Iterator[npt.NDArray[np.uint8]]:
+        """Y, U, V in buffer order, so code can treat every plane alike."""
+        return iter((self.y, self.u, self.v))
 
+
+#: What ``decode`` returns: packed pixels, 16-bit words, or YUV planes.
 Image: TypeAlias = npt.NDArray[np.uint8] | npt.NDArray[np.uint16] | YuvPlanes
 
-# BT.601 limited range, as integer fixed point (x 2^16) for the inverse, float for encode.
-_Y_SCALE = 255.0 / 219.0
-_C_SCALE = 255.0 / 224.0
+# BT.601: luma weights, and the stretch from limited to full range.
 _KR, _KB = 0.299, 0.114
 _KG = 1.0 - _KR - _KB
+_Y_SCALE = 255.0 / 219.0
+_C_SCALE = 255.0 / 224.0
+# Full-range chroma to colour differences (the matrix of the module docstring).
+_V_TO_R = 2.0 * (1.0 - _KR)
+_U_TO_G = -2.0 * _KB * (1.0 - _KB) / _KG
+_V_TO_G = -2.0 * _KR * (1.0 - _KR) / _KG
+_U_TO_B = 2.0 * (1.0 - _KB)
 
 
 def _raw(fmt: VideoFormat) -> PixelLayout:
@@ -80,23 +114,35 @@ def _byte_view(buffer: Buffer) -> memoryview:
     return view
 
 
-def _plane(
-    raw: memoryview, plane: Plane, item: int, dtype: str = "u1", channels: int = 0
-) -> np.ndarray:
+def _word_dtype(layout: PixelLayout) -> np.dtype[np.uint16]:
+    return np.dtype(">u2" if layout.byte_order == "big" else "<u2")
+
+
+def _native_shape(layout: PixelLayout, plane: Plane) -> tuple[int, ...]:
+    """The array shape ``decode`` gives a plane: one entry per byte of a packed pixel."""
+    if layout.layout is Layout.PACKED:
+        return (plane.height, plane.width, layout.bytes_per_pixel)
+    return (plane.height, plane.width)
+
+
+def _plane(raw: memoryview, layout: PixelLayout, plane: Plane) -> np.ndarray:
     """One plane as a strided view of ``raw``; the padding past each row is skipped."""
-    shape: tuple[int, ...] = (plane.height, plane.width)
-    strides: tuple[int, ...] = (plane.pitch, item)
-    if channels:
-        shape, strides = (*shape, channels), (*strides, 1)
-    return np.ndarray(shape, np.dtype(dtype), buffer=raw, offset=plane.offset, strides=strides)
+    shape = _native_shape(layout, plane)
+    if layout.layout is Layout.WORD16:
+        return np.ndarray(shape, _word_dtype(layout), raw, plane.offset, (plane.pitch, 2))
+    item = layout.bytes_per_pixel
+    strides = (plane.pitch, item, 1) if len(shape) == 3 else (plane.pitch, item)
+    return np.ndarray(shape, np.uint8, raw, plane.offset, strides)
 
 
 def decode(buffer: Buffer, fmt: VideoFormat) -> Image:
     """The frame in ``buffer`` as a view in its native layout, without copying.
 
     Packed formats give height x width x channels uint8 (channels in memory order),
-    16-bit formats height x width uint16 in the format's byte order, YUV420P a
-    ``YuvPlanes``. The buffer must measure exactly one frame (MEDIA-6).
+    16-bit formats height x width uint16 in the format's byte order (``>u2``/``<u2``),
+    YUV420P a ``YuvPlanes``. The buffer must measure exactly one frame (MEDIA-6): a
+    view over a short buffer would read past the sample, and a long one means the
+    sender and the format disagree.
     """
     layout = _raw(fmt)
     raw = _byte_view(buffer)
@@ -107,17 +153,11 @@ def decode(buffer: Buffer, fmt: VideoFormat) -> Image:
             Status.INVALID_ARGUMENT,
             f"a {fmt} frame measures {expected} bytes, the content has {raw.nbytes}",
         )
-    planes = layout.planes(fmt.width, fmt.height, fmt.stride_bytes)
+    planes = [_plane(raw, layout, plane) for plane in _planes(fmt)]
     if layout.layout is Layout.PLANAR_YUV420:
-        y, u, v = (_plane(raw, plane, 1) for plane in planes)
-        return YuvPlanes(y, u, v)
-    if layout.layout is Layout.WORD16:
-        dtype = ">u2" if layout.byte_order == "big" else "<u2"
-        words: npt.NDArray[np.uint16] = _plane(raw, planes[0], 2, dtype)
-        return words
-    item = layout.bytes_per_pixel
-    packed: npt.NDArray[np.uint8] = _plane(raw, planes[0], item, channels=item)
-    return packed
+        return YuvPlanes(*planes)
+    image: Image = planes[0]
+    return image
 
 
 def decode_message(
@@ -131,85 +171,206 @@ def decode_message(
     return decode(buffer, VideoFormat.from_message(message, limits))
 
 
-def _channel_index(layout: PixelLayout) -> tuple[int, int, int]:
-    return tuple(layout.channels.index(c) for c in "RGB")  # type: ignore[return-value]
+def _planes(fmt: VideoFormat) -> tuple[Plane, ...]:
+    return fmt.layout.planes(fmt.width, fmt.height, fmt.stride_bytes)
 
 
-def _rgb_view(image: npt.NDArray[np.uint8], layout: PixelLayout) -> RGB | None:
-    """R, G, B as a view of a packed image, when they lie at evenly spaced positions."""
-    r, g, b = _channel_index(layout)
+# --- to RGB ----------------------------------------------------------------------------
+
+
+def _rgb_slice(layout: PixelLayout) -> slice | None:
+    """The slice of a packed pixel's bytes that reads R, G, B in order, if one exists."""
+    if layout.layout is not Layout.PACKED:
+        return None
+    r, g, b = (layout.channels.index(name) for name in "RGB")
     step = g - r
-    if step in (1, -1) and b - g == step:
-        stop = b + step if b + step >= 0 else None
-        return image[..., r:stop:step]
-    return None
+    if step not in (1, -1) or b - g != step:
+        return None
+    stop = b + step
+    return slice(r, stop if stop >= 0 else None, step)
+
+
+def rgb_view_possible(fmt: VideoFormat) -> bool:
+    """Whether ``to_rgb`` of this format is a view (no arithmetic, no allocation)."""
+    return fmt.is_raw and _rgb_slice(fmt.layout) is not None
+
+
+def _check_native(image: Image, fmt: VideoFormat, layout: PixelLayout) -> None:
+    """Refuse an image that is not what ``decode`` gives for ``fmt`` (a caller's bug)."""
+    planes = _planes(fmt)
+    arrays: list[np.ndarray]
+    if layout.layout is Layout.PLANAR_YUV420:
+        if not isinstance(image, YuvPlanes):
+            raise ValueError(f"{fmt} frames are YuvPlanes, got {type(image).__name__}")
+        arrays = list(image)
+    else:
+        if not isinstance(image, np.ndarray):
+            raise ValueError(f"{fmt} frames are numpy arrays, got {type(image).__name__}")
+        arrays = [image]
+    word = layout.layout is Layout.WORD16
+    for array, plane in zip(arrays, planes, strict=True):
+        shape = _native_shape(layout, plane)
+        if not isinstance(array, np.ndarray) or array.shape != shape:
+            got = array.shape if isinstance(array, np.ndarray) else type(array).__name__
+            raise ValueError(
+                f"expected a native {fmt} {plane.name} plane of shape {shape}, got {got}"
+            )
+        kind_ok = array.dtype.kind == "u" and array.dtype.itemsize == (2 if word else 1)
+        if not kind_ok:
+            wanted = "uint16" if word else "uint8"
+            raise ValueError(f"expected {wanted} pixels for {fmt}, got {array.dtype}")
+
+
+def _check_out(out: RGB, fmt: VideoFormat) -> None:
+    if not isinstance(out, np.ndarray) or out.dtype != np.uint8:
+        raise ValueError(f"out must be a uint8 numpy array, got {getattr(out, 'dtype', out)!r}")
+    if out.shape != (fmt.height, fmt.width, 3):
+        raise ValueError(
+            f"out must have shape {(fmt.height, fmt.width, 3)} for {fmt}, got {out.shape}"
+        )
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
 
 
 def to_rgb(image: Image, fmt: VideoFormat, out: RGB | None = None) -> RGB:
     """The frame as height x width x 3 RGB: a view for 24- and 32-bit formats.
 
-    With ``out`` the pixels are written there (and ``out`` returned), for a caller
-    that keeps one destination across frames.
+    ``image`` is what ``decode(buffer, fmt)`` returned. A view shares the sample's
+    memory, so it is valid only as long as the sample (copy it to keep it). With
+    ``out`` the pixels are written there and ``out`` returned, for a caller that
+    keeps one destination across frames; without it the computed formats (16-bit,
+    YUV420P) allocate their result. The colour maths is in the module docstring.
     """
     layout = _raw(fmt)
-    if layout.layout is Layout.PACKED:
-        assert isinstance(image, np.ndarray) and image.dtype == np.uint8
-        view = _rgb_view(image, layout)  # type: ignore[arg-type]  # every packed format of the contract has one
-        assert view is not None
+    _check_native(image, fmt, layout)
+    if out is not None:
+        _check_out(out, fmt)
+    channels = _rgb_slice(layout)
+    if channels is not None:
+        assert isinstance(image, np.ndarray)
+        view = cast(RGB, image[..., channels])
         if out is None:
             return view
         np.copyto(out, view)
         return out
     if out is None:
         out = np.empty((fmt.height, fmt.width, 3), np.uint8)
-    if layout.layout is Layout.WORD16:
-        assert isinstance(image, np.ndarray)
-        _unpack_words(image.astype(np.uint16, copy=False), layout, out)
-    else:
-        assert isinstance(image, YuvPlanes)
+    if isinstance(image, YuvPlanes):
         _yuv_to_rgb(image, out)
+    elif layout.layout is Layout.WORD16:
+        _unpack_words(image, layout, out)
+    else:  # a packed format whose R, G, B are not evenly spaced: pick them one by one
+        for channel, name in enumerate("RGB"):
+            out[..., channel] = image[..., layout.channels.index(name)]
     return out
 
 
-def _unpack_words(words: npt.NDArray[np.uint16], layout: PixelLayout, out: RGB) -> None:
+def _widen(field: np.ndarray, bits: int) -> np.ndarray:
+    """A ``bits``-wide field to 8 bits by replicating its top bits into the low ones."""
+    return (field << (8 - bits)) | (field >> (2 * bits - 8))
+
+
+def _fields(layout: PixelLayout) -> list[tuple[int, int]]:
+    """(shift, bits) of red, green and blue in a 16-bit word, from the table's widths."""
     shift = sum(layout.bits)
-    for channel, bits in enumerate(layout.bits):
+    fields = []
+    for bits in layout.bits:
         shift -= bits
-        field = (words >> shift) & ((1 << bits) - 1)
-        # Replicate the top bits into the low ones: 0 -> 0 and full scale -> 255.
-        out[..., channel] = (field << (8 - bits)) | (field >> (2 * bits - 8))
+        fields.append((shift, bits))
+    return fields
+
+
+def _unpack_words(image: Image, layout: PixelLayout, out: RGB) -> None:
+    assert isinstance(image, np.ndarray)
+    words = image.astype(np.uint16, copy=False)  # to native byte order
+    field = np.empty(words.shape, np.uint16)
+    for channel, (shift, bits) in enumerate(_fields(layout)):
+        np.right_shift(words, shift, out=field)
+        field &= (1 << bits) - 1
+        np.copyto(out[..., channel], _widen(field, bits), casting="unsafe")
+
+
+#: Bytes of float32 per working row band: small enough that a band's temporaries stay
+#: in the CPU cache, large enough that numpy's per-call overhead does not show.
+_BAND_BYTES = 1 << 18
+
+# (U, V) coefficients of R, G and B, with the chroma stretch folded in.
+_CHROMA_TERMS = (
+    (0.0, _C_SCALE * _V_TO_R),
+    (_C_SCALE * _U_TO_G, _C_SCALE * _V_TO_G),
+    (_C_SCALE * _U_TO_B, 0.0),
+)
 
 
 def _yuv_to_rgb(planes: YuvPlanes, out: RGB) -> None:
-    """BT.601 limited range; each chroma term is computed once per 2 x 2 block and
-    broadcast over it, so the full-resolution work is one add per channel."""
+    """BT.601 limited range (module docstring) with nearest-neighbour chroma.
+
+    The frame is converted in bands of rows so the float32 temporaries are allocated
+    once and stay in cache. Each chroma term is computed once per chroma sample,
+    doubled along the row, and broadcast over the block's two rows, so the
+    full-resolution work is one add, one clip and one store per channel.
+    """
     height, width = planes.y.shape
-    ch, cw = planes.u.shape
-    y = planes.y
-    if (2 * ch, 2 * cw) != (height, width):  # odd size: repeat the last row / column
-        y = np.pad(y, ((0, 2 * ch - height), (0, 2 * cw - width)), mode="edge")
-    luma = np.subtract(y, np.float32(16), dtype=np.float32)
-    luma *= np.float32(_Y_SCALE)
-    blocks = luma.reshape(ch, 2, cw, 2)
-    u = np.subtract(planes.u, np.float32(128), dtype=np.float32)
-    v = np.subtract(planes.v, np.float32(128), dtype=np.float32)
-    u *= np.float32(_C_SCALE)
-    v *= np.float32(_C_SCALE)
-    green = u * np.float32(-2 * _KB * (1 - _KB) / _KG)
-    green -= v * np.float32(2 * _KR * (1 - _KR) / _KG)
-    terms = (v * np.float32(2 * (1 - _KR)), green, u * np.float32(2 * (1 - _KB)))
-    channel_values = np.empty_like(blocks)
-    for channel, term in enumerate(terms):
-        np.add(blocks, term[:, None, :, None], out=channel_values)
-        np.rint(channel_values, out=channel_values)
-        np.clip(channel_values, 0, 255, out=channel_values)
-        out[..., channel] = channel_values.reshape(2 * ch, 2 * cw)[:height, :width]
+    chroma_width = planes.u.shape[1]
+    band = max(2, (_BAND_BYTES // (4 * width)) & ~1)  # even: bands start on a block
+    luma = np.empty((band, width), np.float32)
+    total = np.empty((band, width), np.float32)
+    u = np.empty((band // 2, chroma_width), np.float32)
+    v = np.empty_like(u)
+    scratch = np.empty_like(u)
+    #: A chroma term per luma column: [..., 0] and [..., 1] are a block's two columns.
+    wide = np.empty((band // 2, chroma_width, 2), np.float32)
+    for top in range(0, height, band):
+        rows = min(band, height - top)
+        chroma_rows = (rows + 1) // 2
+        first = top // 2
+        y = luma[:rows]
+        np.subtract(planes.y[top : top + rows], np.float32(16), out=y)
+        y *= np.float32(_Y_SCALE)
+        y += np.float32(0.5)  # so the truncating store below rounds to nearest
+        uu, vv, tmp = u[:chroma_rows], v[:chroma_rows], scratch[:chroma_rows]
+        np.subtract(planes.u[first : first + chroma_rows], np.float32(128), out=uu)
+        np.subtract(planes.v[first : first + chroma_rows], np.float32(128), out=vv)
+        pixels = total[:rows]
+        for channel, (from_u, from_v) in enumerate(_CHROMA_TERMS):
+            block = wide[:chroma_rows]
+            term = block[..., 0]
+            if from_u and from_v:
+                np.multiply(uu, np.float32(from_u), out=term)
+                np.multiply(vv, np.float32(from_v), out=tmp)
+                term += tmp
+            elif from_u:
+                np.multiply(uu, np.float32(from_u), out=term)
+            else:
+                np.multiply(vv, np.float32(from_v), out=term)
+            np.copyto(block[..., 1], term)
+            per_column = block.reshape(chroma_rows, 2 * chroma_width)[:, :width]
+            _add_over_row_pairs(y, per_column, pixels)
+            np.clip(pixels, 0, 255, out=pixels)
+            np.copyto(out[top : top + rows, :, channel], pixels, casting="unsafe")
+
+
+def _add_over_row_pairs(luma: np.ndarray, per_column: np.ndarray, out: np.ndarray) -> None:
+    """``out = luma + per_column`` with each row of ``per_column`` serving two luma rows;
+    an odd last luma row uses the last one alone (the block cropped at the edge)."""
+    rows, width = luma.shape
+    pairs = rows // 2
+    even = 2 * pairs
+    np.add(
+        luma[:even].reshape(pairs, 2, width),
+        per_column[:pairs, None, :],
+        out=out[:even].reshape(pairs, 2, width),
+    )
+    if rows % 2:
+        np.add(luma[-1], per_column[-1], out=out[-1])
 
 
 # --- encoding ---------------------------------------------------------------------------
 
 
 def _check_rgb(rgb: RGB, fmt: VideoFormat) -> None:
+    if not isinstance(rgb, np.ndarray):
+        raise ValueError(f"expected a numpy RGB array for {fmt}, got {type(rgb).__name__}")
     if rgb.dtype != np.uint8 or rgb.shape != (fmt.height, fmt.width, 3):
         raise ValueError(
             f"expected a {fmt.height} x {fmt.width} x 3 uint8 RGB array for {fmt}, "
@@ -218,15 +379,20 @@ def _check_rgb(rgb: RGB, fmt: VideoFormat) -> None:
 
 
 def _with_stride(fmt: VideoFormat, stride_bytes: int | None) -> VideoFormat:
-    if stride_bytes is None or stride_bytes == fmt.stride_bytes:
+    """``fmt`` with another stride, checked by MEDIA-4 (the size was checked already)."""
+    if stride_bytes is None or stride_bytes == fmt.stride_bytes or not fmt.is_raw:
         return fmt
-    return VideoFormat.checked(fmt.encoding, fmt.pixel_format, fmt.width, fmt.height, stride_bytes)
+    limits = FrameLimits(fmt.width, fmt.height, fmt.width * fmt.height)
+    return VideoFormat.checked(
+        fmt.encoding, fmt.pixel_format, fmt.width, fmt.height, stride_bytes, limits
+    )
 
 
 def encode(rgb: RGB, fmt: VideoFormat, *, stride_bytes: int | None = None) -> bytes:
     """Height x width x 3 RGB as one frame of ``fmt``, rows padded to its stride.
 
-    Padding bytes are zero (MEDIA-11). ``stride_bytes`` overrides the format's stride.
+    Padding bytes are zero (MEDIA-11); alpha, where the format has it, is opaque
+    (255). ``stride_bytes`` overrides the format's stride (0: packed rows).
     """
     fmt = _with_stride(fmt, stride_bytes)
     layout = _raw(fmt)
@@ -238,15 +404,20 @@ def encode(rgb: RGB, fmt: VideoFormat, *, stride_bytes: int | None = None) -> by
         return encode_native(native, fmt)
     if layout.layout is Layout.WORD16:
         words = np.zeros((fmt.height, fmt.width), np.uint16)
-        shift = sum(layout.bits)
-        for channel, bits in enumerate(layout.bits):
-            shift -= bits
-            # Round to the nearest level, the inverse of the decoder's bit replication.
-            levels = (1 << bits) - 1
-            field = (rgb[..., channel].astype(np.uint16) * levels + 127) // 255
-            words |= field << shift
+        for channel, (shift, bits) in enumerate(_fields(layout)):
+            words |= _nearest_field(bits)[rgb[..., channel]] << np.uint16(shift)
         return encode_native(words, fmt)
     return encode_native(_rgb_to_yuv(rgb), fmt)
+
+
+@cache
+def _nearest_field(bits: int) -> npt.NDArray[np.uint16]:
+    """For each 8-bit value, the ``bits``-wide field whose widening lies nearest."""
+    widened = _widen(np.arange(1 << bits, dtype=np.int32), bits)
+    distance = np.abs(np.arange(256, dtype=np.int32)[:, None] - widened[None, :])
+    table: npt.NDArray[np.uint16] = distance.argmin(axis=1).astype(np.uint16)
+    table.flags.writeable = False
+    return table
 
 
 def _rgb_to_yuv(rgb: RGB) -> YuvPlanes:
@@ -254,8 +425,8 @@ def _rgb_to_yuv(rgb: RGB) -> YuvPlanes:
     r, g, b = (rgb[..., c].astype(np.float32) for c in range(3))
     luma = _KR * r + _KG * g + _KB * b
     y = 16.0 + luma / _Y_SCALE
-    u_full = 128.0 + (b - luma) / (2 * (1 - _KB)) / _C_SCALE
-    v_full = 128.0 + (r - luma) / (2 * (1 - _KR)) / _C_SCALE
+    u_full = 128.0 + (b - luma) / _U_TO_B / _C_SCALE
+    v_full = 128.0 + (r - luma) / _V_TO_R / _C_SCALE
     return YuvPlanes(
         _to_u8(y),
         _to_u8(_block_mean(u_full, height, width)),
@@ -264,7 +435,7 @@ def _rgb_to_yuv(rgb: RGB) -> YuvPlanes:
 
 
 def _block_mean(full: npt.NDArray[np.float32], height: int, width: int) -> npt.NDArray[np.float32]:
-    """Average each 2 x 2 block; an odd edge averages what it has."""
+    """Average each 2 x 2 block; a block cropped by an odd edge averages what it has."""
     padded_h, padded_w = height + height % 2, width + width % 2
     padded = np.pad(full, ((0, padded_h - height), (0, padded_w - width)), mode="edge")
     blocks = padded.reshape(padded_h // 2, 2, padded_w // 2, 2)
@@ -277,38 +448,35 @@ def _to_u8(values: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
 
 
 def encode_native(image: Image, fmt: VideoFormat) -> bytes:
-    """A frame already in ``fmt``'s layout (what ``decode`` returns) as bytes with its stride."""
+    """A frame already in ``fmt``'s layout (what ``decode`` returns) as bytes with its stride.
+
+    16-bit words may come in either byte order: they are written in the format's.
+    Padding bytes are zero (MEDIA-11).
+    """
     layout = _raw(fmt)
+    _check_native(image, fmt, layout)
+    planes = _planes(fmt)
+    if len(planes) == 1 and planes[0].pitch == layout.row_bytes(fmt.width):
+        assert isinstance(image, np.ndarray)
+        dtype = _word_dtype(layout) if layout.layout is Layout.WORD16 else np.dtype(np.uint8)
+        return np.asarray(image, dtype).tobytes()  # packed rows: one copy, no padding
     out = bytearray(fmt.frame_bytes)
-    target = decode(out, fmt)
-    if isinstance(target, YuvPlanes):
-        if not isinstance(image, YuvPlanes):
-            raise ValueError(f"{fmt} frames are encoded from YuvPlanes")
-        for name in ("y", "u", "v"):
-            _copy_into(getattr(target, name), getattr(image, name), fmt)
-    else:
-        if not isinstance(image, np.ndarray):
-            raise ValueError(f"{fmt} frames are encoded from an array, got {type(image).__name__}")
-        _copy_into(target, image, fmt)
-    del target  # release the export of ``out`` before handing the bytes over
-    assert layout is not None
+    raw = memoryview(out)
+    sources = list(image) if isinstance(image, YuvPlanes) else [image]
+    for source, plane in zip(sources, planes, strict=True):
+        np.copyto(_plane(raw, layout, plane), source, casting="same_kind")
     return bytes(out)
 
 
-def _copy_into(target: np.ndarray, source: np.ndarray, fmt: VideoFormat) -> None:
-    if source.shape != target.shape:
-        raise ValueError(
-            f"expected a native {fmt} array of shape {target.shape}, got {source.shape}"
-        )
-    np.copyto(target, source, casting="same_kind")
-
-
 __all__ = [
+    "RGB",
+    "Buffer",
     "Image",
     "YuvPlanes",
     "decode",
     "decode_message",
     "encode",
     "encode_native",
+    "rgb_view_possible",
     "to_rgb",
 ]

@@ -1,22 +1,30 @@
-"""The JSON form of inferences (the inference metadata schema's shape), both ways.
+"""The JSON form of inferences (the shape of the inference metadata schema), both ways.
 
-Pipelines publish an extension's results as JSON: ``{"inferences": [...]}`` with
-lower-case type names and camelCase keys. The rules this module follows are stated in
-spec/rules/12-inference-json.toml (JSON-1 to JSON-7); in short:
+The protocol text strongly recommends that results follow the "inference metadata
+schema": ``{"inferences": [...]}`` with lower-case type names and camelCase keys.
+Pipelines publish results in that form, so this module writes it and reads it back.
+The rules it follows are the project's own, stated in
+spec/rules/12-inference-json.toml (JSON-1 to JSON-9); in short:
 
-* a result with no inferences has **no** ``inferences`` key (``{}``), never ``[]``;
+* a result with no inferences has **no** ``inferences`` key (``{}``), never ``[]``,
+  so a caller can ``line.update(to_json_dict(result.inferences))``;
 * each item has ``type`` (``"classification"``, ``"motion"``, ``"entity"``,
-  ``"text"``, ``"event"``, ``"other"``; AUTO written as the value's kind) and its
+  ``"text"``, ``"event"``, ``"other"``; AUTO written as its value's kind) and that
   value under the same key;
-* keys are the contract's field names in camelCase (``inferenceId``,
-  ``relatedInferences``, ``sequenceId``, ``startTimestamp``, ``contentType``, ...);
-  a field at its default is left out, except those the schema requires (a tag's
-  value, an attribute's name and value, all four rectangle edges, an event's
-  properties, a text's value), and confidences, which are always written;
-* ``contentBytes`` is base64;
-* the conversion is lossless: reading back what was written gives the same message.
-  Floats are written as the float32 the wire carries, in the shortest decimal that
-  reads back to the same float32.
+* keys are the contract's field names in camelCase; a field at its default is left
+  out, except the keys the form requires (a tag's value, an attribute's name and
+  value, the four edges of a rectangle, an entity's tag and box, a classification's
+  tag, an event's name and properties, a text's value); confidences are always
+  written;
+* ``contentBytes`` is standard base64;
+* the conversion is lossless: floats are written as the float32 the wire carries (in
+  the shortest decimal that reads back to it) and read back through float32, so
+  ``from_json_dict(to_json_dict(xs)) == xs`` for inferences the builders make.
+
+Reading is strict: an unknown key, a value of the wrong JSON type, a missing required
+key or a number out of range is refused with ``InferenceError`` (INVALID_ARGUMENT)
+naming the rule and the path (``$.inferences[2].entity.box.w``), never dropped or
+clamped, because silently repairing results would make them lie.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -43,20 +53,63 @@ from ..messages import (
     Text,
 )
 from ..status import Status
-from .inferences import TYPES_BY_FIELD, VALUE_FIELDS, type_of, validate
+from .inferences import TYPES_BY_FIELD, VALUE_FIELDS, as_float32, type_of, validate, value_field
 
 JsonDict = dict[str, Any]
 
+#: Keys of each value object, by oneof field name (the names come from VALUE_FIELDS).
+VALUE_KEYS: dict[str, tuple[str, ...]] = {
+    "classification": ("tag", "attributes"),
+    "motion": ("box",),
+    "entity": ("tag", "attributes", "box", "id"),
+    "text": ("value", "language", "startTimestamp", "endTimestamp"),
+    "event": ("name", "properties"),
+    "other": ("contentType", "contentBytes"),
+}
+if set(VALUE_KEYS) != set(VALUE_FIELDS.values()):  # pragma: no cover - a table out of step
+    raise ImportError("VALUE_KEYS and VALUE_FIELDS name different kinds")
+#: Keys of an inference object.
+INFERENCE_KEYS: tuple[str, ...] = (
+    "type", "subtype", "inferenceId", "relatedInferences", "sequenceId",
+    *VALUE_FIELDS.values(), "extensions",
+)  # fmt: skip
+_TAG_KEYS = ("value", "confidence")
+_ATTRIBUTE_KEYS = ("name", "value", "confidence")
+_BOX_KEYS = ("l", "t", "w", "h")
+#: The published form's pattern for a subtype (``^\S(\s*\S)*$``): not empty, and
+#: neither starting nor ending with white space.
+_SUBTYPE = re.compile(r"\S(?:.*\S)?", re.DOTALL)
 
-def _float(value: float) -> float:
-    """The float32 the wire carries, as the shortest decimal that reads back to it."""
-    return float(np.format_float_positional(np.float32(value), unique=True, trim="0"))
+
+def _refuse(rule: str, where: str, message: str) -> InferenceError:
+    return InferenceError(rule, Status.INVALID_ARGUMENT, f"{where}: {message}")
+
+
+def _check_subtype(subtype: str, where: str) -> None:
+    if subtype and not _SUBTYPE.fullmatch(subtype):
+        raise _refuse(
+            "JSON-9",
+            f"{where}.subtype",
+            f"{subtype!r} starts or ends with white space; the JSON form's subtype has "
+            "none (strip it, or leave the subtype empty)",
+        )
 
 
 # --- to JSON ----------------------------------------------------------------------------
 
 
-def _tag(tag: Tag) -> JsonDict:
+def _float(value: float) -> float:
+    """The float32 the wire carries, as the shortest decimal that reads back to it.
+
+    Writing the double of a float32 (0.10000000149011612) would be exact but noisy;
+    the shortest decimal (0.1) reads back to the same float32, which is all that
+    the message can hold.
+    """
+    return float(np.format_float_positional(np.float32(value), unique=True, trim="0"))
+
+
+def _tag(tag: Tag | None) -> JsonDict:
+    tag = tag or Tag()
     return {"value": tag.value, "confidence": _float(tag.confidence)}
 
 
@@ -66,18 +119,19 @@ def _attributes(attributes: Sequence[Attribute]) -> list[JsonDict]:
     ]
 
 
-def _box(box: Rectangle) -> JsonDict:
-    return {"l": _float(box.l), "t": _float(box.t), "w": _float(box.w), "h": _float(box.h)}
+def _box(box: Rectangle | None) -> JsonDict:
+    box = box or Rectangle()
+    return {edge: _float(getattr(box, edge)) for edge in _BOX_KEYS}
 
 
 def _value(value: Any) -> JsonDict:
     out: JsonDict = {}
     if isinstance(value, Classification | Entity):
-        out["tag"] = _tag(value.tag or Tag())
+        out["tag"] = _tag(value.tag)
         if value.attributes:
             out["attributes"] = _attributes(value.attributes)
         if isinstance(value, Entity):
-            out["box"] = _box(value.box or Rectangle())
+            out["box"] = _box(value.box)
             if value.id:
                 out["id"] = value.id
     elif isinstance(value, Motion):
@@ -102,11 +156,18 @@ def _value(value: Any) -> JsonDict:
     return out
 
 
-def inference_to_json(inference: Inference) -> JsonDict:
-    """One inference as a JSON object (checked first: INF rules)."""
-    validate(inference)
-    kind = type_of(inference)
-    name = VALUE_FIELDS[kind]
+def inference_to_json(inference: Inference, where: str = "inference") -> JsonDict:
+    """One inference as a JSON object; it is checked first (INF rules, JSON-9)."""
+    validate(inference, where)
+    _check_subtype(inference.subtype, where)
+    if value_field(inference) is None:
+        raise _refuse(
+            "JSON-6",
+            where,
+            "has no value (classification, motion, entity, text, event or other), so it "
+            "has no JSON form; leave it out of the result",
+        )
+    name = VALUE_FIELDS[type_of(inference)]
     out: JsonDict = {"type": name}
     if inference.subtype:
         out["subtype"] = inference.subtype
@@ -124,30 +185,48 @@ def inference_to_json(inference: Inference) -> JsonDict:
 
 def to_json_dict(inferences: Iterable[Inference]) -> JsonDict:
     """``{"inferences": [...]}``, or ``{}`` when there are none (JSON-2)."""
-    items = [inference_to_json(inference) for inference in inferences]
+    items = [inference_to_json(item, f"inferences[{i}]") for i, item in enumerate(inferences)]
     return {"inferences": items} if items else {}
 
 
 def to_json(inferences: Iterable[Inference], **dumps: Any) -> str:
-    return json.dumps(to_json_dict(inferences), **dumps)
+    """``to_json_dict`` as text; ``dumps`` are passed to ``json.dumps`` (indent, ...)."""
+    return json.dumps(to_json_dict(inferences), allow_nan=False, **dumps)
 
 
 # --- from JSON --------------------------------------------------------------------------
 
 
-def _refuse(rule: str, where: str, message: str) -> InferenceError:
-    return InferenceError(rule, Status.INVALID_ARGUMENT, f"{where}: {message}")
+def _utf8(text: str) -> bool:
+    """Whether a protobuf string can carry ``text`` (JSON allows lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _describe(value: Any) -> str:
+    try:
+        return json.dumps(value)[:60]
+    except (TypeError, ValueError):
+        return type(value).__name__
 
 
 class _Reader:
-    """Reads one JSON object's keys with their types, refusing unknown keys."""
+    """One JSON object, read key by key with its JSON type; unknown keys refused."""
 
     def __init__(self, data: Any, where: str, known: Iterable[str]) -> None:
         if not isinstance(data, Mapping):
-            raise _refuse("JSON-3", where, f"expected an object, got {type(data).__name__}")
-        unknown = set(data) - set(known)
+            raise _refuse("JSON-3", where, f"expected an object, got {_describe(data)}")
+        names = tuple(known)
+        unknown = [key for key in data if key not in names]
         if unknown:
-            raise _refuse("JSON-4", where, f"unknown key {sorted(unknown)[0]!r}")
+            raise _refuse(
+                "JSON-4",
+                where,
+                f"unknown key {unknown[0]!r}; the keys here are {', '.join(names)}",
+            )
         self.data = data
         self.where = where
 
@@ -160,37 +239,66 @@ class _Reader:
                 raise _refuse("JSON-6", self.where, f"missing required key {key!r}")
             return None
         value = self.data[key]
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        if not isinstance(value, kinds) or isinstance(value, bool):
             raise _refuse(
-                "JSON-3", f"{self.where}.{key}", f"expected {what}, got {json.dumps(value)}"
+                "JSON-3", f"{self.where}.{key}", f"expected {what}, got {_describe(value)}"
             )
         return value
 
     def string(self, key: str, *, required: bool = False) -> str:
         value = self._get(key, required, (str,), "a string")
-        return "" if value is None else str(value)
+        if value is None:
+            return ""
+        if not _utf8(value):
+            raise _refuse("JSON-3", f"{self.where}.{key}", "has a lone surrogate (not UTF-8 text)")
+        return str(value)
 
-    def number(self, key: str, *, required: bool = False) -> float:
-        value = self._get(key, required, (int, float), "a number")
-        return 0.0 if value is None else float(value)
+    def fraction(self, key: str, *, required: bool = False) -> float:
+        """A confidence or an edge: a finite number in [0, 1], stored as float32."""
+        value = self._get(key, required, (int, float), "a number in [0, 1]")
+        if value is None:
+            return 0.0
+        if (isinstance(value, float) and math.isnan(value)) or not 0 <= value <= 1:
+            raise InferenceError(
+                "JSON-8",
+                Status.INVALID_ARGUMENT,
+                f"{self.where}.{key} = {_describe(value)} is outside [0, 1]",
+            )
+        return as_float32(float(value))
 
-    def integer(self, key: str) -> int:
+    def uint64(self, key: str) -> int:
         value = self._get(key, False, (int,), "a non-negative integer")
-        if value is not None and not 0 <= value < 2**64:
+        if value is None:
+            return 0
+        if not 0 <= value < 2**64:
             raise _refuse("JSON-3", f"{self.where}.{key}", f"{value} is not a uint64")
-        return 0 if value is None else int(value)
+        return int(value)
 
     def strings(self, key: str) -> list[str]:
-        value = self._get(key, False, (list,), "an array of strings") or []
-        if not all(isinstance(item, str) for item in value):
-            raise _refuse("JSON-3", f"{self.where}.{key}", "expected an array of strings")
-        return list(value)
+        items = self._get(key, False, (list,), "an array of strings") or []
+        for index, item in enumerate(items):
+            if not isinstance(item, str) or not _utf8(item):
+                raise _refuse(
+                    "JSON-3",
+                    f"{self.where}.{key}[{index}]",
+                    f"expected a string, got {_describe(item)}",
+                )
+        return list(items)
 
     def string_map(self, key: str, *, required: bool = False) -> dict[str, str]:
         value = self._get(key, required, (Mapping,), "an object of strings") or {}
-        if not all(isinstance(item, str) for item in value.values()):
-            raise _refuse("JSON-3", f"{self.where}.{key}", "every value must be a string")
+        for name, item in value.items():
+            if not isinstance(item, str) or not (_utf8(name) and _utf8(item)):
+                raise _refuse(
+                    "JSON-3",
+                    f"{self.where}.{key}[{name!r}]",
+                    f"every value must be a string, got {_describe(item)}",
+                )
         return dict(value)
+
+    def objects(self, key: str) -> list[Any]:
+        items = self._get(key, False, (list,), "an array of objects")
+        return [] if items is None else list(items)
 
     def child(self, key: str, known: Iterable[str], *, required: bool = False) -> _Reader | None:
         if key not in self.data:
@@ -200,54 +308,59 @@ class _Reader:
         return _Reader(self.data[key], f"{self.where}.{key}", known)
 
 
-def _read_tag(reader: _Reader | None) -> Tag | None:
-    if reader is None:
-        return None
-    return Tag(value=reader.string("value", required=True), confidence=reader.number("confidence"))
+def _read_tag(reader: _Reader) -> Tag:
+    return Tag(
+        value=reader.string("value", required=True), confidence=reader.fraction("confidence")
+    )
 
 
 def _read_attributes(reader: _Reader) -> list[Attribute]:
-    items = reader._get("attributes", False, (list,), "an array of attributes") or []
     out = []
-    for index, item in enumerate(items):
-        attr = _Reader(item, f"{reader.where}.attributes[{index}]", ("name", "value", "confidence"))
+    for index, item in enumerate(reader.objects("attributes")):
+        attr = _Reader(item, f"{reader.where}.attributes[{index}]", _ATTRIBUTE_KEYS)
         out.append(
             Attribute(
                 name=attr.string("name", required=True),
                 value=attr.string("value", required=True),
-                confidence=attr.number("confidence"),
+                confidence=attr.fraction("confidence"),
             )
         )
     return out
 
 
-def _read_box(reader: _Reader | None) -> Rectangle | None:
-    if reader is None:
-        return None
-    return Rectangle(**{edge: reader.number(edge, required=True) for edge in "ltwh"})
+def _read_box(reader: _Reader) -> Rectangle:
+    edges = {edge: reader.fraction(edge, required=True) for edge in _BOX_KEYS}
+    return Rectangle(**edges)
+
+
+def _child(reader: _Reader, key: str, known: Iterable[str]) -> _Reader:
+    child = reader.child(key, known, required=True)
+    assert child is not None  # required=True raises instead
+    return child
 
 
 def _read_value(name: str, reader: _Reader) -> Any:
     if name == "classification":
         return Classification(
-            tag=_read_tag(reader.child("tag", ("value", "confidence"), required=True)),
+            tag=_read_tag(_child(reader, "tag", _TAG_KEYS)),
             attributes=_read_attributes(reader),
         )
     if name == "entity":
         return Entity(
-            tag=_read_tag(reader.child("tag", ("value", "confidence"), required=True)),
+            tag=_read_tag(_child(reader, "tag", _TAG_KEYS)),
             attributes=_read_attributes(reader),
-            box=_read_box(reader.child("box", "ltwh", required=True)),
+            box=_read_box(_child(reader, "box", _BOX_KEYS)),
             id=reader.string("id"),
         )
     if name == "motion":
-        return Motion(box=_read_box(reader.child("box", "ltwh")))
+        box = reader.child("box", _BOX_KEYS)
+        return Motion(box=None if box is None else _read_box(box))
     if name == "text":
         return Text(
             value=reader.string("value", required=True),
             language=reader.string("language"),
-            start_timestamp=reader.integer("startTimestamp"),
-            end_timestamp=reader.integer("endTimestamp"),
+            start_timestamp=reader.uint64("startTimestamp"),
+            end_timestamp=reader.uint64("endTimestamp"),
         )
     if name == "event":
         return Event(
@@ -258,27 +371,15 @@ def _read_value(name: str, reader: _Reader) -> Any:
     try:
         content = base64.b64decode(encoded, validate=True)
     except binascii.Error:
-        raise _refuse("JSON-5", f"{reader.where}.contentBytes", "is not base64") from None
+        raise _refuse(
+            "JSON-5", f"{reader.where}.contentBytes", "is not standard base64 (A-Z a-z 0-9 + / =)"
+        ) from None
     return InferenceOther(content_type=reader.string("contentType"), content_bytes=content)
 
 
-_VALUE_KEYS = {
-    "classification": ("tag", "attributes"),
-    "entity": ("tag", "attributes", "box", "id"),
-    "motion": ("box",),
-    "text": ("value", "language", "startTimestamp", "endTimestamp"),
-    "event": ("name", "properties"),
-    "other": ("contentType", "contentBytes"),
-}
-_INFERENCE_KEYS = (
-    "type", "subtype", "inferenceId", "relatedInferences", "sequenceId", "extensions",
-    *_VALUE_KEYS,
-)  # fmt: skip
-
-
 def inference_from_json(data: Any, where: str = "inference") -> Inference:
-    """One JSON object as an Inference; errors name the path and the rule."""
-    reader = _Reader(data, where, _INFERENCE_KEYS)
+    """One JSON object as an Inference; errors name the rule and the path."""
+    reader = _Reader(data, where, INFERENCE_KEYS)
     kind = reader.string("type", required=True)
     if kind not in TYPES_BY_FIELD:
         raise _refuse(
@@ -286,47 +387,63 @@ def inference_from_json(data: Any, where: str = "inference") -> Inference:
             f"{where}.type",
             f"{kind!r} is not one of {', '.join(VALUE_FIELDS.values())} (lower case)",
         )
-    present = [name for name in _VALUE_KEYS if reader.has(name)]
+    present = [name for name in VALUE_FIELDS.values() if reader.has(name)]
     if present != [kind]:
         raise _refuse(
             "JSON-6",
             where,
             f"type {kind!r} needs exactly the value {kind!r}, found {present or 'none'}",
         )
-    value_reader = reader.child(kind, _VALUE_KEYS[kind], required=True)
-    assert value_reader is not None
+    subtype = reader.string("subtype")
+    _check_subtype(subtype, where)
+    value: dict[str, Any] = {kind: _read_value(kind, _child(reader, kind, VALUE_KEYS[kind]))}
     inference = Inference(
         type=TYPES_BY_FIELD[kind],
-        subtype=reader.string("subtype"),
+        subtype=subtype,
         inference_id=reader.string("inferenceId"),
         related_inferences=reader.strings("relatedInferences"),
         sequence_id=reader.string("sequenceId"),
         extensions=reader.string_map("extensions"),
-        **{kind: _read_value(kind, value_reader)},
+        **value,
     )
-    return validate(inference, where)
+    try:
+        return validate(inference, where)
+    except InferenceError as error:  # a box past the image's edge: in range field by field
+        raise InferenceError("JSON-8", error.status, f"{error.detail} ({error.rule})") from None
 
 
 def from_json_dict(data: Any) -> list[Inference]:
-    """``{"inferences": [...]}`` (or ``{}``: no result) as a list of Inference."""
-    reader = _Reader(data, "$", ("inferences",))
-    if not reader.has("inferences"):
+    """``{"inferences": [...]}`` as a list of Inference; ``[]`` when there is no key.
+
+    Other top-level keys belong to whoever wrote the object (a sequence number, a
+    timestamp) and are left alone (JSON-2).
+    """
+    if not isinstance(data, Mapping):
+        raise _refuse("JSON-2", "$", f"expected an object, got {_describe(data)}")
+    if "inferences" not in data:
         return []
-    items = reader._get("inferences", True, (list,), "an array of inferences")
+    items = data["inferences"]
+    if not isinstance(items, list):
+        raise _refuse(
+            "JSON-2", "$.inferences", f"expected an array of inferences, got {_describe(items)}"
+        )
     if not items:
         raise _refuse("JSON-2", "$.inferences", "an empty array; leave the key out instead")
     return [inference_from_json(item, f"$.inferences[{i}]") for i, item in enumerate(items)]
 
 
-def from_json(text: str) -> list[Inference]:
+def from_json(text: str | bytes) -> list[Inference]:
+    """``from_json_dict`` of JSON text."""
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise _refuse("JSON-3", "$", f"not JSON: {error.msg} at character {error.pos}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise _refuse("JSON-2", "$", f"not JSON: {error}") from None
     return from_json_dict(data)
 
 
 __all__ = [
+    "INFERENCE_KEYS",
+    "VALUE_KEYS",
     "from_json",
     "from_json_dict",
     "inference_from_json",

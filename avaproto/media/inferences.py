@@ -1,11 +1,21 @@
 """Building and checking inferences: the results an extension sends back.
 
 The contract's ``Inference`` carries a ``type`` and one value of six kinds
-(classification, motion, entity, text, event, other); "the value set must match the
-type" (INF-1). The builders here set the type from the value, so it cannot disagree,
-and check what the contract states as ranges: confidences and rectangle fields are
-fractions in [0, 1] (INF-3, INF-4). ``validate`` applies the same checks to an
-inference built any other way (by hand, or received from a peer).
+(classification, motion, entity, text, event, other), and "the value set must match
+the type" (INF-1). Rather than ask callers to keep the two in step, the builders here
+take the value and set the type from it (INF-7), so they cannot disagree. They also
+check what the contract states as ranges: confidences and rectangle edges are
+fractions in [0, 1] (INF-3, INF-4). Floats are stored as the float32 the wire carries,
+so a built message equals its own echo after serialisation; that is what makes the
+JSON form (``inference_json``) lossless.
+
+``validate`` applies the same checks to an inference built any other way: by hand,
+returned by a user's processor, or received from a peer. Errors are ``InferenceError``
+(INVALID_ARGUMENT) naming the rule and the field's path, for instance
+``inferences[2].entity.box.w = 1.2 is outside [0, 1]``.
+
+``VALUE_FIELDS`` is the one table from inference type to the ``value`` oneof field;
+the builders, ``validate``, ``type_of`` and the JSON form all read it.
 
     from avaproto.media import inferences as inf
     person = inf.entity("person", 0.92, inf.rectangle(0.1, 0.2, 0.3, 0.6), id="7")
@@ -14,8 +24,10 @@ inference built any other way (by hand, or received from a peer).
 from __future__ import annotations
 
 import math
+import numbers
 import struct
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, SupportsFloat
 
 import betterproto2
 
@@ -35,7 +47,8 @@ from ..messages import (
 )
 from ..status import Status
 
-#: The one table of kinds: each inference type and the oneof field holding its value.
+#: The one table of kinds: each inference type and the oneof field holding its value,
+#: in the contract's order. AUTO is absent on purpose: it names no value of its own.
 VALUE_FIELDS: dict[InferenceType, str] = {
     InferenceType.CLASSIFICATION: "classification",
     InferenceType.MOTION: "motion",
@@ -44,54 +57,97 @@ VALUE_FIELDS: dict[InferenceType, str] = {
     InferenceType.EVENT: "event",
     InferenceType.OTHER: "other",
 }
-TYPES_BY_FIELD = {name: kind for kind, name in VALUE_FIELDS.items()}
-#: Slack for sums of float32 fractions (l + w, t + h) that should reach exactly 1.
+#: The same table read the other way: oneof field name -> inference type.
+TYPES_BY_FIELD: dict[str, InferenceType] = {name: kind for kind, name in VALUE_FIELDS.items()}
+#: Slack for sums of float32 fractions (l + w, t + h): a box that reaches the far edge
+#: exactly in decimal may pass 1 by a rounding step once stored as float32.
 EDGE_TOLERANCE = 1e-6
+_EDGES = ("l", "t", "w", "h")
 
 
 def _refuse(rule: str, message: str) -> InferenceError:
     return InferenceError(rule, Status.INVALID_ARGUMENT, message)
 
 
-def _fraction(value: float, where: str, rule: str) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise _refuse(rule, f"{where} must be a number, got {type(value).__name__}")
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise _refuse(rule, f"{where} = {value} is outside [0, 1]")
-    return _as_float32(value)
+def as_float32(value: float) -> float:
+    """``value`` rounded to the float32 the wire carries.
 
-
-def _as_float32(value: float) -> float:
-    """The value the wire will carry (a float32), so a built message equals its echo."""
+    Storing this rather than the caller's double means a message built here equals
+    the same message parsed back from its bytes, and its JSON form reads back equal.
+    """
     return float(struct.unpack("<f", struct.pack("<f", value))[0])
+
+
+def _fraction(value: object, where: str, rule: str) -> float:
+    """A number in [0, 1] (NaN refused), as float32.
+
+    Any real number is accepted (int, float, numpy floating; not bool), not only
+    ``float``: a model's numpy.float32 score is the common case and should not need
+    a cast.
+    """
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise _refuse(rule, f"{where} must be a number in [0, 1], got {type(value).__name__}")
+    number = float(value)
+    if math.isnan(number) or not 0.0 <= number <= 1.0:
+        raise _refuse(rule, f"{where} = {number} is outside [0, 1]")
+    return as_float32(number)
 
 
 # --- parts ------------------------------------------------------------------------------
 
 
-def rectangle(l: float, t: float, w: float, h: float) -> Rectangle:  # noqa: E741 - the contract's names
-    """A box as fractions of the image (of the padded image, when it was padded: INF-5)."""
-    box = Rectangle(l=l, t=t, w=w, h=h)
-    _check_box(box, "box")
-    return Rectangle(**{edge: _as_float32(getattr(box, edge)) for edge in "ltwh"})
+def rectangle(
+    l: SupportsFloat,  # noqa: E741 - the contract's names
+    t: SupportsFloat,
+    w: SupportsFloat,
+    h: SupportsFloat,
+) -> Rectangle:
+    """A box as fractions of the image: of the padded image, when it was padded (INF-5).
+
+    Each edge is checked in [0, 1], and the box must stay inside the image
+    (l + w ≤ 1, t + h ≤ 1, within ``EDGE_TOLERANCE``): a box reaching past the edge
+    is a bug in the caller's scaling, better caught here than by whoever draws it.
+    """
+    return _box_of((l, t, w, h), "box")
 
 
-def tag(value: str, confidence: float = 1.0) -> Tag:
-    """A label with its confidence in [0, 1]."""
+def tag(value: str, confidence: SupportsFloat = 1.0) -> Tag:
+    """A label with its confidence in [0, 1] (INF-3)."""
     return Tag(value=value, confidence=_fraction(confidence, f"tag {value!r} confidence", "INF-3"))
 
 
-def attribute(name: str, value: str, confidence: float = 1.0) -> Attribute:
+def attribute(name: str, value: str, confidence: SupportsFloat = 1.0) -> Attribute:
+    """A named property of a classification or an entity, with its confidence (INF-3)."""
     sure = _fraction(confidence, f"attribute {name!r} confidence", "INF-3")
     return Attribute(name=name, value=value, confidence=sure)
+
+
+_new_tag = tag  # the builders' parameter is called ``tag``, as in the contract
+
+
+def _checked_tag(label: str | Tag, confidence: SupportsFloat, where: str) -> Tag:
+    if isinstance(label, Tag):
+        return Tag(value=label.value, confidence=_fraction(label.confidence, where, "INF-3"))
+    return _new_tag(label, confidence)
+
+
+def _checked_attributes(attributes: Iterable[Attribute], where: str) -> list[Attribute]:
+    """Copies with float32 confidences, so hand-made attributes behave like built ones."""
+    return [
+        Attribute(
+            name=item.name,
+            value=item.value,
+            confidence=_fraction(item.confidence, f"{where}[{index}].confidence", "INF-3"),
+        )
+        for index, item in enumerate(attributes)
+    ]
 
 
 # --- the six kinds ----------------------------------------------------------------------
 
 
 def _inference(
-    value_field: str,
-    value: object,
+    value: Classification | Motion | Entity | Text | Event | InferenceOther,
     *,
     subtype: str,
     inference_id: str,
@@ -99,21 +155,24 @@ def _inference(
     sequence_id: str,
     extensions: Mapping[str, str] | None,
 ) -> Inference:
+    """The common part: type from the value (INF-7), then the same checks as anyone's."""
+    name = _FIELD_BY_CLASS[type(value)]
+    fields: dict[str, Any] = {name: value}
     inference = Inference(
-        type=TYPES_BY_FIELD[value_field],
+        type=TYPES_BY_FIELD[name],
         subtype=subtype,
         inference_id=inference_id,
         related_inferences=list(related),
         sequence_id=sequence_id,
         extensions=dict(extensions or {}),
-        **{value_field: value},  # type: ignore[arg-type]
+        **fields,
     )
     return validate(inference)
 
 
 def classification(
-    label: str | Tag,
-    confidence: float = 1.0,
+    tag: str | Tag,
+    confidence: SupportsFloat = 1.0,
     *,
     attributes: Sequence[Attribute] = (),
     subtype: str = "",
@@ -122,13 +181,13 @@ def classification(
     sequence_id: str = "",
     extensions: Mapping[str, str] | None = None,
 ) -> Inference:
-    """A label for the whole frame (often)."""
+    """A label, often for the whole frame; ``tag`` a label or a ready ``Tag``."""
     value = Classification(
-        tag=label if isinstance(label, Tag) else tag(label, confidence),
-        attributes=list(attributes),
+        tag=_checked_tag(tag, confidence, "classification.tag.confidence"),
+        attributes=_checked_attributes(attributes, "classification.attributes"),
     )
     return _inference(
-        "classification", value, subtype=subtype, inference_id=inference_id,
+        value, subtype=subtype, inference_id=inference_id,
         related=related, sequence_id=sequence_id, extensions=extensions,
     )  # fmt: skip
 
@@ -142,16 +201,17 @@ def motion(
     sequence_id: str = "",
     extensions: Mapping[str, str] | None = None,
 ) -> Inference:
-    """Motion, in ``box`` when given (the whole frame otherwise)."""
+    """Motion, in ``box`` when given (somewhere in the frame otherwise)."""
+    value = Motion(box=None if box is None else _checked_box(box, "motion.box"))
     return _inference(
-        "motion", Motion(box=box), subtype=subtype, inference_id=inference_id,
+        value, subtype=subtype, inference_id=inference_id,
         related=related, sequence_id=sequence_id, extensions=extensions,
     )  # fmt: skip
 
 
 def entity(
-    label: str | Tag,
-    confidence: float,
+    tag: str | Tag,
+    confidence: SupportsFloat,
     box: Rectangle,
     *,
     id: str = "",  # the contract's name
@@ -164,13 +224,13 @@ def entity(
 ) -> Inference:
     """A detected object: what it is, how sure, where; ``id`` to follow it across frames."""
     value = Entity(
-        tag=label if isinstance(label, Tag) else tag(label, confidence),
-        attributes=list(attributes),
-        box=box,
+        tag=_checked_tag(tag, confidence, "entity.tag.confidence"),
+        attributes=_checked_attributes(attributes, "entity.attributes"),
+        box=_checked_box(box, "entity.box"),
         id=id,
     )
     return _inference(
-        "entity", value, subtype=subtype, inference_id=inference_id,
+        value, subtype=subtype, inference_id=inference_id,
         related=related, sequence_id=sequence_id, extensions=extensions,
     )  # fmt: skip
 
@@ -187,10 +247,17 @@ def text(
     sequence_id: str = "",
     extensions: Mapping[str, str] | None = None,
 ) -> Inference:
-    """Text about the frame (a caption, a transcript), ``language`` as BCP 47."""
+    """Text about the frame (a caption, a transcript); ``language`` as BCP 47.
+
+    ``start`` and ``end`` are uint64 timestamps on the stream's clock; a value that
+    does not fit is refused here rather than by the serialiser.
+    """
+    for where, stamp in (("text.start_timestamp", start), ("text.end_timestamp", end)):
+        if not isinstance(stamp, int) or isinstance(stamp, bool) or not 0 <= stamp < 2**64:
+            raise _refuse("INF-7", f"{where} = {stamp!r} is not a uint64")
     content = Text(value=value, language=language, start_timestamp=start, end_timestamp=end)
     return _inference(
-        "text", content, subtype=subtype, inference_id=inference_id,
+        content, subtype=subtype, inference_id=inference_id,
         related=related, sequence_id=sequence_id, extensions=extensions,
     )  # fmt: skip
 
@@ -208,14 +275,14 @@ def event(
     """Something that happened (a line crossed, a door opened), with string properties."""
     value = Event(name=name, properties=dict(properties or {}))
     return _inference(
-        "event", value, subtype=subtype, inference_id=inference_id,
+        value, subtype=subtype, inference_id=inference_id,
         related=related, sequence_id=sequence_id, extensions=extensions,
     )  # fmt: skip
 
 
 def other(
     content_type: str,
-    content: bytes,
+    content: bytes | bytearray | memoryview,
     *,
     subtype: str = "",
     inference_id: str = "",
@@ -226,55 +293,76 @@ def other(
     """An opaque payload of an IANA media type (UTF-8 when text states no charset)."""
     value = InferenceOther(content_type=content_type, content_bytes=bytes(content))
     return _inference(
-        "other", value, subtype=subtype, inference_id=inference_id,
+        value, subtype=subtype, inference_id=inference_id,
         related=related, sequence_id=sequence_id, extensions=extensions,
     )  # fmt: skip
+
+
+#: Value class -> oneof field, for the builders (names taken from ``VALUE_FIELDS``).
+_FIELD_BY_CLASS: dict[type, str] = {
+    Classification: VALUE_FIELDS[InferenceType.CLASSIFICATION],
+    Motion: VALUE_FIELDS[InferenceType.MOTION],
+    Entity: VALUE_FIELDS[InferenceType.ENTITY],
+    Text: VALUE_FIELDS[InferenceType.TEXT],
+    Event: VALUE_FIELDS[InferenceType.EVENT],
+    InferenceOther: VALUE_FIELDS[InferenceType.OTHER],
+}
 
 
 # --- checking ---------------------------------------------------------------------------
 
 
 def value_field(inference: Inference) -> str | None:
-    """The name of the oneof field set in ``value``, or None."""
+    """The name of the oneof field set in ``value``, or None when none is."""
     name, _ = betterproto2.which_one_of(inference, "value")
     return name or None
 
 
 def type_of(inference: Inference) -> InferenceType:
     """The inference's type, AUTO resolved from the value that is set (INF-2)."""
-    if inference.type is not InferenceType.AUTO:
-        return InferenceType(inference.type)
+    declared = InferenceType(inference.type)
+    if declared is not InferenceType.AUTO:
+        return declared
     name = value_field(inference)
     if name is None:
         raise _refuse("INF-2", "an inference of type AUTO needs a value to take its type from")
     return TYPES_BY_FIELD[name]
 
 
-def _check_box(box: Rectangle, where: str) -> None:
-    for name in ("l", "t", "w", "h"):
-        _fraction(getattr(box, name), f"{where}.{name}", "INF-4")
-    if box.l + box.w > 1.0 + EDGE_TOLERANCE or box.t + box.h > 1.0 + EDGE_TOLERANCE:
+def _box_of(edges: Sequence[object], where: str) -> Rectangle:
+    """A box of float32 edges, each in [0, 1], the box inside the image (INF-4)."""
+    checked = [
+        _fraction(v, f"{where}.{edge}", "INF-4") for edge, v in zip(_EDGES, edges, strict=True)
+    ]
+    l, t, w, h = checked  # noqa: E741 - the contract's names
+    if l + w > 1.0 + EDGE_TOLERANCE or t + h > 1.0 + EDGE_TOLERANCE:
         raise _refuse(
             "INF-4",
-            f"{where} (l={box.l}, t={box.t}, w={box.w}, h={box.h}) reaches past the "
-            "image's edge: l + w and t + h must not exceed 1",
+            f"{where} (l={l}, t={t}, w={w}, h={h}) reaches past the image's edge: "
+            "l + w and t + h must not exceed 1",
         )
+    return Rectangle(l=l, t=t, w=w, h=h)
 
 
-def _check_tags(value: object, where: str) -> None:
-    label = getattr(value, "tag", None)
-    if label is not None:
-        _fraction(label.confidence, f"{where}.tag.confidence", "INF-3")
-    for index, item in enumerate(getattr(value, "attributes", ()) or ()):
-        _fraction(item.confidence, f"{where}.attributes[{index}].confidence", "INF-3")
+def _checked_box(box: Rectangle, where: str) -> Rectangle:
+    return _box_of([getattr(box, edge) for edge in _EDGES], where)
 
 
 def validate(inference: Inference, where: str = "inference") -> Inference:
-    """Check ``inference`` against INF-1 to INF-4; return it unchanged, or raise."""
+    """Check an inference made anywhere against INF-1 to INF-4; return it unchanged.
+
+    An AUTO inference with no value is accepted (INF-2): it states no kind, so it
+    cannot contradict one, and peers do send such carriers of ids or extensions.
+
+    ``where`` prefixes the paths in error messages (``inferences[2]``), so a caller
+    checking a list can say which item broke which rule.
+    """
     name = value_field(inference)
     declared = InferenceType(inference.type)
     if name is None and declared is InferenceType.AUTO:
-        return inference  # empty: nothing to contradict (its JSON form needs a value)
+        # Nothing to contradict: only ids, a subtype or extensions (INF-2). Such an
+        # inference travels on the wire, but has no kind and so no JSON form (JSON-6).
+        return inference
     if name is None:
         raise _refuse(
             "INF-1",
@@ -289,20 +377,27 @@ def validate(inference: Inference, where: str = "inference") -> Inference:
         )
     value = getattr(inference, name)
     path = f"{where}.{name}"
-    _check_tags(value, path)
+    label = getattr(value, "tag", None)
+    if label is not None:
+        _fraction(label.confidence, f"{path}.tag.confidence", "INF-3")
+    for index, item in enumerate(getattr(value, "attributes", None) or ()):
+        _fraction(item.confidence, f"{path}.attributes[{index}].confidence", "INF-3")
     box = getattr(value, "box", None)
     if box is not None:
-        _check_box(box, f"{path}.box")
+        _checked_box(box, f"{path}.box")
     return inference
 
 
 def validate_all(inferences: Iterable[Inference]) -> list[Inference]:
-    """``validate`` each, naming its index in errors."""
+    """``validate`` each, naming its index (``inferences[i]``) in errors."""
     return [validate(item, f"inferences[{index}]") for index, item in enumerate(inferences)]
 
 
 __all__ = [
+    "EDGE_TOLERANCE",
+    "TYPES_BY_FIELD",
     "VALUE_FIELDS",
+    "as_float32",
     "attribute",
     "classification",
     "entity",

@@ -8,17 +8,43 @@ Both sides hand out **leases**, explicit objects with explicit states, so that w
 touch which bytes is never left to the garbage collector:
 
 * The receiver maps the sender's file read-only (``SharedMemoryRegion``). Each sample
-  yields a ``ReceivedLease`` over its slice; the engine releases it right after the
-  sample's acknowledgement is sent, and any later use of it raises.
+  yields a ``ReceivedLease`` over its slice (live -> released); the engine releases it
+  right after the sample's acknowledgement is sent, and any later use of it raises.
 * The sender owns a segment (``SharedMemoryArena``) and allocates a ``SentLease`` per
   sample: allocated -> sent (it travels in a message) -> acked (the peer is done) ->
   released (the slot is free again). Only the acknowledgement frees a sent slot; when
   nothing fits, allocation waits rather than overwrite a slot still in use.
 
 Opening a region never leaves the shared-memory directory: the handle must be a plain
-file name, the file is opened relative to the directory's descriptor with
-``O_NOFOLLOW`` (a symlink planted there is refused), and its size is checked with
-``fstat`` before mapping.
+file name (SHM-3), the file is opened relative to the directory's descriptor with
+``O_NOFOLLOW`` (a symlink planted there is refused) and ``O_NONBLOCK`` (a FIFO cannot
+hang the receiver), only a regular file is accepted, and its size is checked with
+``fstat`` before mapping (SHM-5, SHM-6). Our descriptors are closed as soon as the
+mapping exists; Python's ``mmap`` keeps one duplicate of its own (for ``size()`` and
+``resize()``), which it closes with the mapping, so a region or arena holds exactly one
+descriptor while open and none once closed.
+
+Views and their lifetimes. A lease's ``view`` is a ``memoryview`` slice of the mapping;
+numpy arrays made from it (``np.frombuffer``) share its memory without a copy, and keep
+the mapping alive on their own, past the lease (SHM-12). Releasing a lease therefore
+ends the *lease* (its bookkeeping, its ``view``) at once, always; the memory itself is
+unmapped when the last array made from it goes, and a release or close that cannot
+unmap because something still holds an export says so in a warning instead of raising
+midway: the protocol's state (which samples are acknowledged, which slots are free)
+never depends on when Python collects an array. Nothing is unmapped under a reader, so
+a stale array can see the sender's next frame but can never crash the process.
+
+What cannot be guarded here: the sender may shrink its file after the receiver mapped
+it, and a read past the new end is then a bus error. Only a cooperating sender avoids
+that (this one never truncates); the receiver checks the size when it opens (SHM-6).
+
+Threads. A region is meant for one thread (the engine's event loop). An arena's
+synchronous operations (``try_allocate``, ``allocate``, ``ack``, ``cancel``,
+``mark_sent``, ``close``) are thread-safe under one lock. ``allocate_async`` waits on an
+``anyio.Event`` that frees set; an anyio event may only be set from its own event loop,
+so while a task waits in ``allocate_async`` the acks, cancels and close that can wake it
+must come from that loop (as in the engine, where acknowledgements arrive on it), or be
+passed to it with ``anyio.from_thread.run_sync``.
 """
 
 from __future__ import annotations
@@ -30,7 +56,10 @@ import logging
 import mmap
 import os
 import secrets
+import stat
 import threading
+import time
+import weakref
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -46,30 +75,59 @@ log = logging.getLogger("avaproto.media.shared_memory")
 
 #: Where the protocol's shared memory lives (a tmpfs on Linux).
 DEFAULT_DIRECTORY = "/dev/shm"
-#: Slots start on this boundary: a cache line, and aligned for any SIMD load.
+#: Slots start on this boundary by default (SHM-13): a cache line, and aligned for any
+#: SIMD load, since the mapping itself starts on a page boundary.
 ALIGNMENT = 64
+
+#: posix_fallocate errors that mean "this file system cannot reserve", not "no room".
+_CANNOT_RESERVE = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS})
 
 
 def _check_name(handle_name: str) -> None:
     try:
         check_handle_name(handle_name)
     except ProtocolError as error:
-        raise SharedMemoryError("SHM-3", Status.INVALID_ARGUMENT, str(error)) from None
+        raise SharedMemoryError("SHM-3", Status.INVALID_ARGUMENT, error.detail) from None
+
+
+def _release_view(view: memoryview, what: str) -> bool:
+    """Release ``view``; if something still exports it, say so and let it go with that.
+
+    The memory stays mapped until the exporter drops it (Python never unmaps exported
+    memory), so nothing dangles; the warning names the rule so the holder can be found.
+    """
+    try:
+        view.release()
+    except BufferError:
+        log.warning(
+            "[SHM-12] %s ended, but an object made from its view still holds the bytes; "
+            "the memory stays mapped until it goes (copy what must outlive a lease)",
+            what,
+        )
+        return False
+    return True
+
+
+class LeaseState(Enum):
+    """Where a lease is in its life; receivers use LIVE, senders the first three."""
+
+    ALLOCATED = "allocated"  # sender: being written, not yet sent
+    SENT = "sent"  # sender: travelling, the peer may read it
+    ACKED = "acked"  # sender: acknowledged, the peer will not read it any more
+    LIVE = "live"  # receiver: being processed
+    RELEASED = "released"  # both: no access any more; a sender's slot is free again
 
 
 # --- receiver ---------------------------------------------------------------------------
 
 
-class LeaseState(Enum):
-    ALLOCATED = "allocated"  # sender: written, not yet sent
-    SENT = "sent"  # sender: travelling, the peer may read it
-    ACKED = "acked"  # sender: acknowledged; freed at once
-    LIVE = "live"  # receiver: being processed
-    RELEASED = "released"  # both: no access any more
-
-
 class ReceivedLease:
-    """Read access to one sample's slice of a region, until released (after the ack)."""
+    """Read access to one sample's slice of a region, until released (after the ack).
+
+    The view must not outlive the lease: once the acknowledgement is sent the sender may
+    write the next frame there (SHM-7). A lease is also a context manager that releases
+    it on exit if it is still live.
+    """
 
     __slots__ = ("_view", "length", "offset", "region", "sequence_number", "state")
 
@@ -85,18 +143,24 @@ class ReceivedLease:
 
     @property
     def view(self) -> memoryview:
-        """The slice, read-only; valid until ``release``."""
+        """The slice, read-only and in place; valid until ``release``."""
         if self._view is None:
             raise LeaseError(
                 "SHM-7",
                 Status.FAILED_PRECONDITION,
                 f"the lease of sample {self.sequence_number} was released after its "
-                "acknowledgement; its memory may not be read any more",
+                "acknowledgement; its memory may not be read any more (copy what you need "
+                "before the sample is acknowledged)",
             )
         return self._view
 
     def release(self) -> None:
-        """End access: the sender may now reuse these bytes. Twice is an error."""
+        """End access: the sender may now reuse these bytes. Twice is an error.
+
+        The lease ends whatever happens to the memoryview: if an object made from it
+        still exports it, a warning says so (SHM-12) and the memory stays mapped until
+        that object goes.
+        """
         if self._view is None:
             raise LeaseError(
                 "SHM-7",
@@ -106,7 +170,19 @@ class ReceivedLease:
         view, self._view = self._view, None
         self.state = LeaseState.RELEASED
         self.region._forget(self)
-        view.release()
+        _release_view(view, f"the lease of sample {self.sequence_number}")
+
+    def __enter__(self) -> ReceivedLease:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.state is LeaseState.LIVE:
+            self.release()
 
     def __repr__(self) -> str:
         return (
@@ -129,7 +205,12 @@ class SharedMemoryRegion:
     def open(
         cls, handle_name: str, length_bytes: int, *, directory: str = DEFAULT_DIRECTORY
     ) -> SharedMemoryRegion:
-        """Map ``directory/handle_name`` read-only; refuse anything that could leave it."""
+        """Map ``directory/handle_name`` read-only; refuse anything that could leave it.
+
+        Raises ``SharedMemoryError``: SHM-3 (not a plain name, checked before anything
+        is opened), SHM-2 (length not above zero), SHM-5 (missing, a symlink, not a
+        regular file, cannot be opened or mapped), SHM-6 (shorter than ``length_bytes``).
+        """
         _check_name(handle_name)
         if length_bytes <= 0:
             raise SharedMemoryError(
@@ -145,48 +226,82 @@ class SharedMemoryRegion:
                 f"cannot open the shared-memory directory {directory}: {error.strerror}",
             ) from None
         try:
+            # Relative to the directory's descriptor: the name cannot reach elsewhere.
+            # O_NONBLOCK: opening a FIFO planted under that name returns at once.
             fd = os.open(
-                handle_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory_fd
+                handle_name,
+                os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                dir_fd=directory_fd,
             )
         except OSError as error:
-            reason = (
-                "is a symbolic link, which is never followed"
-                if error.errno == errno.ELOOP
-                else f"cannot be opened: {error.strerror}"
-            )
+            if error.errno == errno.ELOOP:
+                reason = "is a symbolic link, which is never followed"
+            elif error.errno == errno.ENOENT:
+                reason = (
+                    "does not exist (do sender and receiver share the same /dev/shm, "
+                    "e.g. the same IPC namespace?)"
+                )
+            else:
+                reason = f"cannot be opened: {error.strerror}"
             raise SharedMemoryError(
                 "SHM-5", Status.FAILED_PRECONDITION, f"shared memory {path} {reason}"
             ) from None
         finally:
             os.close(directory_fd)
         try:
-            size = os.fstat(fd).st_size
-            if size < length_bytes:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise SharedMemoryError(
+                    "SHM-5",
+                    Status.FAILED_PRECONDITION,
+                    f"shared memory {path} is not a regular file "
+                    f"(mode {stat.filemode(info.st_mode)})",
+                )
+            if info.st_size < length_bytes:
                 raise SharedMemoryError(
                     "SHM-6",
                     Status.FAILED_PRECONDITION,
-                    f"shared memory {path} has {size} bytes, fewer than the {length_bytes} "
-                    "the descriptor announces",
+                    f"shared memory {path} has {info.st_size} bytes, fewer than the "
+                    f"{length_bytes} the descriptor announces",
                 )
-            mapping = mmap.mmap(fd, length_bytes, prot=mmap.PROT_READ)
+            try:
+                mapping = mmap.mmap(fd, length_bytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            except (OSError, OverflowError, ValueError) as error:
+                raise SharedMemoryError(
+                    "SHM-5",
+                    Status.FAILED_PRECONDITION,
+                    f"shared memory {path} cannot be mapped ({length_bytes} bytes): {error}",
+                ) from None
         finally:
-            os.close(fd)  # the mapping holds its own duplicate, closed with it
+            os.close(fd)  # the mapping keeps its own duplicate, closed with it
         return cls(path, length_bytes, mapping)
 
     @property
+    def closed(self) -> bool:
+        return self._mapping is None
+
+    @property
     def live_leases(self) -> int:
+        """Leases handed out and not yet released."""
         return len(self._leases)
 
     def lease(self, sequence_number: int, offset: int, length: int) -> ReceivedLease:
-        """The slice a sample refers to, bounds-checked (SHM-4), as a live lease."""
+        """The slice a sample refers to, bounds-checked (SHM-4), as a live lease.
+
+        A zero-length reference inside the segment gives an empty lease (SHM-10).
+        """
         if self._mapping is None:
-            raise LeaseError("SHM-7", Status.FAILED_PRECONDITION, f"{self.path} is closed")
+            raise LeaseError(
+                "SHM-7",
+                Status.FAILED_PRECONDITION,
+                f"shared memory {self.path} is closed; no lease can be taken on it",
+            )
         # Python integers: offset + length cannot overflow, however large the uint64s.
         if offset < 0 or length < 0 or offset + length > self.length_bytes:
             raise SharedMemoryError(
                 "SHM-4",
                 Status.OUT_OF_RANGE,
-                f"sample {sequence_number} refers to bytes {offset}..{offset + length} of "
+                f"sample {sequence_number} refers to bytes [{offset}, {offset + length}) of "
                 f"shared memory {self.path}, which has {self.length_bytes}",
             )
         lease = ReceivedLease(self, sequence_number, offset, self._whole[offset : offset + length])
@@ -199,9 +314,10 @@ class SharedMemoryRegion:
     def close(self, *, force: bool = False) -> None:
         """Unmap. Live leases refuse it, unless ``force`` releases them first.
 
-        A numpy array still made from a released view keeps the mapping alive (Python
-        cannot unmap memory that is exported); it is then unmapped when the last such
-        array goes, and a warning says so.
+        An array still made from a lease's view keeps the mapping alive (Python cannot
+        unmap exported memory): the region is closed all the same, a warning says so
+        (SHM-12), and the memory is unmapped when the last such array goes. Closing a
+        closed region does nothing.
         """
         if self._mapping is None:
             return
@@ -215,11 +331,15 @@ class SharedMemoryRegion:
         for lease in list(self._leases):
             lease.release()
         mapping, self._mapping = self._mapping, None
-        try:
-            self._whole.release()
-            mapping.close()
-        except BufferError:
-            log.warning("%s is still referenced by an array; it unmaps when that goes", self.path)
+        if _release_view(self._whole, f"the mapping of {self.path}"):
+            try:
+                mapping.close()
+            except BufferError:
+                log.warning(
+                    "[SHM-12] %s is closed, but an array made from one of its leases is "
+                    "still alive; it is unmapped when the last such array goes",
+                    self.path,
+                )
 
     def __enter__(self) -> SharedMemoryRegion:
         return self
@@ -232,12 +352,21 @@ class SharedMemoryRegion:
     ) -> None:
         self.close(force=True)
 
+    def __repr__(self) -> str:
+        state = "closed" if self._mapping is None else f"{len(self._leases)} live leases"
+        return f"SharedMemoryRegion({self.path!r}, {self.length_bytes} bytes, {state})"
+
 
 # --- sender -----------------------------------------------------------------------------
 
 
 class SentLease:
-    """One slot of an arena: written by the sender, freed only by its acknowledgement."""
+    """One slot of an arena: written by the sender, freed only by its acknowledgement.
+
+    ``view`` is writable, exactly ``length`` bytes, and only while the lease is
+    allocated: once sent, the peer may be reading it. ``size`` is the slot the lease
+    holds (``length`` rounded up to the arena's alignment).
+    """
 
     __slots__ = ("_view", "arena", "length", "offset", "sequence_number", "size", "state")
 
@@ -245,7 +374,7 @@ class SentLease:
         self.arena = arena
         self.offset = offset
         self.length = length
-        self.size = size  # the slot, rounded up to the alignment
+        self.size = size
         self.sequence_number: int | None = None
         self.state = LeaseState.ALLOCATED
         self._view: memoryview | None = arena._whole[offset : offset + length]
@@ -253,45 +382,31 @@ class SentLease:
     @property
     def view(self) -> memoryview:
         """The slot's bytes, writable until the lease is sent."""
-        if self._view is None or self.state is not LeaseState.ALLOCATED:
+        view = self._view
+        if view is None or self.state is not LeaseState.ALLOCATED:
             raise LeaseError(
                 "SHM-8",
                 Status.FAILED_PRECONDITION,
                 f"the slot at {self.offset} is {self.state.value}; it may only be written "
                 "before it is sent",
             )
-        return self._view
+        return view
 
     def mark_sent(self, sequence_number: int) -> None:
-        """The message carrying this slot is sent as ``sequence_number``."""
-        if self.state is not LeaseState.ALLOCATED:
-            raise LeaseError(
-                "SHM-8",
-                Status.FAILED_PRECONDITION,
-                f"the slot at {self.offset} is {self.state.value}, not allocated",
-            )
-        self._drop_view()
-        self.state = LeaseState.SENT
-        self.sequence_number = sequence_number
-        self.arena._sent(self)
+        """The message carrying this slot is sent as ``sequence_number`` (> 0, ACK-2).
+
+        From now on only ``arena.ack(sequence_number)`` frees the slot.
+        """
+        self.arena._mark_sent(self, sequence_number)
 
     def cancel(self) -> None:
         """The slot was never sent (the send failed or was cancelled): free it now."""
-        if self.state is not LeaseState.ALLOCATED:
-            raise LeaseError(
-                "SHM-8",
-                Status.FAILED_PRECONDITION,
-                f"the slot at {self.offset} is {self.state.value}; only an unsent slot "
-                "can be cancelled (a sent one waits for its acknowledgement)",
-            )
-        self._drop_view()
-        self.state = LeaseState.RELEASED
-        self.arena._free(self)
+        self.arena._cancel(self)
 
     def _drop_view(self) -> None:
         view, self._view = self._view, None
         if view is not None:
-            view.release()
+            _release_view(view, f"the slot at {self.offset} of {self.arena.handle_name}")
 
     def __repr__(self) -> str:
         return (
@@ -300,18 +415,30 @@ class SentLease:
         )
 
 
+def _unlink_segment(path: str, owner: int) -> None:
+    """Remove the segment's file, once, and only in the process that made it."""
+    if os.getpid() == owner:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
 class SharedMemoryArena:
     """The sender's segment: a file of its own under the shared-memory directory.
 
     Slots are handed out first-fit from a free list kept sorted and coalesced, so
     acknowledgements may come in any order (an extension answering in completion
-    order) and everything is reusable once all is acknowledged. Thread-safe; the
-    awaitable ``allocate_async`` is meant for one event loop.
+    order) and the whole segment is reusable once everything is acknowledged. Slots
+    start on ``alignment`` boundaries (SHM-13); the last slot of a segment whose size is
+    not a multiple of it may be shorter than a rounded-up slot, so any frame up to the
+    segment's size fits.
     """
 
-    def __init__(self, path: Path, size: int, mapping: mmap.mmap) -> None:
+    def __init__(
+        self, path: Path, size: int, mapping: mmap.mmap, alignment: int = ALIGNMENT
+    ) -> None:
         self.path = path
         self.length_bytes = size
+        self.alignment = alignment
         self._mapping: mmap.mmap | None = mapping
         self._whole = memoryview(mapping)
         self._free_list: list[tuple[int, int]] = [(0, size)]  # (offset, size), sorted
@@ -321,32 +448,54 @@ class SharedMemoryArena:
         self._lock = threading.RLock()
         self._freed = threading.Condition(self._lock)
         self._waiters: list[anyio.Event] = []
+        # Unlinks the file if the arena is dropped unclosed, or at interpreter exit.
+        self._unlink = weakref.finalize(self, _unlink_segment, str(path), os.getpid())
 
     @classmethod
     def create(
-        cls, size: int, *, directory: str = DEFAULT_DIRECTORY, prefix: str = "avaproto-"
+        cls,
+        size: int,
+        *,
+        directory: str = DEFAULT_DIRECTORY,
+        prefix: str = "avaproto-",
+        alignment: int = ALIGNMENT,
     ) -> SharedMemoryArena:
-        """A new segment of ``size`` bytes, mode 0600, with a name no one else has."""
+        """A new segment of ``size`` bytes, mode 0600, with a name no one else has (SHM-9).
+
+        The memory is reserved now (SHM-11): a full shared-memory directory raises
+        ``SharedMemoryError`` (RESOURCE_EXHAUSTED) here rather than a bus error on some
+        later write. If anything fails, the file is removed again.
+        """
         if size <= 0:
             raise ValueError(f"an arena needs a size above zero, got {size}")
+        if alignment <= 0 or alignment & (alignment - 1):
+            raise ValueError(f"the alignment must be a power of two, got {alignment}")
         name = f"{prefix}{os.getpid()}-{secrets.token_hex(8)}"
         _check_name(name)
         path = Path(directory) / name
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        # O_EXCL: a name that exists (a file, a symlink planted there) is never reused.
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o600)
         try:
-            os.ftruncate(fd, size)
-            mapping = mmap.mmap(fd, size)
+            os.fchmod(fd, 0o600)  # exactly, whatever the umask
+            _reserve(fd, size, directory)
+            mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
         except BaseException:
-            os.unlink(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
             raise
         finally:
-            os.close(fd)
-        return cls(path, size, mapping)
+            os.close(fd)  # the mapping keeps its own duplicate, closed with it
+        return cls(path, size, mapping, alignment)
 
     @property
     def handle_name(self) -> str:
         """What the descriptor names: the file's name in the shared-memory directory."""
         return self.path.name
+
+    @property
+    def closed(self) -> bool:
+        return self._mapping is None
 
     @property
     def in_use(self) -> int:
@@ -355,44 +504,63 @@ class SharedMemoryArena:
 
     @property
     def live_leases(self) -> int:
+        """Slots allocated or sent, not yet freed."""
         return len(self._leases)
 
     def leases(self) -> Iterator[SentLease]:
-        return iter(sorted(self._leases, key=lambda lease: lease.offset))
+        """The live leases, by offset (a snapshot)."""
+        with self._lock:
+            return iter(sorted(self._leases, key=lambda lease: lease.offset))
 
     def try_allocate(self, length: int) -> SentLease | None:
         """A slot of ``length`` bytes now, or None when no free run is large enough."""
-        size = self._slot_size(length)
+        self._check_length(length)
         with self._lock:
             self._check_open()
+            rounded = -(-length // self.alignment) * self.alignment
             for index, (offset, free) in enumerate(self._free_list):
-                if free >= size:
-                    if free == size:
-                        del self._free_list[index]
-                    else:
-                        self._free_list[index] = (offset + size, free - size)
-                    lease = SentLease(self, offset, length, size)
-                    self._leases.add(lease)
-                    self._in_use += size
-                    return lease
+                if free >= rounded:
+                    size = rounded
+                elif free >= length and offset + free == self.length_bytes:
+                    size = free  # the segment's unaligned tail: the rest of it
+                else:
+                    continue
+                if free == size:
+                    del self._free_list[index]
+                else:
+                    self._free_list[index] = (offset + size, free - size)
+                lease = SentLease(self, offset, length, size)
+                self._leases.add(lease)
+                self._in_use += size
+                return lease
         return None
 
     def allocate(self, length: int, timeout: float | None = None) -> SentLease:
-        """A slot, waiting (blocking this thread) until acknowledgements free one."""
-        self._slot_size(length)
+        """A slot, blocking this thread until acknowledgements free one.
+
+        Raises ``TimeoutError`` when none is freed within ``timeout`` seconds.
+        """
+        self._check_length(length)
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._freed:
             while True:
                 lease = self.try_allocate(length)
                 if lease is not None:
                     return lease
-                if not self._freed.wait(timeout):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
                     raise TimeoutError(
-                        f"no {length}-byte slot freed in {timeout} s in {self.handle_name}"
+                        f"no {length}-byte slot was freed in {timeout} s in {self.handle_name} "
+                        f"({self._in_use} of {self.length_bytes} bytes await acknowledgement)"
                     )
+                self._freed.wait(remaining)
 
     async def allocate_async(self, length: int) -> SentLease:
-        """A slot, waiting (without blocking the event loop) for acknowledgements."""
-        self._slot_size(length)
+        """A slot, waiting (without blocking the event loop) for acknowledgements.
+
+        Cancelling the wait takes no slot. See the module's notes on threads.
+        """
+        self._check_length(length)
         while True:
             lease = self.try_allocate(length)
             if lease is not None:
@@ -401,7 +569,7 @@ class SharedMemoryArena:
             with self._lock:
                 self._waiters.append(freed)
             try:
-                # An ack between try_allocate and here set nothing: try once more first.
+                # A free between try_allocate and the append set no event: try again.
                 lease = self.try_allocate(length)
                 if lease is not None:
                     return lease
@@ -412,57 +580,83 @@ class SharedMemoryArena:
                         self._waiters.remove(freed)
 
     def ack(self, sequence_number: int) -> None:
-        """The peer acknowledged ``sequence_number``: its slot is free again."""
+        """The peer acknowledged ``sequence_number``: its slot is free again (SHM-8).
+
+        The only way a sent slot is freed. A number that holds no slot (never sent with
+        one, or acknowledged already) raises ``LeaseError``.
+        """
         with self._lock:
             lease = self._by_number.pop(sequence_number, None)
-        if lease is None:
-            raise LeaseError(
-                "SHM-8",
-                Status.FAILED_PRECONDITION,
-                f"acknowledgement of {sequence_number}, which holds no slot of "
-                f"{self.handle_name} (unknown, or acknowledged already)",
-            )
-        lease.state = LeaseState.ACKED
-        self._free(lease)
-        lease.state = LeaseState.RELEASED
+            if lease is None:
+                raise LeaseError(
+                    "SHM-8",
+                    Status.FAILED_PRECONDITION,
+                    f"acknowledgement of {sequence_number}, which holds no slot of "
+                    f"{self.handle_name} (unknown, or acknowledged already)",
+                )
+            lease.state = LeaseState.ACKED
+            self._free(lease)
 
-    def _slot_size(self, length: int) -> int:
+    def _check_length(self, length: int) -> None:
         if length <= 0:
             raise ValueError(f"a slot needs a length above zero, got {length}")
-        size = -(-length // ALIGNMENT) * ALIGNMENT
-        if size > self.length_bytes:
+        if length > self.length_bytes:
             raise SharedMemoryError(
                 "SHM-8",
                 Status.RESOURCE_EXHAUSTED,
                 f"a {length}-byte frame cannot fit in the {self.length_bytes}-byte segment "
-                f"{self.handle_name}; make the segment larger",
+                f"{self.handle_name}, however many acknowledgements come; make the segment "
+                "larger",
             )
-        return size
 
     def _check_open(self) -> None:
         if self._mapping is None:
-            raise LeaseError("SHM-8", Status.FAILED_PRECONDITION, f"{self.path} is closed")
+            raise LeaseError(
+                "SHM-8", Status.FAILED_PRECONDITION, f"shared memory {self.path} is closed"
+            )
 
-    def _sent(self, lease: SentLease) -> None:
-        assert lease.sequence_number is not None
+    def _mark_sent(self, lease: SentLease, sequence_number: int) -> None:
+        if sequence_number <= 0:
+            raise ValueError(f"a sent message has a sequence number above 0, not {sequence_number}")
         with self._lock:
-            if lease.sequence_number in self._by_number:
+            if lease.state is not LeaseState.ALLOCATED:
                 raise LeaseError(
                     "SHM-8",
                     Status.FAILED_PRECONDITION,
-                    f"sample {lease.sequence_number} already holds a slot",
+                    f"the slot at {lease.offset} is {lease.state.value}, not allocated; "
+                    "only an allocated slot can be sent",
                 )
-            self._by_number[lease.sequence_number] = lease
+            if sequence_number in self._by_number:
+                raise LeaseError(
+                    "SHM-8",
+                    Status.FAILED_PRECONDITION,
+                    f"sample {sequence_number} already holds a slot of {self.handle_name}",
+                )
+            lease.state = LeaseState.SENT
+            lease.sequence_number = sequence_number
+            self._by_number[sequence_number] = lease
+        lease._drop_view()
+
+    def _cancel(self, lease: SentLease) -> None:
+        with self._lock:
+            if lease.state is not LeaseState.ALLOCATED:
+                raise LeaseError(
+                    "SHM-8",
+                    Status.FAILED_PRECONDITION,
+                    f"the slot at {lease.offset} is {lease.state.value}; only an unsent slot "
+                    "can be cancelled (a sent one waits for its acknowledgement)",
+                )
+            self._free(lease)
+        lease._drop_view()
 
     def _free(self, lease: SentLease) -> None:
-        with self._lock:
-            if lease not in self._leases:
-                return
-            self._leases.discard(lease)
-            self._in_use -= lease.size
-            self._insert_free(lease.offset, lease.size)
-            self._freed.notify_all()
-            waiters, self._waiters = self._waiters, []
+        """Return a live slot to the free list and wake whoever waits. Under the lock."""
+        lease.state = LeaseState.RELEASED
+        self._leases.discard(lease)
+        self._in_use -= lease.size
+        self._insert_free(lease.offset, lease.size)
+        self._freed.notify_all()
+        waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.set()
 
@@ -480,24 +674,33 @@ class SharedMemoryArena:
         free.insert(index, (offset, size))
 
     def close(self) -> None:
-        """Unlink the segment and unmap it; every lease ends. Safe to call twice."""
+        """Unlink the segment and unmap it; every lease ends. Safe to call twice.
+
+        The file goes first, so nothing that follows can keep it on disk (SHM-9). Tasks
+        waiting for a slot wake up with ``LeaseError``.
+        """
         with self._lock:
             mapping, self._mapping = self._mapping, None
             leases, self._leases = list(self._leases), set()
             self._by_number.clear()
+            self._in_use = 0
             waiters, self._waiters = self._waiters, []
+            self._freed.notify_all()
         if mapping is None:
             return
+        self._unlink()
         for lease in leases:
-            lease._drop_view()
             lease.state = LeaseState.RELEASED
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        try:
-            self._whole.release()
-            mapping.close()
-        except BufferError:
-            log.warning("%s is still referenced by an array; it unmaps when that goes", self.path)
+            lease._drop_view()
+        if _release_view(self._whole, f"the mapping of {self.path}"):
+            try:
+                mapping.close()
+            except BufferError:
+                log.warning(
+                    "[SHM-12] %s is closed, but an array made from one of its slots is still "
+                    "alive; it is unmapped when the last such array goes",
+                    self.path,
+                )
         for waiter in waiters:
             waiter.set()
 
@@ -511,6 +714,31 @@ class SharedMemoryArena:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._mapping is None else f"{self._in_use} bytes in use"
+        return f"SharedMemoryArena({str(self.path)!r}, {self.length_bytes} bytes, {state})"
+
+
+def _reserve(fd: int, size: int, directory: str) -> None:
+    """Give the new file its size, with its pages reserved where the file system can.
+
+    On tmpfs a file only truncated to size gets its pages on first write, and a write
+    that finds the file system full is a SIGBUS that kills the process. Reserving them
+    up front turns that into an error here (SHM-11).
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as error:
+        if error.errno not in _CANNOT_RESERVE:
+            raise SharedMemoryError(
+                "SHM-11",
+                Status.RESOURCE_EXHAUSTED,
+                f"cannot reserve a {size}-byte shared-memory segment in {directory}: "
+                f"{error.strerror}; free memory there (its size limit, e.g. a container's "
+                "--shm-size) or use a smaller segment",
+            ) from None
+        os.ftruncate(fd, size)  # nothing to reserve with: size only
 
 
 __all__ = [

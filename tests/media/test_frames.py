@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import tracemalloc
 
 import numpy as np
@@ -126,11 +127,78 @@ class TestReadingInPlace:
         image = frames.decode(words, fmt)
         assert isinstance(image, np.ndarray) and image.shape == (2, 2, 4)
 
+    @pytest.mark.rule("MEDIA-7")
+    @pytest.mark.parametrize("pixel_format", FORMATS, ids=lambda f: f.name)
+    def test_a_read_only_mapping_gives_a_read_only_view(self, pixel_format: PixelFormat) -> None:
+        fmt = padded(pixel_format, 7, 5, 3)
+        mapping = mmap.mmap(-1, fmt.frame_bytes, prot=mmap.PROT_READ)
+        try:
+            image = frames.decode(mapping, fmt)
+            plane = base_of(image)
+            assert not plane.flags.writeable
+            assert np.shares_memory(plane, np.frombuffer(mapping, np.uint8))
+            with pytest.raises(ValueError, match="read-only"):
+                plane[0, 0] = 1
+        finally:
+            del image, plane
+            mapping.close()
+
+    @pytest.mark.rule("MEDIA-7")
+    def test_a_writable_mapping_slice_is_written_in_place(self) -> None:
+        fmt = raw(PixelFormat.RGB24, 4, 3)
+        mapping = mmap.mmap(-1, 16 + fmt.frame_bytes)
+        try:
+            window = memoryview(mapping)[16 : 16 + fmt.frame_bytes]
+            image = frames.decode(window, fmt)
+            assert isinstance(image, np.ndarray) and image.flags.writeable
+            image[2, 3] = (7, 8, 9)
+            assert mapping[16 + fmt.frame_bytes - 3 : 16 + fmt.frame_bytes] == b"\x07\x08\x09"
+        finally:
+            del image, window
+            mapping.close()
+
+    @pytest.mark.rule("MEDIA-7", "MEDIA-10")
+    @pytest.mark.parametrize(
+        ("pixel_format", "start", "step"),
+        [
+            (PixelFormat.RGB24, 0, 1),
+            (PixelFormat.BGR24, 2, -1),
+            (PixelFormat.RGBA, 0, 1),
+            (PixelFormat.ARGB, 1, 1),
+            (PixelFormat.BGRA, 2, -1),
+            (PixelFormat.ABGR, 3, -1),
+        ],
+    )
+    def test_rgb_is_a_channel_slice_of_the_pixels(
+        self, pixel_format: PixelFormat, start: int, step: int
+    ) -> None:
+        fmt = raw(pixel_format, 3, 2)
+        data = bytes(range(fmt.frame_bytes))
+        image = frames.decode(data, fmt)
+        assert isinstance(image, np.ndarray)
+        rgb = frames.to_rgb(image, fmt)
+        assert frames.rgb_view_possible(fmt)
+        assert rgb.base is not None and np.shares_memory(rgb, image)
+        assert rgb.strides[-1] == step
+        first = PIXEL_LAYOUTS[pixel_format].bytes_per_pixel  # bytes of the first pixel
+        assert rgb[0, 0].tolist() == [data[start + i * step] for i in range(3)]
+        assert rgb[0, 1].tolist() == [data[first + start + i * step] for i in range(3)]
+
+    @pytest.mark.rule("MEDIA-9", "MEDIA-10")
+    @pytest.mark.parametrize("pixel_format", [*WORDS, PixelFormat.YUV420P], ids=lambda f: f.name)
+    def test_computed_formats_are_not_views(self, pixel_format: PixelFormat) -> None:
+        fmt = raw(pixel_format, 4, 2)
+        assert not frames.rgb_view_possible(fmt)
+        data = bytearray(fmt.frame_bytes)
+        rgb = frames.to_rgb(frames.decode(data, fmt), fmt)
+        assert rgb.shape == (2, 4, 3) and rgb.dtype == np.uint8
+        assert not np.shares_memory(rgb, np.frombuffer(data, np.uint8))
+
 
 class TestRefusals:
     @pytest.mark.rule("MEDIA-6")
-    @pytest.mark.parametrize("delta", [-1, 1, -100])
-    @pytest.mark.parametrize("pixel_format", [PixelFormat.RGB24, PixelFormat.YUV420P])
+    @pytest.mark.parametrize("delta", [-1, 1, -100, 4096])
+    @pytest.mark.parametrize("pixel_format", FORMATS, ids=lambda f: f.name)
     def test_a_buffer_of_the_wrong_size(self, pixel_format: PixelFormat, delta: int) -> None:
         fmt = raw(pixel_format, 16, 9)
         size = fmt.frame_bytes + delta
@@ -161,7 +229,7 @@ class TestRefusals:
         finally:
             tracemalloc.stop()
         assert caught.value.rule == "MEDIA-3"
-        assert peak < 1 << 20  # nothing near the 30 GB such a frame would take
+        assert peak < 64 << 10  # nothing near the 30 GB such a frame would take
 
     @pytest.mark.rule("MEDIA-2")
     def test_raw_without_a_pixel_format(self) -> None:
@@ -199,6 +267,45 @@ class TestRefusals:
             frames.encode(np.zeros((3, 2, 3), np.uint8), raw(PixelFormat.RGB24, 3, 2))
         with pytest.raises(ValueError, match="uint8"):
             frames.encode(np.zeros((2, 3, 3), np.float32), raw(PixelFormat.RGB24, 3, 2))  # type: ignore[arg-type]
+
+    @pytest.mark.rule("MEDIA-7")
+    @pytest.mark.parametrize("pixel_format", FORMATS, ids=lambda f: f.name)
+    def test_to_rgb_refuses_an_image_of_another_format(self, pixel_format: PixelFormat) -> None:
+        fmt = raw(pixel_format, 4, 2)
+        wrong: frames.Image = (
+            np.zeros((2, 4, 3), np.uint8)
+            if PIXEL_LAYOUTS[pixel_format].layout is not Layout.PACKED
+            else YuvPlanes(*(np.zeros((1, 1), np.uint8) for _ in range(3)))
+        )
+        with pytest.raises(ValueError, match=str(fmt)):
+            frames.to_rgb(wrong, fmt)
+
+    @pytest.mark.rule("MEDIA-10")
+    def test_to_rgb_checks_the_destination(self) -> None:
+        fmt = raw(PixelFormat.RGB565LE, 4, 2)
+        image = frames.decode(bytes(fmt.frame_bytes), fmt)
+        with pytest.raises(ValueError, match=r"shape \(2, 4, 3\)"):
+            frames.to_rgb(image, fmt, out=np.empty((4, 2, 3), np.uint8))
+        with pytest.raises(ValueError, match="uint8"):
+            frames.to_rgb(image, fmt, out=np.empty((2, 4, 3), np.float32))  # type: ignore[arg-type]
+        read_only = np.empty((2, 4, 3), np.uint8)
+        read_only.flags.writeable = False
+        with pytest.raises(ValueError, match="read-only"):
+            frames.to_rgb(image, fmt, out=read_only)
+
+    def test_encode_native_checks_the_pixels(self) -> None:
+        with pytest.raises(ValueError, match="uint16"):
+            frames.encode_native(np.zeros((2, 2), np.uint8), raw(PixelFormat.RGB565BE, 2, 2))
+        with pytest.raises(ValueError, match="uint8"):
+            frames.encode_native(np.zeros((2, 2, 3), np.float64), raw(PixelFormat.RGB24, 2, 2))
+        with pytest.raises(ValueError, match="YuvPlanes"):
+            frames.encode_native(np.zeros((2, 2), np.uint8), raw(PixelFormat.YUV420P, 2, 2))
+
+    @pytest.mark.rule("MEDIA-4")
+    def test_encode_refuses_a_stride_shorter_than_a_row(self) -> None:
+        with pytest.raises(FrameError) as caught:
+            frames.encode(picture(4, 2), raw(PixelFormat.RGB24, 4, 2), stride_bytes=11)
+        assert caught.value.rule == "MEDIA-4"
 
 
 class TestColour:
@@ -278,9 +385,60 @@ class TestColour:
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-        assert peak < 4096, f"{peak} bytes allocated for a 6 MB frame"
+        assert peak < 1024, f"{peak} bytes allocated for a 6 MB frame"
         assert np.shares_memory(rgb, np.frombuffer(data, np.uint8))
         assert (rgb[0, 0] == buffer[2::-1]).all() and (rgb[0, 1] == buffer[5:2:-1]).all()
+
+    @pytest.mark.rule("MEDIA-8", "MEDIA-10")
+    @pytest.mark.parametrize(("width", "height"), [(3, 3), (5, 2), (2, 5), (1, 1)])
+    def test_odd_edges_use_the_last_chroma_sample(self, width: int, height: int) -> None:
+        fmt = raw(PixelFormat.YUV420P, width, height)
+        cw, ch = (width + 1) // 2, (height + 1) // 2
+        u = np.arange(cw * ch, dtype=np.uint8).reshape(ch, cw) * 20 + 60
+        v = 200 - u
+        planes = YuvPlanes(np.full((height, width), 120, np.uint8), u, v)
+        rgb = frames.to_rgb(frames.decode(frames.encode_native(planes, fmt), fmt), fmt)
+        for row in range(height):
+            for column in range(width):
+                # Nearest neighbour: every pixel takes the chroma of its 2 x 2 block.
+                single = raw(PixelFormat.YUV420P, 1, 1)
+                block = bytes([120, u[row // 2, column // 2], v[row // 2, column // 2]])
+                expected = frames.to_rgb(frames.decode(block, single), single)[0, 0]
+                assert rgb[row, column].tolist() == expected.tolist(), (row, column)
+
+    @pytest.mark.rule("MEDIA-10")
+    def test_full_range_input_is_clipped(self) -> None:
+        fmt = raw(PixelFormat.YUV420P, 2, 2)
+        rgb = frames.to_rgb(frames.decode(bytes([255] * 4 + [255, 255]), fmt), fmt)
+        assert (rgb[..., 0] == 255).all() and (rgb[..., 2] == 255).all()
+        rgb = frames.to_rgb(frames.decode(bytes([0] * 4 + [0, 0]), fmt), fmt)
+        assert (rgb[..., 0] == 0).all() and (rgb[..., 2] == 0).all()
+
+    @pytest.mark.rule("MEDIA-9")
+    @pytest.mark.parametrize("pixel_format", WORDS, ids=lambda f: f.name)
+    def test_every_sixteen_bit_level_survives_a_round_trip(self, pixel_format: PixelFormat) -> None:
+        layout = PIXEL_LAYOUTS[pixel_format]
+        used = (1 << sum(layout.bits)) - 1  # RGB555 leaves bit 15 unused
+        words = np.arange(used + 1, dtype=np.uint16).reshape(256, -1)
+        fmt = raw(pixel_format, words.shape[1], 256)
+        dtype = ">u2" if layout.byte_order == "big" else "<u2"
+        rgb = frames.to_rgb(frames.decode(words.astype(dtype).tobytes(), fmt), fmt)
+        again = frames.decode(frames.encode(np.ascontiguousarray(rgb), fmt), fmt)
+        assert isinstance(again, np.ndarray)
+        assert (again == words).all()
+
+    @pytest.mark.rule("MEDIA-9")
+    @pytest.mark.parametrize("pixel_format", WORDS, ids=lambda f: f.name)
+    def test_every_eight_bit_value_comes_back_within_half_a_step(
+        self, pixel_format: PixelFormat
+    ) -> None:
+        ramp = np.arange(256, dtype=np.uint8)
+        source = np.stack([ramp, ramp[::-1], ramp], axis=-1).reshape(16, 16, 3)
+        fmt = raw(pixel_format, 16, 16)
+        back = frames.to_rgb(frames.decode(frames.encode(source, fmt), fmt), fmt)
+        error = np.abs(back.astype(int) - source).max(axis=(0, 1))
+        limits = [4 if bits == 5 else 2 for bits in PIXEL_LAYOUTS[pixel_format].bits]
+        assert (error <= limits).all(), error
 
 
 class TestEncoding:
@@ -305,6 +463,17 @@ class TestEncoding:
                 ]
                 assert pad == bytes(len(pad))
 
+    @pytest.mark.rule("MEDIA-9")
+    @pytest.mark.parametrize("pixel_format", WORDS, ids=lambda f: f.name)
+    def test_native_words_in_either_byte_order(self, pixel_format: PixelFormat) -> None:
+        fmt = raw(pixel_format, 2, 1)
+        data = frames.encode_native(np.array([[0x1234, 0xABCD]], "<u2"), fmt)
+        same = frames.encode_native(np.array([[0x1234, 0xABCD]], ">u2"), fmt)
+        assert data == same
+        assert data == (
+            b"\x12\x34\xab\xcd" if pixel_format.name.endswith("BE") else b"\x34\x12\xcd\xab"
+        )
+
     @pytest.mark.rule("MEDIA-11")
     def test_a_stride_can_be_given_when_encoding(self) -> None:
         fmt = raw(PixelFormat.RGB24, 2, 2)
@@ -325,7 +494,7 @@ class TestEncoding:
             frames.encode_native(np.zeros((2, 2, 3), np.uint8), raw(PixelFormat.RGB24, 3, 3))
 
     @pytest.mark.rule("MEDIA-7", "MEDIA-9", "MEDIA-10", "MEDIA-11")
-    @settings(max_examples=60, deadline=None)
+    @settings(max_examples=50, deadline=None)
     @given(
         pixel_format=st.sampled_from(FORMATS),
         width=st.integers(1, 33),
@@ -348,8 +517,8 @@ class TestEncoding:
         if layout.layout is Layout.PACKED:
             assert (error == 0).all()
         elif layout.layout is Layout.WORD16:
-            # Rounding to 5 or 6 bits, then widening by bit replication.
-            limits = np.array([5 if bits == 5 else 3 for bits in layout.bits])
+            # The nearest of 32 (64) widened levels, 8 or 9 (4 or 5) apart: half a step.
+            limits = np.array([4 if bits == 5 else 2 for bits in layout.bits])
             assert (error <= limits).all(), error.max(axis=(0, 1))
         else:
             # 8-bit limited range keeps 219 (224) levels of 256, rounded twice.
@@ -365,3 +534,19 @@ def test_the_pixel_benchmark_runs_and_names_every_format() -> None:
     views = {r.name for r in results if r.view}
     assert views == {f.name for f in PACKED}  # every 24/32-bit format converts as a view
     assert "ratio" in pixels.report(results, 32, 16)
+
+
+@pytest.mark.rule("MEDIA-10")
+def test_the_bench_command_prints_the_pixel_table(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from avaproto.bench import __main__ as bench
+    from avaproto.bench import pixels
+
+    monkeypatch.setitem(
+        bench.BENCHMARKS, "pixels", lambda repeat=20: pixels.run(repeat, width=8, height=4)
+    )
+    assert bench.main(["--only", "pixels", "--repeat", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "copy (baseline)" in table and "8x4" in table
+    assert all(f.name in table for f in FORMATS)
