@@ -63,7 +63,7 @@ F32_TINY = 1.401298464324817e-45  # the smallest positive (subnormal) float32
 
 PACKAGE = "microsoft.azure.media.live_video_analytics.extensibility.grpc.v1"
 
-# --- the contract (/work/shared/CONTRACT.md restated) --------------------------------
+# --- the contract (restated from the protocol's .proto facts) --------------------------------
 
 #: Which messages each .proto file defines.
 FILES = {
