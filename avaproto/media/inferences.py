@@ -27,7 +27,7 @@ import math
 import numbers
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, SupportsFloat
+from typing import Any, SupportsFloat, TypedDict, Unpack
 
 import betterproto2
 
@@ -146,14 +146,23 @@ def _checked_attributes(attributes: Iterable[Attribute], where: str) -> list[Att
 # --- the six kinds ----------------------------------------------------------------------
 
 
+class Common(TypedDict, total=False):
+    """What every kind of inference may carry besides its value (keyword arguments)."""
+
+    subtype: str
+    inference_id: str
+    related: Iterable[str]
+    sequence_id: str
+    extensions: Mapping[str, str] | None
+
+
 def _inference(
     value: Classification | Motion | Entity | Text | Event | InferenceOther,
-    *,
-    subtype: str,
-    inference_id: str,
-    related: Iterable[str],
-    sequence_id: str,
-    extensions: Mapping[str, str] | None,
+    subtype: str = "",
+    inference_id: str = "",
+    related: Iterable[str] = (),
+    sequence_id: str = "",
+    extensions: Mapping[str, str] | None = None,
 ) -> Inference:
     """The common part: type from the value (INF-7), then the same checks as anyone's."""
     name = _FIELD_BY_CLASS[type(value)]
@@ -175,38 +184,23 @@ def classification(
     confidence: SupportsFloat = 1.0,
     *,
     attributes: Sequence[Attribute] = (),
-    subtype: str = "",
-    inference_id: str = "",
-    related: Iterable[str] = (),
-    sequence_id: str = "",
-    extensions: Mapping[str, str] | None = None,
+    **common: Unpack[Common],
 ) -> Inference:
     """A label, often for the whole frame; ``tag`` a label or a ready ``Tag``."""
     value = Classification(
         tag=_checked_tag(tag, confidence, "classification.tag.confidence"),
         attributes=_checked_attributes(attributes, "classification.attributes"),
     )
-    return _inference(
-        value, subtype=subtype, inference_id=inference_id,
-        related=related, sequence_id=sequence_id, extensions=extensions,
-    )  # fmt: skip
+    return _inference(value, **common)
 
 
 def motion(
     box: Rectangle | None = None,
-    *,
-    subtype: str = "",
-    inference_id: str = "",
-    related: Iterable[str] = (),
-    sequence_id: str = "",
-    extensions: Mapping[str, str] | None = None,
+    **common: Unpack[Common],
 ) -> Inference:
     """Motion, in ``box`` when given (somewhere in the frame otherwise)."""
     value = Motion(box=None if box is None else _checked_box(box, "motion.box"))
-    return _inference(
-        value, subtype=subtype, inference_id=inference_id,
-        related=related, sequence_id=sequence_id, extensions=extensions,
-    )  # fmt: skip
+    return _inference(value, **common)
 
 
 def entity(
@@ -216,11 +210,7 @@ def entity(
     *,
     id: str = "",  # the contract's name
     attributes: Sequence[Attribute] = (),
-    subtype: str = "",
-    inference_id: str = "",
-    related: Iterable[str] = (),
-    sequence_id: str = "",
-    extensions: Mapping[str, str] | None = None,
+    **common: Unpack[Common],
 ) -> Inference:
     """A detected object: what it is, how sure, where; ``id`` to follow it across frames."""
     value = Entity(
@@ -229,10 +219,7 @@ def entity(
         box=_checked_box(box, "entity.box"),
         id=id,
     )
-    return _inference(
-        value, subtype=subtype, inference_id=inference_id,
-        related=related, sequence_id=sequence_id, extensions=extensions,
-    )  # fmt: skip
+    return _inference(value, **common)
 
 
 def text(
@@ -241,11 +228,7 @@ def text(
     language: str = "",
     start: int = 0,
     end: int = 0,
-    subtype: str = "",
-    inference_id: str = "",
-    related: Iterable[str] = (),
-    sequence_id: str = "",
-    extensions: Mapping[str, str] | None = None,
+    **common: Unpack[Common],
 ) -> Inference:
     """Text about the frame (a caption, a transcript); ``language`` as BCP 47.
 
@@ -256,46 +239,27 @@ def text(
         if not isinstance(stamp, int) or isinstance(stamp, bool) or not 0 <= stamp < 2**64:
             raise _refuse("INF-7", f"{where} = {stamp!r} is not a uint64")
     content = Text(value=value, language=language, start_timestamp=start, end_timestamp=end)
-    return _inference(
-        content, subtype=subtype, inference_id=inference_id,
-        related=related, sequence_id=sequence_id, extensions=extensions,
-    )  # fmt: skip
+    return _inference(content, **common)
 
 
 def event(
     name: str,
     properties: Mapping[str, str] | None = None,
-    *,
-    subtype: str = "",
-    inference_id: str = "",
-    related: Iterable[str] = (),
-    sequence_id: str = "",
-    extensions: Mapping[str, str] | None = None,
+    **common: Unpack[Common],
 ) -> Inference:
     """Something that happened (a line crossed, a door opened), with string properties."""
     value = Event(name=name, properties=dict(properties or {}))
-    return _inference(
-        value, subtype=subtype, inference_id=inference_id,
-        related=related, sequence_id=sequence_id, extensions=extensions,
-    )  # fmt: skip
+    return _inference(value, **common)
 
 
 def other(
     content_type: str,
     content: bytes | bytearray | memoryview,
-    *,
-    subtype: str = "",
-    inference_id: str = "",
-    related: Iterable[str] = (),
-    sequence_id: str = "",
-    extensions: Mapping[str, str] | None = None,
+    **common: Unpack[Common],
 ) -> Inference:
     """An opaque payload of an IANA media type (UTF-8 when text states no charset)."""
     value = InferenceOther(content_type=content_type, content_bytes=bytes(content))
-    return _inference(
-        value, subtype=subtype, inference_id=inference_id,
-        related=related, sequence_id=sequence_id, extensions=extensions,
-    )  # fmt: skip
+    return _inference(value, **common)
 
 
 #: Value class -> oneof field, for the builders (names taken from ``VALUE_FIELDS``).
