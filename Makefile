@@ -12,7 +12,8 @@ help:
 	@echo "make test       ruff, mypy --strict and the whole test suite"
 	@echo "make protos     regenerate avaproto/_generated from protos/"
 	@echo "make spec       regenerate spec/README.md and spec/state-machine.md"
-	@echo "make bench      the benchmarks (ratios against a baseline in the same run)"
+	@echo "make bench      the benchmarks: pixels and motion against a baseline, then the"
+	@echo "                transport side by side with grpcio's servers and client"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,10 +26,11 @@ demo: $(STAMP)
 test: lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check avaproto tests spec
+	$(BIN)/ruff check avaproto tests spec bench
+	$(BIN)/ruff format --check avaproto tests spec bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict avaproto
+	$(BIN)/mypy --strict avaproto bench
 
 pytest: $(STAMP)
 	$(BIN)/pytest
@@ -41,6 +43,7 @@ spec: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m avaproto.bench
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

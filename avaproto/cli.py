@@ -1,15 +1,37 @@
-"""The ``avaproto`` command line: ``serve``, ``send``, ``demo`` and ``diagram``."""
+"""The ``avaproto`` command line: ``serve``, ``send``, ``demo`` and ``diagram``.
+
+Every mistake a person can make gets one line on stderr and no traceback: exit status 2
+for a usage error (a bad option, a missing file, an extension that does not load), 1
+for a run that failed (connection refused, the stream ended with an error). Only a bug
+in avaproto itself shows a traceback.
+
+The options' defaults and choices are read from the configuration they fill
+(``EngineConfig``, ``ServerConfig``, ``SendOptions``, the pixel-format table), so the
+help never disagrees with what runs.
+
+Logging: ``-v`` shows avaproto's progress, ``-vv`` its debug output, ``-vvv`` also the
+libraries' (h2, hpack, grpclib, asyncio, transitions), which print every header they
+see. Whatever the level, credentials never reach the log: the handler redacts the value
+of authentication headers and any ``Basic <token>`` from every record.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 import logging
 import os
+import re
+import signal
+import ssl
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NoReturn, get_args
 
 from . import __version__
 
@@ -17,46 +39,112 @@ if TYPE_CHECKING:
     from .engine.drive import Result
     from .protocol.auth import Credentials
     from .protocol.video_format import VideoFormat
+    from .report import Report
+    from .sources import SourceFrame
 
 Command = Callable[[argparse.Namespace], int]
-log = logging.getLogger("avaproto")
-
-ENCODINGS = ("RAW", "JPG", "PNG", "BMP")
-PIXEL_FORMATS = (
-    "RGB24", "BGR24", "RGBA", "BGRA", "ARGB", "ABGR",
-    "RGB565BE", "RGB565LE", "RGB555BE", "RGB555LE", "YUV420P",
-)  # fmt: skip
+log = logging.getLogger("avaproto.cli")
 
 
 class UsageError(Exception):
     """A command-line mistake: printed as one line, exit status 2."""
 
 
-# --- shared options ------------------------------------------------------------------
+# --- logging -------------------------------------------------------------------------
+
+#: The loggers of the libraries under avaproto: quiet below -vvv, they print every header.
+LIBRARIES = ("asyncio", "grpclib", "h2", "hpack", "transitions")
+#: -v count from which the libraries' debug output is shown too.
+LIBRARY_VERBOSITY = 3
+REDACTED = "<redacted>"
+
+# The value after an authentication header's name, however a library prints the pair:
+# "x-ms-authentication: v", (b'x-ms-authentication', b'v'), b'authorization'=b'v'.
+_SECRET_HEADER = re.compile(
+    r"(?i)((?:x-ms-authentication|proxy-authorization|authorization)['\"]?\s*[,:=]\s*b?['\"]?)"
+    r"([^'\"\r\n,)\]}]+)"
+)
+# A Basic token anywhere else (a header block printed whole, an exception's text).
+_BASIC_TOKEN = re.compile(r"(?i)(?<![a-z])(basic)(?:\s|%20)+[A-Za-z0-9+/_.~-]{2,}=*")
 
 
-def _credentials(args: argparse.Namespace) -> Credentials | None:
-    from .protocol.auth import Credentials
-
-    username = args.username or os.environ.get("AVAPROTO_USERNAME")
-    password = args.password or os.environ.get("AVAPROTO_PASSWORD")
-    if username is None and password is None:
-        return None
-    if username is None or password is None:
-        raise UsageError("give both --username and --password (or AVAPROTO_USERNAME/_PASSWORD)")
-    try:
-        return Credentials(username, password)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+def redact(text: str) -> str:
+    """``text`` with every authentication header value and Basic token replaced."""
+    text = _SECRET_HEADER.sub(rf"\g<1>{REDACTED}", text)
+    return _BASIC_TOKEN.sub(rf"\g<1> {REDACTED}", text)
 
 
-def _add_credentials(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("authentication (x-ms-authentication, HTTP Basic)")
-    group.add_argument("--username", help="or the environment variable AVAPROTO_USERNAME")
-    group.add_argument(
-        "--password",
-        help="or AVAPROTO_PASSWORD, which keeps it out of the process list",
+class RedactCredentials(logging.Filter):
+    """Redacts credentials from every record a handler emits, its message and arguments.
+
+    The message is formatted here (``msg % args``) and redacted as a whole, since a
+    secret may be split between the two; the record then carries the result and no
+    arguments.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: let the handler report it as usual
+            return True
+        cleaned = redact(message)
+        if cleaned != message or record.args:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+class _RedactingFormatter(logging.Formatter):
+    """Also redacts what the filter cannot see: exception text and stack traces."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def configure_logging(verbosity: int, *, narrate: bool = False) -> logging.Handler:
+    """One stderr handler on the root logger, redacting credentials, at these levels.
+
+    avaproto logs at WARNING, INFO with ``narrate`` (a server narrates its streams) or
+    ``-v``, DEBUG with ``-vv``; the libraries stay at WARNING until ``-vvv``.
+    """
+    own = (
+        logging.DEBUG
+        if verbosity >= 2
+        else logging.INFO
+        if verbosity >= 1 or narrate
+        else logging.WARNING
     )
+    libraries = logging.DEBUG if verbosity >= LIBRARY_VERBOSITY else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactCredentials())
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "avaproto", False)]:
+        root.removeHandler(old)
+    handler.avaproto = True  # type: ignore[attr-defined]  # ours, replaced on a second call
+    root.addHandler(handler)
+    root.setLevel(libraries)
+    for name in LIBRARIES:
+        logging.getLogger(name).setLevel(libraries)
+    logging.getLogger("avaproto").setLevel(own)
+    return handler
+
+
+# --- option values -------------------------------------------------------------------
+
+
+def _default(cls: type[Any], name: str) -> Any:
+    """The default of a dataclass field: the one source of every option's default."""
+    for field in dataclasses.fields(cls):
+        if field.name == name:
+            if field.default is not dataclasses.MISSING:
+                return field.default
+            if field.default_factory is not dataclasses.MISSING:
+                return field.default_factory()
+    raise AttributeError(f"{cls.__name__} has no field {name!r} with a default")
+
+
+def _parameter_default(function: Callable[..., Any], name: str) -> Any:
+    return inspect.signature(function).parameters[name].default
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -81,7 +169,175 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
         return value
 
+    parse.__name__ = f"positive {kind.__name__}"
     return parse
+
+
+def _not_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {port}")
+    return port
+
+
+def _timeout(text: str) -> float | None:
+    """Seconds; ``0`` or ``none`` waits forever."""
+    if text.strip().lower() in ("none", "off", "0", "0.0"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds (or 0/none to wait forever), got {text!r}"
+        ) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive (or 0/none), got {text}")
+    return value
+
+
+#: Size units: SI with B (MB = 10^6), binary with iB or bare (M = MiB, as docker's --shm-size).
+_BYTE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1 << 10, "kib": 1 << 10, "kb": 10**3,
+    "m": 1 << 20, "mib": 1 << 20, "mb": 10**6,
+    "g": 1 << 30, "gib": 1 << 30, "gb": 10**9,
+}  # fmt: skip
+
+
+def byte_size(text: str) -> int:
+    """``75MiB``, ``100M`` (MiB), ``64MB`` (10^6), ``4096``: a size in bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _BYTE_UNITS:
+        raise argparse.ArgumentTypeError(
+            f"expected a size like 75MiB, 100M or 8388608 (bytes), got {text!r}"
+        )
+    value = round(float(match.group(1)) * _BYTE_UNITS[unit])
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above zero, got {text!r}")
+    return value
+
+
+def _target(text: str) -> str:
+    from .transport.grpc_client import parse_target
+
+    try:
+        parse_target(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _seconds(value: float | None) -> str:
+    return "none (wait forever)" if value is None else f"{value:g} s"
+
+
+# --- shared checks -------------------------------------------------------------------
+
+
+def _credentials(args: argparse.Namespace) -> Credentials | None:
+    from .protocol.auth import Credentials
+
+    username = args.username or os.environ.get("AVAPROTO_USERNAME") or None
+    password = args.password or os.environ.get("AVAPROTO_PASSWORD") or None
+    if username is None and password is None:
+        return None
+    if username is None or password is None:
+        raise UsageError("give both --username and --password (or AVAPROTO_USERNAME/_PASSWORD)")
+    try:
+        return Credentials(username, password)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def _existing_files(**options: Path | None) -> None:
+    """Refuse a missing file by its option's name, before any TLS library sees it."""
+    for option, path in options.items():
+        if path is not None and not path.is_file():
+            flag = "--" + option.replace("_", "-")
+            what = "is a directory" if path.is_dir() else "no such file"
+            raise UsageError(f"{flag} {path}: {what}")
+
+
+def _tls_files_error(error: OSError, **options: Path | None) -> UsageError:
+    named = ", ".join(
+        f"--{option.replace('_', '-')} {path}" for option, path in options.items() if path
+    )
+    reason = getattr(error, "reason", None) or error.strerror or str(error)
+    return UsageError(f"cannot use the TLS files ({named}): {reason}")
+
+
+def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    from .transport.tls import client_context
+
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+        return None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("a client certificate needs both --tls-cert and --tls-key")
+    files = {"tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key}
+    _existing_files(**files)
+    try:
+        return client_context(ca=args.tls_ca, certificate=args.tls_cert, key=args.tls_key)
+    except OSError as error:  # ssl.SSLError is one
+        raise _tls_files_error(error, **files) from None
+
+
+def _server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    from .transport.tls import server_context
+
+    if not (args.tls_cert or args.tls_key):
+        if args.tls_client_ca:
+            raise UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise UsageError("give both --tls-cert and --tls-key")
+    files = {
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "tls_client_ca": args.tls_client_ca,
+    }
+    _existing_files(**files)
+    try:
+        return server_context(args.tls_cert, args.tls_key, client_ca=args.tls_client_ca)
+    except OSError as error:
+        raise _tls_files_error(error, **files) from None
+
+
+def _verbosity_option(parser: argparse.ArgumentParser, dest: str) -> None:
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        dest=dest,
+        action="count",
+        default=0,
+        help="more log output: -v avaproto's progress, -vv its debug output, -vvv also the "
+        "libraries' (h2, hpack, grpclib, asyncio, transitions); credentials are always "
+        "redacted (default: warnings only; serve: one line per stream)",
+    )
+
+
+def _credential_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("authentication (x-ms-authentication, HTTP Basic)")
+    group.add_argument(
+        "--username", help="or the environment variable AVAPROTO_USERNAME (default: none)"
+    )
+    group.add_argument(
+        "--password",
+        help="or AVAPROTO_PASSWORD, which keeps it out of the process list (default: none)",
+    )
 
 
 # --- diagram -------------------------------------------------------------------------
@@ -94,21 +350,32 @@ def _diagram(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_diagram(commands: Any) -> None:
+    parser = commands.add_parser(
+        "diagram",
+        help="print the session state machine",
+        description=(
+            "Print the session lifecycle state machine, drawn from the same transitions "
+            "table the sessions run. Mermaid renders on GitHub; dot is for Graphviz."
+        ),
+    )
+    parser.add_argument(
+        "--format",
+        choices=["mermaid", "dot"],
+        default="mermaid",
+        help="diagram language (default: %(default)s)",
+    )
+    _verbosity_option(parser, "sub_verbose")
+    parser.set_defaults(run=_diagram, parser=parser)
+
+
 # --- serve ---------------------------------------------------------------------------
 
 
 def _server_config(args: argparse.Namespace) -> Any:
     from .engine.config import EngineConfig
     from .transport.grpc_server import ServerConfig
-    from .transport.tls import server_context
 
-    tls = None
-    if args.tls_cert or args.tls_key:
-        if not (args.tls_cert and args.tls_key):
-            raise UsageError("give both --tls-cert and --tls-key")
-        tls = server_context(args.tls_cert, args.tls_key, client_ca=args.tls_client_ca)
-    elif args.tls_client_ca:
-        raise UsageError("--tls-client-ca needs --tls-cert and --tls-key")
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -117,9 +384,10 @@ def _server_config(args: argparse.Namespace) -> Any:
             max_in_flight=args.max_in_flight,
             ordered=not args.completion_order,
             frame_timeout=args.frame_timeout,
+            shm_directory=args.shm_directory,
         ),
         credentials=_credentials(args),
-        ssl=tls,
+        ssl=_server_tls(args),
         max_message_bytes=args.max_message_bytes,
         max_streams=args.max_streams,
     )
@@ -128,46 +396,203 @@ def _server_config(args: argparse.Namespace) -> Any:
 def _serve(args: argparse.Namespace) -> int:
     import anyio
 
-    from .extensions import load_extension
+    from .extensions import ExtensionLoadError, load_extension
     from .server import serve
 
+    config = _server_config(args)
     try:
         factory = load_extension(args.extension)
-    except (ImportError, AttributeError, ValueError, TypeError) as error:
+    except ExtensionLoadError as error:
         raise UsageError(f"--extension {args.extension}: {error}") from None
-    config = _server_config(args)
-
     # The server logs "serving ... on HOST:PORT" once it listens (port 0: the one chosen).
     anyio.run(lambda: serve(factory, host=args.host, port=args.port, config=config,
                             grace=args.grace))  # fmt: skip
     return 0
 
 
-# --- send ----------------------------------------------------------------------------
+def _add_serve(commands: Any) -> None:
+    from .engine.config import EngineConfig
+    from .extensions import BUILTINS
+    from .server import serve
+    from .transport.grpc_server import ServerConfig
+
+    parser = commands.add_parser(
+        "serve",
+        help="serve an extension",
+        description=(
+            "Serve an extension over gRPC until SIGTERM or Ctrl-C, then drain: running "
+            "streams get --grace seconds to finish. Logs one line as each stream opens "
+            "and closes."
+        ),
+    )
+    parser.add_argument(
+        "--host",
+        default=_default(ServerConfig, "host"),
+        help="address to listen on; 0.0.0.0 for all (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=_default(ServerConfig, "port"),
+        help="port to listen on; 0 picks a free one, logged (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--extension",
+        default="motion",
+        metavar="NAME|MODULE:ATTRIBUTE",
+        help=f"a built-in ({', '.join(BUILTINS)}: motion detects motion, null acknowledges "
+        "without inference) or module:attribute naming a processor function, an extension "
+        "class or a factory; the module is looked up in the current directory first "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--identifier",
+        help="extension_identifier to answer with (default: the --extension value)",
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        type=_positive(int),
+        default=_default(EngineConfig, "max_in_flight"),
+        metavar="N",
+        help="frames processed at once per stream (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--completion-order",
+        action="store_true",
+        help="answer frames as they finish instead of in request order (default: off)",
+    )
+    parser.add_argument(
+        "--frame-timeout",
+        type=_positive(float),
+        default=_default(EngineConfig, "frame_timeout"),
+        metavar="SECONDS",
+        help="end a stream with DEADLINE_EXCEEDED when a frame takes longer "
+        "(default: %(default)s, no limit)",
+    )
+    parser.add_argument(
+        "--shm-directory",
+        default=_default(EngineConfig, "shm_directory"),
+        metavar="DIR",
+        help="where the pipeline's shared-memory handles are opened (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=byte_size,
+        default=_default(ServerConfig, "max_message_bytes"),
+        metavar="SIZE",
+        help="largest message accepted, in bytes or like 64MiB "
+        f"(default: {_default(ServerConfig, 'max_message_bytes') >> 20} MiB)",
+    )
+    parser.add_argument(
+        "--max-streams",
+        type=_positive(int),
+        default=_default(ServerConfig, "max_streams"),
+        metavar="N",
+        help="streams served at once; one more is refused (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=_parameter_default(serve, "grace"),
+        metavar="SECONDS",
+        help="time running streams get to finish on shutdown (default: %(default)s)",
+    )
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="certificate chain, PEM (default: no TLS)"
+    )
+    tls.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="its private key, PEM (default: none)"
+    )
+    tls.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="FILE",
+        help="require client certificates signed by this CA: mutual TLS (default: none)",
+    )
+    _credential_options(parser)
+    _verbosity_option(parser, "sub_verbose")
+    parser.set_defaults(run=_serve, parser=parser)
 
 
-def _video_format(args: argparse.Namespace, size: tuple[int, int]) -> VideoFormat:
-    from .errors import FrameError
-    from .messages import Encoding, PixelFormat
-    from .protocol.video_format import VideoFormat
+# --- send: the output file -----------------------------------------------------------
 
-    encoding = Encoding[args.encoding]
-    try:
-        if encoding is Encoding.RAW:
-            return VideoFormat.checked(
-                encoding, PixelFormat[args.format], size[0], size[1], args.stride
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class ResultsFile:
+    """``--output``: one JSON line per acknowledged frame, never a half-written file.
+
+    Lines go to a temporary file beside the target, renamed over it when the run
+    succeeds. When the run fails, what was acknowledged is kept: as the target if it
+    did not exist, else beside it as ``TARGET.partial``, the target left as it was.
+    ``-`` writes to stdout instead, line by line.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.count = 0
+        self._stdout = target == "-"
+        self.shown = target  # the path as the user wrote it, for messages
+        self.target = Path(target)
+        self.temporary: Path | None = None
+        if self._stdout:
+            self._file: IO[str] = sys.stdout
+            return
+        if self.target.is_dir():
+            raise UsageError(f"--output {target}: is a directory")
+        self.target = Path(os.path.realpath(self.target))  # a symlink's file, not the link
+        try:
+            fd, name = tempfile.mkstemp(
+                dir=self.target.parent, prefix=f".{self.target.name}.", suffix=".tmp"
             )
-        return VideoFormat.checked(encoding, PixelFormat.NONE, size[0], size[1])
-    except FrameError as error:
-        raise UsageError(str(error)) from None
+        except OSError as error:
+            raise UsageError(f"--output {target}: {error.strerror}") from None
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() would have made it
+        self.temporary = Path(name)
+        self._file = os.fdopen(fd, "w", encoding="utf-8")
 
+    def write(self, line: dict[str, Any]) -> None:
+        self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
+        if self._stdout:
+            self._file.flush()
+        self.count += 1
 
-def _result_json(result: Result) -> dict[str, Any]:
-    from .media.inference_json import to_json_dict
+    def commit(self) -> None:
+        """The run succeeded: the results become the target."""
+        if self.temporary is None:
+            return
+        self._file.close()
+        os.replace(self.temporary, self.target)
 
-    line: dict[str, Any] = {"sequenceNumber": result.acknowledged, "timestamp": result.timestamp}
-    line.update(to_json_dict(result.inferences))
-    return line
+    def keep_partial(self) -> str:
+        """The run failed: keep what was acknowledged; say where, for the error line."""
+        if self.temporary is None:
+            return f"{self.count} results were written to stdout"
+        self._file.close()
+        existed = self.target.exists()
+        if self.count == 0:
+            self.temporary.unlink()
+            return f"no frame was acknowledged; {self.shown} " + (
+                "is unchanged" if existed else "was not written"
+            )
+        if not existed:
+            os.replace(self.temporary, self.target)
+            return f"the {self.count} results acknowledged are in {self.target}"
+        partial = self.target.with_name(self.target.name + ".partial")
+        os.replace(self.temporary, partial)
+        return (
+            f"the {self.count} results acknowledged are in {partial} ({self.target} is unchanged)"
+        )
+
+    def discard(self) -> None:
+        """Nothing was run (a usage error after opening): leave no temporary file."""
+        if self.temporary is not None:
+            self._file.close()
+            self.temporary.unlink(missing_ok=True)
 
 
 class _Progress:
@@ -189,246 +614,389 @@ class _Progress:
     def close(self) -> None:
         if self.enabled and self.count:
             self.stream.write("\n")
+            self.stream.flush()
+
+
+# --- send ----------------------------------------------------------------------------
+
+
+def _video_format(args: argparse.Namespace, size: tuple[int, int]) -> VideoFormat:
+    from .errors import FrameError
+    from .messages import Encoding, PixelFormat
+    from .protocol.video_format import VideoFormat
+
+    encoding = Encoding[args.encoding]
+    try:
+        if encoding is Encoding.RAW:
+            return VideoFormat.checked(
+                encoding, PixelFormat[args.format], size[0], size[1], args.stride
+            )
+        return VideoFormat.checked(encoding, PixelFormat.NONE, size[0], size[1])
+    except FrameError as error:
+        raise UsageError(f"{args.encoding} {args.format} {size[0]}x{size[1]}: {error}") from None
+
+
+def _check_frame_fits(args: argparse.Namespace, fmt: VideoFormat) -> None:
+    from .protocol.pixel_formats import PIXEL_LAYOUTS
+
+    if args.transfer != "shm" or not fmt.is_raw:
+        return
+    frame = PIXEL_LAYOUTS[fmt.pixel_format].frame_bytes(fmt.width, fmt.height, fmt.stride_bytes)
+    if frame > args.shm_size:
+        raise UsageError(
+            f"--shm-size {args.shm_size} bytes cannot hold one {fmt} frame ({frame} bytes)"
+        )
+
+
+def _first_frame(args: argparse.Namespace) -> tuple[SourceFrame, Iterator[SourceFrame]]:
+    """The source's first frame (its size sets the format) and the rest."""
+    from .sources import SourceError, open_source
+
+    try:
+        frames = iter(open_source(args.source, size=args.size, frames=args.frames, rate=args.rate))
+        first = next(frames, None)
+    except (SourceError, FileNotFoundError, ImportError) as error:
+        raise UsageError(f"--source {args.source}: {error}") from None
+    if first is None:
+        raise UsageError(f"--source {args.source} has no frames")
+    return first, frames
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    """The error a person can act on, out of a task group's exception group."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
+
+
+async def _run_until_signal(
+    frames: Iterator[SourceFrame],
+    options: Any,
+    report: Report,
+    on_result: Callable[[Result], None],
+) -> tuple[BaseException | None, int | None]:
+    """Send; a SIGTERM or SIGINT cancels the run, which unlinks the shared memory.
+
+    Returns the run's error, if any, and the signal that ended it, if one did.
+    """
+    import anyio
+    from anyio.abc import TaskStatus
+
+    from .send import send_frames
+
+    failure: BaseException | None = None
+    received: int | None = None
+    async with anyio.create_task_group() as tasks:
+
+        async def watch(*, task_status: TaskStatus[None]) -> None:
+            nonlocal received
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                task_status.started()
+                async for number in signals:
+                    received = number
+                    tasks.cancel_scope.cancel()
+                    return
+
+        async def work() -> None:
+            nonlocal failure
+            try:
+                await send_frames(frames, options, on_result=on_result, report=report)
+            except Exception as error:
+                failure = error
+            finally:
+                tasks.cancel_scope.cancel()
+
+        await tasks.start(watch)
+        tasks.start_soon(work)
+    return failure, received
 
 
 def _send(args: argparse.Namespace) -> int:
     import anyio
 
-    from .send import SendOptions, send_frames
-    from .sources import open_source
-    from .transport.tls import client_context
+    from .errors import AvaprotoError
+    from .media.images import load_pillow
+    from .media.inference_json import to_json_lenient
+    from .media.shared_memory import remove_stale_segments
+    from .report import Report
+    from .send import SendOptions
+    from .sources import SourceError, frame_count
 
-    frames = iter(open_source(args.source, size=args.size, frames=args.frames, rate=args.rate))
-    first = next(frames, None)
-    if first is None:
-        raise UsageError(f"--source {args.source} has no frames")
+    credentials = _credentials(args)
+    tls = _client_tls(args)
+    if args.size is not None:
+        _check_frame_fits(args, _video_format(args, args.size))
+    if args.encoding != "RAW":
+        try:
+            load_pillow()
+        except ImportError as error:
+            raise UsageError(f"--encoding {args.encoding}: {error}") from None
+    remove_stale_segments(args.shm_directory)
+    first, rest = _first_frame(args)
     height, width = first.rgb.shape[:2]
     fmt = _video_format(args, (width, height))
+    _check_frame_fits(args, fmt)
     options = SendOptions(
         target=args.target,
         format=fmt,
         transfer=args.transfer,
         window=args.window,
         rate=args.rate if args.pace else None,
+        pace=args.pace,
         configuration=args.config or "",
-        credentials=_credentials(args),
-        tls=client_context(ca=args.tls_ca) if args.tls else None,
+        credentials=credentials,
+        tls=tls,
+        shm_bytes=args.shm_size,
+        shm_directory=args.shm_directory,
+        connect_timeout=args.connect_timeout,
+        descriptor_timeout=args.descriptor_timeout,
+        ack_timeout=args.ack_timeout,
     )
-    output = open(args.output, "w", encoding="utf-8") if args.output else None  # noqa: SIM115
-    progress = _Progress(sys.stderr, args.frames)
+    total = frame_count(args.source, frames=args.frames)
+    log.info(
+        "sending %s (%s frames) to %s as %s, %s transfer",
+        args.source,
+        total if total is not None else "unknown number of",
+        args.target,
+        fmt,
+        args.transfer,
+    )
+    output = ResultsFile(args.output) if args.output else None
+    summary = sys.stderr if args.output == "-" else sys.stdout
+    progress = _Progress(sys.stderr, total)
+    left_out: list[str] = []
 
     def on_result(result: Result) -> None:
         progress.step()
         if output is not None:
-            output.write(json.dumps(_result_json(result), separators=(",", ":")) + "\n")
+            body, omitted = to_json_lenient(result.inferences)
+            line = {"sequenceNumber": result.acknowledged, "timestamp": result.timestamp}
+            output.write({**line, **body})
+            left_out.extend(f"frame {result.acknowledged}: {reason}" for reason in omitted)
 
-    def chained() -> Any:
+    def chained() -> Iterator[SourceFrame]:
         yield first
-        yield from frames
+        yield from rest
 
+    report = Report()
+    started = time.monotonic()
     try:
-        report = anyio.run(lambda: send_frames(chained(), options, on_result=on_result))
+        failure, received = anyio.run(_run_until_signal, chained(), options, report, on_result)
+    except BaseException:
+        if output is not None:
+            output.keep_partial()
+        raise
     finally:
         progress.close()
+    if not report.seconds:
+        report.seconds = time.monotonic() - started
+
+    if report.sent or received is not None:  # nothing to sum up when nothing was sent
+        print(f"{fmt}, {args.transfer} transfer, to {args.target}", file=summary)
+        for text in report.lines():
+            print(text, file=summary)
+    if left_out:
+        print(
+            f"avaproto send: warning: --output left out {len(left_out)} inference(s) that "
+            f"have no schema-valid JSON form; the first: {left_out[0]}",
+            file=sys.stderr,
+        )
+    failure = _unwrap(failure) if failure is not None else None
+    if failure is None and received is None:
         if output is not None:
-            output.close()
-    print(f"{fmt}, {args.transfer} transfer, to {args.target}")
-    for line in report.lines():
-        print(line)
-    return 0 if report.answered == report.sent else 1
+            output.commit()
+        return 0 if report.answered == report.sent else 1
+    where = f"; {output.keep_partial()}" if output is not None else ""
+    if received is not None:
+        name = signal.Signals(received).name
+        print(f"avaproto send: stopped by {name}{where}", file=sys.stderr)
+        return 128 + received
+    assert failure is not None
+    if not isinstance(failure, AvaprotoError | OSError | SourceError):
+        raise failure
+    print(f"avaproto send: {failure}{where}", file=sys.stderr)
+    return 1
+
+
+def _add_send(commands: Any) -> None:
+    from .client import Transfer
+    from .messages import Encoding
+    from .protocol.pixel_formats import PIXEL_LAYOUTS
+    from .send import SendOptions
+    from .sources import DEFAULT_RATE, SYNTHETIC_FRAMES, SYNTHETIC_SIZE
+
+    parser = commands.add_parser(
+        "send",
+        help="send frames to an extension, as a pipeline would",
+        description=(
+            "Send every frame of a source to the extension at TARGET (host:port), print "
+            "a summary, and optionally write one JSON line per acknowledged frame. "
+            "SIGTERM or Ctrl-C stops the run, removes its shared memory and prints the "
+            "summary so far (exit status 143 or 130)."
+        ),
+    )
+    parser.add_argument("target", type=_target, metavar="TARGET", help="host:port of the extension")
+    parser.add_argument(
+        "--source",
+        default="synthetic",
+        help="a video file, an image file, or 'synthetic': moving shapes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--frames",
+        type=_positive(int),
+        metavar="N",
+        help=f"send at most N frames (default: all; synthetic: {SYNTHETIC_FRAMES}; an image: 1)",
+    )
+    parser.add_argument(
+        "--size",
+        type=_size,
+        metavar="WxH",
+        help="resize frames (default: the source's size; synthetic: "
+        f"{SYNTHETIC_SIZE[0]}x{SYNTHETIC_SIZE[1]})",
+    )
+    parser.add_argument(
+        "--rate",
+        type=_positive(float),
+        metavar="FPS",
+        help="frame rate of image and synthetic sources, and with --pace the rate to send "
+        f"any source at (default: {DEFAULT_RATE:g}; a video: its own timing)",
+    )
+    parser.add_argument(
+        "--pace",
+        action="store_true",
+        help="send in real time: at --rate, or at the source's own timestamps "
+        "(default: off, as fast as the window allows)",
+    )
+    parser.add_argument(
+        "--window",
+        type=_positive(int),
+        default=_default(SendOptions, "window"),
+        metavar="N",
+        help="frames awaiting acknowledgement at once (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="TEXT",
+        help="extension_configuration to send, often JSON (default: none)",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write one JSON object per acknowledged frame (JSON lines), or '-' for stdout "
+        "(the summary then goes to stderr); a failed run keeps the existing file and writes "
+        "what was acknowledged to FILE.partial (default: none)",
+    )
+    media = parser.add_argument_group("media format")
+    media.add_argument(
+        "--encoding",
+        choices=[encoding.name for encoding in Encoding],
+        default="RAW",
+        help="how frames are encoded; JPG, PNG and BMP need avaproto[image] (default: %(default)s)",
+    )
+    media.add_argument(
+        "--format",
+        choices=[pixel_format.name for pixel_format in PIXEL_LAYOUTS],
+        default="RGB24",
+        help="pixel format of RAW frames (default: %(default)s)",
+    )
+    media.add_argument(
+        "--stride",
+        type=_not_negative,
+        default=0,
+        metavar="BYTES",
+        help="row pitch of RAW frames, for padded rows (default: 0, packed rows)",
+    )
+    shm = parser.add_argument_group("transfer")
+    shm.add_argument(
+        "--transfer",
+        choices=get_args(Transfer),
+        default=_default(SendOptions, "transfer"),
+        help="frames inside the messages, or through a shared-memory segment "
+        "(default: %(default)s)",
+    )
+    default_shm = _default(SendOptions, "shm_bytes")
+    shm.add_argument(
+        "--shm-size",
+        type=byte_size,
+        default=default_shm,
+        metavar="SIZE",
+        help="size of the shared-memory segment, in bytes or with a unit: 75MiB, 100M (MiB), "
+        f"64MB (10^6) (default: {default_shm // (1 << 20)} MiB, the protocol's)",
+    )
+    shm.add_argument(
+        "--shm-directory",
+        default=_default(SendOptions, "shm_directory"),
+        metavar="DIR",
+        help="where the segment is made; stale segments of senders that died are removed "
+        "from it at start (default: %(default)s)",
+    )
+    deadlines = parser.add_argument_group("deadlines (SECONDS; 0 or 'none' waits forever)")
+    for option, field, what in (
+        ("--connect-timeout", "connect_timeout", "to connect: TCP, TLS and HTTP/2"),
+        ("--descriptor-timeout", "descriptor_timeout", "for the extension's descriptor"),
+        ("--ack-timeout", "ack_timeout", "for each frame's acknowledgement"),
+    ):
+        default = _default(SendOptions, field)
+        deadlines.add_argument(
+            option,
+            type=_timeout,
+            default=default,
+            metavar="SECONDS",
+            help=f"time to wait {what} (default: {_seconds(default)})",
+        )
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect over TLS, trusting the system's CAs; the certificate must name "
+        "TARGET's host (default: off; implied by the options below)",
+    )
+    tls.add_argument(
+        "--tls-ca", type=Path, metavar="FILE", help="trust this CA, PEM (default: the system's)"
+    )
+    tls.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="present this client certificate chain, PEM: mutual TLS (default: none)",
+    )
+    tls.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="its private key, PEM (default: none)"
+    )
+    _credential_options(parser)
+    _verbosity_option(parser, "sub_verbose")
+    parser.set_defaults(run=_send, parser=parser)
 
 
 # --- demo ----------------------------------------------------------------------------
+
+DEMO_FRAMES = 90
+DEMO_TRANSFER = "shm"
 
 
 def _demo(args: argparse.Namespace) -> int:
     import anyio
 
     from .demo import run_demo
+    from .media.shared_memory import DEFAULT_DIRECTORY, remove_stale_segments
+    from .sources import SourceError
 
-    status: int = anyio.run(
-        lambda: run_demo(args.source, frames=args.frames, transfer=args.transfer)
-    )
+    if args.source is not None and args.source != "synthetic" and not Path(args.source).is_file():
+        raise UsageError(f"--source {args.source}: no such file")
+    remove_stale_segments(DEFAULT_DIRECTORY)
+    try:
+        status: int = anyio.run(
+            lambda: run_demo(args.source, frames=args.frames, transfer=args.transfer)
+        )
+    except (SourceError, ImportError) as error:
+        raise UsageError(f"--source {args.source}: {error}") from None
     return status
 
 
-# --- the parser ----------------------------------------------------------------------
+def _add_demo(commands: Any) -> None:
+    from .client import Transfer
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="avaproto",
-        description=(
-            "The gRPC extension protocol of video analytics pipelines "
-            "(MediaGraphExtension/ProcessMediaStream): serve an AI extension, or drive "
-            "one as the pipeline would."
-        ),
-    )
-    parser.add_argument("--version", action="version", version=f"avaproto {__version__}")
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    serve = commands.add_parser(
-        "serve",
-        help="serve an extension",
-        description=(
-            "Serve an extension over gRPC until SIGTERM or Ctrl-C, then drain: running "
-            "streams get --grace seconds to finish."
-        ),
-    )
-    serve.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to listen on (default: %(default)s; 0.0.0.0 for all)",
-    )
-    serve.add_argument(
-        "--port", type=int, default=5001, help="(default: %(default)s; 0 picks a free one)"
-    )
-    serve.add_argument(
-        "--extension",
-        default="motion",
-        help="a built-in (motion: a motion detector; null: acknowledges without inference) "
-        "or module:attribute naming a processor function or an extension class "
-        "(default: %(default)s)",
-    )
-    serve.add_argument(
-        "--identifier", help="extension_identifier to answer with (default: the extension's name)"
-    )
-    serve.add_argument(
-        "--max-in-flight",
-        type=_positive(int),
-        default=8,
-        metavar="N",
-        help="frames processed at once per stream (default: %(default)s)",
-    )
-    serve.add_argument(
-        "--completion-order",
-        action="store_true",
-        help="answer frames as they finish instead of in request order",
-    )
-    serve.add_argument(
-        "--frame-timeout",
-        type=_positive(float),
-        metavar="SECONDS",
-        help="end a stream with DEADLINE_EXCEEDED when a frame takes longer",
-    )
-    serve.add_argument(
-        "--max-message-bytes",
-        type=_positive(int),
-        default=64 * 1024 * 1024,
-        metavar="N",
-        help="largest message accepted (default: 64 MiB)",
-    )
-    serve.add_argument(
-        "--max-streams",
-        type=_positive(int),
-        default=64,
-        metavar="N",
-        help="streams served at once (default: %(default)s)",
-    )
-    serve.add_argument(
-        "--grace",
-        type=float,
-        default=5.0,
-        metavar="SECONDS",
-        help="drain time on shutdown (default: %(default)s)",
-    )
-    tls = serve.add_argument_group("TLS")
-    tls.add_argument("--tls-cert", type=Path, metavar="FILE", help="certificate chain (PEM)")
-    tls.add_argument("--tls-key", type=Path, metavar="FILE", help="private key (PEM)")
-    tls.add_argument(
-        "--tls-client-ca",
-        type=Path,
-        metavar="FILE",
-        help="require client certificates signed by this CA (mutual TLS)",
-    )
-    _add_credentials(serve)
-    serve.set_defaults(run=_serve)
-
-    send = commands.add_parser(
-        "send",
-        help="send frames to an extension, as a pipeline would",
-        description=(
-            "Send every frame of a source to the extension at TARGET (host:port), print "
-            "a summary, and optionally write one JSON line per acknowledged frame."
-        ),
-    )
-    send.add_argument("target", metavar="TARGET", help="host:port of the extension")
-    send.add_argument(
-        "--source",
-        default="synthetic",
-        help="a video file, an image file, or 'synthetic' (default: %(default)s)",
-    )
-    send.add_argument(
-        "--frames",
-        type=_positive(int),
-        metavar="N",
-        help="send at most N frames (default: all; synthetic: 100)",
-    )
-    send.add_argument(
-        "--transfer",
-        choices=["embedded", "shm"],
-        default="embedded",
-        help="frames inside the messages or through shared memory (default: %(default)s)",
-    )
-    send.add_argument("--encoding", choices=ENCODINGS, default="RAW", help="(default: %(default)s)")
-    send.add_argument(
-        "--format",
-        choices=PIXEL_FORMATS,
-        default="RGB24",
-        help="pixel format of RAW frames (default: %(default)s)",
-    )
-    send.add_argument(
-        "--stride",
-        type=int,
-        default=0,
-        metavar="BYTES",
-        help="row pitch of RAW frames, padded (default: packed rows)",
-    )
-    send.add_argument(
-        "--size", type=_size, metavar="WxH", help="resize frames (default: the source's size)"
-    )
-    send.add_argument(
-        "--rate",
-        type=_positive(float),
-        metavar="FPS",
-        help="frame rate of image and synthetic sources, and the pace with --pace",
-    )
-    send.add_argument(
-        "--pace",
-        action="store_true",
-        help="send at --rate frames per second instead of as fast as possible",
-    )
-    send.add_argument(
-        "--window",
-        type=_positive(int),
-        default=8,
-        metavar="N",
-        help="frames awaiting acknowledgement at once (default: %(default)s)",
-    )
-    send.add_argument(
-        "--config", metavar="TEXT", help="extension_configuration to send (often JSON)"
-    )
-    send.add_argument(
-        "--output",
-        type=Path,
-        metavar="FILE",
-        help="write one JSON object per acknowledged frame (JSON lines)",
-    )
-    send.add_argument(
-        "--tls",
-        action="store_true",
-        help="connect over TLS (the certificate must name TARGET's host)",
-    )
-    send.add_argument(
-        "--tls-ca", type=Path, metavar="FILE", help="trust this CA instead of the system's"
-    )
-    _add_credentials(send)
-    send.set_defaults(run=_send)
-
-    demo = commands.add_parser(
+    parser = commands.add_parser(
         "demo",
         help="serve the motion extension and send it a clip",
         description=(
@@ -437,46 +1005,204 @@ def build_parser() -> argparse.ArgumentParser:
             "summary."
         ),
     )
-    demo.add_argument("--source", help="a video or image file (default: a generated clip)")
-    demo.add_argument(
-        "--frames", type=_positive(int), default=90, metavar="N", help="(default: %(default)s)"
+    parser.add_argument(
+        "--source", help="a video or image file (default: a generated clip of moving shapes)"
     )
-    demo.add_argument(
-        "--transfer", choices=["embedded", "shm"], default="shm", help="(default: %(default)s)"
+    parser.add_argument(
+        "--frames",
+        type=_positive(int),
+        default=DEMO_FRAMES,
+        metavar="N",
+        help="frames to send (default: %(default)s)",
     )
-    demo.set_defaults(run=_demo)
+    parser.add_argument(
+        "--transfer",
+        choices=get_args(Transfer),
+        default=DEMO_TRANSFER,
+        help="frames inside the messages or through shared memory (default: %(default)s)",
+    )
+    _verbosity_option(parser, "sub_verbose")
+    parser.set_defaults(run=_demo, parser=parser)
 
-    diagram = commands.add_parser(
-        "diagram",
-        help="print the session state machine",
+
+# --- bench ---------------------------------------------------------------------------
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import anyio
+
+    from .bench.drive import drive_target, format_drive_report
+
+    credentials = _credentials(args)
+    tls = _client_tls(args)
+    report = anyio.run(
+        lambda: drive_target(
+            args.target,
+            transfer=args.transfer,
+            size=args.size,
+            frames=args.frames,
+            window=args.window,
+            rate=args.rate,
+            streams=args.streams,
+            pixel_format=args.format,
+            configuration=args.config or "",
+            credentials=credentials,
+            tls=tls,
+            connect_timeout=args.connect_timeout,
+            ack_timeout=args.ack_timeout,
+        )
+    )
+    print(format_drive_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    return 0 if report["answered"] == report["frames"] else 1
+
+
+def _add_bench(commands: Any) -> None:
+    from .bench.drive import drive_target
+    from .client import Transfer
+    from .protocol.pixel_formats import PIXEL_LAYOUTS
+
+    parser = commands.add_parser(
+        "bench",
+        help="measure what an extension sustains",
         description=(
-            "Print the session lifecycle state machine, drawn from the same transitions "
-            "table the sessions run. Mermaid renders on GitHub; dot is for Graphviz."
+            "Drive the extension at TARGET as a pipeline would, with the same synthetic "
+            "RAW frame over and over, and print the frames per second it answered and "
+            "the latency of each frame (p50, p90, p99, max), from sending it to its "
+            "acknowledgement. Connecting and the descriptors' exchange are not timed."
         ),
     )
-    diagram.add_argument(
-        "--format", choices=["mermaid", "dot"], default="mermaid", help="(default: %(default)s)"
+    parser.add_argument("target", type=_target, metavar="TARGET", help="host:port of the extension")
+    parser.add_argument(
+        "--transfer",
+        choices=get_args(Transfer),
+        default=_parameter_default(drive_target, "transfer"),
+        help="frames inside the messages or through shared memory (default: %(default)s)",
     )
-    diagram.set_defaults(run=_diagram)
+    width, height = _parameter_default(drive_target, "size")
+    parser.add_argument(
+        "--size",
+        type=_size,
+        default=(width, height),
+        metavar="WxH",
+        help=f"frame size (default: {width}x{height})",
+    )
+    parser.add_argument(
+        "--format",
+        choices=[pixel_format.name for pixel_format in PIXEL_LAYOUTS],
+        default=_parameter_default(drive_target, "pixel_format"),
+        help="pixel format of the RAW frames (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--frames",
+        type=_positive(int),
+        default=_parameter_default(drive_target, "frames"),
+        metavar="N",
+        help="frames per stream (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--window",
+        type=_positive(int),
+        default=_parameter_default(drive_target, "window"),
+        metavar="N",
+        help="frames awaiting acknowledgement at once, per stream (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=_positive(float),
+        metavar="FPS",
+        help="send each stream at FPS (default: as fast as the window allows)",
+    )
+    parser.add_argument(
+        "--streams",
+        type=_positive(int),
+        default=_parameter_default(drive_target, "streams"),
+        metavar="N",
+        help="streams at once, each on a connection of its own (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--config", metavar="TEXT", help="extension_configuration to send (default: none)"
+    )
+    parser.add_argument(
+        "--json", metavar="FILE", help="also write the figures as JSON to FILE (default: none)"
+    )
+    deadlines = parser.add_argument_group("deadlines (SECONDS; 0 or 'none' waits forever)")
+    for option, name, what in (
+        ("--connect-timeout", "connect_timeout", "to connect: TCP, TLS and HTTP/2"),
+        ("--ack-timeout", "ack_timeout", "for each frame's acknowledgement"),
+    ):
+        default = _parameter_default(drive_target, name)
+        deadlines.add_argument(
+            option,
+            type=_timeout,
+            default=default,
+            metavar="SECONDS",
+            help=f"time to wait {what} (default: {_seconds(default)})",
+        )
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect over TLS, trusting the system's CAs (default: off; implied below)",
+    )
+    tls.add_argument(
+        "--tls-ca", type=Path, metavar="FILE", help="trust this CA, PEM (default: the system's)"
+    )
+    tls.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="client certificate chain, PEM (default: none)",
+    )
+    tls.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="its private key, PEM (default: none)"
+    )
+    _credential_options(parser)
+    _verbosity_option(parser, "sub_verbose")
+    parser.set_defaults(run=_bench, parser=parser)
+
+
+# --- the parser ----------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, naming the command and where to read more."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="avaproto",
+        description=(
+            "The gRPC extension protocol of video analytics pipelines "
+            "(MediaGraphExtension/ProcessMediaStream): serve an AI extension, or drive "
+            "one as the pipeline would."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"avaproto {__version__}")
+    _verbosity_option(parser, "verbose")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_serve(commands)
+    _add_send(commands)
+    _add_demo(commands)
+    _add_bench(commands)
+    _add_diagram(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # A server narrates its streams (one line as each opens and closes) by default.
-    verbosity = args.verbose + (1 if args.command == "serve" else 0)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbosity, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # transitions narrates every callback at INFO: keep it for -vv only.
-    logging.getLogger("transitions").setLevel(
-        logging.DEBUG if verbosity > 1 else logging.WARNING
-    )
+    configure_logging(args.verbose + args.sub_verbose, narrate=args.command == "serve")
     run: Command = args.run
     try:
         return run(args)
     except UsageError as error:
-        parser.error(str(error))
+        print(f"{args.parser.prog}: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # one line for the errors a person can act on

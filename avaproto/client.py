@@ -32,7 +32,7 @@ from .messages import (
 from .protocol.auth import Credentials
 from .protocol.descriptor import StreamDescriptor
 from .protocol.video_format import VideoFormat
-from .transport.grpc_client import open_channel
+from .transport.grpc_client import DEFAULT_MAX_ANSWER_BYTES, open_channel
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,6 +41,12 @@ if TYPE_CHECKING:
 Transfer = Literal["embedded", "shm"]
 #: The protocol's own example segment size (SharedMemorySizeMiB 75).
 DEFAULT_SHM_BYTES = 75 * 1024 * 1024
+#: Seconds to establish a connection (TCP, TLS and the HTTP/2 preface).
+DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Seconds the extension has to answer the pipeline's descriptor.
+DEFAULT_DESCRIPTOR_TIMEOUT = 10.0
+#: Seconds a sample may stay unacknowledged before the run ends (DEADLINE_EXCEEDED).
+DEFAULT_ACK_TIMEOUT = 30.0
 
 
 class Pipeline:
@@ -116,13 +122,25 @@ async def connect(
     tls: ssl.SSLContext | None = None,
     window: int = 8,
     timescale: int = 90000,
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+    descriptor_timeout: float | None = DEFAULT_DESCRIPTOR_TIMEOUT,
+    ack_timeout: float | None = DEFAULT_ACK_TIMEOUT,
+    max_message_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
 ) -> AsyncIterator[Pipeline]:
     """Open a stream to the extension at ``target`` (``host:port``) and negotiate it.
 
     ``format`` None opens a stream of inferences only. ``tls`` is a client context from
-    ``avaproto.transport.tls.client_context``: the hostname of ``target`` is always
-    verified (TLS-2). On leaving the block the input ends, every answer is awaited and
-    the extension's side of the protocol is checked to the end.
+    ``avaproto.transport.tls.client_context``: the name in the extension's certificate
+    is always verified (TLS-2). On leaving the block the input ends, every answer is
+    awaited and the extension's side of the protocol is checked to the end.
+
+    Every wait has a deadline in seconds (None: wait forever): ``connect_timeout`` for
+    the connection, ``descriptor_timeout`` for the extension's answer descriptor
+    (PIPE-3), ``ack_timeout`` for each sample's acknowledgement (PIPE-4). Past one, the
+    block raises a ``ProtocolError`` or ``StreamFailed`` with DEADLINE_EXCEEDED; the
+    answers already received stay delivered, and the shared-memory segment is
+    unlinked. An answer larger than ``max_message_bytes`` ends the stream with
+    RESOURCE_EXHAUSTED before it is buffered.
     """
     descriptor = MediaStreamDescriptor(
         graph_identifier=graph
@@ -146,11 +164,21 @@ async def connect(
     try:
         metadata = credentials.metadata() if credentials else ()
         async with (
-            open_channel(target, ssl_context=tls, metadata=metadata) as channel,
-            PipelineStream.open(channel, descriptor, window=window, arena=arena) as (
-                stream,
-                results,
-            ),
+            open_channel(
+                target,
+                ssl_context=tls,
+                metadata=metadata,
+                connect_timeout=connect_timeout,
+                max_message_bytes=max_message_bytes,
+            ) as channel,
+            PipelineStream.open(
+                channel,
+                descriptor,
+                window=window,
+                arena=arena,
+                descriptor_timeout=descriptor_timeout,
+                ack_timeout=ack_timeout,
+            ) as (stream, results),
         ):
             yield Pipeline(stream, results)
     finally:

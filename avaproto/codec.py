@@ -109,7 +109,7 @@ def _sample(data: memoryview, pos: int, end: int) -> MediaSample:
             sample.content_reference = None
         elif number == 6:
             _expect(wire_type, _LEN, "content_reference", start)
-            sample.content_reference = _parse(ContentReference, data, start, stop)
+            sample.content_reference = _reference(data, start, stop)
             sample.content_bytes = None
         elif number == 10:
             _expect(wire_type, _LEN, "inferences", start)
@@ -117,7 +117,20 @@ def _sample(data: memoryview, pos: int, end: int) -> MediaSample:
     return sample
 
 
-_Parsed = TypeVar("_Parsed", ContentReference, Inference, MediaStreamDescriptor)
+def _reference(data: memoryview, pos: int, end: int) -> ContentReference:
+    """Every shared-memory sample carries one: two varints, read without the generic parser."""
+    offset = length = 0
+    for number, wire_type, value, stop in _fields(data, pos, end, "ContentReference"):
+        if number == 1:
+            _expect(wire_type, _VARINT, "content_reference.address_offset", stop)
+            offset = value
+        elif number == 2:
+            _expect(wire_type, _VARINT, "content_reference.length_bytes", stop)
+            length = value
+    return ContentReference(address_offset=offset, length_bytes=length)
+
+
+_Parsed = TypeVar("_Parsed", Inference, MediaStreamDescriptor)
 
 _WIRE_TYPES = {
     **dict.fromkeys(
@@ -183,6 +196,83 @@ def decode_message(buffer: Buffer) -> MediaStreamMessage:
     return message
 
 
+# --- encoding --------------------------------------------------------------------------
+
+_SMALL = [bytes([value]) for value in range(0x80)]
+
+
+def _uvarint(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _key(number: int, wire_type: int) -> bytes:
+    return _uvarint(number << 3 | wire_type)
+
+
+_SEQUENCE = _key(1, _VARINT)
+_ACK = _key(2, _VARINT)
+_SAMPLE = _key(6, _LEN)
+_TIMESTAMP = _key(1, _VARINT)
+_CONTENT_BYTES = _key(5, _LEN)
+_CONTENT_REFERENCE = _key(6, _LEN)
+_INFERENCE = _key(10, _LEN)
+_BYTES = _key(1, _LEN)
+_OFFSET = _key(1, _VARINT)
+_LENGTH = _key(2, _VARINT)
+
+
+def _sample_parts(sample: MediaSample) -> list[Buffer]:
+    parts: list[Buffer] = []
+    if sample.timestamp:
+        parts += (_TIMESTAMP, _uvarint(sample.timestamp))
+    reference = sample.content_reference
+    embedded = sample.content_bytes
+    if embedded is not None:
+        content: Buffer = embedded.bytes
+        if isinstance(content, memoryview) and (content.ndim != 1 or content.itemsize != 1):
+            content = content.cast("B")  # a frame handed over as a shaped view
+        if content:
+            inner = [_BYTES, _uvarint(len(content)), content]
+            parts += (_CONTENT_BYTES, _uvarint(sum(map(len, inner))), *inner)
+        else:
+            parts += (_CONTENT_BYTES, _SMALL[0])
+    elif reference is not None:
+        inner = []
+        if reference.address_offset:
+            inner += (_OFFSET, _uvarint(reference.address_offset))
+        if reference.length_bytes:
+            inner += (_LENGTH, _uvarint(reference.length_bytes))
+        parts += (_CONTENT_REFERENCE, _uvarint(sum(map(len, inner))), *inner)
+    for inference in sample.inferences:
+        encoded = bytes(inference)
+        parts += (_INFERENCE, _uvarint(len(encoded)), encoded)
+    return parts
+
+
 def encode_message(message: MediaStreamMessage) -> bytes:
-    """Serialize a message (betterproto2 accepts a memoryview in a bytes field)."""
-    return bytes(message)
+    """Serialize a message, byte for byte as the official protobuf runtime does.
+
+    Samples and acknowledgements, which are every message but two per stream, are
+    written directly: their envelope is a few varints, and the generic serializer costs
+    more than everything else a small message needs. Fields go in number order, as the
+    official runtime writes them; inferences and descriptors go through the generated
+    classes, so each message has one definition.
+    """
+    sample = message.media_sample
+    if sample is None or message.media_stream_descriptor is not None:
+        return bytes(message)
+    inner = _sample_parts(sample)
+    parts: list[Buffer] = []
+    if message.sequence_number:
+        parts += (_SEQUENCE, _uvarint(message.sequence_number))
+    if message.ack_sequence_number:
+        parts += (_ACK, _uvarint(message.ack_sequence_number))
+    parts += (_SAMPLE, _uvarint(sum(map(len, inner))), *inner)
+    return b"".join(parts)

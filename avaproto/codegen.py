@@ -25,12 +25,15 @@ PLUGIN_OPTIONS = "client_generation=async,server_generation=async"
 
 
 def generate(output: Path, protos: Path = PROTOS) -> None:
-    """Compile every ``.proto`` under ``protos`` into the package directory ``output``.
+    """Compile every ``.proto`` below ``protos`` into the package directory ``output``.
 
-    The output directory is replaced as a whole, so that a message or file removed
-    from ``protos/`` disappears from the generated code too.
+    That is the extension's contract at the top (its files import each other by bare
+    name) and the standard health service under ``grpc/health/v1/`` (its path is its
+    package, as health clients expect). One protoc run compiles them all, so they share
+    one message pool. The output directory is replaced as a whole, so that a message or
+    file removed from ``protos/`` disappears from the generated code too.
     """
-    sources = sorted(p.name for p in protos.glob("*.proto"))
+    sources = sorted(p.relative_to(protos).as_posix() for p in protos.rglob("*.proto"))
     if not sources:
         raise SystemExit(f"no .proto files in {protos}")
     # protoc finds its plugin, protoc-gen-python_betterproto2, on PATH: the one

@@ -40,6 +40,8 @@ class Report:
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
     by_type: Counter[str] = field(default_factory=Counter)
+    #: The extension's deviations accepted, by rule (see the rules' ``field`` notes).
+    tolerated: Counter[str] = field(default_factory=Counter)
 
     def add(self, result: Result) -> None:
         if result.acknowledged is not None:
@@ -56,9 +58,13 @@ class Report:
         p50 = percentile(self.latencies, 0.5) * 1000
         p99 = percentile(self.latencies, 0.99) * 1000
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.by_type.items())) or "none"
-        return [
+        lines = [
             f"frames: {self.sent} sent, {self.answered} answered in {self.seconds:.2f} s "
             f"({self.fps:.1f} fps)",
             f"latency: p50 {p50:.1f} ms, p99 {p99:.1f} ms",
             f"inferences: {kinds}",
         ]
+        if self.tolerated:
+            noted = ", ".join(f"{rule} x{n}" for rule, n in sorted(self.tolerated.items()))
+            lines.append(f"tolerated deviations of the extension: {noted}")
+        return lines

@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.to_thread
 
-from .client import DEFAULT_SHM_BYTES, Transfer, connect, encode_frame
+from .client import (
+    DEFAULT_ACK_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DESCRIPTOR_TIMEOUT,
+    DEFAULT_SHM_BYTES,
+    Transfer,
+    connect,
+    encode_frame,
+)
 from .engine.drive import Result
 from .engine.outcome import first_protocol_error
 from .protocol.auth import Credentials
@@ -35,11 +43,21 @@ class SendOptions:
     window: int = 8
     #: Frames per second to pace the sending at (None: as fast as the window allows).
     rate: float | None = None
+    #: Without ``rate``: pace by the source's own frame times (a video replays in real time).
+    pace: bool = False
     configuration: str = ""
     credentials: Credentials | None = None
     tls: ssl.SSLContext | None = None
     timescale: int = 90000
     shm_bytes: int = DEFAULT_SHM_BYTES
+    #: Where the segment is made (a shared-memory file system).
+    shm_directory: str = "/dev/shm"
+    #: Seconds to establish the connection (TCP, TLS, HTTP/2) before giving up.
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT
+    #: Seconds the extension has to answer our descriptor with its own.
+    descriptor_timeout: float | None = DEFAULT_DESCRIPTOR_TIMEOUT
+    #: Seconds each sample may wait for its acknowledgement before the run ends.
+    ack_timeout: float | None = DEFAULT_ACK_TIMEOUT
 
 
 def ticks(seconds: float, timescale: int) -> int:
@@ -52,20 +70,42 @@ async def send_frames(
     options: SendOptions,
     *,
     on_result: Callable[[Result], None] | None = None,
+    report: Report | None = None,
 ) -> Report:
-    """Send every frame of ``frames``; return the run's report once all are answered."""
-    report = Report()
+    """Send every frame of ``frames``; return the run's report once all are answered.
+
+    Pass ``report`` to keep what the run did when it fails or is cancelled: it is filled
+    as answers arrive, and its duration and the extension's tolerated deviations are set
+    however the run ends.
+    """
+    report = report if report is not None else Report()
     source: Iterator[SourceFrame] = iter(frames)
 
-    def next_encoded() -> tuple[bytes | bytearray | memoryview | None, int] | None:
-        """The next frame in the stream's format and its timestamp; None at the end."""
+    def next_encoded() -> tuple[bytes | bytearray | memoryview | None, int, float] | None:
+        """The next frame in the stream's format, its timestamp and its time in seconds."""
         frame = next(source, None)
         if frame is None:
             return None
         content = encode_frame(frame.rgb, options.format) if options.format else None
-        return content, ticks(float(frame.pts), options.timescale)
+        seconds = float(frame.pts)
+        return content, ticks(seconds, options.timescale), seconds
 
     started = time.monotonic()
+    try:
+        await _run(frames=next_encoded, options=options, report=report, on_result=on_result)
+    finally:
+        report.seconds = time.monotonic() - started
+    return report
+
+
+async def _run(
+    *,
+    frames: Callable[[], tuple[bytes | bytearray | memoryview | None, int, float] | None],
+    options: SendOptions,
+    report: Report,
+    on_result: Callable[[Result], None] | None,
+) -> None:
+    started = anyio.current_time()
     async with connect(
         options.target,
         format=options.format,
@@ -76,16 +116,24 @@ async def send_frames(
         tls=options.tls,
         window=options.window,
         timescale=options.timescale,
+        shm_directory=options.shm_directory,
+        connect_timeout=options.connect_timeout,
+        descriptor_timeout=options.descriptor_timeout,
+        ack_timeout=options.ack_timeout,
     ) as pipeline:
 
         async def feed() -> None:
+            first: float | None = None
             while True:
-                item = await anyio.to_thread.run_sync(next_encoded)
+                item = await anyio.to_thread.run_sync(frames)
                 if item is None:
                     break
-                content, timestamp = item
+                content, timestamp, seconds = item
                 if options.rate:
                     await anyio.sleep_until(started + report.sent / options.rate)
+                elif options.pace:
+                    first = seconds if first is None else first
+                    await anyio.sleep_until(started + seconds - first)
                 await pipeline.send(content, timestamp=timestamp)
                 report.sent += 1
             await pipeline.end()
@@ -102,5 +150,5 @@ async def send_frames(
             if cause is None:
                 raise
             raise cause from None
-    report.seconds = time.monotonic() - started
-    return report
+        finally:
+            report.tolerated.update(pipeline.stream.tolerated)

@@ -21,7 +21,7 @@ from dataclasses import replace
 import anyio
 
 from .engine.config import EngineConfig
-from .engine.extension import Extension, FunctionExtension, Processor
+from .engine.extension import Extension, FunctionExtension, Processor, check_extension_class
 from .transport.grpc_server import ExtensionFactory, ExtensionServer, ServerConfig, start_server
 
 log = logging.getLogger("avaproto.server")
@@ -38,6 +38,7 @@ def as_factory(
     argument (the frame) is a processor, wrapped in ``FunctionExtension``.
     """
     if isinstance(target, type):
+        check_extension_class(target)
         return target
     if not callable(target):
         raise TypeError(f"cannot serve {target!r}: expected a processor, a class or a factory")

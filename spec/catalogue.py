@@ -32,6 +32,8 @@ PAGE = SPEC / "README.md"
 DIAGRAM_PAGE = SPEC / "state-machine.md"
 
 LEVELS = ("MUST", "SHOULD", "MAY")
+REQUIRED_KEYS = frozenset({"id", "level", "source", "says", "rule"})
+OPTIONAL_KEYS = frozenset({"field"})
 RULE_ID = re.compile(r"^[A-Z]+-[0-9]+$")
 
 
@@ -43,6 +45,8 @@ class Rule:
     says: str
     rule: str
     section: str
+    #: What real peers send where the text is silent, and what avaproto does about it.
+    field: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,9 +67,14 @@ def load_sections(rules_dir: Path = RULES) -> list[Section]:
         title = data["section"]
         rules = []
         for entry in data.get("rules", []):
-            missing = {"id", "level", "source", "says", "rule"} - entry.keys()
+            missing = REQUIRED_KEYS - entry.keys()
             if missing:
                 raise ValueError(f"{path.name}: rule {entry.get('id')!r} lacks {sorted(missing)}")
+            unknown = entry.keys() - REQUIRED_KEYS - OPTIONAL_KEYS
+            if unknown:
+                raise ValueError(
+                    f"{path.name}: rule {entry.get('id')!r} has unknown {sorted(unknown)}"
+                )
             rule_id = entry["id"]
             if not RULE_ID.match(rule_id):
                 raise ValueError(f"{path.name}: malformed rule id {rule_id!r}")
@@ -82,6 +91,7 @@ def load_sections(rules_dir: Path = RULES) -> list[Section]:
                     says=" ".join(entry["says"].split()),
                     rule=" ".join(entry["rule"].split()),
                     section=title,
+                    field=" ".join(entry.get("field", "").split()),
                 )
             )
         sections.append(Section(number, title, data.get("source", ""), tuple(rules)))
@@ -198,6 +208,7 @@ def render_page(rules_dir: Path = RULES, tests_dir: Path = TESTS) -> str:
     ]
     for section in sections:
         lines.append(f"- [{section.number}. {section.title}](#{_anchor(section)})")
+    lines.append("- [Field tolerances](#field-tolerances)")
     for section in sections:
         lines += ["", f"## {section.number}. {section.title}", ""]
         if section.source:
@@ -205,10 +216,24 @@ def render_page(rules_dir: Path = RULES, tests_dir: Path = TESTS) -> str:
         lines += ["| id | level | rule | source says | tests |", "| --- | --- | --- | --- | --- |"]
         for rule in section.rules:
             tests = "<br>".join(f"`{t}`" for t in by_rule.get(rule.id, [])) or "**none**"
+            field = f"<br>**In the field:** {_cell(rule.field)}" if rule.field else ""
             lines.append(
-                f"| {rule.id} | {rule.level} | {_cell(rule.rule)} | "
+                f"| {rule.id} | {rule.level} | {_cell(rule.rule)}{field} | "
                 f"{_cell(rule.source)}: “{_cell(rule.says)}” | {tests} |"
             )
+    noted = [rule for section in sections for rule in section.rules if rule.field]
+    lines += [
+        "",
+        "## Field tolerances",
+        "",
+        "What real pipelines and extensions send where the text is silent, and what avaproto",
+        "does about it. A deviation marked *warned* is accepted with one warning per stream",
+        "naming the rule and the peer, and counted in the stream's closing summary.",
+        "",
+        "| rule | in the field |",
+        "| --- | --- |",
+        *(f"| {rule.id} | {_cell(rule.field)} |" for rule in noted),
+    ]
     return "\n".join(lines) + "\n"
 
 

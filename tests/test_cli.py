@@ -1,72 +1,180 @@
-"""The command line, run as a person runs it: real processes on loopback."""
+"""The command line, run as a person runs it: real processes on loopback.
+
+Extensions of the tests' own are written to a temporary directory and served from it
+as a person would serve theirs: ``avaproto serve --extension module:function`` run in
+that directory.
+"""
 
 from __future__ import annotations
 
+import argparse
+import base64
 import json
+import logging
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import trustme
+
+from avaproto.cli import RedactCredentials, build_parser, byte_size, redact
+from avaproto.media.shared_memory import remove_stale_segments
+from avaproto.sources.synthetic import synthetic_frames
+from avaproto.sources.video import encode_test_clip
 
 TIMEOUT = 120
 AVAPROTO = [sys.executable, "-m", "avaproto"]
+#: The installed script: unlike ``python -m``, it does not put the working directory on
+#: the module path by itself.
+SCRIPT = str(Path(sys.executable).with_name("avaproto"))
+#: Source code of the extensions the tests serve, by module name.
+EXTENSIONS = {
+    # Fails on the eleventh frame (sequence number 12): ten frames are answered first.
+    "failing": (
+        "def process(frame):\n"
+        "    if frame.sequence_number >= 12:\n"
+        "        raise RuntimeError('the model crashed')\n"
+    ),
+    # Never answers: a run against it lasts until it is stopped.
+    "slow": ("import anyio\n\nasync def process(frame):\n    await anyio.sleep(3600)\n"),
+    # A YOLO-like detector, and one inference the JSON form cannot hold (no box).
+    "detector": (
+        "from avaproto.media import inferences\n"
+        "from avaproto.messages import Entity, Inference, InferenceType, Tag\n\n"
+        "def process(frame):\n"
+        "    box = inferences.rectangle(0.1, 0.2, 0.3, 0.4)\n"
+        "    odd = Inference(type=InferenceType.ENTITY, entity=Entity(tag=Tag(value='car')))\n"
+        "    return [inferences.entity('person', 0.9, box), odd]\n"
+    ),
+    "broken": "raise RuntimeError('no model file at /models/yolo.onnx')\n",
+}
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    command: list[str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*AVAPROTO, *args],
+        [*(command or AVAPROTO), *args],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
         check=False,
     )
 
 
+class Server:
+    """An ``avaproto serve`` process; its log is read as it comes, never left to block."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._ended = False
+        self._reader = threading.Thread(target=self._read)
+        self._reader.start()
+        self.target = re.search(r"on (\S+:\d+)", self.wait_for("serving ")).group(1)  # type: ignore[union-attr]
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float = TIMEOUT) -> str:
+        """The first log line containing ``text``, once it has been logged."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = next((line for line in self.lines if text in line), None)
+                if found is not None:
+                    return found
+                left = deadline - time.monotonic()
+                assert not self._ended and left > 0, f"no {text!r} in: {self.lines}"
+                self._changed.wait(left)
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=TIMEOUT)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            self._reader.join(TIMEOUT)
+
+
 @contextmanager
 def serving(
-    *args: str, env: dict[str, str] | None = None, logs: list[str] | None = None
-) -> Iterator[str]:
-    """``avaproto serve`` on a free port; yields host:port; stops it with SIGTERM.
-
-    ``logs`` receives the server's log lines once it has stopped.
-    """
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[Server]:
+    """``avaproto serve`` on a free port until the block ends; then SIGTERM, exit 0."""
     process = subprocess.Popen(
         [*AVAPROTO, "serve", "--port", "0", *args],
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
     try:
-        assert process.stderr is not None
-        line = process.stderr.readline()  # "serving NAME on HOST:PORT"; blocks until ready
-        match = re.search(r"on (\S+:\d+)", line)
-        assert match, f"unexpected first line from serve: {line!r}"
-        yield match.group(1)
+        server = Server(process)
+    except BaseException:
+        process.kill()
+        process.wait(TIMEOUT)
+        raise
+    try:
+        yield server
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            assert process.wait(timeout=TIMEOUT) == 0
-            if logs is not None:
-                logs.extend(process.stderr.read().splitlines())
-        finally:
-            if process.poll() is None:
-                process.kill()
+        assert server.stop() == 0, server.lines
+
+
+@pytest.fixture
+def extensions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding the tests' extension modules, as an author's project would."""
+    directory = tmp_path_factory.mktemp("project")
+    for name, source in EXTENSIONS.items():
+        (directory / f"{name}.py").write_text(source)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real video: 12 frames at 10 frames per second (1.1 s from first to last)."""
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    return encode_test_clip(path, (f.rgb for f in synthetic_frames(64, 48, count=12)), 10.0)
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+# --- sending and answering -------------------------------------------------------------
 
 
 @pytest.mark.rule("ACK-1", "SRV-8")
 @pytest.mark.parametrize("transfer", ["embedded", "shm"])
 def test_send_writes_one_json_line_per_acknowledged_frame(tmp_path: Path, transfer: str) -> None:
     output = tmp_path / "results.jsonl"
-    with serving("--extension", "motion") as target:
+    with serving("--extension", "motion") as server:
         done = run(
-            "send", target, "--source", "synthetic", "--frames", "40", "--size", "160x96",
+            "send", server.target, "--source", "synthetic", "--frames", "40", "--size", "160x96",
             "--transfer", transfer, "--output", str(output),
         )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -82,25 +190,28 @@ def test_send_writes_one_json_line_per_acknowledged_frame(tmp_path: Path, transf
     assert "40 sent, 40 answered" in done.stdout
     assert re.search(r"latency: p50 [\d.]+ ms, p99 [\d.]+ ms", done.stdout)
     assert "inferences:" in done.stdout and "motion" in done.stdout
+    assert not list(tmp_path.glob(".results.jsonl.*")), "no temporary file is left behind"
 
 
 @pytest.mark.rule("AUTH-3")
 def test_send_with_wrong_password_fails_with_one_clear_line() -> None:
     with serving(
         "--extension", "null", env={"AVAPROTO_USERNAME": "u", "AVAPROTO_PASSWORD": "p"}
-    ) as target:
-        done = run("send", target, "--frames", "3", "--username", "u", "--password", "nope")
+    ) as server:
+        done = run("send", server.target, "--frames", "3", "--username", "u", "--password", "nope")
     assert done.returncode == 1
-    assert "UNAUTHENTICATED" in done.stderr and "[AUTH-3]" in done.stderr
+    line = one_line(done.stderr)
+    assert "UNAUTHENTICATED" in line and "[AUTH-3]" in line
     assert "nope" not in done.stderr
-    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.rule("SRV-1")
 def test_null_extension_answers_without_inferences(tmp_path: Path) -> None:
     output = tmp_path / "null.jsonl"
-    with serving("--extension", "null") as target:
-        done = run("send", target, "--frames", "10", "--size", "64x48", "--output", str(output))
+    with serving("--extension", "null") as server:
+        done = run(
+            "send", server.target, "--frames", "10", "--size", "64x48", "--output", str(output)
+        )
     assert done.returncode == 0, done.stderr
     assert [json.loads(line) for line in output.read_text().splitlines()] == [
         {"sequenceNumber": n, "timestamp": t * 3000} for t, n in enumerate(range(2, 12))
@@ -109,15 +220,14 @@ def test_null_extension_answers_without_inferences(tmp_path: Path) -> None:
 
 @pytest.mark.rule("SRV-8")
 def test_serve_logs_each_stream_and_drains_on_sigterm() -> None:
-    logs: list[str] = []
-    with serving("--extension", "null", logs=logs) as target:
-        done = run("send", target, "--frames", "5", "--size", "32x32", "--transfer", "shm")
-    assert done.returncode == 0, done.stderr
-    opened = [line for line in logs if "stream opened" in line]
-    closed = [line for line in logs if "stream closed" in line]
+    with serving("--extension", "null") as server:
+        done = run("send", server.target, "--frames", "5", "--size", "32x32", "--transfer", "shm")
+        assert done.returncode == 0, done.stderr
+        closed = server.wait_for("stream closed")
+    opened = [line for line in server.lines if "stream opened" in line]
     assert len(opened) == 1 and "RAW RGB24 32x32" in opened[0] and "shared memory" in opened[0]
-    assert len(closed) == 1 and "5 frames" in closed[0] and closed[0].endswith("OK")
-    assert any("SIGTERM: draining" in line for line in logs)
+    assert "5 frames" in closed and closed.endswith("OK")
+    assert any("SIGTERM: draining" in line for line in server.lines)
 
 
 def test_demo_prints_motion_and_a_summary() -> None:
@@ -128,17 +238,546 @@ def test_demo_prints_motion_and_a_summary() -> None:
     assert "60 sent, 60 answered" in done.stdout
 
 
-def test_usage_errors_are_one_line() -> None:
-    done = run("send", "localhost:1", "--size", "big")
+@pytest.mark.parametrize("pixel_format", ["YUV420P", "RGB24", "RGB565LE"])
+def test_the_smallest_frame_is_sent(pixel_format: str) -> None:
+    with serving("--extension", "motion") as server:
+        done = run(
+            "send", server.target, "--size", "1x1", "--format", pixel_format, "--frames", "3"
+        )
+    assert done.returncode == 0, done.stderr
+    assert "3 sent, 3 answered" in done.stdout
+
+
+def test_entity_inferences_without_a_json_form_are_left_out_with_one_warning(
+    tmp_path: Path, extensions: Path
+) -> None:
+    output = tmp_path / "entities.jsonl"
+    with serving("--extension", "detector:process", cwd=extensions) as server:
+        done = run(
+            "send", server.target, "--frames", "4", "--size", "32x32", "--output", str(output)
+        )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(lines) == 4
+    for line in lines:
+        [person] = line["inferences"]
+        assert person["entity"]["tag"] == {"value": "person", "confidence": 0.9}
+    warning = one_line(done.stderr)
+    assert "left out 4 inference(s)" in warning and "frame 2" in warning and "JSON-6" in warning
+    assert "8 entity" in done.stdout  # the summary counts what the extension sent
+
+
+# --- --output: never a half-written or erased file ---------------------------------------
+
+
+def test_output_replaces_the_target_when_the_run_succeeds(tmp_path: Path) -> None:
+    output = tmp_path / "keep.jsonl"
+    output.write_text("an earlier run\n")
+    with serving("--extension", "null") as server:
+        done = run("send", server.target, "--frames", "3", "--size", "8x8", "--output", str(output))
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["sequenceNumber"] for line in output.read_text().splitlines()] == [
+        2,
+        3,
+        4,
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.jsonl"]
+
+
+def test_a_failed_run_keeps_an_existing_output_and_writes_the_rest_beside_it(
+    tmp_path: Path, extensions: Path
+) -> None:
+    output = tmp_path / "keep.jsonl"
+    output.write_text("an earlier run\n")
+    with serving("--extension", "failing:process", "--max-in-flight", "1", cwd=extensions) as srv:
+        done = run("send", srv.target, "--frames", "30", "--size", "8x8", "--output", str(output))
+    assert done.returncode == 1
+    line = one_line(done.stderr)
+    assert "INTERNAL" in line and "the model crashed" in line
+    assert f"the 10 results acknowledged are in {output}.partial ({output} is unchanged)" in line
+    assert output.read_text() == "an earlier run\n"
+    partial = Path(f"{output}.partial").read_text().splitlines()
+    assert [json.loads(text)["sequenceNumber"] for text in partial] == list(range(2, 12))
+    assert "10 answered" in done.stdout  # the summary of what was done, too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.jsonl", "keep.jsonl.partial"]
+
+
+def test_a_failed_run_without_an_earlier_output_keeps_what_was_acknowledged(
+    tmp_path: Path, extensions: Path
+) -> None:
+    output = tmp_path / "new.jsonl"
+    with serving("--extension", "failing:process", "--max-in-flight", "1", cwd=extensions) as srv:
+        done = run("send", srv.target, "--frames", "30", "--size", "8x8", "--output", str(output))
+    assert done.returncode == 1
+    assert f"the 10 results acknowledged are in {output}" in one_line(done.stderr)
+    lines = output.read_text().splitlines()
+    assert [json.loads(text)["sequenceNumber"] for text in lines] == list(range(2, 12))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.jsonl"]
+
+
+def test_a_run_that_never_connects_leaves_no_file(tmp_path: Path) -> None:
+    import socket
+
+    output = tmp_path / "never.jsonl"
+    with socket.socket() as bound:  # bound, not listening: connections are refused
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        done = run("send", f"127.0.0.1:{port}", "--frames", "2", "--output", str(output))
+    assert done.returncode == 1
+    line = one_line(done.stderr)
+    assert "UNAVAILABLE" in line and f"{output} was not written" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_dash_writes_json_lines_to_stdout_and_the_summary_to_stderr() -> None:
+    with serving("--extension", "null") as server:
+        done = run("send", server.target, "--frames", "3", "--size", "8x8", "--output", "-")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["sequenceNumber"] for line in lines] == [2, 3, 4]
+    assert "3 sent, 3 answered" in done.stderr
+
+
+# --- usage errors: one line, exit status 2 -----------------------------------------------
+
+
+def usage_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
+    not_a_video = tmp_path / "notes.mp4"
+    not_a_video.write_text("not a video")
+    not_an_image = tmp_path / "photo.png"
+    not_an_image.write_text("not an image")
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate")
+    missing = str(tmp_path / "missing.pem")
+    target = "127.0.0.1:1"
+    return [
+        (["send", "127.0.0.1"], "is not host:port"),
+        (["send", "127.0.0.1:70000"], "port 70000 of target '127.0.0.1:70000' is out of range"),
+        (["serve", "--port", "70000"], "a port is 0 to 65535"),
+        (["send", target, "--source", str(not_a_video)], "not a video file FFmpeg can read"),
+        (["send", target, "--source", str(not_an_image)], "not an image file"),
+        (["send", target, "--source", str(tmp_path / "none.mp4")], "no such source file"),
+        (["send", target, "--size", "big"], "expected WIDTHxHEIGHT"),
+        (["send", target, "--size", "20000x20000"], "[MEDIA-3]"),
+        (["send", target, "--format", "RGB24", "--stride", "3", "--size", "8x8"], "[MEDIA-4]"),
+        (["send", target, "--transfer", "shm", "--shm-size", "1k", "--size", "64x64"],
+         "--shm-size 1024 bytes cannot hold one RAW RGB24 64x64 frame"),
+        (["send", target, "--shm-size", "lots"], "expected a size like 75MiB"),
+        (["send", target, "--ack-timeout", "soon"], "expected seconds"),
+        (["send", target, "--tls-ca", missing], f"--tls-ca {missing}: no such file"),
+        (["send", target, "--tls-ca", str(not_pem)], f"--tls-ca {not_pem}"),
+        (["send", target, "--tls-cert", missing], "needs both --tls-cert and --tls-key"),
+        (["serve", "--tls-cert", missing, "--tls-key", missing],
+         f"--tls-cert {missing}: no such file"),
+        (["serve", "--tls-client-ca", missing], "--tls-client-ca needs --tls-cert"),
+        (["serve", "--extension", "no.such.module:thing"],
+         "--extension no.such.module:thing: no module named 'no'"),
+        (["serve", "--extension", "nothing"], "unknown extension 'nothing'"),
+        (["send", target, "--username", "u"], "give both --username and --password"),
+        (["demo", "--source", str(tmp_path / "none.mp4")], "no such file"),
+        (["send", target, "--output", str(tmp_path / "no" / "dir.jsonl")],
+         "No such file or directory"),
+    ]  # fmt: skip
+
+
+def test_usage_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    for args, expected in usage_cases(tmp_path):
+        done = run(*args, env={"AVAPROTO_USERNAME": "", "AVAPROTO_PASSWORD": ""})
+        assert done.returncode == 2, (args, done.stderr)
+        line = one_line(done.stderr)
+        assert line.startswith(f"avaproto {args[0]}: error: "), line
+        assert expected in line, (args, line)
+
+
+@pytest.mark.parametrize(
+    ("blocked", "args", "extra"),
+    [
+        ("av", ["--source", "clip.mp4"], "avaproto[video]"),
+        ("PIL", ["--source", "still.png"], "avaproto[image]"),
+        ("PIL", ["--encoding", "JPG"], "avaproto[image]"),
+    ],
+)
+def test_a_missing_extra_is_named(
+    tmp_path: Path, blocked: str, args: list[str], extra: str
+) -> None:
+    """The decoder is made unimportable the way an absent one is: ImportError on import."""
+    shadow = tmp_path / "shadow" / blocked
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(f'raise ImportError("No module named {blocked!r}")\n')
+    for name in ("clip.mp4", "still.png"):
+        (tmp_path / name).write_bytes(b"unread: the decoder is missing")
+    done = run(
+        "send", "127.0.0.1:1", *args, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "shadow")}
+    )
+    assert done.returncode == 2, done.stderr
+    line = one_line(done.stderr)
+    assert f"pip install '{extra}'" in line
+
+
+def test_a_refused_connection_is_a_failed_run() -> None:
+    import socket
+
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        done = run("send", f"127.0.0.1:{bound.getsockname()[1]}", "--frames", "1")
+    assert done.returncode == 1
+    assert "UNAVAILABLE" in one_line(done.stderr)
+    assert done.stdout == ""  # nothing was sent: no summary of nothing
+
+
+# --- extensions from the current directory ------------------------------------------------
+
+
+def test_an_extension_is_found_in_the_current_directory(extensions: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    process = subprocess.Popen(
+        [SCRIPT, "serve", "--port", "0", "--extension", "detector:process"],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=extensions,
+        env=env,
+    )
+    server = Server(process)
+    try:
+        done = run("send", server.target, "--frames", "2", "--size", "16x16")
+    finally:
+        assert server.stop() == 0, server.lines
+    assert done.returncode == 0, done.stderr
+    assert "4 entity" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("broken:process", "importing broken failed: RuntimeError: no model file"),
+        ("detector:detect", "detector has no attribute 'detect'"),
+        ("missing:process", "no module named 'missing'"),
+    ],
+)
+def test_an_extension_that_does_not_load_is_one_line(
+    extensions: Path, spec: str, expected: str
+) -> None:
+    done = run("serve", "--port", "0", "--extension", spec, cwd=extensions, command=[SCRIPT])
     assert done.returncode == 2
-    assert "expected WIDTHxHEIGHT" in done.stderr
-    unknown = run("serve", "--extension", "no.such.module:thing", "--port", "0")
-    assert unknown.returncode == 2
-    assert "--extension no.such.module:thing" in unknown.stderr
+    assert expected in one_line(done.stderr)
 
 
-def test_help_explains_every_command() -> None:
-    for command in ("serve", "send", "demo", "diagram"):
-        done = run(command, "--help")
+# --- logging ----------------------------------------------------------------------------
+
+
+@pytest.mark.rule("AUTH-4")
+def test_library_debug_logs_never_show_credentials() -> None:
+    """-vvv shows every header h2 and hpack see; the authentication header is redacted."""
+    password = "Tr0ub4dor-and-3"
+    token = base64.b64encode(f"pipeline:{password}".encode()).decode()
+    secrets = {"AVAPROTO_USERNAME": "pipeline", "AVAPROTO_PASSWORD": password}
+    with serving("-vvv", "--extension", "null", env=secrets) as server:
+        done = run("-vvv", "send", server.target, "--frames", "2", "--size", "8x8", env=secrets)
+        server.wait_for("stream closed")
+    assert done.returncode == 0, done.stderr
+    logs = "\n".join([*server.lines, done.stderr])
+    assert "hpack" in logs and "x-ms-authentication" in logs  # the headers were logged
+    assert token not in logs and password not in logs
+    assert "<redacted>" in logs
+
+
+def test_verbosity_levels_and_their_place(tmp_path: Path) -> None:
+    with serving("--extension", "null") as server:
+        quiet = run("send", server.target, "--frames", "1", "--size", "8x8")
+        info = run("send", server.target, "--frames", "1", "--size", "8x8", "-v")
+        debug = run("send", "-vv", server.target, "--frames", "1", "--size", "8x8")
+        libraries = run("-v", "send", "-vv", server.target, "--frames", "1", "--size", "8x8")
+    assert quiet.stderr == ""
+    assert " INFO avaproto" in info.stderr and " DEBUG " not in info.stderr
+    assert " DEBUG avaproto" in debug.stderr
+    for done in (info, debug):
+        assert not re.search(r" (DEBUG|INFO) (h2|hpack|grpclib|asyncio|transitions)", done.stderr)
+    assert re.search(r" DEBUG (h2|hpack)", libraries.stderr)  # -v and -vv add up to -vvv
+
+
+def test_redaction_covers_every_form_a_header_is_printed_in() -> None:
+    token = base64.b64encode(b"u:secret").decode()
+    for text in (
+        f"x-ms-authentication: Basic {token}",
+        f"Decoded (b'x-ms-authentication', b'Basic {token}'), total 34",
+        f"Adding b'x-ms-authentication'=b'Basic {token}' to the header table",
+        f"[('authorization', 'Basic {token}')]",
+        f"header block b'\\x00Basic {token}'",
+    ):
+        assert token not in redact(text) and "<redacted>" in redact(text)
+    record = logging.LogRecord(
+        "hpack", logging.DEBUG, __file__, 1, "Decoded %s", ((b"x-ms-authentication", token),), None
+    )
+    assert RedactCredentials().filter(record)
+    assert token not in record.getMessage() and "x-ms-authentication" in record.getMessage()
+
+
+# --- TLS from the command line -------------------------------------------------------------
+
+
+@pytest.fixture
+def certificates(tmp_path: Path) -> dict[str, str]:
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("pipeline.test")
+    paths = {name: str(tmp_path / f"{name}.pem") for name in ("ca", "cert", "key", "ccert", "ckey")}
+    ca.cert_pem.write_to_path(paths["ca"])
+    server.private_key_pem.write_to_path(paths["key"])
+    server.cert_chain_pems[0].write_to_path(paths["cert"])
+    client.private_key_pem.write_to_path(paths["ckey"])
+    client.cert_chain_pems[0].write_to_path(paths["ccert"])
+    return paths
+
+
+@pytest.mark.rule("TLS-1")
+def test_tls_ca_alone_implies_tls(certificates: dict[str, str]) -> None:
+    files = certificates
+    with serving(
+        "--extension", "null", "--tls-cert", files["cert"], "--tls-key", files["key"]
+    ) as s:
+        done = run("send", s.target, "--frames", "2", "--size", "8x8", "--tls-ca", files["ca"])
+    assert done.returncode == 0, done.stderr
+    assert "2 sent, 2 answered" in done.stdout
+
+
+@pytest.mark.rule("TLS-3")
+def test_mutual_tls_from_the_command_line(certificates: dict[str, str]) -> None:
+    files = certificates
+    with serving(
+        "--extension", "null", "--tls-cert", files["cert"], "--tls-key", files["key"],
+        "--tls-client-ca", files["ca"],
+    ) as server:  # fmt: skip
+        send = ["send", server.target, "--frames", "2", "--size", "8x8", "--tls-ca", files["ca"]]
+        with_certificate = run(*send, "--tls-cert", files["ccert"], "--tls-key", files["ckey"])
+        without = run(*send)
+    assert with_certificate.returncode == 0, with_certificate.stderr
+    assert "2 sent, 2 answered" in with_certificate.stdout
+    assert without.returncode == 1
+    assert "Traceback" not in one_line(without.stderr)
+
+
+# --- shared memory, signals and deadlines ----------------------------------------------------
+
+
+@pytest.mark.rule("SHM-9")
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_sender_removes_its_segment_and_sums_up(
+    tmp_path: Path, extensions: Path, signum: signal.Signals, status: int
+) -> None:
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    with serving(
+        "--extension", "slow:process", "--shm-directory", str(shm), "--grace", "0", cwd=extensions
+    ) as server:
+        sender = subprocess.Popen(
+            [*AVAPROTO, "send", server.target, "--frames", "20", "--size", "16x16",
+             "--transfer", "shm", "--shm-directory", str(shm), "--shm-size", "1MiB"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            server.wait_for("stream opened")  # the descriptor named the segment: it exists
+            [segment] = shm.iterdir()
+            assert segment.stat().st_size == 1 << 20
+            sender.send_signal(signum)
+            stdout, stderr = sender.communicate(timeout=TIMEOUT)
+        finally:
+            if sender.poll() is None:
+                sender.kill()
+                sender.wait(TIMEOUT)
+    assert sender.returncode == status, stderr
+    assert list(shm.iterdir()) == []
+    assert f"stopped by {signum.name}" in one_line(stderr)
+    assert re.search(r"frames: \d+ sent, 0 answered", stdout)
+
+
+@pytest.mark.rule("PIPE-4")
+def test_ack_timeout_ends_a_run_the_extension_never_answers(extensions: Path) -> None:
+    with serving("--extension", "slow:process", "--grace", "0", cwd=extensions) as server:
+        done = run("send", server.target, "--frames", "3", "--size", "8x8", "--ack-timeout", "0.5")
+    assert done.returncode == 1
+    line = one_line(done.stderr)
+    assert "[PIPE-4]" in line and "not acknowledged within 0.5 s" in line
+
+
+def test_stale_segments_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    """Only avaproto's names, only regular files, only of processes that are gone."""
+    gone = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process has this pid
+    stale = f"avaproto-{gone}-0123456789abcdef"
+    kept = [
+        f"avaproto-{os.getpid()}-0123456789abcdef",  # a live process
+        f"avaproto-{gone}-0123456789ABCDEF",  # not how avaproto names them
+        f"avaproto-{gone}-0123456789abcdef0",
+        f"avaproto-{gone}",
+        f"inference_client_share_memory_{gone}",
+        "avaproto-1-0123456789abcdef",  # pid 1 exists (and is not ours to signal)
+    ]
+    for name in [stale, *kept]:
+        (tmp_path / name).write_bytes(b"\0" * 64)
+    link = f"avaproto-{gone}-fedcba9876543210"
+    (tmp_path / link).symlink_to(tmp_path / kept[0])
+    directory = f"avaproto-{gone}-00000000000000aa"
+    (tmp_path / directory).mkdir()
+
+    assert remove_stale_segments(str(tmp_path)) == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, link, directory])
+    assert remove_stale_segments(str(tmp_path / "nowhere")) == []
+
+
+@pytest.mark.rule("SHM-9")
+def test_a_locked_segment_is_in_use_whatever_its_pid(tmp_path: Path) -> None:
+    """A sender in another pid namespace: its pid means nothing here, its lock does."""
+    import fcntl
+
+    from avaproto.media.shared_memory import SharedMemoryArena
+
+    gone = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+    segment = tmp_path / f"avaproto-{gone}-0123456789abcdef"
+    segment.write_bytes(b"\0" * 64)
+    with open(segment, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_SH)  # what a live arena holds
+        assert remove_stale_segments(str(tmp_path)) == []
+    assert remove_stale_segments(str(tmp_path)) == [segment.name]
+    arena = SharedMemoryArena.create(4096, directory=str(tmp_path))
+    try:
+        with open(arena.path, "rb") as probe, pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        arena.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_send_removes_stale_segments_at_start(tmp_path: Path) -> None:
+    gone = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+    stale = tmp_path / f"avaproto-{gone}-0123456789abcdef"
+    stale.write_bytes(b"\0" * 64)
+    with serving("--extension", "null", "--shm-directory", str(tmp_path)) as server:
+        done = run(
+            "send", server.target, "-v", "--frames", "2", "--size", "8x8", "--transfer", "shm",
+            "--shm-directory", str(tmp_path), "--shm-size", "64KiB",
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert not stale.exists()
+    assert f"removed stale shared-memory segment {stale}" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_removes_stale_segments_at_start() -> None:
+    """The demo's segments live in /dev/shm: a planted stale one there goes at start."""
+    gone = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+    stale = Path("/dev/shm") / f"avaproto-{gone}-{os.urandom(8).hex()}"
+    stale.write_bytes(b"\0" * 64)
+    try:
+        done = run("demo", "-v", "--frames", "3", "--transfer", "embedded")
+        assert done.returncode == 0, done.stderr
+        assert not stale.exists()
+        assert f"removed stale shared-memory segment {stale}" in done.stderr
+    finally:
+        stale.unlink(missing_ok=True)
+
+
+# --- pacing and progress ----------------------------------------------------------------------
+
+
+@pytest.mark.rule("PIPE-1")
+def test_pace_replays_a_video_at_its_own_timing(clip: Path) -> None:
+    with serving("--extension", "null") as server:
+        done = run("send", server.target, "--source", str(clip), "--pace", "--output", "-")
+    assert done.returncode == 0, done.stderr
+    seconds = float(re.search(r"answered in ([\d.]+) s", done.stderr).group(1))  # type: ignore[union-attr]
+    assert "12 sent, 12 answered" in done.stderr
+    assert seconds >= 1.05  # the last frame is shown 1.1 s after the first
+    stamps = [json.loads(line)["timestamp"] for line in done.stdout.splitlines()]
+    assert stamps == [n * 9000 for n in range(12)]  # 10 fps in 90 kHz ticks
+
+
+def test_the_progress_line_knows_a_videos_length(clip: Path) -> None:
+    import pty
+
+    controller, terminal = pty.openpty()
+    with serving("--extension", "null") as server:
+        done = subprocess.run(
+            [*AVAPROTO, "send", server.target, "--source", str(clip)],
+            stdout=subprocess.PIPE, stderr=terminal, text=True, timeout=TIMEOUT, check=False,
+        )  # fmt: skip
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: the terminal's other end is closed and all is read
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    assert done.returncode == 0, shown
+    assert b"answered 12/12" in shown
+
+
+# --- the parser --------------------------------------------------------------------------------
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(commands.choices)
+
+
+def test_help_explains_every_option_with_its_default() -> None:
+    for name, command in subcommands(build_parser()).items():
+        for action in command._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and "default" in action.help, (name, action.option_strings)
+        done = run(name, "--help")
         assert done.returncode == 0
-        assert "usage: avaproto " + command in done.stdout
+        assert f"usage: avaproto {name}" in done.stdout
+
+
+def test_defaults_come_from_the_configuration() -> None:
+    from avaproto.client import DEFAULT_ACK_TIMEOUT, DEFAULT_SHM_BYTES
+    from avaproto.engine.config import EngineConfig
+    from avaproto.protocol.pixel_formats import PIXEL_LAYOUTS
+    from avaproto.send import SendOptions
+
+    parser = build_parser()
+    send = parser.parse_args(["send", "localhost:5001"])
+    assert send.shm_size == DEFAULT_SHM_BYTES == 75 * 1024 * 1024
+    assert send.ack_timeout == DEFAULT_ACK_TIMEOUT
+    assert send.window == SendOptions("x", None).window
+    serve = parser.parse_args(["serve"])
+    assert serve.max_in_flight == EngineConfig().max_in_flight
+    [pixel_format] = [a for a in subcommands(parser)["send"]._actions if a.dest == "format"]
+    assert list(pixel_format.choices or ()) == [f.name for f in PIXEL_LAYOUTS]
+
+
+def test_deadline_and_size_values() -> None:
+    parser = build_parser()
+    args = parser.parse_args(
+        ["send", "h:1", "--ack-timeout", "none", "--connect-timeout", "0", "--shm-size", "100M"]
+    )
+    assert args.ack_timeout is None and args.connect_timeout is None
+    assert args.shm_size == 100 * 1024 * 1024
+    assert (
+        parser.parse_args(["send", "h:1", "--descriptor-timeout", "2.5"]).descriptor_timeout == 2.5
+    )
+    assert [byte_size(t) for t in ("4096", "75MiB", "64MB", "1.5k", "2G")] == [
+        4096, 75 << 20, 64_000_000, 1536, 2 << 30,
+    ]  # fmt: skip
+
+
+def test_verbosity_is_accepted_before_and_after_the_command() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["-v", "serve", "-vv"])
+    assert args.verbose + args.sub_verbose == 3
+
+
+def test_bench_reports_what_an_extension_sustains(tmp_path: Path) -> None:
+    figures = tmp_path / "bench.json"
+    with serving("--extension", "null") as server:
+        done = run(
+            "bench", server.target, "--frames", "40", "--size", "32x24", "--transfer", "shm",
+            "--json", str(figures),
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(figures.read_text())
+    assert report["answered"] == report["frames"] == 40
+    assert "p99" in done.stdout

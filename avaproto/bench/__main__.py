@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from . import pixels, transport
+from . import motion, pixels
 
-BENCHMARKS: dict[str, Callable[..., str]] = {"pixels": pixels.run, "transport": transport.run}
+BENCHMARKS: dict[str, Callable[..., str]] = {
+    "pixels": pixels.run,
+    "motion": motion.run,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

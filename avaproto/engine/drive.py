@@ -9,6 +9,11 @@ At most ``window`` samples are unacknowledged at once: ``send`` waits for a free
 With shared memory, each frame is written into a slot of the arena and the slot is
 freed only when its acknowledgement arrives (SHM rules); the arena never hands out a
 slot that an unacknowledged message refers to.
+
+Every wait on the extension has a deadline (PIPE-3, PIPE-4): its answer descriptor, each
+sample's acknowledgement, and the end of its stream once all is acknowledged. An
+extension that drops a frame without a word then ends the stream with
+DEADLINE_EXCEEDED instead of hanging the pipeline once its window is full.
 """
 
 from __future__ import annotations
@@ -32,13 +37,13 @@ from ..messages import (
     MediaStreamDescriptor,
 )
 from ..protocol.descriptor import StreamDescriptor
-from ..protocol.events import AckReceived, DescriptorReceived, SampleReceived
+from ..protocol.events import AckReceived, DescriptorReceived, SampleReceived, Tolerated
 from ..protocol.roles import Role
 from ..protocol.session import Session
 from ..protocol.video_format import VideoFormat
 from ..status import Status
 from .channel import MessageChannel
-from .outcome import first_protocol_error
+from .outcome import first_protocol_error, log_tolerated
 
 if TYPE_CHECKING:
     from ..media.shared_memory import SharedMemoryArena
@@ -69,15 +74,20 @@ class PipelineStream:
         window: int,
         arena: SharedMemoryArena | None,
         results: MemoryObjectSendStream[Result],
+        ack_timeout: float | None = None,
     ) -> None:
         self.session = session
         self.channel = channel
         self.arena = arena
         self._window = anyio.Semaphore(window)
         self._results = results
+        self._ack_timeout = ack_timeout
+        # Our unacknowledged samples and when each was sent, oldest first (dicts keep
+        # insertion order): the first entry is what the acknowledgement deadline watches.
         self._sent_at: dict[int, float] = {}
         self._leased: set[int] = set()
         self._ended = False
+        self._ended_at = 0.0
 
     @property
     def extension(self) -> StreamDescriptor:
@@ -94,6 +104,11 @@ class PipelineStream:
     def in_flight(self) -> int:
         return self.session.ledger.awaiting_count
 
+    @property
+    def tolerated(self) -> dict[str, int]:
+        """The extension's deviations accepted so far, by rule (see spec/ ``field`` notes)."""
+        return dict(self.session.tolerated)
+
     @classmethod
     @asynccontextmanager
     async def open(
@@ -103,27 +118,47 @@ class PipelineStream:
         *,
         window: int = 8,
         arena: SharedMemoryArena | None = None,
+        descriptor_timeout: float | None = None,
+        ack_timeout: float | None = None,
     ) -> AsyncIterator[tuple[PipelineStream, MemoryObjectReceiveStream[Result]]]:
         """Negotiate, then yield the stream and the stream of its results.
 
         On leaving the block the input is ended (if it was not), every answer is awaited,
         and the extension's end of stream is checked: nothing may be left unacknowledged.
+        ``descriptor_timeout`` bounds the wait for the answer descriptor (PIPE-3),
+        ``ack_timeout`` each sample's wait for its acknowledgement (PIPE-4); None waits
+        forever.
         """
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
+        for name, value in (
+            ("descriptor_timeout", descriptor_timeout),
+            ("ack_timeout", ack_timeout),
+        ):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive (or None), got {value}")
         session = Session(Role.PIPELINE)
         await channel.send(session.send_descriptor(descriptor))
-        answer = await channel.receive()
+        with anyio.move_on_after(descriptor_timeout) as waited:
+            answer = await channel.receive()
+        if waited.cancelled_caught:
+            raise ProtocolError(
+                "PIPE-3",
+                Status.DEADLINE_EXCEEDED,
+                f"the extension at {channel.peer} did not answer our descriptor within "
+                f"{descriptor_timeout:g} s",
+            )
         if answer is None:
             session.receive_end()  # raises: the extension ended without answering
         else:
-            [event] = session.receive(answer)
-            assert isinstance(event, DescriptorReceived)
+            events = session.receive(answer)
+            log_tolerated(events, f"extension {channel.peer}")
+            assert any(isinstance(event, DescriptorReceived) for event in events)
         results_in, results_out = anyio.create_memory_object_stream[Result](math.inf)
-        stream = cls(session, channel, window, arena, results_in)
+        stream = cls(session, channel, window, arena, results_in, ack_timeout)
         try:
             async with anyio.create_task_group() as tasks:
-                tasks.start_soon(stream._receive_all)
+                tasks.start_soon(stream._receive_and_watch)
                 async with results_out:
                     yield stream, results_out
                     if not stream._ended:
@@ -191,7 +226,47 @@ class PipelineStream:
         """End the input: no more samples; the answers still come."""
         self.session.send_end()
         self._ended = True
+        self._ended_at = time.monotonic()
         await self.channel.send_end()
+
+    async def _receive_and_watch(self) -> None:
+        async with anyio.create_task_group() as watching:
+            if self._ack_timeout is not None:
+                watching.start_soon(self._watch_acknowledgements, self._ack_timeout)
+            await self._receive_all()
+            watching.cancel_scope.cancel()
+
+    async def _watch_acknowledgements(self, timeout: float) -> None:
+        """End the stream once the oldest unacknowledged sample is ``timeout`` s old (PIPE-4).
+
+        Sleeps until the oldest sample's deadline, then looks again: acknowledgements
+        that arrived meanwhile moved the oldest on. Costs nothing per message.
+        """
+        while True:
+            now = time.monotonic()
+            if self._sent_at:
+                number, sent = next(iter(self._sent_at.items()))
+                due = sent + timeout
+                if now >= due:
+                    raise ProtocolError(
+                        "PIPE-4",
+                        Status.DEADLINE_EXCEEDED,
+                        f"sample {number} was not acknowledged within {timeout:g} s "
+                        f"({len(self._sent_at)} unacknowledged); the extension at "
+                        f"{self.channel.peer} may drop frames it fails on",
+                    )
+            elif self._ended:
+                due = self._ended_at + timeout
+                if now >= due:
+                    raise ProtocolError(
+                        "PIPE-4",
+                        Status.DEADLINE_EXCEEDED,
+                        f"the extension at {self.channel.peer} acknowledged everything but "
+                        f"did not end its stream within {timeout:g} s of our end",
+                    )
+            else:
+                due = now + timeout
+            await anyio.sleep(due - now)
 
     async def _receive_all(self) -> None:
         async with self._results:
@@ -209,6 +284,8 @@ class PipelineStream:
                         latency = self._settle(acknowledged)
                     elif isinstance(event, SampleReceived):
                         answer = event
+                    elif isinstance(event, Tolerated) and event.first:
+                        log_tolerated([event], f"extension {self.channel.peer}")
                 if answer is not None and answer.requires_ack:
                     # The extension referred to shared memory of its own: nothing here
                     # reads it, so it is acknowledged at once.

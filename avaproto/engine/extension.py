@@ -4,7 +4,9 @@ The simplest extension is one function from a ``Frame`` to inferences, synchrono
 asynchronous. A synchronous one runs in a worker thread (numpy and most model runtimes
 release the GIL), so it never blocks the stream's other work. An extension class adds
 per-stream state: ``open`` sees the pipeline's descriptor (and may refuse it with a
-precise error), ``process`` handles each frame, ``close`` always runs at the end.
+precise error), ``process`` handles each frame, ``close`` always runs at the end. Its
+methods may be plain ``def`` too (each then runs in a worker thread), and ``open`` and
+``close`` may be left out.
 
 Frames of a stream are processed concurrently (up to ``max_in_flight``). An extension
 whose result depends on the frames before it (a tracker, a motion detector) sets the
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import anyio.to_thread
 
@@ -60,6 +62,71 @@ class Extension(Protocol):
         """Always called once the stream is over, however it ended."""
 
 
+class _ThreadedExtension:
+    """An extension class whose plain ``def`` methods run in worker threads.
+
+    A blocking method called on the event loop would stall every stream of the server;
+    one awaited as if it were a coroutine would fail on the first frame. ``process`` is
+    abandoned when its stream's frame timeout expires (SRV-4): the thread cannot be
+    killed, but the stream ends on time and the thread's result is dropped.
+    """
+
+    def __init__(self, extension: object, limiter: anyio.CapacityLimiter | None) -> None:
+        self._extension = extension
+        self._limiter = limiter
+        self.sequential = bool(getattr(extension, "sequential", False))
+        self._open = getattr(extension, "open", None)
+        self._process = extension.process  # type: ignore[attr-defined]
+        self._close = getattr(extension, "close", None)
+
+    async def _call(self, method: Callable[..., Any] | None, *args: Any, abandon: bool) -> Any:
+        if method is None:
+            return None
+        if inspect.iscoroutinefunction(method):
+            return await method(*args)
+        result = await anyio.to_thread.run_sync(
+            method, *args, limiter=self._limiter, abandon_on_cancel=abandon
+        )
+        return await result if inspect.isawaitable(result) else result
+
+    async def open(self, descriptor: StreamDescriptor) -> None:
+        await self._call(self._open, descriptor, abandon=False)
+
+    async def process(self, frame: Frame) -> Result:
+        result: Result = await self._call(self._process, frame, abandon=True)
+        return result
+
+    async def close(self) -> None:
+        await self._call(self._close, abandon=False)
+
+
+def check_extension_class(cls: type) -> None:
+    """Refuse, when it is loaded, a class that cannot serve a stream (not on the first frame)."""
+    process = getattr(cls, "process", None)
+    if not callable(process):
+        raise TypeError(
+            f"extension class {cls.__qualname__} has no process(frame) method; an extension "
+            "class needs process(frame) (open(descriptor) and close() are optional), and "
+            "each may be 'def' or 'async def'"
+        )
+    for name in ("open", "close"):
+        method = getattr(cls, name, None)
+        if method is not None and not callable(method):
+            raise TypeError(f"extension class {cls.__qualname__}: {name} is not a method")
+
+
+def as_async_extension(
+    extension: object, *, limiter: anyio.CapacityLimiter | None = None
+) -> Extension:
+    """``extension`` itself when all its methods are coroutines, else a threaded adapter."""
+    methods = [getattr(extension, name, None) for name in ("open", "process", "close")]
+    if all(inspect.iscoroutinefunction(method) for method in methods):
+        return extension  # type: ignore[return-value]  # all three async: the protocol
+    if not callable(methods[1]):
+        check_extension_class(type(extension))
+    return _ThreadedExtension(extension, limiter)
+
+
 class FunctionExtension:
     """An ``Extension`` around a processor function, sync (in a worker thread) or async."""
 
@@ -80,7 +147,13 @@ class FunctionExtension:
             result = self._processor(frame)
             assert inspect.isawaitable(result)
             return await result
-        return await anyio.to_thread.run_sync(self._processor, frame, limiter=self._limiter)  # type: ignore[arg-type]
+        # Abandoned when the frame timeout expires (SRV-4): the stream ends on time.
+        return await anyio.to_thread.run_sync(
+            self._processor,  # type: ignore[arg-type]  # not async, checked above
+            frame,
+            limiter=self._limiter,
+            abandon_on_cancel=True,
+        )
 
     async def close(self) -> None:
         return None

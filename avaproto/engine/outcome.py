@@ -1,4 +1,4 @@
-"""Picking the error a failed stream reports from what its task group raised.
+"""What a stream reports: the one error it ends with, and the deviations it tolerated.
 
 A task group raises every child's exception together. A stream ends with one status,
 so the engine reports the first protocol error or the peer's failure (the cause), not the
@@ -7,7 +7,29 @@ cancellations it triggered in the other tasks.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
+
 from ..errors import ProtocolError, StreamFailed
+from ..protocol.events import Tolerated
+
+log = logging.getLogger("avaproto.stream")
+
+
+def log_tolerated(events: Iterable[object], peer: str) -> None:
+    """One warning per rule and stream for a tolerated deviation; the session counts all.
+
+    The line names the rule and the peer, so an operator can look the rule's ``field``
+    note up in spec/ and tell which pipeline or extension to fix.
+    """
+    for event in events:
+        if isinstance(event, Tolerated) and event.first:
+            log.warning(
+                "%s deviates from [%s], accepted (warned once per stream): %s",
+                peer,
+                event.rule,
+                event.detail,
+            )
 
 
 def first_protocol_error(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -29,15 +30,15 @@ from ..errors import InferenceError, ProtocolError
 from ..media.inferences import validate
 from ..messages import Inference, MediaDescriptor, MediaSample, MediaStreamDescriptor
 from ..protocol.descriptor import StreamDescriptor
-from ..protocol.events import DescriptorReceived, EmbeddedContent, SampleReceived
+from ..protocol.events import DescriptorReceived, EmbeddedContent, SampleReceived, Tolerated
 from ..protocol.roles import Role
 from ..protocol.session import Session
 from ..status import Status
 from .channel import MessageChannel
 from .config import EngineConfig
-from .extension import Extension
+from .extension import Extension, as_async_extension
 from .frame import Frame
-from .outcome import first_protocol_error
+from .outcome import first_protocol_error, log_tolerated
 
 log = logging.getLogger("avaproto.serve")
 
@@ -54,6 +55,8 @@ class StreamSummary:
     ended: float | None = None
     status: Status = Status.OK
     message: str = ""
+    #: The pipeline's deviations accepted, by rule (see the rules' ``field`` notes).
+    tolerated: Counter[str] = field(default_factory=Counter)
 
     @property
     def seconds(self) -> float:
@@ -92,6 +95,8 @@ async def serve_stream(
     """Serve one stream to its end; raise ``ProtocolError`` when it must end with a status."""
     session = Session(Role.EXTENSION, limits=config.limits)
     summary = StreamSummary(channel.peer)
+    summary.tolerated = session.tolerated
+    extension = as_async_extension(extension, limiter=config.thread_limiter)
     region = None
     opened = False
     try:
@@ -99,8 +104,9 @@ async def serve_stream(
         if first is None:
             session.receive_end()
             return summary
-        [event] = session.receive(first)
-        assert isinstance(event, DescriptorReceived)
+        events = session.receive(first)
+        log_tolerated(events, f"pipeline {channel.peer}")
+        [event] = [e for e in events if isinstance(e, DescriptorReceived)]
         descriptor = summary.descriptor = event.descriptor
         if descriptor.shared_memory is not None:
             from ..media.shared_memory import SharedMemoryRegion
@@ -145,7 +151,7 @@ async def serve_stream(
         if region is not None:
             region.close(force=True)
         log.info(
-            "stream closed: peer %s, %d frames in %.1f s (%.1f fps), %d inferences, %s%s",
+            "stream closed: peer %s, %d frames in %.1f s (%.1f fps), %d inferences, %s%s%s",
             summary.peer,
             summary.frames,
             summary.seconds,
@@ -153,7 +159,14 @@ async def serve_stream(
             summary.inferences,
             summary.status.name,
             f": {summary.message}" if summary.message else "",
+            _tolerated_text(summary.tolerated),
         )
+
+
+def _tolerated_text(tolerated: Counter[str]) -> str:
+    if not tolerated:
+        return ""
+    return "; tolerated " + ", ".join(f"{rule} x{n}" for rule, n in sorted(tolerated.items()))
 
 
 async def _close(extension: Extension) -> None:
@@ -215,7 +228,10 @@ class _Pump:
                     return
                 started = False
                 for event in self.session.receive(message):
-                    if isinstance(event, SampleReceived):
+                    if isinstance(event, Tolerated):
+                        if event.first:
+                            log_tolerated([event], f"pipeline {self.channel.peer}")
+                    elif isinstance(event, SampleReceived):
                         job = self._job(event)
                         if self.sequential:
                             job.after, self.previous = self.previous, job.done

@@ -5,9 +5,11 @@ The contract's ``Inference`` carries a ``type`` and one value of six kinds
 the type" (INF-1). Rather than ask callers to keep the two in step, the builders here
 take the value and set the type from it (INF-7), so they cannot disagree. They also
 check what the contract states as ranges: confidences and rectangle edges are
-fractions in [0, 1] (INF-3, INF-4). Floats are stored as the float32 the wire carries,
-so a built message equals its own echo after serialisation; that is what makes the
-JSON form (``inference_json``) lossless.
+fractions in [0, 1] (INF-3, INF-4). A box may reach past the image's edge
+(l + w > 1): detectors that do not clip send such boxes, so they are carried as
+given, and ``box_overflows`` says so to whoever wants to know. Floats are stored as
+the float32 the wire carries, so a built message equals its own echo after
+serialisation; that is what makes the JSON form (``inference_json``) lossless.
 
 ``validate`` applies the same checks to an inference built any other way: by hand,
 returned by a user's processor, or received from a peer. Errors are ``InferenceError``
@@ -60,7 +62,8 @@ VALUE_FIELDS: dict[InferenceType, str] = {
 #: The same table read the other way: oneof field name -> inference type.
 TYPES_BY_FIELD: dict[str, InferenceType] = {name: kind for kind, name in VALUE_FIELDS.items()}
 #: Slack for sums of float32 fractions (l + w, t + h): a box that reaches the far edge
-#: exactly in decimal may pass 1 by a rounding step once stored as float32.
+#: exactly in decimal may pass 1 by a rounding step once stored as float32, and
+#: ``box_overflows`` does not call that passing the edge.
 EDGE_TOLERANCE = 1e-6
 _EDGES = ("l", "t", "w", "h")
 
@@ -104,9 +107,10 @@ def rectangle(
 ) -> Rectangle:
     """A box as fractions of the image: of the padded image, when it was padded (INF-5).
 
-    Each edge is checked in [0, 1], and the box must stay inside the image
-    (l + w ≤ 1, t + h ≤ 1, within ``EDGE_TOLERANCE``): a box reaching past the edge
-    is a bug in the caller's scaling, better caught here than by whoever draws it.
+    Each edge is checked in [0, 1] (INF-4). The box may reach past the image's edge
+    (l + w > 1 or t + h > 1), as boxes of detectors that do not clip do: refusing it
+    would end a stream over a box that is still useful, and clipping it would change
+    what the detector said. ``box_overflows`` tells a caller who wants to clip.
     """
     return _box_of((l, t, w, h), "box")
 
@@ -294,17 +298,11 @@ def type_of(inference: Inference) -> InferenceType:
 
 
 def _box_of(edges: Sequence[object], where: str) -> Rectangle:
-    """A box of float32 edges, each in [0, 1], the box inside the image (INF-4)."""
+    """A box of float32 edges, each in [0, 1] (INF-4); it may reach past the edge."""
     checked = [
         _fraction(v, f"{where}.{edge}", "INF-4") for edge, v in zip(_EDGES, edges, strict=True)
     ]
     l, t, w, h = checked  # noqa: E741 - the contract's names
-    if l + w > 1.0 + EDGE_TOLERANCE or t + h > 1.0 + EDGE_TOLERANCE:
-        raise _refuse(
-            "INF-4",
-            f"{where} (l={l}, t={t}, w={w}, h={h}) reaches past the image's edge: "
-            "l + w and t + h must not exceed 1",
-        )
     return Rectangle(l=l, t=t, w=w, h=h)
 
 
@@ -315,8 +313,10 @@ def _checked_box(box: Rectangle, where: str) -> Rectangle:
 def validate(inference: Inference, where: str = "inference") -> Inference:
     """Check an inference made anywhere against INF-1 to INF-4; return it unchanged.
 
-    An AUTO inference with no value is accepted (INF-2): it states no kind, so it
-    cannot contradict one, and peers do send such carriers of ids or extensions.
+    A box past the image's edge passes (INF-4); ``box_overflows`` reports it for
+    callers who want to know. An AUTO inference with no value is accepted (INF-2): it
+    states no kind, so it cannot contradict one, and peers do send such carriers of ids
+    or extensions.
 
     ``where`` prefixes the paths in error messages (``inferences[2]``), so a caller
     checking a list can say which item broke which rule.
@@ -352,6 +352,31 @@ def validate(inference: Inference, where: str = "inference") -> Inference:
     return inference
 
 
+def box_overflows(inference: Inference, where: str = "inference") -> str | None:
+    """How the inference's box reaches past the image's edge, or None when it does not.
+
+    Such a box is valid (INF-4): detectors that do not clip produce it and the
+    published JSON schema allows it. This is for a caller who wants to count, warn
+    or clip, at a rate of its choosing; nothing in the media plane logs it.
+    Passing 1 by no more than ``EDGE_TOLERANCE`` (float32 rounding) is not reaching
+    past it. An inference without a box (or without a value) has nothing to report.
+    """
+    name = value_field(inference)
+    box = None if name is None else getattr(getattr(inference, name), "box", None)
+    if box is None:
+        return None
+    right, bottom = box.l + box.w, box.t + box.h
+    past = [
+        f"{sum_name} = {total:.7g}"
+        for sum_name, total in (("l + w", right), ("t + h", bottom))
+        if total > 1.0 + EDGE_TOLERANCE
+    ]
+    if not past:
+        return None
+    edges = ", ".join(f"{edge}={getattr(box, edge):.7g}" for edge in _EDGES)
+    return f"{where}.{name}.box ({edges}) reaches past the image's edge: {' and '.join(past)}"
+
+
 def validate_all(inferences: Iterable[Inference]) -> list[Inference]:
     """``validate`` each, naming its index (``inferences[i]``) in errors."""
     return [validate(item, f"inferences[{index}]") for index, item in enumerate(inferences)]
@@ -363,6 +388,7 @@ __all__ = [
     "VALUE_FIELDS",
     "as_float32",
     "attribute",
+    "box_overflows",
     "classification",
     "entity",
     "event",

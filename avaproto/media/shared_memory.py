@@ -52,6 +52,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import fcntl
 import logging
 import mmap
 import os
@@ -415,11 +416,14 @@ class SentLease:
         )
 
 
-def _unlink_segment(path: str, owner: int) -> None:
+def _unlink_segment(path: str, owner: int, lock_fd: int | None = None) -> None:
     """Remove the segment's file, once, and only in the process that made it."""
     if os.getpid() == owner:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+        if lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock_fd)  # releases the liveness lock (see remove_stale_segments)
 
 
 class SharedMemoryArena:
@@ -434,7 +438,13 @@ class SharedMemoryArena:
     """
 
     def __init__(
-        self, path: Path, size: int, mapping: mmap.mmap, alignment: int = ALIGNMENT
+        self,
+        path: Path,
+        size: int,
+        mapping: mmap.mmap,
+        alignment: int = ALIGNMENT,
+        *,
+        lock_fd: int | None = None,
     ) -> None:
         self.path = path
         self.length_bytes = size
@@ -449,7 +459,7 @@ class SharedMemoryArena:
         self._freed = threading.Condition(self._lock)
         self._waiters: list[anyio.Event] = []
         # Unlinks the file if the arena is dropped unclosed, or at interpreter exit.
-        self._unlink = weakref.finalize(self, _unlink_segment, str(path), os.getpid())
+        self._unlink = weakref.finalize(self, _unlink_segment, str(path), os.getpid(), lock_fd)
 
     @classmethod
     def create(
@@ -480,13 +490,15 @@ class SharedMemoryArena:
             os.fchmod(fd, 0o600)  # exactly, whatever the umask
             _reserve(fd, size, directory)
             mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+            # Held while the arena lives: tells remove_stale_segments in any process,
+            # whatever its pid namespace, that the segment is in use.
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BaseException:
+            os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             raise
-        finally:
-            os.close(fd)  # the mapping keeps its own duplicate, closed with it
-        return cls(path, size, mapping, alignment)
+        return cls(path, size, mapping, alignment, lock_fd=fd)
 
     @property
     def handle_name(self) -> str:
@@ -750,3 +762,84 @@ __all__ = [
     "SharedMemoryArena",
     "SharedMemoryRegion",
 ]
+
+
+def remove_stale_segments(directory: str = DEFAULT_DIRECTORY) -> list[str]:
+    """Remove the segments left by senders that died unclean; return their names.
+
+    A sender unlinks its segment when it closes, on errors, on cancellation and at
+    interpreter exit; only a process killed outright (SIGKILL, a crash) leaves its file,
+    which then holds its size of shared memory until the machine restarts. Such a file
+    is recognised strictly: named exactly as ``SharedMemoryArena.create`` names them
+    (``avaproto-<pid>-<16 hex digits>``), a regular file (never a symlink), owned by the
+    current user, and its pid not a running process. A pid that exists, or that belongs
+    to someone else (``PermissionError``), keeps its file.
+
+    A pid is only meaningful in its own pid namespace, and containers often share a
+    shared-memory directory but not their pids; so a live arena also holds a shared
+    ``flock`` on its file, and a segment whose lock cannot be taken is in use, whatever
+    its pid says.
+    """
+    prefix = "avaproto-"
+    removed: list[str] = []
+    try:
+        directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return removed
+    try:
+        for name in os.listdir(directory_fd):
+            pid_text, dash, token = name.removeprefix(prefix).partition("-")
+            if not (
+                name.startswith(prefix)
+                and dash
+                and pid_text.isascii()
+                and pid_text.isdigit()
+                and not pid_text.startswith("0")
+                and len(token) == 16
+                and all(c in "0123456789abcdef" for c in token)
+            ):
+                continue
+            pid = int(pid_text)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                pass  # no such process: the segment is stale
+            except (PermissionError, OverflowError):
+                continue  # alive (another user's), or not a pid this system can have
+            else:
+                continue
+            try:
+                info = os.lstat(name, dir_fd=directory_fd)
+                if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+                    continue
+                if _locked(name, directory_fd):
+                    continue  # a live sender in another pid namespace
+                os.unlink(name, dir_fd=directory_fd)
+            except OSError:
+                continue  # removed meanwhile, or not ours to remove after all
+            log.info(
+                "removed stale shared-memory segment %s/%s (%d bytes) of process %d, "
+                "which no longer exists",
+                directory,
+                name,
+                info.st_size,
+                pid,
+            )
+            removed.append(name)
+    finally:
+        os.close(directory_fd)
+    return removed
+
+
+def _locked(name: str, directory_fd: int) -> bool:
+    """Whether a live arena holds the segment's lock (its file opened without following)."""
+    fd = os.open(
+        name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=directory_fd
+    )
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # and with it the lock just taken
+    return False

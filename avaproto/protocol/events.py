@@ -71,8 +71,24 @@ class AckReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class Tolerated:
+    """The peer deviated from the text on a point real peers differ on, and it was accepted.
+
+    Only where the text is silent (or says *should*) and the meaning is unambiguous; the
+    rule's ``field`` note in spec/ says what real peers send and what avaproto does.
+    ``first`` is True for the first deviation under ``rule`` in this stream, so a
+    transport logs one line per rule and stream and counts the rest
+    (``Session.tolerated``).
+    """
+
+    rule: str
+    detail: str
+    first: bool
+
+
+@dataclass(frozen=True, slots=True)
 class StreamEnded:
     """The peer closed its direction: it will send nothing more."""
 
 
-Event = DescriptorReceived | SampleReceived | AckReceived | StreamEnded
+Event = DescriptorReceived | SampleReceived | AckReceived | Tolerated | StreamEnded

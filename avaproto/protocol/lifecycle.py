@@ -17,10 +17,19 @@ explains why (a sample before the descriptor breaks DESC-1, a second descriptor 
 anything after the end LIFE-1, anything after a failure LIFE-3).
 
 ``avaproto diagram`` and spec/state-machine.md are drawn from this table.
+
+Sessions do not dispatch through a ``transitions.Machine``: its general machinery (event
+objects, callback resolution, logging) costs more than the protocol itself on small
+messages. ``ROWS`` indexes the same table by (trigger, state), with the rows in table
+order, and ``Dispatcher`` applies transitions' own semantics to it: the first row whose
+conditions all hold and whose ``unless`` guards all fail runs its ``before`` callbacks,
+then moves to ``dest`` (None: stays). A test checks that this agrees with a
+``transitions.Machine`` built from the table for every state, trigger and guard value.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Final
 
 from transitions import Machine
@@ -99,6 +108,40 @@ TRANSITIONS: Final[list[dict[str, Any]]] = [
 TRIGGERS: Final = list(dict.fromkeys(row["trigger"] for row in TRANSITIONS))
 
 
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One row of ``TRANSITIONS`` for one source state, its names as tuples."""
+
+    dest: str | None
+    conditions: tuple[str, ...]
+    unless: tuple[str, ...]
+    before: tuple[str, ...]
+
+
+def _names(value: str | list[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _index(table: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[Row, ...]]:
+    rows: dict[tuple[str, str], list[Row]] = {}
+    for entry in table:
+        row = Row(
+            entry["dest"],
+            _names(entry.get("conditions")),
+            _names(entry.get("unless")),
+            _names(entry.get("before")),
+        )
+        for source in _names(entry["source"]):
+            rows.setdefault((entry["trigger"], source), []).append(row)
+    return {key: tuple(found) for key, found in rows.items()}
+
+
+#: ``TRANSITIONS`` by (trigger, source state): the candidate rows, in table order.
+ROWS: Final = _index(TRANSITIONS)
+
+
 class _Machine(Machine):
     """A machine that binds nothing onto its model.
 
@@ -121,3 +164,41 @@ def build_machine(model: object) -> Machine:
         ignore_invalid_triggers=True,
         model_attribute="state",
     )
+
+
+class _Resolved:
+    """A row with its names resolved to functions of the model's class, once."""
+
+    __slots__ = ("before", "conditions", "dest", "unless")
+
+    def __init__(self, row: Row, model: type) -> None:
+        self.dest = row.dest
+        self.conditions = tuple(getattr(model, name) for name in row.conditions)
+        self.unless = tuple(getattr(model, name) for name in row.unless)
+        self.before = tuple(getattr(model, name) for name in row.before)
+
+
+class Dispatcher:
+    """Fires ``TRANSITIONS`` on instances of one model class, through ``ROWS``."""
+
+    def __init__(self, model: type) -> None:
+        self._rows = {
+            key: tuple(_Resolved(row, model) for row in rows) for key, rows in ROWS.items()
+        }
+
+    def fire(self, model: Any, trigger: str, *args: Any) -> bool:
+        """Take the first row of ``trigger`` from ``model.state`` whose guards hold.
+
+        Returns False when no row matches (the trigger is invalid here); a ``before``
+        callback that raises leaves the state unchanged, as in transitions.
+        """
+        for row in self._rows.get((trigger, model.state), ()):
+            if all(guard(model) for guard in row.conditions) and not any(
+                guard(model) for guard in row.unless
+            ):
+                for callback in row.before:
+                    callback(model, *args)
+                if row.dest is not None:
+                    model.state = row.dest
+                return True
+        return False

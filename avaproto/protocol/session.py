@@ -13,6 +13,7 @@ status, and leaves the session ``failed``: a broken peer cannot be half-trusted.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 from ..errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -29,12 +30,13 @@ from .events import (
     ReferencedContent,
     SampleReceived,
     StreamEnded,
+    Tolerated,
 )
 from .lifecycle import (
     AWAITING_DESCRIPTOR,
     CLOSED,
     FAILED,
-    build_machine,
+    Dispatcher,
 )
 from .roles import Role
 from .sequence import IncomingSequence, OutgoingSequence
@@ -48,7 +50,8 @@ ProtocolErrorType = type[LocalProtocolError] | type[RemoteProtocolError]
 class Session:
     """The protocol state of one ``ProcessMediaStream`` call, for either role."""
 
-    state: str  # maintained by the lifecycle machine
+    #: The lifecycle state, moved only by ``_fire`` along the table's rows.
+    state: str
 
     def __init__(self, role: Role, *, limits: FrameLimits = DEFAULT_LIMITS) -> None:
         self.role = role
@@ -63,10 +66,17 @@ class Session:
         self._own_closed = False
         self._peer_closed = False
         self.error: ProtocolError | None = None
+        #: Deviations of the peer accepted under each rule (see ``Tolerated``).
+        self.tolerated: Counter[str] = Counter()
+        # The peer's live content references (sequence number -> [start, end)), until we
+        # acknowledge them: what a new reference must not overlap (SHM-8).
+        self._peer_references: dict[int, tuple[int, int]] = {}
         # Scratch results of the rules, committed only once a whole transition succeeded.
         self._pending_descriptor: StreamDescriptor | None = None
         self._tolerated_ack = 0
-        self._events = build_machine(self).events
+        self._unnumbered = False
+        self._noted: list[Tolerated] = []
+        self.state = AWAITING_DESCRIPTOR
 
     # --- public API: what the engine calls ------------------------------------------
 
@@ -74,9 +84,11 @@ class Session:
         """Apply a message from the peer; return what it means, in order."""
         if message.media_stream_descriptor is not None:
             self._trigger("receive_descriptor", RemoteProtocolError, message)
-            return [self._record_peer_descriptor(message)]
+            described: list[Event] = [self._record_peer_descriptor(message)]
+            return [*self._noted, *described] if self._noted else described
         self._trigger("receive_sample", RemoteProtocolError, message)
-        return self._record_peer_sample(message)
+        events = self._record_peer_sample(message)
+        return [*self._noted, *events] if self._noted else events
 
     def receive_end(self) -> list[Event]:
         """The peer closed its direction: it will send no more messages."""
@@ -112,6 +124,8 @@ class Session:
         self._outgoing.advance()
         if ack:
             self.ledger.acknowledge(ack)
+            if self._peer_references:
+                self._peer_references.pop(ack, None)
         needs_ack = sample is not None and (
             self.role.sends_requests or sample.content_reference is not None
         )
@@ -127,7 +141,7 @@ class Session:
         """Move to ``failed`` for a reason found outside the session (auth, a processor error)."""
         if self.error is None:
             self.error = error
-        self._events["violation"].trigger(self)
+        self._fire("violation")
 
     @property
     def closed(self) -> bool:
@@ -162,7 +176,20 @@ class Session:
     # --- rules (the table's ``before`` callbacks) -------------------------------------
 
     def check_peer_sequence(self, message: MediaStreamMessage) -> None:
-        self._incoming.check(message.sequence_number)
+        try:
+            self._incoming.check(message.sequence_number)
+        except RemoteProtocolError as error:
+            # Numbers are what acknowledgements name: a must wherever one depends on
+            # them. A message that needs no acknowledgement (an extension's answer of
+            # inferences, an acknowledgement alone) names nothing by its number, and
+            # widely used extensions leave it at 0 on every answer (SEQ-3, SEQ-4 field).
+            if message.media_stream_descriptor is not None or self._needs_our_ack(message):
+                raise
+            self._unnumbered = True
+            self._tolerate(
+                error.rule,
+                f"{error.detail}; accepted on a message that needs no acknowledgement",
+            )
 
     def check_peer_descriptor(self, message: MediaStreamMessage) -> None:
         assert message.media_stream_descriptor is not None
@@ -270,15 +297,28 @@ class Session:
                     "sample refers to shared memory, but its sender's descriptor announced "
                     "no shared_memory_buffer_transfer_properties",
                 )
-            end = reference.address_offset + reference.length_bytes
+            start = reference.address_offset
+            end = start + reference.length_bytes
             if end > memory.length_bytes:
                 raise error(
                     "SHM-4",
                     status or Status.OUT_OF_RANGE,
-                    f"content reference [{reference.address_offset}, {end}) lies outside "
+                    f"content reference [{start}, {end}) lies outside "
                     f"the shared-memory segment of {memory.length_bytes} bytes",
                 )
             length = reference.length_bytes
+            if error is RemoteProtocolError:
+                self._check_overlap(start, end)
+                if video.is_raw and length > video.frame_bytes:
+                    # A widely used pipeline's allocator makes every slot after the first
+                    # one byte longer than the frame; the frame is at the slot's start
+                    # (SHM-14). Embedded content has no such allocator: MEDIA-6 stays.
+                    self._tolerate(
+                        "SHM-14",
+                        f"content reference [{start}, {end}) is {length - video.frame_bytes} "
+                        f"bytes longer than a {video} frame; the frame is read from its start",
+                    )
+                    return
         else:
             assert embedded is not None
             length = len(embedded.bytes)
@@ -287,8 +327,34 @@ class Session:
                 "MEDIA-6",
                 status or Status.INVALID_ARGUMENT,
                 f"sample content is {length} bytes; a {video} frame is exactly "
-                f"{video.frame_bytes} bytes",
+                f"{video.frame_bytes} bytes"
+                + (" (a content reference may be longer, never shorter)" if reference else ""),
             )
+
+    def _check_overlap(self, start: int, end: int) -> None:
+        """Warn when a reference shares bytes with one we have not acknowledged (SHM-8).
+
+        The sender must not reuse memory before its acknowledgement; one that does races
+        with its own writes, not with us (we map read-only), so the stream goes on.
+        """
+        for number, (live_start, live_end) in self._peer_references.items():
+            if start < live_end and live_start < end:
+                self._tolerate(
+                    "SHM-8",
+                    f"content reference [{start}, {end}) overlaps [{live_start}, {live_end}) "
+                    f"of message {number}, which is not acknowledged yet",
+                )
+                return
+
+    def _needs_our_ack(self, message: MediaStreamMessage) -> bool:
+        sample = message.media_sample
+        return sample is not None and (
+            self.role.peer.sends_requests or sample.content_reference is not None
+        )
+
+    def _tolerate(self, rule: str, detail: str) -> None:
+        self.tolerated[rule] += 1
+        self._noted.append(Tolerated(rule, detail, first=self.tolerated[rule] == 1))
 
     def _trigger(self, name: str, error: ProtocolErrorType, *args: Any) -> None:
         if self.state == FAILED:
@@ -298,13 +364,19 @@ class Session:
                 f"the stream already failed: {self.error}",
             )
         self._tolerated_ack = 0
+        self._unnumbered = False
+        if self._noted:
+            self._noted = []
         try:
-            if not self._events[name].trigger(self, *args):
+            if not self._fire(name, *args):
                 raise self._refusal(name, error)
         except ProtocolError as violation:
             self.error = violation
-            self._events["violation"].trigger(self)
+            self._fire("violation")
             raise
+
+    def _fire(self, trigger: str, *args: Any) -> bool:
+        return _DISPATCH.fire(self, trigger, *args)
 
     def _refusal(self, trigger: str, error: ProtocolErrorType) -> ProtocolError:
         """Why ``trigger`` has no row from here: the rule that forbids it."""
@@ -349,7 +421,8 @@ class Session:
 
     def _record_peer_sample(self, message: MediaStreamMessage) -> list[Event]:
         number = message.sequence_number
-        self._incoming.record(number)
+        if not self._unnumbered:
+            self._incoming.record(number)
         events: list[Event] = []
         if message.ack_sequence_number:
             events.append(
@@ -363,7 +436,16 @@ class Session:
             content = EmbeddedContent(sample.content_bytes.bytes)
         elif sample.content_reference is not None:
             ref = sample.content_reference
-            content = ReferencedContent(ref.address_offset, ref.length_bytes)
+            length = ref.length_bytes
+            video = self.peer_descriptor.video_format if self.peer_descriptor else None
+            if video is not None and video.is_raw:
+                length = video.frame_bytes  # at most the reference's length (SHM-14)
+            content = ReferencedContent(ref.address_offset, length)
+            if length:
+                self._peer_references[number] = (
+                    ref.address_offset,
+                    ref.address_offset + ref.length_bytes,
+                )
         requires_ack = self.role.peer.sends_requests or isinstance(content, ReferencedContent)
         if requires_ack:
             self.ledger.received(number)
@@ -379,3 +461,6 @@ def _numbers(numbers: frozenset[int]) -> str:
     listed = sorted(numbers)
     shown = ", ".join(map(str, listed[:10]))
     return shown + (f" and {len(listed) - 10} more" if len(listed) > 10 else "")
+
+
+_DISPATCH = Dispatcher(Session)

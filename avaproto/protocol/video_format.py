@@ -10,6 +10,7 @@ allocated or read.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from ..errors import FrameError
 from ..messages import Dimensions, Encoding, PixelFormat, VideoFrameSampleFormat
@@ -132,9 +133,9 @@ class VideoFormat:
         """Bytes from one row to the next (of the Y plane for YUV420P)."""
         return self.layout.pitch(self.width, self.stride_bytes)
 
-    @property
+    @cached_property
     def frame_bytes(self) -> int:
-        """Exact size of one RAW frame's content."""
+        """Exact size of one RAW frame's content (computed once: it is checked per sample)."""
         return self.layout.frame_bytes(self.width, self.height, self.stride_bytes)
 
     def __str__(self) -> str:

@@ -7,7 +7,11 @@ stream's timescale, so an extension sees the timing the pipeline would give it.
 
 ``open_source`` picks the source from its name: ``synthetic``, an image file (Pillow,
 extra ``image``) or a video file (PyAV, extra ``video``). Optional dependencies are
-imported only when that kind of source is used.
+imported only when that kind of source is used. ``frame_count`` says how many frames a
+source will give, when that is known beforehand (a progress bar's total).
+
+A file that is not what its name promises raises ``SourceError`` (a ``ValueError``) as
+soon as the first frame is asked for, so a command line can name the file in one line.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ SYNTHETIC_FRAMES = 100
 SYNTHETIC_SIZE = (640, 360)
 #: Frame rate of synthetic and still-image sources when none is given.
 DEFAULT_RATE = 30.0
+
+
+class SourceError(ValueError):
+    """A source file that cannot be read as what it claims to be (an image, a video)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,7 +61,8 @@ def open_source(
     (a still image is repeated that many times, once by default); ``rate`` sets the
     frame rate of generated and still sources (a video keeps its own timestamps).
     Raises ``FileNotFoundError`` for a missing file and ``ImportError`` naming the
-    extra to install when the decoder is absent.
+    extra to install when the decoder is absent; a file the decoder cannot read raises
+    ``SourceError`` on the first frame.
     """
     if spec == "synthetic":
         from .synthetic import synthetic_frames
@@ -74,4 +83,26 @@ def open_source(
     return video_frames(path, size=size, count=frames)
 
 
-__all__ = ["SourceFrame", "open_source"]
+def frame_count(spec: str, *, frames: int | None = None) -> int | None:
+    """How many frames ``open_source(spec, frames=frames)`` gives; None when not known.
+
+    A video's count comes from its container, which not every format records (a raw
+    stream, a live recording): then only the ``frames`` limit, if any, is known.
+    """
+    if spec == "synthetic":
+        return frames or SYNTHETIC_FRAMES
+    path = Path(spec)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return frames or 1
+    try:
+        from .video import video_frame_count
+
+        recorded = video_frame_count(path)
+    except (ImportError, OSError, SourceError):
+        recorded = None
+    if recorded is None:
+        return frames
+    return min(recorded, frames) if frames else recorded
+
+
+__all__ = ["SourceError", "SourceFrame", "frame_count", "open_source"]

@@ -12,19 +12,27 @@ from pathlib import Path
 import numpy as np
 
 from ..media.images import load_pillow
-from . import SourceFrame
+from . import SourceError, SourceFrame
 
 
 def image_frames(
     path: Path, *, size: tuple[int, int] | None, count: int, rate: float
 ) -> Iterator[SourceFrame]:
     """The image at ``path`` as RGB, resized to ``size`` when given, ``count`` times."""
-    image_module = load_pillow()
-    with image_module.open(path) as image:
-        picture = image.convert("RGB")
-        if size is not None and picture.size != size:
-            picture = picture.resize(size, image_module.Resampling.BILINEAR)
-        rgb = np.asarray(picture, dtype=np.uint8)
+    try:
+        image_module = load_pillow()
+    except ImportError:
+        raise ImportError(
+            f"reading the image {path} needs Pillow: pip install 'avaproto[image]'"
+        ) from None
+    try:
+        with image_module.open(path) as image:
+            picture = image.convert("RGB")
+    except image_module.UnidentifiedImageError:
+        raise SourceError(f"{path} is not an image file Pillow can read") from None
+    if size is not None and picture.size != size:
+        picture = picture.resize(size, image_module.Resampling.BILINEAR)
+    rgb = np.asarray(picture, dtype=np.uint8)
     rgb.flags.writeable = False  # one array shared by every frame
     for index in range(count):
         yield SourceFrame(rgb, index / rate)

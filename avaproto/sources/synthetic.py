@@ -45,7 +45,7 @@ def synthetic_frames(
     if rate <= 0:
         raise ValueError(f"synthetic frames need a positive rate, got {rate}")
     background = _background(width, height)
-    side = max(2, min(width, height) // 5)
+    side = max(1, min(width, height) // 5)
     radius = max(1, min(width, height) // 8)
     rows, cols = np.ogrid[:height, :width]
     # The square carries a fixed random texture, so that all of it changes as it moves,
@@ -62,7 +62,8 @@ def synthetic_frames(
         x = int(step * 4) % (2 * span)
         x = x if x < span else 2 * span - x
         y = height // 6
-        image[y : y + side, x : x + side] = square
+        patch = image[y : y + side, x : x + side]  # clipped at the edges of a tiny frame
+        patch[...] = square[: patch.shape[0], : patch.shape[1]]
         # The disc circles around the lower half.
         angle = step / 12.0
         cx = width / 2 + (width / 3) * np.cos(angle)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from . import SourceFrame
+from . import SourceError, SourceFrame
 
 
 def _av() -> Any:
@@ -24,9 +24,39 @@ def _av() -> Any:
         import av
     except ImportError as error:
         raise ImportError(
-            "reading video files needs PyAV: pip install 'avaproto[video]'"
+            "reading and writing video files needs PyAV: pip install 'avaproto[video]'"
         ) from error
     return av
+
+
+def _open(av: Any, path: Path) -> Any:
+    try:
+        return av.open(str(path))
+    except av.FFmpegError as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise SourceError(f"{path} is not a video file FFmpeg can read ({reason})") from None
+
+
+def video_frame_count(path: Path) -> int | None:
+    """The number of frames the container records for the first video stream, if any."""
+    with _open(_av(), path) as container:
+        if not container.streams.video:
+            return None
+        return int(container.streams.video[0].frames) or None
+
+
+def _decoded(av: Any, container: Any, stream: Any, path: Path) -> Iterator[Any]:
+    """The stream's frames; a decoding failure names the file instead of FFmpeg's call."""
+    frames = container.decode(stream)
+    while True:
+        try:
+            frame = next(frames)
+        except StopIteration:
+            return
+        except av.FFmpegError as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            raise SourceError(f"{path}: FFmpeg cannot decode it ({reason})") from None
+        yield frame
 
 
 def video_frames(
@@ -35,17 +65,13 @@ def video_frames(
     """Decode the first video stream of ``path``; at most ``count`` frames."""
     av = _av()
     width, height = size if size is not None else (None, None)
-    try:
-        container = av.open(str(path))
-    except av.FFmpegError as error:
-        raise ValueError(f"{path} is not a video file FFmpeg can read: {error}") from None
-    with container:
+    with _open(av, path) as container:
         if not container.streams.video:
-            raise ValueError(f"{path} has no video stream")
+            raise SourceError(f"{path} has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         start: Fraction | None = None
-        for produced, frame in enumerate(container.decode(stream)):
+        for produced, frame in enumerate(_decoded(av, container, stream, path)):
             if count is not None and produced >= count:
                 break
             time = (

@@ -1,4 +1,9 @@
-"""The pipeline's gRPC client: grpclib bound to the engine's ``PipelineStream``."""
+"""The pipeline's gRPC client: grpclib bound to the engine's ``PipelineStream``.
+
+Answers are read as strictly as the server reads requests: size-checked from their
+prefix (PIPE-5) and decoded by ``avaproto.codec``, so a malformed or truncated answer is
+a precise WIRE-1 error, never a crash. The connection has a deadline (PIPE-3).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,20 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import grpclib.client
 import grpclib.const
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from ..errors import StreamFailed
+from ..errors import ProtocolError, StreamFailed
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..status import Status
+from .framing import read_message
+from .tls import explain_connection_failure
+
+#: The largest answer accepted (PIPE-5): answers carry inferences, rarely a frame; a
+#: 1080p RGB24 frame is 6.2 MB.
+DEFAULT_MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
 _TARGET = re.compile(
     r"^(?:(?:tcp|grpc|http|https)://)?(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:/]+)):(?P<port>\d+)/?$"
@@ -40,15 +52,25 @@ def _failed(error: GRPCError) -> StreamFailed:
 class ClientChannel:
     """One call's messages on the pipeline's side."""
 
-    def __init__(self, stream: grpclib.client.Stream[Any, Any], peer: str) -> None:
+    def __init__(
+        self,
+        stream: grpclib.client.Stream[Any, Any],
+        peer: str,
+        max_message_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+        *,
+        tls: bool = False,
+    ) -> None:
         self._stream = stream
         self.peer = peer
+        self._max = max_message_bytes
+        self._tls = tls
 
     async def receive(self) -> MediaStreamMessage | None:
         try:
-            message = await self._stream.recv_message()
+            if not self._stream._recv_initial_metadata_done:
+                await self._stream.recv_initial_metadata()
+            message = await read_message(self._stream._stream, self._max, limit_rule="PIPE-5")
             if message is not None:
-                assert isinstance(message, MediaStreamMessage)
                 return message
             # The extension ended its stream. Its status is in the trailers, which grpclib
             # only reads after our side ended: read them from the HTTP/2 stream directly.
@@ -80,7 +102,12 @@ class ClientChannel:
                 status, detail, _ = self._stream._process_grpc_status(fields)
                 if status is not grpclib.const.Status.OK:
                     return StreamFailed(Status(status.value), detail or "")
-        return StreamFailed(Status.UNAVAILABLE, f"connection lost: {error}")
+        message = f"connection lost: {error}"
+        if self._stream._stream.headers is None:  # the extension never answered
+            hint = explain_connection_failure(error, tls=self._tls)
+            if hint:
+                message += f"; {hint}"
+        return StreamFailed(Status.UNAVAILABLE, message)
 
     async def send_end(self) -> None:
         await self._stream.end()
@@ -92,8 +119,13 @@ async def open_channel(
     *,
     ssl_context: ssl.SSLContext | None = None,
     metadata: Sequence[tuple[str, str]] = (),
+    connect_timeout: float | None = None,
+    max_message_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
 ) -> AsyncIterator[ClientChannel]:
-    """One ``ProcessMediaStream`` call to ``target``, as a ``MessageChannel``."""
+    """One ``ProcessMediaStream`` call to ``target``, as a ``MessageChannel``.
+
+    ``connect_timeout`` bounds the connection (TCP, TLS, HTTP/2 and the call's headers).
+    """
     host, port = parse_target(target)
     channel = grpclib.client.Channel(host, port, ssl=ssl_context)
     try:
@@ -107,14 +139,25 @@ async def open_channel(
         try:
             async with stream:
                 try:
-                    await stream.send_request()
+                    with anyio.fail_after(connect_timeout):
+                        await stream.send_request()
+                except TimeoutError:
+                    raise ProtocolError(
+                        "PIPE-3",
+                        Status.DEADLINE_EXCEEDED,
+                        f"could not connect to {host}:{port} within {connect_timeout:g} s",
+                    ) from None
                 except GRPCError as error:
                     raise _failed(error) from None
                 except (ConnectionError, OSError) as error:
+                    hint = explain_connection_failure(error, tls=ssl_context is not None)
                     raise StreamFailed(
-                        Status.UNAVAILABLE, f"cannot reach {host}:{port}: {error}"
+                        Status.UNAVAILABLE,
+                        f"cannot reach {host}:{port}: {error}" + (f"; {hint}" if hint else ""),
                     ) from None
-                yield ClientChannel(stream, f"{host}:{port}")
+                yield ClientChannel(
+                    stream, f"{host}:{port}", max_message_bytes, tls=ssl_context is not None
+                )
                 if not stream._end_done:
                     await stream.end()
         except GRPCError as error:

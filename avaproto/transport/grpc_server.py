@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -26,14 +25,14 @@ import grpclib.const
 import grpclib.server
 from grpclib.exceptions import GRPCError
 
-from ..codec import decode_message
 from ..engine.config import EngineConfig
 from ..engine.extension import Extension
 from ..engine.serve import serve_stream
 from ..errors import ProtocolError
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..protocol.auth import AUTH_HEADER, Credentials, check_authentication
-from ..status import Status
+from .framing import read_message
+from .health import HealthService, ServingStatus
 from .http2 import tune_server
 
 if TYPE_CHECKING:
@@ -42,7 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("avaproto.server")
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-_PREFIX = struct.Struct(">?I")
 
 ExtensionFactory = Callable[[], Extension]
 
@@ -63,7 +61,7 @@ class ServerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     #: Streams served at once; one more is refused with RESOURCE_EXHAUSTED.
     max_streams: int = 64
-    #: Serve grpclib's gRPC health service (needs the protobuf runtime).
+    #: Serve the standard gRPC health service (``avaproto.transport.health``) beside it.
     health: bool = True
 
 
@@ -78,27 +76,7 @@ class _ServerChannel:
         self.peer = f"{addr[0]}:{addr[1]}" if addr else "unknown"
 
     async def receive(self) -> MediaStreamMessage | None:
-        prefix = await self._raw.recv_data(5)
-        if not prefix:
-            return None
-        if len(prefix) != 5:
-            raise ProtocolError(
-                "WIRE-1", Status.INVALID_ARGUMENT, "stream ended inside a message prefix"
-            )
-        compressed, length = _PREFIX.unpack(prefix)
-        if compressed:
-            raise ProtocolError(
-                "WIRE-1",
-                Status.UNIMPLEMENTED,
-                "compressed messages are not supported; send them uncompressed",
-            )
-        if length > self._max:
-            raise ProtocolError(
-                "SRV-5",
-                Status.RESOURCE_EXHAUSTED,
-                f"message of {length} bytes exceeds the limit of {self._max} bytes",
-            )
-        return decode_message(await self._raw.recv_data(length))
+        return await read_message(self._raw, self._max, limit_rule="SRV-5")
 
     async def send(self, message: MediaStreamMessage) -> None:
         await self._stream.send_message(message)
@@ -165,9 +143,15 @@ class ExtensionService:
 class ExtensionServer:
     """A running server; use ``start_server`` to get one."""
 
-    def __init__(self, server: grpclib.server.Server, service: ExtensionService) -> None:
+    def __init__(
+        self,
+        server: grpclib.server.Server,
+        service: ExtensionService,
+        health: HealthService | None = None,
+    ) -> None:
         self._server = server
         self.service = service
+        self.health = health
 
     @property
     def port(self) -> int:
@@ -179,6 +163,9 @@ class ExtensionServer:
     async def drain(self, grace: float) -> None:
         """Stop accepting, let running streams finish for ``grace`` seconds, cancel the rest."""
         self.service.draining = True
+        if self.health is not None:
+            # Before anything else, so balancers stop sending streams during the grace.
+            self.health.set_status(ServingStatus.NOT_SERVING)
         if self._server._server is not None:
             self._server._server.close()  # stop listening; connections stay
         with anyio.move_on_after(grace):
@@ -202,7 +189,7 @@ async def start_server(factory: ExtensionFactory, config: ServerConfig) -> Exten
     server = grpclib.server.Server(handlers)
     tune_server(server)
     await server.start(config.host, config.port, ssl=config.ssl)
-    running = ExtensionServer(server, service)
+    running = ExtensionServer(server, service, health)
     log.info(
         "serving %s on %s:%d%s%s",
         config.engine.extension_identifier,
@@ -214,10 +201,5 @@ async def start_server(factory: ExtensionFactory, config: ServerConfig) -> Exten
     return running
 
 
-def _health() -> Any:
-    try:
-        from grpclib.health.service import Health
-    except ImportError:  # pragma: no cover - protobuf missing
-        log.warning("health service disabled: install 'avaproto[health]' for it")
-        return None
-    return Health()
+def _health() -> HealthService:
+    return HealthService()

@@ -11,16 +11,27 @@ h2 also formats a ``repr`` of every frame it receives for a trace log that is of
 default, and hyperframe's repr hexlifies the *whole* payload before keeping its first
 20 hex digits. ``quiet_frame_repr`` makes it hexlify only the bytes it shows: the
 text is identical, the cost no longer grows with the payload.
+
+TLS is set up here too. grpclib hands its context to ``loop.create_server(ssl=...)``,
+where asyncio drops a failed handshake without a word outside debug mode; an extension
+refusing a plaintext pipeline would leave no trace. ``tune_server`` therefore takes
+the context ``Server.start`` is given and wraps each accepted connection in
+``DiagnosedServerTLS`` itself: the same asyncio TLS protocol, which logs the peer and
+the reason of a failed handshake (see ``avaproto.transport.tls``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import binascii
+import ssl
 from typing import Any
 
 import grpclib.server
 import hyperframe.frame
 from h2.settings import SettingCodes
+
+from .tls import DiagnosedServerTLS
 
 #: What the server advertises as SETTINGS_MAX_FRAME_SIZE (the protocol allows up to
 #: 16 MiB - 1). 1 MiB keeps one frame's buffering small next to a message's.
@@ -45,9 +56,11 @@ def quiet_frame_repr() -> None:
 
 
 def tune_server(server: grpclib.server.Server, max_frame_size: int = MAX_FRAME_SIZE) -> None:
-    """Advertise ``max_frame_size`` on every connection ``server`` accepts."""
+    """Advertise ``max_frame_size`` on every connection ``server`` accepts; log failed
+    TLS handshakes (call before ``server.start``)."""
     quiet_frame_repr()
     make_protocol: Any = server._protocol_factory
+    tls: ssl.SSLContext | None = None
 
     def protocol_factory() -> Any:
         protocol: Any = make_protocol()
@@ -61,6 +74,18 @@ def tune_server(server: grpclib.server.Server, max_frame_size: int = MAX_FRAME_S
             protocol.connection.flush()
 
         protocol.connection_made = tuned_connection_made
+        if tls is not None:
+            return DiagnosedServerTLS(asyncio.get_running_loop(), protocol, tls)
         return protocol
 
+    start = server.start
+
+    async def start_with_diagnosed_tls(
+        *args: Any, ssl: ssl.SSLContext | None = None, **kw: Any
+    ) -> None:
+        nonlocal tls
+        tls = ssl
+        await start(*args, ssl=None, **kw)  # TLS is protocol_factory's
+
     server._protocol_factory = protocol_factory  # type: ignore[method-assign]
+    server.start = start_with_diagnosed_tls  # type: ignore[method-assign]

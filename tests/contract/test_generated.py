@@ -3,7 +3,8 @@
 ``avaproto/_generated`` is committed so that importing avaproto needs no compiler; the
 price is that an edit to ``protos/`` without ``make protos`` would leave the classes
 describing an older contract. Regenerating here and comparing byte for byte catches
-that, including a file that should have appeared or disappeared.
+that, including a file that should have appeared or disappeared. That covers both
+packages: the extension's contract and the standard health service.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import pytest
 
 from avaproto import codegen
 from avaproto.messages import METHOD_PATH, PACKAGE
+
+#: The health service's methods as every health client calls them, written out.
+HEALTH_PATHS = ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch")
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -53,3 +57,16 @@ class TestGeneratedCode:
         assert source.count(f'"{METHOD_PATH}"') == 2  # the client stub and the server base
         assert "class MediaGraphExtensionStub(" in source
         assert "class MediaGraphExtensionBase(" in source
+
+    @pytest.mark.rule("SRV-9")
+    def test_generated_code_holds_the_standard_health_service(
+        self, regenerated: dict[str, bytes]
+    ) -> None:
+        source = regenerated["grpc/health/v1/__init__.py"].decode()
+        assert "# sources: grpc/health/v1/health.proto" in source
+        for path in HEALTH_PATHS:
+            assert source.count(f'"{path}"') == 2  # the client stub and the server base
+        assert "class HealthStub(" in source
+        assert "class HealthBase(" in source
+        # Registered under the standard package, beside the extension's messages.
+        assert 'register_message("grpc.health.v1", "HealthCheckResponse"' in source

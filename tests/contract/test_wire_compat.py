@@ -953,3 +953,82 @@ class TestRandomMessages:
         assert_same_values(ours, theirs)
         exact = not written_in_another_order(ours) and not maps_of_several_entries(ours)
         assert_same_wire(wire, theirs.SerializeToString(deterministic=True), official, exact=exact)
+
+
+# --- the hand-written encoder against the official runtime --------------------------------
+
+_uint64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
+_unit = st.floats(min_value=0, max_value=1, width=32)
+_inferences = st.lists(
+    st.one_of(
+        st.builds(
+            messages.Inference,
+            type=st.sampled_from(list(messages.InferenceType)),
+            subtype=st.text(max_size=6),
+            sequence_id=st.text(max_size=4),
+            motion=st.builds(
+                messages.Motion,
+                box=st.builds(messages.Rectangle, l=_unit, t=_unit, w=_unit, h=_unit),
+            ),
+        ),
+        st.builds(
+            messages.Inference,
+            type=st.just(messages.InferenceType.ENTITY),
+            entity=st.builds(
+                messages.Entity,
+                tag=st.builds(messages.Tag, value=st.text(max_size=6), confidence=_unit),
+                id=st.text(max_size=4),
+            ),
+        ),
+    ),
+    max_size=3,
+)
+_content = st.one_of(
+    st.none(),
+    st.builds(messages.ContentBytes, bytes=st.binary(max_size=300)),
+    st.builds(messages.ContentReference, address_offset=_uint64, length_bytes=_uint64),
+)
+
+
+def _sample_message(number: int, ack: int, timestamp: int, content: Any, found: Any) -> Any:
+    sample = messages.MediaSample(timestamp=timestamp, inferences=found)
+    if isinstance(content, messages.ContentBytes):
+        sample.content_bytes = content
+    elif content is not None:
+        sample.content_reference = content
+    return MediaStreamMessage(sequence_number=number, ack_sequence_number=ack, media_sample=sample)
+
+
+@pytest.mark.rule("CONN-4")
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_uint64, _uint64, _uint64, _content, _inferences, st.booleans())
+def test_the_sample_encoder_writes_the_official_runtimes_bytes(
+    official: SimpleNamespace,
+    number: int,
+    ack: int,
+    timestamp: int,
+    content: Any,
+    found: Any,
+    as_view: bool,
+) -> None:
+    ours = _sample_message(number, ack, timestamp, content, found)
+    if as_view and isinstance(content, messages.ContentBytes):
+        content.bytes = memoryview(bytearray(content.bytes))  # as the engine passes frames
+    encoded = codec.encode_message(ours)
+    theirs = official.kit.MediaStreamMessage.FromString(encoded)
+    assert theirs.SerializeToString(deterministic=True) == encoded
+    assert codec.decode_message(encoded) == MediaStreamMessage.parse(encoded)
+
+
+@pytest.mark.rule("CONN-4")
+def test_the_sample_encoder_is_not_the_generic_serializer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path is taken for samples (so the test above checks the hand-written code)."""
+
+    def refuse(self: Any) -> bytes:
+        raise AssertionError("the generic serializer was called for a sample message")
+
+    message = MediaStreamMessage(
+        sequence_number=3, ack_sequence_number=2, media_sample=messages.MediaSample(timestamp=9)
+    )
+    monkeypatch.setattr(MediaStreamMessage, "__bytes__", refuse)
+    assert codec.encode_message(message) == b"\x08\x03\x10\x02\x32\x02\x08\x09"

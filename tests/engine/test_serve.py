@@ -7,6 +7,7 @@ real protocol core, so every message is checked on both sides.
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -225,6 +226,97 @@ async def test_frame_timeout_ends_the_stream_with_deadline_exceeded() -> None:
     assert "0.05 s" in failed.value.detail
 
 
+@pytest.mark.rule("SRV-4")
+@pytest.mark.parametrize("kind", ["function", "class"])
+async def test_frame_timeout_ends_the_stream_for_blocking_sync_processors(kind: str) -> None:
+    unblock = threading.Event()
+
+    def stuck(frame: Frame) -> None:
+        unblock.wait(TIMEOUT)  # blocks its worker thread, as a model call would
+
+    class Stuck:
+        def process(self, frame: Frame) -> None:
+            stuck(frame)
+
+    extension = FunctionExtension(stuck) if kind == "function" else Stuck()
+    try:
+        with pytest.raises(StreamFailed) as failed:
+            async with served(extension, EngineConfig(frame_timeout=0.05)) as (
+                stream,
+                results,
+                outcome,
+            ):
+                await stream.send(bytes(FRAME_BYTES), timestamp=0)
+                await collect(results)
+    finally:
+        unblock.set()  # let the abandoned worker thread finish
+    assert isinstance(outcome[0], ProtocolError)
+    assert (outcome[0].rule, outcome[0].status) == ("SRV-4", Status.DEADLINE_EXCEEDED)
+    assert failed.value.status is Status.DEADLINE_EXCEEDED
+
+
+class SyncTagger:
+    """An extension class written with plain ``def`` methods."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.threads: set[int] = set()
+
+    def open(self, descriptor: StreamDescriptor) -> None:
+        self.events.append(f"open {descriptor.extension_configuration}")
+
+    def process(self, frame: Frame) -> list[Inference]:
+        self.threads.add(threading.get_ident())
+        return tagged(frame)
+
+    def close(self) -> None:
+        self.events.append("close")
+
+
+@pytest.mark.rule("SRV-3")
+async def test_extension_classes_with_sync_methods_run_in_worker_threads() -> None:
+    extension = SyncTagger()
+    async with served(extension, descriptor=pipeline_descriptor(configuration="cfg")) as (
+        stream,
+        results,
+        outcome,
+    ):
+        for t in range(5):
+            await stream.send(bytes(FRAME_BYTES), timestamp=t)
+        await stream.end()
+        answers = await collect(results)
+    assert [a.inferences[0].subtype for a in answers] == [
+        f"seq-{n}-ts-{n - 2}" for n in range(2, 7)
+    ]
+    assert extension.events == ["open cfg", "close"]
+    assert threading.get_ident() not in extension.threads
+    assert isinstance(outcome[0], StreamSummary)
+
+
+@pytest.mark.rule("SRV-3")
+async def test_a_class_without_open_and_close_is_served() -> None:
+    class OnlyProcess:
+        async def process(self, frame: Frame) -> list[Inference]:
+            return tagged(frame)
+
+    async with served(OnlyProcess()) as (stream, results, _):
+        await stream.send(bytes(FRAME_BYTES), timestamp=0)
+        await stream.end()
+        [answer] = await collect(results)
+    assert answer.acknowledged == 2
+
+
+@pytest.mark.rule("SRV-3")
+def test_a_class_without_process_is_refused_when_loaded() -> None:
+    from avaproto.server import as_factory
+
+    class NoProcess:
+        def open(self, descriptor: StreamDescriptor) -> None: ...
+
+    with pytest.raises(TypeError, match=r"NoProcess has no process\(frame\) method"):
+        as_factory(NoProcess)
+
+
 class Refusing:
     async def open(self, descriptor: StreamDescriptor) -> None:
         raise ExtensionRefused(f"no model named {descriptor.extension_configuration!r}")
@@ -373,7 +465,7 @@ async def test_processor_returning_an_invalid_inference_ends_the_stream_with_int
     from avaproto.messages import Motion, Rectangle
 
     def sloppy(frame: Frame) -> list[Inference]:
-        return [Inference(motion=Motion(box=Rectangle(l=0.5, w=0.9)))]
+        return [Inference(motion=Motion(box=Rectangle(l=0.5, w=1.5)))]
 
     with pytest.raises(StreamFailed) as caught:
         async with served(FunctionExtension(sloppy)) as (stream, results, _):
@@ -382,3 +474,19 @@ async def test_processor_returning_an_invalid_inference_ends_the_stream_with_int
             await collect(results)
     assert caught.value.status is Status.INTERNAL
     assert "INF-4" in caught.value.detail and "sample 2" in caught.value.detail
+
+
+@pytest.mark.rule("INF-4")
+async def test_processor_returning_a_box_past_the_image_edge_is_answered() -> None:
+    from avaproto.messages import Motion, Rectangle
+
+    def unclipped(frame: Frame) -> list[Inference]:
+        return [Inference(motion=Motion(box=Rectangle(l=0.5, t=0.5, w=0.9, h=0.75)))]
+
+    async with served(FunctionExtension(unclipped)) as (stream, results, _):
+        await stream.send(bytes(FRAME_BYTES), timestamp=0)
+        await stream.end()
+        [answer] = await collect(results)
+    [inference] = answer.inferences
+    assert inference.motion is not None and inference.motion.box is not None
+    assert inference.motion.box.w == pytest.approx(0.9)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -222,8 +223,7 @@ class TestRanges:
             ((0, 0, math.nan, 0.5), r"box\.w = nan"),
             ((0, 0, 0.5, -1), r"box\.h = -1"),
             ((0, 0, 0.5, math.inf), r"box\.h = inf"),
-            ((0.6, 0, 0.5, 0.5), "past the image's edge"),
-            ((0, 0.7, 0.1, 0.31), "past the image's edge"),
+            ((0.6, 0, 1.5, 0.5), r"box\.w = 1\.5"),  # past the edge, and an edge out of range
         ],
     )
     def test_rectangles_are_fractions_of_the_image(
@@ -234,11 +234,52 @@ class TestRanges:
         assert (caught.value.rule, caught.value.status) == ("INF-4", Status.INVALID_ARGUMENT)
 
     @pytest.mark.rule("INF-4")
-    def test_float32_rounding_at_the_edge_is_tolerated(self) -> None:
+    @pytest.mark.parametrize(
+        ("box", "past"),
+        [
+            ((0.6, 0, 0.5, 0.5), r"l \+ w = 1\.1$"),
+            ((0, 0.7, 0.1, 0.31), r"t \+ h = 1\.01$"),
+            ((1, 1, 1, 1), r"l \+ w = 2 and t \+ h = 2$"),
+        ],
+    )
+    def test_a_box_past_the_image_s_edge_is_kept_as_given(
+        self, box: tuple[float, float, float, float], past: str
+    ) -> None:
+        # Detectors that do not clip send these; each edge is still in [0, 1].
+        built = inf.entity("car", 0.5, inf.rectangle(*box))
+        assert built.entity is not None and built.entity.box == Rectangle(
+            **{edge: inf.as_float32(value) for edge, value in zip("ltwh", box, strict=True)}
+        )
+        assert inf.validate(built) is built
+        note = inf.box_overflows(built, "inferences[4]")
+        assert note is not None and note.startswith("inferences[4].entity.box (l=")
+        assert re.search(past, note), note
+
+    @pytest.mark.rule("INF-4")
+    def test_float32_rounding_at_the_edge_is_not_passing_it(self) -> None:
         box = Rectangle.parse(bytes(Rectangle(l=0.01, t=0.0, w=0.99, h=1.0)))
         assert box.l + box.w > 1.0  # float32 rounding pushes it just past
-        inf.validate(Inference(motion=Motion(box=box)))
+        rounded = Inference(motion=Motion(box=box))
+        assert inf.validate(rounded) is rounded
+        assert inf.box_overflows(rounded) is None
         assert inf.rectangle(0.01, 0, 0.99, 1).w == box.w
+        assert inf.box_overflows(inf.motion(inf.rectangle(0.01, 0, 0.99 + 2e-6, 1))) is not None
+
+    @pytest.mark.rule("INF-4")
+    @pytest.mark.parametrize(
+        "built",
+        [
+            inf.motion(),
+            inf.motion(inf.rectangle(0, 0, 1, 1)),
+            inf.entity("a", 1, inf.rectangle(0.5, 0.25, 0.5, 0.75)),
+            inf.classification("a"),
+            inf.event("e"),
+            Inference(subtype="no value"),
+            Inference(entity=Entity(tag=Tag(value="no box"))),
+        ],
+    )
+    def test_nothing_to_report_without_a_box_past_the_edge(self, built: Inference) -> None:
+        assert inf.box_overflows(built) is None
 
     @pytest.mark.rule("INF-4")
     @given(
@@ -331,10 +372,16 @@ class TestValidate:
 
     @pytest.mark.rule("INF-4")
     def test_a_received_box_past_the_edge(self) -> None:
-        sloppy = Inference(type=InferenceType.MOTION, motion=Motion(box=Rectangle(l=0.5, w=0.9)))
-        with refused("INF-4", "past the image's edge") as caught:
-            inf.validate(sloppy)
-        assert caught.value.rule == "INF-4"
+        unclipped = Inference(type=InferenceType.MOTION, motion=Motion(box=Rectangle(l=0.5, w=0.9)))
+        assert inf.validate(unclipped) is unclipped  # accepted as given, not clipped
+        assert unclipped.motion == Motion(box=Rectangle(l=0.5, w=0.9))
+        assert inf.box_overflows(unclipped) == (
+            "inference.motion.box (l=0.5, t=0, w=0.9, h=0) reaches past the image's edge: "
+            "l + w = 1.4"
+        )
+        still_checked = Inference(motion=Motion(box=Rectangle(l=0.5, w=1.01)))
+        with refused("INF-4", r"inference\.motion\.box\.w = 1\.01 is outside \[0, 1\]"):
+            inf.validate(still_checked)
 
     @pytest.mark.rule("INF-1", "INF-3")
     def test_validate_all_returns_the_list(self) -> None:

@@ -86,10 +86,11 @@ class TestFrameSize:
         assert (error.rule, error.status) == ("MEDIA-6", Status.INVALID_ARGUMENT)
         assert f"{size} bytes" in str(error) and str(FRAME_BYTES) in str(error)
 
-    @pytest.mark.rule("MEDIA-6")
-    def test_raw_referenced_frame_of_wrong_size_is_refused(self) -> None:
-        error = refused(message(referenced(0, FRAME_BYTES * 2)), shm=("seg", SEGMENT))
-        assert error.rule == "MEDIA-6"
+    @pytest.mark.rule("MEDIA-6", "SHM-14")
+    def test_raw_referenced_frame_shorter_than_a_frame_is_refused(self) -> None:
+        error = refused(message(referenced(0, FRAME_BYTES - 1)), shm=("seg", SEGMENT))
+        assert (error.rule, error.status) == ("MEDIA-6", Status.INVALID_ARGUMENT)
+        assert "never shorter" in str(error)
 
     @pytest.mark.rule("MEDIA-6", "MEDIA-4")
     @pytest.mark.parametrize(

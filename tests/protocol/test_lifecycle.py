@@ -51,6 +51,71 @@ class TestMachine:
         assert session.peer_descriptor is None
 
 
+class _Facts:
+    """A model for both dispatchers: the four facts the guards read, and a call log."""
+
+    def __init__(self, state: str, facts: tuple[bool, bool, bool, bool]) -> None:
+        self.state = state
+        self.facts = facts
+        self.calls: list[str] = []
+
+    def own_described(self, *_: object) -> bool:
+        return self.facts[0]
+
+    def peer_described(self, *_: object) -> bool:
+        return self.facts[1]
+
+    def own_closed(self, *_: object) -> bool:
+        return self.facts[2]
+
+    def peer_closed(self, *_: object) -> bool:
+        return self.facts[3]
+
+
+for _name in {
+    n
+    for row in TRANSITIONS
+    for n in ([row["before"]] if isinstance(row.get("before"), str) else row.get("before", []))
+}:
+    setattr(_Facts, _name, lambda self, *_, _name=_name: self.calls.append(_name))
+
+
+class TestDispatch:
+    def test_the_sessions_lookup_agrees_with_transitions_on_every_input(self) -> None:
+        """Sessions dispatch through ``Dispatcher``; a ``transitions.Machine`` built from the same
+        table must take the same row (same callbacks, same state) in every state, for every
+        trigger and every value of the guards."""
+        from itertools import product
+
+        from transitions import Machine
+
+        from avaproto.protocol.lifecycle import TRIGGERS, Dispatcher
+
+        dispatcher = Dispatcher(_Facts)
+        compared = 0
+        for state, trigger, facts in product(STATES, TRIGGERS, product([False, True], repeat=4)):
+            reference = _Facts(state, facts)
+            machine = Machine(
+                model=reference,
+                states=STATES,
+                transitions=TRANSITIONS,
+                initial=state,
+                auto_transitions=False,
+                ignore_invalid_triggers=True,
+                model_attribute="state",
+            )
+            taken = machine.events[trigger].trigger(reference, "message")
+            ours = _Facts(state, facts)
+            fired = dispatcher.fire(ours, trigger, "message")
+            assert (fired, ours.state, ours.calls) == (
+                bool(taken),
+                reference.state,
+                reference.calls,
+            ), (state, trigger, facts)
+            compared += 1
+        assert compared == len(STATES) * len(TRIGGERS) * 16
+
+
 class TestCleanEndings:
     @pytest.mark.rule("LIFE-2", "LIFE-4")
     def test_pipeline_ends_input_then_extension_drains(self) -> None:

@@ -13,7 +13,13 @@ import pytest
 from PIL import Image
 
 from avaproto.send import ticks
-from avaproto.sources import SYNTHETIC_FRAMES, SYNTHETIC_SIZE, open_source
+from avaproto.sources import (
+    SYNTHETIC_FRAMES,
+    SYNTHETIC_SIZE,
+    SourceError,
+    frame_count,
+    open_source,
+)
 from avaproto.sources.synthetic import synthetic_frames
 from avaproto.sources.video import encode_test_clip
 
@@ -42,6 +48,11 @@ class TestSynthetic:
         assert len(frames) == SYNTHETIC_FRAMES
         assert frames[0].rgb.shape == (SYNTHETIC_SIZE[1], SYNTHETIC_SIZE[0], 3)
 
+    @pytest.mark.parametrize(("width", "height"), [(1, 1), (2, 1), (1, 9), (3, 3), (11, 4)])
+    def test_any_size_down_to_one_pixel(self, width: int, height: int) -> None:
+        frames = list(synthetic_frames(width, height, count=80))
+        assert all(f.rgb.shape == (height, width, 3) for f in frames)
+
     @pytest.mark.parametrize(("width", "height", "rate"), [(0, 10, 30.0), (10, 10, 0.0)])
     def test_bad_arguments(self, width: int, height: int, rate: float) -> None:
         with pytest.raises(ValueError, match="positive"):
@@ -60,6 +71,31 @@ class TestImages:
         [small] = open_source(str(path), size=(30, 20))
         assert small.rgb.shape == (20, 30, 3)
         assert tuple(small.rgb[10, 5]) == (255, 0, 0)
+
+    def test_a_file_that_is_not_an_image(self, tmp_path: Path) -> None:
+        path = tmp_path / "card.png"
+        path.write_text("not an image")
+        with pytest.raises(SourceError, match=r"card\.png is not an image file"):
+            list(open_source(str(path)))
+
+
+class TestFrameCount:
+    def test_generated_and_still_sources(self, tmp_path: Path) -> None:
+        assert frame_count("synthetic") == SYNTHETIC_FRAMES
+        assert frame_count("synthetic", frames=7) == 7
+        assert frame_count(str(tmp_path / "card.png")) == 1
+        assert frame_count(str(tmp_path / "card.png"), frames=5) == 5
+
+    def test_a_video_counts_what_its_container_records(self, clip: Path) -> None:
+        assert frame_count(str(clip)) == len(list(open_source(str(clip)))) == 24
+        assert frame_count(str(clip), frames=5) == 5
+        assert frame_count(str(clip), frames=500) == 24
+
+    def test_unknown_when_the_file_does_not_say(self, tmp_path: Path) -> None:
+        path = tmp_path / "notes.mp4"
+        path.write_text("not a video")
+        assert frame_count(str(path)) is None
+        assert frame_count(str(path), frames=9) == 9
 
 
 class TestVideo:
@@ -89,5 +125,6 @@ class TestVideo:
     def test_not_a_video(self, tmp_path: Path) -> None:
         path = tmp_path / "notes.mp4"
         path.write_text("not a video")
-        with pytest.raises(ValueError, match="not a video"):
+        with pytest.raises(SourceError, match="not a video"):
             list(open_source(str(path)))
+        assert issubclass(SourceError, ValueError)

@@ -1,0 +1,62 @@
+"""gRPC's length-prefixed messages read off one HTTP/2 stream, bounded and without copies.
+
+Both ends read the same way: the 5-byte prefix first, so a message over the limit is
+refused before a byte of it is buffered; then exactly the announced length, which
+``avaproto.codec`` decodes leaving an embedded frame a view of the received buffer. A
+stream that ends inside a message is a malformed message (WIRE-1), never a crash.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import grpclib.protocol
+
+from ..codec import decode_message
+from ..errors import RemoteProtocolError
+from ..messages import MediaStreamMessage
+from ..status import Status
+
+_PREFIX = struct.Struct(">?I")
+
+
+def _truncated(what: str) -> RemoteProtocolError:
+    return RemoteProtocolError("WIRE-1", Status.INVALID_ARGUMENT, f"the stream ended inside {what}")
+
+
+async def read_message(
+    stream: grpclib.protocol.Stream, max_bytes: int, *, limit_rule: str
+) -> MediaStreamMessage | None:
+    """The next message on ``stream``, or None at its clean end.
+
+    A message larger than ``max_bytes`` raises RESOURCE_EXHAUSTED under ``limit_rule``
+    (the server's SRV-5, the pipeline's PIPE-5) before it is read.
+    """
+    try:
+        prefix = await stream.recv_data(5)
+    except AssertionError:  # grpclib's buffer: fewer bytes than asked before the end
+        raise _truncated("a message prefix") from None
+    if not prefix:
+        return None
+    if len(prefix) != 5:
+        raise _truncated("a message prefix")
+    compressed, length = _PREFIX.unpack(prefix)
+    if compressed:
+        raise RemoteProtocolError(
+            "WIRE-1",
+            Status.UNIMPLEMENTED,
+            "compressed messages are not supported; send them uncompressed",
+        )
+    if length > max_bytes:
+        raise RemoteProtocolError(
+            limit_rule,
+            Status.RESOURCE_EXHAUSTED,
+            f"message of {length} bytes exceeds the limit of {max_bytes} bytes",
+        )
+    try:
+        data = await stream.recv_data(length)
+    except AssertionError:
+        raise _truncated(f"a message of {length} bytes") from None
+    if len(data) != length:
+        raise _truncated(f"a message of {length} bytes")
+    return decode_message(data)

@@ -1,0 +1,94 @@
+"""The cells of the benchmark: each one load, driven through every server by every client.
+
+Frame counts are per stream and per run, sized on a 2-core machine so that one round of
+a cell (every server, every client) takes a few seconds; ``--frames`` overrides them.
+``rss`` and ``copies`` are not cells of this kind: they watch avaproto's server alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: The servers and the clients, in the order of a round (rotated round by round).
+SERVERS = ("grpcio-sync", "grpcio-aio", "avaproto")
+BASELINES = ("grpcio-sync", "grpcio-aio")
+CLIENTS = ("grpcio", "avaproto")
+#: What ``--cells`` accepts besides the cells below.
+SPECIAL = ("rss", "copies")
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    #: One line saying what the cell measures, for the table's legend.
+    title: str
+    transfer: str
+    width: int
+    height: int
+    #: Frames per stream in one measured run.
+    frames: int
+    window: int = 8
+    #: Frames per second per stream (None: as fast as the window allows).
+    rate: float | None = None
+    #: Seconds of processing per frame on every server (0: none).
+    delay: float = 0.0
+    streams: int = 1
+    #: Whether latency, not throughput, is the figure of this cell.
+    latency: bool = False
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    def load(self, target: str, frames: int | None = None) -> dict[str, object]:
+        """What a client worker is sent for one run of this cell against ``target``."""
+        return {
+            "target": target,
+            "transfer": self.transfer,
+            "width": self.width,
+            "height": self.height,
+            "frames": frames or self.frames,
+            "window": self.window,
+            "rate": self.rate,
+            "streams": self.streams,
+        }
+
+
+CELLS: dict[str, Cell] = {
+    cell.name: cell
+    for cell in (
+        Cell("embedded-416", "416x416 RGB24 embedded, no-op", "embedded", 416, 416, 300),
+        Cell("shm-416", "416x416 RGB24 shared memory, no-op", "shm", 416, 416, 1000),
+        Cell("embedded-1080", "1920x1080 RGB24 embedded, no-op", "embedded", 1920, 1080, 30),
+        Cell("shm-1080", "1920x1080 RGB24 shared memory, no-op", "shm", 1920, 1080, 300),
+        Cell(
+            "latency-bound",
+            "416x416 embedded, 20 ms of processing per frame",
+            "embedded",
+            416,
+            416,
+            30,
+            delay=0.02,
+            latency=True,
+        ),
+        Cell(
+            "latency-30fps",
+            "416x416 shared memory paced at 30 fps: per-frame latency",
+            "shm",
+            416,
+            416,
+            30,
+            rate=30.0,
+            latency=True,
+        ),
+        Cell(
+            "streams-8",
+            "8 concurrent streams, 416x416 shared memory: aggregate fps",
+            "shm",
+            416,
+            416,
+            150,
+            streams=8,
+        ),
+    )
+}

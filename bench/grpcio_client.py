@@ -1,0 +1,212 @@
+"""The grpcio client: the same load as avaproto's, with grpc.aio and the official runtime.
+
+It does what ``avaproto.bench.drive`` does, with grpcio and protoc's classes: send the
+descriptor, wait for the extension's, then stream the same payload bytes with at most
+``window`` samples unacknowledged (or paced at ``rate``), and time from the first sample
+to the last acknowledgement. Each sample's message is the template built once with the
+payload, its sequence number and timestamp set and serialized (the one copy of the frame
+into the message, as any protobuf sender makes).
+
+With shared memory it creates a segment of its own in /dev/shm holding ``window + 1``
+frames (the size avaproto's client gets too), writes each frame into a free slot of that
+ring, refers to the slot, and frees it when the slot's acknowledgement arrives; the
+segment is unlinked when the stream ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import mmap
+import os
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from avaproto.bench.drive import NOMINAL_RATE, TIMESCALE, segment_bytes, synthetic_payload
+from avaproto.messages import METHOD_PATH
+from avaproto.report import percentile
+
+from .official import GRPC_OPTIONS, descriptor_message, official_messages
+
+SHM_DIRECTORY = "/dev/shm"
+
+
+class Ring:
+    """A segment of ``slots`` equal slots in /dev/shm, created here and unlinked on close."""
+
+    def __init__(self, frame_bytes: int, window: int) -> None:
+        self.length = segment_bytes(frame_bytes, window)
+        self.slot_bytes = self.length // (window + 1)
+        self.name = f"bench-grpcio-{os.getpid()}-{secrets.token_hex(6)}"
+        self.path = os.path.join(SHM_DIRECTORY, self.name)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, self.length)
+            self.mapping = mmap.mmap(fd, self.length, flags=mmap.MAP_SHARED)
+        except BaseException:
+            os.unlink(self.path)
+            raise
+        finally:
+            os.close(fd)
+        self.view = memoryview(self.mapping)
+        self.free: deque[int] = deque(range(window + 1))
+
+    def write(self, slot: int, payload: bytes) -> int:
+        offset = slot * self.slot_bytes
+        self.view[offset : offset + len(payload)] = payload
+        return offset
+
+    def close(self) -> None:
+        self.view.release()
+        self.mapping.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+@dataclass
+class StreamRun:
+    answered: int = 0
+    started: float = math.inf
+    finished: float = -math.inf
+    latencies: list[float] = field(default_factory=list)
+
+
+async def drive_stream(
+    pb: ModuleType,
+    target: str,
+    payload: bytes,
+    run: StreamRun,
+    *,
+    width: int,
+    height: int,
+    transfer: str,
+    frames: int,
+    window: int,
+    rate: float | None,
+) -> None:
+    import grpc
+
+    ring = Ring(len(payload), window) if transfer == "shm" else None
+    try:
+        descriptor = descriptor_message(
+            pb, width, height, shm=(ring.name, ring.length) if ring else None
+        ).SerializeToString()
+        template = pb.MediaStreamMessage()
+        if ring is None:
+            template.media_sample.content_bytes.bytes = payload
+        else:
+            template.media_sample.content_reference.length_bytes = len(payload)
+        step = round(TIMESCALE / (rate or NOMINAL_RATE))
+        negotiated = asyncio.Event()
+        window_slots = asyncio.Semaphore(window)
+        sent_at: dict[int, float] = {}
+        slot_of: dict[int, int] = {}
+
+        async def requests() -> Any:
+            yield descriptor
+            await negotiated.wait()
+            run.started = begun = time.perf_counter()
+            for number in range(frames):
+                if rate:
+                    delay = begun + number / rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                await window_slots.acquire()
+                sequence = number + 2
+                template.sequence_number = sequence
+                template.media_sample.timestamp = number * step
+                if ring is not None:
+                    slot = ring.free.popleft()
+                    slot_of[sequence] = slot
+                    template.media_sample.content_reference.address_offset = ring.write(
+                        slot, payload
+                    )
+                message = template.SerializeToString()
+                sent_at[sequence] = time.perf_counter()
+                yield message
+
+        async with grpc.aio.insecure_channel(
+            target, options=[*GRPC_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+        ) as channel:
+            call = channel.stream_stream(
+                METHOD_PATH,
+                request_serializer=lambda raw: raw,
+                response_deserializer=pb.MediaStreamMessage.FromString,
+            )(requests())
+            async for answer in call:
+                if answer.HasField("media_stream_descriptor"):
+                    negotiated.set()
+                    continue
+                sent = sent_at.pop(answer.ack_sequence_number, None)
+                if sent is None:
+                    continue
+                now = time.perf_counter()
+                run.latencies.append(now - sent)
+                if ring is not None:
+                    ring.free.append(slot_of.pop(answer.ack_sequence_number))
+                window_slots.release()
+                run.answered += 1
+                if run.answered == frames:
+                    run.finished = now
+    finally:
+        if ring is not None:
+            ring.close()
+
+
+async def drive(
+    target: str,
+    *,
+    transfer: str,
+    width: int,
+    height: int,
+    frames: int,
+    window: int,
+    rate: float | None = None,
+    streams: int = 1,
+) -> dict[str, Any]:
+    """The grpcio client's run: the same keys as ``avaproto.bench.drive.drive_target``."""
+    pb = official_messages()
+    payload = synthetic_payload(width * height * 3)
+    runs = [StreamRun() for _ in range(streams)]
+    await asyncio.gather(
+        *(
+            drive_stream(
+                pb,
+                target,
+                payload,
+                run,
+                width=width,
+                height=height,
+                transfer=transfer,
+                frames=frames,
+                window=window,
+                rate=rate,
+            )
+            for run in runs
+        )
+    )
+    answered = sum(run.answered for run in runs)
+    seconds = max(run.finished for run in runs) - min(run.started for run in runs)
+    latencies = [latency * 1000 for run in runs for latency in run.latencies]
+    return {
+        "transfer": transfer,
+        "width": width,
+        "height": height,
+        "frames": frames * streams,
+        "answered": answered,
+        "streams": streams,
+        "seconds": seconds,
+        "fps": answered / seconds if seconds > 0 else math.nan,
+        "latency_ms": {
+            "p50": percentile(latencies, 0.50),
+            "p90": percentile(latencies, 0.90),
+            "p99": percentile(latencies, 0.99),
+            "max": max(latencies, default=math.nan),
+        },
+        "latencies_ms": latencies,
+    }

@@ -1,0 +1,620 @@
+"""avaproto against peers that behave as widely used pipelines and extensions do.
+
+Each peer here is built from the generated stubs (``MediaGraphExtensionStub`` and
+``MediaGraphExtensionBase``) and reproduces one behaviour seen in the field, over real
+HTTP/2 on a loopback port and, where it matters, a real segment under /dev/shm:
+
+* a pipeline whose shared-memory allocator computes closed intervals wrongly (every
+  slot after the first starts on the previous slot's last byte, one byte longer);
+* an extension that never numbers its answers (each is 0) but acknowledges correctly;
+* an extension that silently drops frames (never acknowledges them);
+* an extension that never answers the descriptor, and a server that never finishes a
+  TLS handshake.
+
+The peers are stand-ins for third-party programs that cannot run here; everything on
+avaproto's side is the real server, client and CLI core.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import grpclib.client
+import grpclib.const
+import grpclib.encoding.base
+import grpclib.server
+import pytest
+import trustme
+
+from avaproto.client import connect
+from avaproto.engine.frame import Frame
+from avaproto.errors import ProtocolError
+from avaproto.messages import (
+    METHOD_PATH,
+    ContentReference,
+    Dimensions,
+    Encoding,
+    GraphIdentifier,
+    Inference,
+    MediaDescriptor,
+    MediaGraphExtensionBase,
+    MediaGraphExtensionStub,
+    MediaSample,
+    MediaStreamDescriptor,
+    MediaStreamMessage,
+    PixelFormat,
+    SharedMemoryBufferTransferProperties,
+    VideoFrameSampleFormat,
+)
+from avaproto.protocol.video_format import VideoFormat
+from avaproto.report import Report
+from avaproto.send import SendOptions, send_frames
+from avaproto.server import running
+from avaproto.sources import SourceFrame
+from avaproto.status import Status
+from avaproto.transport.grpc_server import ServerConfig
+from avaproto.transport.tls import client_context
+
+pytestmark = pytest.mark.anyio
+TIMEOUT = 30
+WIDTH, HEIGHT = 16, 8
+FRAME = WIDTH * HEIGHT * 3
+RGB24 = VideoFormat.checked(Encoding.RAW, PixelFormat.RGB24, WIDTH, HEIGHT)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # grpclib runs on asyncio
+
+
+@asynccontextmanager
+async def extension_peer(service: MediaGraphExtensionBase) -> AsyncIterator[int]:
+    """A third-party extension: the generated base class served by plain grpclib."""
+    server = grpclib.server.Server([service])
+    await server.start("127.0.0.1", 0)
+    try:
+        assert server._server is not None
+        yield int(server._server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def source(count: int) -> list[SourceFrame]:
+    import numpy as np
+
+    return [
+        SourceFrame(rgb=np.full((HEIGHT, WIDTH, 3), i, dtype=np.uint8), pts=i / 30)
+        for i in range(count)
+    ]
+
+
+def answer_descriptor(number: int = 1, ack: int = 1) -> MediaStreamMessage:
+    """What the published sample extension answers: no identifier, timescale only."""
+    return MediaStreamMessage(
+        sequence_number=number,
+        ack_sequence_number=ack,
+        media_stream_descriptor=MediaStreamDescriptor(
+            media_descriptor=MediaDescriptor(timescale=90000)
+        ),
+    )
+
+
+# --- an extension that numbers every answer 0 ------------------------------------------
+
+
+class UnnumberedAnswers(MediaGraphExtensionBase):
+    """Acknowledges every sample with an answer whose sequence_number is never set."""
+
+    async def process_media_stream(
+        self, messages: AsyncIterator[MediaStreamMessage]
+    ) -> AsyncIterator[MediaStreamMessage]:
+        first = True
+        async for message in messages:
+            if first:
+                first = False
+                yield answer_descriptor(ack=message.sequence_number)
+                continue
+            yield MediaStreamMessage(
+                ack_sequence_number=message.sequence_number,
+                media_sample=MediaSample(
+                    timestamp=message.media_sample.timestamp if message.media_sample else 0,
+                    inferences=[Inference(subtype="seen")],
+                ),
+            )
+
+
+@pytest.mark.rule("SEQ-4")
+@pytest.mark.parametrize("transfer", ["embedded", "shm"])
+async def test_send_completes_against_answers_numbered_zero(
+    transfer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="avaproto")
+    with anyio.fail_after(TIMEOUT):
+        async with extension_peer(UnnumberedAnswers()) as port:
+            report = await send_frames(
+                source(12),
+                SendOptions(
+                    target=f"127.0.0.1:{port}",
+                    format=RGB24,
+                    transfer=transfer,  # type: ignore[arg-type]
+                    shm_bytes=1 << 20,
+                ),
+            )
+    assert (report.sent, report.answered) == (12, 12)
+    assert report.by_type["auto"] == 12 or sum(report.by_type.values()) == 12
+    assert report.tolerated == {"SEQ-4": 12}
+    assert any("SEQ-4" in line for line in report.lines())
+    warnings = [r.getMessage() for r in caplog.records if "SEQ-4" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once per stream
+    assert f"127.0.0.1:{port}" in warnings[0]
+
+
+# --- an extension that never acknowledges ------------------------------------------------
+
+
+class DropsFrames(MediaGraphExtensionBase):
+    """Answers the descriptor, then swallows every frame (its handler fails silently)."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    async def process_media_stream(
+        self, messages: AsyncIterator[MediaStreamMessage]
+    ) -> AsyncIterator[MediaStreamMessage]:
+        async for message in messages:
+            if message.media_stream_descriptor is not None:
+                yield answer_descriptor(ack=message.sequence_number)
+            else:
+                self.received += 1
+
+
+def shm_listing(directory: Path) -> list[str]:
+    """This process's segments (other processes may make and remove theirs meanwhile)."""
+    return sorted(n for n in os.listdir(directory) if n.startswith(f"avaproto-{os.getpid()}-"))
+
+
+@pytest.mark.rule("PIPE-4")
+@pytest.mark.parametrize("transfer", ["embedded", "shm"])
+async def test_send_fails_instead_of_hanging_when_nothing_is_acknowledged(
+    transfer: str, tmp_path: Path
+) -> None:
+    shm_dir = Path("/dev/shm")
+    before = shm_listing(shm_dir)
+    peer = DropsFrames()
+    report = Report()
+    with anyio.fail_after(TIMEOUT):
+        async with extension_peer(peer) as port:
+            with pytest.raises(ProtocolError) as caught:
+                await send_frames(
+                    source(50),
+                    SendOptions(
+                        target=f"127.0.0.1:{port}",
+                        format=RGB24,
+                        transfer=transfer,  # type: ignore[arg-type]
+                        window=4,
+                        shm_bytes=1 << 20,
+                        ack_timeout=0.5,
+                    ),
+                    report=report,
+                )
+    error = caught.value
+    assert (error.rule, error.status) == ("PIPE-4", Status.DEADLINE_EXCEEDED)
+    assert "sample 2 was not acknowledged within 0.5 s" in str(error)
+    assert "4 unacknowledged" in str(error)
+    assert report.sent == 4 and report.answered == 0
+    assert report.seconds > 0
+    assert shm_listing(shm_dir) == before  # the segment is unlinked
+
+
+@pytest.mark.rule("PIPE-4")
+async def test_answers_received_before_the_deadline_are_kept() -> None:
+    class AnswersThree(MediaGraphExtensionBase):
+        async def process_media_stream(
+            self, messages: AsyncIterator[MediaStreamMessage]
+        ) -> AsyncIterator[MediaStreamMessage]:
+            number = 0
+            async for message in messages:
+                number += 1
+                if message.media_stream_descriptor is not None:
+                    yield answer_descriptor(number, message.sequence_number)
+                elif message.sequence_number <= 4:  # samples 2, 3, 4
+                    yield MediaStreamMessage(
+                        sequence_number=number, ack_sequence_number=message.sequence_number
+                    )
+            await anyio.sleep_forever()  # and keeps its stream open
+
+    seen: list[int | None] = []
+    with anyio.fail_after(TIMEOUT):
+        async with extension_peer(AnswersThree()) as port:
+            with pytest.raises(ProtocolError) as caught:
+                await send_frames(
+                    source(10),
+                    SendOptions(target=f"127.0.0.1:{port}", format=RGB24, ack_timeout=0.5),
+                    on_result=lambda result: seen.append(result.acknowledged),
+                )
+    assert caught.value.rule == "PIPE-4"
+    assert "sample 5 " in str(caught.value)
+    assert seen == [2, 3, 4]
+
+
+@pytest.mark.rule("PIPE-4")
+async def test_an_extension_that_never_ends_its_stream_is_not_waited_for_forever() -> None:
+    class NeverEnds(MediaGraphExtensionBase):
+        async def process_media_stream(
+            self, messages: AsyncIterator[MediaStreamMessage]
+        ) -> AsyncIterator[MediaStreamMessage]:
+            number = 0
+            async for message in messages:
+                number += 1
+                yield (
+                    answer_descriptor(number, message.sequence_number)
+                    if message.media_stream_descriptor is not None
+                    else MediaStreamMessage(
+                        sequence_number=number, ack_sequence_number=message.sequence_number
+                    )
+                )
+            await anyio.sleep_forever()
+
+    with anyio.fail_after(TIMEOUT):
+        async with extension_peer(NeverEnds()) as port:
+            with pytest.raises(ProtocolError) as caught:
+                await send_frames(
+                    source(3),
+                    SendOptions(target=f"127.0.0.1:{port}", format=RGB24, ack_timeout=0.5),
+                )
+    assert caught.value.rule == "PIPE-4"
+    assert "did not end its stream" in str(caught.value)
+
+
+# --- an extension that never answers the descriptor, a server that never handshakes --
+
+
+class Silent(MediaGraphExtensionBase):
+    async def process_media_stream(
+        self, messages: AsyncIterator[MediaStreamMessage]
+    ) -> AsyncIterator[MediaStreamMessage]:
+        async for _ in messages:
+            pass
+        return
+        yield  # an async generator that yields nothing
+
+
+@pytest.mark.rule("PIPE-3")
+async def test_no_answer_descriptor_ends_the_stream_at_its_deadline() -> None:
+    before = shm_listing(Path("/dev/shm"))
+    with anyio.fail_after(TIMEOUT):
+        async with extension_peer(Silent()) as port:
+            with pytest.raises(ProtocolError) as caught:
+                async with connect(
+                    f"127.0.0.1:{port}",
+                    format=RGB24,
+                    transfer="shm",
+                    shm_bytes=1 << 20,
+                    descriptor_timeout=0.3,
+                ):
+                    pass
+    assert (caught.value.rule, caught.value.status) == ("PIPE-3", Status.DEADLINE_EXCEEDED)
+    assert "did not answer our descriptor within 0.3 s" in str(caught.value)
+    assert shm_listing(Path("/dev/shm")) == before
+
+
+@pytest.mark.rule("PIPE-3")
+async def test_a_server_that_never_completes_the_handshake_times_out(tmp_path: Path) -> None:
+    authority = trustme.CA()
+    ca = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(ca)
+    accepted: list[Any] = []
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+    async def hold(connection: Any) -> None:
+        accepted.append(connection)  # never reads, never answers
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(listener.serve, hold)
+            with pytest.raises(ProtocolError) as caught:
+                async with connect(
+                    f"127.0.0.1:{port}",
+                    format=RGB24,
+                    tls=client_context(ca=ca),
+                    connect_timeout=0.3,
+                ):
+                    pass
+            tasks.cancel_scope.cancel()
+    assert (caught.value.rule, caught.value.status) == ("PIPE-3", Status.DEADLINE_EXCEEDED)
+    assert f"127.0.0.1:{port} within 0.3 s" in str(caught.value)
+    assert accepted
+
+
+# --- a pipeline whose slots are one byte too long ----------------------------------------
+
+
+class ClosedIntervalAllocator:
+    """Hands out slots as a widely used pipeline client does: (previous end, end + size)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.end: int | None = None
+
+    def next(self) -> tuple[int, int]:
+        if self.end is None:
+            self.end = self.size - 1
+            return 0, self.size
+        start = self.end
+        self.end = start + self.size
+        return start, self.end - start + 1
+
+
+@asynccontextmanager
+async def field_segment(length: int) -> AsyncIterator[tuple[str, mmap.mmap]]:
+    name = f"avaproto-test-{secrets.token_hex(6)}"
+    path = Path("/dev/shm") / name
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, length)
+        mapping = mmap.mmap(fd, length)
+        try:
+            yield name, mapping
+        finally:
+            mapping.close()
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+
+
+@pytest.mark.rule("SHM-14", "SHM-8")
+async def test_serve_answers_a_pipeline_whose_references_are_one_byte_long(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="avaproto")
+    seen: list[bytes] = []
+
+    def remember(frame: Frame) -> list[Inference]:
+        seen.append(bytes(frame.data or b""))
+        return [Inference(subtype=f"{len(frame.data or b'')}")]
+
+    count = 6
+    async with field_segment(FRAME * (count + 1)) as (name, mapping):
+        descriptor = MediaStreamDescriptor(
+            graph_identifier=GraphIdentifier(graph_instance_name="field", graph_node_name="g"),
+            media_descriptor=MediaDescriptor(
+                timescale=90000,
+                video_frame_sample_format=VideoFrameSampleFormat(
+                    encoding=Encoding.RAW,
+                    pixel_format=PixelFormat.RGB24,
+                    dimensions=Dimensions(width=WIDTH, height=HEIGHT),
+                ),
+            ),
+            shared_memory_buffer_transfer_properties=SharedMemoryBufferTransferProperties(
+                handle_name=name, length_bytes=len(mapping)
+            ),
+        )
+        allocator = ClosedIntervalAllocator(FRAME)
+        slots = [allocator.next() for _ in range(count)]
+        answers: list[MediaStreamMessage] = []
+        answered, next_answer = anyio.create_memory_object_stream[None](count + 1)
+        with anyio.fail_after(TIMEOUT):
+            async with running(remember, ServerConfig(port=0), grace=2) as server:
+                channel = grpclib.client.Channel("127.0.0.1", server.port)
+                try:
+                    stub = MediaGraphExtensionStub(channel)
+
+                    async def requests() -> AsyncIterator[MediaStreamMessage]:
+                        yield MediaStreamMessage(
+                            sequence_number=1, media_stream_descriptor=descriptor
+                        )
+                        for index, (offset, length) in enumerate(slots):
+                            # One sample at a time, so the overlap is with a released slot.
+                            mapping[offset : offset + FRAME] = bytes([index + 1]) * FRAME
+                            yield MediaStreamMessage(
+                                sequence_number=index + 2,
+                                media_sample=MediaSample(
+                                    content_reference=ContentReference(
+                                        address_offset=offset, length_bytes=length
+                                    )
+                                ),
+                            )
+                            await next_answer.receive()
+
+                    async for message in stub.process_media_stream(requests()):
+                        answers.append(message)
+                        if message.media_sample is not None:
+                            answered.send_nowait(None)
+                finally:
+                    channel.close()
+    assert [a.ack_sequence_number for a in answers] == [1, *range(2, count + 2)]
+    assert seen == [bytes([i + 1]) * FRAME for i in range(count)]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([line for line in lines if "[SHM-14]" in line and "deviates" in line]) == 1
+    closing = next(line for line in lines if line.startswith("stream closed"))
+    assert f"SHM-14 x{count - 1}" in closing
+
+
+@pytest.mark.rule("SHM-8")
+async def test_serve_warns_when_live_references_overlap(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="avaproto")
+    release = anyio.Event()
+    entered = 0
+
+    async def hold(frame: Frame) -> list[Inference]:
+        nonlocal entered
+        entered += 1
+        if entered == 2:  # both samples are being processed: neither is acknowledged
+            release.set()
+        await release.wait()
+        return []
+
+    async with field_segment(FRAME * 4) as (name, mapping):
+        descriptor = MediaStreamDescriptor(
+            graph_identifier=GraphIdentifier(graph_instance_name="field", graph_node_name="g"),
+            media_descriptor=MediaDescriptor(
+                timescale=90000, video_frame_sample_format=RGB24.to_message()
+            ),
+            shared_memory_buffer_transfer_properties=SharedMemoryBufferTransferProperties(
+                handle_name=name, length_bytes=len(mapping)
+            ),
+        )
+        allocator = ClosedIntervalAllocator(FRAME)
+        slots = [allocator.next() for _ in range(2)]
+        answers: list[MediaStreamMessage] = []
+        with anyio.fail_after(TIMEOUT):
+            async with running(hold, ServerConfig(port=0), grace=2) as server:
+                channel = grpclib.client.Channel("127.0.0.1", server.port)
+                try:
+                    stub = MediaGraphExtensionStub(channel)
+
+                    async def requests() -> AsyncIterator[MediaStreamMessage]:
+                        yield MediaStreamMessage(
+                            sequence_number=1, media_stream_descriptor=descriptor
+                        )
+                        for index, (offset, length) in enumerate(slots):  # both live at once
+                            yield MediaStreamMessage(
+                                sequence_number=index + 2,
+                                media_sample=MediaSample(
+                                    content_reference=ContentReference(
+                                        address_offset=offset, length_bytes=length
+                                    )
+                                ),
+                            )
+                        await release.wait()
+
+                    async for message in stub.process_media_stream(requests()):
+                        answers.append(message)
+                finally:
+                    channel.close()
+    assert [a.ack_sequence_number for a in answers] == [1, 2, 3]
+    [warning] = [r.getMessage() for r in caplog.records if "[SHM-8]" in r.getMessage()]
+    assert "overlaps" in warning and "message 2" in warning
+
+
+# --- an extension whose answers are malformed ---------------------------------------------
+
+
+class RawCodec(grpclib.encoding.base.CodecBase):
+    """Sends the bytes it is given: a peer that writes its own protobuf, right or wrong."""
+
+    __content_subtype__ = "proto"
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        return bytes(message)
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        return data
+
+
+@asynccontextmanager
+async def raw_extension(answers: list[bytes]) -> AsyncIterator[int]:
+    """Answers the descriptor properly, then sends ``answers`` as they are, one per sample."""
+
+    async def handle(stream: Any) -> None:
+        await stream.recv_message()  # the descriptor
+        await stream.send_message(bytes(answer_descriptor()))
+        for answer in answers:
+            if await stream.recv_message() is None:
+                return
+            await stream.send_message(answer)
+        async for _ in stream:
+            pass
+
+    class Raw:
+        def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+            return {
+                METHOD_PATH: grpclib.const.Handler(
+                    handle, grpclib.const.Cardinality.STREAM_STREAM, bytes, bytes
+                )
+            }
+
+    server = grpclib.server.Server([Raw()], codec=RawCodec())
+    await server.start("127.0.0.1", 0)
+    try:
+        assert server._server is not None
+        yield int(server._server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def drive(port: int, frames: int, **options: Any) -> Report:
+    return await send_frames(
+        source(frames),
+        SendOptions(target=f"127.0.0.1:{port}", format=RGB24, ack_timeout=5, **options),
+    )
+
+
+def field(number: int, wire_type: int, payload: bytes | int) -> bytes:
+    def varint(value: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte = value & 0x7F
+            value >>= 7
+            out.append(byte | (0x80 if value else 0))
+            if not value:
+                return bytes(out)
+
+    key = varint(number << 3 | wire_type)
+    if wire_type == 0:
+        assert isinstance(payload, int)
+        return key + varint(payload)
+    assert isinstance(payload, bytes)
+    return key + varint(len(payload)) + payload
+
+
+@pytest.mark.rule("PIPE-5", "WIRE-1")
+async def test_two_members_of_one_oneof_the_last_wins() -> None:
+    descriptor = bytes(MediaStreamDescriptor(extension_identifier="x"))
+    sample = bytes(MediaSample(inferences=[Inference(subtype="last")]))
+    answer = field(1, 0, 2) + field(2, 0, 2) + field(5, 2, descriptor) + field(6, 2, sample)
+    with anyio.fail_after(TIMEOUT):
+        async with raw_extension([answer]) as port:
+            report = await drive(port, 1)
+    assert (report.sent, report.answered) == (1, 1)
+
+
+@pytest.mark.rule("PIPE-5", "WIRE-1")
+@pytest.mark.parametrize(
+    "answer",
+    [
+        field(1, 0, 2) + field(2, 0, 2) + bytes([6 << 3 | 2, 50]) + b"\x08",  # truncated oneof
+        field(1, 0, 2) + field(2, 0, 2) + field(6, 0, 7),  # a oneof member as a varint
+        field(1, 0, 2) + field(2, 2, b"2"),  # ack_sequence_number with the wrong wire type
+        field(1, 0, 2) + b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",  # overlong varint
+        field(1, 0, 2) + field(6, 2, field(10, 2, field(7, 2, b"\x0a\x05ab"))),  # bad inference
+    ],
+    ids=["truncated", "wire-type", "ack-wire-type", "overlong-varint", "inner-truncated"],
+)
+async def test_malformed_answers_end_the_stream_with_wire_1(answer: bytes) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with raw_extension([answer]) as port:
+            with pytest.raises(ProtocolError) as caught:
+                await drive(port, 1)
+    assert (caught.value.rule, caught.value.status) == ("WIRE-1", Status.INVALID_ARGUMENT)
+    assert "malformed MediaStreamMessage" in str(caught.value)
+
+
+@pytest.mark.rule("PIPE-5")
+async def test_an_answer_over_the_limit_is_refused_before_it_is_read() -> None:
+    huge = field(1, 0, 2) + field(2, 0, 2) + field(6, 2, field(10, 2, bytes(200_000)))
+    with anyio.fail_after(TIMEOUT):
+        async with raw_extension([huge]) as port:
+            with pytest.raises(ProtocolError) as caught:
+                async with connect(
+                    f"127.0.0.1:{port}", format=RGB24, max_message_bytes=100_000
+                ) as pipeline:
+                    await pipeline.send(bytes(FRAME), timestamp=0)
+                    async for _ in pipeline.results():
+                        pass
+    assert (caught.value.rule, caught.value.status) == ("PIPE-5", Status.RESOURCE_EXHAUSTED)
+    assert "exceeds the limit of 100000 bytes" in str(caught.value)
