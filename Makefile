@@ -28,6 +28,7 @@ test: lint typecheck pytest
 lint: $(STAMP)
 	$(BIN)/ruff check avaproto tests spec bench
 	$(BIN)/ruff format --check avaproto tests spec bench
+	$(BIN)/pytest -q -p no:cacheprovider tests/test_layers.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict avaproto bench

@@ -25,6 +25,14 @@ class MessageChannel(Protocol):
         """Send one message; waits while the transport applies backpressure."""
         ...
 
+    async def send_batch(self, messages: list[MediaStreamMessage]) -> None:
+        """Send several messages in order, in as few writes as the transport can.
+
+        The answerer hands over every answer that is ready at once, so that a window of
+        acknowledgements costs one write rather than one each.
+        """
+        ...
+
     async def send_end(self) -> None:
         """End our direction: nothing more will be sent."""
         ...

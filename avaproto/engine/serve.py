@@ -18,12 +18,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter
-from contextlib import nullcontext
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import anyio
-from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..errors import InferenceError, ProtocolError
@@ -67,15 +65,17 @@ class StreamSummary:
         return self.frames / self.seconds if self.seconds > 0 else math.nan
 
 
-@dataclass(eq=False)
 class _Job:
-    sample: SampleReceived
-    frame: Frame
-    lease: _Lease | None
-    done: anyio.Event = field(default_factory=anyio.Event)
-    inferences: list[Inference] = field(default_factory=list)
-    #: For a sequential extension: the previous sample's processing, to wait for.
-    after: anyio.Event | None = None
+    """One sample on its way from the reader through a worker to the answerer."""
+
+    __slots__ = ("done", "frame", "inferences", "lease", "sample")
+
+    def __init__(self, sample: SampleReceived, frame: Frame, lease: _Lease | None) -> None:
+        self.sample = sample
+        self.frame = frame
+        self.lease = lease
+        self.done = False
+        self.inferences: list[Inference] = []
 
 
 class _Lease:
@@ -177,7 +177,14 @@ async def _close(extension: Extension) -> None:
 
 
 class _Pump:
-    """The reader, the answerer and the processing tasks of one stream."""
+    """The reader, a fixed set of workers and the answerer of one stream.
+
+    No task is spawned per frame: ``max_in_flight`` workers (one for a sequential
+    extension, which then sees its frames in order) take samples from a bounded stream.
+    The answerer waits on one event per batch, not per sample, and sends every answer
+    that is ready in one write (``MessageChannel.send_batch``): under load a whole
+    window of acknowledgements leaves in one HTTP/2 frame.
+    """
 
     def __init__(
         self,
@@ -197,53 +204,62 @@ class _Pump:
         self.config = config
         self.summary = summary
         self.slots = anyio.Semaphore(config.max_in_flight)
-        self.live: set[_Job] = set()
+        # Samples read and not yet answered, in request order (the answerer's queue).
+        self.pending: deque[_Job] = deque()
+        self.reading = True
+        self.wake: anyio.Event | None = None
         # A stateful extension (a tracker, a motion detector) sees its frames one at a
         # time and in order; the engine still reads ahead up to max_in_flight.
         self.sequential = bool(getattr(extension, "sequential", False))
-        self.previous: anyio.Event | None = None
+        self.timeout = config.frame_timeout
 
     async def run(self) -> None:
+        workers = 1 if self.sequential else self.config.max_in_flight
         send, receive = anyio.create_memory_object_stream[_Job](self.config.max_in_flight)
         try:
             async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self._answer_all, receive)
-                await self._read_all(tasks, send)
+                tasks.start_soon(self._answer_all)
+                async with receive:
+                    for _ in range(workers):
+                        tasks.start_soon(self._work, receive.clone())
+                await self._read_all(send)
         except BaseExceptionGroup as group:
             error = first_protocol_error(group)
             if error is None:
                 raise
             raise error from None
         finally:
-            for job in self.live:  # only after a failure: answered jobs left the set
+            for job in self.pending:  # only after a failure: answered jobs left the queue
                 _release(job)
 
-    async def _read_all(self, tasks: TaskGroup, jobs: MemoryObjectSendStream[_Job]) -> None:
-        async with jobs:
-            while True:
-                await self.slots.acquire()
-                message = await self.channel.receive()
-                if message is None:
-                    self.session.receive_end()
-                    return
-                started = False
-                for event in self.session.receive(message):
-                    if isinstance(event, Tolerated):
-                        if event.first:
-                            log_tolerated([event], f"pipeline {self.channel.peer}")
-                    elif isinstance(event, SampleReceived):
-                        job = self._job(event)
-                        if self.sequential:
-                            job.after, self.previous = self.previous, job.done
-                        self.live.add(job)
-                        if self.config.ordered:
+    def _wake(self) -> None:
+        if self.wake is not None:
+            self.wake.set()
+            self.wake = None
+
+    async def _read_all(self, jobs: MemoryObjectSendStream[_Job]) -> None:
+        try:
+            async with jobs:
+                while True:
+                    await self.slots.acquire()
+                    message = await self.channel.receive()
+                    if message is None:
+                        self.session.receive_end()
+                        return
+                    started = False
+                    for event in self.session.receive(message):
+                        if isinstance(event, SampleReceived):
+                            job = self._job(event)
+                            self.pending.append(job)
                             await jobs.send(job)
-                            tasks.start_soon(self._process, job, None)
-                        else:
-                            tasks.start_soon(self._process, job, jobs.clone())
-                        started = True
-                if not started:
-                    self.slots.release()  # an acknowledgement alone takes no slot
+                            started = True
+                        elif isinstance(event, Tolerated) and event.first:
+                            log_tolerated([event], f"pipeline {self.channel.peer}")
+                    if not started:
+                        self.slots.release()  # an acknowledgement alone takes no slot
+        finally:
+            self.reading = False
+            self._wake()
 
     def _job(self, event: SampleReceived) -> _Job:
         lease = None
@@ -267,13 +283,25 @@ class _Pump:
         )
         return _Job(event, frame, lease)
 
-    async def _process(self, job: _Job, done: MemoryObjectSendStream[_Job] | None) -> None:
+    async def _work(self, jobs: MemoryObjectReceiveStream[_Job]) -> None:
+        async with jobs:
+            async for job in jobs:
+                await self._process(job)
+                job.done = True
+                if self.config.ordered:
+                    if job is self.pending[0]:
+                        self._wake()  # only the head of the line unblocks answers
+                else:
+                    self._wake()
+
+    async def _process(self, job: _Job) -> None:
         number = job.sample.sequence_number
-        timeout = self.config.frame_timeout
-        if job.after is not None:
-            await job.after.wait()
+        timeout = self.timeout
         try:
-            with anyio.fail_after(timeout) if timeout else nullcontext():
+            if timeout:
+                with anyio.fail_after(timeout):
+                    result = await self.extension.process(job.frame)
+            else:
                 result = await self.extension.process(job.frame)
             job.inferences = _checked(result, number)
         except TimeoutError:
@@ -290,21 +318,44 @@ class _Pump:
                 Status.INTERNAL,
                 f"the extension failed on sample {number}: {type(error).__name__}: {error}",
             ) from error
-        job.done.set()
-        if done is not None:
-            async with done:
-                await done.send(job)
 
-    async def _answer_all(self, jobs: MemoryObjectReceiveStream[_Job]) -> None:
-        async with jobs:
-            async for job in jobs:
-                await job.done.wait()
-                sample = MediaSample(timestamp=job.sample.timestamp, inferences=job.inferences)
-                await self.channel.send(
-                    self.session.send_sample(sample, ack=job.sample.sequence_number)
+    def _ready(self) -> list[_Job]:
+        """The jobs that may be answered now: the done head of the line, or all done ones."""
+        pending = self.pending
+        ready: list[_Job] = []
+        if self.config.ordered:
+            while pending and pending[0].done:
+                ready.append(pending.popleft())
+        elif pending:
+            ready = [job for job in pending if job.done]
+            if ready:
+                self.pending = deque(job for job in pending if not job.done)
+        return ready
+
+    async def _answer_all(self) -> None:
+        session = self.session
+        while True:
+            ready = self._ready()
+            if not ready:
+                if not self.reading and not self.pending:
+                    return
+                self.wake = anyio.Event()
+                await self.wake.wait()
+                continue
+            messages = [
+                session.send_sample(
+                    MediaSample(timestamp=job.sample.timestamp, inferences=job.inferences),
+                    ack=job.sample.sequence_number,
                 )
-                self.live.discard(job)
-                _release(job)
+                for job in ready
+            ]
+            try:
+                await self.channel.send_batch(messages)
+            finally:
+                # Sent or not (a failure ends the stream), these leases end now (SRV-6).
+                for job in ready:
+                    _release(job)
+            for job in ready:
                 self.slots.release()
                 self.summary.frames += 1
                 self.summary.inferences += len(job.inferences)

@@ -9,10 +9,12 @@ stream that ends inside a message is a malformed message (WIRE-1), never a crash
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import grpclib.protocol
+from grpclib.encoding.base import CodecBase
 
-from ..codec import decode_message
+from ..codec import decode_message, encode_message
 from ..errors import RemoteProtocolError
 from ..messages import MediaStreamMessage
 from ..status import Status
@@ -60,3 +62,27 @@ async def read_message(
     if len(data) != length:
         raise _truncated(f"a message of {length} bytes")
     return decode_message(data)
+
+
+class WireCodec(CodecBase):
+    """grpclib's codec for every call avaproto makes or serves.
+
+    ``MediaStreamMessage`` goes through ``avaproto.codec``, whose sample encoder writes
+    the official runtime's bytes without the generic serializer; other messages (the
+    health service's) are betterproto2's. Incoming extension messages never reach this
+    codec: ``read_message`` reads them off the stream itself, size first.
+    """
+
+    __content_subtype__ = "proto"
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        if isinstance(message, MediaStreamMessage):
+            return encode_message(message)
+        if not isinstance(message, message_type):
+            raise TypeError(f"expected {message_type.__name__}, got {type(message).__name__}")
+        return bytes(message)
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        if message_type is MediaStreamMessage:
+            return decode_message(data)
+        return message_type.parse(data)

@@ -21,7 +21,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from ..errors import ProtocolError, StreamFailed
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..status import Status
-from .framing import read_message
+from .framing import WireCodec, read_message
 from .tls import explain_connection_failure
 
 #: The largest answer accepted (PIPE-5): answers carry inferences, rarely a frame; a
@@ -109,6 +109,10 @@ class ClientChannel:
                 message += f"; {hint}"
         return StreamFailed(Status.UNAVAILABLE, message)
 
+    async def send_batch(self, messages: list[MediaStreamMessage]) -> None:
+        for message in messages:
+            await self.send(message)
+
     async def send_end(self) -> None:
         await self._stream.end()
 
@@ -127,7 +131,7 @@ async def open_channel(
     ``connect_timeout`` bounds the connection (TCP, TLS, HTTP/2 and the call's headers).
     """
     host, port = parse_target(target)
-    channel = grpclib.client.Channel(host, port, ssl=ssl_context)
+    channel = grpclib.client.Channel(host, port, ssl=ssl_context, codec=WireCodec())
     try:
         stream = channel.request(
             METHOD_PATH,

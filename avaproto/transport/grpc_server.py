@@ -25,13 +25,15 @@ import grpclib.const
 import grpclib.server
 from grpclib.exceptions import GRPCError
 
+from ..codec import encode_message
 from ..engine.config import EngineConfig
 from ..engine.extension import Extension
 from ..engine.serve import serve_stream
 from ..errors import ProtocolError
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..protocol.auth import AUTH_HEADER, Credentials, check_authentication
-from .framing import read_message
+from ._grpclib_private import send_messages
+from .framing import WireCodec, read_message
 from .health import HealthService, ServingStatus
 from .http2 import tune_server
 
@@ -80,6 +82,9 @@ class _ServerChannel:
 
     async def send(self, message: MediaStreamMessage) -> None:
         await self._stream.send_message(message)
+
+    async def send_batch(self, messages: list[MediaStreamMessage]) -> None:
+        await send_messages(self._stream, [encode_message(m) for m in messages])
 
     async def send_end(self) -> None:
         await self._stream.send_trailing_metadata()
@@ -186,7 +191,7 @@ async def start_server(factory: ExtensionFactory, config: ServerConfig) -> Exten
     health = _health() if config.health else None
     if health is not None:
         handlers.append(health)
-    server = grpclib.server.Server(handlers)
+    server = grpclib.server.Server(handlers, codec=WireCodec())
     tune_server(server)
     await server.start(config.host, config.port, ssl=config.ssl)
     running = ExtensionServer(server, service, health)

@@ -57,6 +57,10 @@ class MemoryChannel:
     async def send(self, message: MediaStreamMessage) -> None:
         await self._send.send(encode_message(message))
 
+    async def send_batch(self, messages: list[MediaStreamMessage]) -> None:
+        for message in messages:
+            await self.send(message)
+
     async def send_end(self) -> None:
         await self._send.aclose()
 

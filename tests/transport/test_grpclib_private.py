@@ -1,0 +1,121 @@
+"""The guards of ``avaproto.transport._grpclib_private``: grpclib's private names it uses.
+
+Each test compares with grpclib's own objects (its code, its classes), so an upgrade of
+grpclib that renames or changes what avaproto mirrors fails here first.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+from collections.abc import AsyncIterator
+
+import anyio
+import grpclib.client
+import grpclib.server
+import pytest
+
+from avaproto.messages import (
+    ContentBytes,
+    MediaGraphExtensionStub,
+    MediaSample,
+    MediaStreamDescriptor,
+    MediaStreamMessage,
+)
+from avaproto.server import running
+from avaproto.transport import _grpclib_private
+from avaproto.transport.grpc_server import ServerConfig
+from tests.builders import FRAME_BYTES, pipeline_descriptor
+
+pytestmark = pytest.mark.anyio
+TIMEOUT = 20
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def assigned(function: object) -> set[str]:
+    """The attributes a function assigns or augments (``self.a.b = ...`` gives ``a.b``)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))  # type: ignore[arg-type]
+    found = set()
+    for node in ast.walk(tree):
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, ast.AugAssign)
+            else []
+        )
+        for target in targets:
+            if isinstance(target, ast.Attribute):
+                found.add(ast.unparse(target))
+    return found
+
+
+def test_send_messages_mirrors_every_assignment_of_grpclibs_send_message() -> None:
+    theirs = assigned(grpclib.server.Stream.send_message)
+    assert theirs == {
+        "self._send_message_done",
+        "self._messages_sent",
+        "self._stream.connection.messages_sent",
+        "self._stream.connection.last_message_sent",
+    }
+    ours = {
+        name.replace("stream.", "self.", 1) for name in assigned(_grpclib_private.send_messages)
+    }
+    ours = {name.replace("connection.", "self._stream.connection.", 1) for name in ours}
+    assert theirs <= ours
+
+
+def test_send_messages_follows_send_messages_order_of_work() -> None:
+    source = inspect.getsource(grpclib.server.Stream.send_message)
+    assert "if not self._send_initial_metadata_done:" in source
+    assert "await self.send_initial_metadata()" in source
+    stream_source = inspect.getsource(grpclib.stream.send_message)
+    assert "struct.pack('?', False)" in stream_source and "struct.pack('>I'" in stream_source
+    assert "await stream.send_data(reply_data, end_stream=end)" in stream_source
+
+
+async def test_a_batch_arrives_as_separate_messages() -> None:
+    """Eight samples answered at once reach a plain grpclib client as eight messages."""
+    release = anyio.Event()
+    entered = 0
+
+    async def hold(frame: object) -> list[object]:
+        nonlocal entered
+        entered += 1
+        if entered == 8:
+            release.set()
+        await release.wait()
+        return []
+
+    answers: list[MediaStreamMessage] = []
+    with anyio.fail_after(TIMEOUT):
+        async with running(hold, ServerConfig(port=0), grace=1) as server:
+            channel = grpclib.client.Channel("127.0.0.1", server.port)
+            try:
+
+                async def requests() -> AsyncIterator[MediaStreamMessage]:
+                    yield MediaStreamMessage(
+                        sequence_number=1, media_stream_descriptor=pipeline_descriptor()
+                    )
+                    for number in range(2, 10):
+                        yield MediaStreamMessage(
+                            sequence_number=number,
+                            media_sample=MediaSample(
+                                content_bytes=ContentBytes(bytes=bytes(FRAME_BYTES))
+                            ),
+                        )
+                    await release.wait()
+
+                stub = MediaGraphExtensionStub(channel)
+                async for message in stub.process_media_stream(requests()):
+                    answers.append(message)
+            finally:
+                channel.close()
+    assert isinstance(answers[0].media_stream_descriptor, MediaStreamDescriptor)
+    assert [a.ack_sequence_number for a in answers[1:]] == list(range(2, 10))
+    assert [a.sequence_number for a in answers] == list(range(1, 10))
