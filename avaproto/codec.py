@@ -14,6 +14,7 @@ was wrong and where; it never crashes and never reads past the buffer.
 
 from __future__ import annotations
 
+import struct
 from typing import Any, TypeVar
 
 from .errors import RemoteProtocolError
@@ -199,6 +200,7 @@ def decode_message(buffer: Buffer) -> MediaStreamMessage:
 # --- encoding --------------------------------------------------------------------------
 
 _SMALL = [bytes([value]) for value in range(0x80)]
+_GRPC_PREFIX = struct.Struct(">?I")
 
 
 def _uvarint(value: int) -> bytes:
@@ -256,6 +258,32 @@ def _sample_parts(sample: MediaSample) -> list[Buffer]:
     return parts
 
 
+def encode_framed(message: MediaStreamMessage) -> bytes:
+    """The message with gRPC's 5-byte prefix (uncompressed, length), in one buffer.
+
+    Built in the same join as the message itself, so an embedded frame is copied once
+    on its way to the transport rather than once more to prepend five bytes.
+    """
+    sample = message.media_sample
+    if sample is None or message.media_stream_descriptor is not None:
+        body = bytes(message)
+        return _GRPC_PREFIX.pack(False, len(body)) + body
+    parts = _message_parts(message, sample)
+    size = sum(map(len, parts))
+    return b"".join([_GRPC_PREFIX.pack(False, size), *parts])
+
+
+def _message_parts(message: MediaStreamMessage, sample: MediaSample) -> list[Buffer]:
+    inner = _sample_parts(sample)
+    parts: list[Buffer] = []
+    if message.sequence_number:
+        parts += (_SEQUENCE, _uvarint(message.sequence_number))
+    if message.ack_sequence_number:
+        parts += (_ACK, _uvarint(message.ack_sequence_number))
+    parts += (_SAMPLE, _uvarint(sum(map(len, inner))), *inner)
+    return parts
+
+
 def encode_message(message: MediaStreamMessage) -> bytes:
     """Serialize a message, byte for byte as the official protobuf runtime does.
 
@@ -268,11 +296,4 @@ def encode_message(message: MediaStreamMessage) -> bytes:
     sample = message.media_sample
     if sample is None or message.media_stream_descriptor is not None:
         return bytes(message)
-    inner = _sample_parts(sample)
-    parts: list[Buffer] = []
-    if message.sequence_number:
-        parts += (_SEQUENCE, _uvarint(message.sequence_number))
-    if message.ack_sequence_number:
-        parts += (_ACK, _uvarint(message.ack_sequence_number))
-    parts += (_SAMPLE, _uvarint(sum(map(len, inner))), *inner)
-    return b"".join(parts)
+    return b"".join(_message_parts(message, sample))

@@ -110,3 +110,17 @@ def test_any_bytes_decode_or_raise_wire_1(data: bytes) -> None:
     assert isinstance(outcome, MediaStreamMessage) or (
         isinstance(outcome, RemoteProtocolError) and outcome.rule == "WIRE-1"
     )
+
+
+@pytest.mark.rule("WIRE-1")
+@settings(max_examples=100, deadline=None)
+@given(message)
+def test_a_framed_message_is_the_grpc_prefix_and_the_message(original: MediaStreamMessage) -> None:
+    import struct
+
+    from avaproto.codec import encode_framed, encode_message
+
+    framed = encode_framed(original)
+    body = encode_message(original)
+    assert framed == struct.pack(">?I", False, len(body)) + body
+    assert decode_message(framed[5:]) == MediaStreamMessage.parse(body)

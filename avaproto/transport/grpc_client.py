@@ -18,10 +18,13 @@ import grpclib.client
 import grpclib.const
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
+from ..codec import encode_framed
 from ..errors import ProtocolError, StreamFailed
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..status import Status
+from ._grpclib_private import send_client_message
 from .framing import WireCodec, read_message
+from .http2 import quiet_frame_repr
 from .tls import explain_connection_failure
 
 #: The largest answer accepted (PIPE-5): answers carry inferences, rarely a frame; a
@@ -86,7 +89,7 @@ class ClientChannel:
 
     async def send(self, message: MediaStreamMessage) -> None:
         try:
-            await self._stream.send_message(message)
+            await send_client_message(self._stream, encode_framed(message))
         except StreamTerminatedError as error:
             raise self._why_reset(error) from None
 
@@ -131,6 +134,7 @@ async def open_channel(
     ``connect_timeout`` bounds the connection (TCP, TLS, HTTP/2 and the call's headers).
     """
     host, port = parse_target(target)
+    quiet_frame_repr()
     channel = grpclib.client.Channel(host, port, ssl=ssl_context, codec=WireCodec())
     try:
         stream = channel.request(

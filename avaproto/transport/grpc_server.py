@@ -25,7 +25,7 @@ import grpclib.const
 import grpclib.server
 from grpclib.exceptions import GRPCError
 
-from ..codec import encode_message
+from ..codec import encode_framed
 from ..engine.config import EngineConfig
 from ..engine.extension import Extension
 from ..engine.serve import serve_stream
@@ -84,7 +84,7 @@ class _ServerChannel:
         await self._stream.send_message(message)
 
     async def send_batch(self, messages: list[MediaStreamMessage]) -> None:
-        await send_messages(self._stream, [encode_message(m) for m in messages])
+        await send_messages(self._stream, [encode_framed(m) for m in messages])
 
     async def send_end(self) -> None:
         await self._stream.send_trailing_metadata()

@@ -38,6 +38,10 @@ from .tls import DiagnosedServerTLS
 MAX_FRAME_SIZE = 1 << 20
 
 _SHOWN_BYTES = 10  # hyperframe shows 20 hex digits
+#: hyperframe's own functions, kept before ``quiet_frame_repr`` replaces them: the
+#: replacements must give their text (tests/transport/test_http2.py compares).
+LIBRARY_RAW_DATA_REPR = hyperframe.frame._raw_data_repr
+LIBRARY_DATA_BODY_REPR = hyperframe.frame.DataFrame._body_repr
 
 
 def _raw_data_repr(data: bytes | None) -> str:
@@ -50,9 +54,25 @@ def _raw_data_repr(data: bytes | None) -> str:
     return "<hex:" + shown + ">"
 
 
+def _data_body_repr(frame: hyperframe.frame.DataFrame) -> str:
+    """What ``Frame._body_repr`` shows of a DATA frame, without serializing its body.
+
+    The generic method serializes the whole body (a copy of the payload, padding
+    included) to show its first bytes; h2 asks for it on every frame it receives, for
+    a trace log that is off. Only the first bytes are built here: the text is the same.
+    """
+    head = frame.data[: _SHOWN_BYTES + 1]
+    if "PADDED" in frame.flags:
+        head = bytes([frame.pad_length]) + head
+        if len(head) < _SHOWN_BYTES + 1:
+            head += b"\0" * frame.pad_length
+    return _raw_data_repr(head[: _SHOWN_BYTES + 1])
+
+
 def quiet_frame_repr() -> None:
-    """Install the payload-independent frame repr (idempotent)."""
+    """Install the payload-independent frame reprs (idempotent)."""
     hyperframe.frame._raw_data_repr = _raw_data_repr
+    hyperframe.frame.DataFrame._body_repr = _data_body_repr  # type: ignore[method-assign,assignment]
 
 
 def tune_server(server: grpclib.server.Server, max_frame_size: int = MAX_FRAME_SIZE) -> None:

@@ -70,6 +70,26 @@ def test_send_messages_mirrors_every_assignment_of_grpclibs_send_message() -> No
     assert theirs <= ours
 
 
+def test_send_client_message_mirrors_grpclibs_client_send_message() -> None:
+    theirs = assigned(grpclib.client.Stream.send_message)
+    assert theirs == {
+        "self._send_message_done",
+        "self._messages_sent",
+        "self._stream.connection.messages_sent",
+        "self._stream.connection.last_message_sent",
+        "self._end_done",  # only with end=True, which avaproto never passes
+    }
+    ours = {
+        name.replace("stream.", "self.", 1)
+        for name in assigned(_grpclib_private.send_client_message)
+    }
+    ours = {name.replace("connection.", "self._stream.connection.", 1) for name in ours}
+    assert theirs - {"self._end_done"} <= ours
+    source = inspect.getsource(grpclib.client.Stream.send_message)
+    for guard in ("if not self._send_request_done:", "if self._end_done:", "with self._wrapper:"):
+        assert guard in source
+
+
 def test_send_messages_follows_send_messages_order_of_work() -> None:
     source = inspect.getsource(grpclib.server.Stream.send_message)
     assert "if not self._send_initial_metadata_done:" in source

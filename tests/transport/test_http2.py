@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import binascii
-
 import grpclib.client
 import hyperframe.frame
 import pytest
 
+from avaproto.transport import http2
 from avaproto.transport.http2 import MAX_FRAME_SIZE, _raw_data_repr, quiet_frame_repr
 from tests.transport.test_grpc import RGB24, exchange, server
 
@@ -19,24 +18,28 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def hyperframes_own_repr(data: bytes | None) -> str:
-    """hyperframe 6's ``_raw_data_repr``, restated: the output to keep."""
-    if not data:
-        return "None"
-    shown = binascii.hexlify(data).decode("ascii")
-    if len(shown) > 20:
-        shown = shown[:20] + "..."
-    return "<hex:" + shown + ">"
-
-
 @pytest.mark.rule("SRV-11")
 @pytest.mark.parametrize("size", [0, 1, 9, 10, 11, 100, 1 << 20])
-def test_frame_repr_text_is_unchanged(size: int) -> None:
+@pytest.mark.parametrize("padding", [None, 0, 3, 40])
+def test_frame_repr_text_is_the_librarys(size: int, padding: int | None) -> None:
+    """The replacements give the text of hyperframe's own functions, kept at import."""
     data = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
-    assert _raw_data_repr(data) == hyperframes_own_repr(data)
+    assert _raw_data_repr(data) == http2.LIBRARY_RAW_DATA_REPR(data)
+    flags = ["PADDED"] if padding is not None else []
+    frame = hyperframe.frame.DataFrame(1, data, flags=flags)
+    if padding is not None:
+        frame.pad_length = padding
+    # The library's own text, from its own code, with its own hexlifying helper.
+    original = hyperframe.frame._raw_data_repr
+    hyperframe.frame._raw_data_repr = http2.LIBRARY_RAW_DATA_REPR
+    try:
+        expected = http2.LIBRARY_DATA_BODY_REPR(frame)
+    finally:
+        hyperframe.frame._raw_data_repr = original
     quiet_frame_repr()
-    frame = hyperframe.frame.DataFrame(1, data)
-    assert hyperframes_own_repr(data) in repr(frame)
+    assert type(frame)._body_repr is not http2.LIBRARY_DATA_BODY_REPR
+    assert frame._body_repr() == expected
+    assert expected in repr(frame)
 
 
 @pytest.mark.rule("SRV-11")
