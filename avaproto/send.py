@@ -26,7 +26,7 @@ from .client import (
     encode_frame,
 )
 from .engine.drive import Result
-from .engine.outcome import first_protocol_error
+from .engine.outcome import protocol_errors
 from .protocol.auth import Credentials
 from .protocol.video_format import VideoFormat
 from .report import Report
@@ -139,16 +139,12 @@ async def _run(
             await pipeline.end()
 
         try:
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(feed)
-                async for result in pipeline.results():
-                    report.add(result)
-                    if on_result is not None:
-                        on_result(result)
-        except BaseExceptionGroup as group:
-            cause = first_protocol_error(group)
-            if cause is None:
-                raise
-            raise cause from None
+            with protocol_errors():
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(feed)
+                    async for result in pipeline.results():
+                        report.add(result)
+                        if on_result is not None:
+                            on_result(result)
         finally:
             report.tolerated.update(pipeline.stream.tolerated)

@@ -43,7 +43,7 @@ from ..protocol.session import Session
 from ..protocol.video_format import VideoFormat
 from ..status import Status
 from .channel import MessageChannel
-from .outcome import first_protocol_error, log_tolerated
+from .outcome import log_tolerated, protocol_errors
 
 if TYPE_CHECKING:
     from ..media.shared_memory import SharedMemoryArena
@@ -156,18 +156,13 @@ class PipelineStream:
             assert any(isinstance(event, DescriptorReceived) for event in events)
         results_in, results_out = anyio.create_memory_object_stream[Result](math.inf)
         stream = cls(session, channel, window, arena, results_in, ack_timeout)
-        try:
+        with protocol_errors():
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(stream._receive_and_watch)
                 async with results_out:
                     yield stream, results_out
                     if not stream._ended:
                         await stream.end()
-        except BaseExceptionGroup as group:
-            error = first_protocol_error(group)
-            if error is None:
-                raise
-            raise error from None
 
     async def send(
         self,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..messages import Inference
 from ..protocol.descriptor import StreamDescriptor
@@ -21,6 +21,8 @@ from ..protocol.video_format import VideoFormat
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
+
+    from ..media.frames import Image
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,7 +53,7 @@ class Frame:
         return self.timestamp / timescale if timescale else None
 
     @cached_property
-    def image(self) -> Any:
+    def image(self) -> Image:
         """The pixels in their native layout: an array (packed formats) or YUV planes.
 
         Encoded samples (JPG, PNG, BMP) are decoded to RGB through Pillow.
@@ -68,10 +70,11 @@ class Frame:
         from ..media import frames
 
         _, fmt = self._content()
+        image = self.image
         if not fmt.is_raw:
-            image: npt.NDArray[np.uint8] = self.image
-            return image
-        return frames.to_rgb(self.image, fmt)
+            assert not isinstance(image, frames.YuvPlanes)  # decoded images are RGB
+            return image  # type: ignore[return-value]  # RGB uint8, from decode_image
+        return frames.to_rgb(image, fmt)
 
     def _content(self) -> tuple[memoryview, VideoFormat]:
         if self.data is None or self.format is None:

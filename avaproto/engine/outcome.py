@@ -8,7 +8,8 @@ cancellations it triggered in the other tasks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from ..errors import ProtocolError, StreamFailed
 from ..protocol.events import Tolerated
@@ -44,3 +45,20 @@ def first_protocol_error(
             if found is not None:
                 return found
     return None
+
+
+@contextmanager
+def protocol_errors() -> Iterator[None]:
+    """Around a task group: its failure surfaces as the one error the stream ends with.
+
+    A task group raises every child's exception together, the cause among the
+    cancellations it triggered; a stream ends with one status, so the first protocol
+    error (or the peer's failure) is raised alone. Anything else is raised unchanged.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        error = first_protocol_error(group)
+        if error is None:
+            raise
+        raise error from None

@@ -36,7 +36,8 @@ from .channel import MessageChannel
 from .config import EngineConfig
 from .extension import Extension, as_async_extension
 from .frame import Frame
-from .outcome import first_protocol_error, log_tolerated
+from .leases import Lease, Region
+from .outcome import log_tolerated, protocol_errors
 
 log = logging.getLogger("avaproto.serve")
 
@@ -70,20 +71,12 @@ class _Job:
 
     __slots__ = ("done", "frame", "inferences", "lease", "sample")
 
-    def __init__(self, sample: SampleReceived, frame: Frame, lease: _Lease | None) -> None:
+    def __init__(self, sample: SampleReceived, frame: Frame, lease: Lease | None) -> None:
         self.sample = sample
         self.frame = frame
         self.lease = lease
         self.done = False
         self.inferences: list[Inference] = []
-
-
-class _Lease:
-    """The part of a shared-memory lease the engine uses (see media.shared_memory)."""
-
-    view: memoryview
-
-    def release(self) -> None: ...
 
 
 _DEFAULT_CONFIG = EngineConfig()
@@ -97,7 +90,7 @@ async def serve_stream(
     summary = StreamSummary(channel.peer)
     summary.tolerated = session.tolerated
     extension = as_async_extension(extension, limiter=config.thread_limiter)
-    region = None
+    region: Region | None = None
     opened = False
     try:
         first = await channel.receive()
@@ -192,7 +185,7 @@ class _Pump:
         channel: MessageChannel,
         extension: Extension,
         descriptor: StreamDescriptor,
-        region: object | None,
+        region: Region | None,
         config: EngineConfig,
         summary: StreamSummary,
     ) -> None:
@@ -217,17 +210,13 @@ class _Pump:
         workers = 1 if self.sequential else self.config.max_in_flight
         send, receive = anyio.create_memory_object_stream[_Job](self.config.max_in_flight)
         try:
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self._answer_all)
-                async with receive:
-                    for _ in range(workers):
-                        tasks.start_soon(self._work, receive.clone())
-                await self._read_all(send)
-        except BaseExceptionGroup as group:
-            error = first_protocol_error(group)
-            if error is None:
-                raise
-            raise error from None
+            with protocol_errors():
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(self._answer_all)
+                    async with receive:
+                        for _ in range(workers):
+                            tasks.start_soon(self._work, receive.clone())
+                    await self._read_all(send)
         finally:
             for job in self.pending:  # only after a failure: answered jobs left the queue
                 _release(job)
@@ -269,9 +258,7 @@ class _Pump:
             data = memoryview(content.data)
         elif content is not None:
             assert self.region is not None  # the session checked SHM-1
-            lease = self.region.lease(  # type: ignore[attr-defined]
-                event.sequence_number, content.offset, content.length
-            )
+            lease = self.region.lease(event.sequence_number, content.offset, content.length)
             data = lease.view
         frame = Frame(
             sequence_number=event.sequence_number,

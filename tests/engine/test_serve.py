@@ -19,7 +19,7 @@ from avaproto.engine.config import EngineConfig
 from avaproto.engine.drive import PipelineStream, Result
 from avaproto.engine.extension import ExtensionRefused, FunctionExtension
 from avaproto.engine.frame import Frame
-from avaproto.engine.outcome import first_protocol_error
+from avaproto.engine.outcome import protocol_errors
 from avaproto.engine.serve import StreamSummary, serve_stream
 from avaproto.errors import ProtocolError, StreamFailed
 from avaproto.messages import Inference, MediaSample, MediaStreamMessage
@@ -56,18 +56,13 @@ async def served(
             outcome.append(error)
 
     with anyio.fail_after(TIMEOUT):
-        try:
+        with protocol_errors():
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(run)
                 async with PipelineStream.open(
                     pipeline_end, descriptor or pipeline_descriptor(), window=window
                 ) as (stream, results):
                     yield stream, results, outcome
-        except BaseExceptionGroup as group:
-            cause = first_protocol_error(group)
-            if cause is None:
-                raise
-            raise cause from None
 
 
 async def collect(results: anyio.abc.ObjectReceiveStream[Result]) -> list[Result]:
@@ -490,3 +485,13 @@ async def test_processor_returning_a_box_past_the_image_edge_is_answered() -> No
     [inference] = answer.inferences
     assert inference.motion is not None and inference.motion.box is not None
     assert inference.motion.box.w == pytest.approx(0.9)
+
+
+def test_protocol_errors_surfaces_the_cause_of_a_failed_task_group() -> None:
+    cause = ProtocolError("SEQ-3", Status.INVALID_ARGUMENT, "numbers")
+    group = BaseExceptionGroup("tasks", [KeyboardInterrupt(), cause])
+    with pytest.raises(ProtocolError) as caught, protocol_errors():
+        raise group
+    assert caught.value is cause
+    with pytest.raises(BaseExceptionGroup), protocol_errors():
+        raise BaseExceptionGroup("tasks", [ValueError("not a protocol error")])
