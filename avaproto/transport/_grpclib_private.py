@@ -1,23 +1,34 @@
-"""Every use of grpclib's private names, in one place, each guarded by a test.
+"""Every use of grpclib's, h2's and hyperframe's private names, in one place.
 
-grpclib's public API sends one message per call, and each call is one HTTP/2 DATA frame
-and one socket write, after one more copy of the message to prepend gRPC's prefix. The
-engine answers a window of samples at once, and the pipeline sends frames of megabytes;
-sending them as one DATA frame, copied once, needs the call's HTTP/2 stream, which
-grpclib keeps private. Should
-grpclib change under these functions, tests/transport/test_grpclib_private.py fails
-(it checks the names against the library's own objects), not a user's stream.
+Each function here names what it needs of a library's internals and why; each is
+guarded by tests/transport/test_grpclib_private.py, which checks against the library's
+own objects (its classes, its code), so an upgrade that changes them fails a test, not
+a user's stream. The uses:
+
+* sending: grpclib's public API sends one message per call, one DATA frame and one
+  socket write each, after one more copy of the message to prepend gRPC's prefix; the
+  engine answers a window at once and the pipeline sends frames of megabytes, so both
+  write to the call's HTTP/2 stream themselves;
+* receiving: messages are read off the HTTP/2 stream, size first, before grpclib
+  buffers them, and the extension's trailers as soon as it ends its direction;
+* the server: its listener (the port chosen, closed on drain) and its connections
+  (HTTP/2 settings, TLS diagnostics);
+* hyperframe's frame reprs, which h2 builds for every frame it receives.
 """
 
 from __future__ import annotations
 
+import asyncio
+import binascii
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import grpclib.client
+import grpclib.const
 import grpclib.exceptions
 import grpclib.server
+import hyperframe.frame
 
 
 async def send_messages(stream: grpclib.server.Stream[Any, Any], framed: Sequence[bytes]) -> None:
@@ -54,3 +65,100 @@ async def send_client_message(stream: grpclib.client.Stream[Any, Any], framed: b
         connection = stream._stream.connection
         connection.messages_sent += 1
         connection.last_message_sent = time.monotonic()
+
+
+# --- the HTTP/2 stream under a call -------------------------------------------------------
+
+
+def http2_stream(stream: grpclib.server.Stream[Any, Any] | grpclib.client.Stream[Any, Any]) -> Any:
+    """The call's ``grpclib.protocol.Stream``: read before grpclib buffers a message."""
+    return stream._stream
+
+
+async def receive_initial_metadata(stream: grpclib.client.Stream[Any, Any]) -> None:
+    """Receive the extension's headers once, as ``recv_message`` does before its first read."""
+    if not stream._recv_initial_metadata_done:
+        await stream.recv_initial_metadata()
+
+
+def grpc_status(
+    stream: grpclib.client.Stream[Any, Any], headers: Any
+) -> tuple[grpclib.const.Status, str | None]:
+    """The gRPC status and message in trailers (or a trailers-only response)."""
+    status, message, _ = stream._process_grpc_status(dict(headers))
+    return status, message
+
+
+async def receive_trailers(stream: grpclib.client.Stream[Any, Any]) -> Any:
+    """The extension's trailers. grpclib reads them only after our side ended; a
+    pipeline needs them as soon as the extension ends its direction."""
+    return await stream._stream.recv_trailers()
+
+
+def received_headers(stream: grpclib.client.Stream[Any, Any]) -> tuple[Any, Any]:
+    """(trailers, headers) received so far on the call, each None when none came."""
+    return stream._stream.trailers, stream._stream.headers
+
+
+def end_sent(stream: grpclib.client.Stream[Any, Any]) -> bool:
+    return bool(stream._end_done)
+
+
+# --- the server's listener and connections ------------------------------------------------
+
+
+def listener(server: grpclib.server.Server) -> asyncio.Server | None:
+    """The asyncio server grpclib listens with (None before ``start``, after ``close``)."""
+    return cast("asyncio.Server | None", server._server)
+
+
+def wrap_connections(server: grpclib.server.Server, wrap: Callable[[Any], Any]) -> None:
+    """Have every connection ``server`` accepts made by ``wrap(grpclib's protocol)``."""
+    make_protocol: Any = server._protocol_factory
+    server._protocol_factory = lambda: wrap(make_protocol())  # type: ignore[method-assign]
+
+
+def update_local_settings(protocol: Any, settings: dict[int, int]) -> None:
+    """Advertise ``settings`` on a connection grpclib just made, and send them now."""
+    protocol.connection._connection.update_settings(settings)
+    protocol.connection.flush()
+
+
+# --- hyperframe's frame reprs ---------------------------------------------------------------
+
+_SHOWN_BYTES = 10  # hyperframe shows 20 hex digits
+#: hyperframe's own functions, kept before ``quiet_frame_repr`` replaces them: the
+#: replacements must give their text (tests/transport/test_http2.py compares).
+LIBRARY_RAW_DATA_REPR = hyperframe.frame._raw_data_repr
+LIBRARY_DATA_BODY_REPR = hyperframe.frame.DataFrame._body_repr
+
+
+def _raw_data_repr(data: bytes | None) -> str:
+    """hyperframe's ``_raw_data_repr``, same output, without hexlifying what it drops."""
+    if not data:
+        return "None"
+    shown = binascii.hexlify(data[: _SHOWN_BYTES + 1]).decode("ascii")
+    if len(shown) > 2 * _SHOWN_BYTES:
+        shown = shown[: 2 * _SHOWN_BYTES] + "..."
+    return "<hex:" + shown + ">"
+
+
+def _data_body_repr(frame: hyperframe.frame.DataFrame) -> str:
+    """What ``Frame._body_repr`` shows of a DATA frame, without serializing its body.
+
+    The generic method serializes the whole body (a copy of the payload, padding
+    included) to show its first bytes; h2 asks for it on every frame it receives, for
+    a trace log that is off. Only the first bytes are built here: the text is the same.
+    """
+    head = frame.data[: _SHOWN_BYTES + 1]
+    if "PADDED" in frame.flags:
+        head = bytes([frame.pad_length]) + head
+        if len(head) < _SHOWN_BYTES + 1:
+            head += b"\0" * frame.pad_length
+    return _raw_data_repr(head[: _SHOWN_BYTES + 1])
+
+
+def quiet_frame_repr() -> None:
+    """Install the payload-independent frame reprs (idempotent)."""
+    hyperframe.frame._raw_data_repr = _raw_data_repr
+    hyperframe.frame.DataFrame._body_repr = _data_body_repr  # type: ignore[method-assign,assignment]

@@ -22,9 +22,17 @@ from ..codec import encode_framed
 from ..errors import ProtocolError, StreamFailed
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..status import Status
-from ._grpclib_private import send_client_message
+from ._grpclib_private import (
+    end_sent,
+    grpc_status,
+    http2_stream,
+    quiet_frame_repr,
+    receive_initial_metadata,
+    receive_trailers,
+    received_headers,
+    send_client_message,
+)
 from .framing import WireCodec, read_message
-from .http2 import quiet_frame_repr
 from .tls import explain_connection_failure
 
 #: The largest answer accepted (PIPE-5): answers carry inferences, rarely a frame; a
@@ -70,15 +78,13 @@ class ClientChannel:
 
     async def receive(self) -> MediaStreamMessage | None:
         try:
-            if not self._stream._recv_initial_metadata_done:
-                await self._stream.recv_initial_metadata()
-            message = await read_message(self._stream._stream, self._max, limit_rule="PIPE-5")
+            await receive_initial_metadata(self._stream)
+            message = await read_message(http2_stream(self._stream), self._max, limit_rule="PIPE-5")
             if message is not None:
                 return message
             # The extension ended its stream. Its status is in the trailers, which grpclib
             # only reads after our side ended: read them from the HTTP/2 stream directly.
-            trailers = await self._stream._stream.recv_trailers()
-            status, detail, _ = self._stream._process_grpc_status(dict(trailers))
+            status, detail = grpc_status(self._stream, await receive_trailers(self._stream))
         except GRPCError as error:
             raise _failed(error) from None
         except StreamTerminatedError as error:
@@ -99,14 +105,15 @@ class ClientChannel:
         A refusing extension answers with a trailers-only response, then resets the
         stream we are still sending on; grpclib then reports only the reset.
         """
-        for headers in (self._stream._stream.trailers, self._stream._stream.headers):
+        trailers, headers_received = received_headers(self._stream)
+        for headers in (trailers, headers_received):
             fields = dict(headers or ())
             if "grpc-status" in fields:
-                status, detail, _ = self._stream._process_grpc_status(fields)
+                status, detail = grpc_status(self._stream, fields)
                 if status is not grpclib.const.Status.OK:
                     return StreamFailed(Status(status.value), detail or "")
         message = f"connection lost: {error}"
-        if self._stream._stream.headers is None:  # the extension never answered
+        if headers_received is None:  # the extension never answered
             hint = explain_connection_failure(error, tls=self._tls)
             if hint:
                 message += f"; {hint}"
@@ -166,7 +173,7 @@ async def open_channel(
                 yield ClientChannel(
                     stream, f"{host}:{port}", max_message_bytes, tls=ssl_context is not None
                 )
-                if not stream._end_done:
+                if not end_sent(stream):
                     await stream.end()
         except GRPCError as error:
             raise _failed(error) from None

@@ -18,7 +18,7 @@ import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import grpclib.const
@@ -32,13 +32,13 @@ from ..engine.serve import serve_stream
 from ..errors import ProtocolError
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..protocol.auth import AUTH_HEADER, Credentials, check_authentication
-from ._grpclib_private import send_messages
+from ._grpclib_private import http2_stream, listener, send_messages
 from .framing import WireCodec, read_message
 from .health import HealthService, ServingStatus
 from .http2 import tune_server
 
 if TYPE_CHECKING:
-    import asyncio
+    pass
 
 log = logging.getLogger("avaproto.server")
 
@@ -72,7 +72,7 @@ class _ServerChannel:
 
     def __init__(self, stream: grpclib.server.Stream[Any, Any], max_bytes: int) -> None:
         self._stream = stream
-        self._raw = stream._stream  # grpclib.protocol.Stream: read before buffering
+        self._raw = http2_stream(stream)  # read before grpclib buffers a message
         self._max = max_bytes
         addr = stream.peer.addr()
         self.peer = f"{addr[0]}:{addr[1]}" if addr else "unknown"
@@ -160,7 +160,7 @@ class ExtensionServer:
 
     @property
     def port(self) -> int:
-        listening = cast("asyncio.Server | None", self._server._server)
+        listening = listener(self._server)
         if listening is None or not listening.sockets:
             raise RuntimeError("the server is not listening")
         return int(listening.sockets[0].getsockname()[1])
@@ -171,8 +171,9 @@ class ExtensionServer:
         if self.health is not None:
             # Before anything else, so balancers stop sending streams during the grace.
             self.health.set_status(ServingStatus.NOT_SERVING)
-        if self._server._server is not None:
-            self._server._server.close()  # stop listening; connections stay
+        listening = listener(self._server)
+        if listening is not None:
+            listening.close()  # stop listening; connections stay
         with anyio.move_on_after(grace):
             await self.service.wait_idle()
         if self.service.active:

@@ -139,3 +139,32 @@ async def test_a_batch_arrives_as_separate_messages() -> None:
     assert isinstance(answers[0].media_stream_descriptor, MediaStreamDescriptor)
     assert [a.ack_sequence_number for a in answers[1:]] == list(range(2, 10))
     assert [a.sequence_number for a in answers] == list(range(1, 10))
+
+
+def test_the_private_names_exist_where_they_are_used() -> None:
+    """Each private name, looked up on the library's own classes and code."""
+    server_source = inspect.getsource(grpclib.server.Server)
+    assert "def _protocol_factory(self)" in server_source
+    assert "self._protocol_factory" in inspect.getsource(grpclib.server.Server.start)
+    assert "self._server: Optional[asyncio.AbstractServer] = None" in server_source
+    assert "self._server = await self._loop.create_server(" in server_source
+    for name in ("_process_grpc_status", "recv_initial_metadata"):
+        assert callable(getattr(grpclib.client.Stream, name))
+    for attribute in ("_recv_initial_metadata_done", "_end_done", "_send_request_done"):
+        assert getattr(grpclib.client.Stream, attribute) is False  # class-level defaults
+    for stream_class in (grpclib.server.Stream, grpclib.client.Stream):
+        assert "self._stream" in inspect.getsource(stream_class)
+    protocol_stream = inspect.getsource(grpclib.protocol.Stream)
+    for member in (
+        "async def recv_data",
+        "async def recv_trailers",
+        "self.trailers",
+        "self.headers",
+    ):
+        assert member in protocol_stream
+    connection = inspect.getsource(grpclib.protocol.Connection)
+    assert "self._connection = connection" in connection and "def flush" in connection
+    import hyperframe.frame
+
+    assert callable(hyperframe.frame.Frame._body_repr)
+    assert "DataFrame" in dir(hyperframe.frame)

@@ -6,8 +6,9 @@ import grpclib.client
 import hyperframe.frame
 import pytest
 
-from avaproto.transport import http2
-from avaproto.transport.http2 import MAX_FRAME_SIZE, _raw_data_repr, quiet_frame_repr
+from avaproto.transport import _grpclib_private as http2
+from avaproto.transport._grpclib_private import _raw_data_repr, quiet_frame_repr
+from avaproto.transport.http2 import MAX_FRAME_SIZE
 from tests.transport.test_grpc import RGB24, exchange, server
 
 pytestmark = pytest.mark.anyio
