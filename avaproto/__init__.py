@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .client import Pipeline, connect
-    from .engine.extension import Extension, ExtensionRefused
+    from .engine.extension import Extension, ExtensionBase, ExtensionRefused
     from .engine.frame import Frame
     from .errors import AvaprotoError, ProtocolError, StreamFailed
     from .server import running, serve
@@ -23,6 +23,7 @@ _EXPORTS = {
     "Pipeline": "client",
     "connect": "client",
     "Extension": "engine.extension",
+    "ExtensionBase": "engine.extension",
     "ExtensionRefused": "engine.extension",
     "Frame": "engine.frame",
     "AvaprotoError": "errors",
@@ -35,6 +36,7 @@ _EXPORTS = {
 __all__ = [
     "AvaprotoError",
     "Extension",
+    "ExtensionBase",
     "ExtensionRefused",
     "Frame",
     "Pipeline",

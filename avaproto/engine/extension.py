@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import anyio.to_thread
 
@@ -50,7 +50,16 @@ class ExtensionRefused(ProtocolError):
 
 @runtime_checkable
 class Extension(Protocol):
-    """One stream's extension: created per stream by the server's factory."""
+    """One stream's extension: created per stream by the server's factory.
+
+    Classes need not spell all of it out: ``as_async_extension`` turns any class with a
+    ``process`` method (plain or async, with or without ``open``, ``close`` and
+    ``sequential``) into this, once per stream.
+    """
+
+    #: True: ``process`` sees one frame at a time, in stream order (a tracker, a motion
+    #: detector); False: frames are processed concurrently, up to ``max_in_flight``.
+    sequential: ClassVar[bool]
 
     async def open(self, descriptor: StreamDescriptor) -> None:
         """Accept (return) or refuse (raise ``ExtensionRefused``) the pipeline's descriptor."""
@@ -71,10 +80,11 @@ class _ThreadedExtension:
     killed, but the stream ends on time and the thread's result is dropped.
     """
 
+    sequential: ClassVar[bool] = False
+
     def __init__(self, extension: object, limiter: anyio.CapacityLimiter | None) -> None:
         self._extension = extension
         self._limiter = limiter
-        self.sequential = bool(getattr(extension, "sequential", False))
         self._open = getattr(extension, "open", None)
         self._process = extension.process  # type: ignore[attr-defined]
         self._close = getattr(extension, "close", None)
@@ -100,6 +110,10 @@ class _ThreadedExtension:
         await self._call(self._close, abandon=False)
 
 
+class _SequentialThreadedExtension(_ThreadedExtension):
+    sequential: ClassVar[bool] = True
+
+
 def check_extension_class(cls: type) -> None:
     """Refuse, when it is loaded, a class that cannot serve a stream (not on the first frame)."""
     process = getattr(cls, "process", None)
@@ -118,17 +132,46 @@ def check_extension_class(cls: type) -> None:
 def as_async_extension(
     extension: object, *, limiter: anyio.CapacityLimiter | None = None
 ) -> Extension:
-    """``extension`` itself when all its methods are coroutines, else a threaded adapter."""
+    """``extension`` itself when it is the whole protocol, else an adapter that is.
+
+    The one place where an author's class is taken as it comes: plain ``def`` methods
+    run in worker threads, a missing ``open`` or ``close`` does nothing, a missing
+    ``sequential`` is False.
+    """
     methods = [getattr(extension, name, None) for name in ("open", "process", "close")]
-    if all(inspect.iscoroutinefunction(method) for method in methods):
-        return extension  # type: ignore[return-value]  # all three async: the protocol
+    declared = isinstance(getattr(type(extension), "sequential", None), bool)
+    if declared and all(inspect.iscoroutinefunction(method) for method in methods):
+        return extension  # type: ignore[return-value]  # the whole protocol, as it is
     if not callable(methods[1]):
         check_extension_class(type(extension))
+    if getattr(extension, "sequential", False):
+        return _SequentialThreadedExtension(extension, limiter)
     return _ThreadedExtension(extension, limiter)
+
+
+class ExtensionBase:
+    """A base for extension classes: concurrent, accepting every descriptor, no cleanup.
+
+    Subclass it and write ``process``; override ``open`` to refuse descriptors, ``close``
+    to free what ``open`` took, ``sequential`` for frames one at a time in order.
+    """
+
+    sequential: ClassVar[bool] = False
+
+    async def open(self, descriptor: StreamDescriptor) -> None:
+        return None
+
+    async def process(self, frame: Frame) -> Result:
+        raise NotImplementedError(f"{type(self).__qualname__} does not define process(frame)")
+
+    async def close(self) -> None:
+        return None
 
 
 class FunctionExtension:
     """An ``Extension`` around a processor function, sync (in a worker thread) or async."""
+
+    sequential: ClassVar[bool] = False
 
     def __init__(
         self, processor: Processor, *, limiter: anyio.CapacityLimiter | None = None

@@ -203,7 +203,7 @@ class _Pump:
         self.wake: anyio.Event | None = None
         # A stateful extension (a tracker, a motion detector) sees its frames one at a
         # time and in order; the engine still reads ahead up to max_in_flight.
-        self.sequential = bool(getattr(extension, "sequential", False))
+        self.sequential = extension.sequential
         self.timeout = config.frame_timeout
 
     async def run(self) -> None:

@@ -37,7 +37,7 @@ import json
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio.to_thread
 import numpy as np
@@ -342,7 +342,7 @@ class MotionExtension:
     """The ``motion`` built-in: one detector per stream, configured by the pipeline."""
 
     #: Each frame is compared with the earlier ones: process them in order.
-    sequential = True
+    sequential: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.detector = MotionDetector()

@@ -6,12 +6,16 @@ this extension is avaproto's (and the pipeline's), not a model's.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from ..engine.extension import Result
 from ..engine.frame import Frame
 from ..protocol.descriptor import StreamDescriptor
 
 
 class NullExtension:
+    sequential: ClassVar[bool] = False
+
     async def open(self, descriptor: StreamDescriptor) -> None:
         return None
 

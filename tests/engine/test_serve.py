@@ -495,3 +495,22 @@ def test_protocol_errors_surfaces_the_cause_of_a_failed_task_group() -> None:
     assert caught.value is cause
     with pytest.raises(BaseExceptionGroup), protocol_errors():
         raise BaseExceptionGroup("tasks", [ValueError("not a protocol error")])
+
+
+def test_every_extension_is_made_the_whole_protocol() -> None:
+    from avaproto.engine.extension import ExtensionBase, as_async_extension
+
+    class Plain:
+        async def process(self, frame: Frame) -> None: ...
+
+    class Ordered(ExtensionBase):
+        sequential = True
+
+        async def process(self, frame: Frame) -> None: ...
+
+    plain = as_async_extension(Plain())
+    assert plain.sequential is False and plain is not None
+    ordered = Ordered()
+    assert as_async_extension(ordered) is ordered  # already the protocol: used as it is
+    assert as_async_extension(ordered).sequential is True
+    assert as_async_extension(SyncTagger()).sequential is False
