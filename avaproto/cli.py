@@ -788,8 +788,8 @@ def _send(args: argparse.Namespace) -> int:
         raise
     finally:
         progress.close()
-    if not report.seconds:
-        report.seconds = time.monotonic() - started
+    if report.ended is None:  # the run never started sending
+        report.started, report.ended = started, time.monotonic()
 
     if report.sent or received is not None:  # nothing to sum up when nothing was sent
         print(f"{fmt}, {args.transfer} transfer, to {args.target}", file=summary)

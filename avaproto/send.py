@@ -90,11 +90,12 @@ async def send_frames(
         seconds = float(frame.pts)
         return content, ticks(seconds, options.timescale), seconds
 
-    started = time.monotonic()
+    report.peer = options.target
+    report.started, report.ended = time.monotonic(), None
     try:
         await _run(frames=next_encoded, options=options, report=report, on_result=on_result)
     finally:
-        report.seconds = time.monotonic() - started
+        report.ended = time.monotonic()
     return report
 
 

@@ -16,10 +16,8 @@ and ``finally`` releases every lease and mapping.
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections import deque
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -38,32 +36,13 @@ from .extension import Extension, as_async_extension
 from .frame import Frame
 from .leases import Lease, Region
 from .outcome import log_tolerated, protocol_errors
+from .statistics import StreamStatistics
 
 log = logging.getLogger("avaproto.serve")
 
 
-@dataclass
-class StreamSummary:
-    """What happened on one stream, for the closing log line and for tests."""
-
-    peer: str
-    descriptor: StreamDescriptor | None = None
-    frames: int = 0
-    inferences: int = 0
-    started: float = field(default_factory=time.monotonic)
-    ended: float | None = None
-    status: Status = Status.OK
-    message: str = ""
-    #: The pipeline's deviations accepted, by rule (see the rules' ``field`` notes).
-    tolerated: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def seconds(self) -> float:
-        return (self.ended or time.monotonic()) - self.started
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else math.nan
+#: The extension's name for its stream statistics (the server's closing log line).
+StreamSummary = StreamStatistics
 
 
 class _Job:
@@ -84,10 +63,10 @@ _DEFAULT_CONFIG = EngineConfig()
 
 async def serve_stream(
     channel: MessageChannel, extension: Extension, config: EngineConfig = _DEFAULT_CONFIG
-) -> StreamSummary:
+) -> StreamStatistics:
     """Serve one stream to its end; raise ``ProtocolError`` when it must end with a status."""
     session = Session(Role.EXTENSION, limits=config.limits)
-    summary = StreamSummary(channel.peer)
+    summary = StreamStatistics(channel.peer)
     summary.tolerated = session.tolerated
     extension = as_async_extension(extension, limiter=config.thread_limiter)
     region: Region | None = None
@@ -152,14 +131,8 @@ async def serve_stream(
             summary.inferences,
             summary.status.name,
             f": {summary.message}" if summary.message else "",
-            _tolerated_text(summary.tolerated),
+            f"; tolerated {summary.tolerated_text()}" if summary.tolerated else "",
         )
-
-
-def _tolerated_text(tolerated: Counter[str]) -> str:
-    if not tolerated:
-        return ""
-    return "; tolerated " + ", ".join(f"{rule} x{n}" for rule, n in sorted(tolerated.items()))
 
 
 async def _close(extension: Extension) -> None:
@@ -187,7 +160,7 @@ class _Pump:
         descriptor: StreamDescriptor,
         region: Region | None,
         config: EngineConfig,
-        summary: StreamSummary,
+        summary: StreamStatistics,
     ) -> None:
         self.session = session
         self.channel = channel
@@ -344,8 +317,7 @@ class _Pump:
                     _release(job)
             for job in ready:
                 self.slots.release()
-                self.summary.frames += 1
-                self.summary.inferences += len(job.inferences)
+                self.summary.count_answer(job.inferences)
 
 
 def _checked(result: object, number: int) -> list[Inference]:

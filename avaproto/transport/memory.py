@@ -15,7 +15,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ..codec import decode_message, encode_message
 from ..engine.config import EngineConfig
 from ..engine.extension import Extension
-from ..engine.serve import StreamSummary, serve_stream
+from ..engine.serve import serve_stream
+from ..engine.statistics import StreamStatistics
 from ..errors import ProtocolError, StreamFailed
 from ..messages import MediaStreamMessage
 from ..status import Status
@@ -91,7 +92,7 @@ def channel_pair(capacity: int = 4) -> tuple[MemoryChannel, MemoryChannel]:
 
 async def serve(
     channel: MemoryChannel, extension: Extension, config: EngineConfig | None = None
-) -> StreamSummary:
+) -> StreamStatistics:
     """Serve one in-memory stream; a protocol error ends it with its status, then re-raises."""
     try:
         return await serve_stream(channel, extension, config or EngineConfig())

@@ -514,3 +514,18 @@ def test_every_extension_is_made_the_whole_protocol() -> None:
     assert as_async_extension(ordered) is ordered  # already the protocol: used as it is
     assert as_async_extension(ordered).sequential is True
     assert as_async_extension(SyncTagger()).sequential is False
+
+
+def test_both_roles_keep_one_kind_of_statistics() -> None:
+    from avaproto.engine.statistics import StreamStatistics
+    from avaproto.messages import Motion
+    from avaproto.report import Report
+
+    assert StreamSummary is StreamStatistics and Report is StreamStatistics
+    stats = StreamStatistics("peer")
+    stats.count_answer([Inference(motion=Motion()), Inference(subtype="x")])
+    stats.count_answer([])
+    assert (stats.frames, stats.answered, stats.inferences) == (2, 2, 2)
+    assert stats.by_type == {"motion": 1, "auto": 1}
+    stats.seconds = 2.0
+    assert stats.fps == 1.0
