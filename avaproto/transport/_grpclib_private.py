@@ -13,7 +13,8 @@ a user's stream. The uses:
   buffers them, and the extension's trailers as soon as it ends its direction;
 * the server: its listener (the port chosen, closed on drain) and its connections
   (HTTP/2 settings, TLS diagnostics);
-* hyperframe's frame reprs, which h2 builds for every frame it receives.
+* hyperframe's frame reprs, which h2 builds for every frame it receives;
+* empty DATA frames, which grpclib's buffer would take for the end of the stream.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, cast
 import grpclib.client
 import grpclib.const
 import grpclib.exceptions
+import grpclib.protocol
 import grpclib.server
 import hyperframe.frame
 
@@ -162,3 +164,25 @@ def quiet_frame_repr() -> None:
     """Install the payload-independent frame reprs (idempotent)."""
     hyperframe.frame._raw_data_repr = _raw_data_repr
     hyperframe.frame.DataFrame._body_repr = _data_body_repr  # type: ignore[method-assign,assignment]
+
+
+# --- empty DATA frames --------------------------------------------------------------------
+
+_PROCESS_DATA_RECEIVED = grpclib.protocol.EventsProcessor.process_data_received
+
+
+def _process_data_received(self: Any, event: Any) -> None:
+    if not event.data and not event.flow_controlled_length:
+        return  # an empty DATA frame: nothing to read, nothing to acknowledge
+    _PROCESS_DATA_RECEIVED(self, event)
+
+
+def keep_empty_data_frames_out() -> None:
+    """Stop an empty DATA frame from reading as the end of a message (idempotent).
+
+    HTTP/2 allows DATA frames of no bytes anywhere in a stream. grpclib queues one as
+    data of size 0, and its buffer takes an entry of size 0 for the end of the stream:
+    a message split around such a frame was cut short. The end of a stream arrives as an
+    event of its own, so dropping the empty frame loses nothing.
+    """
+    grpclib.protocol.EventsProcessor.process_data_received = _process_data_received  # type: ignore[method-assign]

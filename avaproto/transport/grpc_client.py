@@ -26,6 +26,7 @@ from ._grpclib_private import (
     end_sent,
     grpc_status,
     http2_stream,
+    keep_empty_data_frames_out,
     quiet_frame_repr,
     receive_initial_metadata,
     receive_trailers,
@@ -142,6 +143,7 @@ async def open_channel(
     """
     host, port = parse_target(target)
     quiet_frame_repr()
+    keep_empty_data_frames_out()
     channel = grpclib.client.Channel(host, port, ssl=ssl_context, codec=WireCodec())
     try:
         stream = channel.request(

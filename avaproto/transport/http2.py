@@ -29,7 +29,12 @@ from typing import Any
 import grpclib.server
 from h2.settings import SettingCodes
 
-from ._grpclib_private import quiet_frame_repr, update_local_settings, wrap_connections
+from ._grpclib_private import (
+    keep_empty_data_frames_out,
+    quiet_frame_repr,
+    update_local_settings,
+    wrap_connections,
+)
 from .tls import DiagnosedServerTLS
 
 #: What the server advertises as SETTINGS_MAX_FRAME_SIZE (the protocol allows up to
@@ -41,6 +46,7 @@ def tune_server(server: grpclib.server.Server, max_frame_size: int = MAX_FRAME_S
     """Advertise ``max_frame_size`` on every connection ``server`` accepts; log failed
     TLS handshakes (call before ``server.start``)."""
     quiet_frame_repr()
+    keep_empty_data_frames_out()
     tls: ssl.SSLContext | None = None
 
     def tuned(protocol: Any) -> Any:

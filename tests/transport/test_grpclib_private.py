@@ -10,13 +10,19 @@ import ast
 import inspect
 import textwrap
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import grpclib.client
+import grpclib.const
+import grpclib.exceptions
+import grpclib.protocol
 import grpclib.server
 import pytest
 
 from avaproto.messages import (
+    METHOD_PATH,
     ContentBytes,
     MediaGraphExtensionStub,
     MediaSample,
@@ -168,3 +174,82 @@ def test_the_private_names_exist_where_they_are_used() -> None:
 
     assert callable(hyperframe.frame.Frame._body_repr)
     assert "DataFrame" in dir(hyperframe.frame)
+
+
+# --- empty DATA frames and messages cut short, on a real server ---------------------------
+
+
+def test_grpclibs_buffer_still_takes_an_empty_entry_for_the_end() -> None:
+    """Why keep_empty_data_frames_out exists: without it an empty DATA frame ends a read."""
+    read = inspect.getsource(grpclib.protocol.Buffer.read)
+    assert "if not ack_size:" in read and "break" in read
+    assert "stream.buffer.add(" in inspect.getsource(_grpclib_private._PROCESS_DATA_RECEIVED)
+
+
+@asynccontextmanager
+async def raw_call(port: int) -> AsyncIterator[Any]:
+    """A call whose DATA frames the test writes itself (a peer that splits its messages)."""
+    from avaproto.transport.framing import WireCodec
+
+    channel = grpclib.client.Channel("127.0.0.1", port, codec=WireCodec())
+    try:
+        async with channel.request(
+            METHOD_PATH,
+            grpclib.const.Cardinality.STREAM_STREAM,
+            MediaStreamMessage,
+            MediaStreamMessage,
+        ) as call:
+            await call.send_request()
+            await call.send_message(
+                MediaStreamMessage(sequence_number=1, media_stream_descriptor=pipeline_descriptor())
+            )
+            yield call
+    finally:
+        channel.close()
+
+
+def framed_sample(number: int) -> bytes:
+    from avaproto.codec import encode_framed
+
+    return encode_framed(
+        MediaStreamMessage(
+            sequence_number=number,
+            media_sample=MediaSample(content_bytes=ContentBytes(bytes=bytes(FRAME_BYTES))),
+        )
+    )
+
+
+@pytest.mark.rule("WIRE-1")
+async def test_an_empty_data_frame_inside_a_message_is_no_end() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            running(lambda frame: [], ServerConfig(port=0), grace=1) as server,
+            raw_call(server.port) as call,
+        ):
+            data = framed_sample(2)
+            raw = _grpclib_private.http2_stream(call)
+            await raw.send_data(data[:7])
+            await raw.send_data(b"")  # a legal empty DATA frame, mid-message
+            await raw.send_data(data[7:])
+            await raw.send_data(b"")  # and one between messages
+            await raw.send_data(framed_sample(3))
+            await call.end()
+            answers = [message async for message in call]
+    assert [a.ack_sequence_number for a in answers] == [1, 2, 3]
+
+
+@pytest.mark.rule("WIRE-1")
+async def test_a_message_cut_short_by_the_end_of_the_stream_is_wire_1() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with running(lambda frame: [], ServerConfig(port=0), grace=1) as server:
+            with pytest.raises(grpclib.exceptions.GRPCError) as caught:
+                async with raw_call(server.port) as call:
+                    data = framed_sample(2)
+                    raw = _grpclib_private.http2_stream(call)
+                    await raw.send_data(data[:-10], end_stream=True)
+                    call._end_done = True  # ended on the wire, behind grpclib's back
+                    async for _ in call:
+                        pass
+    assert caught.value.status is grpclib.const.Status.INVALID_ARGUMENT
+    assert "[WIRE-1]" in (caught.value.message or "")
+    assert "ended inside a message" in (caught.value.message or "")
