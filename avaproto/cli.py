@@ -818,6 +818,44 @@ def _send(args: argparse.Namespace) -> int:
     return 1
 
 
+#: The pipeline's deadlines: option, and what each bounds.
+_DEADLINES = {
+    "connect_timeout": ("--connect-timeout", "to connect: TCP, TLS and HTTP/2"),
+    "descriptor_timeout": ("--descriptor-timeout", "for the extension's descriptor"),
+    "ack_timeout": ("--ack-timeout", "for each frame's acknowledgement"),
+}
+
+
+def _client_options(
+    parser: argparse.ArgumentParser, deadlines: dict[str, Any], tls_help: str
+) -> None:
+    """The deadlines (with their defaults) and the TLS options of a command that dials."""
+    group = parser.add_argument_group("deadlines (SECONDS; 0 or 'none' waits forever)")
+    for name, default in deadlines.items():
+        option, what = _DEADLINES[name]
+        group.add_argument(
+            option,
+            type=_timeout,
+            default=default,
+            metavar="SECONDS",
+            help=f"time to wait {what} (default: {_seconds(default)})",
+        )
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument("--tls", action="store_true", help=tls_help)
+    tls.add_argument(
+        "--tls-ca", type=Path, metavar="FILE", help="trust this CA, PEM (default: the system's)"
+    )
+    tls.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="present this client certificate chain, PEM: mutual TLS (default: none)",
+    )
+    tls.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="its private key, PEM (default: none)"
+    )
+
+
 def _add_send(commands: Any) -> None:
     from .client import Transfer
     from .messages import Encoding
@@ -930,38 +968,11 @@ def _add_send(commands: Any) -> None:
         help="where the segment is made; stale segments of senders that died are removed "
         "from it at start (default: %(default)s)",
     )
-    deadlines = parser.add_argument_group("deadlines (SECONDS; 0 or 'none' waits forever)")
-    for option, field, what in (
-        ("--connect-timeout", "connect_timeout", "to connect: TCP, TLS and HTTP/2"),
-        ("--descriptor-timeout", "descriptor_timeout", "for the extension's descriptor"),
-        ("--ack-timeout", "ack_timeout", "for each frame's acknowledgement"),
-    ):
-        default = _default(SendOptions, field)
-        deadlines.add_argument(
-            option,
-            type=_timeout,
-            default=default,
-            metavar="SECONDS",
-            help=f"time to wait {what} (default: {_seconds(default)})",
-        )
-    tls = parser.add_argument_group("TLS")
-    tls.add_argument(
-        "--tls",
-        action="store_true",
-        help="connect over TLS, trusting the system's CAs; the certificate must name "
-        "TARGET's host (default: off; implied by the options below)",
-    )
-    tls.add_argument(
-        "--tls-ca", type=Path, metavar="FILE", help="trust this CA, PEM (default: the system's)"
-    )
-    tls.add_argument(
-        "--tls-cert",
-        type=Path,
-        metavar="FILE",
-        help="present this client certificate chain, PEM: mutual TLS (default: none)",
-    )
-    tls.add_argument(
-        "--tls-key", type=Path, metavar="FILE", help="its private key, PEM (default: none)"
+    _client_options(
+        parser,
+        {name: _default(SendOptions, name) for name in _DEADLINES},
+        "connect over TLS, trusting the system's CAs; the certificate must name TARGET's "
+        "host (default: off; implied by the options below)",
     )
     _credential_options(parser)
     _verbosity_option(parser, "sub_verbose")
@@ -1127,36 +1138,13 @@ def _add_bench(commands: Any) -> None:
     parser.add_argument(
         "--json", metavar="FILE", help="also write the figures as JSON to FILE (default: none)"
     )
-    deadlines = parser.add_argument_group("deadlines (SECONDS; 0 or 'none' waits forever)")
-    for option, name, what in (
-        ("--connect-timeout", "connect_timeout", "to connect: TCP, TLS and HTTP/2"),
-        ("--ack-timeout", "ack_timeout", "for each frame's acknowledgement"),
-    ):
-        default = _parameter_default(drive_target, name)
-        deadlines.add_argument(
-            option,
-            type=_timeout,
-            default=default,
-            metavar="SECONDS",
-            help=f"time to wait {what} (default: {_seconds(default)})",
-        )
-    tls = parser.add_argument_group("TLS")
-    tls.add_argument(
-        "--tls",
-        action="store_true",
-        help="connect over TLS, trusting the system's CAs (default: off; implied below)",
-    )
-    tls.add_argument(
-        "--tls-ca", type=Path, metavar="FILE", help="trust this CA, PEM (default: the system's)"
-    )
-    tls.add_argument(
-        "--tls-cert",
-        type=Path,
-        metavar="FILE",
-        help="client certificate chain, PEM (default: none)",
-    )
-    tls.add_argument(
-        "--tls-key", type=Path, metavar="FILE", help="its private key, PEM (default: none)"
+    _client_options(
+        parser,
+        {
+            name: _parameter_default(drive_target, name)
+            for name in ("connect_timeout", "ack_timeout")
+        },
+        "connect over TLS, trusting the system's CAs (default: off; implied below)",
     )
     _credential_options(parser)
     _verbosity_option(parser, "sub_verbose")

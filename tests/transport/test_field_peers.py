@@ -356,6 +356,16 @@ class ClosedIntervalAllocator:
         return start, self.end - start + 1
 
 
+def referring(number: int, offset: int, length: int) -> MediaStreamMessage:
+    """A pipeline's sample referring to [offset, offset + length) of its segment."""
+    return MediaStreamMessage(
+        sequence_number=number,
+        media_sample=MediaSample(
+            content_reference=ContentReference(address_offset=offset, length_bytes=length)
+        ),
+    )
+
+
 @asynccontextmanager
 async def field_segment(length: int) -> AsyncIterator[tuple[str, mmap.mmap]]:
     name = f"avaproto-test-{secrets.token_hex(6)}"
@@ -417,14 +427,7 @@ async def test_serve_answers_a_pipeline_whose_references_are_one_byte_long(
                         for index, (offset, length) in enumerate(slots):
                             # One sample at a time, so the overlap is with a released slot.
                             mapping[offset : offset + FRAME] = bytes([index + 1]) * FRAME
-                            yield MediaStreamMessage(
-                                sequence_number=index + 2,
-                                media_sample=MediaSample(
-                                    content_reference=ContentReference(
-                                        address_offset=offset, length_bytes=length
-                                    )
-                                ),
-                            )
+                            yield referring(index + 2, offset, length)
                             await next_answer.receive()
 
                     async for message in stub.process_media_stream(requests()):
@@ -481,14 +484,7 @@ async def test_serve_warns_when_live_references_overlap(
                             sequence_number=1, media_stream_descriptor=descriptor
                         )
                         for index, (offset, length) in enumerate(slots):  # both live at once
-                            yield MediaStreamMessage(
-                                sequence_number=index + 2,
-                                media_sample=MediaSample(
-                                    content_reference=ContentReference(
-                                        address_offset=offset, length_bytes=length
-                                    )
-                                ),
-                            )
+                            yield referring(index + 2, offset, length)
                         await release.wait()
 
                     async for message in stub.process_media_stream(requests()):
