@@ -15,6 +15,7 @@ was wrong and where; it never crashes and never reads past the buffer.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from .errors import RemoteProtocolError
@@ -59,9 +60,12 @@ def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
 
 def _fields(
     data: memoryview, pos: int, end: int, path: str = "MediaStreamMessage"
-) -> list[tuple[int, int, int, int]]:
-    """Every field in ``data[pos:end]`` as (number, wire type, value or start, stop)."""
-    found = []
+) -> Iterator[tuple[int, int, int, int]]:
+    """Every field in ``data[pos:end]`` as (number, wire type, value or start, stop).
+
+    One at a time: a message of many small unknown fields is walked through in constant
+    memory, never collected.
+    """
     while pos < end:
         key, pos = _varint(data, pos, end)
         number, wire_type = key >> 3, key & 7
@@ -69,23 +73,22 @@ def _fields(
             raise _malformed(f"{path}: field number 0", pos)
         if wire_type == _VARINT:
             value, pos = _varint(data, pos, end)
-            found.append((number, wire_type, value, pos))
+            yield number, wire_type, value, pos
         elif wire_type == _LEN:
             length, pos = _varint(data, pos, end)
             stop = pos + length
             if stop > end:
                 raise _malformed(f"{path}: field {number} of {length} bytes runs past the end", pos)
-            found.append((number, wire_type, pos, stop))
+            yield number, wire_type, pos, stop
             pos = stop
         elif wire_type in (_I64, _I32):
             stop = pos + (8 if wire_type == _I64 else 4)
             if stop > end:
                 raise _malformed(f"{path}: fixed-size field {number} runs past the end", pos)
-            found.append((number, wire_type, pos, stop))
+            yield number, wire_type, pos, stop
             pos = stop
         else:
             raise _malformed(f"{path}: unsupported wire type {wire_type} of field {number}", pos)
-    return found
 
 
 def _expect(wire_type: int, expected: int, name: str, pos: int) -> None:
@@ -164,7 +167,8 @@ def _check_structure(data: memoryview, pos: int, end: int, cls: type[Any], path:
         if field.proto_type == "message":
             _check_structure(data, start, stop, meta.cls_by_field[name], f"{path}.{name}")
         elif field.proto_type == "map":
-            _fields(data, start, stop, f"{path}.{name}")  # an entry: key 1, value 2
+            for _entry in _fields(data, start, stop, f"{path}.{name}"):  # key 1, value 2
+                pass
 
 
 def _parse(cls: type[_Parsed], data: memoryview, start: int, stop: int) -> _Parsed:

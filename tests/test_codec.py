@@ -124,3 +124,62 @@ def test_a_framed_message_is_the_grpc_prefix_and_the_message(original: MediaStre
     body = encode_message(original)
     assert framed == struct.pack(">?I", False, len(body)) + body
     assert decode_message(framed[5:]) == MediaStreamMessage.parse(body)
+
+
+_valid = message.map(bytes)
+
+
+@st.composite
+def _mutated(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(_valid))
+    for _ in range(draw(st.integers(min_value=1, max_value=4))):
+        kind = draw(st.sampled_from(["flip", "insert", "delete", "truncate"]))
+        position = draw(st.integers(min_value=0, max_value=max(len(data) - 1, 0)))
+        if kind == "flip" and data:
+            data[position] ^= 1 << draw(st.integers(min_value=0, max_value=7))
+        elif kind == "insert":
+            data[position:position] = bytes([draw(st.integers(min_value=0, max_value=255))])
+        elif kind == "delete" and data:
+            del data[position]
+        else:
+            del data[position:]
+    return bytes(data)
+
+
+@pytest.mark.rule("WIRE-1")
+@settings(max_examples=400, deadline=None)
+@given(_mutated(), st.binary(min_size=1, max_size=16), st.binary(min_size=1, max_size=16))
+def test_mutated_messages_decode_or_raise_wire_1_and_stay_in_their_buffer(
+    data: bytes, before: bytes, after: bytes
+) -> None:
+    """Valid messages with bytes flipped, inserted, deleted or cut: a message or WIRE-1,
+    and the same outcome read from a window of a larger buffer (nothing outside it read)."""
+
+    def outcome(buffer: bytes | memoryview) -> object:
+        try:
+            decoded = decode_message(buffer)
+        except RemoteProtocolError as error:
+            return (error.rule, error.status, error.detail.rpartition(" at byte")[0])
+        return bytes(decoded)
+
+    alone = outcome(data)
+    if isinstance(alone, tuple):
+        assert alone[:2] == ("WIRE-1", Status.INVALID_ARGUMENT)
+    window = memoryview(before + data + after)[len(before) : len(before) + len(data)]
+    assert outcome(window) == alone
+
+
+@pytest.mark.rule("WIRE-1")
+def test_a_message_of_unknown_fields_is_skipped_in_bounded_memory() -> None:
+    """A megabyte of 2-byte unknown fields: read through, not materialised."""
+    import tracemalloc
+
+    data = b"\x08\x01" + b"\xf8\x01\x00" * (1 << 18)  # field 31, varint 0, many times
+    tracemalloc.start()
+    try:
+        decoded = decode_message(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert decoded.sequence_number == 1
+    assert peak < 4 * len(data), f"{peak} bytes at peak for a {len(data)}-byte message"

@@ -529,3 +529,30 @@ def test_both_roles_keep_one_kind_of_statistics() -> None:
     assert stats.by_type == {"motion": 1, "auto": 1}
     stats.seconds = 2.0
     assert stats.fps == 1.0
+
+
+@pytest.mark.rule("SRV-2")
+async def test_completion_order_answers_a_later_frame_first() -> None:
+    """Frame 2 finishes only once frame 3 was answered: possible only in completion order."""
+    third_answered = anyio.Event()
+
+    async def held(frame: Frame) -> list[Inference]:
+        if frame.sequence_number == 2:
+            await third_answered.wait()
+        return tagged(frame)
+
+    async with served(FunctionExtension(held), EngineConfig(ordered=False)) as (
+        stream,
+        results,
+        _,
+    ):
+        await stream.send(bytes(FRAME_BYTES), timestamp=0)
+        await stream.send(bytes(FRAME_BYTES), timestamp=1)
+        with anyio.fail_after(5):
+            first = await results.receive()
+        assert first.acknowledged == 3
+        third_answered.set()
+        second = await results.receive()
+        assert second.acknowledged == 2
+        await stream.end()
+        assert await collect(results) == []
