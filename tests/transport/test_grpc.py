@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import grpclib.client
 import grpclib.const
+import grpclib.exceptions
 import pytest
 import trustme
 
@@ -312,17 +313,45 @@ async def test_drain_lets_running_streams_finish_and_refuses_new_ones() -> None:
     with anyio.fail_after(TIMEOUT):
         async with running(held, ServerConfig(port=0), grace=10) as extension:
             target = f"127.0.0.1:{extension.port}"
-            async with connect(target, format=RGB24) as pipe, anyio.create_task_group() as tasks:
-                await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
-                tasks.start_soon(extension.drain, 10)
-                await anyio.wait_all_tasks_blocked()
-                with pytest.raises(StreamFailed):
-                    async with connect(target, format=RGB24):
-                        pass
-                gate.set()
-                await pipe.end()
-                answered.extend([r async for r in pipe.results()])
+            # A connection made before the drain: a new stream on it reaches the server.
+            early = grpclib.client.Channel("127.0.0.1", extension.port)
+            try:
+                async with (
+                    connect(target, format=RGB24) as pipe,
+                    anyio.create_task_group() as tasks,
+                ):
+                    await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
+                    async with early.request(
+                        METHOD_PATH,
+                        grpclib.const.Cardinality.STREAM_STREAM,
+                        MediaStreamMessage,
+                        MediaStreamMessage,
+                    ) as warm:
+                        await warm.send_request()  # connected; no stream started yet
+                        await warm.cancel()
+                    tasks.start_soon(extension.drain, 10)
+                    while not extension.service.draining:
+                        await anyio.wait_all_tasks_blocked()
+                    with pytest.raises(StreamFailed):  # the listener is closed
+                        async with connect(target, format=RGB24):
+                            pass
+                    with pytest.raises(grpclib.exceptions.GRPCError) as refused:
+                        async with early.request(
+                            METHOD_PATH,
+                            grpclib.const.Cardinality.STREAM_STREAM,
+                            MediaStreamMessage,
+                            MediaStreamMessage,
+                        ) as late:
+                            await late.send_message(MediaStreamMessage(sequence_number=1))
+                            await late.recv_message()
+                    gate.set()
+                    await pipe.end()
+                    answered.extend([r async for r in pipe.results()])
+            finally:
+                early.close()
     assert [r.acknowledged for r in answered] == [2]
+    assert refused.value.status is grpclib.const.Status.UNAVAILABLE
+    assert "shutting down" in (refused.value.message or "")
 
 
 class _RawCodec:
