@@ -205,7 +205,6 @@ def test_send_with_wrong_password_fails_with_one_clear_line() -> None:
     assert "nope" not in done.stderr
 
 
-@pytest.mark.rule("SRV-1")
 def test_null_extension_answers_without_inferences(tmp_path: Path) -> None:
     output = tmp_path / "null.jsonl"
     with serving("--extension", "null") as server:

@@ -525,7 +525,6 @@ class TestEncoding:
             assert error.max() <= 3
 
 
-@pytest.mark.rule("MEDIA-10")
 def test_the_pixel_benchmark_runs_and_names_every_format() -> None:
     from avaproto.bench import pixels
 
@@ -536,7 +535,6 @@ def test_the_pixel_benchmark_runs_and_names_every_format() -> None:
     assert "ratio" in pixels.report(results, 32, 16)
 
 
-@pytest.mark.rule("MEDIA-10")
 def test_the_bench_command_prints_the_pixel_table(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -23,7 +23,6 @@ def states(*sessions: Session) -> tuple[str, ...]:
 
 
 class TestMachine:
-    @pytest.mark.rule("LIFE-4")
     def test_lifecycle_states(self) -> None:
         assert STATES == [
             "awaiting_descriptor",
@@ -34,7 +33,6 @@ class TestMachine:
             "failed",
         ]
 
-    @pytest.mark.rule("LIFE-4")
     def test_every_callback_the_table_names_is_a_session_method(self) -> None:
         session = Session(Role.PIPELINE)
         for row in TRANSITIONS:
@@ -43,7 +41,6 @@ class TestMachine:
                 for name in [names] if isinstance(names, str) else names:
                     assert callable(getattr(session, name)), (row["trigger"], name)
 
-    @pytest.mark.rule("LIFE-4")
     def test_machine_binds_nothing_onto_the_session(self) -> None:
         session = Session(Role.PIPELINE)
         assert not hasattr(session, "trigger")

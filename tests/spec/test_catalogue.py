@@ -79,7 +79,6 @@ def test_rules_page_is_current() -> None:
     )
 
 
-@pytest.mark.rule("LIFE-4")
 def test_state_diagram_page_is_current() -> None:
     page = (ROOT / "spec" / "state-machine.md").read_text(encoding="utf-8")
     assert page == catalogue.render_diagram_page(), (
@@ -88,7 +87,6 @@ def test_state_diagram_page_is_current() -> None:
     assert mermaid() in page
 
 
-@pytest.mark.rule("LIFE-4")
 @pytest.mark.parametrize(("fmt", "start"), [("mermaid", "stateDiagram-v2"), ("dot", "digraph")])
 def test_cli_prints_the_diagram(fmt: str, start: str) -> None:
     done = subprocess.run(

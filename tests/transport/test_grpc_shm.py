@@ -139,3 +139,51 @@ async def test_a_pipeline_that_disconnects_mid_stream_leaves_nothing_behind() ->
     assert not (SHM / arena.handle_name).exists()
     assert shm_fds() == fds_before
     assert shm_mappings() == maps_before
+
+
+@pytest.mark.rule("SRV-7", "SHM-7")
+async def test_each_lease_ends_right_after_its_acknowledgement() -> None:
+    """With one frame in flight, frame N arrives after N-1's answer was sent: by then the
+    view frame N-1 was given must be released (the server never touches it again)."""
+    seen: list[bool] = []
+
+    class Checking:
+        sequential = True
+
+        def __init__(self) -> None:
+            self.previous: Frame | None = None
+
+        async def process(self, frame: Frame) -> list[Inference]:
+            if self.previous is not None:
+                try:
+                    bytes(self.previous.data or b"")
+                except ValueError:  # "operation forbidden on released memoryview object"
+                    seen.append(True)
+                else:
+                    seen.append(False)
+            self.previous = frame
+            return []
+
+    fmt = VideoFormat.checked(Encoding.RAW, PixelFormat.RGB24, 16, 8)
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            running(Checking, ServerConfig(port=0), grace=2) as server,
+            connect(
+                f"127.0.0.1:{server.port}",
+                format=fmt,
+                transfer="shm",
+                shm_bytes=1 << 20,
+                window=1,
+            ) as pipe,
+        ):
+
+            async def feed() -> None:
+                for t in range(6):
+                    await pipe.send(bytes(fmt.frame_bytes), timestamp=t)
+                await pipe.end()
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(feed)
+                answers = [r async for r in pipe.results()]
+    assert len(answers) == 6
+    assert seen == [True] * 5
