@@ -58,15 +58,38 @@ def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
     raise _malformed("truncated or overlong varint", start)
 
 
+#: The most fields one message may hold, nested ones included (WIRE-2). A frame is one
+#: field and a sample with a thousand inferences a few tens of thousands; a message of
+#: millions of two-byte fields exists only to keep the event loop busy.
+MAX_FIELDS = 100_000
+
+
+class _Budget:
+    """The fields a message may still hold while it is walked (WIRE-2)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, fields: int = MAX_FIELDS) -> None:
+        self.left = fields
+
+
 def _fields(
-    data: memoryview, pos: int, end: int, path: str = "MediaStreamMessage"
+    data: memoryview, pos: int, end: int, budget: _Budget, path: str = "MediaStreamMessage"
 ) -> Iterator[tuple[int, int, int, int]]:
     """Every field in ``data[pos:end]`` as (number, wire type, value or start, stop).
 
     One at a time: a message of many small unknown fields is walked through in constant
-    memory, never collected.
+    memory, never collected, and refused once it holds more fields than ``budget``.
     """
     while pos < end:
+        budget.left -= 1
+        if budget.left < 0:
+            raise RemoteProtocolError(
+                "WIRE-2",
+                Status.RESOURCE_EXHAUSTED,
+                f"message holds more than {MAX_FIELDS} fields (at byte {pos}); "
+                "no message of this protocol needs that many",
+            )
         key, pos = _varint(data, pos, end)
         number, wire_type = key >> 3, key & 7
         if number == 0:
@@ -96,16 +119,16 @@ def _expect(wire_type: int, expected: int, name: str, pos: int) -> None:
         raise _malformed(f"{name} has wire type {wire_type}", pos)
 
 
-def _sample(data: memoryview, pos: int, end: int) -> MediaSample:
+def _sample(data: memoryview, pos: int, end: int, budget: _Budget) -> MediaSample:
     sample = MediaSample()
-    for number, wire_type, start, stop in _fields(data, pos, end):
+    for number, wire_type, start, stop in _fields(data, pos, end, budget):
         if number == 1:
             _expect(wire_type, _VARINT, "timestamp", stop)
             sample.timestamp = start
         elif number == 5:
             _expect(wire_type, _LEN, "content_bytes", start)
             content = data[stop:stop]  # empty unless field 1 is present
-            for inner, inner_type, a, b in _fields(data, start, stop):
+            for inner, inner_type, a, b in _fields(data, start, stop, budget):
                 if inner == 1:
                     _expect(inner_type, _LEN, "content_bytes.bytes", a)
                     content = data[a:b]
@@ -113,18 +136,18 @@ def _sample(data: memoryview, pos: int, end: int) -> MediaSample:
             sample.content_reference = None
         elif number == 6:
             _expect(wire_type, _LEN, "content_reference", start)
-            sample.content_reference = _reference(data, start, stop)
+            sample.content_reference = _reference(data, start, stop, budget)
             sample.content_bytes = None
         elif number == 10:
             _expect(wire_type, _LEN, "inferences", start)
-            sample.inferences.append(_parse(Inference, data, start, stop))
+            sample.inferences.append(_parse(Inference, data, start, stop, budget))
     return sample
 
 
-def _reference(data: memoryview, pos: int, end: int) -> ContentReference:
+def _reference(data: memoryview, pos: int, end: int, budget: _Budget) -> ContentReference:
     """Every shared-memory sample carries one: two varints, read without the generic parser."""
     offset = length = 0
-    for number, wire_type, value, stop in _fields(data, pos, end, "ContentReference"):
+    for number, wire_type, value, stop in _fields(data, pos, end, budget, "ContentReference"):
         if number == 1:
             _expect(wire_type, _VARINT, "content_reference.address_offset", stop)
             offset = value
@@ -146,7 +169,9 @@ _WIRE_TYPES = {
 }
 
 
-def _check_structure(data: memoryview, pos: int, end: int, cls: type[Any], path: str) -> None:
+def _check_structure(
+    data: memoryview, pos: int, end: int, cls: type[Any], path: str, budget: _Budget
+) -> None:
     """Verify what betterproto2 would otherwise accept silently.
 
     The generated parser reads a length-delimited field that runs past its end as a
@@ -155,7 +180,7 @@ def _check_structure(data: memoryview, pos: int, end: int, cls: type[Any], path:
     field's declared type, sub-messages and map entries recursively) first.
     """
     meta = cls._betterproto
-    for number, wire_type, start, stop in _fields(data, pos, end, path):
+    for number, wire_type, start, stop in _fields(data, pos, end, budget, path):
         name = meta.field_name_by_number.get(number)
         if name is None:
             continue  # an unknown field: skipped, as protobuf requires
@@ -165,14 +190,14 @@ def _check_structure(data: memoryview, pos: int, end: int, cls: type[Any], path:
         if wire_type != expected and not packed:
             raise _malformed(f"{path}.{name} has wire type {wire_type}", start)
         if field.proto_type == "message":
-            _check_structure(data, start, stop, meta.cls_by_field[name], f"{path}.{name}")
+            _check_structure(data, start, stop, meta.cls_by_field[name], f"{path}.{name}", budget)
         elif field.proto_type == "map":
-            for _entry in _fields(data, start, stop, f"{path}.{name}"):  # key 1, value 2
+            for _entry in _fields(data, start, stop, budget, f"{path}.{name}"):  # key, value
                 pass
 
 
-def _parse(cls: type[_Parsed], data: memoryview, start: int, stop: int) -> _Parsed:
-    _check_structure(data, start, stop, cls, cls.__name__)
+def _parse(cls: type[_Parsed], data: memoryview, start: int, stop: int, budget: _Budget) -> _Parsed:
+    _check_structure(data, start, stop, cls, cls.__name__, budget)
     try:
         return cls.parse(bytes(data[start:stop]))
     except Exception as error:  # betterproto2 raises several types for bad input
@@ -183,7 +208,8 @@ def decode_message(buffer: Buffer) -> MediaStreamMessage:
     """Parse one ``MediaStreamMessage``; embedded content stays a view of ``buffer``."""
     data = memoryview(buffer).cast("B") if not isinstance(buffer, memoryview) else buffer
     message = MediaStreamMessage()
-    for number, wire_type, start, stop in _fields(data, 0, len(data)):
+    budget = _Budget()
+    for number, wire_type, start, stop in _fields(data, 0, len(data), budget):
         if number == 1:
             _expect(wire_type, _VARINT, "sequence_number", stop)
             message.sequence_number = start
@@ -192,11 +218,13 @@ def decode_message(buffer: Buffer) -> MediaStreamMessage:
             message.ack_sequence_number = start
         elif number == 5:
             _expect(wire_type, _LEN, "media_stream_descriptor", start)
-            message.media_stream_descriptor = _parse(MediaStreamDescriptor, data, start, stop)
+            message.media_stream_descriptor = _parse(
+                MediaStreamDescriptor, data, start, stop, budget
+            )
             message.media_sample = None
         elif number == 6:
             _expect(wire_type, _LEN, "media_sample", start)
-            message.media_sample = _sample(data, start, stop)
+            message.media_sample = _sample(data, start, stop, budget)
             message.media_stream_descriptor = None
     return message
 

@@ -171,10 +171,12 @@ def test_mutated_messages_decode_or_raise_wire_1_and_stay_in_their_buffer(
 
 @pytest.mark.rule("WIRE-1")
 def test_a_message_of_unknown_fields_is_skipped_in_bounded_memory() -> None:
-    """A megabyte of 2-byte unknown fields: read through, not materialised."""
+    """Nearly as many unknown fields as a message may hold: read through, not collected."""
     import tracemalloc
 
-    data = b"\x08\x01" + b"\xf8\x01\x00" * (1 << 18)  # field 31, varint 0, many times
+    from avaproto.codec import MAX_FIELDS
+
+    data = b"\x08\x01" + b"\xf8\x01\x00" * (MAX_FIELDS - 10)  # field 31, varint 0
     tracemalloc.start()
     try:
         decoded = decode_message(data)
@@ -183,3 +185,29 @@ def test_a_message_of_unknown_fields_is_skipped_in_bounded_memory() -> None:
         tracemalloc.stop()
     assert decoded.sequence_number == 1
     assert peak < 4 * len(data), f"{peak} bytes at peak for a {len(data)}-byte message"
+
+
+@pytest.mark.rule("WIRE-2")
+def test_a_message_of_too_many_fields_is_refused_as_it_is_read() -> None:
+    from avaproto.codec import MAX_FIELDS
+
+    bomb = b"\x08\x01" + b"\xf8\x01\x00" * (MAX_FIELDS + 1)
+    with pytest.raises(RemoteProtocolError) as caught:
+        decode_message(bomb)
+    assert (caught.value.rule, caught.value.status) == ("WIRE-2", Status.RESOURCE_EXHAUSTED)
+    # Fields nested in a sample count too; just under the bound decodes.
+    inner = b"\xf8\x01\x00" * (MAX_FIELDS - 10)
+    nested = b"\x08\x01\x32" + _varint_bytes(len(inner)) + inner
+    assert decode_message(nested).media_sample is not None
+    with pytest.raises(RemoteProtocolError) as caught:
+        decode_message(nested + b"\xf8\x01\x00" * 20)
+    assert caught.value.rule == "WIRE-2"
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
