@@ -173,7 +173,7 @@ class _Pump:
         # Samples read and not yet answered, in request order (the answerer's queue).
         self.pending: deque[_Job] = deque()
         self.reading = True
-        self.wake: anyio.Event | None = None
+        self.answerer_idle: anyio.Event | None = None
         # A stateful extension (a tracker, a motion detector) sees its frames one at a
         # time and in order; the engine still reads ahead up to max_in_flight.
         self.sequential = extension.sequential
@@ -195,9 +195,9 @@ class _Pump:
                 _release(job)
 
     def _wake(self) -> None:
-        if self.wake is not None:
-            self.wake.set()
-            self.wake = None
+        if self.answerer_idle is not None:
+            self.answerer_idle.set()
+            self.answerer_idle = None
 
     async def _read_all(self, jobs: MemoryObjectSendStream[_Job]) -> None:
         try:
@@ -299,8 +299,8 @@ class _Pump:
             if not ready:
                 if not self.reading and not self.pending:
                     return
-                self.wake = anyio.Event()
-                await self.wake.wait()
+                self.answerer_idle = anyio.Event()
+                await self.answerer_idle.wait()
                 continue
             messages = [
                 session.send_sample(
