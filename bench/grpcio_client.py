@@ -17,19 +17,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import mmap
 import os
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from avaproto.bench.drive import NOMINAL_RATE, TIMESCALE, segment_bytes, synthetic_payload
+from avaproto.bench.drive import (
+    NOMINAL_RATE,
+    TIMESCALE,
+    StreamRun,
+    run_figures,
+    segment_bytes,
+    synthetic_payload,
+)
 from avaproto.messages import METHOD_PATH
-from avaproto.report import percentile
 
 from .official import GRPC_OPTIONS, descriptor_message, official_messages
 
@@ -66,14 +70,6 @@ class Ring:
         self.mapping.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-
-
-@dataclass
-class StreamRun:
-    answered: int = 0
-    started: float = math.inf
-    finished: float = -math.inf
-    latencies: list[float] = field(default_factory=list)
 
 
 async def drive_stream(
@@ -190,23 +186,13 @@ async def drive(
             for run in runs
         )
     )
-    answered = sum(run.answered for run in runs)
-    seconds = max(run.finished for run in runs) - min(run.started for run in runs)
-    latencies = [latency * 1000 for run in runs for latency in run.latencies]
+    figures = run_figures(runs)
+    del figures["inferences"]  # the baselines answer none
     return {
         "transfer": transfer,
         "width": width,
         "height": height,
         "frames": frames * streams,
-        "answered": answered,
         "streams": streams,
-        "seconds": seconds,
-        "fps": answered / seconds if seconds > 0 else math.nan,
-        "latency_ms": {
-            "p50": percentile(latencies, 0.50),
-            "p90": percentile(latencies, 0.90),
-            "p99": percentile(latencies, 0.99),
-            "max": max(latencies, default=math.nan),
-        },
-        "latencies_ms": latencies,
+        **figures,
     }

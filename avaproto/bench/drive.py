@@ -61,7 +61,9 @@ def segment_bytes(frame_bytes: int, window: int) -> int:
 
 
 @dataclass
-class _StreamRun:
+class StreamRun:
+    """One driven stream's figures, as any client records them (grpcio's too)."""
+
     answered: int = 0
     inferences: int = 0
     started: float = math.inf
@@ -69,11 +71,31 @@ class _StreamRun:
     latencies: list[float] = field(default_factory=list)
 
 
+def run_figures(runs: list[StreamRun]) -> dict[str, Any]:
+    """Frames answered per second over all ``runs``, and their latencies in ms."""
+    answered = sum(run.answered for run in runs)
+    seconds = max(run.finished for run in runs) - min(run.started for run in runs)
+    latencies = [latency * 1000 for run in runs for latency in run.latencies]
+    return {
+        "answered": answered,
+        "inferences": sum(run.inferences for run in runs),
+        "seconds": seconds,
+        "fps": answered / seconds if seconds > 0 else math.nan,
+        "latency_ms": {
+            "p50": percentile(latencies, 0.50),
+            "p90": percentile(latencies, 0.90),
+            "p99": percentile(latencies, 0.99),
+            "max": max(latencies, default=math.nan),
+        },
+        "latencies_ms": latencies,
+    }
+
+
 async def _drive_stream(
     target: str,
     fmt: VideoFormat,
     payload: bytes,
-    run: _StreamRun,
+    run: StreamRun,
     *,
     transfer: Transfer,
     frames: int,
@@ -108,7 +130,7 @@ async def _drive_stream(
 
 
 async def _run_all(
-    runs: list[_StreamRun],
+    runs: list[StreamRun],
     target: str,
     fmt: VideoFormat,
     payload: bytes,
@@ -197,14 +219,13 @@ async def drive_target(
     }
     if transfer == "shm":
         options["shm_bytes"] = segment_bytes(fmt.frame_bytes, window)
-    runs = [_StreamRun() for _ in range(streams)]
+    runs = [StreamRun() for _ in range(streams)]
     try:
         await _run_all(runs, target, fmt, payload, transfer, frames, window, rate, options)
     except BaseExceptionGroup as group:
         raise _first_error(group) from None
-    answered = sum(run.answered for run in runs)
-    seconds = max(run.finished for run in runs) - min(run.started for run in runs)
-    latencies = [latency * 1000 for run in runs for latency in run.latencies]
+    figures = run_figures(runs)
+    latencies = figures.pop("latencies_ms")
     report: dict[str, Any] = {
         "target": target,
         "format": str(fmt),
@@ -216,16 +237,7 @@ async def drive_target(
         "rate": rate,
         "streams": streams,
         "frames": frames * streams,
-        "answered": answered,
-        "inferences": sum(run.inferences for run in runs),
-        "seconds": seconds,
-        "fps": answered / seconds if seconds > 0 else math.nan,
-        "latency_ms": {
-            "p50": percentile(latencies, 0.50),
-            "p90": percentile(latencies, 0.90),
-            "p99": percentile(latencies, 0.99),
-            "max": max(latencies, default=math.nan),
-        },
+        **figures,
     }
     if keep_latencies:
         report["latencies_ms"] = latencies
