@@ -7,10 +7,10 @@ bookkeeping (parsing, flow-control acknowledgement, events) than on its bytes. T
 server therefore advertises a larger maximum frame size; peers that honour it (all
 gRPC implementations do) send each frame in a few DATA frames.
 
-h2 also formats a ``repr`` of every frame it receives for a trace log that is off by
-default, and hyperframe's repr hexlifies the *whole* payload before keeping its first
-20 hex digits. ``quiet_frame_repr`` makes it hexlify only the bytes it shows: the
-text is identical, the cost no longer grows with the payload.
+Every connection also gets the library fixes of ``_grpclib_private``: frame reprs whose
+cost does not grow with the payload (h2 builds one for every frame it receives, for a
+trace log that is off), and empty DATA frames kept out of grpclib's buffer, which would
+take them for the end of the stream.
 
 TLS is set up here too. grpclib hands its context to ``loop.create_server(ssl=...)``,
 where asyncio drops a failed handshake without a word outside debug mode; an extension
