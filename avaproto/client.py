@@ -19,9 +19,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Literal
 
-from anyio.streams.memory import MemoryObjectReceiveStream
-
-from .engine.drive import PipelineStream, Result
+from .engine.drive import PipelineStream, Results
+from .engine.statistics import StreamStatistics
 from .messages import (
     GraphIdentifier,
     Inference,
@@ -52,7 +51,7 @@ DEFAULT_ACK_TIMEOUT = 30.0
 class Pipeline:
     """The pipeline's end of one stream; get one from ``connect``."""
 
-    def __init__(self, stream: PipelineStream, results: MemoryObjectReceiveStream[Result]) -> None:
+    def __init__(self, stream: PipelineStream, results: Results) -> None:
         self.stream = stream
         self._results = results
 
@@ -85,8 +84,11 @@ class Pipeline:
         """No more frames; the remaining answers still arrive on ``results``."""
         await self.stream.end()
 
-    def results(self) -> MemoryObjectReceiveStream[Result]:
-        """The extension's answers as they arrive; ends when the extension ends the stream."""
+    def results(self) -> Results:
+        """The extension's answers as they arrive; ends when the extension ends the stream.
+
+        Read them while sending: the window's slots come back as answers are read.
+        """
         return self._results
 
 
@@ -126,6 +128,7 @@ async def connect(
     descriptor_timeout: float | None = DEFAULT_DESCRIPTOR_TIMEOUT,
     ack_timeout: float | None = DEFAULT_ACK_TIMEOUT,
     max_message_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+    statistics: StreamStatistics | None = None,
 ) -> AsyncIterator[Pipeline]:
     """Open a stream to the extension at ``target`` (``host:port``) and negotiate it.
 
@@ -140,7 +143,8 @@ async def connect(
     block raises a ``ProtocolError`` or ``StreamFailed`` with DEADLINE_EXCEEDED; the
     answers already received stay delivered, and the shared-memory segment is
     unlinked. An answer larger than ``max_message_bytes`` ends the stream with
-    RESOURCE_EXHAUSTED before it is buffered.
+    RESOURCE_EXHAUSTED before it is buffered. The stream's figures (frames, latencies,
+    tolerated deviations, status) are kept in ``statistics`` if given.
     """
     descriptor = MediaStreamDescriptor(
         graph_identifier=graph
@@ -178,6 +182,7 @@ async def connect(
                 arena=arena,
                 descriptor_timeout=descriptor_timeout,
                 ack_timeout=ack_timeout,
+                statistics=statistics,
             ) as (stream, results),
         ):
             yield Pipeline(stream, results)

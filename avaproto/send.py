@@ -121,6 +121,7 @@ async def _run(
         connect_timeout=options.connect_timeout,
         descriptor_timeout=options.descriptor_timeout,
         ack_timeout=options.ack_timeout,
+        statistics=report,
     ) as pipeline:
 
         async def feed() -> None:
@@ -136,16 +137,11 @@ async def _run(
                     first = seconds if first is None else first
                     await anyio.sleep_until(started + seconds - first)
                 await pipeline.send(content, timestamp=timestamp)
-                report.sent += 1
             await pipeline.end()
 
-        try:
-            with protocol_errors():
-                async with anyio.create_task_group() as tasks:
-                    tasks.start_soon(feed)
-                    async for result in pipeline.results():
-                        report.add(result)
-                        if on_result is not None:
-                            on_result(result)
-        finally:
-            report.tolerated.update(pipeline.stream.tolerated)
+        with protocol_errors():
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(feed)
+                async for result in pipeline.results():
+                    if on_result is not None:
+                        on_result(result)

@@ -32,6 +32,7 @@ from ..client import (
     Transfer,
     connect,
 )
+from ..engine.outcome import protocol_errors
 from ..messages import Encoding, PixelFormat
 from ..protocol.auth import Credentials
 from ..protocol.video_format import VideoFormat
@@ -158,18 +159,6 @@ async def _run_all(
             )
 
 
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first error in ``group`` (nested groups searched); the group itself if none."""
-    for error in group.exceptions:
-        if isinstance(error, BaseExceptionGroup):
-            found = _first_error(error)
-            if found is not error:
-                return found
-        elif isinstance(error, Exception):
-            return error
-    return group
-
-
 async def drive_target(
     target: str,
     *,
@@ -220,10 +209,8 @@ async def drive_target(
     if transfer == "shm":
         options["shm_bytes"] = segment_bytes(fmt.frame_bytes, window)
     runs = [StreamRun() for _ in range(streams)]
-    try:
+    with protocol_errors(also=(Exception,)):
         await _run_all(runs, target, fmt, payload, transfer, frames, window, rate, options)
-    except BaseExceptionGroup as group:
-        raise _first_error(group) from None
     figures = run_figures(runs)
     latencies = figures.pop("latencies_ms")
     report: dict[str, Any] = {

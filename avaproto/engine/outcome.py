@@ -35,30 +35,38 @@ def log_tolerated(events: Iterable[object], peer: str) -> None:
 
 def first_protocol_error(
     group: BaseExceptionGroup[BaseException],
-) -> ProtocolError | StreamFailed | None:
-    """The first protocol violation, or the peer's failure status, found in ``group``."""
+    kinds: tuple[type[BaseException], ...] = (ProtocolError, StreamFailed),
+) -> BaseException | None:
+    """The first error of ``kinds`` in ``group`` (nested groups searched), or None.
+
+    By default: the first protocol violation, or the peer's failure status.
+    """
     for error in group.exceptions:
-        if isinstance(error, ProtocolError | StreamFailed):
+        if isinstance(error, kinds):
             return error
         if isinstance(error, BaseExceptionGroup):
-            found = first_protocol_error(error)
+            found = first_protocol_error(error, kinds)
             if found is not None:
                 return found
     return None
 
 
 @contextmanager
-def protocol_errors() -> Iterator[None]:
+def protocol_errors(also: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
     """Around a task group: its failure surfaces as the one error the stream ends with.
 
     A task group raises every child's exception together, the cause among the
     cancellations it triggered; a stream ends with one status, so the first protocol
-    error (or the peer's failure) is raised alone. Anything else is raised unchanged.
+    error (or the peer's failure) is raised alone; failing that, the first error of the
+    kinds in ``also`` (``(Exception,)``: whatever a person can act on, such as a refused
+    connection). Anything else is raised unchanged.
     """
     try:
         yield
     except BaseExceptionGroup as group:
         error = first_protocol_error(group)
+        if error is None and also:
+            error = first_protocol_error(group, also)
         if error is None:
             raise
         raise error from None

@@ -1,11 +1,12 @@
 """The extension's side of one stream: receive, process concurrently, answer, release.
 
-    reader ──► session.receive ──► start processing (≤ max_in_flight at once) ──┐
-      ▲  waits for a free slot before reading on (backpressure, SRV-1)         │
-      └──────────── answerer: in request order, answer + ack, release lease ◄──┘
+    runner ──► session.receive ──► workers (≤ max_in_flight at once) ──┐
+      ▲  reads on only when a slot is free (backpressure, SRV-1)        │
+      └── the worker at the head of the line: answer + ack, release ◄───┘
 
-One task group holds the reader, the answerer and every processing task, so nothing
-outlives the stream. Every received sample is answered exactly once, after its
+The extension is a handler on ``engine.stream.StreamRunner``, as the pipeline is: the
+runner's one task group holds its receive loop and the workers, so nothing outlives
+the stream. Every received sample is answered exactly once, after its
 processing finished (ACK-1), by a message that carries its inferences and its
 acknowledgement (ACK-6); its shared-memory lease is released right after that message
 is sent (SRV-6). At the end of input everything in flight completes first (LIFE-2);
@@ -16,27 +17,32 @@ and ``finally`` releases every lease and mapping.
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..errors import InferenceError, ProtocolError
 from ..media.inferences import validate
-from ..messages import Inference, MediaDescriptor, MediaSample, MediaStreamDescriptor
+from ..messages import (
+    Inference,
+    MediaDescriptor,
+    MediaSample,
+    MediaStreamDescriptor,
+    MediaStreamMessage,
+)
 from ..protocol.descriptor import StreamDescriptor
-from ..protocol.events import DescriptorReceived, EmbeddedContent, SampleReceived, Tolerated
+from ..protocol.events import DescriptorReceived, EmbeddedContent, Event, SampleReceived
 from ..protocol.roles import Role
-from ..protocol.session import Session
 from ..status import Status
 from .channel import MessageChannel
 from .config import EngineConfig
 from .extension import Extension, as_async_extension
 from .frame import Frame
 from .leases import Lease, Region
-from .outcome import log_tolerated, protocol_errors
 from .statistics import StreamStatistics
+from .stream import StreamRunner
 
 log = logging.getLogger("avaproto.serve")
 
@@ -65,58 +71,52 @@ async def serve_stream(
     channel: MessageChannel, extension: Extension, config: EngineConfig = _DEFAULT_CONFIG
 ) -> StreamStatistics:
     """Serve one stream to its end; raise ``ProtocolError`` when it must end with a status."""
-    session = Session(Role.EXTENSION, limits=config.limits)
-    summary = StreamStatistics(channel.peer)
-    summary.tolerated = session.tolerated
+    runner = StreamRunner(Role.EXTENSION, channel, limits=config.limits)
+    session, summary = runner.session, runner.statistics
     extension = as_async_extension(extension, limiter=config.thread_limiter)
     region: Region | None = None
+    handler: ExtensionHandler | None = None
     opened = False
     try:
-        first = await channel.receive()
-        if first is None:
-            session.receive_end()
-            return summary
-        events = session.receive(first)
-        log_tolerated(events, f"pipeline {channel.peer}")
-        [event] = [e for e in events if isinstance(e, DescriptorReceived)]
-        descriptor = summary.descriptor = event.descriptor
-        if descriptor.shared_memory is not None:
-            from ..media.shared_memory import SharedMemoryRegion
+        with runner.outcome():
+            first = await runner.receive()
+            if first is None:
+                return summary
+            [event] = [e for e in first[1] if isinstance(e, DescriptorReceived)]
+            descriptor = summary.descriptor = event.descriptor
+            if descriptor.shared_memory is not None:
+                from ..media.shared_memory import SharedMemoryRegion
 
-            region = SharedMemoryRegion.open(
-                descriptor.shared_memory.handle_name,
-                descriptor.shared_memory.length_bytes,
-                directory=config.shm_directory,
+                region = SharedMemoryRegion.open(
+                    descriptor.shared_memory.handle_name,
+                    descriptor.shared_memory.length_bytes,
+                    directory=config.shm_directory,
+                    access=config.shm_access,
+                )
+            log.info(
+                "stream opened: peer %s, %s, %s",
+                channel.peer,
+                descriptor.video_format or "inferences only",
+                f"shared memory {descriptor.shared_memory.handle_name}"
+                if descriptor.shared_memory
+                else "embedded",
             )
-        log.info(
-            "stream opened: peer %s, %s, %s",
-            channel.peer,
-            descriptor.video_format or "inferences only",
-            f"shared memory {descriptor.shared_memory.handle_name}"
-            if descriptor.shared_memory
-            else "embedded",
-        )
-        opened = True
-        await extension.open(descriptor)
-        answer = MediaStreamDescriptor(
-            extension_identifier=config.extension_identifier,
-            media_descriptor=MediaDescriptor(timescale=descriptor.timescale),
-        )
-        await channel.send(session.send_descriptor(answer))
-        await _Pump(session, channel, extension, descriptor, region, config, summary).run()
-        session.send_end()
-        await channel.send_end()
-        return summary
-    except ProtocolError as error:
-        if not session.failed:
-            session.fail(error)
-        summary.status, summary.message = error.status, str(error)
-        raise
-    except anyio.get_cancelled_exc_class():
-        summary.status, summary.message = Status.CANCELLED, "cancelled"
-        raise
+            opened = True
+            await extension.open(descriptor)
+            answer = MediaStreamDescriptor(
+                extension_identifier=config.extension_identifier,
+                media_descriptor=MediaDescriptor(timescale=descriptor.timescale),
+            )
+            await runner.send(session.send_descriptor(answer))
+            handler = ExtensionHandler(runner, extension, descriptor, region, config)
+            async with runner.running(handler):
+                pass
+            session.send_end()
+            await channel.send_end()
+            return summary
     finally:
-        summary.ended = time.monotonic()
+        if handler is not None:
+            handler.release_pending()
         with anyio.CancelScope(shield=True):
             if opened:
                 await _close(extension)
@@ -142,97 +142,82 @@ async def _close(extension: Extension) -> None:
         log.exception("extension close() failed")
 
 
-class _Pump:
-    """The reader, a fixed set of workers and the answerer of one stream.
+class ExtensionHandler:
+    """The extension's role on the runner: a fixed set of workers that also answer.
 
     No task is spawned per frame: ``max_in_flight`` workers (one for a sequential
-    extension, which then sees its frames in order) take samples from a bounded stream.
-    The answerer waits on one event per batch, not per sample, and sends every answer
-    that is ready in one write (``MessageChannel.send_batch``): under load a whole
-    window of acknowledgements leaves in one HTTP/2 frame.
+    extension, which then sees its frames in order) take samples from a bounded stream,
+    and the runner reads on only when a slot is free (SRV-1). The worker that completes
+    the head of the line sends every answer that is ready in one write
+    (``MessageChannel.send_batch``): under load a whole window of acknowledgements
+    leaves in one HTTP/2 frame, and no task wakes up only to answer.
     """
 
     def __init__(
         self,
-        session: Session,
-        channel: MessageChannel,
+        runner: StreamRunner,
         extension: Extension,
         descriptor: StreamDescriptor,
         region: Region | None,
         config: EngineConfig,
-        summary: StreamStatistics,
     ) -> None:
-        self.session = session
-        self.channel = channel
+        self.session = runner.session
+        self.channel = runner.channel
         self.extension = extension
         self.descriptor = descriptor
         self.region = region
         self.config = config
-        self.summary = summary
+        self.summary = runner.statistics
         self.slots = anyio.Semaphore(config.max_in_flight)
         # Samples read and not yet answered, in request order (the answerer's queue).
         self.pending: deque[_Job] = deque()
-        self.reading = True
-        self.answerer_idle: anyio.Event | None = None
+        # A worker is sending answers: one that finishes meanwhile leaves its answer to it.
+        self.sending = False
         # A stateful extension (a tracker, a motion detector) sees its frames one at a
         # time and in order; the engine still reads ahead up to max_in_flight.
         self.sequential = extension.sequential
         self.timeout = config.frame_timeout
+        self.jobs, self._queued = anyio.create_memory_object_stream[_Job](config.max_in_flight)
 
-    async def run(self) -> None:
-        workers = 1 if self.sequential else self.config.max_in_flight
-        send, receive = anyio.create_memory_object_stream[_Job](self.config.max_in_flight)
-        try:
-            with protocol_errors():
-                async with anyio.create_task_group() as tasks:
-                    tasks.start_soon(self._answer_all)
-                    async with receive:
-                        for _ in range(workers):
-                            tasks.start_soon(self._work, receive.clone())
-                    await self._read_all(send)
-        finally:
-            for job in self.pending:  # only after a failure: answered jobs left the queue
-                _release(job)
+    def start(self, tasks: anyio.abc.TaskGroup) -> None:
+        with self._queued:
+            for _ in range(1 if self.sequential else self.config.max_in_flight):
+                tasks.start_soon(self._work, self._queued.clone())
 
-    def _wake(self) -> None:
-        if self.answerer_idle is not None:
-            self.answerer_idle.set()
-            self.answerer_idle = None
+    async def before_receive(self) -> None:
+        await self.slots.acquire()
 
-    async def _read_all(self, jobs: MemoryObjectSendStream[_Job]) -> None:
-        try:
-            async with jobs:
-                while True:
-                    await self.slots.acquire()
-                    message = await self.channel.receive()
-                    if message is None:
-                        self.session.receive_end()
-                        return
-                    started = False
-                    for event in self.session.receive(message):
-                        if isinstance(event, SampleReceived):
-                            job = self._job(event)
-                            self.pending.append(job)
-                            await jobs.send(job)
-                            started = True
-                        elif isinstance(event, Tolerated) and event.first:
-                            log_tolerated([event], f"pipeline {self.channel.peer}")
-                    if not started:
-                        self.slots.release()  # an acknowledgement alone takes no slot
-        finally:
-            self.reading = False
-            self._wake()
+    async def on_message(self, message: MediaStreamMessage, events: list[Event]) -> None:
+        started = False
+        for event in events:
+            if isinstance(event, SampleReceived):
+                job = self._job(event)
+                self.pending.append(job)
+                await self.jobs.send(job)
+                started = True
+        if not started:
+            self.slots.release()  # an acknowledgement alone takes no slot
+
+    def on_end(self) -> None:
+        self.jobs.close()  # the workers finish what is queued, then stop
+
+    def release_pending(self) -> None:
+        """After a failure: the leases of samples never answered end with the stream."""
+        self.jobs.close()
+        for job in self.pending:
+            _release(job)
+        self.pending.clear()
 
     def _job(self, event: SampleReceived) -> _Job:
         lease = None
-        data: memoryview | None = None
+        data: memoryview | Lease | None = None
         content = event.content
         if isinstance(content, EmbeddedContent):
             data = memoryview(content.data)
         elif content is not None:
             assert self.region is not None  # the session checked SHM-1
             lease = self.region.lease(event.sequence_number, content.offset, content.length)
-            data = lease.view
+            data = lease  # read on the processor's first use of frame.data (SHM-15)
         frame = Frame(
             sequence_number=event.sequence_number,
             timestamp=event.timestamp,
@@ -248,11 +233,9 @@ class _Pump:
             async for job in jobs:
                 await self._process(job)
                 job.done = True
-                if self.config.ordered:
-                    if job is self.pending[0]:
-                        self._wake()  # only the head of the line unblocks answers
-                else:
-                    self._wake()
+                # In request order, only the head of the line unblocks answers.
+                if not self.config.ordered or job is self.pending[0]:
+                    await self._answer_ready()
 
     async def _process(self, job: _Job) -> None:
         number = job.sample.sequence_number
@@ -292,32 +275,38 @@ class _Pump:
                 self.pending = deque(job for job in pending if not job.done)
         return ready
 
-    async def _answer_all(self) -> None:
-        session = self.session
-        while True:
-            ready = self._ready()
-            if not ready:
-                if not self.reading and not self.pending:
-                    return
-                self.answerer_idle = anyio.Event()
-                await self.answerer_idle.wait()
-                continue
-            messages = [
-                session.send_sample(
-                    MediaSample(timestamp=job.sample.timestamp, inferences=job.inferences),
-                    ack=job.sample.sequence_number,
-                )
-                for job in ready
-            ]
-            try:
-                await self.channel.send_batch(messages)
-            finally:
-                # Sent or not (a failure ends the stream), these leases end now (SRV-6).
+    async def _answer_ready(self) -> None:
+        """Send every answer that is ready, in one write per batch.
+
+        The worker that finished the head of the line sends; one that finishes while
+        that send is under way leaves its answer to the sender, which looks again before
+        it stops (no await between its last look and clearing ``sending``, so no answer
+        is left behind). No answerer task, and no wake-up, per sample.
+        """
+        if self.sending:
+            return
+        self.sending = True
+        try:
+            session = self.session
+            while ready := self._ready():
+                messages = [
+                    session.send_sample(
+                        MediaSample(timestamp=job.sample.timestamp, inferences=job.inferences),
+                        ack=job.sample.sequence_number,
+                    )
+                    for job in ready
+                ]
+                try:
+                    await self.channel.send_batch(messages)
+                finally:
+                    # Sent or not (a failure ends the stream), these leases end now (SRV-6).
+                    for job in ready:
+                        _release(job)
                 for job in ready:
-                    _release(job)
-            for job in ready:
-                self.slots.release()
-                self.summary.count_answer(job.inferences)
+                    self.slots.release()
+                    self.summary.count_answer(job.inferences)
+        finally:
+            self.sending = False
 
 
 def _checked(result: object, number: int) -> list[Inference]:

@@ -72,9 +72,16 @@ async def collect(results: anyio.abc.ObjectReceiveStream[Result]) -> list[Result
 @pytest.mark.rule("ACK-1", "ACK-6", "SRV-2")
 async def test_every_sample_is_answered_in_order_with_its_ack() -> None:
     async with served(FunctionExtension(tagged)) as (stream, results, outcome):
-        numbers = [await stream.send(bytes(FRAME_BYTES), timestamp=t * 3000) for t in range(20)]
-        await stream.end()
-        answers = await collect(results)
+        numbers: list[int] = []
+
+        async def feed() -> None:
+            for t in range(20):
+                numbers.append(await stream.send(bytes(FRAME_BYTES), timestamp=t * 3000))
+            await stream.end()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(feed)
+            answers = await collect(results)
     assert [a.acknowledged for a in answers] == numbers
     assert [a.inferences[0].subtype for a in answers] == [
         f"seq-{n}-ts-{t * 3000}" for t, n in enumerate(numbers)
@@ -382,6 +389,45 @@ async def test_sync_and_async_processors_both_work() -> None:
             await stream.end()
             [answer] = await collect(results)
         assert answer.inferences == tagged_frame(2, 1)
+
+
+@pytest.mark.rule("PIPE-2")
+async def test_a_window_slot_comes_back_only_when_its_answer_is_read() -> None:
+    """Results are bounded by the window: a pipeline that reads none stops sending."""
+
+    async def answer(frame: Frame) -> list[Inference]:  # async: no worker thread to wait on
+        return tagged(frame)
+
+    async with served(FunctionExtension(answer), window=3) as (stream, results, _):
+        sent = 0
+
+        async def feed() -> None:
+            nonlocal sent
+            for t in range(5):
+                await stream.send(bytes(FRAME_BYTES), timestamp=t)
+                sent += 1
+            await stream.end()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(feed)
+            await anyio.wait_all_tasks_blocked()
+            # Three answered, none read: the window is still full.
+            assert (sent, stream.in_flight) == (3, 0)
+            assert (await results.receive()).acknowledged == 2
+            await anyio.wait_all_tasks_blocked()
+            assert sent == 4
+            answers = await collect(results)
+    assert [a.acknowledged for a in answers] == [3, 4, 5, 6]
+
+
+async def test_answers_left_unread_are_dropped_when_the_block_is_left() -> None:
+    async with served(FunctionExtension(tagged), window=4) as (stream, _results, outcome):
+        for t in range(4):
+            await stream.send(bytes(FRAME_BYTES), timestamp=t)
+    [summary] = outcome
+    assert isinstance(summary, StreamSummary)
+    assert (summary.frames, summary.status) == (4, Status.OK)
+    assert stream.statistics.answered == 4
 
 
 def tagged_frame(number: int, timestamp: int) -> list[Inference]:
