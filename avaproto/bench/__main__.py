@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from . import motion, pixels
+from . import motion, pixels, shm
 
 BENCHMARKS: dict[str, Callable[..., str]] = {
     "pixels": pixels.run,
     "motion": motion.run,
+    "shm": shm.run,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import anyio
 
@@ -23,6 +24,12 @@ class EngineConfig:
     frame_timeout: float | None = None
     #: Where shared-memory handles are looked up (SHM-3).
     shm_directory: str = "/dev/shm"
+    #: How a pipeline's segment is reached (SHM-15): "read" copies each frame out with
+    #: checked reads when the processor uses it, so a pipeline that shrinks its segment
+    #: ends only its own stream; "map" maps it (no copy) for a trusted pipeline: a shrink
+    #: between a sample's size check and the processor's read kills the whole process
+    #: with SIGBUS.
+    shm_access: Literal["read", "map"] = "read"
     #: The largest frame accepted (MEDIA-3).
     limits: FrameLimits = DEFAULT_LIMITS
     #: Worker threads shared by synchronous processors (None: anyio's default limiter).
@@ -31,5 +38,7 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
+        if self.shm_access not in ("read", "map"):
+            raise ValueError(f"shm_access must be 'read' or 'map', got {self.shm_access!r}")
         if self.frame_timeout is not None and self.frame_timeout <= 0:
             raise ValueError(f"frame_timeout must be positive, got {self.frame_timeout}")

@@ -18,7 +18,6 @@ DEADLINE_EXCEEDED instead of hanging the pipeline once its window is full.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -26,24 +25,26 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..errors import LocalProtocolError, ProtocolError
+from ..errors import ProtocolError
 from ..messages import (
     ContentBytes,
     ContentReference,
     Inference,
     MediaSample,
     MediaStreamDescriptor,
+    MediaStreamMessage,
 )
 from ..protocol.descriptor import StreamDescriptor
-from ..protocol.events import AckReceived, DescriptorReceived, SampleReceived, Tolerated
+from ..protocol.events import AckReceived, DescriptorReceived, Event, SampleReceived
 from ..protocol.roles import Role
-from ..protocol.session import Session
 from ..protocol.video_format import VideoFormat
 from ..status import Status
 from .channel import MessageChannel
-from .outcome import log_tolerated, protocol_errors
+from .statistics import StreamStatistics
+from .stream import StreamRunner
 
 if TYPE_CHECKING:
     from ..media.shared_memory import SharedMemoryArena
@@ -64,24 +65,65 @@ class Result:
     latency: float | None = None
 
 
+class Results:
+    """The extension's answers in arrival order; taking one frees its sample's window slot.
+
+    The buffer holds at most ``window`` answers, and a slot of the window is given back
+    only when the consumer took the answer that acknowledged it, so a pipeline that
+    stops reading its results stops sending too: nothing here grows without bound.
+    Read the results while sending (a task beside the one that sends), as ``connect``'s
+    example does; sending more than ``window`` samples without reading waits forever.
+    """
+
+    def __init__(self, received: MemoryObjectReceiveStream[Result], window: anyio.Semaphore):
+        self._received = received
+        self._window = window
+
+    async def receive(self) -> Result:
+        """The next answer; raises ``anyio.EndOfStream`` once the extension ended its stream."""
+        result = await self._received.receive()
+        if result.acknowledged is not None:
+            self._window.release()
+        return result
+
+    def __aiter__(self) -> Results:
+        return self
+
+    async def __anext__(self) -> Result:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    def close(self) -> None:
+        """Stop reading: later answers are still checked, then dropped."""
+        self._received.close()
+
+
 class PipelineStream:
-    """The pipeline's end of one negotiated stream; open with ``PipelineStream.open``."""
+    """The pipeline's end of one negotiated stream; open with ``PipelineStream.open``.
+
+    It is the pipeline's handler on ``engine.stream.StreamRunner``: the runner reads
+    the extension's messages into the session; this side settles acknowledgements,
+    hands the answers to ``Results`` and watches the acknowledgement deadline.
+    """
 
     def __init__(
         self,
-        session: Session,
-        channel: MessageChannel,
+        runner: StreamRunner,
         window: int,
         arena: SharedMemoryArena | None,
-        results: MemoryObjectSendStream[Result],
         ack_timeout: float | None = None,
     ) -> None:
-        self.session = session
-        self.channel = channel
+        self.runner = runner
+        self.session = runner.session
+        self.channel = runner.channel
         self.arena = arena
         self._window = anyio.Semaphore(window)
-        self._results = results
+        self._results, received = anyio.create_memory_object_stream[Result](window)
+        self.results = Results(received, self._window)
         self._ack_timeout = ack_timeout
+        self._watching = anyio.CancelScope()
         # Our unacknowledged samples and when each was sent, oldest first (dicts keep
         # insertion order): the first entry is what the acknowledgement deadline watches.
         self._sent_at: dict[int, float] = {}
@@ -109,6 +151,10 @@ class PipelineStream:
         """The extension's deviations accepted so far, by rule (see spec/ ``field`` notes)."""
         return dict(self.session.tolerated)
 
+    @property
+    def statistics(self) -> StreamStatistics:
+        return self.runner.statistics
+
     @classmethod
     @asynccontextmanager
     async def open(
@@ -120,14 +166,17 @@ class PipelineStream:
         arena: SharedMemoryArena | None = None,
         descriptor_timeout: float | None = None,
         ack_timeout: float | None = None,
-    ) -> AsyncIterator[tuple[PipelineStream, MemoryObjectReceiveStream[Result]]]:
-        """Negotiate, then yield the stream and the stream of its results.
+        statistics: StreamStatistics | None = None,
+    ) -> AsyncIterator[tuple[PipelineStream, Results]]:
+        """Negotiate, then yield the stream and its results.
 
-        On leaving the block the input is ended (if it was not), every answer is awaited,
-        and the extension's end of stream is checked: nothing may be left unacknowledged.
-        ``descriptor_timeout`` bounds the wait for the answer descriptor (PIPE-3),
-        ``ack_timeout`` each sample's wait for its acknowledgement (PIPE-4); None waits
-        forever.
+        On leaving the block the input is ended (if it was not), every answer is awaited
+        (answers not read by then are checked and dropped), and the extension's end of
+        stream is checked: nothing may be left unacknowledged. ``descriptor_timeout``
+        bounds the wait for the answer descriptor (PIPE-3), ``ack_timeout`` each
+        sample's wait for its acknowledgement (PIPE-4); None waits forever. The stream's
+        figures are kept in ``statistics`` (a new record if None) as it runs, whether
+        or not the results are read.
         """
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
@@ -137,32 +186,23 @@ class PipelineStream:
         ):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive (or None), got {value}")
-        session = Session(Role.PIPELINE)
-        await channel.send(session.send_descriptor(descriptor))
-        with anyio.move_on_after(descriptor_timeout) as waited:
-            answer = await channel.receive()
-        if waited.cancelled_caught:
-            raise ProtocolError(
-                "PIPE-3",
-                Status.DEADLINE_EXCEEDED,
-                f"the extension at {channel.peer} did not answer our descriptor within "
-                f"{descriptor_timeout:g} s",
+        runner = StreamRunner(Role.PIPELINE, channel, statistics=statistics)
+        stream = cls(runner, window, arena, ack_timeout)
+        with runner.outcome():
+            await runner.send(runner.session.send_descriptor(descriptor))
+            answer = await runner.receive(
+                timeout=descriptor_timeout, rule="PIPE-3", awaited="answer our descriptor"
             )
-        if answer is None:
-            session.receive_end()  # raises: the extension ended without answering
-        else:
-            events = session.receive(answer)
-            log_tolerated(events, f"extension {channel.peer}")
-            assert any(isinstance(event, DescriptorReceived) for event in events)
-        results_in, results_out = anyio.create_memory_object_stream[Result](math.inf)
-        stream = cls(session, channel, window, arena, results_in, ack_timeout)
-        with protocol_errors():
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(stream._receive_and_watch)
-                async with results_out:
-                    yield stream, results_out
+            if answer is not None:
+                assert any(isinstance(event, DescriptorReceived) for event in answer[1])
+                runner.statistics.descriptor = runner.session.peer_descriptor
+            async with runner.running(stream):
+                try:
+                    yield stream, stream.results
                     if not stream._ended:
                         await stream.end()
+                finally:
+                    stream.results.close()
 
     async def send(
         self,
@@ -173,48 +213,37 @@ class PipelineStream:
     ) -> int:
         """Send one sample of ``content`` (already in the stream's format); returns its number.
 
-        Waits while ``window`` samples are unacknowledged. With shared memory the bytes
-        are copied into an arena slot (waiting for one to be freed by an acknowledgement
-        if the arena is full) and the message carries a reference to it.
+        Waits while ``window`` samples are unacknowledged or their answers unread. With
+        shared memory the bytes are copied into an arena slot (waiting for one to be
+        freed by an acknowledgement if the arena is full) and the message carries a
+        reference to it.
         """
         await self._window.acquire()
+        lease = None
         try:
             sample = MediaSample(timestamp=timestamp, inferences=list(inferences))
-            lease = None
             if content is not None and self.arena is not None:
                 view = memoryview(content).cast("B")
                 lease = await self.arena.allocate_async(len(view))
-                lease.view[:] = view
+                lease.write(view)  # pwrite: a segment the peer shrank raises SHM-15
                 sample.content_reference = ContentReference(
                     address_offset=lease.offset, length_bytes=len(view)
                 )
             elif content is not None:
                 sample.content_bytes = ContentBytes(bytes=content)  # type: ignore[arg-type]
-            try:
-                message = self.session.send_sample(sample)
-            except ProtocolError:
-                if lease is not None:
-                    lease.cancel()
-                raise
+            message = self.session.send_sample(sample)
             if lease is not None:
                 lease.mark_sent(message.sequence_number)
                 self._leased.add(message.sequence_number)
+                lease = None  # the acknowledgement frees it now
             self._sent_at[message.sequence_number] = time.monotonic()
         except BaseException:
+            if lease is not None:
+                lease.cancel()  # never sent: the slot is free again at once
             self._window.release()
             raise
-        try:
-            await self.channel.send(message)
-        except BaseException:
-            # Numbered but perhaps not delivered: the two books can no longer agree.
-            self.session.fail(
-                LocalProtocolError(
-                    "LIFE-3",
-                    Status.CANCELLED,
-                    f"sending sample {message.sequence_number} was interrupted",
-                )
-            )
-            raise
+        await self.runner.send(message)
+        self.runner.statistics.sent += 1
         return message.sequence_number
 
     async def end(self) -> None:
@@ -224,12 +253,50 @@ class PipelineStream:
         self._ended_at = time.monotonic()
         await self.channel.send_end()
 
-    async def _receive_and_watch(self) -> None:
-        async with anyio.create_task_group() as watching:
-            if self._ack_timeout is not None:
-                watching.start_soon(self._watch_acknowledgements, self._ack_timeout)
-            await self._receive_all()
-            watching.cancel_scope.cancel()
+    # The handler's side, called by the runner.
+
+    def start(self, tasks: anyio.abc.TaskGroup) -> None:
+        if self._ack_timeout is not None:
+            tasks.start_soon(self._watch_acknowledgements, self._ack_timeout)
+
+    async def before_receive(self) -> None:
+        return None
+
+    async def on_message(self, message: MediaStreamMessage, events: list[Event]) -> None:
+        acknowledged: int | None = None
+        latency: float | None = None
+        answer: SampleReceived | None = None
+        for event in events:
+            if isinstance(event, AckReceived) and event.needed:
+                acknowledged = event.acknowledged
+                latency = self._settle(acknowledged)
+            elif isinstance(event, SampleReceived):
+                answer = event
+        if answer is not None and answer.requires_ack:
+            # The extension referred to shared memory of its own: nothing here reads
+            # it, so it is acknowledged at once.
+            await self.runner.send(self.session.send_sample(None, ack=answer.sequence_number))
+        if acknowledged is None and answer is None:
+            return
+        result = Result(
+            acknowledged=acknowledged,
+            sequence_number=message.sequence_number,
+            timestamp=answer.timestamp if answer else 0,
+            inferences=list(answer.inferences) if answer else [],
+            latency=latency,
+        )
+        self.runner.statistics.add(result)
+        try:
+            await self._results.send(result)
+        except anyio.BrokenResourceError:
+            # Nobody reads results any more (the block was left); the window slot the
+            # consumer would have freed is given back here.
+            if acknowledged is not None:
+                self._window.release()
+
+    def on_end(self) -> None:
+        self._results.close()
+        self._watching.cancel()
 
     async def _watch_acknowledgements(self, timeout: float) -> None:
         """End the stream once the oldest unacknowledged sample is ``timeout`` s old (PIPE-4).
@@ -237,73 +304,37 @@ class PipelineStream:
         Sleeps until the oldest sample's deadline, then looks again: acknowledgements
         that arrived meanwhile moved the oldest on. Costs nothing per message.
         """
-        while True:
-            now = time.monotonic()
-            if self._sent_at:
-                number, sent = next(iter(self._sent_at.items()))
-                due = sent + timeout
-                if now >= due:
-                    raise ProtocolError(
-                        "PIPE-4",
-                        Status.DEADLINE_EXCEEDED,
-                        f"sample {number} was not acknowledged within {timeout:g} s "
-                        f"({len(self._sent_at)} unacknowledged); the extension at "
-                        f"{self.channel.peer} may drop frames it fails on",
-                    )
-            elif self._ended:
-                due = self._ended_at + timeout
-                if now >= due:
-                    raise ProtocolError(
-                        "PIPE-4",
-                        Status.DEADLINE_EXCEEDED,
-                        f"the extension at {self.channel.peer} acknowledged everything but "
-                        f"did not end its stream within {timeout:g} s of our end",
-                    )
-            else:
-                due = now + timeout
-            await anyio.sleep(due - now)
-
-    async def _receive_all(self) -> None:
-        async with self._results:
+        with self._watching:
             while True:
-                message = await self.channel.receive()
-                if message is None:
-                    self.session.receive_end()
-                    return
-                acknowledged: int | None = None
-                latency: float | None = None
-                answer: SampleReceived | None = None
-                for event in self.session.receive(message):
-                    if isinstance(event, AckReceived) and event.needed:
-                        acknowledged = event.acknowledged
-                        latency = self._settle(acknowledged)
-                    elif isinstance(event, SampleReceived):
-                        answer = event
-                    elif isinstance(event, Tolerated) and event.first:
-                        log_tolerated([event], f"extension {self.channel.peer}")
-                if answer is not None and answer.requires_ack:
-                    # The extension referred to shared memory of its own: nothing here
-                    # reads it, so it is acknowledged at once.
-                    await self.channel.send(
-                        self.session.send_sample(None, ack=answer.sequence_number)
-                    )
-                if acknowledged is None and answer is None:
-                    continue
-                await self._results.send(
-                    Result(
-                        acknowledged=acknowledged,
-                        sequence_number=message.sequence_number,
-                        timestamp=answer.timestamp if answer else 0,
-                        inferences=list(answer.inferences) if answer else [],
-                        latency=latency,
-                    )
-                )
+                now = time.monotonic()
+                if self._sent_at:
+                    number, sent = next(iter(self._sent_at.items()))
+                    due = sent + timeout
+                    if now >= due:
+                        raise ProtocolError(
+                            "PIPE-4",
+                            Status.DEADLINE_EXCEEDED,
+                            f"sample {number} was not acknowledged within {timeout:g} s "
+                            f"({len(self._sent_at)} unacknowledged); the extension at "
+                            f"{self.channel.peer} may drop frames it fails on",
+                        )
+                elif self._ended:
+                    due = self._ended_at + timeout
+                    if now >= due:
+                        raise ProtocolError(
+                            "PIPE-4",
+                            Status.DEADLINE_EXCEEDED,
+                            f"the extension at {self.channel.peer} acknowledged everything "
+                            f"but did not end its stream within {timeout:g} s of our end",
+                        )
+                else:
+                    due = now + timeout
+                await anyio.sleep(due - now)
 
     def _settle(self, number: int) -> float | None:
         if number in self._leased:
             assert self.arena is not None
             self._leased.discard(number)
             self.arena.ack(number)  # the only way a sent lease is freed
-        self._window.release()
         sent = self._sent_at.pop(number, None)
         return time.monotonic() - sent if sent is not None else None

@@ -1,11 +1,14 @@
 """What a processor receives: one sample, its bytes in place, decoded on demand.
 
 A ``Frame`` never copies pixels by itself. ``data`` is a view of the received message
-(embedded content) or of the sender's shared memory (a read-only lease); ``image`` and
-``rgb()`` decode lazily through the media plane, as views wherever the pixel format
-allows. The views are valid until the processor returns: the engine releases the
-lease right after the sample's acknowledgement is sent, so a processor that needs the
-pixels later must copy them (``frame.rgb().copy()``).
+(embedded content) or of the sample's shared-memory lease, made on first use: with
+shared memory that is when the bytes are read out of the sender's segment (or sliced
+from its mapping), so a processor that never touches ``data`` costs no copy, and a
+segment the sender shrank ends the stream from there (SHM-15). ``image`` and ``rgb()``
+decode lazily through the media plane, as views wherever the pixel format allows. The
+views are valid until the processor returns: the engine releases the lease right after
+the sample's acknowledgement is sent, so a processor that needs the pixels later must
+copy them (``frame.rgb().copy()``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING
 from ..messages import Inference
 from ..protocol.descriptor import StreamDescriptor
 from ..protocol.video_format import VideoFormat
+from .leases import Lease
 
 if TYPE_CHECKING:
     import numpy as np
@@ -25,21 +29,58 @@ if TYPE_CHECKING:
     from ..media.frames import Image
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, init=False)
 class Frame:
-    """One received sample, as a processor sees it."""
+    """One received sample, as a processor sees it.
+
+    ``data`` is given as the bytes (a memoryview), as the lease they are read from on
+    first use, or None.
+    """
 
     sequence_number: int
     #: Presentation time in ticks of ``descriptor.timescale``.
     timestamp: int
-    #: The sample's bytes (None: the sample carries inferences only).
-    data: memoryview | None
     #: The checked format of ``data`` (None: the stream carries inferences only).
     format: VideoFormat | None
     #: The sender's descriptor: graph identity, configuration, transfer mode.
     descriptor: StreamDescriptor
     #: Inferences that came with the sample (from an upstream node).
-    inferences: list[Inference] = field(default_factory=list)
+    inferences: list[Inference]
+    _content: memoryview | Lease | None = field(repr=False)
+
+    def __init__(
+        self,
+        sequence_number: int,
+        timestamp: int,
+        data: memoryview | Lease | None,
+        format: VideoFormat | None,
+        descriptor: StreamDescriptor,
+        inferences: list[Inference] | None = None,
+    ) -> None:
+        set_ = object.__setattr__  # frozen: set once, here
+        set_(self, "sequence_number", sequence_number)
+        set_(self, "timestamp", timestamp)
+        set_(self, "_content", data)
+        set_(self, "format", format)
+        set_(self, "descriptor", descriptor)
+        set_(self, "inferences", [] if inferences is None else inferences)
+
+    @property
+    def data(self) -> memoryview | None:
+        """The sample's bytes, read-only (None: the sample carries inferences only).
+
+        With shared memory the first use reads them and may raise ``ProtocolError``
+        (SHM-15), which ends the stream. After the sample's lease has ended the view is
+        released: any use raises ``ValueError``, as a view taken earlier does.
+        """
+        content = self._content
+        if content is None or isinstance(content, memoryview):
+            return content
+        view: memoryview | None = self.__dict__.get("_view")
+        if view is None:
+            view = _released_view() if content.released else content.view
+            object.__setattr__(self, "_view", view)
+        return view
 
     @property
     def configuration(self) -> str:
@@ -60,7 +101,7 @@ class Frame:
         """
         from ..media import frames, images
 
-        data, fmt = self._content()
+        data, fmt = self._media()
         if fmt.is_raw:
             return frames.decode(data, fmt)
         return images.decode_image(data, fmt.encoding)
@@ -69,14 +110,22 @@ class Frame:
         """The frame as height x width x 3 RGB, a view of the sample when the format allows."""
         from ..media import frames
 
-        _, fmt = self._content()
+        _, fmt = self._media()
         image = self.image
         if not fmt.is_raw:
             assert not isinstance(image, frames.YuvPlanes)  # decoded images are RGB
             return image  # type: ignore[return-value]  # RGB uint8, from decode_image
         return frames.to_rgb(image, fmt)
 
-    def _content(self) -> tuple[memoryview, VideoFormat]:
-        if self.data is None or self.format is None:
+    def _media(self) -> tuple[memoryview, VideoFormat]:
+        data = self.data
+        if data is None or self.format is None:
             raise ValueError(f"sample {self.sequence_number} carries no media content")
-        return self.data, self.format
+        return data, self.format
+
+
+def _released_view() -> memoryview:
+    """A view already released: what ``data`` is once a lease ended unread."""
+    view = memoryview(b"")
+    view.release()
+    return view

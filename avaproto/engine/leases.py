@@ -11,11 +11,25 @@ from typing import Protocol
 
 
 class Lease(Protocol):
-    """A received sample's slice of the peer's segment, live until released."""
+    """A received sample's slice of the peer's segment, live until released.
+
+    Taking a lease reads nothing: the bytes are fetched on the first use of ``view``
+    (by the processor, through ``Frame.data``), so a sample nobody looks at costs no
+    copy.
+    """
 
     @property
     def view(self) -> memoryview:
-        """The slice, read-only; unusable once released."""
+        """The slice, read-only; unusable once released.
+
+        The first use may raise ``ProtocolError`` (SHM-15: the peer shrank its segment),
+        which ends the stream like any other violation.
+        """
+        ...
+
+    @property
+    def released(self) -> bool:
+        """Whether ``release`` was called: the view may no longer be made or used."""
         ...
 
     def release(self) -> None:
@@ -24,12 +38,15 @@ class Lease(Protocol):
 
 
 class Region(Protocol):
-    """The peer's segment, mapped read-only for the stream's duration."""
+    """The peer's segment, open for the stream's duration."""
 
     def lease(self, sequence_number: int, offset: int, length: int) -> Lease:
-        """The bounds-checked slice a sample refers to (SHM-4)."""
+        """The bounds-checked slice a sample refers to (SHM-4).
+
+        Raises SHM-15 when the segment is already shorter than announced.
+        """
         ...
 
     def close(self, *, force: bool = False) -> None:
-        """Unmap; ``force`` releases the leases still live (a stream that failed)."""
+        """Close; ``force`` releases the leases still live (a stream that failed)."""
         ...

@@ -16,6 +16,7 @@ import os
 import stat
 import struct
 import threading
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,16 +28,24 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
 import avaproto.media.shared_memory as shared_memory
+from avaproto.bench import __main__ as bench
+from avaproto.bench import shm as shm_bench
+from avaproto.engine.frame import Frame
 from avaproto.errors import LeaseError, SharedMemoryError
 from avaproto.media import frames
 from avaproto.media.shared_memory import (
+    ACCESS_MODES,
     ALIGNMENT,
+    Access,
     LeaseState,
+    ReceivedLease,
     SentLease,
     SharedMemoryArena,
     SharedMemoryRegion,
 )
 from avaproto.messages import Encoding, PixelFormat
+from avaproto.protocol.descriptor import SharedMemoryProperties, StreamDescriptor
+from avaproto.protocol.roles import Role
 from avaproto.protocol.video_format import VideoFormat
 from avaproto.status import Status
 
@@ -227,24 +236,51 @@ class TestOpeningARegion:
         self, arena: SharedMemoryArena
     ) -> None:
         before = open_fds()
-        with SharedMemoryRegion.open(arena.handle_name, 3 * mmap.PAGESIZE) as region:
+        with SharedMemoryRegion.open(arena.handle_name, 3 * mmap.PAGESIZE, access="map") as region:
             assert region.path == f"{SHM}/{arena.handle_name}"
             # One descriptor: mmap's own duplicate, read-only, closed with the mapping.
             [extra] = set(open_fds()) - set(before)
             assert open_fds()[extra] == region.path
             assert fcntl.fcntl(extra, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
-            mapped = mappings_of(region.path)
-            # The arena's read-write mapping, and the region's: read-only, shared, exact.
-            assert (3 * mmap.PAGESIZE, "r--s") in mapped
-            assert (arena.length_bytes, "rw-s") in mapped
+            # The region's mapping only (the arena maps nothing): read-only, shared, exact.
+            assert mappings_of(region.path) == [(3 * mmap.PAGESIZE, "r--s")]
             lease = region.lease(2, 0, 16)
         assert lease.state is LeaseState.RELEASED
         assert region.closed
-        assert mappings_of(region.path) == [(arena.length_bytes, "rw-s")]
+        assert mappings_of(region.path) == []
         assert open_fds() == before
+
+    @pytest.mark.rule("SHM-5", "SHM-15")
+    def test_read_access_maps_nothing_and_keeps_one_read_only_descriptor(
+        self, arena: SharedMemoryArena
+    ) -> None:
+        arena_fds = [fd for fd, target in open_fds().items() if target == str(arena.path)]
+        assert len(arena_fds) == 1  # the arena's own, read-write, for pwrite and its lock
+        assert fcntl.fcntl(arena_fds[0], fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR
+        before = open_fds()
+        with SharedMemoryRegion.open(arena.handle_name, arena.length_bytes) as region:
+            assert region.access == "read"
+            [extra] = set(open_fds()) - set(before)
+            assert open_fds()[extra] == region.path
+            assert fcntl.fcntl(extra, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+            lease = region.lease(2, 0, arena.length_bytes)
+            assert len(lease.view) == arena.length_bytes  # read, every byte
+            assert mappings_of(region.path) == []  # no page of the sender's file, ever
+        assert lease.state is LeaseState.RELEASED and region.closed
+        assert open_fds() == before
+
+    def test_an_unknown_access_mode_is_refused(self, arena: SharedMemoryArena) -> None:
+        with pytest.raises(ValueError, match="access must be one of read, map"):
+            SharedMemoryRegion.open(arena.handle_name, 16, access="mmap")  # type: ignore[arg-type]
 
 
 class TestReadingThroughLeases:
+    """Every check here holds whether the region reads the file or maps it."""
+
+    @pytest.fixture(params=ACCESS_MODES)
+    def access(self, request: pytest.FixtureRequest) -> Access:
+        return request.param  # type: ignore[no-any-return]
+
     @pytest.mark.rule("SHM-4")
     @pytest.mark.parametrize(
         ("offset", "length"),
@@ -261,9 +297,11 @@ class TestReadingThroughLeases:
         ],
     )
     def test_references_outside_the_segment(
-        self, segment: tuple[str, Path], offset: int, length: int
+        self, segment: tuple[str, Path], access: Access, offset: int, length: int
     ) -> None:
-        with SharedMemoryRegion.open("segment", 4096, directory=segment[0]) as region:
+        with SharedMemoryRegion.open(
+            "segment", 4096, directory=segment[0], access=access
+        ) as region:
             with pytest.raises(SharedMemoryError) as caught:
                 region.lease(2, offset, length)
             assert (caught.value.rule, caught.value.status) == ("SHM-4", Status.OUT_OF_RANGE)
@@ -271,8 +309,10 @@ class TestReadingThroughLeases:
             assert region.live_leases == 0
 
     @pytest.mark.rule("SHM-4")
-    def test_the_last_byte_is_inside(self, segment: tuple[str, Path]) -> None:
-        with SharedMemoryRegion.open("segment", 4096, directory=segment[0]) as region:
+    def test_the_last_byte_is_inside(self, segment: tuple[str, Path], access: Access) -> None:
+        with SharedMemoryRegion.open(
+            "segment", 4096, directory=segment[0], access=access
+        ) as region:
             lease = region.lease(2, 4095, 1)
             assert bytes(lease.view) == bytes([255])
             whole = region.lease(3, 0, 4096)
@@ -282,17 +322,21 @@ class TestReadingThroughLeases:
     @pytest.mark.rule("SHM-10")
     @pytest.mark.parametrize("offset", [0, 100, 4096])
     def test_an_empty_reference_is_an_empty_lease(
-        self, segment: tuple[str, Path], offset: int
+        self, segment: tuple[str, Path], access: Access, offset: int
     ) -> None:
-        with SharedMemoryRegion.open("segment", 4096, directory=segment[0]) as region:
+        with SharedMemoryRegion.open(
+            "segment", 4096, directory=segment[0], access=access
+        ) as region:
             lease = region.lease(2, offset, 0)
             assert (lease.length, bytes(lease.view)) == (0, b"")
             lease.release()
             assert region.live_leases == 0
 
     @pytest.mark.rule("SHM-7")
-    def test_the_view_is_read_only(self, segment: tuple[str, Path]) -> None:
-        with SharedMemoryRegion.open("segment", 4096, directory=segment[0]) as region:
+    def test_the_view_is_read_only(self, segment: tuple[str, Path], access: Access) -> None:
+        with SharedMemoryRegion.open(
+            "segment", 4096, directory=segment[0], access=access
+        ) as region:
             lease = region.lease(2, 0, 16)
             assert lease.view.readonly
             with pytest.raises(TypeError):
@@ -310,8 +354,10 @@ class TestReadingThroughLeases:
         assert segment[1].read_bytes()[:16] == bytes(range(16))
 
     @pytest.mark.rule("SHM-7")
-    def test_use_after_release_raises(self, segment: tuple[str, Path]) -> None:
-        with SharedMemoryRegion.open("segment", 4096, directory=segment[0]) as region:
+    def test_use_after_release_raises(self, segment: tuple[str, Path], access: Access) -> None:
+        with SharedMemoryRegion.open(
+            "segment", 4096, directory=segment[0], access=access
+        ) as region:
             lease = region.lease(5, 0, 16)
             view = lease.view
             lease.release()
@@ -324,8 +370,10 @@ class TestReadingThroughLeases:
                 bytes(view)  # even a reference taken earlier is dead
 
     @pytest.mark.rule("SHM-7")
-    def test_double_release_raises(self, segment: tuple[str, Path]) -> None:
-        with SharedMemoryRegion.open("segment", 4096, directory=segment[0]) as region:
+    def test_double_release_raises(self, segment: tuple[str, Path], access: Access) -> None:
+        with SharedMemoryRegion.open(
+            "segment", 4096, directory=segment[0], access=access
+        ) as region:
             lease = region.lease(2, 0, 16)
             lease.release()
             with pytest.raises(LeaseError, match="already released") as caught:
@@ -333,8 +381,12 @@ class TestReadingThroughLeases:
             assert caught.value.rule == "SHM-7"
 
     @pytest.mark.rule("SHM-7")
-    def test_a_lease_releases_itself_as_a_context(self, segment: tuple[str, Path]) -> None:
-        with SharedMemoryRegion.open("segment", 4096, directory=segment[0]) as region:
+    def test_a_lease_releases_itself_as_a_context(
+        self, segment: tuple[str, Path], access: Access
+    ) -> None:
+        with SharedMemoryRegion.open(
+            "segment", 4096, directory=segment[0], access=access
+        ) as region:
             with region.lease(2, 16, 4) as lease:
                 assert bytes(lease.view) == bytes([16, 17, 18, 19])
                 assert region.live_leases == 1
@@ -343,9 +395,9 @@ class TestReadingThroughLeases:
 
     @pytest.mark.rule("SHM-7")
     def test_closing_under_live_leases_is_refused_unless_forced(
-        self, segment: tuple[str, Path]
+        self, segment: tuple[str, Path], access: Access
     ) -> None:
-        region = SharedMemoryRegion.open("segment", 4096, directory=segment[0])
+        region = SharedMemoryRegion.open("segment", 4096, directory=segment[0], access=access)
         leases = [region.lease(n, n * 16, 16) for n in range(2, 5)]
         with pytest.raises(LeaseError, match="3 leases") as caught:
             region.close()
@@ -363,10 +415,10 @@ class TestReadingThroughLeases:
         fmt = VideoFormat.checked(Encoding.RAW, PixelFormat.BGR24, 64, 32)
         picture = np.random.default_rng(1).integers(0, 256, (32, 64, 3), dtype=np.uint8)
         slot = arena.allocate(fmt.frame_bytes)
-        slot.view[:] = frames.encode(picture, fmt)
+        slot.write(frames.encode(picture, fmt))
         offset = slot.offset
         slot.mark_sent(2)
-        with SharedMemoryRegion.open(arena.handle_name, arena.length_bytes) as region:
+        with SharedMemoryRegion.open(arena.handle_name, arena.length_bytes, access="map") as region:
             everything = region.lease(1, 0, region.length_bytes)
             whole = np.frombuffer(everything.view, np.uint8)  # the receiver's entire mapping
             lease = region.lease(2, offset, fmt.frame_bytes)
@@ -379,12 +431,31 @@ class TestReadingThroughLeases:
             everything.release()
         arena.ack(2)
 
+    @pytest.mark.rule("SHM-7", "MEDIA-7")
+    def test_read_access_copies_once_then_numpy_sees_that_copy(
+        self, arena: SharedMemoryArena
+    ) -> None:
+        fmt = VideoFormat.checked(Encoding.RAW, PixelFormat.BGR24, 64, 32)
+        picture = np.random.default_rng(2).integers(0, 256, (32, 64, 3), dtype=np.uint8)
+        slot = arena.allocate(fmt.frame_bytes)
+        slot.write(frames.encode(picture, fmt))
+        slot.mark_sent(2)
+        with SharedMemoryRegion.open(arena.handle_name, arena.length_bytes) as region:
+            lease = region.lease(2, slot.offset, fmt.frame_bytes)
+            read = np.frombuffer(lease.view, np.uint8)
+            rgb = frames.to_rgb(frames.decode(lease.view, fmt), fmt)
+            assert np.shares_memory(rgb, read)  # decoding made no second copy
+            assert np.array_equal(rgb, picture)
+            del read, rgb
+            lease.release()
+        arena.ack(2)
+
     @pytest.mark.rule("SHM-7", "SHM-8")
     def test_the_receiver_sees_the_senders_bytes_in_place(self, arena: SharedMemoryArena) -> None:
         slot = arena.allocate(5)
-        slot.view[:] = b"hello"
+        slot.write(b"hello")
         slot.mark_sent(2)
-        with SharedMemoryRegion.open(arena.handle_name, arena.length_bytes) as region:
+        with SharedMemoryRegion.open(arena.handle_name, arena.length_bytes, access="map") as region:
             lease = region.lease(2, slot.offset, 5)
             seen = np.frombuffer(lease.view, np.uint8)
             assert seen.tobytes() == b"hello"
@@ -392,7 +463,7 @@ class TestReadingThroughLeases:
             arena.ack(2)
             again = arena.allocate(5)  # the freed slot, rewritten by the sender
             assert again.offset == slot.offset
-            again.view[:] = b"world"
+            again.write(b"world")
             assert seen.tobytes() == b"world"  # the same memory: no copy was ever made
             del seen
             again.cancel()
@@ -404,9 +475,9 @@ class TestViewsOutlivingTheirLease:
         self, arena: SharedMemoryArena, caplog: pytest.LogCaptureFixture
     ) -> None:
         slot = arena.allocate(4)
-        slot.view[:] = b"keep"
+        slot.write(b"keep")
         slot.mark_sent(2)
-        region = SharedMemoryRegion.open(arena.handle_name, 4096)
+        region = SharedMemoryRegion.open(arena.handle_name, 4096, access="map")
         kept = np.frombuffer(region.lease(2, slot.offset, 4).view, np.uint8)
         with caplog.at_level(logging.WARNING, "avaproto.media.shared_memory"):
             region.close(force=True)  # releases the lease, cannot unmap yet
@@ -434,19 +505,281 @@ class TestViewsOutlivingTheirLease:
                 _ = lease.view
             assert [value for (value,) in holder] == [0, 1, 2, 3]
 
-    @pytest.mark.rule("SHM-12", "SHM-9")
-    def test_closing_an_arena_under_an_export_still_unlinks(
-        self, caplog: pytest.LogCaptureFixture
+    @pytest.mark.rule("SHM-12")
+    def test_an_array_keeps_its_read_buffer_which_is_never_reused(
+        self, arena: SharedMemoryArena, caplog: pytest.LogCaptureFixture
     ) -> None:
-        made = SharedMemoryArena.create(4096, prefix="avaproto-test-")
-        slot = made.allocate(8)
-        holder = struct.iter_unpack("B", slot.view)
-        with caplog.at_level(logging.WARNING, "avaproto.media.shared_memory"):
-            made.close()
-        assert not made.path.exists()
-        assert slot.state is LeaseState.RELEASED and made.live_leases == 0
-        assert "SHM-12" in caplog.text
-        del holder
+        slot = arena.allocate(4)
+        slot.write(b"keep")
+        slot.mark_sent(2)
+        with SharedMemoryRegion.open(arena.handle_name, arena.length_bytes) as region:
+            lease = region.lease(2, slot.offset, 4)
+            kept = np.frombuffer(lease.view, np.uint8)
+            with caplog.at_level(logging.WARNING, "avaproto.media.shared_memory"):
+                lease.release()
+            assert "[SHM-12] the lease of sample 2" in caplog.text
+            assert region.pooled_buffers == 0  # held: out of the pool, not reused
+            arena.ack(2)
+            again = arena.allocate(4)
+            assert again.offset == slot.offset
+            again.write(b"next")
+            again.mark_sent(3)
+            later = region.lease(3, again.offset, 4)
+            assert bytes(later.view) == b"next"
+            assert kept.tobytes() == b"keep"  # its own buffer, untouched by the next read
+            later.release()
+            assert region.pooled_buffers == 1
+            del kept
+
+    @pytest.mark.rule("SHM-12")
+    def test_a_view_made_from_the_view_also_keeps_the_buffer_out_of_the_pool(
+        self, segment: tuple[str, Path], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with SharedMemoryRegion.open("segment", 4096, directory=segment[0]) as region:
+            lease = region.lease(2, 0, 4)
+            copy_of_view = memoryview(lease.view)  # shares the buffer, not the view's count
+            with caplog.at_level(logging.WARNING, "avaproto.media.shared_memory"):
+                lease.release()
+            assert "[SHM-12]" in caplog.text
+            assert region.pooled_buffers == 0
+            assert bytes(copy_of_view) == bytes(range(4))
+            copy_of_view.release()
+
+
+class TestASegmentThatShrinks:
+    """A peer that shrinks the segment ends its stream with SHM-15; the process lives on."""
+
+    @pytest.mark.rule("SHM-15")
+    @pytest.mark.parametrize("access", ACCESS_MODES)
+    def test_a_lease_on_a_segment_shrunk_before_the_sample_is_refused(
+        self, arena: SharedMemoryArena, access: Access
+    ) -> None:
+        with SharedMemoryRegion.open(
+            arena.handle_name, arena.length_bytes, access=access
+        ) as region:
+            region.lease(2, 0, 16).release()
+            os.truncate(arena.path, 4096)  # the sender shrinks its own file
+            if access == "read":
+                # Each read is checked instead: bytes still in the file read whole,
+                # bytes past its new end are refused.
+                with region.lease(3, 0, 16) as inside:
+                    assert len(inside.view) == 16
+                past = region.lease(3, 8192, 16)
+                with pytest.raises(SharedMemoryError) as caught:
+                    past.view  # noqa: B018
+                past.release()
+                assert caught.value.rule == "SHM-15"
+                return
+            with pytest.raises(SharedMemoryError) as caught:
+                region.lease(3, 0, 16)  # inside the new size, still refused: checked now
+            assert (caught.value.rule, caught.value.status) == (
+                "SHM-15",
+                Status.FAILED_PRECONDITION,
+            )
+            message = str(caught.value)
+            assert region.path in message and "4096 bytes now" in message
+            assert f"the {arena.length_bytes} bytes its descriptor announced" in message
+            assert "sample 3" in message
+            assert region.live_leases == 0
+            if access == "read":
+                assert mappings_of(region.path) == []
+
+    @pytest.mark.rule("SHM-15")
+    @pytest.mark.parametrize("new_size", [0, 8192, 10000, 12287])
+    def test_a_read_past_the_new_end_is_a_short_read_not_a_fault(
+        self, arena: SharedMemoryArena, new_size: int
+    ) -> None:
+        arena.allocate(arena.length_bytes).write(bytes([7]) * arena.length_bytes)
+        with SharedMemoryRegion.open(arena.handle_name, arena.length_bytes) as region:
+            lease = region.lease(2, 8192, 4096)  # the size is still whole here
+            os.truncate(arena.path, new_size)  # then the sender shrinks it, before the read
+            with pytest.raises(SharedMemoryError) as caught:
+                _ = lease.view
+            assert (caught.value.rule, caught.value.status) == (
+                "SHM-15",
+                Status.FAILED_PRECONDITION,
+            )
+            assert f"{new_size} bytes now" in str(caught.value)
+            assert "sample 2's bytes [8192, 12288)" in str(caught.value)
+            assert lease.state is LeaseState.LIVE and region.pooled_buffers == 1
+            lease.release()  # the engine still ends it as usual
+            assert region.live_leases == 0
+
+    @pytest.mark.rule("SHM-15")
+    @pytest.mark.parametrize("new_size", [0, 100, 4096])
+    @pytest.mark.parametrize("length", [100, 1 << 16])  # the first slot, or the whole segment
+    def test_a_write_into_a_segment_the_receiver_shrank_raises(
+        self, arena: SharedMemoryArena, new_size: int, length: int
+    ) -> None:
+        slot = arena.allocate(length)
+        os.truncate(arena.path, new_size)  # the receiver shrinks the sender's file
+        with pytest.raises(SharedMemoryError) as caught:
+            slot.write(bytes(length))
+        assert (caught.value.rule, caught.value.status) == ("SHM-15", Status.FAILED_PRECONDITION)
+        assert f"has {new_size} bytes, fewer than the {arena.length_bytes}" in str(caught.value)
+        assert str(arena.path) in str(caught.value)
+        assert arena.path.stat().st_size == new_size  # reported, not silently grown back
+
+    @pytest.mark.rule("SHM-15")
+    def test_a_shrink_during_the_write_is_caught_after_it(
+        self, arena: SharedMemoryArena, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        real = os.pwrite
+
+        def shrunk_meanwhile(fd: int, data: memoryview, offset: int) -> int:
+            os.truncate(arena.path, 0)  # the receiver, between the check and the write
+            return real(fd, data, offset)
+
+        slot = arena.allocate(100)
+        monkeypatch.setattr(os, "pwrite", shrunk_meanwhile)
+        with pytest.raises(SharedMemoryError, match=r"^\[SHM-15\] .* has 100 bytes"):
+            slot.write(bytes(100))  # the write extended the file again, to 100 bytes
+
+    def test_the_first_write_after_making_an_arena_passes_the_check(
+        self, arena: SharedMemoryArena
+    ) -> None:
+        slot = arena.allocate(arena.length_bytes)
+        slot.write(bytes(range(256)) * (arena.length_bytes // 256))
+        assert arena.path.stat().st_size == arena.length_bytes
+
+
+class TestReadBuffers:
+    """Read access copies each used frame into a pooled buffer of the region's."""
+
+    def test_nothing_is_read_until_the_view_is_used(self, arena: SharedMemoryArena) -> None:
+        with SharedMemoryRegion.open(arena.handle_name, arena.length_bytes) as region:
+            for number in range(2, 10):
+                region.lease(number, 0, 4096).release()
+            assert region.pooled_buffers == 0  # no buffer was ever needed
+
+    def test_a_steady_stream_reuses_one_buffer_and_allocates_nothing(
+        self, arena: SharedMemoryArena
+    ) -> None:
+        frame = 1 << 14
+        payloads = [bytes([number]) * frame for number in range(43)]  # made beforehand
+        addresses = set()
+        with SharedMemoryRegion.open(arena.handle_name, arena.length_bytes) as region:
+
+            def one(number: int) -> None:
+                slot = arena.allocate(frame)
+                slot.write(payloads[number])
+                slot.mark_sent(number)
+                with region.lease(number, slot.offset, frame) as lease:
+                    pixels = np.frombuffer(lease.view, np.uint8)
+                    assert pixels[0] == pixels[-1] == number
+                    addresses.add(pixels.ctypes.data)
+                    del pixels  # before the release: the buffer goes back to the pool
+                arena.ack(number)
+                assert region.pooled_buffers == 1
+
+            one(2)
+            tracemalloc.start()
+            try:
+                for number in range(3, 43):
+                    one(number)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+        assert len(addresses) == 1  # every frame read into the same buffer
+        assert peak < frame // 2  # and no frame-sized allocation on the way
+
+    def test_a_larger_frame_replaces_the_buffer_then_smaller_ones_use_it(
+        self, segment: tuple[str, Path]
+    ) -> None:
+        with SharedMemoryRegion.open("segment", 4096, directory=segment[0]) as region:
+            addresses = []
+            for length in (100, 300, 100, 300):
+                with region.lease(2, 0, length) as lease:
+                    assert bytes(lease.view) == segment[1].read_bytes()[:length]
+                    addresses.append(np.frombuffer(lease.view, np.uint8).ctypes.data)
+                assert region.pooled_buffers == 1
+            assert addresses[1] == addresses[2] == addresses[3]
+
+    def test_leases_read_at_once_get_buffers_of_their_own(self, segment: tuple[str, Path]) -> None:
+        with SharedMemoryRegion.open("segment", 4096, directory=segment[0]) as region:
+            leases = [region.lease(n, n * 100, 100) for n in range(3)]
+            views = [bytes(lease.view) for lease in leases]
+            whole = segment[1].read_bytes()
+            assert views == [whole[n * 100 : n * 100 + 100] for n in range(3)]
+            for lease in leases:
+                lease.release()
+            assert region.pooled_buffers == 3  # at most as many as were read at once
+
+    def test_descriptors_return_to_the_baseline(self, arena: SharedMemoryArena) -> None:
+        before = open_fds()
+        for _ in range(3):
+            region = SharedMemoryRegion.open(arena.handle_name, arena.length_bytes)
+            leases = [region.lease(n, 0, 4096) for n in range(2, 5)]
+            assert len(leases[0].view) == 4096
+            region.close(force=True)  # live leases, one of them read
+            assert open_fds() == before
+
+    def test_the_descriptor_is_never_closed_under_a_running_read(
+        self, arena: SharedMemoryArena
+    ) -> None:
+        before = open_fds()
+        region = SharedMemoryRegion.open(arena.handle_name, arena.length_bytes)
+        lease = region.lease(2, 0, 16)
+        assert region._descriptor is not None
+        with region._descriptor.use() as fd:  # as a worker thread inside preadv would be
+            assert fd is not None
+            region.close(force=True)
+            os.fstat(fd)  # still this file: its number cannot go to another open yet
+            assert open_fds()[fd] == region.path
+        assert open_fds() == before  # closed by the last use
+        with pytest.raises(LeaseError):
+            _ = lease.view
+
+
+class TestFrameData:
+    """A frame's ``data`` over a lease is read on first use, once."""
+
+    @staticmethod
+    def frame_of(lease: ReceivedLease) -> Frame:
+        fmt = VideoFormat.checked(Encoding.RAW, PixelFormat.RGB24, 4, 4)
+        descriptor = StreamDescriptor(
+            role=Role.PIPELINE,
+            graph_identifier=None,
+            extension_identifier=None,
+            extension_configuration="",
+            timescale=90000,
+            video_format=fmt,
+            shared_memory=SharedMemoryProperties(lease.region.path, lease.region.length_bytes),
+        )
+        return Frame(2, 0, lease, fmt, descriptor)
+
+    def test_read_on_first_use_then_the_same_view(self, segment: tuple[str, Path]) -> None:
+        with SharedMemoryRegion.open("segment", 4096, directory=segment[0]) as region:
+            lease = region.lease(2, 16, 48)
+            frame = self.frame_of(lease)
+            assert lease._view is None  # making the frame read nothing
+            data = frame.data
+            assert data is not None and bytes(data) == bytes(range(16, 64))
+            assert frame.data is data and lease.view is data
+            assert frame.rgb()[0, 0].tolist() == [16, 17, 18]
+            del data
+            lease.release()
+            with pytest.raises(ValueError, match="released"):
+                bytes(frame.data or b"")
+
+    def test_after_the_lease_ended_unread_the_data_is_a_released_view(
+        self, segment: tuple[str, Path]
+    ) -> None:
+        with SharedMemoryRegion.open("segment", 4096, directory=segment[0]) as region:
+            lease = region.lease(2, 0, 48)
+            frame = self.frame_of(lease)
+            lease.release()
+            with pytest.raises(ValueError, match="released"):
+                bytes(frame.data or b"")
+            assert region.pooled_buffers == 0  # nothing was read for it
+
+    @pytest.mark.rule("SHM-15")
+    def test_a_shrunk_segment_surfaces_from_frame_data(self, arena: SharedMemoryArena) -> None:
+        with SharedMemoryRegion.open(arena.handle_name, arena.length_bytes) as region:
+            frame = self.frame_of(region.lease(2, 0, 48))
+            os.truncate(arena.path, 0)
+            with pytest.raises(SharedMemoryError, match=r"^\[SHM-15\]"):
+                _ = frame.data
 
 
 class TestTheSendersArena:
@@ -485,11 +818,11 @@ class TestTheSendersArena:
     def test_unlinked_when_making_it_fails(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        def no_mapping(*args: object, **kwargs: object) -> mmap.mmap:
-            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+        def no_lock(fd: int, operation: int) -> None:
+            raise OSError(errno.ENOLCK, "No locks available")
 
-        monkeypatch.setattr(shared_memory.mmap, "mmap", no_mapping)
-        with pytest.raises(OSError, match="Cannot allocate"):
+        monkeypatch.setattr(shared_memory.fcntl, "flock", no_lock)
+        with pytest.raises(OSError, match="No locks"):
             SharedMemoryArena.create(4096, directory=str(tmp_path))
         assert list(tmp_path.iterdir()) == []
 
@@ -546,7 +879,7 @@ class TestTheSendersArena:
         spans = sorted((lease.offset, lease.offset + lease.length) for lease in leases)
         assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(spans))
         assert all(lease.offset % ALIGNMENT == 0 for lease in leases)
-        assert [len(lease.view) for lease in leases] == [1, 100, 64, 4000, 7]
+        assert [lease.length for lease in leases] == [1, 100, 64, 4000, 7]
         assert spans[-1][1] <= arena.length_bytes
         assert arena.in_use == 64 + 128 + 64 + 4032 + 64
         assert arena.live_leases == 5
@@ -623,16 +956,25 @@ class TestTheSendersArena:
     @pytest.mark.rule("SHM-8")
     def test_a_slot_is_written_only_before_it_is_sent(self, arena: SharedMemoryArena) -> None:
         slot = arena.allocate(4)
-        assert not slot.view.readonly and len(slot.view) == 4
-        slot.view[:] = b"abcd"
-        earlier = slot.view
+        slot.write(b"abcd")
+        slot.write(memoryview(np.frombuffer(b"ABCD", np.uint8).reshape(2, 2)))  # C-contiguous
+        assert arena.path.read_bytes()[slot.offset : slot.offset + 4] == b"ABCD"
         slot.mark_sent(2)
-        with pytest.raises(LeaseError, match="sent"):
-            slot.view[:] = b"efgh"
-        with pytest.raises(ValueError, match="released"):
-            earlier[0] = 0  # a view taken before sending is dead too
+        with pytest.raises(LeaseError, match="sent") as caught:
+            slot.write(b"efgh")
+        assert caught.value.rule == "SHM-8"
+        assert arena.path.read_bytes()[slot.offset : slot.offset + 4] == b"ABCD"
         with pytest.raises(LeaseError, match="not allocated"):
             slot.mark_sent(3)
+
+    @pytest.mark.rule("SHM-8")
+    def test_a_write_fills_exactly_its_slot(self, arena: SharedMemoryArena) -> None:
+        first, second = arena.allocate(4), arena.allocate(4)
+        second.write(b"2222")
+        for wrong in (b"abc", b"abcde", b""):
+            with pytest.raises(ValueError, match="holds 4 bytes"):
+                first.write(wrong)
+        assert arena.path.read_bytes()[second.offset : second.offset + 4] == b"2222"
 
     @pytest.mark.rule("SHM-8", "ACK-2")
     def test_a_slot_is_sent_under_one_valid_number(self, arena: SharedMemoryArena) -> None:
@@ -655,7 +997,7 @@ class TestTheSendersArena:
         with pytest.raises(LeaseError, match="released"):
             slot.cancel()
         with pytest.raises(LeaseError):
-            _ = slot.view
+            slot.write(bytes(100))
         with pytest.raises(LeaseError):
             slot.mark_sent(2)
 
@@ -699,12 +1041,14 @@ class TestTheSendersArena:
     def test_close_ends_every_lease(self, arena: SharedMemoryArena) -> None:
         sent, unsent = arena.allocate(10), arena.allocate(10)
         sent.mark_sent(2)
-        view = unsent.view
+        fds = open_fds()
         arena.close()
         assert sent.state is unsent.state is LeaseState.RELEASED
         assert (arena.in_use, arena.live_leases) == (0, 0)
-        with pytest.raises(ValueError, match="released"):
-            view[0] = 1
+        assert str(arena.path) in fds.values()
+        assert str(arena.path) not in open_fds().values()  # its one descriptor is closed
+        with pytest.raises(LeaseError):
+            unsent.write(bytes(10))
         with pytest.raises(LeaseError, match="closed"):
             arena.try_allocate(1)
         with pytest.raises(LeaseError):
@@ -831,7 +1175,7 @@ class ArenaModel(RuleBasedStateMachine):
         if lease is None:
             return None
         assert lease.offset % ALIGNMENT == 0 and lease.offset + lease.size <= self.SIZE
-        assert lease.length == length == len(lease.view)
+        assert lease.length == length
         self.live[id(lease)] = (lease.offset, lease.size)
         return lease
 
@@ -896,3 +1240,28 @@ class ArenaModel(RuleBasedStateMachine):
 @pytest.mark.rule("SHM-8", "SHM-13")
 class TestArenaAgainstAModel(ArenaModel.TestCase):  # type: ignore[name-defined]
     settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+class TestTheAccessBenchmark:
+    def test_it_reports_each_access_mode_against_the_resident_floor(self) -> None:
+        results = shm_bench.measure(16, 8, repeat=2)
+        assert [t.access for t in results] == [
+            "resident (floor)",
+            "map",
+            "read",
+            "read, bytes unused",
+        ]
+        assert all(t.median > 0 and t.best > 0 for t in results)
+        table = shm_bench.report(results)
+        assert "16x8" in table and "ratio" in table and "µs" in table
+        assert not list(Path(SHM).glob("avaproto-bench-*"))  # its segment is gone
+
+    def test_the_bench_command_selects_it(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        monkeypatch.setitem(
+            bench.BENCHMARKS, "shm", lambda repeat=10: shm_bench.run(repeat, sizes=((8, 8),))
+        )
+        assert bench.main(["--only", "shm", "--repeat", "1"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("== shm") and "8x8" in out and "read, bytes unused" in out
