@@ -385,6 +385,7 @@ def _server_config(args: argparse.Namespace) -> Any:
             ordered=not args.completion_order,
             frame_timeout=args.frame_timeout,
             shm_directory=args.shm_directory,
+            shm_access=args.shm_access,
         ),
         credentials=_credentials(args),
         ssl=_server_tls(args),
@@ -474,6 +475,15 @@ def _add_serve(commands: Any) -> None:
         default=_default(EngineConfig, "shm_directory"),
         metavar="DIR",
         help="where the pipeline's shared-memory handles are opened (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shm-access",
+        choices=("read", "map"),
+        default=_default(EngineConfig, "shm_access"),
+        help="how a pipeline's segment is reached: read copies each frame out with checked "
+        "reads, so a pipeline that shrinks its segment ends only its own stream; map maps it "
+        "without a copy, for pipelines trusted not to shrink it (a shrink can then kill the "
+        "server with SIGBUS) (default: %(default)s)",
     )
     parser.add_argument(
         "--max-message-bytes",
@@ -664,8 +674,11 @@ def _first_frame(args: argparse.Namespace) -> tuple[SourceFrame, Iterator[Source
 
 def _unwrap(error: BaseException) -> BaseException:
     """The error a person can act on, out of a task group's exception group."""
-    while isinstance(error, BaseExceptionGroup) and error.exceptions:
-        error = error.exceptions[0]
+    from .engine.outcome import first_protocol_error
+
+    if isinstance(error, BaseExceptionGroup):
+        found = first_protocol_error(error) or first_protocol_error(error, (Exception,))
+        return found if found is not None else error
     return error
 
 
@@ -1151,6 +1164,134 @@ def _add_bench(commands: Any) -> None:
     parser.set_defaults(run=_bench, parser=parser)
 
 
+# --- check ---------------------------------------------------------------------------
+
+
+def _pixel_formats(text: str) -> tuple[str, ...]:
+    from .protocol.pixel_formats import PIXEL_LAYOUTS
+
+    known = [pixel_format.name for pixel_format in PIXEL_LAYOUTS]
+    chosen = tuple(dict.fromkeys(p.strip().upper() for p in text.split(",") if p.strip()))
+    unknown = [name for name in chosen if name not in known]
+    if not chosen or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected pixel formats among {', '.join(known)} (comma-separated), got {text!r}"
+        )
+    return chosen
+
+
+def _rule_patterns(text: str) -> tuple[str, ...]:
+    from .check import select
+
+    patterns = tuple(p.strip() for p in text.split(",") if p.strip())
+    try:
+        select(patterns or (text,))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return patterns
+
+
+def _check(args: argparse.Namespace) -> int:
+    import anyio
+
+    from .check import CheckAborted, CheckOptions, run_check
+    from .media.shared_memory import remove_stale_segments
+
+    options = CheckOptions(
+        formats=args.formats,
+        shm=not args.no_shm,
+        shm_directory=args.shm_directory,
+        timeout=args.timeout,
+        credentials=_credentials(args),
+        tls=_client_tls(args),
+    )
+    if options.shm:
+        if not Path(args.shm_directory).is_dir():
+            raise UsageError(
+                f"--shm-directory {args.shm_directory}: no such directory (--no-shm leaves "
+                "shared memory out)"
+            )
+        remove_stale_segments(args.shm_directory)
+    try:
+        report = anyio.run(lambda: run_check(args.target, options, rules=args.rules))
+    except CheckAborted as error:
+        print(f"avaproto check: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=1))
+    else:
+        print("\n".join(report.lines(verbose=args.verbose + args.sub_verbose > 0)))
+    return 1 if report.failed else 0
+
+
+def _add_check(commands: Any) -> None:
+    from .check import DEFAULT_FORMATS, DEFAULT_TIMEOUT, CheckOptions
+
+    parser = commands.add_parser(
+        "check",
+        help="check an extension against the protocol's rules",
+        description=(
+            "Drive the extension at TARGET (host:port) through the rules of spec/: "
+            "healthy streams in both transfer modes and several pixel formats, then "
+            "violations it must refuse with the status each rule names. Prints one line "
+            "per rule (PASS, FAIL, WARN: a deviation the spec tolerates, SKIP: not "
+            "probed in this run) and a summary. Exit status 1 if any rule FAILs."
+        ),
+    )
+    parser.add_argument("target", type=_target, metavar="TARGET", help="host:port of the extension")
+    parser.add_argument(
+        "--formats",
+        type=_pixel_formats,
+        default=DEFAULT_FORMATS,
+        metavar="LIST",
+        help="pixel formats of the healthy streams, comma-separated; the first is used by "
+        f"the other probes (default: {','.join(DEFAULT_FORMATS).lower()})",
+    )
+    parser.add_argument(
+        "--rules",
+        type=_rule_patterns,
+        default=(),
+        metavar="GLOBS",
+        help="check only these rules, comma-separated ids or globs like SHM-*,DESC-1 "
+        "(default: all)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="time each probe may take, connecting included; past it the probe FAILs "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the report as JSON: each rule's level, outcome and detail, a summary, "
+        "and the rules out of reach with why (default: one line per rule)",
+    )
+    shm = parser.add_argument_group("shared memory")
+    shm.add_argument(
+        "--no-shm",
+        action="store_true",
+        help="leave shared memory out, for a target on another host (default: probe it)",
+    )
+    shm.add_argument(
+        "--shm-directory",
+        default=_default(CheckOptions, "shm_directory"),
+        metavar="DIR",
+        help="where the probes' segments are made (default: %(default)s)",
+    )
+    _client_options(
+        parser,
+        {},
+        "connect over TLS, trusting the system's CAs; the certificate must name TARGET's "
+        "host (default: off; implied by the options below)",
+    )
+    _credential_options(parser)
+    _verbosity_option(parser, "sub_verbose")
+    parser.set_defaults(run=_check, parser=parser)
+
+
 # --- the parser ----------------------------------------------------------------------
 
 
@@ -1177,6 +1318,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_send(commands)
     _add_demo(commands)
     _add_bench(commands)
+    _add_check(commands)
     _add_diagram(commands)
     return parser
 

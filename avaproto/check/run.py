@@ -1,0 +1,127 @@
+"""Running the check: pick the rules, make sure the target answers at all, run each probe.
+
+Probes run one after another: an extension that serves a few streams at a time (the
+samples' thread pool of three) is not starved by the check itself, and a probe that
+breaks the extension shows as the first of a run of failures, not as noise. A target
+that cannot be reached, does not serve the method, or refuses the credentials it was
+given (or asks for some) stops the check at once with one error: no probe could say
+anything useful about it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Iterable, Sequence
+
+import anyio
+
+from ..errors import AvaprotoError, ProtocolError, StreamFailed
+from ..messages import METHOD_PATH
+from ..status import Status
+from .probes import CheckOptions, Context, Probe, probes, skip_reason, video_format
+from .report import CheckReport, Finding, Outcome, combine, deviation
+from .rules import CATALOGUE, PROBED
+from .wire import Target, Unreachable, call, connection
+
+log = logging.getLogger("avaproto.check")
+
+
+class CheckAborted(AvaprotoError):
+    """The target cannot be checked at all (unreachable, not an extension, wrong credentials)."""
+
+
+def select(patterns: Sequence[str]) -> list[str]:
+    """The rule ids matching any of ``patterns`` (globs like ``SHM-*``), all when none.
+
+    A pattern that matches no rule raises ValueError, naming it.
+    """
+    ids = [entry.id for entry in CATALOGUE]
+    if not patterns:
+        return ids
+    chosen: set[str] = set()
+    for pattern in patterns:
+        matched = fnmatch.filter(ids, pattern.strip().upper())
+        if not matched:
+            raise ValueError(f"{pattern!r} matches no rule id (like DESC-1, SHM-*, AUTH-?)")
+        chosen.update(matched)
+    return [rule for rule in ids if rule in chosen]
+
+
+async def _preflight(ctx: Context) -> list[Finding]:
+    """Open a stream and end it at once: reachable, the method served, the credentials good."""
+    with anyio.fail_after(ctx.options.timeout):
+        async with connection(ctx.target) as channel, call(channel, ctx.target) as opened:
+            ending = await opened.finish()
+    where = ctx.target.address
+    if ending.status is Status.UNIMPLEMENTED:
+        raise CheckAborted(f"{where} does not serve {METHOD_PATH} ({ending.describe()})")
+    if ending.status is Status.UNAUTHENTICATED:
+        if ctx.options.credentials is None:
+            raise CheckAborted(
+                f"{where} requires credentials ({ending.describe()}): give its --username "
+                "and --password"
+            )
+        raise CheckAborted(f"{where} refused the credentials given ({ending.describe()})")
+    if ending.status is Status.UNAVAILABLE:
+        raise CheckAborted(f"{where}: {ending.describe()}")
+    what = "a stream ended before any message"
+    if ending.ok:
+        return [Finding("LIFE-4", Outcome.PASS, f"{what} closed cleanly")]
+    return [deviation("LIFE-4", f"{what}: {ending.describe()}; expected a clean end (OK)")]
+
+
+async def _run_probe(ctx: Context, probe: Probe) -> list[Finding]:
+    reason = skip_reason(probe, ctx.options)
+    if reason is not None:
+        return [Finding(rule, Outcome.SKIP, reason) for rule in probe.rules]
+    log.info("probe: %s (%s)", probe.name, ", ".join(probe.rules))
+    timeout = ctx.options.timeout
+    try:
+        with anyio.fail_after(timeout):
+            found = await probe.run(ctx)
+    except TimeoutError:
+        return [
+            deviation(rule, f"{probe.name}: no answer within {timeout:g} s") for rule in probe.rules
+        ]
+    except Unreachable as error:
+        return [
+            deviation(rule, f"{probe.name}: {error} (did an earlier probe stop the extension?)")
+            for rule in probe.rules
+        ]
+    except (StreamFailed, ProtocolError) as error:  # a probe that did not say which rule
+        return [deviation(rule, f"{probe.name}: {error}") for rule in probe.rules]
+    for finding in found:
+        log.debug("%s: %s %s %s", probe.name, finding.rule, finding.outcome.value, finding.detail)
+    return found
+
+
+async def run_check(
+    target: str, options: CheckOptions | None = None, *, rules: Iterable[str] = ()
+) -> CheckReport:
+    """Check the extension at ``target`` (``host:port``) against the rules of spec/.
+
+    ``rules`` selects rule ids by glob (``SHM-*``); all by default. Raises
+    ``CheckAborted`` when the target cannot be checked at all.
+    """
+    options = options or CheckOptions()
+    selected = select(list(rules))
+    wanted = set(selected) & set(PROBED)
+    metadata = options.credentials.metadata() if options.credentials else ()
+    ctx = Context(
+        Target(target, options.tls, tuple(metadata)),
+        options,
+        [video_format(name) for name in options.formats],
+    )
+    try:
+        findings = await _preflight(ctx)
+    except TimeoutError:
+        raise CheckAborted(
+            f"{target} did not answer an empty stream within {options.timeout:g} s"
+        ) from None
+    except Unreachable as error:
+        raise CheckAborted(str(error)) from None
+    for probe in probes(ctx):
+        if wanted.intersection(probe.rules):
+            findings += await _run_probe(ctx, probe)
+    return combine(target, findings, selected)

@@ -1,0 +1,397 @@
+"""``avaproto check``: the conformance report of real extensions, as an integrator runs it.
+
+The targets are real servers on loopback: avaproto's own (null and motion; with
+credentials; over TLS with certificates made here), the bench's grpcio baseline written
+as the published samples are (a process of its own, started as the benchmark starts
+it), and two small extensions of the test's own that deviate on purpose: one numbers
+its answers 0, as a widely used extension server does; one never answers. Each outcome
+of the report (PASS, FAIL, WARN, SKIP) is asserted where a broken classification would
+change it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpclib.server
+import pytest
+import trustme
+from anyio.from_thread import start_blocking_portal
+from grpclib.const import Status as GrpcStatus
+from grpclib.exceptions import GRPCError
+
+from avaproto.check import CheckOptions
+from avaproto.check import report as check_report
+from avaproto.check import rules as check_rules
+from avaproto.check.probes import Context, probes, video_format
+from avaproto.check.wire import Target
+from avaproto.cli import main
+from avaproto.errors import ProtocolError
+from avaproto.extensions import load_extension
+from avaproto.messages import (
+    MediaDescriptor,
+    MediaGraphExtensionBase,
+    MediaSample,
+    MediaStreamDescriptor,
+    MediaStreamMessage,
+)
+from avaproto.protocol.auth import Credentials
+from avaproto.protocol.events import DescriptorReceived, SampleReceived
+from avaproto.protocol.roles import Role
+from avaproto.protocol.session import Session
+from avaproto.server import running
+from avaproto.transport._grpclib_private import listener
+from avaproto.transport.grpc_server import ServerConfig
+from avaproto.transport.tls import server_context
+from bench.processes import Server
+from spec.catalogue import load_sections
+
+USER, PASSWORD = "pipeline", "s3cret"
+
+
+# --- targets -------------------------------------------------------------------------------
+
+
+@contextmanager
+def avaproto_server(extension: str = "null", **config: Any) -> Iterator[str]:
+    """avaproto's server, on an event loop of its own thread; yields its target."""
+    served = running(load_extension(extension), ServerConfig(port=0, **config))
+    with start_blocking_portal() as portal, portal.wrap_async_context_manager(served) as server:
+        yield f"127.0.0.1:{server.port}"
+
+
+@contextmanager
+def peer(service: MediaGraphExtensionBase) -> Iterator[str]:
+    """A third-party extension: the generated base class served by plain grpclib."""
+    with start_blocking_portal() as portal:
+        server = portal.call(grpclib.server.Server, [service])  # made in the loop's thread
+        portal.call(server.start, "127.0.0.1", 0)
+        try:
+            listening = listener(server)
+            assert listening is not None
+            yield f"127.0.0.1:{listening.sockets[0].getsockname()[1]}"
+        finally:
+            portal.call(server.close)
+            portal.call(server.wait_closed)
+
+
+class UnnumberedAnswers(MediaGraphExtensionBase):
+    """Built on avaproto's session, strict on requests, but numbers every answer 0.
+
+    What a widely used extension server does (SEQ-4's field note): its answers need no
+    acknowledgement, so a pipeline accepts them, with a warning.
+    """
+
+    async def process_media_stream(
+        self, messages: AsyncIterator[MediaStreamMessage]
+    ) -> AsyncIterator[MediaStreamMessage]:
+        session = Session(Role.EXTENSION)
+        try:
+            async for message in messages:
+                for event in session.receive(message):
+                    if isinstance(event, DescriptorReceived):
+                        yield session.send_descriptor(
+                            MediaStreamDescriptor(
+                                extension_identifier="unnumbered",
+                                media_descriptor=MediaDescriptor(timescale=90000),
+                            )
+                        )
+                    elif isinstance(event, SampleReceived) and event.requires_ack:
+                        answer = session.send_sample(
+                            MediaSample(timestamp=event.timestamp), ack=event.sequence_number
+                        )
+                        answer.sequence_number = 0
+                        yield answer
+            session.receive_end()
+        except ProtocolError as error:
+            raise GRPCError(GrpcStatus(int(error.status)), str(error)) from None
+
+
+class NeverAnswers(MediaGraphExtensionBase):
+    """Reads everything and answers nothing; ends its stream when the pipeline ends its."""
+
+    async def process_media_stream(
+        self, messages: AsyncIterator[MediaStreamMessage]
+    ) -> AsyncIterator[MediaStreamMessage]:
+        async for _ in messages:
+            pass
+        return
+        yield  # an async generator that yields nothing
+
+
+def check(capsys: pytest.CaptureFixture[str], target: str, *options: str) -> tuple[int, str, str]:
+    """Run ``avaproto check``: its exit status, stdout and stderr."""
+    capsys.readouterr()
+    status = main(["check", target, *options])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def lines_by_rule(text: str) -> dict[str, tuple[str, str]]:
+    """``{rule: (outcome, detail)}`` from the report's lines."""
+    found = {}
+    for line in text.splitlines()[:-1]:
+        rule, _level, rest = line.split(maxsplit=2)
+        outcome, _, detail = rest.partition(" ")
+        found[rule] = (outcome, detail[1:-1])
+    return found
+
+
+def outcomes(report: dict[str, Any]) -> dict[str, str]:
+    return {entry["rule"]: entry["outcome"] for entry in report["rules"]}
+
+
+# --- avaproto's own server: everything probed passes -------------------------------------------
+
+
+def test_avaprotos_null_extension_passes_every_rule_probed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with avaproto_server("null") as target:
+        status, out, _ = check(capsys, target, "--json")
+    assert status == 0
+    report = json.loads(out)
+    results = outcomes(report)
+    skipped = {rule for rule, outcome in results.items() if outcome == "SKIP"}
+    # Nothing to check without credentials, TLS or inferences; everything else passes.
+    assert skipped == {"AUTH-2", "AUTH-3", "AUTH-4", "TLS-1", "INF-1", "INF-3", "INF-4"}
+    assert {results[rule] for rule in results.keys() - skipped} == {"PASS"}
+    assert set(results) == set(check_rules.PROBED)
+    for entry in report["rules"]:
+        assert set(entry) >= {"rule", "level", "outcome", "detail"}
+        assert entry["level"] == check_rules.BY_ID[entry["rule"]].level
+    summary = report["summary"]
+    assert summary == {
+        "PASS": len(results) - len(skipped),
+        "FAIL": 0,
+        "WARN": 0,
+        "SKIP": len(skipped),
+        "out_of_reach": len(check_rules.CATALOGUE) - len(check_rules.PROBED),
+    }
+    assert {entry["rule"] for entry in report["out_of_reach"]} == {
+        entry.id for entry in check_rules.CATALOGUE if entry.out_of_reach
+    }
+    assert all(entry["why"] for entry in report["out_of_reach"])
+
+
+def test_the_motion_extension_passes_with_its_inferences_checked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with avaproto_server("motion") as target:
+        status, out, _ = check(capsys, target, "--formats", "rgb24,bgr24", "-v")
+    assert status == 0
+    found = lines_by_rule(out)
+    assert {outcome for outcome, _ in found.values()} == {"PASS", "SKIP"}
+    for rule in ("INF-1", "INF-3", "INF-4", "EMB-3", "SHM-4", "DESC-1", "SEQ-6"):
+        assert found[rule][0] == "PASS", (rule, found[rule])
+    assert "inferences well formed" in found["INF-1"][1]  # -v shows what each PASS saw
+    assert out.splitlines()[-1].startswith(f"{len(found)} rules checked: ")
+
+
+def test_with_credentials_authentication_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    with avaproto_server(credentials=Credentials(USER, PASSWORD)) as target:
+        status, out, _ = check(
+            capsys, target, "--username", USER, "--password", PASSWORD, "--rules", "AUTH-*,LIFE-4"
+        )
+    assert status == 0, out
+    found = lines_by_rule(out)
+    assert found["AUTH-1"][0] == "SKIP"  # about an extension without credentials
+    assert [found[rule][0] for rule in ("AUTH-2", "AUTH-3", "AUTH-4", "LIFE-4")] == ["PASS"] * 4
+    assert set(found) == {"AUTH-1", "AUTH-2", "AUTH-3", "AUTH-4", "LIFE-4"}
+
+
+def test_a_target_asking_for_credentials_not_given_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with avaproto_server(credentials=Credentials(USER, PASSWORD)) as target:
+        status, out, error = check(capsys, target)
+        assert status == 1 and out == ""
+        [line] = [line for line in error.splitlines() if line.startswith("avaproto check:")]
+        assert "requires credentials" in line  # (the rest is the server's log, in-process)
+        status, _, error = check(capsys, target, "--username", USER, "--password", "not-the-s3cret")
+    assert status == 1 and "refused the credentials given" in error
+    assert "not-the-s3cret" not in error
+
+
+def test_over_tls(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost", "127.0.0.1")
+    files = {name: tmp_path / name for name in ("ca.pem", "server.pem", "server.key")}
+    ca.cert_pem.write_to_path(str(files["ca.pem"]))
+    issued.private_key_pem.write_to_path(str(files["server.key"]))
+    for blob in issued.cert_chain_pems:
+        blob.write_to_path(str(files["server.pem"]), append=True)
+    tls = server_context(files["server.pem"], files["server.key"])
+    with avaproto_server(ssl=tls) as target:
+        status, out, _ = check(capsys, target, "--tls-ca", str(files["ca.pem"]), "--no-shm")
+    assert status == 0, out
+    found = lines_by_rule(out)
+    assert found["TLS-1"][0] == "PASS"
+    assert found["SRV-6"][0] == found["WIRE-2"][0] == "PASS"
+
+
+# --- the grpcio baseline: its real gaps ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def baseline() -> Iterator[str]:
+    """grpcio's synchronous server, as the published samples write it and the bench runs it."""
+    with tempfile.TemporaryDirectory(prefix="check-baseline-") as logs:
+        server = Server.start("grpcio-sync", Path(logs))
+        try:
+            server.wait_ready(timeout=60)
+            yield server.target
+        finally:
+            server.stop()
+
+
+def test_the_grpcio_baseline_shows_its_gaps(
+    capsys: pytest.CaptureFixture[str], baseline: str
+) -> None:
+    status, out, _ = check(capsys, baseline, "--username", USER, "--password", PASSWORD, "--json")
+    assert status == 1
+    report = json.loads(out)
+    details = {entry["rule"]: entry["detail"] for entry in report["rules"]}
+    results = outcomes(report)
+    # It answers a sample sent first with a descriptor, never checks numbering, and has
+    # no authentication at all.
+    for rule in ("DESC-1", "SEQ-3", "SEQ-4", "AUTH-3", "ACK-3", "MEDIA-6", "SHM-3"):
+        assert results[rule] == "FAIL", (rule, details[rule])
+    assert "a sample as the first message: accepted" in details["DESC-1"]
+    assert "expected FAILED_PRECONDITION" in details["DESC-1"]
+    assert "a repeated sequence number: accepted" in details["SEQ-3"]
+    assert "a stream with no x-ms-authentication header: accepted" in details["AUTH-3"]
+    assert "expected UNAUTHENTICATED" in details["AUTH-3"]
+    # What it does keep is not held against it.
+    for rule in ("DESC-5", "ACK-1", "LIFE-4", "SRV-6", "SEQ-6", "AUTH-2"):
+        assert results[rule] == "PASS", (rule, details[rule])
+    assert results["SRV-9"] == "SKIP"  # no health service: optional
+    assert report["summary"]["FAIL"] == sum(outcome == "FAIL" for outcome in results.values())
+
+
+# --- each outcome, where a broken classification would show ----------------------------------
+
+
+@pytest.mark.rule("SEQ-4")
+def test_answers_numbered_zero_are_a_warning_with_the_field_note(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with peer(UnnumberedAnswers()) as target:
+        status, out, _ = check(capsys, target, "--rules", "SEQ-*", "--formats", "rgb24")
+    assert status == 0, out  # a warning is no failure
+    found = lines_by_rule(out)
+    outcome, detail = found["SEQ-4"]
+    assert outcome == "WARN"
+    assert "answers numbered 0, accepted as they need no acknowledgement" in detail
+    assert f"in the field: {check_rules.FIELD_NOTES['SEQ-4']}" in detail
+    assert found["SEQ-1"][0] == "WARN"  # a SHOULD not followed
+    assert found["SEQ-3"][0] == found["SEQ-6"][0] == "PASS"  # requests still checked
+
+
+def test_a_target_that_never_answers_fails_at_the_deadline(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with peer(NeverAnswers()) as target:
+        status, out, _ = check(
+            capsys, target, "--rules", "DESC-5", "--formats", "rgb24", "--no-shm",
+            "--timeout", "0.5",
+        )  # fmt: skip
+    assert status == 1
+    assert lines_by_rule(out)["DESC-5"] == (
+        "FAIL",
+        "RAW RGB24 64x48 embedded: no answer within 0.5 s",
+    )
+
+
+def test_probes_left_out_are_skipped_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    with avaproto_server("null") as target:
+        status, out, _ = check(capsys, target, "--no-shm", "--rules", "SHM-*,AUTH-3")
+    assert status == 0
+    found = lines_by_rule(out)
+    for rule in ("SHM-2", "SHM-4", "SHM-5", "SHM-6", "SHM-14"):
+        assert found[rule] == ("SKIP", "--no-shm: shared memory is not probed (for a target on "
+                               "another host)"), rule  # fmt: skip
+    assert found["SHM-3"][0] == "PASS"  # bad names are refused whatever the host
+    assert found["AUTH-3"][0] == "SKIP" and "no credentials given" in found["AUTH-3"][1]
+    assert "SHM-7" not in found  # out of reach: counted, not listed
+    assert out.splitlines()[-1].endswith(
+        "cannot be checked from outside an extension (--json lists them and why)"
+    )
+
+
+def test_the_most_severe_finding_decides_and_levels_soften_deviations() -> None:
+    Outcome, Finding = check_report.Outcome, check_report.Finding
+    report = check_report.combine(
+        "t",
+        [
+            Finding("ACK-1", Outcome.PASS, "fine"),
+            check_report.deviation("ACK-1", "sample 3 acknowledged twice"),
+            check_report.deviation("SRV-2", "out of order"),  # SHOULD
+            Finding("SEQ-4", Outcome.WARN, "numbered 0", field=True),
+            Finding("SEQ-4", Outcome.PASS, "numbered"),
+        ],
+        ["ACK-1", "SRV-2", "SEQ-4", "ACK-5", "SHM-7"],
+    )
+    results = {result.rule: result for result in report.results}
+    assert results["ACK-1"].outcome is Outcome.FAIL
+    assert results["ACK-1"].detail == "sample 3 acknowledged twice"
+    assert results["SRV-2"].outcome is Outcome.WARN
+    assert results["SEQ-4"].field == check_rules.FIELD_NOTES["SEQ-4"]
+    assert results["ACK-5"].outcome is Outcome.SKIP  # probed, but no probe got that far
+    assert "SHM-7" not in results and [r for r, _, _ in report.out_of_reach] == ["SHM-7"]
+    assert report.failed
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def test_an_unreachable_target_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    status, out, error = check(capsys, f"127.0.0.1:{port}", "--timeout", "2")
+    assert status == 1 and out == ""
+    assert error.startswith(f"avaproto check: cannot reach 127.0.0.1:{port}")
+    assert len(error.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--rules", "NOPE-*", "matches no rule id"),
+        ("--formats", "rgb24,XYZ", "expected pixel formats among"),
+        ("--timeout", "0", "must be positive"),
+    ],
+)
+def test_usage_errors_exit_2(
+    capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["check", "127.0.0.1:5001", option, value])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+# --- the rules' table against spec/ -----------------------------------------------------------
+
+
+def test_the_table_is_the_catalogue() -> None:
+    spec = [rule for section in load_sections() for rule in section.rules]
+    assert [(r.id, r.level) for r in spec] == [
+        (entry.id, entry.level) for entry in check_rules.CATALOGUE
+    ]
+    by_id = {rule.id: rule for rule in spec}
+    for rule, note in check_rules.FIELD_NOTES.items():
+        assert by_id[rule].field.startswith(note), rule
+
+
+def test_every_probed_rule_has_a_probe_and_every_probe_a_probed_rule() -> None:
+    ctx = Context(Target("127.0.0.1:1"), CheckOptions(), [video_format("RGB24")])
+    covered = {rule for probe in probes(ctx) for rule in probe.rules}
+    assert covered == set(check_rules.PROBED)
