@@ -236,8 +236,11 @@ _GRPC_PREFIX = struct.Struct(">?I")
 
 
 def _uvarint(value: int) -> bytes:
-    if value < 0x80:
+    if 0 <= value < 0x80:
         return _SMALL[value]
+    if value < 0 or value >> 64:
+        # What the official runtime refuses too; written, it would be WIRE-1 at the peer.
+        raise ValueError(f"{value} does not fit in a uint64 field")
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)

@@ -102,6 +102,14 @@ def received_headers(stream: grpclib.client.Stream[Any, Any]) -> tuple[Any, Any]
     return stream._stream.trailers, stream._stream.headers
 
 
+def trailers_only(stream: grpclib.client.Stream[Any, Any]) -> bool:
+    """Whether the extension answered with headers that carried its status (and ended).
+
+    grpclib takes such headers for the trailers too; no other trailers will come.
+    """
+    return bool(stream._trailers_only)
+
+
 def end_sent(stream: grpclib.client.Stream[Any, Any]) -> bool:
     return bool(stream._end_done)
 

@@ -32,6 +32,7 @@ from ._grpclib_private import (
     receive_trailers,
     received_headers,
     send_client_message,
+    trailers_only,
 )
 from .framing import WireCodec, read_message
 from .tls import explain_connection_failure
@@ -83,6 +84,10 @@ class ClientChannel:
             message = await read_message(http2_stream(self._stream), self._max, limit_rule="PIPE-5")
             if message is not None:
                 return message
+            if trailers_only(self._stream):
+                # Headers that carried an OK status and ended the stream: no trailers
+                # follow (a non-OK one raised GRPCError above).
+                return None
             # The extension ended its stream. Its status is in the trailers, which grpclib
             # only reads after our side ended: read them from the HTTP/2 stream directly.
             status, detail = grpc_status(self._stream, await receive_trailers(self._stream))

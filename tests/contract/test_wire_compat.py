@@ -1032,3 +1032,22 @@ def test_the_sample_encoder_is_not_the_generic_serializer(monkeypatch: pytest.Mo
     )
     monkeypatch.setattr(MediaStreamMessage, "__bytes__", refuse)
     assert codec.encode_message(message) == b"\x08\x03\x10\x02\x32\x02\x08\x09"
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [
+        messages.MediaSample(timestamp=1 << 64),
+        messages.MediaSample(
+            content_reference=messages.ContentReference(address_offset=1 << 64, length_bytes=1)
+        ),
+    ],
+    ids=["timestamp", "offset"],
+)
+def test_a_value_past_uint64_is_refused_as_the_official_runtime_refuses_it(
+    sample: messages.MediaSample,
+) -> None:
+    """Written as an 11-byte varint, it would reach the peer as WIRE-1; refuse it here."""
+    message = MediaStreamMessage(sequence_number=2, media_sample=sample)
+    with pytest.raises(ValueError, match="does not fit in a uint64 field"):
+        codec.encode_message(message)

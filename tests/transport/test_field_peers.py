@@ -288,6 +288,30 @@ class Silent(MediaGraphExtensionBase):
         yield  # an async generator that yields nothing
 
 
+class EndsAtOnce(MediaGraphExtensionBase):
+    """Ends the call with OK before answering anything: a "trailers-only" response."""
+
+    async def process_media_stream(
+        self, messages: AsyncIterator[MediaStreamMessage]
+    ) -> AsyncIterator[MediaStreamMessage]:
+        return
+        yield  # an async generator that yields nothing
+
+
+@pytest.mark.rule("DESC-5")
+async def test_an_extension_that_ends_at_once_is_refused_at_once() -> None:
+    """Its status arrives with its headers and no trailers follow: not a wait for the
+    descriptor deadline, but the violation, as soon as the stream ends."""
+    with anyio.fail_after(TIMEOUT):
+        async with extension_peer(EndsAtOnce()) as port:
+            with pytest.raises(ProtocolError) as caught:
+                async with connect(
+                    f"127.0.0.1:{port}", format=RGB24, descriptor_timeout=TIMEOUT / 2
+                ):
+                    pass
+    assert caught.value.rule == "DESC-5", caught.value
+
+
 @pytest.mark.rule("PIPE-3")
 async def test_no_answer_descriptor_ends_the_stream_at_its_deadline() -> None:
     before = shm_listing(Path("/dev/shm"))

@@ -158,6 +158,10 @@ def test_the_private_names_exist_where_they_are_used() -> None:
         assert callable(getattr(grpclib.client.Stream, name))
     for attribute in ("_recv_initial_metadata_done", "_end_done", "_send_request_done"):
         assert getattr(grpclib.client.Stream, attribute) is False  # class-level defaults
+    assert grpclib.client.Stream._trailers_only is None
+    assert "self._trailers_only = True" in inspect.getsource(
+        grpclib.client.Stream.recv_initial_metadata
+    )
     for stream_class in (grpclib.server.Stream, grpclib.client.Stream):
         assert "self._stream" in inspect.getsource(stream_class)
     protocol_stream = inspect.getsource(grpclib.protocol.Stream)
