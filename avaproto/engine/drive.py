@@ -81,7 +81,10 @@ class Results:
 
     async def receive(self) -> Result:
         """The next answer; raises ``anyio.EndOfStream`` once the extension ended its stream."""
-        result = await self._received.receive()
+        try:
+            result = self._received.receive_nowait()  # no trip around the event loop
+        except anyio.WouldBlock:
+            result = await self._received.receive()
         if result.acknowledged is not None:
             self._window.release()
         return result
@@ -218,7 +221,10 @@ class PipelineStream:
         freed by an acknowledgement if the arena is full) and the message carries a
         reference to it.
         """
-        await self._window.acquire()
+        try:
+            self._window.acquire_nowait()  # sending the message is the checkpoint
+        except anyio.WouldBlock:
+            await self._window.acquire()
         lease = None
         try:
             sample = MediaSample(timestamp=timestamp, inferences=list(inferences))
@@ -287,7 +293,10 @@ class PipelineStream:
         )
         self.runner.statistics.add(result)
         try:
-            await self._results.send(result)
+            try:
+                self._results.send_nowait(result)
+            except anyio.WouldBlock:
+                await self._results.send(result)
         except anyio.BrokenResourceError:
             # Nobody reads results any more (the block was left); the window slot the
             # consumer would have freed is given back here.

@@ -21,7 +21,6 @@ from collections import deque
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..errors import InferenceError, ProtocolError
 from ..media.inferences import validate
@@ -62,6 +61,50 @@ class _Job:
         self.lease = lease
         self.done = False
         self.inferences: list[Inference] = []
+
+
+class _Queue:
+    """Samples read and waiting for a worker; a worker with none to take parks on an event.
+
+    Bounded by the slots (at most ``max_in_flight`` samples are unanswered), so a plain
+    deque. Handing a sample to a working worker costs an append; only a worker that
+    finds nothing waits, on an event of its own that the next sample sets. The event's
+    class is taken from the running backend once per stream, so making one costs no
+    backend lookup.
+    """
+
+    __slots__ = ("_closed", "_event", "_jobs", "_parked")
+
+    def __init__(self) -> None:
+        self._jobs: deque[_Job] = deque()
+        self._parked: deque[anyio.Event] = deque()
+        self._closed = False
+        self._event = type(anyio.Event())
+
+    def put(self, job: _Job) -> None:
+        self._jobs.append(job)
+        if self._parked:
+            self._parked.popleft().set()
+
+    def close(self) -> None:
+        """No more samples: every parked worker wakes, finds none and stops."""
+        self._closed = True
+        while self._parked:
+            self._parked.popleft().set()
+
+    async def get(self) -> _Job | None:
+        """The next sample, or None once closed and empty."""
+        while not self._jobs:
+            if self._closed:
+                return None
+            event = self._event()
+            self._parked.append(event)
+            try:
+                await event.wait()
+            finally:
+                if event in self._parked:  # cancelled while parked
+                    self._parked.remove(event)
+        return self._jobs.popleft()
 
 
 _DEFAULT_CONFIG = EngineConfig()
@@ -177,15 +220,19 @@ class ExtensionHandler:
         # time and in order; the engine still reads ahead up to max_in_flight.
         self.sequential = extension.sequential
         self.timeout = config.frame_timeout
-        self.jobs, self._queued = anyio.create_memory_object_stream[_Job](config.max_in_flight)
+        self.jobs = _Queue()
 
     def start(self, tasks: anyio.abc.TaskGroup) -> None:
-        with self._queued:
-            for _ in range(1 if self.sequential else self.config.max_in_flight):
-                tasks.start_soon(self._work, self._queued.clone())
+        for _ in range(1 if self.sequential else self.config.max_in_flight):
+            tasks.start_soon(self._work)
 
     async def before_receive(self) -> None:
-        await self.slots.acquire()
+        # The wait for the message that follows is the checkpoint; anyio's acquire()
+        # would add one more trip around the event loop per sample.
+        try:
+            self.slots.acquire_nowait()
+        except anyio.WouldBlock:
+            await self.slots.acquire()
 
     async def on_message(self, message: MediaStreamMessage, events: list[Event]) -> None:
         started = False
@@ -193,7 +240,7 @@ class ExtensionHandler:
             if isinstance(event, SampleReceived):
                 job = self._job(event)
                 self.pending.append(job)
-                await self.jobs.send(job)
+                self.jobs.put(job)
                 started = True
         if not started:
             self.slots.release()  # an acknowledgement alone takes no slot
@@ -228,14 +275,13 @@ class ExtensionHandler:
         )
         return _Job(event, frame, lease)
 
-    async def _work(self, jobs: MemoryObjectReceiveStream[_Job]) -> None:
-        async with jobs:
-            async for job in jobs:
-                await self._process(job)
-                job.done = True
-                # In request order, only the head of the line unblocks answers.
-                if not self.config.ordered or job is self.pending[0]:
-                    await self._answer_ready()
+    async def _work(self) -> None:
+        while (job := await self.jobs.get()) is not None:
+            await self._process(job)
+            job.done = True
+            # In request order, only the head of the line unblocks answers.
+            if not self.config.ordered or job is self.pending[0]:
+                await self._answer_ready()
 
     async def _process(self, job: _Job) -> None:
         number = job.sample.sequence_number
