@@ -6,7 +6,8 @@ text, in the order of that text. Tests name the rules they check with
 ``pytestmark``. This module reads both (the tests by parsing them, so the mapping does
 not depend on which tests a run selects), renders ``spec/README.md`` and the state
 diagram page, and lists what is wrong: a rule without a test, a test naming an unknown
-rule, a stale page.
+rule, a rule the code raises that no test marked with it names (so none of them checks
+that the error is that rule's), a stale page.
 
 Run ``python -m spec.catalogue render`` (``make spec``) to regenerate the pages, and
 ``python -m spec.catalogue check`` to list problems.
@@ -28,6 +29,7 @@ SPEC = Path(__file__).resolve().parent
 ROOT = SPEC.parent
 RULES = SPEC / "rules"
 TESTS = ROOT / "tests"
+PACKAGE = ROOT / "avaproto"
 PAGE = SPEC / "README.md"
 DIAGRAM_PAGE = SPEC / "state-machine.md"
 
@@ -156,6 +158,53 @@ def scan_tests(tests_dir: Path = TESTS) -> dict[str, tuple[str, ...]]:
     return found
 
 
+def _without_rule_marks(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
+    """The test's decorators (but its rule marks) and body, as text."""
+    kept = [d for d in node.decorator_list if not list(_rule_ids(d))]
+    return "\n".join([*(ast.unparse(d) for d in kept), *(ast.unparse(n) for n in node.body)])
+
+
+def texts_of_tests(tests_dir: Path = TESTS) -> dict[str, str]:
+    """Each test's own text, rule marks left out: what it checks, and with what values."""
+    texts: dict[str, str] = {}
+
+    def walk(body: Iterable[ast.stmt], prefix: str) -> None:
+        for node in body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith(
+                "test"
+            ):
+                texts[f"{prefix}{node.name}"] = _without_rule_marks(node)
+            elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
+                walk(node.body, f"{prefix}{node.name}::")
+
+    for path in sorted(tests_dir.rglob("test_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        walk(tree.body, f"{path.relative_to(tests_dir.parent).as_posix()}::")
+    return texts
+
+
+def raised_rules(package_dir: Path = PACKAGE) -> set[str]:
+    """Rule ids the code passes to a call (``ProtocolError("SHM-4", ...)``, ``rule="SRV-5"``).
+
+    The conformance kit's table (``avaproto/check``) names every rule as data, and the
+    generated code none; both are left out.
+    """
+    found: set[str] = set()
+    for path in package_dir.rglob("*.py"):
+        if {"_generated", "check"} & set(path.relative_to(package_dir).parts):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Call):
+                for arg in [*node.args, *(k.value for k in node.keywords)]:
+                    if (
+                        isinstance(arg, ast.Constant)
+                        and isinstance(arg.value, str)
+                        and RULE_ID.match(arg.value)
+                    ):
+                        found.add(arg.value)
+    return found
+
+
 def traces(tests: dict[str, tuple[str, ...]]) -> dict[str, list[str]]:
     """Invert ``scan_tests``: each rule id to the tests that name it."""
     by_rule: dict[str, list[str]] = defaultdict(list)
@@ -165,7 +214,9 @@ def traces(tests: dict[str, tuple[str, ...]]) -> dict[str, list[str]]:
     return by_rule
 
 
-def problems(rules_dir: Path = RULES, tests_dir: Path = TESTS) -> list[str]:
+def problems(
+    rules_dir: Path = RULES, tests_dir: Path = TESTS, package_dir: Path = PACKAGE
+) -> list[str]:
     """Everything that breaks traceability, as sentences; empty when all is well."""
     rules = all_rules(rules_dir)
     by_rule = traces(scan_tests(tests_dir))
@@ -175,6 +226,14 @@ def problems(rules_dir: Path = RULES, tests_dir: Path = TESTS) -> list[str]:
         for rule_id, tests in sorted(by_rule.items())
         if rule_id not in rules
         for test in tests
+    ]
+    texts = texts_of_tests(tests_dir)
+    found += [
+        f"rule {rule_id} is raised by the code, but no test marked with it names it "
+        "(assert the error's rule)"
+        for rule_id in sorted(raised_rules(package_dir) & rules.keys())
+        if by_rule.get(rule_id)
+        and not any(rule_id in texts.get(test, "") for test in by_rule[rule_id])
     ]
     return found
 

@@ -45,10 +45,20 @@ def test_problems_are_found(tmp_path: Path) -> None:
         "@pytest.mark.rule('X-1')\ndef test_a():\n    assert True\n\n"
         "@pytest.mark.rule('Y-9')\nclass TestB:\n    def test_b(self):\n        assert True\n"
     )
-    assert catalogue.problems(rules, tests) == [
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / "code.py").write_text("def f():\n    raise ValueError('X-1', 'refused')\n")
+    assert catalogue.problems(rules, tests, package) == [
         "rule X-2 has no test",
         "tests/test_x.py::TestB::test_b names unknown rule Y-9",
+        "rule X-1 is raised by the code, but no test marked with it names it "
+        "(assert the error's rule)",
     ]
+    (tests / "test_x.py").write_text(
+        "import pytest\n\n"
+        "@pytest.mark.rule('X-1', 'X-2')\ndef test_a():\n    assert error().rule == 'X-1'\n"
+    )
+    assert catalogue.problems(rules, tests, package) == []
 
 
 def test_malformed_catalogue_is_refused(tmp_path: Path) -> None:

@@ -272,6 +272,7 @@ async def test_oversized_message_is_refused_before_buffering() -> None:
             async with connect(f"127.0.0.1:{extension.port}", format=big) as pipe:
                 await exchange(pipe, [bytes(big.frame_bytes)])
     assert caught.value.status is Status.RESOURCE_EXHAUSTED
+    assert caught.value.detail.startswith("[SRV-5] ")
     assert "100000 bytes" in caught.value.detail
 
 
