@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.worker")
     parser.add_argument("kind", choices=["grpcio", "avaproto"])
     args = parser.parse_args(argv)
+    if args.kind == "avaproto":
+        from avaproto.allocator import keep_large_buffers
+
+        keep_large_buffers()  # as avaproto's command line does at its start
     drive = _driver(args.kind)
     print(json.dumps({"ready": args.kind}), flush=True)
     for line in sys.stdin:

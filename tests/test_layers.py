@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "avaproto.client", "avaproto.server", "avaproto.send", "avaproto.demo",
             "avaproto.report", "avaproto.cli", "avaproto.diagram", "avaproto.extensions",
             "avaproto.sources", "avaproto.bench", "avaproto.codegen", "avaproto.__main__",
+            "avaproto.allocator",
             "avaproto",
         ),
     ),
