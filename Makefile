@@ -5,11 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test lint typecheck pytest protos spec bench clean help
+.PHONY: demo test lint typecheck pytest soak protos spec bench clean help
 
 help:
 	@echo "make demo       start the motion extension and send it a clip"
 	@echo "make test       ruff, mypy --strict and the whole test suite"
+	@echo "make soak       16 streams x 5000 frames against real servers: nothing may leak"
 	@echo "make protos     regenerate avaproto/_generated from protos/"
 	@echo "make spec       regenerate spec/README.md and spec/state-machine.md"
 	@echo "make bench      the benchmarks: pixels and motion against a baseline, then the"
@@ -35,6 +36,9 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+soak: $(STAMP)
+	AVAPROTO_SOAK_FRAMES=5000 $(BIN)/pytest -q -s -p no:cacheprovider --timeout=600 tests/test_soak.py
 
 protos: $(STAMP)
 	$(BIN)/python -m avaproto.codegen
