@@ -62,6 +62,10 @@ def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
 #: field and a sample with a thousand inferences a few tens of thousands; a message of
 #: millions of two-byte fields exists only to keep the event loop busy.
 MAX_FIELDS = 100_000
+#: What an inference costs of that budget beyond its own fields: each becomes an object
+#: of several hundred bytes, where an unknown field costs nothing once skipped. A
+#: message of empty inferences (two bytes each) is then capped at 9,091 of them.
+INFERENCE_WEIGHT = 10
 
 
 class _Budget:
@@ -71,6 +75,15 @@ class _Budget:
 
     def __init__(self, fields: int = MAX_FIELDS) -> None:
         self.left = fields
+
+
+def _too_many(pos: int) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        "WIRE-2",
+        Status.RESOURCE_EXHAUSTED,
+        f"message holds more than {MAX_FIELDS} fields (at byte {pos}; each inference counts "
+        f"as {INFERENCE_WEIGHT} more); no message of this protocol needs that many",
+    )
 
 
 def _fields(
@@ -84,12 +97,7 @@ def _fields(
     while pos < end:
         budget.left -= 1
         if budget.left < 0:
-            raise RemoteProtocolError(
-                "WIRE-2",
-                Status.RESOURCE_EXHAUSTED,
-                f"message holds more than {MAX_FIELDS} fields (at byte {pos}); "
-                "no message of this protocol needs that many",
-            )
+            raise _too_many(pos)
         key, pos = _varint(data, pos, end)
         number, wire_type = key >> 3, key & 7
         if number == 0:
@@ -114,9 +122,10 @@ def _fields(
             raise _malformed(f"{path}: unsupported wire type {wire_type} of field {number}", pos)
 
 
-def _expect(wire_type: int, expected: int, name: str, pos: int) -> None:
+def _expect(wire_type: int, expected: int, name: str, stop: int) -> None:
+    """``stop``: where the field ends (a varint's value is no position: never pass it)."""
     if wire_type != expected:
-        raise _malformed(f"{name} has wire type {wire_type}", pos)
+        raise _malformed(f"{name} has wire type {wire_type}, in the field ending", stop)
 
 
 def _sample(data: memoryview, pos: int, end: int, budget: _Budget) -> MediaSample:
@@ -126,20 +135,23 @@ def _sample(data: memoryview, pos: int, end: int, budget: _Budget) -> MediaSampl
             _expect(wire_type, _VARINT, "timestamp", stop)
             sample.timestamp = start
         elif number == 5:
-            _expect(wire_type, _LEN, "content_bytes", start)
+            _expect(wire_type, _LEN, "content_bytes", stop)
             content = data[stop:stop]  # empty unless field 1 is present
             for inner, inner_type, a, b in _fields(data, start, stop, budget):
                 if inner == 1:
-                    _expect(inner_type, _LEN, "content_bytes.bytes", a)
+                    _expect(inner_type, _LEN, "content_bytes.bytes", b)
                     content = data[a:b]
             sample.content_bytes = ContentBytes(bytes=content)  # type: ignore[arg-type]
             sample.content_reference = None
         elif number == 6:
-            _expect(wire_type, _LEN, "content_reference", start)
+            _expect(wire_type, _LEN, "content_reference", stop)
             sample.content_reference = _reference(data, start, stop, budget)
             sample.content_bytes = None
         elif number == 10:
-            _expect(wire_type, _LEN, "inferences", start)
+            _expect(wire_type, _LEN, "inferences", stop)
+            budget.left -= INFERENCE_WEIGHT
+            if budget.left < 0:
+                raise _too_many(start)
             sample.inferences.append(_parse(Inference, data, start, stop, budget))
     return sample
 
@@ -217,13 +229,13 @@ def decode_message(buffer: Buffer) -> MediaStreamMessage:
             _expect(wire_type, _VARINT, "ack_sequence_number", stop)
             message.ack_sequence_number = start
         elif number == 5:
-            _expect(wire_type, _LEN, "media_stream_descriptor", start)
+            _expect(wire_type, _LEN, "media_stream_descriptor", stop)
             message.media_stream_descriptor = _parse(
                 MediaStreamDescriptor, data, start, stop, budget
             )
             message.media_sample = None
         elif number == 6:
-            _expect(wire_type, _LEN, "media_sample", start)
+            _expect(wire_type, _LEN, "media_sample", stop)
             message.media_sample = _sample(data, start, stop, budget)
             message.media_stream_descriptor = None
     return message

@@ -8,6 +8,7 @@ peer's tolerated deviations by rule, the stream's status and its duration.
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -20,6 +21,9 @@ from ..status import Status
 
 if TYPE_CHECKING:
     from .drive import Result
+
+#: Latencies kept for percentiles (8 bytes each in a list of floats: under 1 MB).
+MAX_LATENCIES = 100_000
 
 _KINDS = ("classification", "motion", "entity", "text", "event", "other")
 
@@ -54,8 +58,15 @@ class StreamStatistics:
     answered: int = 0
     inferences: int = 0
     by_type: Counter[str] = field(default_factory=Counter)
-    #: Seconds from sending each sample to its acknowledgement (the pipeline's view).
+    #: Seconds from sending a sample to its acknowledgement (the pipeline's view): every
+    #: one up to ``MAX_LATENCIES``, then a uniform sample of that many (``latency_count``
+    #: counts them all), so a stream that runs for days keeps a bounded record.
     latencies: list[float] = field(default_factory=list)
+    latency_count: int = 0
+    #: Chooses what the sample keeps; seeded, so a run's figures repeat.
+    _chance: random.Random = field(
+        default_factory=lambda: random.Random(0), repr=False, compare=False
+    )
     #: The peer's deviations accepted, by rule (see the rules' ``field`` notes).
     tolerated: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
@@ -97,7 +108,18 @@ class StreamStatistics:
                 self.inferences += 1
                 self.by_type[kind_of(inference)] += 1
         if result.latency is not None:
-            self.latencies.append(result.latency)
+            self.add_latency(result.latency)
+
+    def add_latency(self, seconds: float) -> None:
+        """Keep ``seconds`` in a bounded, uniform sample of all latencies (reservoir)."""
+        self.latency_count += 1
+        if len(self.latencies) < MAX_LATENCIES:
+            self.latencies.append(seconds)
+            return
+        # Algorithm R: each latency so far is in the sample with the same probability.
+        slot = self._chance.randrange(self.latency_count)
+        if slot < MAX_LATENCIES:
+            self.latencies[slot] = seconds
 
     def lines(self) -> list[str]:
         p50 = percentile(self.latencies, 0.5) * 1000

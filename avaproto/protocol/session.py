@@ -226,6 +226,15 @@ class Session:
         except RemoteProtocolError as error:
             raise LocalProtocolError(error.rule, Status.INTERNAL, error.detail) from None
 
+    def check_peer_speaks_first(self, message: MediaStreamMessage) -> None:
+        if not self.role.peer.speaks_first:
+            raise RemoteProtocolError(
+                "DESC-5",
+                Status.FAILED_PRECONDITION,
+                "the extension sends its descriptor in answer to the pipeline's; ours was "
+                "not sent yet",
+            )
+
     def check_peer_ack(self, message: MediaStreamMessage) -> None:
         # Settles the acknowledgement at once: should a later rule of this message fail,
         # the whole session fails, so a partly applied message is never acted upon.
@@ -233,6 +242,15 @@ class Session:
         if number and not self.ledger.peer_acknowledged(number):
             # An acknowledgement of a message that needed none: tolerated (ACK-3).
             self._tolerated_ack = number
+
+    def check_peer_answerable(self, message: MediaStreamMessage) -> None:
+        if self._own_closed and self._needs_our_ack(message):
+            raise RemoteProtocolError(
+                "LIFE-4",
+                Status.FAILED_PRECONDITION,
+                f"the {self.role.peer.value} sent a sample that needs an acknowledgement "
+                "after we ended our stream: it could never get one",
+            )
 
     def check_peer_sample(self, message: MediaStreamMessage) -> None:
         self._check_sample(message.media_sample, self.peer_descriptor, RemoteProtocolError)
@@ -246,6 +264,18 @@ class Session:
                 "received message awaiting an acknowledgement",
             )
         self._check_sample(message.media_sample, self.own_descriptor, LocalProtocolError)
+        sample = message.media_sample
+        if (
+            self._peer_closed
+            and sample is not None
+            and (self.role.sends_requests or sample.content_reference is not None)
+        ):
+            raise LocalProtocolError(
+                "LIFE-4",
+                Status.INTERNAL,
+                f"the {self.role.peer.value} ended its stream: a sample that needs an "
+                "acknowledgement could never get one",
+            )
 
     def check_own_end(self) -> None:
         if self.ledger.owed_count:

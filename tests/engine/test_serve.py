@@ -602,3 +602,23 @@ async def test_completion_order_answers_a_later_frame_first() -> None:
         assert second.acknowledged == 2
         await stream.end()
         assert await collect(results) == []
+
+
+def test_latencies_are_a_bounded_uniform_sample() -> None:
+    """A stream that runs for days keeps at most MAX_LATENCIES figures, spread evenly."""
+    from avaproto.engine import statistics
+
+    stats = statistics.StreamStatistics("peer")
+    total = statistics.MAX_LATENCIES * 3
+    for number in range(total):
+        stats.add_latency(float(number))
+    assert stats.latency_count == total
+    assert len(stats.latencies) == statistics.MAX_LATENCIES
+    # Each third of the stream holds about a third of the sample (not only the first).
+    thirds = [
+        sum(1 for v in stats.latencies if v // statistics.MAX_LATENCIES == k) for k in (0, 1, 2)
+    ]
+    assert all(
+        abs(share - statistics.MAX_LATENCIES / 3) < statistics.MAX_LATENCIES / 30
+        for share in thirds
+    ), thirds

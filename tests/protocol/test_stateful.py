@@ -238,14 +238,7 @@ class Refusal:
     status: Status
 
 
-@dataclass(frozen=True)
-class Gap:
-    """An input the rules refuse and the session does not refuse yet (see ``TestGaps``)."""
-
-    what: str
-
-
-Outcome = Refusal | Gap | list[tuple[Any, ...]]
+Outcome = Refusal | list[tuple[Any, ...]]
 
 
 @dataclass
@@ -338,8 +331,6 @@ class Model:
     # -- our calls --
 
     def send_descriptor(self, kind: DescriptorKind) -> Outcome:
-        if self.own is not None and self.peer is None and not self.failed:
-            return Gap("a second descriptor of ours before the peer's (ended or not)")
         refusal = self._gate(local=True)
         if refusal is not None:
             return refusal
@@ -370,7 +361,7 @@ class Model:
                 return self._refuse(True, fault[0], INTERNAL)
         needs_ack = self._needs_ack(self.role, wire)
         if needs_ack and self.peer_closed:
-            return Gap("a sample needing an acknowledgement after the peer ended")
+            return self._refuse(True, "LIFE-4", INTERNAL)
         self.last_sent += 1
         self.flowing = True
         if wire.ack:
@@ -403,11 +394,6 @@ class Model:
     # -- the peer's messages --
 
     def receive(self, wire: Wire) -> Outcome:
-        if wire.descriptor is not None and not self.failed and self.own is None:
-            if self.peer is not None:
-                return Gap("a second descriptor of the peer's before our answer (ended or not)")
-            if self.role is PIPELINE:
-                return Gap("the extension's descriptor before the pipeline's")
         refusal = self._gate(local=False)
         if refusal is not None:
             return refusal
@@ -420,7 +406,7 @@ class Model:
         events: list[tuple[Any, ...]] = []
         needs_ack = self._needs_ack(self.role.peer, wire)
         if needs_ack and self.own_closed:
-            return Gap("a sample needing our acknowledgement after our end")
+            return self._refuse(False, "LIFE-4", PRECONDITION)
         numbered = wire.seq != 0 and wire.seq > self.last_received
         if not numbered:
             rule = "SEQ-4" if wire.seq == 0 else "SEQ-3"
@@ -471,6 +457,8 @@ class Model:
     def _receive_descriptor(self, wire: Wire, kind: DescriptorKind) -> Outcome:
         if self.peer is not None:
             return self._refuse(False, "DESC-2", PRECONDITION)
+        if self.role is PIPELINE and self.own is None:
+            return self._refuse(False, "DESC-5", PRECONDITION)
         if wire.seq == 0:
             return self._refuse(False, "SEQ-4", INVALID)
         if wire.seq <= self.last_received:
@@ -615,17 +603,16 @@ class TwoSessions(RuleBasedStateMachine):
     def verdict(self, role: Role, judge: Callable[[Model], Outcome]) -> Outcome | None:
         """The model's outcome of a call, applied; None: the call is not made.
 
-        Not made: an input of a known gap, or, while patience lasts, a violation. Each
-        call weighed uses up one step of patience.
+        Not made, while patience lasts: a violation. Each call weighed uses up one step
+        of patience.
         """
         model = self.models[role]
         if self.patience > 0:
             self.patience -= 1
             trial = judge(model.copy())
-            if isinstance(trial, Refusal | Gap):
+            if isinstance(trial, Refusal):
                 return None
-        outcome = judge(model)
-        return None if isinstance(outcome, Gap) else outcome
+        return judge(model)
 
     def call(self, role: Role, action: Callable[[], Any], outcome: Outcome) -> Any:
         if isinstance(outcome, Refusal):
@@ -972,29 +959,25 @@ class TestTwoSessions(TwoSessions.TestCase):  # type: ignore[name-defined,misc]
 
 # --- what the model refuses and the session does not, yet ---------------------------------
 
-_NOT_YET = "the lifecycle table has no row refusing this yet; the model above skips it"
 
+class TestEdgesTheMachineFound:
+    """Inputs the machine above found accepted once; each breaks a rule, each is refused."""
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=_NOT_YET)
-class TestGaps:
-    """Inputs ``Model`` answers with ``Gap``: each breaks a rule, and the session accepts it.
-
-    Once the session refuses one, its test here passes (a failure, since the mark is
-    strict): remove the mark and the ``Gap`` from the model, so the machine checks it.
-    """
-
+    @pytest.mark.rule("DESC-2")
     def test_our_second_descriptor_before_the_answer(self) -> None:
         pipeline = Session(PIPELINE)
         pipeline.send_descriptor(pipeline_descriptor())
         with pytest.raises(LocalProtocolError, match=r"^\[DESC-2\]"):
             pipeline.send_descriptor(pipeline_descriptor())
 
+    @pytest.mark.rule("DESC-2")
     def test_the_peers_second_descriptor_before_our_answer(self) -> None:
         extension = Session(EXTENSION)
         extension.receive(Wire(1, descriptor=BY_NAME["pipeline, embedded"]).message())
         with pytest.raises(RemoteProtocolError, match=r"^\[DESC-2\]"):
             extension.receive(Wire(2, descriptor=BY_NAME["pipeline, embedded"]).message())
 
+    @pytest.mark.rule("LIFE-1")
     def test_a_descriptor_after_the_peers_end(self) -> None:
         extension = Session(EXTENSION)
         extension.receive(Wire(1, descriptor=BY_NAME["pipeline, embedded"]).message())
@@ -1002,12 +985,14 @@ class TestGaps:
         with pytest.raises(RemoteProtocolError, match=r"^\[LIFE-1\]"):
             extension.receive(Wire(2, descriptor=BY_NAME["pipeline, embedded"]).message())
 
+    @pytest.mark.rule("DESC-5")
     def test_the_extensions_descriptor_before_the_pipelines(self) -> None:
         pipeline = Session(PIPELINE)
         answer = Wire(1, descriptor=BY_NAME["extension, inferences only"]).message()
         with pytest.raises(RemoteProtocolError, match=r"^\[DESC-5\]"):
             pipeline.receive(answer)
 
+    @pytest.mark.rule("LIFE-4")
     def test_a_request_after_the_extensions_end(self) -> None:
         """Accepted, it can never be acknowledged: the stream then closes unsettled."""
         pipeline, extension = Session(PIPELINE), Session(EXTENSION)
@@ -1015,13 +1000,14 @@ class TestGaps:
         pipeline.receive(extension.send_descriptor(extension_descriptor()))
         extension.send_end()
         pipeline.receive_end()
-        with pytest.raises(LocalProtocolError):
+        with pytest.raises(LocalProtocolError, match=r"^\[LIFE-4\]"):
             pipeline.send_sample(media_sample(Embedded(FRAME)))
 
+    @pytest.mark.rule("LIFE-4")
     def test_a_request_received_after_our_end(self) -> None:
         pipeline, extension = Session(PIPELINE), Session(EXTENSION)
         extension.receive(pipeline.send_descriptor(pipeline_descriptor()))
         pipeline.receive(extension.send_descriptor(extension_descriptor()))
         extension.send_end()
-        with pytest.raises(RemoteProtocolError):
+        with pytest.raises(RemoteProtocolError, match=r"^\[LIFE-4\]"):
             extension.receive(pipeline.send_sample(media_sample(Embedded(FRAME))))
