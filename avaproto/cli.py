@@ -375,6 +375,7 @@ def _add_diagram(commands: Any) -> None:
 def _server_config(args: argparse.Namespace) -> Any:
     from .engine.config import EngineConfig
     from .transport.grpc_server import ServerConfig
+    from .transport.limits import ConnectionLimits
 
     return ServerConfig(
         host=args.host,
@@ -391,6 +392,22 @@ def _server_config(args: argparse.Namespace) -> Any:
         ssl=_server_tls(args),
         max_message_bytes=args.max_message_bytes,
         max_streams=args.max_streams,
+        limits=ConnectionLimits(
+            max_connections=args.max_connections,
+            handshake_timeout=args.handshake_timeout,
+            idle_timeout=args.idle_timeout,
+            max_header_list_bytes=args.max_header_list_bytes,
+            header_timeout=args.header_timeout,
+            premature_reset_streams=args.premature_reset_streams,
+            max_empty_frames=args.max_empty_frames,
+            frames_per_message=args.frames_per_message,
+            max_control_frames=args.max_control_frames,
+            max_unread_bytes=args.max_unread_bytes,
+            descriptor_timeout=args.descriptor_timeout,
+            max_incomplete_bytes_per_connection=args.max_incomplete_bytes_per_connection,
+            max_incomplete_bytes=args.max_incomplete_bytes,
+        ),
+        loop_lag_warning=args.loop_lag_warning,
     )
 
 
@@ -416,6 +433,7 @@ def _add_serve(commands: Any) -> None:
     from .extensions import BUILTINS
     from .server import serve
     from .transport.grpc_server import ServerConfig
+    from .transport.limits import ConnectionLimits
 
     parser = commands.add_parser(
         "serve",
@@ -506,6 +524,94 @@ def _add_serve(commands: Any) -> None:
         default=_parameter_default(serve, "grace"),
         metavar="SECONDS",
         help="time running streams get to finish on shutdown (default: %(default)s)",
+    )
+    limits = parser.add_argument_group(
+        "limits on what one peer may hold",
+        "Each one that trips logs a WARNING naming the peer. Timeouts: 0 or none for no limit.",
+    )
+
+    def limit(flag: str, kind: Callable[[str], Any], metavar: str, text: str) -> None:
+        default = _default(ConnectionLimits, flag[2:].replace("-", "_"))
+        shown = "%(default)s"
+        if kind is byte_size:
+            shown = f"{default >> 20} MiB" if default >= 1 << 20 else f"{default >> 10} KiB"
+        limits.add_argument(
+            flag, type=kind, default=default, metavar=metavar, help=f"{text} (default: {shown})"
+        )
+
+    limit(
+        "--max-connections",
+        _positive(int),
+        "N",
+        "connections open at once; one more is closed as it is accepted",
+    )
+    limit(
+        "--handshake-timeout",
+        _timeout,
+        "SECONDS",
+        "from accepting a connection to its HTTP/2 preface, TLS handshake included",
+    )
+    limit(
+        "--idle-timeout",
+        _timeout,
+        "SECONDS",
+        "a connection without a stream is closed (GOAWAY NO_ERROR) after this",
+    )
+    limit(
+        "--max-header-list-bytes",
+        byte_size,
+        "SIZE",
+        "largest header block, counted as it arrives (SETTINGS_MAX_HEADER_LIST_SIZE)",
+    )
+    limit("--header-timeout", _timeout, "SECONDS", "time a header block may stay unfinished")
+    limit(
+        "--premature-reset-streams",
+        _positive(int),
+        "N",
+        "streams a connection opens before it is closed if more than half were reset "
+        "before any answer (rapid reset)",
+    )
+    limit(
+        "--max-empty-frames",
+        _not_negative,
+        "N",
+        "consecutive frames without payload and without END_STREAM",
+    )
+    limit(
+        "--frames-per-message",
+        _not_negative,
+        "N",
+        "DATA frames a message may take beyond two per 16 KiB of its length",
+    )
+    limit(
+        "--max-control-frames",
+        _positive(int),
+        "N",
+        "acknowledgements (PING, SETTINGS) queued for a peer that reads none",
+    )
+    limit(
+        "--max-unread-bytes", byte_size, "SIZE", "bytes queued for a peer that does not read them"
+    )
+    limit(
+        "--descriptor-timeout",
+        _timeout,
+        "SECONDS",
+        "a stream that sends no descriptor in this time ends with DEADLINE_EXCEEDED",
+    )
+    limit(
+        "--max-incomplete-bytes-per-connection",
+        byte_size,
+        "SIZE",
+        "bytes of messages announced but not yet received, across one connection's streams",
+    )
+    limit("--max-incomplete-bytes", byte_size, "SIZE", "the same, across the server")
+    parser.add_argument(
+        "--loop-lag-warning",
+        type=_timeout,
+        default=_default(ServerConfig, "loop_lag_warning"),
+        metavar="SECONDS",
+        help="log when the event loop is blocked longer than this, naming the extension "
+        "(an async process that blocks); 0 or none: no watch (default: %(default)s)",
     )
     tls = parser.add_argument_group("TLS")
     tls.add_argument(
@@ -1327,6 +1433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose + args.sub_verbose, narrate=args.command == "serve")
+    from .allocator import keep_large_buffers
+
+    keep_large_buffers()  # frame-sized buffers from the heap, not fresh pages each
     run: Command = args.run
     try:
         return run(args)

@@ -23,6 +23,7 @@ import anyio
 from .engine.config import EngineConfig
 from .engine.extension import Extension, FunctionExtension, Processor, check_extension_class
 from .transport.grpc_server import ExtensionFactory, ExtensionServer, ServerConfig, start_server
+from .transport.watchdog import watch_loop_lag
 
 log = logging.getLogger("avaproto.server")
 
@@ -60,14 +61,40 @@ def as_factory(
 async def running(
     target: Servable, config: ServerConfig | None = None, *, grace: float = 5.0
 ) -> AsyncIterator[ExtensionServer]:
-    """A server for the duration of the block, drained gracefully on the way out."""
+    """A server for the duration of the block, drained gracefully on the way out.
+
+    The loop-lag watch (SRV-14) runs beside the block, in the server's task group.
+    """
     config = config or ServerConfig()
     server = await start_server(as_factory(target, limiter=config.engine.thread_limiter), config)
+    failed: Exception | None = None
+    # The watch's own scope, not the group's: cancelling the group would cancel this
+    # task too, the block's, which a grpclib client may have left with a cancellation
+    # request it never withdrew (its calls cancel their task when a stream is reset).
+    watching = anyio.CancelScope()
+
+    async def watch(threshold: float) -> None:
+        streams, guard = server.service.streams, server.guard
+        with watching:
+            await watch_loop_lag(
+                threshold, lambda: streams, (lambda: guard.reading) if guard else lambda: 0.0
+            )
+
     try:
-        yield server
+        async with anyio.create_task_group() as tasks:
+            if config.loop_lag_warning is not None:
+                tasks.start_soon(watch, config.loop_lag_warning)
+            try:
+                yield server
+            except Exception as error:  # raised below as itself, not in a group
+                failed = error
+            finally:
+                watching.cancel()
     finally:
         with anyio.CancelScope(shield=True):
             await server.drain(grace)
+    if failed is not None:
+        raise failed
 
 
 async def serve(

@@ -22,6 +22,10 @@ _PIXELS = "how the extension reads pixels, inside it: nothing on the wire shows 
 _ENCODING = "the protobuf encoding itself: any stream that works already agrees on it"
 _PERMISSION = "a permission (MAY): no behaviour of the extension can break it"
 _CONFIGURED = "depends on how the extension was configured, which a probe cannot know"
+_ATTACK = (
+    "a defence against a hostile peer: the check probes conformance and attacks nothing "
+    "(tests/transport/test_hostile_http2.py attacks avaproto's own server)"
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,15 @@ CATALOGUE: tuple[RuleEntry, ...] = (
     _rule("CONN-3", "MUST"),
     _rule("CONN-4", "MUST", _ENCODING),
     _rule("CONN-5", "MAY", _ENCODING),
+    _rule("CONN-6", "MUST", _ATTACK),
+    _rule("CONN-7", "MUST", _ATTACK),
+    _rule("CONN-8", "MUST", _ATTACK),
+    _rule("CONN-9", "MUST", _ATTACK),
+    _rule("CONN-10", "MUST", _ATTACK),
+    _rule("CONN-11", "MUST", _ATTACK),
+    _rule("CONN-12", "MUST", _ATTACK),
+    _rule("CONN-13", "SHOULD", _CONFIGURED + " (an idle timeout of minutes)"),
+    _rule("CONN-14", "MUST", _ATTACK),
     _rule("DESC-1", "MUST"),
     _rule("DESC-2", "MUST"),
     _rule("DESC-3", "SHOULD"),
@@ -155,6 +168,9 @@ CATALOGUE: tuple[RuleEntry, ...] = (
     _rule("WIRE-2", "MUST"),
     _rule("SRV-10", "MAY", _PERMISSION),
     _rule("SRV-11", "SHOULD", "an HTTP/2 setting, below the gRPC calls a probe makes"),
+    _rule("SRV-12", "MUST", _CONFIGURED + " (a descriptor deadline, 10 s by default)"),
+    _rule("SRV-13", "MUST", _ATTACK),
+    _rule("SRV-14", "SHOULD", _INSIDE),
     _rule("PIPE-1", "SHOULD", _PIPELINE),
     _rule("PIPE-2", "MUST", _PIPELINE),
     _rule("PIPE-3", "SHOULD", _PIPELINE),

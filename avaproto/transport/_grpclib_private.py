@@ -12,15 +12,16 @@ a user's stream. The uses:
 * receiving: messages are read off the HTTP/2 stream, size first, before grpclib
   buffers them, and the extension's trailers as soon as it ends its direction;
 * the server: its listener (the port chosen, closed on drain) and its connections
-  (HTTP/2 settings, TLS diagnostics);
-* hyperframe's frame reprs, which h2 builds for every frame it receives;
+  (HTTP/2 settings, TLS diagnostics, and the hooks ``avaproto.transport.guard`` defends
+  them with: each connection's h2 object, its events, the headers it sends, and the
+  release of every stream it accepted);
+* the repr h2 builds of every frame it receives, for a log that is off;
 * empty DATA frames, which grpclib's buffer would take for the end of the stream.
 """
 
 from __future__ import annotations
 
 import asyncio
-import binascii
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -30,7 +31,35 @@ import grpclib.const
 import grpclib.exceptions
 import grpclib.protocol
 import grpclib.server
-import hyperframe.frame
+import h2.connection
+import h2.exceptions
+
+
+def _send_now(h2_stream: grpclib.protocol.Stream, data: bytes) -> bool:
+    """Send ``data`` as one DATA frame if nothing needs waiting for; False if something does.
+
+    What the last round of ``grpclib.protocol.Stream.send_data``'s loop does, without
+    its ``BytesIO`` copy and its awaits: a small message (an answer, a reference to
+    shared memory) that fits the flow-control window and one frame leaves at once.
+    """
+    connection = h2_stream.connection
+    stream_id = h2_stream.id
+    if stream_id is None or not connection.write_ready.is_set():
+        return False
+    machine = h2_stream._h2_connection
+    size = len(data)
+    try:
+        window = machine.local_flow_control_window(stream_id)
+    except h2.exceptions.StreamClosedError:
+        return False  # reset by the peer: grpclib's own path ends the call as it does
+    if size > machine.max_outbound_frame_size or size > window:
+        return False
+    machine.send_data(stream_id, data)
+    h2_stream._transport.write(machine.data_to_send())
+    h2_stream.data_sent += size
+    connection.data_sent += size
+    connection.data_send_process()
+    return True
 
 
 async def send_messages(stream: grpclib.server.Stream[Any, Any], framed: Sequence[bytes]) -> None:
@@ -41,7 +70,9 @@ async def send_messages(stream: grpclib.server.Stream[Any, Any], framed: Sequenc
     """
     if not stream._send_initial_metadata_done:
         await stream.send_initial_metadata()
-    await stream._stream.send_data(framed[0] if len(framed) == 1 else b"".join(framed))
+    data = framed[0] if len(framed) == 1 else b"".join(framed)
+    if not _send_now(stream._stream, data):
+        await stream._stream.send_data(data)
     count = len(framed)
     stream._send_message_done = True
     stream._messages_sent += count
@@ -60,6 +91,14 @@ async def send_client_message(stream: grpclib.client.Stream[Any, Any], framed: b
         await stream.send_request()
     if stream._end_done:
         raise grpclib.exceptions.ProtocolError("Stream is ended")
+    if stream._wrapper._error is None and _send_now(stream._stream, framed):
+        # Nothing was awaited, so nothing for grpclib's wrapper to cancel.
+        stream._send_message_done = True
+        stream._messages_sent += 1
+        connection = stream._stream.connection
+        connection.messages_sent += 1
+        connection.last_message_sent = time.monotonic()
+        return
     with stream._wrapper:
         await stream._stream.send_data(framed)
         stream._send_message_done = True
@@ -134,44 +173,98 @@ def update_local_settings(protocol: Any, settings: dict[int, int]) -> None:
     protocol.connection.flush()
 
 
-# --- hyperframe's frame reprs ---------------------------------------------------------------
-
-_SHOWN_BYTES = 10  # hyperframe shows 20 hex digits
-#: hyperframe's own functions, kept before ``quiet_frame_repr`` replaces them: the
-#: replacements must give their text (tests/transport/test_http2.py compares).
-LIBRARY_RAW_DATA_REPR = hyperframe.frame._raw_data_repr
-LIBRARY_DATA_BODY_REPR = hyperframe.frame.DataFrame._body_repr
+# --- what a connection's guard hooks into -------------------------------------------------
 
 
-def _raw_data_repr(data: bytes | None) -> str:
-    """hyperframe's ``_raw_data_repr``, same output, without hexlifying what it drops."""
-    if not data:
-        return "None"
-    shown = binascii.hexlify(data[: _SHOWN_BYTES + 1]).decode("ascii")
-    if len(shown) > 2 * _SHOWN_BYTES:
-        shown = shown[: 2 * _SHOWN_BYTES] + "..."
-    return "<hex:" + shown + ">"
+def h2_connection(protocol: Any) -> h2.connection.H2Connection:
+    """The h2 state machine of a connection grpclib made (after its ``connection_made``)."""
+    return cast("h2.connection.H2Connection", protocol.connection._connection)
 
 
-def _data_body_repr(frame: hyperframe.frame.DataFrame) -> str:
-    """What ``Frame._body_repr`` shows of a DATA frame, without serializing its body.
+def watch_events(protocol: Any, watch: Callable[[Any], bool]) -> None:
+    """Show ``watch`` each h2 event of the connection before grpclib handles it; an event
+    for which it returns False is not handled (the connection is being closed)."""
+    processor = protocol.processor
+    process = processor.process
 
-    The generic method serializes the whole body (a copy of the payload, padding
-    included) to show its first bytes; h2 asks for it on every frame it receives, for
-    a trace log that is off. Only the first bytes are built here: the text is the same.
+    def watched(event: Any) -> None:
+        if watch(event):
+            process(event)
+
+    processor.process = watched
+
+
+def watch_sent_headers(protocol: Any, sent: Callable[[int], None]) -> None:
+    """Call ``sent(stream_id)`` whenever the server sends headers on a stream (its answer
+    begins, or a trailers-only refusal)."""
+    connection = h2_connection(protocol)
+    send_headers = connection.send_headers
+
+    def watched(stream_id: int, *args: Any, **kw: Any) -> None:
+        sent(stream_id)
+        send_headers(stream_id, *args, **kw)
+
+    connection.send_headers = watched  # type: ignore[method-assign]
+
+
+def track_streams(
+    protocol: Any, accepted: Callable[[int], None], released: Callable[[int], None]
+) -> None:
+    """Have each stream the connection accepts released once its handler task is done,
+    and report both moments.
+
+    grpclib releases a stream (drops it and credits its unread bytes back to the
+    connection's flow-control window) in the ``finally`` of its handler task. A task
+    cancelled before its first step never runs that ``finally``: a peer that sends
+    HEADERS, DATA and RST_STREAM in one write leaks the stream, its buffer, and the
+    window its data took, until the connection stalls (CONN-6, CONN-11). The task's
+    done callback releases what the ``finally`` did not.
     """
-    head = frame.data[: _SHOWN_BYTES + 1]
-    if "PADDED" in frame.flags:
-        head = bytes([frame.pad_length]) + head
-        if len(head) < _SHOWN_BYTES + 1:
-            head += b"\0" * frame.pad_length
-    return _raw_data_repr(head[: _SHOWN_BYTES + 1])
+    handler = protocol.handler
+    accept = handler.accept
+
+    def tracked(stream: Any, headers: Any, release_stream: Callable[[], Any]) -> None:
+        done = False
+
+        def release_once(*_: Any) -> None:
+            nonlocal done
+            if not done:
+                done = True
+                try:
+                    release_stream()
+                finally:
+                    released(stream.id)
+
+        accept(stream, headers, release_once)
+        accepted(stream.id)
+        handler._tasks[stream].add_done_callback(release_once)
+
+    handler.accept = tracked
+
+
+def close_connection(protocol: Any, reason: str) -> None:
+    """End every call of the connection now (grpclib's own path on a lost connection)."""
+    protocol.processor.close(reason)
+
+
+# --- h2's frame reprs ---------------------------------------------------------------------
+
+
+def _deferred_repr(frame: object) -> object:
+    """The frame itself: a logger that formats its message makes the same text of it.
+
+    h2 builds ``repr(frame)`` of every frame it receives, as an argument of a trace log
+    that is off unless a logger is configured; for a DATA frame that is a hex dump of
+    its payload. ``"%s" % frame`` gives the same text (hyperframe's frames define
+    ``__repr__`` and no ``__str__``), so handing the frame itself over costs nothing
+    when nothing logs, and changes nothing when something does.
+    """
+    return frame
 
 
 def quiet_frame_repr() -> None:
-    """Install the payload-independent frame reprs (idempotent)."""
-    hyperframe.frame._raw_data_repr = _raw_data_repr
-    hyperframe.frame.DataFrame._body_repr = _data_body_repr  # type: ignore[method-assign,assignment]
+    """Defer h2's per-frame repr to the logger (idempotent)."""
+    h2.connection.repr = _deferred_repr  # type: ignore[attr-defined]
 
 
 # --- empty DATA frames --------------------------------------------------------------------

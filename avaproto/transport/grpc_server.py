@@ -7,6 +7,12 @@ oversized one is refused with RESOURCE_EXHAUSTED before it is buffered (SRV-5), 
 decoded without copying the frame (``avaproto.codec``). A ``ProtocolError`` from the
 engine ends the call with its status and a message naming the rule.
 
+A stream holds a slot of ``max_streams`` from its first byte, so one that never sends
+its descriptor ends with DEADLINE_EXCEEDED after ``descriptor_timeout`` (SRV-12); and
+every message body is read within the server's budget of incomplete messages (SRV-13,
+``avaproto.transport.budget``). The connections themselves are guarded by
+``avaproto.transport.guard``, with the limits of ``ServerConfig.limits``.
+
 Shutdown is graceful: ``drain`` stops accepting connections and refuses new streams
 with UNAVAILABLE, lets the running streams finish for a grace period, then cancels what
 is left, which releases every lease, mapping and file descriptor.
@@ -18,7 +24,7 @@ import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import grpclib.const
@@ -29,16 +35,17 @@ from ..codec import encode_framed
 from ..engine.config import EngineConfig
 from ..engine.extension import Extension
 from ..engine.serve import serve_stream
-from ..errors import ProtocolError
+from ..errors import ProtocolError, RemoteProtocolError
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..protocol.auth import AUTH_HEADER, Credentials, check_authentication
+from ..status import Status
 from ._grpclib_private import http2_stream, listener, send_messages
+from .budget import BudgetedStream, MessageBudget
 from .framing import WireCodec, read_message
+from .guard import ServerGuard, check_open_file_limit
 from .health import HealthService, ServingStatus
 from .http2 import tune_server
-
-if TYPE_CHECKING:
-    pass
+from .limits import ConnectionLimits
 
 log = logging.getLogger("avaproto.server")
 
@@ -65,20 +72,57 @@ class ServerConfig:
     max_streams: int = 64
     #: Serve the standard gRPC health service (``avaproto.transport.health``) beside it.
     health: bool = True
+    #: What one peer may make the server hold (``avaproto.transport.limits``).
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    #: Log when the event loop is blocked longer than this many seconds, naming the
+    #: extension serving at the time (SRV-14; None: no watch).
+    loop_lag_warning: float | None = 0.25
+
+
+@dataclass(frozen=True)
+class OpenStream:
+    """A stream being served, as the loop-lag watch names it."""
+
+    peer: str
+    extension: str
+
+
+def _peer(stream: grpclib.server.Stream[Any, Any]) -> str:
+    addr = stream.peer.addr()
+    return f"{addr[0]}:{addr[1]}" if addr else "unknown"
 
 
 class _ServerChannel:
     """One call's messages, read with a size limit and decoded without copying frames."""
 
-    def __init__(self, stream: grpclib.server.Stream[Any, Any], max_bytes: int) -> None:
+    def __init__(
+        self,
+        stream: grpclib.server.Stream[Any, Any],
+        max_bytes: int,
+        budget: MessageBudget,
+        descriptor_timeout: float | None,
+    ) -> None:
         self._stream = stream
-        self._raw = http2_stream(stream)  # read before grpclib buffers a message
+        self.peer = _peer(stream)
+        # Read before grpclib buffers a message, each body within the budget (SRV-13).
+        self._raw: Any = BudgetedStream(http2_stream(stream), budget, self.peer)
         self._max = max_bytes
-        addr = stream.peer.addr()
-        self.peer = f"{addr[0]}:{addr[1]}" if addr else "unknown"
+        self._descriptor_timeout: float | None = descriptor_timeout
+        self._first = True
 
     async def receive(self) -> MediaStreamMessage | None:
-        return await read_message(self._raw, self._max, limit_rule="SRV-5")
+        if not self._first:
+            return await read_message(self._raw, self._max, limit_rule="SRV-5")
+        self._first = False
+        with anyio.move_on_after(self._descriptor_timeout):
+            return await read_message(self._raw, self._max, limit_rule="SRV-5")
+        message = (
+            f"no descriptor within {self._descriptor_timeout:g} s of the stream's start: "
+            "a stream holds one of the server's stream slots from its first byte; send "
+            "the MediaStreamDescriptor first, at once (--descriptor-timeout)"
+        )
+        log.warning("stream of %s ended: [SRV-12] %s", self.peer, message)
+        raise RemoteProtocolError("SRV-12", Status.DEADLINE_EXCEEDED, message)
 
     async def send(self, message: MediaStreamMessage) -> None:
         await self._stream.send_message(message)
@@ -100,6 +144,13 @@ class ExtensionService:
         self.draining = False
         self._idle = anyio.Event()
         self._idle.set()
+        limits = config.limits
+        #: Bytes of incomplete messages, per connection and in all (SRV-13).
+        self.budget = MessageBudget(
+            limits.max_incomplete_bytes, limits.max_incomplete_bytes_per_connection
+        )
+        #: The streams being served, for the loop-lag watch (SRV-14).
+        self.streams: dict[int, OpenStream] = {}
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         return {
@@ -135,14 +186,30 @@ class ExtensionService:
         self.active += 1
         self._idle = anyio.Event() if self.active == 1 else self._idle
         try:
-            channel = _ServerChannel(stream, self._config.max_message_bytes)
-            await serve_stream(channel, self._factory(), self._config.engine)
+            channel = _ServerChannel(
+                stream,
+                self._config.max_message_bytes,
+                self.budget,
+                self._config.limits.descriptor_timeout,
+            )
+            extension = self._factory()
+            self.streams[id(stream)] = OpenStream(channel.peer, _name(extension))
+            await serve_stream(channel, extension, self._config.engine)
         except ProtocolError as error:
             raise GRPCError(grpclib.const.Status(int(error.status)), str(error)) from None
         finally:
+            self.streams.pop(id(stream), None)
             self.active -= 1
             if self.active == 0:
                 self._idle.set()
+
+
+def _name(extension: Extension) -> str:
+    """The extension's class, or the function a ``FunctionExtension`` wraps."""
+    processor = getattr(extension, "_processor", None)
+    if processor is not None:
+        return str(getattr(processor, "__qualname__", type(processor).__qualname__))
+    return type(extension).__qualname__
 
 
 class ExtensionServer:
@@ -153,10 +220,13 @@ class ExtensionServer:
         server: grpclib.server.Server,
         service: ExtensionService,
         health: HealthService | None = None,
+        guard: ServerGuard | None = None,
     ) -> None:
         self._server = server
         self.service = service
         self.health = health
+        #: The connections' guard (``avaproto.transport.guard``): how many are open.
+        self.guard = guard
 
     @property
     def port(self) -> int:
@@ -193,9 +263,10 @@ async def start_server(factory: ExtensionFactory, config: ServerConfig) -> Exten
     if health is not None:
         handlers.append(health)
     server = grpclib.server.Server(handlers, codec=WireCodec())
-    tune_server(server)
+    guard = tune_server(server, config.limits)
+    check_open_file_limit(config.limits.max_connections)
     await server.start(config.host, config.port, ssl=config.ssl)
-    running = ExtensionServer(server, service, health)
+    running = ExtensionServer(server, service, health, guard)
     log.info(
         "serving %s on %s:%d%s%s",
         config.engine.extension_identifier,

@@ -19,6 +19,7 @@ import grpclib.const
 import grpclib.exceptions
 import grpclib.protocol
 import grpclib.server
+import grpclib.utils
 import pytest
 
 from avaproto.messages import (
@@ -94,6 +95,26 @@ def test_send_client_message_mirrors_grpclibs_client_send_message() -> None:
     source = inspect.getsource(grpclib.client.Stream.send_message)
     for guard in ("if not self._send_request_done:", "if self._end_done:", "with self._wrapper:"):
         assert guard in source
+
+
+def test_send_now_is_the_last_round_of_grpclibs_send_data() -> None:
+    """The fast path does what grpclib's loop does for the last chunk, nothing less."""
+    source = inspect.getsource(grpclib.protocol.Stream.send_data)
+    for step in (
+        "await self.connection.write_ready.wait()",
+        "window = self._h2_connection.local_flow_control_window(self.id)",
+        "max_frame_size = self._h2_connection.max_outbound_frame_size",
+        "self._transport.write(self._h2_connection.data_to_send())",
+        "self.data_sent += f_chunk_len",
+        "self.connection.data_sent += f_chunk_len",
+        "self.connection.data_send_process()",
+    ):
+        assert step in source
+    assert "self._h2_connection.send_data(self.id, f_chunk,\n" in source
+    ours = {name.replace("h2_stream.", "self.", 1) for name in assigned(_grpclib_private._send_now)}
+    assert ours == {"self.data_sent", "connection.data_sent"}
+    wrapper = inspect.getsource(grpclib.utils.Wrapper.__enter__)
+    assert "if self._error is not None:" in wrapper and grpclib.utils.Wrapper._error is None
 
 
 def test_send_messages_follows_send_messages_order_of_work() -> None:
@@ -174,10 +195,15 @@ def test_the_private_names_exist_where_they_are_used() -> None:
         assert member in protocol_stream
     connection = inspect.getsource(grpclib.protocol.Connection)
     assert "self._connection = connection" in connection and "def flush" in connection
+    import h2.connection
     import hyperframe.frame
 
-    assert callable(hyperframe.frame.Frame._body_repr)
-    assert "DataFrame" in dir(hyperframe.frame)
+    # h2 calls repr() in one place only, the trace of each received frame, and a
+    # frame's str() is its repr(): deferring the call to the logger changes no text.
+    h2_source = inspect.getsource(h2.connection)
+    assert h2_source.count("repr(") == 1
+    assert 'self.config.logger.trace("Received frame: %s", repr(frame))' in h2_source
+    assert hyperframe.frame.Frame.__str__ is object.__str__
 
 
 # --- empty DATA frames and messages cut short, on a real server ---------------------------
@@ -257,3 +283,58 @@ async def test_a_message_cut_short_by_the_end_of_the_stream_is_wire_1() -> None:
     assert caught.value.status is grpclib.const.Status.INVALID_ARGUMENT
     assert "[WIRE-1]" in (caught.value.message or "")
     assert "ended inside a message" in (caught.value.message or "")
+
+
+# --- what the connection guard hooks into (avaproto.transport.guard) -------------------
+
+
+def test_the_guards_hooks_are_where_grpclib_and_h2_call_them() -> None:
+    """Each hook of the guard, looked up in grpclib's and h2's own code."""
+    import h2.connection
+    import hpack
+
+    made = inspect.getsource(grpclib.protocol.H2Protocol.connection_made)
+    # h2_connection: the connection's state machine, kept as Connection._connection.
+    assert "self.connection = Connection(\n            h2_conn," in made
+    # watch_events: grpclib hands every event to processor.process, looked up each time.
+    assert "self.processor = EventsProcessor(self.handler, self.connection)" in made
+    received = inspect.getsource(grpclib.protocol.H2Protocol.data_received)
+    assert "self.processor.process(event)" in received
+    # watch_sent_headers: every header block grpclib sends goes through send_headers.
+    assert "self._h2_connection = h2_connection" in inspect.getsource(grpclib.protocol.Stream)
+    for sending in (grpclib.protocol.Stream.send_headers, grpclib.protocol.Stream.send_request):
+        assert "self._h2_connection.send_headers(" in inspect.getsource(sending)
+    create = inspect.getsource(grpclib.protocol.Connection.create_stream)
+    assert "return Stream(self, self._connection, self._transport," in create
+    # track_streams: one task per stream, and the stream released in its finally only.
+    accept = inspect.getsource(grpclib.server.Handler.accept)
+    assert "self._tasks[stream] = self.loop.create_task(request_handler(" in accept
+    assert "self.status_details_codec, self.dispatch, release_stream," in accept
+    assert list(inspect.signature(grpclib.server.Handler.accept).parameters) == [
+        "self",
+        "stream",
+        "headers",
+        "release_stream",
+    ]
+    assert inspect.getsource(grpclib.server.request_handler).endswith(
+        "    finally:\n        release_stream()\n"
+    )
+    # ...which credits the stream's unread bytes back to the connection (CONN-11),
+    register = inspect.getsource(grpclib.protocol.EventsProcessor.register)
+    assert "self.connection.ack(stream.id, _stream.buffer.unacked_size())" in register
+    assert "_stream = _streams.pop(stream.id)" in register  # once only: a second pop fails
+    # ...and a peer's reset cancels the task (cancelled before its first step, it never
+    # reaches that finally).
+    reset = inspect.getsource(grpclib.protocol.EventsProcessor.process_stream_reset)
+    assert "self.handler.cancel(stream)" in reset
+    assert "task.cancel()" in inspect.getsource(grpclib.server.Handler.cancel)
+    # close_connection, and the guard's handler.close(): every call of the connection ends.
+    close = inspect.getsource(grpclib.protocol.EventsProcessor.close)
+    assert "self.connection.close()" in close and "self.handler.close()" in close
+    assert "task.cancel()" in inspect.getsource(grpclib.server.Handler.close)
+    # h2 gives an advertised header-list limit to its decoder only once acknowledged,
+    # so the guard sets the decoder's limit itself.
+    acked = inspect.getsource(h2.connection.H2Connection._local_settings_acked)
+    assert "self.decoder.max_header_list_size = setting.new_value" in acked
+    decoder = h2.connection.H2Connection().decoder
+    assert isinstance(decoder, hpack.Decoder) and hasattr(decoder, "max_header_list_size")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import grpclib.client
+import h2.config
+import h2.connection
+import hpack
 import hyperframe.frame
 import pytest
 
-from avaproto.transport import _grpclib_private as http2
-from avaproto.transport._grpclib_private import _raw_data_repr, quiet_frame_repr
+from avaproto.transport._grpclib_private import quiet_frame_repr
 from avaproto.transport.http2 import MAX_FRAME_SIZE
 from tests.transport.test_grpc import RGB24, exchange, server
 
@@ -19,28 +21,45 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.mark.rule("SRV-11")
-@pytest.mark.parametrize("size", [0, 1, 9, 10, 11, 100, 1 << 20])
-@pytest.mark.parametrize("padding", [None, 0, 3, 40])
-def test_frame_repr_text_is_the_librarys(size: int, padding: int | None) -> None:
-    """The replacements give the text of hyperframe's own functions, kept at import."""
-    data = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
-    assert _raw_data_repr(data) == http2.LIBRARY_RAW_DATA_REPR(data)
-    flags = ["PADDED"] if padding is not None else []
-    frame = hyperframe.frame.DataFrame(1, data, flags=flags)
-    if padding is not None:
-        frame.pad_length = padding
-    # The library's own text, from its own code, with its own hexlifying helper.
-    original = hyperframe.frame._raw_data_repr
-    hyperframe.frame._raw_data_repr = http2.LIBRARY_RAW_DATA_REPR
-    try:
-        expected = http2.LIBRARY_DATA_BODY_REPR(frame)
-    finally:
-        hyperframe.frame._raw_data_repr = original
+class Recording:
+    """An h2 logger that formats what it is given, as a real one would."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def debug(self, message: str, *args: object) -> None:
+        pass
+
+    def trace(self, message: str, *args: object) -> None:
+        self.lines.append(message % args)
+
+
+@pytest.mark.parametrize("size", [0, 11, 16_000])
+def test_a_logger_that_logs_frames_gets_the_librarys_text(size: int) -> None:
+    """Deferred, the frame's repr is the library's own, made by the logger that logs."""
     quiet_frame_repr()
-    assert type(frame)._body_repr is not http2.LIBRARY_DATA_BODY_REPR
-    assert frame._body_repr() == expected
-    assert expected in repr(frame)
+    logger = Recording()
+    connection = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, logger=logger)
+    )
+    connection.initiate_connection()
+    headers = hyperframe.frame.HeadersFrame(1, flags=["END_HEADERS"])
+    headers.data = hpack.Encoder().encode(
+        [(":method", "POST"), (":scheme", "http"), (":path", "/"), (":authority", "x")]
+    )
+    data = hyperframe.frame.DataFrame(1, bytes(range(256)) * (size // 256) + bytes(size % 256))
+    frames = [hyperframe.frame.SettingsFrame(0), headers, data]
+    connection.receive_data(
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"".join(f.serialize() for f in frames)
+    )
+    received = [line for line in logger.lines if line.startswith("Received frame: ")]
+    assert received == [f"Received frame: {frame!r}" for frame in frames]
+
+
+def test_no_repr_is_made_when_nothing_logs() -> None:
+    quiet_frame_repr()
+    frame = hyperframe.frame.DataFrame(1, b"x" * 1000)
+    assert h2.connection.repr(frame) is frame  # type: ignore[attr-defined]
 
 
 @pytest.mark.rule("SRV-11")

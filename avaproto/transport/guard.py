@@ -1,0 +1,553 @@
+"""Each HTTP/2 connection of the server, defended against a hostile peer.
+
+Anyone who reaches the port can make the server work before authentication is even
+looked at: open connections and leave them silent, send header blocks that never end,
+open streams and reset them at once (CVE-2023-44487, "rapid reset"), flood it with
+frames that cost a parse each and carry nothing, or send PINGs while reading none of
+the acknowledgements. grpclib and h2 bound none of this, so every connection the server
+accepts goes through a ``ConnectionGuard``:
+
+* it sees the bytes before h2 does, and reads the 9-byte frame headers off them as
+  they arrive: a header block is counted while it is still arriving, so one larger
+  than the advertised SETTINGS_MAX_HEADER_LIST_SIZE is refused before it is buffered,
+  let alone decoded (CONN-7); empty frames and acknowledgements owed are counted there
+  too (CONN-8, CONN-10);
+* it sees h2's events before grpclib does: streams reset before the server answered
+  them (CONN-6) and DATA frames per message (CONN-9);
+* it runs the connection's clocks: the handshake and HTTP/2 preface (CONN-12), an
+  unfinished header block (CONN-7), a connection without streams (CONN-13);
+* ``ServerGuard`` counts the connections open at once and closes one past the limit as
+  it is accepted (CONN-14).
+
+A limit that trips logs one WARNING naming the peer and the limit (at most one a rule
+every 10 s: a flood of connections is one line, and the next counts the others), sends
+a GOAWAY whose error code and debug data say why (ENHANCE_YOUR_CALM, or NO_ERROR for an
+idle connection), and closes the connection; every call on it is cancelled and releases
+what it held. A peer that reads nothing is aborted instead: the GOAWAY could not reach it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+import ssl
+import struct
+import time
+from typing import Any, cast
+
+import h2.events
+import h2.exceptions
+from h2.errors import ErrorCodes
+from h2.settings import SettingCodes
+
+from ._grpclib_private import (
+    close_connection,
+    h2_connection,
+    track_streams,
+    update_local_settings,
+    watch_events,
+    watch_sent_headers,
+)
+from .limits import ConnectionLimits
+from .tls import HTTP2_PREFACE, DiagnosedServerTLS
+
+log = logging.getLogger("avaproto.server")
+
+#: A frame header (RFC 9113, 4.1): 24-bit length, type, flags, 31-bit stream id.
+_FRAME_HEAD = struct.Struct(">BHBBI")
+_DATA, _HEADERS, _SETTINGS, _PING, _CONTINUATION = 0x0, 0x1, 0x4, 0x6, 0x9
+_END_STREAM, _ACK, _END_HEADERS = 0x1, 0x1, 0x4
+#: The smallest SETTINGS_MAX_FRAME_SIZE there is: what any sender can be made to use.
+_MIN_FRAME = 16 * 1024
+#: Descriptors the server needs besides its connections (listener, event loop, logs,
+#: shared-memory segments being mapped, worker threads' files).
+FD_MARGIN = 64
+#: Seconds a connection closed with a GOAWAY stays open for the peer to read it.
+LINGER = 2.0
+#: At most one line per rule in this many seconds: a flood of connections is one line
+#: naming the first peer, and the next says how many more there were.
+LOGGED_EVERY = 10.0
+
+
+def check_open_file_limit(max_connections: int) -> None:
+    """Warn when the open-file limit cannot hold ``max_connections`` (each is a descriptor):
+    past it, accepting fails and the server stops accepting for a while instead of
+    refusing one connection."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and max_connections + FD_MARGIN > soft:
+        log.warning(
+            "[CONN-14] up to %d connections are allowed (--max-connections), but the "
+            "open-file limit is %d (ulimit -n) and the server needs about %d descriptors "
+            "besides: raise the limit or lower --max-connections to %d",
+            max_connections,
+            soft,
+            FD_MARGIN,
+            max(1, soft - FD_MARGIN),
+        )
+
+
+def _peer_name(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
+        return f"{host}:{peer[1]}"
+    return str(peer) if peer else "unknown peer"
+
+
+class ServerGuard:
+    """The connections of one server: counted, each made with its own guard."""
+
+    def __init__(self, limits: ConnectionLimits, max_frame_size: int) -> None:
+        self.limits = limits
+        self.max_frame_size = max_frame_size
+        #: Connections open now (accepted and not yet lost).
+        self.open = 0
+        #: Seconds the event loop spent reading HTTP/2 (parsing frames, handling events),
+        #: so that the loop-lag watch does not blame an extension for a flood of frames.
+        self.reading = 0.0
+        self._logged: dict[str, tuple[float, int]] = {}  # rule: (last line, quiet since)
+
+    def protocol(self, h2_protocol: Any, tls: ssl.SSLContext | None) -> asyncio.BaseProtocol:
+        """The protocol asyncio runs for one accepted connection, around grpclib's."""
+        guard = ConnectionGuard(self, h2_protocol, outermost=tls is None)
+        if tls is None:
+            return guard
+        return _GuardedTLS(asyncio.get_running_loop(), guard, tls)
+
+    def admit(self, peer: str) -> bool:
+        if self.open < self.limits.max_connections:
+            self.open += 1
+            return True
+        self.warn(
+            "CONN-14",
+            f"refused the connection of {peer}: [CONN-14] {self.limits.max_connections} "
+            "connections are open, the limit (--max-connections)",
+        )
+        return False
+
+    def warn(self, rule: str, line: str) -> None:
+        """Log ``line``, unless one for ``rule`` was logged in the last LOGGED_EVERY s."""
+        now = time.monotonic()
+        last, quiet = self._logged.get(rule, (-LOGGED_EVERY, 0))
+        if now - last < LOGGED_EVERY:
+            self._logged[rule] = (last, quiet + 1)
+            return
+        if quiet:
+            line += f" ({quiet} more for [{rule}] since the last such line)"
+        log.warning("%s", line)
+        self._logged[rule] = (now, 0)
+
+    def release(self) -> None:
+        self.open -= 1
+
+
+class _MessageMeter:
+    """The gRPC messages of one stream, followed through its DATA frames (CONN-9).
+
+    Honest senders cut a message into frames of the peer's maximum frame size (16 KiB
+    at least), a few more where flow control leaves a smaller window. One byte per
+    frame costs the event loop a frame's parse per byte: a 1 MiB message, seconds.
+    """
+
+    __slots__ = ("allowed", "frames", "length", "prefix", "remaining", "slack")
+
+    def __init__(self, slack: int) -> None:
+        self.slack = slack
+        self.allowed = slack
+        self.frames = 0  # since the current message began
+        self.prefix = b""
+        self.remaining = -1  # -1: reading a prefix
+        self.length = 0
+
+    def data(self, payload: bytes) -> bool:
+        """Follow one DATA frame; False when its message takes too many frames."""
+        self.frames += 1
+        if self.frames > self.allowed:
+            return False
+        i, n = 0, len(payload)
+        while i < n:
+            if self.remaining < 0:
+                take = min(5 - len(self.prefix), n - i)
+                self.prefix += payload[i : i + take]
+                i += take
+                if len(self.prefix) < 5:
+                    break
+                self.length = self.remaining = int.from_bytes(self.prefix[1:], "big")
+                self.prefix = b""
+                self.allowed = self.slack + 2 * -(-self.length // _MIN_FRAME)
+            take = min(self.remaining, n - i)
+            self.remaining -= take
+            i += take
+            if self.remaining == 0:
+                self.remaining = -1
+                self.frames = 1 if i < n else 0
+                self.allowed = self.slack
+        return True
+
+
+class ConnectionGuard(asyncio.Protocol):
+    """One connection's defences, around grpclib's protocol for it (see the module)."""
+
+    def __init__(self, server: ServerGuard, h2_protocol: Any, *, outermost: bool) -> None:
+        self._server = server
+        self._limits = server.limits
+        self._protocol = h2_protocol
+        self._outermost = outermost
+        self.peer = "unknown peer"
+        self._raw: asyncio.Transport | None = None  # the socket's transport
+        self._transport: asyncio.Transport | None = None  # what HTTP/2 is written to
+        self._h2: Any = None
+        self._admitted = False
+        self._closing = False
+        self._loop = asyncio.get_running_loop()
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        # The frame headers, read as the bytes arrive.
+        self._preface_left = len(HTTP2_PREFACE)
+        self._head = bytearray()
+        self._body_left = 0
+        self._framed = False
+        self._ends_block = False
+        self._in_block = False
+        self._block_bytes = 0
+        self._empty_run = 0
+        self._control_owed = 0
+        # Streams.
+        self._active = 0
+        self._opened = 0
+        self._premature = 0
+        self._unanswered: set[int] = set()
+        self._meters: dict[int, _MessageMeter] = {}
+
+    # --- the socket: accepted and lost ------------------------------------------------
+
+    def accepted(self, transport: asyncio.BaseTransport) -> bool:
+        """A connection was accepted: count it, or refuse it past the limit (CONN-14)."""
+        self._raw = cast(asyncio.Transport, transport)
+        self.peer = _peer_name(transport)
+        if not self._server.admit(self.peer):
+            return False
+        self._admitted = True
+        if self._limits.handshake_timeout is not None:
+            self._handshake_timer = self._loop.call_later(
+                self._limits.handshake_timeout, self._handshake_expired
+            )
+        return True
+
+    def released(self) -> None:
+        """The socket is closed."""
+        self._closing = True
+        for timer in (self._handshake_timer, self._header_timer, self._idle_timer, self._linger):
+            if timer is not None:
+                timer.cancel()
+        if self._admitted:
+            self._admitted = False
+            self._server.release()
+        if self._transport is None:
+            # grpclib keeps each connection's handler until it is closed, which its
+            # protocol does only for a connection it was given.
+            self._protocol.handler.close()
+
+    # --- asyncio's protocol -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._outermost and not self.accepted(transport):
+            cast(asyncio.Transport, transport).abort()
+            return
+        self._transport = cast(asyncio.Transport, transport)
+        self._protocol.connection_made(transport)
+        self._h2 = h2_connection(self._protocol)
+        limit = self._limits.max_header_list_bytes
+        update_local_settings(
+            self._protocol,
+            {
+                SettingCodes.MAX_FRAME_SIZE: self._server.max_frame_size,
+                SettingCodes.MAX_HEADER_LIST_SIZE: limit,
+            },
+        )
+        # h2 applies an advertised limit only once the peer acknowledges it.
+        self._h2.decoder.max_header_list_size = limit
+        track_streams(self._protocol, self._stream_accepted, self._stream_released)
+        watch_events(self._protocol, self._event)
+        watch_sent_headers(self._protocol, self._unanswered.discard)
+        self._arm_idle()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        began = time.perf_counter()
+        try:
+            control = self._scan(data)
+            if self._closing:
+                return
+            self._protocol.data_received(data)
+            if not self._closing:
+                self._check_unread(control)
+        finally:
+            self._server.reading += time.perf_counter() - began
+
+    def pause_writing(self) -> None:
+        if self._transport is not None:
+            self._protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None:
+            self._protocol.resume_writing()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.released()
+        if self._transport is not None:
+            self._protocol.connection_lost(exc)
+
+    # --- frame headers, before h2 parses them -----------------------------------------
+
+    def _scan(self, data: bytes) -> int:
+        """Read the frame headers in ``data``; return the acknowledgements they ask for."""
+        i, n, control = 0, len(data), 0
+        if self._preface_left:
+            i = min(self._preface_left, n)
+            self._preface_left -= i  # h2 checks its bytes
+        while i < n:
+            if self._body_left:
+                take = min(self._body_left, n - i)
+                self._body_left -= take
+                i += take
+                if self._body_left:
+                    break
+                self._frame_received()
+                continue
+            if self._head or n - i < 9:
+                take = min(9 - len(self._head), n - i)
+                self._head += data[i : i + take]
+                i += take
+                if len(self._head) < 9:
+                    break
+                high, low, kind, flags, _ = _FRAME_HEAD.unpack(self._head)
+                self._head.clear()
+            else:
+                high, low, kind, flags, _ = _FRAME_HEAD.unpack_from(data, i)
+                i += 9
+            length = high << 16 | low
+            if not self._frame_begins(kind, flags, length):
+                return 0
+            if kind in (_PING, _SETTINGS) and not flags & _ACK:
+                control += 1
+            self._body_left = length
+            if not length:
+                self._frame_received()
+        if self._in_block and self._header_timer is None:
+            timeout = self._limits.header_timeout
+            if timeout is not None:
+                self._header_timer = self._loop.call_later(timeout, self._header_expired)
+        return control
+
+    def _frame_begins(self, kind: int, flags: int, length: int) -> bool:
+        """A frame header arrived (its body may not have); False once a limit tripped."""
+        if not self._framed:
+            self._framed = True  # the preface and the first frame: HTTP/2 is spoken
+            if self._handshake_timer is not None:
+                self._handshake_timer.cancel()
+                self._handshake_timer = None
+        if kind in (_DATA, _HEADERS, _CONTINUATION):
+            if length == 0 and not (flags & _END_STREAM and kind != _CONTINUATION):
+                self._empty_run += 1
+                if self._empty_run > self._limits.max_empty_frames:
+                    self._trip(
+                        "CONN-8",
+                        f"{self._empty_run} consecutive frames without payload; the limit "
+                        f"is {self._limits.max_empty_frames} (--max-empty-frames)",
+                    )
+                    return False
+            else:
+                self._empty_run = 0
+        if kind in (_HEADERS, _CONTINUATION):
+            if kind == _HEADERS and not self._in_block:
+                self._in_block, self._block_bytes = True, 0
+            self._block_bytes += length
+            self._ends_block = bool(flags & _END_HEADERS)
+            if self._block_bytes > self._limits.max_header_list_bytes:
+                self._trip(
+                    "CONN-7",
+                    f"a header block of more than {self._block_bytes - length} bytes, and "
+                    f"{length} more coming; the limit is "
+                    f"{self._limits.max_header_list_bytes} (--max-header-list-bytes)",
+                )
+                return False
+        return True
+
+    def _frame_received(self) -> None:
+        if self._ends_block:
+            self._ends_block = self._in_block = False
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+    # --- h2's events, before grpclib handles them -------------------------------------
+
+    def _event(self, event: Any) -> bool:
+        if self._closing:
+            return False
+        if isinstance(event, h2.events.DataReceived):
+            meter = self._meters.get(event.stream_id)
+            if meter is None:
+                meter = self._meters[event.stream_id] = _MessageMeter(
+                    self._limits.frames_per_message
+                )
+            if not meter.data(event.data):
+                self._trip(
+                    "CONN-9",
+                    f"a message{f' of {meter.length} bytes' if meter.remaining >= 0 else ''}"
+                    f" arrived in more than {meter.allowed} DATA frames on stream "
+                    f"{event.stream_id}; the limit is {self._limits.frames_per_message} "
+                    "frames plus two per 16 KiB of its length (--frames-per-message)",
+                )
+        elif isinstance(event, h2.events.RequestReceived):
+            self._opened += 1
+            self._unanswered.add(event.stream_id)
+        elif isinstance(event, h2.events.StreamReset):
+            self._meters.pop(event.stream_id, None)
+            if event.remote_reset and event.stream_id in self._unanswered:
+                self._unanswered.discard(event.stream_id)
+                self._premature += 1
+                self._check_resets()
+        elif isinstance(event, h2.events.StreamEnded):
+            self._meters.pop(event.stream_id, None)
+        return not self._closing
+
+    def _check_resets(self) -> None:
+        threshold = self._limits.premature_reset_streams
+        if self._opened >= threshold and 2 * self._premature > self._opened:
+            self._trip(
+                "CONN-6",
+                f"{self._premature} of the {self._opened} streams it opened were reset "
+                "before the server answered them (rapid reset); the limit is half, "
+                f"judged from {threshold} streams on (--premature-reset-streams)",
+            )
+
+    def _stream_accepted(self, stream_id: int) -> None:
+        self._active += 1
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _stream_released(self, stream_id: int) -> None:
+        self._active -= 1
+        self._unanswered.discard(stream_id)
+        self._meters.pop(stream_id, None)
+        if not self._active:
+            self._arm_idle()
+
+    # --- what the peer leaves unread --------------------------------------------------
+
+    def _unread(self) -> int:
+        unread = 0
+        for transport in {self._raw, self._transport}:
+            if transport is not None and not transport.is_closing():
+                unread += transport.get_write_buffer_size()
+        return unread
+
+    def _check_unread(self, control: int) -> None:
+        unread = self._unread()
+        if not unread:
+            self._control_owed = 0
+            return
+        self._control_owed += control
+        if self._control_owed > self._limits.max_control_frames:
+            why = (
+                f"{self._control_owed} acknowledgements (PING, SETTINGS) queued while it "
+                f"reads nothing; the limit is {self._limits.max_control_frames} "
+                "(--max-control-frames)"
+            )
+        elif unread > self._limits.max_unread_bytes:
+            why = (
+                f"{unread} bytes queued that it does not read; the limit is "
+                f"{self._limits.max_unread_bytes} (--max-unread-bytes)"
+            )
+        else:
+            return
+        self._trip("CONN-10", why)
+
+    # --- clocks -----------------------------------------------------------------------
+
+    def _arm_idle(self) -> None:
+        timeout = self._limits.idle_timeout
+        if timeout is not None and not self._closing:
+            self._idle_timer = self._loop.call_later(timeout, self._idle_expired)
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        if self._closing:
+            return
+        stage = "TLS handshake and HTTP/2 preface" if self._transport is None else "HTTP/2 preface"
+        self._server.warn(
+            "CONN-12",
+            f"closing the connection of {self.peer}: [CONN-12] no {stage} within "
+            f"{self._limits.handshake_timeout:g} s (--handshake-timeout)",
+        )
+        self._closing = True
+        if self._raw is not None:
+            self._raw.abort()
+
+    def _header_expired(self) -> None:
+        self._header_timer = None
+        self._trip(
+            "CONN-7",
+            f"a header block unfinished after {self._limits.header_timeout:g} s (--header-timeout)",
+        )
+
+    def _idle_expired(self) -> None:
+        self._idle_timer = None
+        if not self._active:
+            self._trip(
+                "CONN-13",
+                f"no stream for {self._limits.idle_timeout:g} s (--idle-timeout)",
+                ErrorCodes.NO_ERROR,
+            )
+
+    # --- closing ----------------------------------------------------------------------
+
+    def _trip(self, rule: str, why: str, code: ErrorCodes = ErrorCodes.ENHANCE_YOUR_CALM) -> None:
+        """Log once, send GOAWAY with ``code`` and the reason, close, end every call."""
+        if self._closing:
+            return
+        self._closing = True
+        self._server.warn(rule, f"closing the connection of {self.peer}: [{rule}] {why}")
+        reason = f"[{rule}] {why}"
+        assert self._transport is not None and self._raw is not None
+        with contextlib.suppress(h2.exceptions.ProtocolError):  # h2 already closed it
+            self._h2.close_connection(error_code=code, additional_data=reason.encode())
+            self._transport.write(self._h2.data_to_send())
+        if self._unread():
+            self._raw.abort()  # it reads nothing: no GOAWAY would reach it
+            close_connection(self._protocol, reason)
+            return
+        # Closing a socket with bytes unread sends a TCP reset, which can destroy the
+        # GOAWAY before the peer reads it. So every call ends now, and the socket stays
+        # open (what arrives is dropped unread) until the peer closes it or LINGER ends.
+        self._protocol.handler.close()
+        self._linger = self._loop.call_later(LINGER, close_connection, self._protocol, reason)
+
+
+class _GuardedTLS(DiagnosedServerTLS):
+    """TLS around a guarded connection: counted and timed from the moment it is accepted."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, guard: ConnectionGuard, context: ssl.SSLContext
+    ) -> None:
+        super().__init__(loop, guard, context)
+        self._guard = guard
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if not self._guard.accepted(transport):
+            cast(asyncio.Transport, transport).abort()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            self._guard.released()

@@ -1,0 +1,60 @@
+"""What one peer may make the extension's server hold, in one frozen dataclass.
+
+A pipeline is trusted with the frames it sends, not with the server: anyone who can
+reach the port can open connections, streams and header blocks without credentials
+(authentication is checked on a complete request, after all of that). Every resource a
+peer can make the server hold (connections, file descriptors, memory, streams, time,
+event-loop time) therefore has a bound here, with a default that no honest pipeline
+reaches and that matches what Envoy, nginx and grpc-core use where they have one. Each
+is a flag of ``avaproto serve``; a limit that trips logs one WARNING line naming the
+peer and the limit, and ends the connection or the stream with a precise outcome (a
+GOAWAY and its error code, or a gRPC status naming the rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KiB = 1 << 10
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """The bounds on one peer's connections and streams (the rules named in each field)."""
+
+    #: Connections open at once (CONN-14); one more is closed as it is accepted. Below
+    #: the usual open-file limit of 1024, with room for the server's other descriptors.
+    max_connections: int = 1000
+    #: Seconds from accepting a connection to its HTTP/2 preface and first frame, TLS
+    #: handshake included (CONN-12; nginx's client_header_timeout is 60 s).
+    handshake_timeout: float | None = 10.0
+    #: Seconds a connection may stay open without a stream (CONN-13; nginx's
+    #: keepalive_timeout is 75 s, grpc-core's max_connection_idle infinite).
+    idle_timeout: float | None = 300.0
+    #: Largest header block, counted as its frames arrive (CONN-7; grpc-core: 8 KiB
+    #: soft, 16 KiB hard), advertised as SETTINGS_MAX_HEADER_LIST_SIZE.
+    max_header_list_bytes: int = 16 * KiB
+    #: Seconds a header block may stay unfinished (CONN-7).
+    header_timeout: float | None = 10.0
+    #: Streams a connection opens before its premature resets are judged (CONN-6;
+    #: Envoy's premature_reset_total_stream_count): past it, more than half of them
+    #: reset before the server answered closes the connection.
+    premature_reset_streams: int = 500
+    #: Consecutive DATA, HEADERS or CONTINUATION frames with no payload and no
+    #: END_STREAM (CONN-8; Envoy's max_consecutive_inbound_frames_with_empty_payload).
+    max_empty_frames: int = 1
+    #: DATA frames a message may take beyond two per 16 KiB of its length (CONN-9).
+    frames_per_message: int = 64
+    #: Acknowledgements (of PING and SETTINGS) queued while the peer reads nothing
+    #: (CONN-10; Envoy's max_outbound_control_frames).
+    max_control_frames: int = 1000
+    #: Bytes queued for a peer that does not read them (CONN-10).
+    max_unread_bytes: int = 16 * MiB
+    #: Seconds a stream may take to send its descriptor (SRV-12).
+    descriptor_timeout: float | None = 10.0
+    #: Bytes of messages announced but not yet complete, across all streams of one
+    #: connection (SRV-13).
+    max_incomplete_bytes_per_connection: int = 256 * MiB
+    #: The same, across the whole server (SRV-13).
+    max_incomplete_bytes: int = 512 * MiB

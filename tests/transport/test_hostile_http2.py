@@ -1,0 +1,813 @@
+"""The server against hostile HTTP/2 peers (spec: connection limits, serving limits).
+
+Each attacker is a raw HTTP/2 client, h2 over a plain TCP stream, sending what no
+honest pipeline would; the server is a real one on a loopback port. Each test shows
+that the server survives, that a real pipeline completes a stream during the attack
+and another after it, that the attacker's connection or stream ends with a precise
+outcome (a GOAWAY and its error code, or a gRPC status naming the rule), and, for an
+attack on memory or descriptors, that the process's RSS (after its allocator gave
+back what is free) and descriptor count come back near where they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import logging
+import os
+import resource
+import socket
+import ssl
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import grpclib.protocol
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+import trustme
+from h2.errors import ErrorCodes
+
+from avaproto.client import Pipeline, connect
+from avaproto.codec import encode_framed
+from avaproto.engine.frame import Frame
+from avaproto.errors import ProtocolError, StreamFailed
+from avaproto.messages import (
+    METHOD_PATH,
+    ContentBytes,
+    MediaSample,
+    MediaStreamMessage,
+)
+from avaproto.protocol.descriptor import StreamDescriptor
+from avaproto.server import running
+from avaproto.status import Status
+from avaproto.transport.grpc_client import DEFAULT_MAX_ANSWER_BYTES
+from avaproto.transport.grpc_server import ExtensionServer, ServerConfig
+from avaproto.transport.limits import ConnectionLimits
+from avaproto.transport.tls import server_context
+from tests.builders import FRAME_BYTES, pipeline_descriptor, video_format
+from tests.transport.test_grpc import RGB24
+
+pytestmark = pytest.mark.anyio
+TIMEOUT = 5
+MiB = 1 << 20
+
+DATA, HEADERS, RST_STREAM, PING, CONTINUATION = 0x0, 0x1, 0x3, 0x6, 0x9
+END_STREAM, END_HEADERS = 0x1, 0x4
+REQUEST = [
+    (":method", "POST"),
+    (":scheme", "http"),
+    (":path", METHOD_PATH),
+    (":authority", "127.0.0.1"),
+    ("content-type", "application/grpc"),
+    ("te", "trailers"),
+]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # grpclib runs on asyncio
+
+
+# --- the attacker ---------------------------------------------------------------------
+
+
+def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"", length: int = -1) -> bytes:
+    """One HTTP/2 frame; ``length`` announces more than ``payload`` (the rest never sent)."""
+    size = len(payload) if length < 0 else length
+    return (
+        struct.pack(">I", size)[1:] + bytes([kind, flags]) + struct.pack(">I", stream_id) + payload
+    )
+
+
+DESCRIPTOR = encode_framed(
+    MediaStreamMessage(sequence_number=1, media_stream_descriptor=pipeline_descriptor())
+)
+
+
+def sample(number: int, size: int = FRAME_BYTES) -> bytes:
+    content = ContentBytes(bytes=bytes(size))
+    return encode_framed(
+        MediaStreamMessage(sequence_number=number, media_sample=MediaSample(content_bytes=content))
+    )
+
+
+@dataclass
+class Attacker:
+    """A raw HTTP/2 client: h2 over a TCP stream; a task reads unless told not to."""
+
+    stream: anyio.abc.SocketStream
+    h2: h2.connection.H2Connection
+    events: list[Any] = field(default_factory=list)
+    goaway: h2.events.ConnectionTerminated | None = None
+    ended: anyio.Event = field(default_factory=anyio.Event)
+    arrived: anyio.Event = field(default_factory=anyio.Event)
+    pings: int = 0
+    writing: anyio.Lock = field(default_factory=anyio.Lock)
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, port: int, *, read: bool = True) -> AsyncIterator[Attacker]:
+        sock = socket.socket()
+        if not read:  # a small window from the start: the server's acknowledgements stay its own
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        stream = await anyio.abc.SocketStream.from_socket(sock)
+        connection = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        )
+        attacker = cls(stream, connection)
+        async with stream, anyio.create_task_group() as tasks:
+            connection.initiate_connection()
+            await attacker.flush()
+            if read:
+                tasks.start_soon(attacker._read)
+            yield attacker
+            tasks.cancel_scope.cancel()
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                data = await self.stream.receive()
+                for event in self.h2.receive_data(data):
+                    self.events.append(event)
+                    if isinstance(event, h2.events.ConnectionTerminated):
+                        self.goaway = event
+                    if isinstance(event, h2.events.DataReceived):
+                        self.h2.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                await self.flush()  # acknowledgements first, then what waits on them
+                self.arrived.set()
+                self.arrived = anyio.Event()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, h2.exceptions.ProtocolError):
+            pass
+        finally:
+            self.ended.set()
+            self.arrived.set()
+
+    async def send(self, data: bytes) -> bool:
+        """Write ``data``; False once the server closed the connection."""
+        try:
+            async with self.writing:  # the reading task writes acknowledgements too
+                await self.stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return False
+        return True
+
+    async def flush(self) -> bool:
+        data = self.h2.data_to_send()
+        return await self.send(data) if data else True
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        """Wait (reading) until ``done()``; fail if the connection ends first."""
+        while not done():
+            assert not self.ended.is_set(), f"connection ended first; events {self.events[-3:]}"
+            await self.arrived.wait()
+
+    async def settled(self) -> None:
+        """Once a PING sent now is answered, the server has handled all sent before it."""
+        self.pings += 1
+        self.h2.ping(struct.pack(">Q", self.pings))
+        assert await self.flush()
+        acks = sum(isinstance(e, h2.events.PingAckReceived) for e in self.events)
+        await self.until(
+            lambda: sum(isinstance(e, h2.events.PingAckReceived) for e in self.events) > acks
+        )
+
+    async def closed(self) -> h2.events.ConnectionTerminated | None:
+        """Wait for the server's GOAWAY, or the end of the connection; the GOAWAY if any."""
+        while self.goaway is None and not self.ended.is_set():
+            await self.arrived.wait()
+        return self.goaway
+
+    def status(self, stream_id: int) -> tuple[str, str] | None:
+        """The gRPC status and message the server ended ``stream_id`` with, if it did."""
+        answers = (h2.events.TrailersReceived, h2.events.ResponseReceived)
+        for event in self.events:
+            if isinstance(event, answers) and event.stream_id == stream_id:
+                headers = dict(event.headers)
+                if "grpc-status" in headers:
+                    return headers["grpc-status"], headers.get("grpc-message", "")
+        return None
+
+    async def open_stream(self, *messages: bytes, end: bool = False) -> int:
+        """A new call with ``messages`` (each framed) in one DATA frame each."""
+        stream_id = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(stream_id, REQUEST)
+        for index, message in enumerate(messages):
+            last = end and index == len(messages) - 1
+            self.h2.send_data(stream_id, message, end_stream=last)
+        await self.flush()
+        return stream_id
+
+
+def goaway(event: h2.events.ConnectionTerminated | None, code: ErrorCodes, rule: str) -> None:
+    assert event is not None, "the server closed the connection without a GOAWAY"
+    assert event.error_code == code, event
+    assert f"[{rule}]".encode() in (event.additional_data or b""), event.additional_data
+
+
+# --- the server, a real pipeline, and the figures -------------------------------------
+
+
+@asynccontextmanager
+async def serving(
+    target: Any = lambda frame: [], *, tls: ssl.SSLContext | None = None, **config: Any
+) -> AsyncIterator[ExtensionServer]:
+    fields = set(ConnectionLimits.__dataclass_fields__)
+    limits = ConnectionLimits(**{k: v for k, v in config.items() if k in fields})
+    rest = {k: v for k, v in config.items() if k not in fields}
+    with anyio.fail_after(4 * TIMEOUT):
+        async with running(
+            target, ServerConfig(port=0, limits=limits, ssl=tls, **rest), grace=1
+        ) as server:
+            yield server
+
+
+async def completes(port: int, frames: int = 3) -> None:
+    """A real pipeline sends ``frames`` frames and gets every one answered."""
+    with anyio.fail_after(TIMEOUT):
+        async with connect(f"127.0.0.1:{port}", format=RGB24) as pipe:
+            for t in range(frames):
+                await pipe.send(bytes(RGB24.frame_bytes), timestamp=t)
+                assert (await pipe.results().receive()).acknowledged == t + 2
+            await pipe.end()
+
+
+@asynccontextmanager
+async def pipeline_during(port: int) -> AsyncIterator[Pipeline]:
+    """A real pipeline's stream, open across the block: a frame before, one after."""
+    with anyio.fail_after(4 * TIMEOUT):
+        async with connect(f"127.0.0.1:{port}", format=RGB24) as pipe:
+            await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
+            assert (await pipe.results().receive()).acknowledged == 2
+            yield pipe
+            await pipe.send(bytes(RGB24.frame_bytes), timestamp=1)
+            assert (await pipe.results().receive()).acknowledged == 3
+            await pipe.end()
+
+
+def rss() -> int:
+    """The process's resident memory once the allocator gave back what is free."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def reset_peak() -> int:
+    """Start a new peak of resident memory (VmHWM) from now; the current RSS."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    return rss()
+
+
+def peak() -> int:
+    """The highest resident memory since ``reset_peak``."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def live_streams() -> int:
+    """grpclib's HTTP/2 streams alive in the process (each holds a buffer of its data)."""
+    gc.collect()
+    return sum(isinstance(o, grpclib.protocol.Stream) for o in gc.get_objects())
+
+
+def warnings(caplog: pytest.LogCaptureFixture, rule: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and f"[{rule}]" in r.getMessage()
+    ]
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Until the server's own callbacks made ``condition`` true (they run on this loop)."""
+    with anyio.fail_after(TIMEOUT):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+# --- 1. rapid reset -------------------------------------------------------------------
+
+
+@pytest.mark.rule("CONN-6")
+async def test_rapid_reset_ends_the_connection_with_enhance_your_calm(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """HEADERS then RST_STREAM, 100 streams a write: GOAWAY once 500 streams are judged."""
+    async with serving() as server, pipeline_during(server.port):
+        async with Attacker.connect(server.port) as attacker:
+            opened = 0
+            with anyio.fail_after(TIMEOUT):
+                while opened < 5000 and attacker.goaway is None:
+                    for _ in range(100):
+                        stream_id = attacker.h2.get_next_available_stream_id()
+                        attacker.h2.send_headers(stream_id, REQUEST)
+                        attacker.h2.reset_stream(stream_id, ErrorCodes.CANCEL)
+                    if not await attacker.flush():
+                        break
+                    opened += 100
+                    await anyio.lowlevel.checkpoint()  # the reader sees a GOAWAY
+                ended = await attacker.closed()
+        goaway(ended, ErrorCodes.ENHANCE_YOUR_CALM, "CONN-6")
+        assert b"500 of the 500 streams" in (ended.additional_data or b"")  # type: ignore[union-attr]
+        await completes(server.port)
+    [line] = warnings(caplog, "CONN-6")
+    assert "127.0.0.1:" in line and "rapid reset" in line
+
+
+@pytest.mark.rule("CONN-6")
+async def test_a_reset_stream_is_cancelled_and_leaves_nothing_behind() -> None:
+    """A stream reset while its extension works is cancelled and closed; streams reset
+    before their handler even ran (HEADERS and RST_STREAM in one write) are released."""
+    entered, cancelled, closed = anyio.Event(), anyio.Event(), anyio.Event()
+
+    class Working:
+        async def open(self, descriptor: StreamDescriptor) -> None: ...
+
+        async def process(self, frame: Frame) -> list[object]:
+            if entered.is_set():
+                return []  # the pipeline's, after the attack
+            entered.set()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                cancelled.set()
+            return []
+
+        async def close(self) -> None:
+            closed.set()
+
+    async with serving(Working, premature_reset_streams=10**6) as server:
+        baseline_streams, baseline_rss = live_streams(), rss()
+        async with Attacker.connect(server.port) as attacker:
+            with anyio.fail_after(TIMEOUT):
+                working = await attacker.open_stream(DESCRIPTOR, sample(2))
+                await entered.wait()
+                attacker.h2.reset_stream(working, ErrorCodes.CANCEL)
+                await attacker.flush()
+                await cancelled.wait()
+                await closed.wait()
+                for _ in range(20):
+                    for _ in range(100):
+                        stream_id = attacker.h2.get_next_available_stream_id()
+                        attacker.h2.send_headers(stream_id, REQUEST)
+                        attacker.h2.send_data(stream_id, DESCRIPTOR)
+                        attacker.h2.reset_stream(stream_id, ErrorCodes.CANCEL)
+                    assert await attacker.flush()
+                await attacker.settled()  # the server has seen every reset
+                await anyio.wait_all_tasks_blocked()
+                assert server.service.active == 0
+                # grpclib forgets its finished handler tasks every tenth stream it accepts:
+                # the last write's hundred may still be referenced, never all 2000.
+                assert live_streams() - baseline_streams <= 100, "reset streams were kept"
+        assert rss() - baseline_rss < 16 * MiB  # undefended: +149 MiB per 20,000 streams
+        await completes(server.port)
+
+
+# --- 2. header blocks -----------------------------------------------------------------
+
+
+@pytest.mark.rule("CONN-7")
+async def test_a_header_block_is_refused_as_it_arrives(caplog: pytest.LogCaptureFixture) -> None:
+    """CONTINUATION frames of 1 MiB without END_HEADERS (h2 alone buffers 64 of them, 64 MiB
+    a connection): GOAWAY at the first frame header, before its body is even sent."""
+    async with serving() as server, pipeline_during(server.port):
+        baseline_fds, baseline_rss = descriptors(), reset_peak()
+        for _ in range(8):
+            async with Attacker.connect(server.port) as attacker:
+                with anyio.fail_after(TIMEOUT):
+                    await attacker.settled()
+                    assert attacker.h2.remote_settings.max_header_list_size == 16 * 1024
+                    block = attacker.h2.encoder.encode(REQUEST)
+                    await attacker.send(frame(HEADERS, 0, 1, block))
+                    for _ in range(63):
+                        continuation = frame(CONTINUATION, 0, 1, bytes(MiB - 16))
+                        if attacker.ended.is_set() or not await attacker.send(continuation):
+                            break
+                    ended = await attacker.closed()
+            goaway(ended, ErrorCodes.ENHANCE_YOUR_CALM, "CONN-7")
+            assert b"more coming; the limit is 16384" in (ended.additional_data or b"")  # type: ignore[union-attr]
+        assert peak() - baseline_rss < 16 * MiB  # the attacker's own megabyte frames included
+        await eventually(lambda: descriptors() <= baseline_fds)
+        await completes(server.port)
+    [line] = warnings(caplog, "CONN-7")  # one line for the 8 connections: no log flood
+    assert "127.0.0.1:" in line and "--max-header-list-bytes" in line
+
+
+@pytest.mark.rule("CONN-7")
+async def test_a_header_block_left_unfinished_times_out() -> None:
+    async with serving(header_timeout=0.2) as server, pipeline_during(server.port):
+        async with Attacker.connect(server.port) as attacker:
+            await attacker.settled()  # nothing more to acknowledge inside the block
+            block = attacker.h2.encoder.encode(REQUEST)
+            await attacker.send(frame(HEADERS, 0, 1, block[:10]))  # no END_HEADERS, no more
+            with anyio.fail_after(TIMEOUT):
+                ended = await attacker.closed()
+        goaway(ended, ErrorCodes.ENHANCE_YOUR_CALM, "CONN-7")
+        assert b"unfinished after 0.2 s" in (ended.additional_data or b"")  # type: ignore[union-attr]
+        await completes(server.port)
+
+
+# --- 3. floods ------------------------------------------------------------------------
+
+
+@pytest.mark.rule("CONN-8")
+async def test_empty_data_frames_one_after_another_end_the_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with serving() as server, pipeline_during(server.port):
+        async with Attacker.connect(server.port) as attacker:
+            stream_id = await attacker.open_stream(DESCRIPTOR)
+            with anyio.fail_after(TIMEOUT):
+                # One empty frame between others is legal and harmless...
+                empty, data = frame(DATA, 0, stream_id), frame(DATA, 0, stream_id, sample(2))
+                assert await attacker.send(empty + data + empty)
+                await attacker.settled()
+                assert attacker.goaway is None
+                # ...a run of them is a flood: each costs a parse and carries nothing.
+                assert await attacker.send(empty * 1000)
+                ended = await attacker.closed()
+        goaway(ended, ErrorCodes.ENHANCE_YOUR_CALM, "CONN-8")
+        await completes(server.port)
+    [line] = warnings(caplog, "CONN-8")
+    assert "2 consecutive frames without payload" in line
+
+
+async def honest_frames(port: int) -> None:
+    """What honest senders do: a large message in 16 KiB frames (the smallest maximum
+    frame size there is), small messages one or several a frame."""
+    width, height = 128, 1365  # RGB24: 524,160 bytes, 32 frames of 16 KiB
+    large = encode_framed(
+        MediaStreamMessage(
+            sequence_number=1,
+            media_stream_descriptor=pipeline_descriptor(video_format(width=width, height=height)),
+        )
+    )
+    frames = [sample(n, width * height * 3) for n in (2, 3)]
+    async with Attacker.connect(port) as attacker:
+        big = await attacker.open_stream(large)
+        small = await attacker.open_stream(DESCRIPTOR)
+        for message in frames:
+            for i in range(0, len(message), 16 * 1024):
+                await attacker.send(frame(DATA, 0, big, message[i : i + 16 * 1024]))
+        for n in range(2, 502):
+            await attacker.send(frame(DATA, 0, small, sample(n)))
+        await attacker.send(frame(DATA, 0, small, sample(502) + sample(503) + sample(504)[:9]))
+        await attacker.send(frame(DATA, 0, small, sample(504)[9:]))
+        await attacker.send(frame(DATA, END_STREAM, big) + frame(DATA, END_STREAM, small))
+        with anyio.fail_after(TIMEOUT):
+            await attacker.until(lambda: bool(attacker.status(big) and attacker.status(small)))
+        assert attacker.status(big) == attacker.status(small) == ("0", "")
+        assert attacker.goaway is None
+
+
+@pytest.mark.rule("CONN-9")
+async def test_a_message_in_one_byte_frames_costs_no_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 1 MiB message one byte per DATA frame: h2 spends ~15 µs a frame, 15 s in all;
+    the connection ends after a few hundred frames instead."""
+    message = sample(2, MiB)
+    async with serving() as server, pipeline_during(server.port):
+        await honest_frames(server.port)  # no flood, on the same server
+        async with Attacker.connect(server.port) as attacker:
+            stream_id = await attacker.open_stream(DESCRIPTOR)
+            started = time.process_time()
+            with anyio.fail_after(TIMEOUT):
+                for offset in range(0, len(message), 4096):
+                    chunk = message[offset : offset + 4096]
+                    frames = b"".join(frame(DATA, 0, stream_id, bytes([b])) for b in chunk)
+                    if attacker.ended.is_set() or not await attacker.send(frames):
+                        break
+                ended = await attacker.closed()
+            assert time.process_time() - started < 1.0
+        goaway(ended, ErrorCodes.ENHANCE_YOUR_CALM, "CONN-9")
+        assert f"a message of {len(message) - 5} bytes".encode() in (ended.additional_data or b"")  # type: ignore[union-attr]
+        await completes(server.port)
+    assert len(warnings(caplog, "CONN-9")) == 1
+
+
+@pytest.mark.rule("CONN-10")
+async def test_acknowledgements_the_peer_never_reads_end_the_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """PINGs sent by a peer that reads nothing: their acknowledgements would pile up in
+    the server's write buffer without end (17 bytes each; 1 million, 17 MiB)."""
+    async with serving() as server, pipeline_during(server.port):
+        baseline_rss = reset_peak()
+        async with Attacker.connect(server.port, read=False) as attacker:
+            pings = frame(PING, 0, 0, bytes(8)) * 4096
+            sent = 0
+            with anyio.fail_after(TIMEOUT):
+                while await attacker.send(pings):
+                    sent += 4096
+                    assert sent < 5_000_000, "the server never gave up on a peer that reads nothing"
+        # Undefended, the 5 million PINGs above would queue 85 MB of acknowledgements;
+        # the slack is the rest of a long test process (the pipeline beside, the heap).
+        assert peak() - baseline_rss < 32 * MiB
+        await completes(server.port)
+    [line] = warnings(caplog, "CONN-10")
+    assert "acknowledgements" in line and "reads nothing" in line
+
+
+# --- 4. flow control of reset streams -------------------------------------------------
+
+
+@pytest.mark.rule("CONN-11")
+async def test_data_of_reset_streams_is_credited_back_to_the_connection() -> None:
+    """12 MiB on streams reset before they are read (the connection's window is 4 MiB):
+    a real stream on the same connection still completes."""
+    payload = b"".join(sample(n) for n in range(2, 1502))  # 60 KB of valid samples
+    async with serving(premature_reset_streams=10**6) as server:
+        async with Attacker.connect(server.port) as attacker:
+            with anyio.fail_after(TIMEOUT):
+                await attacker.until(lambda: attacker.h2.max_outbound_frame_size > 16384)
+                need = len(DESCRIPTOR) + len(payload)
+                for _ in range(12 * MiB // need):
+                    await attacker.until(lambda: attacker.h2.outbound_flow_control_window >= need)
+                    stream_id = attacker.h2.get_next_available_stream_id()
+                    attacker.h2.send_headers(stream_id, REQUEST)
+                    attacker.h2.send_data(stream_id, DESCRIPTOR)
+                    attacker.h2.send_data(stream_id, payload)
+                    attacker.h2.reset_stream(stream_id, ErrorCodes.CANCEL)
+                    assert await attacker.flush()
+                await attacker.until(lambda: attacker.h2.outbound_flow_control_window >= need)
+                real = await attacker.open_stream(DESCRIPTOR, payload, end=True)
+                await attacker.until(lambda: attacker.status(real) is not None)
+            assert attacker.status(real) == ("0", "")
+        await completes(server.port)
+
+
+# --- 5. idle holds --------------------------------------------------------------------
+
+
+@pytest.mark.rule("SRV-12")
+async def test_a_stream_without_a_descriptor_gives_its_slot_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Header-only streams holding every slot of --max-streams end with
+    DEADLINE_EXCEEDED after --descriptor-timeout; then a pipeline gets a slot."""
+    async with serving(max_streams=3, descriptor_timeout=0.3) as server:
+        async with pipeline_during(server.port), Attacker.connect(server.port) as attacker:
+            held = [await attacker.open_stream(), await attacker.open_stream()]
+            await eventually(lambda: server.service.active == 3)
+            with pytest.raises(StreamFailed) as refused:
+                await completes(server.port)
+            assert refused.value.status is Status.RESOURCE_EXHAUSTED
+            with anyio.fail_after(TIMEOUT):
+                await attacker.until(lambda: all(attacker.status(s) for s in held))
+            for stream_id in held:
+                status, message = attacker.status(stream_id)  # type: ignore[misc]
+                assert status == str(Status.DEADLINE_EXCEEDED.value)
+                assert "[SRV-12]" in message and "0.3 s" in message
+        await completes(server.port)
+    assert len(warnings(caplog, "SRV-12")) == 2
+
+
+@pytest.mark.rule("CONN-12")
+async def test_a_silent_connection_is_closed_after_the_handshake_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with serving(handshake_timeout=0.2) as server, pipeline_during(server.port):
+        baseline_fds = descriptors()
+        for preface in (b"", b"PRI * HTTP/2.0\r\n"):  # nothing, or half a preface
+            async with await anyio.connect_tcp("127.0.0.1", server.port) as silent:
+                if preface:
+                    await silent.send(preface)
+                with anyio.fail_after(TIMEOUT):
+                    with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                        while True:  # the server's SETTINGS, then its close
+                            await silent.receive()
+        await eventually(lambda: descriptors() <= baseline_fds)
+        await completes(server.port)
+    [line] = warnings(caplog, "CONN-12")  # one line for both: no log flood
+    assert "no HTTP/2 preface within 0.2 s" in line
+
+
+@pytest.mark.rule("CONN-12")
+async def test_an_unfinished_tls_handshake_times_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca = trustme.CA()
+    certificate = ca.issue_cert("127.0.0.1")
+    certificate.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    certificate.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    context = server_context(tmp_path / "cert.pem", tmp_path / "key.pem")
+    async with (
+        serving(tls=context, handshake_timeout=0.2) as server,
+        await anyio.connect_tcp("127.0.0.1", server.port) as silent,
+    ):
+        with (
+            anyio.fail_after(TIMEOUT),
+            pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)),
+        ):
+            await silent.receive()  # no ClientHello: the server sends nothing
+    [line] = warnings(caplog, "CONN-12")
+    assert "TLS handshake" in line
+
+
+@pytest.mark.rule("CONN-13")
+async def test_a_connection_without_streams_is_closed_after_the_idle_timeout() -> None:
+    async with serving(idle_timeout=0.3) as server:
+        # A pipeline's connection with a stream open stays open however long it lasts.
+        async with pipeline_during(server.port), Attacker.connect(server.port) as idle:
+            with anyio.fail_after(TIMEOUT):
+                ended = await idle.closed()
+        goaway(ended, ErrorCodes.NO_ERROR, "CONN-13")
+        await completes(server.port)
+
+
+@pytest.mark.rule("CONN-14")
+async def test_connections_past_the_limit_are_closed_as_they_are_accepted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with serving(max_connections=3) as server, pipeline_during(server.port):
+        async with Attacker.connect(server.port) as first, Attacker.connect(server.port):
+            await eventually(lambda: server.guard is not None and server.guard.open == 3)
+            for _ in range(3):
+                async with await anyio.connect_tcp("127.0.0.1", server.port) as refused:
+                    with anyio.fail_after(TIMEOUT):
+                        with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                            await refused.receive()  # not even the server's SETTINGS
+            assert first.goaway is None
+        await eventually(lambda: server.guard is not None and server.guard.open == 1)
+        await completes(server.port)
+    [line] = warnings(caplog, "CONN-14")  # one line, however many were refused
+    assert "3 connections are open" in line and "127.0.0.1:" in line
+
+
+@pytest.mark.rule("CONN-14")
+async def test_a_limit_above_the_open_file_limit_is_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        pytest.skip("no open-file limit")
+    async with serving(max_connections=soft) as server:
+        await completes(server.port)
+    [line] = warnings(caplog, "CONN-14")
+    assert f"open-file limit is {soft}" in line
+
+
+@pytest.mark.rule("SRV-13")
+async def test_incomplete_messages_are_bounded_per_connection_and_in_all(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Messages of 700 KB announced and left unfinished: the stream that would take a
+    budget past its limit (1 MiB a connection, 1.2 MiB in all) ends with
+    RESOURCE_EXHAUSTED before its message is buffered."""
+    announced = sample(2, 700_000)
+    size = len(announced) - 5
+    budget = {"max_incomplete_bytes_per_connection": MiB, "max_incomplete_bytes": 6 * MiB // 5}
+    async with serving(**budget) as server, pipeline_during(server.port):
+        baseline_rss, held = reset_peak(), server.service.budget
+        async with Attacker.connect(server.port) as one, Attacker.connect(server.port) as two:
+            with anyio.fail_after(TIMEOUT):
+                waiting = await one.open_stream(DESCRIPTOR, announced[:100_000])
+                await eventually(lambda: held.held >= size)
+                refused = [await one.open_stream(DESCRIPTOR, announced[:100_000])]
+                refused.append(await two.open_stream(DESCRIPTOR, announced[:100_000]))
+                for attacker, stream_id in zip((one, two), refused, strict=True):
+                    await attacker.until(lambda a=attacker, s=stream_id: a.status(s) is not None)
+                statuses = [one.status(refused[0]), two.status(refused[1])]
+                assert one.status(waiting) is None  # still waiting for its bytes
+        await eventually(lambda: held.held < size)  # the pipeline's messages are small
+        assert peak() - baseline_rss < 16 * MiB  # the slack of a long test process
+    places = ("on this connection", "in the server")
+    for (status, message), where in zip(statuses, places, strict=True):  # type: ignore[misc]
+        assert status == str(Status.RESOURCE_EXHAUSTED.value)
+        assert "[SRV-13]" in message and where in message
+    assert len(warnings(caplog, "SRV-13")) == 2
+
+
+# --- 6. an extension that blocks the event loop ---------------------------------------
+
+
+@pytest.mark.rule("SRV-14")
+async def test_an_async_process_that_blocks_the_loop_is_named_once() -> None:
+    class Blocking:
+        async def open(self, descriptor: StreamDescriptor) -> None: ...
+
+        async def process(self, frame: Frame) -> list[object]:
+            time.sleep(0.4)  # blocking call in an async def: every stream waits
+            return []
+
+        async def close(self) -> None: ...
+
+    logged = anyio.Event()
+    lines: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "[SRV-14]" in record.getMessage():
+                lines.append(record.getMessage())
+                logged.set()
+
+    handler = Catch(logging.WARNING)
+    logging.getLogger("avaproto.server").addHandler(handler)
+    try:
+        async with serving(Blocking) as server:
+            await completes(server.port, frames=2)
+            with anyio.fail_after(TIMEOUT):
+                await logged.wait()
+    finally:
+        logging.getLogger("avaproto.server").removeHandler(handler)
+    [line] = lines  # once per stream, though it blocked twice
+    assert "Blocking" in line and "while serving" in line and "127.0.0.1:" in line
+    blocked = int(line.split("blocked for ")[1].split(" ms")[0])
+    assert 250 < blocked < 1000
+    assert "plain def" in line and "anyio.to_thread.run_sync" in line
+
+
+@pytest.mark.rule("SRV-14")
+async def test_a_lag_spent_reading_a_flood_is_not_blamed_on_the_extension(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """PINGs read 256 KiB at a time keep the loop busy for tens of milliseconds a read:
+    with a low threshold the watch reports a flood, while a stream is being served."""
+    async with (
+        serving(loop_lag_warning=0.02) as server,
+        pipeline_during(server.port),
+        Attacker.connect(server.port) as attacker,
+    ):
+        with anyio.fail_after(TIMEOUT):
+            while not warnings(caplog, "SRV-14"):
+                assert await attacker.send(frame(PING, 0, 0, bytes(8)) * 100_000)
+                await attacker.settled()
+    [line] = warnings(caplog, "SRV-14")
+    assert "reading HTTP/2 frames" in line and "while serving" not in line
+
+
+# --- 7. the pipeline's side: an answer too large -------------------------------------
+
+
+@pytest.mark.rule("PIPE-5")
+async def test_a_huge_answer_is_refused_before_the_client_buffers_it() -> None:
+    """An extension announces a 1 GiB answer and sends all the bytes flow control lets it:
+    the pipeline refuses it from its prefix; its memory does not grow by the answer."""
+
+    async def hostile(client: anyio.abc.SocketStream) -> None:
+        connection = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        )
+        connection.initiate_connection()
+        body = b"\0" + struct.pack(">I", 1 << 30) + bytes(16 * 1024 - 5)
+        async with client:
+            await client.send(connection.data_to_send())
+            answering: int | None = None
+            with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                while True:
+                    for event in connection.receive_data(await client.receive()):
+                        if isinstance(event, h2.events.RequestReceived):
+                            answering = event.stream_id
+                            connection.send_headers(
+                                answering,
+                                [(":status", "200"), ("content-type", "application/grpc")],
+                            )
+                    while answering is not None and min(
+                        connection.local_flow_control_window(answering),
+                        connection.max_outbound_frame_size,
+                    ) >= len(body):
+                        connection.send_data(answering, body)
+                        body = bytes(16 * 1024)
+                    await client.send(connection.data_to_send())
+
+    baseline = reset_peak()
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(listener.serve, hostile)
+            with anyio.fail_after(TIMEOUT), pytest.raises(ProtocolError) as refused:
+                async with connect(f"127.0.0.1:{port}", format=RGB24):
+                    pass
+            tasks.cancel_scope.cancel()
+    assert refused.value.rule == "PIPE-5"
+    assert refused.value.status is Status.RESOURCE_EXHAUSTED
+    assert f"{1 << 30} bytes" in str(refused.value)
+    # At most a flow-control window's worth (4 MiB) on each side of this process, the
+    # hostile extension's included: less than the pipeline's limit, and far from 1 GiB.
+    assert peak() - baseline < DEFAULT_MAX_ANSWER_BYTES
