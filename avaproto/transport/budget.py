@@ -12,15 +12,13 @@ from its length prefix before a byte of it is buffered and returned once it is w
 from __future__ import annotations
 
 import logging
-import struct
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ..errors import RemoteProtocolError
 from ..status import Status
 
 log = logging.getLogger("avaproto.server")
-
-_PREFIX = struct.Struct(">?I")
 
 
 class MessageBudget:
@@ -54,6 +52,15 @@ class MessageBudget:
         log.warning("stream of %s refused a message: [SRV-13] %s", peer, message)
         raise RemoteProtocolError("SRV-13", Status.RESOURCE_EXHAUSTED, message)
 
+    @contextmanager
+    def holding(self, connection: object, peer: str, size: int) -> Iterator[None]:
+        """Hold ``size`` bytes for ``connection`` while a message body is read."""
+        self.take(connection, size, peer)
+        try:
+            yield
+        finally:
+            self.give(connection, size)
+
     def give(self, connection: object, size: int) -> None:
         self.held -= size
         left = self._by_connection[connection] - size
@@ -61,32 +68,3 @@ class MessageBudget:
             self._by_connection[connection] = left
         else:
             del self._by_connection[connection]
-
-
-class BudgetedStream:
-    """A call's HTTP/2 stream whose message bodies are read within a ``MessageBudget``.
-
-    ``avaproto.transport.framing.read_message`` reads each message as a 5-byte prefix
-    and then the body it announces: the read after a prefix, of the length it gives,
-    is the body; everything else passes through.
-    """
-
-    def __init__(self, stream: Any, budget: MessageBudget, peer: str) -> None:
-        self._stream = stream
-        self._budget = budget
-        self._connection = stream.connection
-        self._peer = peer
-        self._body: int | None = None
-
-    async def recv_data(self, size: int) -> bytes:
-        if size != self._body:
-            data: bytes = await self._stream.recv_data(size)
-            self._body = _PREFIX.unpack(data)[1] if size == len(data) == 5 else None
-            return data
-        self._body = None
-        self._budget.take(self._connection, size, self._peer)
-        try:
-            body: bytes = await self._stream.recv_data(size)
-        finally:
-            self._budget.give(self._connection, size)
-        return body

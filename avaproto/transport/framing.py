@@ -8,7 +8,10 @@ stream that ends inside a message is a malformed message (WIRE-1), never a crash
 
 from __future__ import annotations
 
+import contextlib
 import struct
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import grpclib.protocol
@@ -27,12 +30,18 @@ def _truncated(what: str) -> RemoteProtocolError:
 
 
 async def read_message(
-    stream: grpclib.protocol.Stream, max_bytes: int, *, limit_rule: str
+    stream: grpclib.protocol.Stream,
+    max_bytes: int,
+    *,
+    limit_rule: str,
+    hold: Callable[[int], AbstractContextManager[object]] | None = None,
 ) -> MediaStreamMessage | None:
     """The next message on ``stream``, or None at its clean end.
 
     A message larger than ``max_bytes`` raises RESOURCE_EXHAUSTED under ``limit_rule``
-    (the server's SRV-5, the pipeline's PIPE-5) before it is read.
+    (the server's SRV-5, the pipeline's PIPE-5) before it is read. ``hold(length)``, if
+    given, is entered while the body announced by the prefix is read: the server's
+    budget of incomplete messages (``avaproto.transport.budget``, SRV-13).
     """
     try:
         prefix = await stream.recv_data(5)
@@ -56,7 +65,8 @@ async def read_message(
             f"message of {length} bytes exceeds the limit of {max_bytes} bytes",
         )
     try:
-        data = await stream.recv_data(length)
+        with hold(length) if hold is not None else contextlib.nullcontext():
+            data = await stream.recv_data(length)
     except AssertionError:
         raise _truncated(f"a message of {length} bytes") from None
     if len(data) != length:

@@ -24,6 +24,7 @@ import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -40,7 +41,7 @@ from ..messages import METHOD_PATH, MediaStreamMessage
 from ..protocol.auth import AUTH_HEADER, Credentials, check_authentication
 from ..status import Status
 from ._grpclib_private import http2_stream, listener, send_messages
-from .budget import BudgetedStream, MessageBudget
+from .budget import MessageBudget
 from .framing import WireCodec, read_message
 from .guard import ServerGuard, check_open_file_limit
 from .health import HealthService, ServingStatus
@@ -104,18 +105,19 @@ class _ServerChannel:
     ) -> None:
         self._stream = stream
         self.peer = _peer(stream)
-        # Read before grpclib buffers a message, each body within the budget (SRV-13).
-        self._raw: Any = BudgetedStream(http2_stream(stream), budget, self.peer)
+        self._raw = http2_stream(stream)  # read before grpclib buffers a message
+        # Each body is read within the budget of incomplete messages (SRV-13).
+        self._hold = partial(budget.holding, self._raw.connection, self.peer)
         self._max = max_bytes
         self._descriptor_timeout: float | None = descriptor_timeout
         self._first = True
 
     async def receive(self) -> MediaStreamMessage | None:
         if not self._first:
-            return await read_message(self._raw, self._max, limit_rule="SRV-5")
+            return await read_message(self._raw, self._max, limit_rule="SRV-5", hold=self._hold)
         self._first = False
         with anyio.move_on_after(self._descriptor_timeout):
-            return await read_message(self._raw, self._max, limit_rule="SRV-5")
+            return await read_message(self._raw, self._max, limit_rule="SRV-5", hold=self._hold)
         message = (
             f"no descriptor within {self._descriptor_timeout:g} s of the stream's start: "
             "a stream holds one of the server's stream slots from its first byte; send "
