@@ -392,20 +392,9 @@ def _server_config(args: argparse.Namespace) -> Any:
         ssl=_server_tls(args),
         max_message_bytes=args.max_message_bytes,
         max_streams=args.max_streams,
+        # Each limit's flag is its field's name (see the serve parser's limit()).
         limits=ConnectionLimits(
-            max_connections=args.max_connections,
-            handshake_timeout=args.handshake_timeout,
-            idle_timeout=args.idle_timeout,
-            max_header_list_bytes=args.max_header_list_bytes,
-            header_timeout=args.header_timeout,
-            premature_reset_streams=args.premature_reset_streams,
-            max_empty_frames=args.max_empty_frames,
-            frames_per_message=args.frames_per_message,
-            max_control_frames=args.max_control_frames,
-            max_unread_bytes=args.max_unread_bytes,
-            descriptor_timeout=args.descriptor_timeout,
-            max_incomplete_bytes_per_connection=args.max_incomplete_bytes_per_connection,
-            max_incomplete_bytes=args.max_incomplete_bytes,
+            **{f.name: getattr(args, f.name) for f in dataclasses.fields(ConnectionLimits)}
         ),
         loop_lag_warning=args.loop_lag_warning,
     )
