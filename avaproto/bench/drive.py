@@ -33,6 +33,7 @@ from ..client import (
     connect,
 )
 from ..engine.outcome import protocol_errors
+from ..engine.statistics import StreamStatistics
 from ..messages import Encoding, PixelFormat
 from ..protocol.auth import Credentials
 from ..protocol.video_format import VideoFormat
@@ -105,7 +106,11 @@ async def _drive_stream(
     options: dict[str, Any],
 ) -> None:
     step = round(TIMESCALE / (rate or NOMINAL_RATE))
-    async with connect(target, format=fmt, transfer=transfer, window=window, **options) as pipe:
+    # The stream's own record (kept by the engine as answers arrive) is the run's.
+    stats = StreamStatistics(target)
+    async with connect(
+        target, format=fmt, transfer=transfer, window=window, statistics=stats, **options
+    ) as pipe:
         run.started = time.perf_counter()
         begun = anyio.current_time()
 
@@ -118,15 +123,12 @@ async def _drive_stream(
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(feed)
-            async for result in pipe.results():
-                run.inferences += len(result.inferences)
-                if result.acknowledged is None:
-                    continue
-                run.answered += 1
-                if result.latency is not None:
-                    run.latencies.append(result.latency)
-                if run.answered == frames:
+            async for _ in pipe.results():
+                if stats.answered == frames:
                     run.finished = time.perf_counter()
+                    break
+    run.answered, run.inferences = stats.answered, stats.inferences
+    run.latencies = stats.latencies  # every one: a run is far below MAX_LATENCIES
     run.finished = run.finished if run.answered == frames else time.perf_counter()
 
 
