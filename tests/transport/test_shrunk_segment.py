@@ -54,6 +54,8 @@ from avaproto.protocol.video_format import VideoFormat
 from avaproto.server import running
 from avaproto.status import Status
 from avaproto.transport.grpc_server import ServerConfig
+from tests.transport.test_grpc import _RawCodec
+from tests.transport.test_grpc_shm import shm_fds
 
 pytestmark = pytest.mark.anyio
 TIMEOUT = 30
@@ -83,29 +85,7 @@ def summed(frame: Frame) -> list[Inference]:
     return [Inference(subtype=str(total(frame.data)))]
 
 
-def shm_fds() -> list[str]:
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(f"{SHM}/"):
-            found.append(target)
-    return sorted(found)
-
-
 # --- a pipeline that shrinks its own segment -------------------------------------------
-
-
-class _RawCodec:
-    __content_subtype__ = "proto"
-
-    def encode(self, message: bytes, message_type: Any) -> bytes:
-        return message
-
-    def decode(self, data: bytes, message_type: Any) -> bytes:
-        return data
 
 
 class ShrinkingPipeline:
