@@ -856,6 +856,7 @@ def _send(args: argparse.Namespace) -> int:
         tls=tls,
         shm_bytes=args.shm_size,
         shm_directory=args.shm_directory,
+        shm_write=args.shm_write,
         connect_timeout=args.connect_timeout,
         descriptor_timeout=args.descriptor_timeout,
         ack_timeout=args.ack_timeout,
@@ -1076,6 +1077,7 @@ def _add_send(commands: Any) -> None:
         help="where the segment is made; stale segments of senders that died are removed "
         "from it at start (default: %(default)s)",
     )
+    _shm_write_option(shm, _default(SendOptions, "shm_write"))
     _client_options(
         parser,
         {name: _default(SendOptions, name) for name in _DEADLINES},
@@ -1147,6 +1149,20 @@ def _add_demo(commands: Any) -> None:
 # --- bench ---------------------------------------------------------------------------
 
 
+def _shm_write_option(parser: Any, default: str) -> None:
+    from .media.shared_memory import WRITE_MODES
+
+    parser.add_argument(
+        "--shm-write",
+        choices=WRITE_MODES,
+        default=default,
+        help="how frames go into the shared-memory segment: pwrite, which an extension "
+        "that shrinks the segment cannot turn into a crash, or map, through a mapping as "
+        "most pipelines write (a third of the copy's cost), for an extension you trust "
+        "not to (default: %(default)s)",
+    )
+
+
 def _bench(args: argparse.Namespace) -> int:
     import anyio
 
@@ -1169,6 +1185,7 @@ def _bench(args: argparse.Namespace) -> int:
             tls=tls,
             connect_timeout=args.connect_timeout,
             ack_timeout=args.ack_timeout,
+            shm_write=args.shm_write,
         )
     )
     print(format_drive_report(report))
@@ -1199,6 +1216,7 @@ def _add_bench(commands: Any) -> None:
         default=_parameter_default(drive_target, "transfer"),
         help="frames inside the messages or through shared memory (default: %(default)s)",
     )
+    _shm_write_option(parser, _parameter_default(drive_target, "shm_write"))
     width, height = _parameter_default(drive_target, "size")
     parser.add_argument(
         "--size",

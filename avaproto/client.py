@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
+    from .media.shared_memory import WriteMode
+
 Transfer = Literal["embedded", "shm"]
 #: The protocol's own example segment size (SharedMemorySizeMiB 75).
 DEFAULT_SHM_BYTES = 75 * 1024 * 1024
@@ -118,6 +120,7 @@ async def connect(
     transfer: Transfer = "embedded",
     shm_bytes: int = DEFAULT_SHM_BYTES,
     shm_directory: str = "/dev/shm",
+    shm_write: WriteMode = "pwrite",
     graph: GraphIdentifier | None = None,
     configuration: str = "",
     credentials: Credentials | None = None,
@@ -145,6 +148,11 @@ async def connect(
     unlinked. An answer larger than ``max_message_bytes`` ends the stream with
     RESOURCE_EXHAUSTED before it is buffered. The stream's figures (frames, latencies,
     tolerated deviations, status) are kept in ``statistics`` if given.
+
+    With ``transfer="shm"``, ``shm_write`` says how frames go into the segment:
+    ``"pwrite"``, which an extension that shrinks the segment cannot turn into a crash
+    of this process, or ``"map"``, through a mapping as most pipelines write, a third of
+    the cost, for an extension trusted not to (``avaproto.media.shared_memory``).
     """
     descriptor = MediaStreamDescriptor(
         graph_identifier=graph
@@ -159,7 +167,7 @@ async def connect(
     if transfer == "shm":
         from .media.shared_memory import SharedMemoryArena
 
-        arena = SharedMemoryArena.create(shm_bytes, directory=shm_directory)
+        arena = SharedMemoryArena.create(shm_bytes, directory=shm_directory, write=shm_write)
         descriptor.shared_memory_buffer_transfer_properties = SharedMemoryBufferTransferProperties(
             handle_name=arena.handle_name, length_bytes=arena.length_bytes
         )

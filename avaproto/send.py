@@ -32,6 +32,7 @@ from .protocol.video_format import VideoFormat
 from .report import Report
 
 if TYPE_CHECKING:
+    from .media.shared_memory import WriteMode
     from .sources import SourceFrame
 
 
@@ -52,6 +53,8 @@ class SendOptions:
     shm_bytes: int = DEFAULT_SHM_BYTES
     #: Where the segment is made (a shared-memory file system).
     shm_directory: str = "/dev/shm"
+    #: How frames go into the segment: checked writes, or a mapping for a trusted extension.
+    shm_write: WriteMode = "pwrite"
     #: Seconds to establish the connection (TCP, TLS, HTTP/2) before giving up.
     connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT
     #: Seconds the extension has to answer our descriptor with its own.
@@ -118,6 +121,7 @@ async def _run(
         window=options.window,
         timescale=options.timescale,
         shm_directory=options.shm_directory,
+        shm_write=options.shm_write,
         connect_timeout=options.connect_timeout,
         descriptor_timeout=options.descriptor_timeout,
         ack_timeout=options.ack_timeout,

@@ -220,7 +220,10 @@ def test_null_extension_answers_without_inferences(tmp_path: Path) -> None:
 @pytest.mark.rule("SRV-8")
 def test_serve_logs_each_stream_and_drains_on_sigterm() -> None:
     with serving("--extension", "null") as server:
-        done = run("send", server.target, "--frames", "5", "--size", "32x32", "--transfer", "shm")
+        done = run(
+            "send", server.target, "--frames", "5", "--size", "32x32", "--transfer", "shm",
+            "--shm-write", "map",
+        )  # fmt: skip
         assert done.returncode == 0, done.stderr
         closed = server.wait_for("stream closed")
     opened = [line for line in server.lines if "stream opened" in line]
@@ -774,9 +777,10 @@ def test_bench_reports_what_an_extension_sustains(tmp_path: Path) -> None:
     with serving("--extension", "null") as server:
         done = run(
             "bench", server.target, "--frames", "40", "--size", "32x24", "--transfer", "shm",
-            "--json", str(figures),
+            "--shm-write", "map", "--json", str(figures),
         )  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads(figures.read_text())
     assert report["answered"] == report["frames"] == 40
+    assert report["shm_write"] == "map"
     assert "p99" in done.stdout

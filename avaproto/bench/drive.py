@@ -34,6 +34,7 @@ from ..client import (
 )
 from ..engine.outcome import protocol_errors
 from ..engine.statistics import StreamStatistics
+from ..media.shared_memory import WriteMode
 from ..messages import Encoding, PixelFormat
 from ..protocol.auth import Credentials
 from ..protocol.video_format import VideoFormat
@@ -178,6 +179,7 @@ async def drive_target(
     descriptor_timeout: float | None = DEFAULT_DESCRIPTOR_TIMEOUT,
     ack_timeout: float | None = DEFAULT_ACK_TIMEOUT,
     keep_latencies: bool = False,
+    shm_write: WriteMode = "pwrite",
 ) -> dict[str, Any]:
     """Drive the extension at ``target`` and return what it sustained.
 
@@ -185,7 +187,8 @@ async def drive_target(
     are) sends ``frames`` RAW frames of ``size`` (width, height) in ``pixel_format``,
     with at most ``window`` unacknowledged, at ``rate`` frames per second per stream if
     given, else as fast as the window allows. With ``transfer="shm"`` each stream's
-    segment holds ``window + 1`` frames. Returns a JSON-ready dict: ``fps`` (frames
+    segment holds ``window + 1`` frames, written as ``shm_write`` says (see ``connect``).
+    Returns a JSON-ready dict: ``fps`` (frames
     answered per second over all streams), ``seconds``, ``answered``, ``latency_ms``
     (p50, p90, p99, max), the load's parameters and, with ``keep_latencies``, every
     frame's latency in ``latencies_ms``.
@@ -210,6 +213,7 @@ async def drive_target(
     }
     if transfer == "shm":
         options["shm_bytes"] = segment_bytes(fmt.frame_bytes, window)
+        options["shm_write"] = shm_write
     runs = [StreamRun() for _ in range(streams)]
     with protocol_errors(also=(Exception,)):
         await _run_all(runs, target, fmt, payload, transfer, frames, window, rate, options)
@@ -219,6 +223,7 @@ async def drive_target(
         "target": target,
         "format": str(fmt),
         "transfer": transfer,
+        "shm_write": shm_write if transfer == "shm" else None,
         "width": width,
         "height": height,
         "frame_bytes": fmt.frame_bytes,

@@ -57,10 +57,18 @@ the process (SHM-15), so:
 * In both modes every new lease checks the file's size with ``fstat`` (one system call
   per sample), so a segment shrunk before the sample was sent ends the stream with
   SHM-15 even when the processor never reads the bytes.
-* The sender has no mapping of its own segment either. ``SentLease.write`` copies a
-  frame in with ``pwrite``, which a shrunk file cannot turn into a fault (a write past
-  the end extends the file again), then checks the size: a segment the extension shrank
-  ends the stream with SHM-15, and is unlinked with the arena as always.
+* The sender by default (``write="pwrite"``) has no mapping of its own segment either.
+  ``SentLease.write`` copies a frame in with ``pwrite``, which a shrunk file cannot turn
+  into a fault (a write past the end extends the file again), then checks the size: a
+  segment the extension shrank ends the stream with SHM-15, and is unlinked with the
+  arena as always. The kernel's write path copies a page at a time: a 1920x1080 RGB24
+  frame took 1.25 ms to ``pwrite`` into /dev/shm here against 0.40 ms to copy into a
+  mapping of the same file (300 frames each, on a 2-core VM).
+* ``write="map"`` copies frames in through a read-write mapping, as most pipelines do,
+  for an extension trusted not to shrink the segment. Its size checks before and after
+  each write catch a segment shrunk between frames, but not one shrunk during the copy,
+  which faults this process (the same window as a receiver's ``access="map"``). The
+  segment is mode 0600, so only a process of the same user can open it at all.
 
 Views and their lifetimes. A lease's ``view`` is a read-only ``memoryview``: of the
 region's buffer (read) or of the mapping (map). numpy arrays made from it
@@ -123,6 +131,10 @@ ALIGNMENT = 64
 #: a sender that shrinks its file), or mapped in place (zero-copy, trusts the sender).
 Access = Literal["read", "map"]
 ACCESS_MODES: tuple[Access, ...] = ("read", "map")
+#: How a sender puts frames in its segment: by checked writes (safe against an extension
+#: that shrinks the file), or through a mapping (a third of the cost, trusts the extension).
+WriteMode = Literal["pwrite", "map"]
+WRITE_MODES: tuple[WriteMode, ...] = ("pwrite", "map")
 
 #: posix_fallocate errors that mean "this file system cannot reserve", not "no room".
 _CANNOT_RESERVE = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS})
@@ -182,10 +194,13 @@ class _Descriptor:
     closes it.
     """
 
-    __slots__ = ("_closing", "_fd", "_lock", "_users")
+    __slots__ = ("_closing", "_fd", "_lock", "_users", "mapping")
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, mapping: mmap.mmap | None = None) -> None:
         self._fd: int | None = fd
+        #: A mapping of the file that goes with the descriptor: usable inside ``use()``
+        #: while the descriptor is, unmapped when it is closed.
+        self.mapping = mapping
         self._users = 0
         self._closing = False
         self._lock = threading.Lock()
@@ -224,6 +239,9 @@ class _Descriptor:
     def _close_now(self) -> None:
         with self._lock:
             fd, self._fd = self._fd, None
+            mapping, self.mapping = self.mapping, None
+        if mapping is not None:
+            mapping.close()  # no view of it is ever handed out
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -756,14 +774,28 @@ class SharedMemoryArena:
     start on ``alignment`` boundaries (SHM-13); the last slot of a segment whose size is
     not a multiple of it may be shorter than a rounded-up slot, so any frame up to the
     segment's size fits. The arena holds one descriptor of its file (read-write), which
-    frames are written through and which holds the liveness lock; it maps nothing.
+    holds the liveness lock and which frames are written through (``write="pwrite"``),
+    or a mapping of it too, which frames are copied into (``write="map"``; see the
+    module's notes on memory another process owns).
     """
 
-    def __init__(self, path: Path, size: int, fd: int, alignment: int = ALIGNMENT) -> None:
+    def __init__(
+        self,
+        path: Path,
+        size: int,
+        fd: int,
+        alignment: int = ALIGNMENT,
+        *,
+        write: WriteMode = "pwrite",
+    ) -> None:
+        if write not in WRITE_MODES:
+            raise ValueError(f"write must be one of {', '.join(WRITE_MODES)}, got {write!r}")
         self.path = path
         self.length_bytes = size
         self.alignment = alignment
-        self._descriptor = _Descriptor(fd)
+        self.write_mode: WriteMode = write
+        mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED) if write == "map" else None
+        self._descriptor = _Descriptor(fd, mapping)
         self._closed = False
         self._free_list: list[tuple[int, int]] = [(0, size)]  # (offset, size), sorted
         self._leases: set[SentLease] = set()
@@ -785,12 +817,15 @@ class SharedMemoryArena:
         directory: str = DEFAULT_DIRECTORY,
         prefix: str = "avaproto-",
         alignment: int = ALIGNMENT,
+        write: WriteMode = "pwrite",
     ) -> SharedMemoryArena:
         """A new segment of ``size`` bytes, mode 0600, with a name no one else has (SHM-9).
 
         The memory is reserved now (SHM-11): a full shared-memory directory raises
         ``SharedMemoryError`` (RESOURCE_EXHAUSTED) here rather than a bus error on some
-        later write. If anything fails, the file is removed again.
+        later write. If anything fails, the file is removed again. ``write`` says how
+        frames go in (see the module's notes): ``"pwrite"``, safe against an extension
+        that shrinks the segment, or ``"map"``, a third of the cost, for a trusted one.
         """
         if size <= 0:
             raise ValueError(f"an arena needs a size above zero, got {size}")
@@ -808,12 +843,12 @@ class SharedMemoryArena:
             # Held while the arena lives: tells remove_stale_segments in any process,
             # whatever its pid namespace, that the segment is in use.
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return cls(path, size, fd, alignment, write=write)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             raise
-        return cls(path, size, fd, alignment)
 
     @property
     def handle_name(self) -> str:
@@ -943,10 +978,11 @@ class SharedMemoryArena:
             )
 
     def _write(self, offset: int, data: memoryview) -> None:
-        """``pwrite`` ``data`` at ``offset``, with the file's size checked before and after.
+        """Put ``data`` at ``offset``, with the file's size checked before and after.
 
         Before: a segment shrunk since the last frame is reported, not silently grown
-        back by this write. After: a shrink during the write is caught too.
+        back by this write (or faulted on, through a mapping). After: a shrink during a
+        ``pwrite`` is caught too.
         """
         with self._descriptor.use() as fd:
             if fd is None:
@@ -954,6 +990,11 @@ class SharedMemoryArena:
                     "SHM-8", Status.FAILED_PRECONDITION, f"shared memory {self.path} is closed"
                 )
             self._check_size(fd)
+            mapping = self._descriptor.mapping
+            if mapping is not None:
+                mapping[offset : offset + len(data)] = data
+                self._check_size(fd)
+                return
             done, length = 0, len(data)
             try:
                 while done < length:
@@ -1100,12 +1141,14 @@ __all__ = [
     "ACCESS_MODES",
     "ALIGNMENT",
     "DEFAULT_DIRECTORY",
+    "WRITE_MODES",
     "Access",
     "LeaseState",
     "ReceivedLease",
     "SentLease",
     "SharedMemoryArena",
     "SharedMemoryRegion",
+    "WriteMode",
 ]
 
 

@@ -42,6 +42,7 @@ from avaproto.media.shared_memory import (
     SentLease,
     SharedMemoryArena,
     SharedMemoryRegion,
+    WriteMode,
 )
 from avaproto.messages import Encoding, PixelFormat
 from avaproto.protocol.descriptor import SharedMemoryProperties, StreamDescriptor
@@ -606,19 +607,26 @@ class TestASegmentThatShrinks:
             assert region.live_leases == 0
 
     @pytest.mark.rule("SHM-15")
+    @pytest.mark.parametrize("write", ["pwrite", "map"])
     @pytest.mark.parametrize("new_size", [0, 100, 4096])
     @pytest.mark.parametrize("length", [100, 1 << 16])  # the first slot, or the whole segment
     def test_a_write_into_a_segment_the_receiver_shrank_raises(
-        self, arena: SharedMemoryArena, new_size: int, length: int
+        self, write: WriteMode, new_size: int, length: int
     ) -> None:
-        slot = arena.allocate(length)
-        os.truncate(arena.path, new_size)  # the receiver shrinks the sender's file
-        with pytest.raises(SharedMemoryError) as caught:
-            slot.write(bytes(length))
-        assert (caught.value.rule, caught.value.status) == ("SHM-15", Status.FAILED_PRECONDITION)
-        assert f"has {new_size} bytes, fewer than the {arena.length_bytes}" in str(caught.value)
-        assert str(arena.path) in str(caught.value)
-        assert arena.path.stat().st_size == new_size  # reported, not silently grown back
+        # Through a mapping, a write past the file's end would kill this process (SIGBUS):
+        # the check before it is what keeps this test alive.
+        with SharedMemoryArena.create(1 << 16, prefix="avaproto-test-", write=write) as arena:
+            slot = arena.allocate(length)
+            os.truncate(arena.path, new_size)  # the receiver shrinks the sender's file
+            with pytest.raises(SharedMemoryError) as caught:
+                slot.write(bytes(length))
+            assert (caught.value.rule, caught.value.status) == (
+                "SHM-15",
+                Status.FAILED_PRECONDITION,
+            )
+            assert f"has {new_size} bytes, fewer than the {arena.length_bytes}" in str(caught.value)
+            assert str(arena.path) in str(caught.value)
+            assert arena.path.stat().st_size == new_size  # reported, not silently grown back
 
     @pytest.mark.rule("SHM-15")
     def test_a_shrink_during_the_write_is_caught_after_it(
@@ -783,6 +791,32 @@ class TestFrameData:
 
 
 class TestTheSendersArena:
+    def test_a_mapped_arena_writes_through_its_mapping_and_unmaps_on_close(self) -> None:
+        def mapped(path: Path) -> bool:
+            with open("/proc/self/maps", encoding="utf-8") as maps:
+                return any(str(path) in line for line in maps)
+
+        with SharedMemoryArena.create(1 << 16, prefix="avaproto-test-", write="map") as arena:
+            assert arena.write_mode == "map" and mapped(arena.path)
+            first, second = arena.allocate(100), arena.allocate(5000)
+            first.write(bytes([1]) * 100)
+            second.write(bytes(range(250)) * 20)
+            written = arena.path.read_bytes()
+            assert written[:100] == bytes([1]) * 100
+            assert written[second.offset : second.offset + 5000] == bytes(range(250)) * 20
+        assert not mapped(arena.path) and not arena.path.exists()
+
+    def test_a_pwrite_arena_maps_nothing(self, arena: SharedMemoryArena) -> None:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            assert arena.handle_name not in maps.read()
+        assert arena.write_mode == "pwrite"
+
+    def test_an_unknown_write_mode_is_refused_and_leaves_no_file(self) -> None:
+        before = set(os.listdir(SHM))
+        with pytest.raises(ValueError, match="write must be one of pwrite, map"):
+            SharedMemoryArena.create(4096, write="mmap")  # type: ignore[arg-type]
+        assert set(os.listdir(SHM)) <= before
+
     @pytest.mark.rule("SHM-9")
     def test_a_private_uniquely_named_file(self) -> None:
         previous = os.umask(0)  # even under the most permissive umask

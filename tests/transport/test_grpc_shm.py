@@ -1,8 +1,9 @@
 """Shared-memory transfer end to end over loopback gRPC, and what a disconnect leaves.
 
 Both parties are real: the pipeline's arena is a file under /dev/shm that it writes
-with ``pwrite``; the extension opens it read-only and reads each sample's pixels with
-checked reads (by default) or through a read-only mapping (``shm_access="map"``).
+with ``pwrite`` (or through a mapping, ``shm_write="map"``); the extension opens it
+read-only and reads each sample's pixels with checked reads (by default) or through a
+read-only mapping (``shm_access="map"``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 from avaproto.client import connect
 from avaproto.engine.frame import Frame
 from avaproto.media import frames
+from avaproto.media.shared_memory import WriteMode
 from avaproto.messages import Encoding, Inference, PixelFormat
 from avaproto.protocol.video_format import VideoFormat
 from avaproto.server import running
@@ -74,7 +76,10 @@ def digest_of_rgb(frame: Frame) -> list[Inference]:
     ],
     ids=str,
 )
-async def test_frames_through_shared_memory_reach_the_processor_intact(fmt: VideoFormat) -> None:
+@pytest.mark.parametrize("shm_write", ["pwrite", "map"])
+async def test_frames_through_shared_memory_reach_the_processor_intact(
+    fmt: VideoFormat, shm_write: WriteMode
+) -> None:
     sources = pictures(12, fmt.width, fmt.height)
     expected = []
     for rgb in sources:
@@ -85,7 +90,11 @@ async def test_frames_through_shared_memory_reach_the_processor_intact(fmt: Vide
         async with (
             running(digest_of_rgb, ServerConfig(port=0), grace=2) as server,
             connect(
-                f"127.0.0.1:{server.port}", format=fmt, transfer="shm", shm_bytes=1 << 20
+                f"127.0.0.1:{server.port}",
+                format=fmt,
+                transfer="shm",
+                shm_bytes=1 << 20,
+                shm_write=shm_write,
             ) as pipe,
         ):
             arena = pipe.stream.arena
@@ -103,6 +112,7 @@ async def test_frames_through_shared_memory_reach_the_processor_intact(fmt: Vide
     assert [r.acknowledged for r in results] == list(range(2, 14))
     assert [r.inferences[0].subtype for r in results] == expected
     assert not (SHM / arena.handle_name).exists()  # the pipeline unlinked its segment
+    assert not any(arena.handle_name in mapping for mapping in shm_mappings())
 
 
 @pytest.mark.rule("SHM-1", "LIFE-3", "SRV-7")
