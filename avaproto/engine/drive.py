@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import anyio
 import anyio.abc
@@ -110,6 +110,9 @@ class PipelineStream:
     the extension's messages into the session; this side settles acknowledgements,
     hands the answers to ``Results`` and watches the acknowledgement deadline.
     """
+
+    #: The runner's receive loop reads the extension's messages.
+    reads_itself: ClassVar[bool] = False
 
     def __init__(
         self,

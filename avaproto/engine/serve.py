@@ -16,8 +16,12 @@ and ``finally`` releases every lease and mapping.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import anyio
 import anyio.abc
@@ -63,48 +67,116 @@ class _Job:
         self.inferences: list[Inference] = []
 
 
-class _Queue:
-    """Samples read and waiting for a worker; a worker with none to take parks on an event.
+class _Turn:
+    """Which worker reads the next message: one at a time, so the session sees them in order.
 
-    Bounded by the slots (at most ``max_in_flight`` samples are unanswered), so a plain
-    deque. Handing a sample to a working worker costs an append; only a worker that
-    finds nothing waits, on an event of its own that the next sample sets. The event's
-    class is taken from the running backend once per stream, so making one costs no
-    backend lookup.
+    The worker that holds the turn reads one message and processes its sample itself.
+    Processing that completes without waiting (a no-op, a quick numpy step) never hands
+    the turn over, so that worker reads on and a lone message costs no wake-up of another
+    task; processing that waits (a model, a thread, a timer) passes the turn, the
+    moment it waits, to a parked worker (or leaves it free for the next one that comes
+    back), so the stream keeps reading while it waits. ``hand_over_on_wait`` arranges
+    that: on asyncio a callback queued before the processing starts, which runs only if
+    the processing yields to the event loop; on other backends the turn is handed over
+    before processing, always (correct, one wake-up more per sample).
     """
 
-    __slots__ = ("_closed", "_event", "_jobs", "_parked")
+    __slots__ = ("_ended", "_event", "_holder", "_parked", "_soon")
 
     def __init__(self) -> None:
-        self._jobs: deque[_Job] = deque()
-        self._parked: deque[anyio.Event] = deque()
-        self._closed = False
+        self._holder: object | None = None
+        self._parked: deque[tuple[object, anyio.Event]] = deque()
+        self._ended = False
+        # The event's class is taken from the running backend once per stream, so
+        # making one costs no backend lookup.
         self._event = type(anyio.Event())
+        self._soon: Callable[[Callable[[], None]], Any] | None = None
+        # On another backend (trio) there is no asyncio loop: the turn passes eagerly.
+        with contextlib.suppress(RuntimeError):
+            self._soon = asyncio.get_running_loop().call_soon
 
-    def put(self, job: _Job) -> None:
-        self._jobs.append(job)
-        if self._parked:
-            self._parked.popleft().set()
-
-    def close(self) -> None:
-        """No more samples: every parked worker wakes, finds none and stops."""
-        self._closed = True
-        while self._parked:
-            self._parked.popleft().set()
-
-    async def get(self) -> _Job | None:
-        """The next sample, or None once closed and empty."""
-        while not self._jobs:
-            if self._closed:
-                return None
+    async def take(self, worker: object) -> bool:
+        """Wait for ``worker``'s turn to read; False once the input ended (it stops)."""
+        while not self._ended:
+            if self._holder is worker:
+                return True
+            if self._holder is None:
+                self._holder = worker
+                return True
             event = self._event()
-            self._parked.append(event)
+            entry = (worker, event)
+            self._parked.append(entry)
             try:
                 await event.wait()
             finally:
-                if event in self._parked:  # cancelled while parked
-                    self._parked.remove(event)
-        return self._jobs.popleft()
+                if entry in self._parked:  # cancelled while parked
+                    self._parked.remove(entry)
+        return False
+
+    def end(self) -> None:
+        """No more messages: every worker waiting for the turn wakes and stops."""
+        self._ended = True
+        self._holder = None
+        while self._parked:
+            self._parked.popleft()[1].set()
+
+    def hand_over_on_wait(self, worker: object) -> Callable[[], None]:
+        """Pass ``worker``'s turn on if what follows waits; call the result when done."""
+        if self._holder is not worker:
+            return _nothing
+        if self._soon is None:
+            self._pass()
+            return _nothing
+        return self._soon(self._pass).cancel  # type: ignore[no-any-return]
+
+    def _pass(self) -> None:
+        if self._parked:
+            worker, event = self._parked.popleft()
+            self._holder = worker
+            event.set()
+        else:
+            self._holder = None
+
+
+def _nothing() -> None:
+    return None
+
+
+class _InOrder:
+    """One holder at a time, in the order they asked: a sequential extension's ``process``.
+
+    A worker asks right after reading its sample, before anything can wait, so the
+    order of asking is the order of the samples. Ownership passes straight from the
+    holder to the next in line.
+    """
+
+    __slots__ = ("_busy", "_event", "_parked")
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._parked: deque[anyio.Event] = deque()
+        self._event = type(anyio.Event())
+
+    async def acquire(self) -> None:
+        if not self._busy:
+            self._busy = True
+            return
+        event = self._event()
+        self._parked.append(event)
+        try:
+            await event.wait()
+        except BaseException:
+            if event in self._parked:
+                self._parked.remove(event)
+            elif event.is_set():
+                self.release()  # it was handed over as this waiter was cancelled
+            raise
+
+    def release(self) -> None:
+        if self._parked:
+            self._parked.popleft().set()
+        else:
+            self._busy = False
 
 
 _DEFAULT_CONFIG = EngineConfig()
@@ -186,11 +258,14 @@ async def _close(extension: Extension) -> None:
 
 
 class ExtensionHandler:
-    """The extension's role on the runner: a fixed set of workers that also answer.
+    """The extension's role on the runner: a fixed set of workers that read, process, answer.
 
-    No task is spawned per frame: ``max_in_flight`` workers (one for a sequential
-    extension, which then sees its frames in order) take samples from a bounded stream,
-    and the runner reads on only when a slot is free (SRV-1). The worker that completes
+    No task is spawned per frame, and no task only reads: ``max_in_flight`` workers take
+    turns reading (``_Turn``), each processes the sample it read (a sequential extension
+    one at a time, in the samples' order, while the others read ahead: ``_InOrder``),
+    and a message is read only when a slot is free (SRV-1). A sample whose processing
+    does not wait is read, processed and answered by one task without a wake-up in
+    between. The worker that completes
     the head of the line sends every answer that is ready in one write
     (``MessageChannel.send_batch``): under load a whole window of acknowledgements
     leaves in one HTTP/2 frame, and no task wakes up only to answer.
@@ -204,6 +279,7 @@ class ExtensionHandler:
         region: Region | None,
         config: EngineConfig,
     ) -> None:
+        self.runner = runner
         self.session = runner.session
         self.channel = runner.channel
         self.extension = extension
@@ -217,13 +293,19 @@ class ExtensionHandler:
         # A worker is sending answers: one that finishes meanwhile leaves its answer to it.
         self.sending = False
         # A stateful extension (a tracker, a motion detector) sees its frames one at a
-        # time and in order; the engine still reads ahead up to max_in_flight.
+        # time and in order; the other workers still read ahead (SRV-10).
         self.sequential = extension.sequential
+        self.one_at_a_time = _InOrder() if extension.sequential else None
         self.timeout = config.frame_timeout
-        self.jobs = _Queue()
+        self.turn = _Turn()
+        # The sample the message just read carried, for the worker that read it.
+        self.received: _Job | None = None
+
+    #: The workers read the stream themselves (the runner starts no receive loop).
+    reads_itself: ClassVar[bool] = True
 
     def start(self, tasks: anyio.abc.TaskGroup) -> None:
-        for _ in range(1 if self.sequential else self.config.max_in_flight):
+        for _ in range(self.config.max_in_flight):
             tasks.start_soon(self._work)
 
     async def before_receive(self) -> None:
@@ -235,22 +317,19 @@ class ExtensionHandler:
             await self.slots.acquire()
 
     async def on_message(self, message: MediaStreamMessage, events: list[Event]) -> None:
-        started = False
         for event in events:
             if isinstance(event, SampleReceived):
-                job = self._job(event)
+                job = self.received = self._job(event)
                 self.pending.append(job)
-                self.jobs.put(job)
-                started = True
-        if not started:
-            self.slots.release()  # an acknowledgement alone takes no slot
+                return
+        self.slots.release()  # an acknowledgement alone takes no slot
 
     def on_end(self) -> None:
-        self.jobs.close()  # the workers finish what is queued, then stop
+        self.turn.end()  # the workers finish what they process, then stop
 
     def release_pending(self) -> None:
         """After a failure: the leases of samples never answered end with the stream."""
-        self.jobs.close()
+        self.turn.end()
         for job in self.pending:
             _release(job)
         self.pending.clear()
@@ -276,12 +355,30 @@ class ExtensionHandler:
         return _Job(event, frame, lease)
 
     async def _work(self) -> None:
-        while (job := await self.jobs.get()) is not None:
-            await self._process(job)
-            job.done = True
-            # In request order, only the head of the line unblocks answers.
-            if not self.config.ordered or job is self.pending[0]:
-                await self._answer_ready()
+        me = object()
+        turn, receive_one = self.turn, self.runner.receive_one
+        while await turn.take(me):
+            if not await receive_one(self):
+                return  # the end of input (on_end ended every worker's turn)
+            job, self.received = self.received, None
+            if job is None:
+                continue  # no sample in that message: read the next one
+            done_waiting = turn.hand_over_on_wait(me)
+            try:
+                if (in_order := self.one_at_a_time) is None:
+                    await self._process(job)
+                else:
+                    await in_order.acquire()
+                    try:
+                        await self._process(job)
+                    finally:
+                        in_order.release()
+                job.done = True
+                # In request order, only the head of the line unblocks answers.
+                if not self.config.ordered or job is self.pending[0]:
+                    await self._answer_ready()
+            finally:
+                done_waiting()
 
     async def _process(self, job: _Job) -> None:
         number = job.sample.sequence_number

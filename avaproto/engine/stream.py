@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import anyio
 import anyio.abc
@@ -39,6 +39,11 @@ from .statistics import StreamStatistics
 
 class Handler(Protocol):
     """What a role adds to the runner: its tasks, its backpressure, its reactions."""
+
+    #: Whether the handler's own tasks read the stream, one ``receive_one`` at a time;
+    #: the runner then starts no receive loop, and a task that reads a message can act
+    #: on it without waking another (the extension's workers process what they read).
+    reads_itself: ClassVar[bool]
 
     def start(self, tasks: anyio.abc.TaskGroup) -> None:
         """Start the role's own tasks in the stream's task group."""
@@ -117,7 +122,8 @@ class StreamRunner:
         with protocol_errors():
             async with anyio.create_task_group() as tasks:
                 handler.start(tasks)
-                tasks.start_soon(self._receive_all, handler)
+                if not handler.reads_itself:
+                    tasks.start_soon(self._receive_all, handler)
                 yield tasks
 
     @contextmanager
@@ -137,13 +143,21 @@ class StreamRunner:
             self.statistics.ended = time.monotonic()
 
     async def _receive_all(self, handler: Handler) -> None:
-        while True:
-            await handler.before_receive()
-            received = await self.receive()
-            if received is None:
-                handler.on_end()
-                return
-            await handler.on_message(*received)
+        while await self.receive_one(handler):
+            pass
+
+    async def receive_one(self, handler: Handler) -> bool:
+        """Read the next message into the session and the handler; False at the end.
+
+        Callers read one at a time (the session's order is the stream's).
+        """
+        await handler.before_receive()
+        received = await self.receive()
+        if received is None:
+            handler.on_end()
+            return False
+        await handler.on_message(*received)
+        return True
 
     async def send(self, message: MediaStreamMessage) -> None:
         """Send a message the session produced; an interrupted send fails the session.

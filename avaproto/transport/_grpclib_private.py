@@ -22,6 +22,7 @@ a user's stream. The uses:
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -33,33 +34,103 @@ import grpclib.protocol
 import grpclib.server
 import h2.connection
 import h2.exceptions
+import h2.stream
+
+# --- sending DATA frames ------------------------------------------------------------------
+
+#: A DATA frame's header: 24-bit length and type 0 (one big-endian word), flags, stream.
+_DATA_HEAD = struct.Struct(">IBI")
+#: Where h2's state machines take SEND_DATA without changing state or emitting events
+#: (tests/transport/test_grpclib_private.py reads it off h2's own tables).
+DATA_STREAM_STATES = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE)
+DATA_CONNECTION_STATES = (
+    h2.connection.ConnectionState.CLIENT_OPEN,
+    h2.connection.ConnectionState.SERVER_OPEN,
+)
+#: Payloads up to this size are joined to their header (one write); larger ones are
+#: written after it without being copied.
+_JOIN_BELOW = 16 * 1024
+
+
+def _write_frame(h2_stream: grpclib.protocol.Stream, chunk: bytes | memoryview, size: int) -> bool:
+    """Write ``chunk`` as one DATA frame (END_STREAM unset) straight to the transport.
+
+    h2 would copy it three times (into a frame, the frame into its output buffer, the
+    buffer out again, and once more first for a memoryview); its bookkeeping of such a
+    frame is the two flow-control windows the frame takes, since SEND_DATA changes
+    neither state machine in ``DATA_STREAM_STATES`` and ``DATA_CONNECTION_STATES``.
+    False, having done nothing, where that does not hold (a stream not open, a window
+    or the frame size too small, h2's own output pending): h2 must then send it.
+    """
+    machine = h2_stream._h2_connection
+    stream_id = h2_stream.id
+    stream = machine.streams.get(stream_id) if stream_id is not None else None
+    if (
+        stream is None
+        or stream.state_machine.state not in DATA_STREAM_STATES
+        or machine.state_machine.state not in DATA_CONNECTION_STATES
+        or machine._data_to_send
+        or size > machine.max_outbound_frame_size
+        or size > stream.outbound_flow_control_window
+        or size > machine.outbound_flow_control_window
+    ):
+        return False
+    stream.outbound_flow_control_window -= size
+    machine.outbound_flow_control_window -= size
+    head = _DATA_HEAD.pack(size << 8, 0, stream_id)
+    transport = h2_stream._transport
+    if size < _JOIN_BELOW:
+        transport.write(head + chunk)
+    else:
+        transport.write(head)
+        transport.write(chunk)
+    h2_stream.data_sent += size
+    connection = h2_stream.connection
+    connection.data_sent += size
+    connection.data_send_process()
+    return True
 
 
 def _send_now(h2_stream: grpclib.protocol.Stream, data: bytes) -> bool:
     """Send ``data`` as one DATA frame if nothing needs waiting for; False if something does.
 
-    What the last round of ``grpclib.protocol.Stream.send_data``'s loop does, without
-    its ``BytesIO`` copy and its awaits: a small message (an answer, a reference to
-    shared memory) that fits the flow-control window and one frame leaves at once.
+    A small message (an answer, a reference to shared memory) that fits the
+    flow-control window and one frame leaves at once, without an await.
     """
-    connection = h2_stream.connection
-    stream_id = h2_stream.id
-    if stream_id is None or not connection.write_ready.is_set():
+    if h2_stream.id is None or not h2_stream.connection.write_ready.is_set():
         return False
+    return _write_frame(h2_stream, data, len(data))
+
+
+async def send_data(h2_stream: grpclib.protocol.Stream, data: bytes | memoryview) -> None:
+    """``grpclib.protocol.Stream.send_data`` (END_STREAM unset), without copying ``data``.
+
+    The same loop: wait until the connection may write and the stream's window is
+    open, send what fits in one frame, again until all is sent. Each frame is a slice
+    of ``data`` written as it is (``_write_frame``); grpclib's reads each frame out of a
+    ``BytesIO`` first, and h2 copies it three more times.
+    """
+    assert h2_stream.id is not None
+    view = memoryview(data)
     machine = h2_stream._h2_connection
-    size = len(data)
-    try:
-        window = machine.local_flow_control_window(stream_id)
-    except h2.exceptions.StreamClosedError:
-        return False  # reset by the peer: grpclib's own path ends the call as it does
-    if size > machine.max_outbound_frame_size or size > window:
-        return False
-    machine.send_data(stream_id, data)
-    h2_stream._transport.write(machine.data_to_send())
-    h2_stream.data_sent += size
-    connection.data_sent += size
-    connection.data_send_process()
-    return True
+    connection = h2_stream.connection
+    position, last = 0, len(view)
+    while position < last:
+        await connection.write_ready.wait()
+        window = machine.local_flow_control_window(h2_stream.id)
+        if not window > 0:  # it can become negative
+            h2_stream.window_updated.clear()
+            await h2_stream.window_updated.wait()
+            continue  # others may have sent meanwhile: look again
+        size = min(window, machine.max_outbound_frame_size, last - position)
+        chunk = view[position : position + size]
+        if not _write_frame(h2_stream, chunk, size):
+            machine.send_data(h2_stream.id, bytes(chunk))
+            h2_stream._transport.write(machine.data_to_send())
+            h2_stream.data_sent += size
+            connection.data_sent += size
+            connection.data_send_process()
+        position += size
 
 
 async def send_messages(stream: grpclib.server.Stream[Any, Any], framed: Sequence[bytes]) -> None:
@@ -72,7 +143,7 @@ async def send_messages(stream: grpclib.server.Stream[Any, Any], framed: Sequenc
         await stream.send_initial_metadata()
     data = framed[0] if len(framed) == 1 else b"".join(framed)
     if not _send_now(stream._stream, data):
-        await stream._stream.send_data(data)
+        await send_data(stream._stream, data)
     count = len(framed)
     stream._send_message_done = True
     stream._messages_sent += count
@@ -100,7 +171,7 @@ async def send_client_message(stream: grpclib.client.Stream[Any, Any], framed: b
         connection.last_message_sent = time.monotonic()
         return
     with stream._wrapper:
-        await stream._stream.send_data(framed)
+        await send_data(stream._stream, framed)
         stream._send_message_done = True
         stream._messages_sent += 1
         connection = stream._stream.connection

@@ -501,6 +501,45 @@ async def test_a_sequential_extension_sees_its_frames_one_at_a_time_in_order() -
     assert len(answers) == 30
 
 
+@pytest.mark.rule("SRV-10")
+async def test_a_sequential_extension_still_reads_ahead_while_a_frame_is_processed() -> None:
+    release = anyio.Event()
+    seen: list[int] = []
+
+    class Tracker:
+        sequential = True
+
+        async def open(self, descriptor: StreamDescriptor) -> None: ...
+
+        async def process(self, frame: Frame) -> None:
+            seen.append(frame.sequence_number)
+            await release.wait()
+
+        async def close(self) -> None: ...
+
+    config = EngineConfig(max_in_flight=6)
+    async with served(Tracker(), config, window=10) as (stream, results, _):
+        sent = 0
+
+        async def feed() -> None:
+            nonlocal sent
+            for t in range(10):
+                await stream.send(bytes(FRAME_BYTES), timestamp=t)
+                sent += 1
+            await stream.end()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(feed)
+            await anyio.wait_all_tasks_blocked()
+            # One frame in process, five more read ahead (six slots), four in the
+            # channel's buffer: the pipeline got all ten out.
+            assert (seen, sent) == ([2], 10)
+            release.set()
+            answers = await collect(results)
+    assert seen == list(range(2, 12))
+    assert [a.acknowledged for a in answers] == list(range(2, 12))
+
+
 @pytest.mark.rule("SRV-3", "INF-4")
 async def test_processor_returning_an_invalid_inference_ends_the_stream_with_internal() -> None:
     from avaproto.messages import Motion, Rectangle

@@ -97,12 +97,15 @@ def test_send_client_message_mirrors_grpclibs_client_send_message() -> None:
         assert guard in source
 
 
-def test_send_now_is_the_last_round_of_grpclibs_send_data() -> None:
-    """The fast path does what grpclib's loop does for the last chunk, nothing less."""
+def test_send_data_is_grpclibs_send_data_loop() -> None:
+    """The loop grpclib sends a message with, step by step, and its counters."""
     source = inspect.getsource(grpclib.protocol.Stream.send_data)
     for step in (
         "await self.connection.write_ready.wait()",
         "window = self._h2_connection.local_flow_control_window(self.id)",
+        "if not window > 0:",
+        "self.window_updated.clear()",
+        "await self.window_updated.wait()",
         "max_frame_size = self._h2_connection.max_outbound_frame_size",
         "self._transport.write(self._h2_connection.data_to_send())",
         "self.data_sent += f_chunk_len",
@@ -110,11 +113,100 @@ def test_send_now_is_the_last_round_of_grpclibs_send_data() -> None:
         "self.connection.data_send_process()",
     ):
         assert step in source
-    assert "self._h2_connection.send_data(self.id, f_chunk,\n" in source
-    ours = {name.replace("h2_stream.", "self.", 1) for name in assigned(_grpclib_private._send_now)}
+    ours = {name.replace("h2_stream.", "self.", 1) for name in assigned(_grpclib_private.send_data)}
     assert ours == {"self.data_sent", "connection.data_sent"}
+    written = {
+        name.replace("h2_stream.", "self.", 1) for name in assigned(_grpclib_private._write_frame)
+    }
+    assert written == {
+        "self.data_sent",
+        "connection.data_sent",
+        "stream.outbound_flow_control_window",
+        "machine.outbound_flow_control_window",
+    }
     wrapper = inspect.getsource(grpclib.utils.Wrapper.__enter__)
     assert "if self._error is not None:" in wrapper and grpclib.utils.Wrapper._error is None
+
+
+def test_send_data_changes_no_state_where_frames_are_written_directly() -> None:
+    """h2's own tables: SEND_DATA is a row that keeps the state and calls nothing."""
+    import h2.connection
+    import h2.stream
+
+    for state in _grpclib_private.DATA_STREAM_STATES:
+        assert h2.stream._transitions[(state, h2.stream.StreamInputs.SEND_DATA)] == (None, state)
+    table = h2.connection.H2ConnectionStateMachine._transitions
+    for connection_state in _grpclib_private.DATA_CONNECTION_STATES:
+        key = (connection_state, h2.connection.ConnectionInputs.SEND_DATA)
+        assert table[key] == (None, connection_state)
+    # And the bookkeeping h2 does for a DATA frame is the two windows it takes.
+    connection_send = inspect.getsource(h2.connection.H2Connection.send_data)
+    assert "self.outbound_flow_control_window -= frame_size" in connection_send
+    stream_send = inspect.getsource(h2.stream.H2Stream.send_data)
+    assert "self.outbound_flow_control_window -= df.flow_controlled_length" in stream_send
+
+
+class _Transport:
+    """Collects what is written (a fake: the socket is not what this test is about)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.written.append(bytes(data))
+
+
+class _Counters:
+    def __init__(self) -> None:
+        self.data_sent = 0
+        self.sends = 0
+
+    def data_send_process(self) -> None:
+        self.sends += 1
+
+
+def _open_stream() -> Any:
+    """A real h2 client connection with stream 1 open, as a grpclib stream holds it."""
+    import h2.config
+    import h2.connection
+
+    machine = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    machine.initiate_connection()
+    machine.send_headers(1, [(":method", "POST"), (":path", "/"), (":scheme", "http"),
+                             (":authority", "a")])  # fmt: skip
+    machine.data_to_send()
+
+    class Holder:
+        id = 1
+        _h2_connection = machine
+        _transport = _Transport()
+        connection = _Counters()
+        data_sent = 0
+
+    return Holder()
+
+
+@pytest.mark.parametrize("size", [5, 100, 16_384])
+def test_a_frame_written_directly_is_the_frame_h2_writes(size: int) -> None:
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    direct, through_h2 = _open_stream(), _open_stream()
+    assert _grpclib_private._write_frame(direct, memoryview(payload), size)
+    machine = through_h2._h2_connection
+    machine.send_data(1, payload)
+    assert b"".join(direct._transport.written) == machine.data_to_send()
+    for holder in (direct, through_h2):
+        assert holder._h2_connection.outbound_flow_control_window == 65535 - size
+        assert holder._h2_connection.local_flow_control_window(1) == 65535 - size
+    assert direct.data_sent == direct.connection.data_sent == size
+
+
+def test_a_frame_h2_must_send_is_left_to_it() -> None:
+    holder = _open_stream()
+    machine = holder._h2_connection
+    assert not _grpclib_private._write_frame(holder, b"x" * 70_000, 70_000)  # window
+    machine.end_stream(1)  # half-closed (local): h2 refuses data, so must we
+    assert not _grpclib_private._write_frame(holder, b"x", 1)
+    assert holder._transport.written == [] and holder.data_sent == 0
 
 
 def test_send_messages_follows_send_messages_order_of_work() -> None:
