@@ -6,11 +6,14 @@ own objects (its classes, its code), so an upgrade that changes them fails a tes
 a user's stream. The uses:
 
 * sending: grpclib's public API sends one message per call, one DATA frame and one
-  socket write each, after one more copy of the message to prepend gRPC's prefix; the
-  engine answers a window at once and the pipeline sends frames of megabytes, so both
-  write to the call's HTTP/2 stream themselves;
-* receiving: messages are read off the HTTP/2 stream, size first, before grpclib
-  buffers them, and the extension's trailers as soon as it ends its direction;
+  socket write each, after one more copy of the message to prepend gRPC's prefix, and
+  h2 copies each frame three times more; the engine answers a window at once and the
+  pipeline sends frames of megabytes, so both write DATA frames to the transport
+  themselves, doing h2's bookkeeping of them (its two flow-control windows);
+* receiving: messages are read off the HTTP/2 stream, size first, a body that arrived
+  in one piece (or in one buffer, see below) taken as a view rather than joined, and
+  the extension's trailers as soon as it ends its direction; the server's guard reads
+  DATA frames past h2's frame buffer and gives h2 each one as a frame object;
 * the server: its listener (the port chosen, closed on drain) and its connections
   (HTTP/2 settings, TLS diagnostics, and the hooks ``avaproto.transport.guard`` defends
   them with: each connection's h2 object, its events, the headers it sends, and the
@@ -22,6 +25,7 @@ a user's stream. The uses:
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +39,7 @@ import grpclib.server
 import h2.connection
 import h2.exceptions
 import h2.stream
+import hyperframe.frame
 
 # --- sending DATA frames ------------------------------------------------------------------
 
@@ -179,12 +184,99 @@ async def send_client_message(stream: grpclib.client.Stream[Any, Any], framed: b
         connection.last_message_sent = time.monotonic()
 
 
+# --- receiving DATA frames ----------------------------------------------------------------
+
+log = logging.getLogger("avaproto.server")
+
+
+def receive_data_frame(
+    protocol: Any, stream_id: int, payload: bytes | memoryview, end_stream: bool
+) -> None:
+    """Have a connection take a DATA frame read outside h2's frame buffer.
+
+    What ``grpclib.protocol.H2Protocol.data_received`` does with the frames h2 parses
+    out of received bytes (``h2.connection.H2Connection.receive_data``: each frame to
+    ``_receive_frame``; a protocol error queues a GOAWAY and closes every call), for one
+    frame built from the header already read and a view of its payload: h2 checks the
+    frame and does its bookkeeping (state, flow control, events) as for one it parsed.
+    """
+    # A view stays a view: h2 hands it on as the event's data, and hyperframe copies
+    # one only to serialize it, which a received frame never is.
+    frame = hyperframe.frame.DataFrame(stream_id, cast(bytes, payload))
+    if end_stream:
+        frame.flags.add("END_STREAM")
+    machine = protocol.connection._connection
+    try:
+        try:
+            events = machine._receive_frame(frame)
+        except h2.exceptions.ProtocolError as error:
+            machine._terminate_connection(error.error_code)
+            raise
+    except h2.exceptions.ProtocolError:
+        log.debug("Protocol error", exc_info=True)
+        protocol.processor.close("Protocol error")
+        return
+    connection = protocol.connection
+    connection.flush()
+    for event in events:
+        protocol.processor.process(event)
+    connection.flush()
+
+
 # --- the HTTP/2 stream under a call -------------------------------------------------------
 
 
 def http2_stream(stream: grpclib.server.Stream[Any, Any] | grpclib.client.Stream[Any, Any]) -> Any:
     """The call's ``grpclib.protocol.Stream``: read before grpclib buffers a message."""
     return stream._stream
+
+
+async def receive_exactly(h2_stream: grpclib.protocol.Stream, size: int) -> bytes | memoryview:
+    """``h2_stream.recv_data(size)``, as a view instead of a copy where that is possible.
+
+    grpclib's ``Buffer.read`` joins the pieces it returns into new bytes, even one: a
+    copy of every message body. This pulls pieces in (acknowledging each) exactly as
+    ``Buffer.read`` does, then returns, without copying, a body that is one piece, or
+    that is the rest of one buffer all its pieces are views of: the buffer
+    ``avaproto.transport.guard`` reads a message arriving in several DATA frames into
+    (its prefix, already read, then this body). Anything else is read by ``Buffer.read``.
+    """
+    buffer = h2_stream.buffer
+    acked = buffer._acked
+    if size > 0 and (not buffer._eof or not buffer._unacked.empty()):
+        while buffer._acked_size < size:
+            data, data_size, ack_size = await buffer._unacked.get()
+            if not ack_size:
+                # The end of the stream: put it back for Buffer.read to find.
+                buffer._unacked.put_nowait(grpclib.protocol.UnackedData(data, data_size, 0))
+                break
+            acked.append(grpclib.protocol.AckedData(memoryview(data), data_size))
+            buffer._acked_size += data_size
+            buffer._ack_callback(ack_size)
+        if acked and buffer._acked_size >= size:
+            first = acked[0]
+            if first.data_size >= size:
+                if first.data_size == size:
+                    acked.popleft()
+                else:
+                    acked[0] = grpclib.protocol.AckedData(
+                        data=first.data[size:], data_size=first.data_size - size
+                    )
+                buffer._acked_size -= size
+                return first.data[:size]
+            whole = first.data.obj
+            if isinstance(whole, bytearray) and len(whole) == size + 5:
+                taken = 0
+                for piece in acked:
+                    if piece.data.obj is not whole or taken >= size:
+                        break
+                    taken += piece.data_size
+                if taken == size:  # the pieces are its bytes after the prefix, in order
+                    while taken:
+                        taken -= acked.popleft().data_size
+                    buffer._acked_size -= size
+                    return memoryview(whole)[5:]
+    return await h2_stream.recv_data(size)
 
 
 async def receive_initial_metadata(stream: grpclib.client.Stream[Any, Any]) -> None:

@@ -21,6 +21,7 @@ from ..codec import decode_message, encode_message
 from ..errors import RemoteProtocolError
 from ..messages import MediaStreamMessage
 from ..status import Status
+from ._grpclib_private import receive_exactly
 
 _PREFIX = struct.Struct(">?I")
 
@@ -66,7 +67,7 @@ async def read_message(
         )
     try:
         with hold(length) if hold is not None else contextlib.nullcontext():
-            data = await stream.recv_data(length)
+            data = await receive_exactly(stream, length)
     except AssertionError:
         raise _truncated(f"a message of {length} bytes") from None
     if len(data) != length:

@@ -45,6 +45,7 @@ from h2.settings import SettingCodes
 from ._grpclib_private import (
     close_connection,
     h2_connection,
+    receive_data_frame,
     track_streams,
     update_local_settings,
     watch_events,
@@ -59,6 +60,8 @@ log = logging.getLogger("avaproto.server")
 _FRAME_HEAD = struct.Struct(">BHBBI")
 _DATA, _HEADERS, _SETTINGS, _PING, _CONTINUATION = 0x0, 0x1, 0x4, 0x6, 0x9
 _END_STREAM, _ACK, _END_HEADERS = 0x1, 0x1, 0x4
+#: Bytes asked of the socket per read, outside a large DATA frame (asyncio's own size).
+READ_SIZE = 256 * 1024
 #: The smallest SETTINGS_MAX_FRAME_SIZE there is: what any sender can be made to use.
 _MIN_FRAME = 16 * 1024
 #: Descriptors the server needs besides its connections (listener, event loop, logs,
@@ -107,6 +110,12 @@ class ServerGuard:
         #: Seconds the event loop spent reading HTTP/2 (parsing frames, handling events),
         #: so that the loop-lag watch does not blame an extension for a flood of frames.
         self.reading = 0.0
+        #: Bytes read from every connection (after TLS), for diagnostics.
+        self.received = 0
+        #: Bytes of buffers given to DATA frames still arriving, in all connections: a
+        #: frame's header alone asks for one, so past the limit h2 reads the frame
+        #: instead, buffering only what arrives (and as slowly).
+        self.direct_bytes = 0
         self._logged: dict[str, tuple[float, int]] = {}  # rule: (last line, quiet since)
 
     def protocol(self, h2_protocol: Any, tls: ssl.SSLContext | None) -> asyncio.BaseProtocol:
@@ -141,6 +150,15 @@ class ServerGuard:
 
     def release(self) -> None:
         self.open -= 1
+
+    def reserve_direct(self, size: int) -> bool:
+        if self.direct_bytes + size > self.limits.max_incomplete_bytes:
+            return False
+        self.direct_bytes += size
+        return True
+
+    def release_direct(self, size: int) -> None:
+        self.direct_bytes -= size
 
 
 class _MessageMeter:
@@ -187,8 +205,63 @@ class _MessageMeter:
         return True
 
 
-class ConnectionGuard(asyncio.Protocol):
-    """One connection's defences, around grpclib's protocol for it (see the module)."""
+#: A message at least this large that arrives over several DATA frames is read into one
+#: buffer of its size, so that its reader gets it without joining the frames.
+BODY_FROM = 64 * 1024
+
+
+class _DirectFrame:
+    """A DATA frame read past h2's frame buffer (see ``ConnectionGuard._direct``)."""
+
+    __slots__ = ("end_stream", "filled", "payload", "reserved", "stream_id", "view")
+
+    def __init__(self, stream_id: int, flags: int) -> None:
+        self.stream_id = stream_id
+        self.end_stream = bool(flags & _END_STREAM)
+        self.payload: bytes | memoryview = b""
+        #: Where a frame that arrives over several reads is read into, else None.
+        self.view: memoryview | None = None
+        self.filled = 0
+        #: Bytes of the server's budget its own buffer holds (0: none, or a message's).
+        self.reserved = 0
+
+    def into(self, view: memoryview, first: memoryview) -> None:
+        """Read the frame into ``view``: what arrived, then the reads that follow."""
+        self.payload = self.view = view
+        view[: len(first)] = first
+        self.filled = len(first)
+
+
+class _Body:
+    """A gRPC message (prefix and body) arriving over several DATA frames: one buffer,
+    each frame's payload a view of its part, so the reader can take the body whole."""
+
+    __slots__ = ("filled", "view")
+
+    def __init__(self, size: int) -> None:
+        self.view = memoryview(bytearray(size))
+        self.filled = 0
+
+    @property
+    def left(self) -> int:
+        return len(self.view) - self.filled
+
+    def take(self, length: int) -> memoryview:
+        part = self.view[self.filled : self.filled + length]
+        self.filled += length
+        return part
+
+
+class ConnectionGuard(asyncio.BufferedProtocol):
+    """One connection's defences, around grpclib's protocol for it (see the module).
+
+    It also reads the connection's bytes for h2, into buffers of its own: a DATA frame
+    goes to h2 as a frame object whose payload is a view of what was read, and a large
+    one is read straight into a buffer of its size, so an embedded video frame is
+    copied once on its way in (by the kernel), where h2's frame buffer and hyperframe's
+    parser would copy it three times more. Every other frame, and every byte h2 must
+    see whole (the preface, header blocks), goes to h2 as received.
+    """
 
     def __init__(self, server: ServerGuard, h2_protocol: Any, *, outermost: bool) -> None:
         self._server = server
@@ -216,6 +289,12 @@ class ConnectionGuard(asyncio.Protocol):
         self._block_bytes = 0
         self._empty_run = 0
         self._control_owed = 0
+        # Where the socket's bytes are read to: a buffer reused read after read, or
+        # the buffer of the DATA frame being read (``_reading``).
+        self._scratch = memoryview(bytearray(READ_SIZE))
+        self._reading: _DirectFrame | None = None
+        self._bodies: dict[int, _Body] = {}
+        self._direct_bytes = 0  # of the server's budget, held by this connection
         # Streams.
         self._active = 0
         self._opened = 0
@@ -241,6 +320,11 @@ class ConnectionGuard(asyncio.Protocol):
     def released(self) -> None:
         """The socket is closed."""
         self._closing = True
+        reading, self._reading = self._reading, None
+        if reading is not None and reading.reserved:
+            self._unreserve(reading.reserved)
+        for stream_id in list(self._bodies):
+            self._end_body(stream_id)
         for timer in (self._handshake_timer, self._header_timer, self._idle_timer, self._linger):
             if timer is not None:
                 timer.cancel()
@@ -276,15 +360,30 @@ class ConnectionGuard(asyncio.Protocol):
         watch_sent_headers(self._protocol, self._unanswered.discard)
         self._arm_idle()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        reading = self._reading
+        if reading is not None and reading.view is not None:
+            return reading.view[reading.filled :]
+        return self._scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
         if self._closing:
             return
         began = time.perf_counter()
+        self._server.received += nbytes
         try:
-            control = self._scan(data)
-            if self._closing:
-                return
-            self._protocol.data_received(data)
+            reading = self._reading
+            if reading is not None and reading.view is not None:
+                # Read straight into the frame's buffer (get_buffer gave it).
+                reading.filled += nbytes
+                self._body_left -= nbytes
+                if not self._body_left:
+                    self._reading = None
+                    self._frame_received()
+                    self._give(reading)
+                control = 0
+            else:
+                control = self._feed(self._scratch[:nbytes])
             if not self._closing:
                 self._check_unread(control)
         finally:
@@ -305,9 +404,12 @@ class ConnectionGuard(asyncio.Protocol):
 
     # --- frame headers, before h2 parses them -----------------------------------------
 
-    def _scan(self, data: bytes) -> int:
-        """Read the frame headers in ``data``; return the acknowledgements they ask for."""
+    def _feed(self, data: memoryview) -> int:
+        """Read the frames in ``data`` for h2, in order; return the acknowledgements they
+        ask for. Bytes go to h2 in runs, between the DATA frames read past it."""
         i, n, control = 0, len(data), 0
+        start = 0  # the first byte not yet given to h2
+        end = n  # the last, unless a header cut by the end of the read is held back
         if self._preface_left:
             i = min(self._preface_left, n)
             self._preface_left -= i  # h2 checks its bytes
@@ -320,30 +422,150 @@ class ConnectionGuard(asyncio.Protocol):
                     break
                 self._frame_received()
                 continue
+            held = b""
             if self._head or n - i < 9:
+                # A header cut by the end of a read is held back from h2 until it is
+                # whole and it is known who reads its frame. Its end opens this read.
                 take = min(9 - len(self._head), n - i)
                 self._head += data[i : i + take]
                 i += take
                 if len(self._head) < 9:
+                    end = i - take
                     break
-                high, low, kind, flags, _ = _FRAME_HEAD.unpack(self._head)
+                held = bytes(self._head)
                 self._head.clear()
+                high, low, kind, flags, stream_id = _FRAME_HEAD.unpack(held)
+                start = i  # its end is in ``held``; nothing of this read came before it
             else:
-                high, low, kind, flags, _ = _FRAME_HEAD.unpack_from(data, i)
+                high, low, kind, flags, stream_id = _FRAME_HEAD.unpack_from(data, i)
                 i += 9
             length = high << 16 | low
             if not self._frame_begins(kind, flags, length):
                 return 0
             if kind in (_PING, _SETTINGS) and not flags & _ACK:
                 control += 1
+            frame = None
+            if self._direct(kind, flags, length, stream_id):
+                if i - 9 > start and not held:
+                    self._to_h2(data[start : i - 9])  # first what came before, in order
+                    start = i - 9
+                    if self._closing:
+                        return 0
+                frame = self._direct_frame(stream_id, flags, length, data[i : i + length])
+            if frame is not None:
+                take = min(length, n - i)
+                i += take
+                start = i
+                self._body_left = length - take
+                if self._body_left:
+                    self._reading = frame
+                    continue
+                self._frame_received()
+                self._give(frame)
+                if self._closing:
+                    return 0
+                continue
+            # h2 reads this frame: its header (held back, or in the run) and its body.
+            if held:
+                self._protocol.data_received(held)
+                if self._closing:
+                    return 0
+            if kind == _DATA and stream_id in self._bodies:
+                self._end_body(stream_id)  # h2 reads a part of it: the reader joins them
             self._body_left = length
             if not length:
                 self._frame_received()
-        if self._in_block and self._header_timer is None:
+        if start < end:
+            self._to_h2(data[start:end])
+        if self._in_block and self._header_timer is None and not self._closing:
             timeout = self._limits.header_timeout
             if timeout is not None:
                 self._header_timer = self._loop.call_later(timeout, self._header_expired)
         return control
+
+    def _direct(self, kind: int, flags: int, length: int, stream_id: int) -> bool:
+        """Whether a frame whose header just arrived whole is read past h2's frame buffer.
+
+        A DATA frame without padding, on a stream, outside a header block (where h2
+        must see that it is out of place), no larger than h2 accepts (or h2 refuses it
+        whole), is given to h2 as a frame: h2 checks everything else about it as it
+        does for one it parsed. One that continues in later reads gets a buffer of its
+        length, which its header alone may ask for: at most one per connection, and
+        the server's total is bounded (``ServerGuard.direct_bytes``).
+        """
+        return not (
+            kind != _DATA
+            or flags & ~_END_STREAM
+            or not stream_id
+            or self._in_block
+            or length > self._h2.max_inbound_frame_size
+        )
+
+    def _direct_frame(
+        self, stream_id: int, flags: int, length: int, first: memoryview
+    ) -> _DirectFrame | None:
+        """The frame read past h2, with ``first`` (what arrived of it) in; None when a
+        buffer for the rest is not to be had (h2 reads it then)."""
+        frame = _DirectFrame(stream_id, flags)
+        body = self._bodies.get(stream_id)
+        if body is not None:
+            if length <= body.left:
+                frame.into(body.take(length), first)
+                if not body.left:  # the last part: the frame holds the budget till it is in
+                    del self._bodies[stream_id]
+                    frame.reserved = len(body.view)
+                return frame
+            self._end_body(stream_id)  # it runs past its message: a frame like any other
+        if len(first) == length:
+            frame.payload = bytes(first)  # out of the buffer the next read reuses
+            return frame
+        body = self._begin_body(stream_id, length, first)
+        if body is not None:
+            frame.into(body.take(length), first)
+            return frame
+        if not self._reserve(length):
+            return None
+        frame.reserved = length
+        frame.into(memoryview(bytearray(length)), first)
+        return frame
+
+    def _begin_body(self, stream_id: int, length: int, first: memoryview) -> _Body | None:
+        """A buffer for the message this frame begins, if it begins one that runs on."""
+        meter = self._meters.get(stream_id)
+        if (meter is not None and (meter.remaining >= 0 or meter.prefix)) or len(first) < 5:
+            return None  # not at the start of a message, or its length not here yet
+        size = 5 + int.from_bytes(first[1:5], "big")
+        if size <= length or size < BODY_FROM or not self._reserve(size):
+            return None
+        body = self._bodies[stream_id] = _Body(size)
+        return body
+
+    def _end_body(self, stream_id: int) -> None:
+        body = self._bodies.pop(stream_id, None)
+        if body is not None:
+            self._unreserve(len(body.view))
+
+    def _reserve(self, size: int) -> bool:
+        """Take ``size`` bytes of buffers asked for by headers, within the limits of
+        incomplete messages (SRV-13's, per connection and in all)."""
+        if self._direct_bytes + size > self._limits.max_incomplete_bytes_per_connection:
+            return False
+        if not self._server.reserve_direct(size):
+            return False
+        self._direct_bytes += size
+        return True
+
+    def _unreserve(self, size: int) -> None:
+        self._direct_bytes -= size
+        self._server.release_direct(size)
+
+    def _to_h2(self, data: memoryview) -> None:
+        self._protocol.data_received(bytes(data))
+
+    def _give(self, frame: _DirectFrame) -> None:
+        if frame.reserved:
+            self._unreserve(frame.reserved)
+        receive_data_frame(self._protocol, frame.stream_id, frame.payload, frame.end_stream)
 
     def _frame_begins(self, kind: int, flags: int, length: int) -> bool:
         """A frame header arrived (its body may not have); False once a limit tripped."""
@@ -410,12 +632,14 @@ class ConnectionGuard(asyncio.Protocol):
             self._unanswered.add(event.stream_id)
         elif isinstance(event, h2.events.StreamReset):
             self._meters.pop(event.stream_id, None)
+            self._end_body(event.stream_id)
             if event.remote_reset and event.stream_id in self._unanswered:
                 self._unanswered.discard(event.stream_id)
                 self._premature += 1
                 self._check_resets()
         elif isinstance(event, h2.events.StreamEnded):
             self._meters.pop(event.stream_id, None)
+            self._end_body(event.stream_id)
         return not self._closing
 
     def _check_resets(self) -> None:
@@ -438,6 +662,7 @@ class ConnectionGuard(asyncio.Protocol):
         self._active -= 1
         self._unanswered.discard(stream_id)
         self._meters.pop(stream_id, None)
+        self._end_body(stream_id)
         if not self._active:
             self._arm_idle()
 

@@ -430,3 +430,155 @@ def test_the_guards_hooks_are_where_grpclib_and_h2_call_them() -> None:
     assert "self.decoder.max_header_list_size = setting.new_value" in acked
     decoder = h2.connection.H2Connection().decoder
     assert isinstance(decoder, hpack.Decoder) and hasattr(decoder, "max_header_list_size")
+
+
+# --- reading DATA frames past h2's frame buffer -------------------------------------------
+
+
+def _server_with_open_stream() -> Any:
+    """A real h2 server connection on which the client opened stream 1."""
+    import h2.config
+    import h2.connection
+
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.send_headers(1, [(":method", "POST"), (":path", "/"), (":scheme", "http"),
+                            (":authority", "a")])  # fmt: skip
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    server.data_to_send()
+    return server
+
+
+class _Protocol:
+    """What receive_data_frame uses of grpclib's protocol (a stand-in: the socket and
+    grpclib's event handling are not what this test is about)."""
+
+    def __init__(self, machine: Any) -> None:
+        outer = self
+        self.events: list[Any] = []
+        self.closed = ""
+
+        class Connection:
+            _connection = machine
+
+            def flush(self) -> None:
+                machine.data_to_send()
+
+        class Processor:
+            def process(self, event: Any) -> None:
+                outer.events.append(event)
+
+            def close(self, reason: str) -> None:
+                outer.closed = reason
+
+        self.connection, self.processor = Connection(), Processor()
+
+
+@pytest.mark.parametrize("end_stream", [False, True])
+def test_a_data_frame_given_as_an_object_is_the_frame_h2_parses(end_stream: bool) -> None:
+    import hyperframe.frame
+
+    payload = bytes(range(200)) * 3
+    parsed = _server_with_open_stream()
+    wire = hyperframe.frame.DataFrame(1, payload)
+    if end_stream:
+        wire.flags.add("END_STREAM")
+    theirs = parsed.receive_data(wire.serialize())
+    direct = _server_with_open_stream()
+    protocol = _Protocol(direct)
+    _grpclib_private.receive_data_frame(protocol, 1, memoryview(payload), end_stream)
+    assert [type(e) for e in protocol.events] == [type(e) for e in theirs]
+    assert bytes(protocol.events[0].data) == theirs[0].data == payload
+    assert protocol.events[0].flow_controlled_length == theirs[0].flow_controlled_length
+    for machine in (parsed, direct):
+        assert machine.remote_flow_control_window(1) == 65535 - len(payload)
+    assert direct.streams[1].state_machine.state == parsed.streams[1].state_machine.state
+    # What receive_data does around each frame it parsed, and grpclib with the result.
+    source = inspect.getsource(type(parsed).receive_data)
+    assert "events.extend(self._receive_frame(frame))" in source
+    assert "self._terminate_connection(e.error_code)" in source
+    received = inspect.getsource(grpclib.protocol.H2Protocol.data_received)
+    for step in (
+        "except ProtocolError:",
+        "self.processor.close('Protocol error')",
+        "self.connection.flush()",
+        "self.processor.process(event)",
+    ):
+        assert step in received
+
+
+def test_a_data_frame_h2_refuses_closes_the_connection_as_receive_data_does() -> None:
+    machine = _server_with_open_stream()
+    protocol = _Protocol(machine)
+    too_much = memoryview(bytes(70_000))  # past the stream's window of 65,535
+    _grpclib_private.receive_data_frame(protocol, 1, too_much, False)
+    assert protocol.closed == "Protocol error"
+    assert b"\x07" in machine.data_to_send()  # a GOAWAY (type 7) is queued
+
+
+class _Buffered:
+    """A grpclib Buffer under a stream, as read_message reads it."""
+
+    def __init__(self, pieces: list[bytes | memoryview], eof: bool) -> None:
+        self.acks: list[int] = []
+        self.buffer = grpclib.protocol.Buffer(self.acks.append)
+        for piece in pieces:
+            self.buffer.add(piece, len(piece) + 1)  # flow-controlled length: padding too
+        if eof:
+            self.buffer.eof()
+
+    async def recv_data(self, size: int) -> bytes:
+        return await self.buffer.read(size)
+
+
+@pytest.mark.parametrize(
+    ("pieces", "reads", "eof"),
+    [
+        ([b"p" * 5 + b"a" * 100], [5, 100], False),  # one frame: prefix and body
+        ([b"p" * 5 + b"a" * 100 + b"q" * 5 + b"b" * 7], [5, 100, 5, 7], False),
+        ([b"p" * 3, b"pp" + b"a" * 10, b"a" * 20], [5, 30], False),  # bytes: joined
+        ([b"p" * 5 + b"a" * 10], [5, 10, 5], True),  # then the end
+        ([b"p" * 5 + b"a" * 4], [5, 10], True),  # cut short
+    ],
+)
+async def test_receive_exactly_reads_what_buffer_read_reads(
+    pieces: list[bytes], reads: list[int], eof: bool
+) -> None:
+    ours, theirs = _Buffered(pieces, eof), _Buffered(pieces, eof)
+
+    async def outcome(read: Any, size: int) -> object:
+        try:
+            return bytes(await read(size))
+        except AssertionError:
+            return AssertionError
+
+    for size in reads:
+        mine = await outcome(
+            lambda n: _grpclib_private.receive_exactly(ours, n),
+            size,  # type: ignore[arg-type]
+        )
+        assert mine == await outcome(theirs.recv_data, size)
+    assert ours.acks == theirs.acks
+
+
+async def test_a_body_read_into_one_buffer_is_returned_as_a_view_of_it() -> None:
+    whole = bytearray(b"P" * 5 + bytes(range(256)) * 40)
+    view = memoryview(whole)
+    pieces: list[bytes | memoryview] = [view[:3000], view[3000:7000], view[7000:]]
+    stream = _Buffered(pieces, eof=False)
+    assert bytes(await _grpclib_private.receive_exactly(stream, 5)) == b"P" * 5  # type: ignore[arg-type]
+    body = await _grpclib_private.receive_exactly(stream, len(whole) - 5)  # type: ignore[arg-type]
+    assert isinstance(body, memoryview) and body.obj is whole and bytes(body) == whole[5:]
+    assert stream.acks == [3001, 4001, len(whole) - 7000 + 1]
+    # Buffer.read's own fields, which receive_exactly takes pieces from as it does.
+    source = inspect.getsource(grpclib.protocol.Buffer.read)
+    for step in (
+        "data, data_size, ack_size = await self._unacked.get()",
+        "self._acked.append(AckedData(memoryview(data), data_size))",
+        "self._acked_size += data_size",
+        "self._ack_callback(ack_size)",
+        "self._acked_size -= size",
+    ):
+        assert step in source

@@ -1,0 +1,213 @@
+"""DATA frames the connection's guard reads past h2's frame buffer, on a real server.
+
+The guard reads each DATA frame's payload into a buffer of its own (a message that
+arrives in several frames into one buffer of the message's size) and gives h2 the frame
+as an object; everything else goes to h2 as received. These tests send frames cut at
+every awkward place, with a raw HTTP/2 client, and check that every byte reaches the
+processor as sent, that a large message reaches it as one buffer (the only copy of an
+embedded frame is the kernel's), and what still goes to h2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import anyio
+import pytest
+
+from avaproto.codec import encode_framed
+from avaproto.engine.frame import Frame
+from avaproto.messages import ContentBytes, Inference, MediaSample, MediaStreamMessage
+from avaproto.transport import guard
+from avaproto.transport.grpc_server import ExtensionServer
+from tests.builders import pipeline_descriptor, video_format
+from tests.transport.test_hostile_http2 import (
+    DATA,
+    HEADERS,
+    REQUEST,
+    TIMEOUT,
+    Attacker,
+    completes,
+    eventually,
+    frame,
+    serving,
+)
+
+pytestmark = pytest.mark.anyio
+PADDED = 0x8
+SIZE = 60_000
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # grpclib runs on asyncio
+
+
+def picture(number: int, size: int) -> bytes:
+    return bytes((number * 7 + i) % 251 for i in range(256)) * (size // 256) + bytes(size % 256)
+
+
+def sample(number: int, size: int) -> bytes:
+    content = ContentBytes(bytes=picture(number, size))
+    return encode_framed(
+        MediaStreamMessage(sequence_number=number, media_sample=MediaSample(content_bytes=content))
+    )
+
+
+class Seen:
+    """The processor: the digest of each frame's bytes, and what held them."""
+
+    def __init__(self) -> None:
+        self.digests: dict[int, str] = {}
+        self.holders: dict[int, tuple[type, int]] = {}
+
+    def __call__(self, frame: Frame) -> list[Inference]:
+        data = frame.data
+        assert isinstance(data, memoryview)
+        self.digests[frame.sequence_number] = hashlib.sha256(data).hexdigest()
+        self.holders[frame.sequence_number] = (type(data.obj), len(data.obj))  # type: ignore[arg-type]
+        return []
+
+
+def digest(number: int, size: int) -> str:
+    return hashlib.sha256(picture(number, size)).hexdigest()
+
+
+async def answered(attacker: Attacker, stream_id: int, count: int) -> None:
+    """Wait for ``count`` answers to samples (besides the descriptor's) on ``stream_id``;
+    answers made ready together share a DATA frame, so messages are counted."""
+
+    def messages() -> int:
+        data = b"".join(
+            event.data
+            for event in attacker.events
+            if type(event).__name__ == "DataReceived" and event.stream_id == stream_id
+        )
+        found = position = 0
+        while position + 5 <= len(data):
+            position += 5 + int.from_bytes(data[position + 1 : position + 5], "big")
+            found += position <= len(data)
+        return found
+
+    await attacker.until(lambda: messages() >= count + 1)
+
+
+async def open_call(attacker: Attacker, size: int) -> int:
+    """A call whose frames are RAW RGB24 of ``size`` bytes (a multiple of 300)."""
+    fmt = video_format(width=size // 300, height=100)
+    descriptor = MediaStreamMessage(
+        sequence_number=1, media_stream_descriptor=pipeline_descriptor(fmt)
+    )
+    stream_id = attacker.h2.get_next_available_stream_id()
+    attacker.h2.send_headers(stream_id, REQUEST)
+    attacker.h2.send_data(stream_id, encode_framed(descriptor))
+    assert await attacker.flush()
+    return stream_id
+
+
+async def send_raw(
+    attacker: Attacker, server: ExtensionServer, data: bytes, cuts: list[int]
+) -> None:
+    """``data`` in pieces ending at ``cuts``, each read by the server before the next."""
+    assert server.guard is not None
+    start = 0
+    for end in [*cuts, len(data)]:
+        target = server.guard.received + end - start
+        assert await attacker.send(data[start:end])
+        await eventually(lambda target=target: server.guard.received >= target)  # type: ignore[misc, union-attr]
+        start = end
+
+
+async def test_frames_cut_anywhere_reach_the_processor_intact() -> None:
+    seen = Seen()
+    with anyio.fail_after(4 * TIMEOUT):
+        async with serving(seen) as server, Attacker.connect(server.port) as attacker:
+            stream_id = await open_call(attacker, SIZE)
+            first, second = sample(2, SIZE), sample(3, SIZE)
+            raw = frame(DATA, 0, stream_id, first) + frame(DATA, 0, stream_id, second)
+            # The header cut, the prefix cut, the body cut, the rest of one frame and
+            # the start of the next in one read.
+            cuts = [4, 9 + 3, 9 + 200, len(first) + 9 + 7, len(raw) - 100]
+            await send_raw(attacker, server, raw, cuts)
+            await answered(attacker, stream_id, 2)
+            # The window h2 consumed for them is what the bytes took: more still fits.
+            attacker.h2.send_data(stream_id, sample(4, SIZE))
+            assert await attacker.flush()
+            await answered(attacker, stream_id, 3)
+    assert seen.digests == {n: digest(n, SIZE) for n in (2, 3, 4)}
+
+
+async def test_a_large_message_in_several_frames_reaches_the_processor_as_one_buffer() -> None:
+    seen = Seen()
+    size = 300_000
+    with anyio.fail_after(4 * TIMEOUT):
+        async with serving(seen) as server, Attacker.connect(server.port) as attacker:
+            stream_id = await open_call(attacker, size)
+            message = sample(2, size)
+            parts = [message[:100_000], message[100_000:250_000], message[250_000:]]
+            raw = b"".join(frame(DATA, 0, stream_id, part) for part in parts)
+            await send_raw(attacker, server, raw, [50_000, 100_009 + 5, 200_000])
+            await answered(attacker, stream_id, 1)
+    assert seen.digests == {2: digest(2, size)}
+    # The processor's view is of the buffer the frames were read into: the whole
+    # message (its prefix, then its body), nothing copied out of it.
+    assert seen.holders[2] == (bytearray, len(message))
+
+
+async def connection_error(attacker: Attacker) -> None:
+    """h2 found a connection error: the connection ends (grpclib closes it at once; a
+    GOAWAY, if it got out, says PROTOCOL_ERROR)."""
+    event = await attacker.closed()
+    assert event is None or event.error_code == 1
+    await attacker.ended.wait()
+
+
+async def test_padded_frames_and_frames_on_stream_zero_are_h2s() -> None:
+    seen = Seen()
+    with anyio.fail_after(4 * TIMEOUT):
+        async with serving(seen) as server:
+            async with Attacker.connect(server.port) as attacker:
+                stream_id = await open_call(attacker, SIZE)
+                payload = sample(2, SIZE)
+                padded = frame(DATA, PADDED, stream_id, bytes([3]) + payload + bytes(3))
+                await send_raw(attacker, server, padded, [20])
+                await answered(attacker, stream_id, 1)
+            assert seen.digests == {2: digest(2, SIZE)}
+            async with Attacker.connect(server.port) as attacker:
+                await attacker.send(frame(DATA, 0, 0, b"x" * 10))
+                await connection_error(attacker)
+            await completes(server.port)
+
+
+async def test_data_inside_a_header_block_is_refused_by_h2() -> None:
+    with anyio.fail_after(4 * TIMEOUT):
+        async with serving() as server:
+            async with Attacker.connect(server.port) as attacker:
+                block = attacker.h2.encoder.encode(REQUEST)
+                stream_id = attacker.h2.get_next_available_stream_id()
+                # HEADERS without END_HEADERS, then DATA where a CONTINUATION must be.
+                await attacker.send(
+                    frame(HEADERS, 0, stream_id, block) + frame(DATA, 0, stream_id, b"x" * 10)
+                )
+                await connection_error(attacker)
+            await completes(server.port)
+
+
+async def test_a_frame_past_the_buffer_budget_is_read_by_h2() -> None:
+    """Buffers a header asks for are bounded: past the bound, h2 buffers what arrives."""
+    seen = Seen()
+    messages = [sample(n, 21_000) for n in range(2, 20)]  # 18 small messages, one frame
+    raw_size = sum(len(m) for m in messages)
+    limit = raw_size // 2
+    assert raw_size > guard.READ_SIZE
+    with anyio.fail_after(4 * TIMEOUT):
+        async with serving(
+            seen, max_incomplete_bytes_per_connection=limit, max_incomplete_bytes=limit
+        ) as server:
+            async with Attacker.connect(server.port) as attacker:
+                stream_id = await open_call(attacker, 21_000)
+                raw = frame(DATA, 0, stream_id, b"".join(messages))
+                await send_raw(attacker, server, raw, [1000])
+                await answered(attacker, stream_id, len(messages))
+            assert server.guard is not None and server.guard.direct_bytes == 0
+    assert seen.digests == {n: digest(n, 21_000) for n in range(2, 20)}
