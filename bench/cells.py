@@ -1,7 +1,9 @@
 """The cells of the benchmark: each one load, driven through every server by every client.
 
-Frame counts are per stream and per run, sized on a 2-core machine so that one round of
-a cell (every server, every client) takes a few seconds; ``--frames`` overrides them.
+Frame counts are per stream and per run, sized on a 2-core machine so that one run
+lasts about half a second (shorter runs move by more than the differences measured)
+and one round of a cell (every server, every client) a few seconds; ``--frames``
+overrides them.
 ``rss`` and ``copies`` are not cells of this kind: they watch avaproto's server alone.
 """
 
@@ -57,10 +59,10 @@ class Cell:
 CELLS: dict[str, Cell] = {
     cell.name: cell
     for cell in (
-        Cell("embedded-416", "416x416 RGB24 embedded, no-op", "embedded", 416, 416, 300),
-        Cell("shm-416", "416x416 RGB24 shared memory, no-op", "shm", 416, 416, 1000),
-        Cell("embedded-1080", "1920x1080 RGB24 embedded, no-op", "embedded", 1920, 1080, 30),
-        Cell("shm-1080", "1920x1080 RGB24 shared memory, no-op", "shm", 1920, 1080, 300),
+        Cell("embedded-416", "416x416 RGB24 embedded, no-op", "embedded", 416, 416, 600),
+        Cell("shm-416", "416x416 RGB24 shared memory, no-op", "shm", 416, 416, 3000),
+        Cell("embedded-1080", "1920x1080 RGB24 embedded, no-op", "embedded", 1920, 1080, 60),
+        Cell("shm-1080", "1920x1080 RGB24 shared memory, no-op", "shm", 1920, 1080, 1000),
         Cell(
             "latency-bound",
             "416x416 embedded, 20 ms of processing per frame",
@@ -87,7 +89,7 @@ CELLS: dict[str, Cell] = {
             "shm",
             416,
             416,
-            150,
+            400,
             streams=8,
         ),
     )

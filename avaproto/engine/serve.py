@@ -16,11 +16,11 @@ and ``finally`` releases every lease and mapping.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
+import types
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
+from functools import partial
 from typing import Any, ClassVar
 
 import anyio
@@ -75,13 +75,10 @@ class _Turn:
     the turn over, so that worker reads on and a lone message costs no wake-up of another
     task; processing that waits (a model, a thread, a timer) passes the turn, the
     moment it waits, to a parked worker (or leaves it free for the next one that comes
-    back), so the stream keeps reading while it waits. ``hand_over_on_wait`` arranges
-    that: on asyncio a callback queued before the processing starts, which runs only if
-    the processing yields to the event loop; on other backends the turn is handed over
-    before processing, always (correct, one wake-up more per sample).
+    back), so the stream keeps reading while it waits. ``_on_first_wait`` tells when.
     """
 
-    __slots__ = ("_ended", "_event", "_holder", "_parked", "_soon")
+    __slots__ = ("_ended", "_event", "_holder", "_parked")
 
     def __init__(self) -> None:
         self._holder: object | None = None
@@ -90,10 +87,6 @@ class _Turn:
         # The event's class is taken from the running backend once per stream, so
         # making one costs no backend lookup.
         self._event = type(anyio.Event())
-        self._soon: Callable[[Callable[[], None]], Any] | None = None
-        # On another backend (trio) there is no asyncio loop: the turn passes eagerly.
-        with contextlib.suppress(RuntimeError):
-            self._soon = asyncio.get_running_loop().call_soon
 
     async def take(self, worker: object) -> bool:
         """Wait for ``worker``'s turn to read; False once the input ended (it stops)."""
@@ -120,16 +113,10 @@ class _Turn:
         while self._parked:
             self._parked.popleft()[1].set()
 
-    def hand_over_on_wait(self, worker: object) -> Callable[[], None]:
-        """Pass ``worker``'s turn on if what follows waits; call the result when done."""
+    def pass_on(self, worker: object) -> None:
+        """``worker`` is about to wait: the turn, if it holds it, goes to the next."""
         if self._holder is not worker:
-            return _nothing
-        if self._soon is None:
-            self._pass()
-            return _nothing
-        return self._soon(self._pass).cancel  # type: ignore[no-any-return]
-
-    def _pass(self) -> None:
+            return
         if self._parked:
             worker, event = self._parked.popleft()
             self._holder = worker
@@ -138,8 +125,38 @@ class _Turn:
             self._holder = None
 
 
-def _nothing() -> None:
-    return None
+@types.coroutine
+def _on_first_wait(
+    waits: Callable[[], None], coroutine: Coroutine[Any, Any, None]
+) -> Generator[Any, Any, None]:
+    """Await ``coroutine``, calling ``waits()`` just before it first suspends the task.
+
+    ``await coroutine`` (``yield from``, PEP 380), with a look at its first step: a
+    coroutine that finishes without suspending never calls ``waits``. The coroutine
+    runs in the awaiting task, so its cancel scopes and context are that task's.
+    """
+    steps = coroutine.__await__()
+    try:
+        value = steps.send(None)
+    except StopIteration:
+        return
+    waits()
+    while True:
+        try:
+            sent = yield value
+        except GeneratorExit:
+            steps.close()
+            raise
+        except BaseException as error:
+            try:
+                value = steps.throw(error)
+            except StopIteration:
+                return
+        else:
+            try:
+                value = steps.send(sent)
+            except StopIteration:
+                return
 
 
 class _InOrder:
@@ -357,28 +374,29 @@ class ExtensionHandler:
     async def _work(self) -> None:
         me = object()
         turn, receive_one = self.turn, self.runner.receive_one
+        waits = partial(turn.pass_on, me)
         while await turn.take(me):
             if not await receive_one(self):
                 return  # the end of input (on_end ended every worker's turn)
             job, self.received = self.received, None
             if job is None:
                 continue  # no sample in that message: read the next one
-            done_waiting = turn.hand_over_on_wait(me)
+            await _on_first_wait(waits, self._serve(job))
+
+    async def _serve(self, job: _Job) -> None:
+        """Process ``job``'s sample, then answer what is ready."""
+        if (in_order := self.one_at_a_time) is None:
+            await self._process(job)
+        else:
+            await in_order.acquire()
             try:
-                if (in_order := self.one_at_a_time) is None:
-                    await self._process(job)
-                else:
-                    await in_order.acquire()
-                    try:
-                        await self._process(job)
-                    finally:
-                        in_order.release()
-                job.done = True
-                # In request order, only the head of the line unblocks answers.
-                if not self.config.ordered or job is self.pending[0]:
-                    await self._answer_ready()
+                await self._process(job)
             finally:
-                done_waiting()
+                in_order.release()
+        job.done = True
+        # In request order, only the head of the line unblocks answers.
+        if not self.config.ordered or job is self.pending[0]:
+            await self._answer_ready()
 
     async def _process(self, job: _Job) -> None:
         number = job.sample.sequence_number
