@@ -41,6 +41,8 @@ def _malformed(what: str, offset: int) -> RemoteProtocolError:
 
 
 def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
+    if pos < end and data[pos] < 0x80:  # one byte: every key of this protocol's fields
+        return data[pos], pos + 1
     result = 0
     shift = 0
     start = pos
