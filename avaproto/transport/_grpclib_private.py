@@ -189,26 +189,33 @@ async def send_client_message(stream: grpclib.client.Stream[Any, Any], framed: b
 log = logging.getLogger("avaproto.server")
 
 
-def receive_data_frame(
-    protocol: Any, stream_id: int, payload: bytes | memoryview, end_stream: bool
-) -> None:
-    """Have a connection take a DATA frame read outside h2's frame buffer.
+def data_frame(stream_id: int, payload: bytes | memoryview, end_stream: bool) -> Any:
+    """A received DATA frame as hyperframe parses one, its payload left as it is.
 
-    What ``grpclib.protocol.H2Protocol.data_received`` does with the frames h2 parses
-    out of received bytes (``h2.connection.H2Connection.receive_data``: each frame to
-    ``_receive_frame``; a protocol error queues a GOAWAY and closes every call), for one
-    frame built from the header already read and a view of its payload: h2 checks the
-    frame and does its bookkeeping (state, flow control, events) as for one it parsed.
+    A view stays a view: h2 hands it on as the event's data, and hyperframe copies one
+    only to serialize it, which a received frame never is.
     """
-    # A view stays a view: h2 hands it on as the event's data, and hyperframe copies
-    # one only to serialize it, which a received frame never is.
     frame = hyperframe.frame.DataFrame(stream_id, cast(bytes, payload))
     if end_stream:
         frame.flags.add("END_STREAM")
+    return frame
+
+
+def receive_frames(protocol: Any, frames: list[Any]) -> None:
+    """Have a connection take frames read outside h2's frame buffer, in order.
+
+    What ``grpclib.protocol.H2Protocol.data_received`` does with the frames h2 parses
+    out of received bytes (``h2.connection.H2Connection.receive_data``: each frame to
+    ``_receive_frame``; a protocol error queues a GOAWAY, and grpclib closes every
+    call): h2 checks each frame and does its bookkeeping (state, flow control, events)
+    as for one it parsed.
+    """
     machine = protocol.connection._connection
+    events: list[Any] = []
     try:
         try:
-            events = machine._receive_frame(frame)
+            for frame in frames:
+                events.extend(machine._receive_frame(frame))
         except h2.exceptions.ProtocolError as error:
             machine._terminate_connection(error.error_code)
             raise

@@ -41,11 +41,13 @@ import h2.events
 import h2.exceptions
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
+from hyperframe.frame import WindowUpdateFrame
 
 from ._grpclib_private import (
     close_connection,
+    data_frame,
     h2_connection,
-    receive_data_frame,
+    receive_frames,
     track_streams,
     update_local_settings,
     watch_events,
@@ -58,7 +60,8 @@ log = logging.getLogger("avaproto.server")
 
 #: A frame header (RFC 9113, 4.1): 24-bit length, type, flags, 31-bit stream id.
 _FRAME_HEAD = struct.Struct(">BHBBI")
-_DATA, _HEADERS, _SETTINGS, _PING, _CONTINUATION = 0x0, 0x1, 0x4, 0x6, 0x9
+_DATA, _HEADERS, _SETTINGS, _PING, _WINDOW_UPDATE, _CONTINUATION = 0x0, 0x1, 0x4, 0x6, 0x8, 0x9
+_INCREMENT = struct.Struct(">L")
 _END_STREAM, _ACK, _END_HEADERS = 0x1, 0x1, 0x4
 #: Bytes asked of the socket per read, outside a large DATA frame (asyncio's own size).
 READ_SIZE = 256 * 1024
@@ -380,7 +383,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 if not self._body_left:
                     self._reading = None
                     self._frame_received()
-                    self._give(reading)
+                    self._give([reading])
                 control = 0
             else:
                 control = self._feed(self._scratch[:nbytes])
@@ -406,10 +409,13 @@ class ConnectionGuard(asyncio.BufferedProtocol):
 
     def _feed(self, data: memoryview) -> int:
         """Read the frames in ``data`` for h2, in order; return the acknowledgements they
-        ask for. Bytes go to h2 in runs, between the DATA frames read past it."""
+        ask for. Frames read past h2's frame buffer (``_direct``) go to it as objects,
+        those that arrived whole together; the other bytes go to it as received, in
+        runs between them."""
         i, n, control = 0, len(data), 0
         start = 0  # the first byte not yet given to h2
         end = n  # the last, unless a header cut by the end of the read is held back
+        whole: list[Any] = []  # frames read past h2, complete, not yet given to it
         if self._preface_left:
             i = min(self._preface_left, n)
             self._preface_left -= i  # h2 checks its bytes
@@ -444,14 +450,25 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 return 0
             if kind in (_PING, _SETTINGS) and not flags & _ACK:
                 control += 1
-            frame = None
-            if self._direct(kind, flags, length, stream_id):
+            frame: Any = None
+            if self._direct(kind, flags, length, stream_id, data, i):
                 if i - 9 > start and not held:
                     self._to_h2(data[start : i - 9])  # first what came before, in order
                     start = i - 9
                     if self._closing:
                         return 0
-                frame = self._direct_frame(stream_id, flags, length, data[i : i + length])
+                if kind == _WINDOW_UPDATE:
+                    frame = WindowUpdateFrame(stream_id, _INCREMENT.unpack_from(data, i)[0])
+                else:
+                    take = min(length, n - i)
+                    if take < length and whole:
+                        # It may begin a message read into one buffer, decided from
+                        # the stream's messages so far: h2 must have seen the others.
+                        self._give(whole)
+                        whole = []
+                        if self._closing:
+                            return 0
+                    frame = self._direct_frame(stream_id, flags, length, data[i : i + take])
             if frame is not None:
                 take = min(length, n - i)
                 i += take
@@ -461,11 +478,15 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                     self._reading = frame
                     continue
                 self._frame_received()
-                self._give(frame)
+                whole.append(frame)
+                continue
+            # h2 reads this frame: its header (held back, or in the run) and its body,
+            # after the frames read past it so far.
+            if whole:
+                self._give(whole)
+                whole = []
                 if self._closing:
                     return 0
-                continue
-            # h2 reads this frame: its header (held back, or in the run) and its body.
             if held:
                 self._protocol.data_received(held)
                 if self._closing:
@@ -475,7 +496,9 @@ class ConnectionGuard(asyncio.BufferedProtocol):
             self._body_left = length
             if not length:
                 self._frame_received()
-        if start < end:
+        if whole:
+            self._give(whole)
+        if start < end and not self._closing:
             self._to_h2(data[start:end])
         if self._in_block and self._header_timer is None and not self._closing:
             timeout = self._limits.header_timeout
@@ -483,23 +506,28 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 self._header_timer = self._loop.call_later(timeout, self._header_expired)
         return control
 
-    def _direct(self, kind: int, flags: int, length: int, stream_id: int) -> bool:
-        """Whether a frame whose header just arrived whole is read past h2's frame buffer.
+    def _direct(
+        self, kind: int, flags: int, length: int, stream_id: int, data: memoryview, at: int
+    ) -> bool:
+        """Whether a frame whose header just arrived whole is read past h2's frame buffer
+        (its payload, if any, at ``data[at:]``).
 
-        A DATA frame without padding, on a stream, outside a header block (where h2
-        must see that it is out of place), no larger than h2 accepts (or h2 refuses it
-        whole), is given to h2 as a frame: h2 checks everything else about it as it
-        does for one it parsed. One that continues in later reads gets a buffer of its
-        length, which its header alone may ask for: at most one per connection, and
-        the server's total is bounded (``ServerGuard.direct_bytes``).
+        A DATA frame without padding, on a stream, and a WINDOW_UPDATE whose increment
+        hyperframe would accept, both outside a header block (where h2 must see that
+        they are out of place), no larger than h2 accepts (or h2 refuses them whole),
+        are given to h2 as frame objects: h2 checks everything else about them as it
+        does for frames it parsed. A DATA frame that continues in later reads gets a
+        buffer of its length, which its header alone may ask for: at most one per
+        connection, and the server's total is bounded (``ServerGuard.direct_bytes``).
         """
-        return not (
-            kind != _DATA
-            or flags & ~_END_STREAM
-            or not stream_id
-            or self._in_block
-            or length > self._h2.max_inbound_frame_size
-        )
+        if self._in_block or length > self._h2.max_inbound_frame_size:
+            return False
+        if kind == _DATA:
+            return not flags & ~_END_STREAM and stream_id > 0
+        if kind == _WINDOW_UPDATE and length == 4 and len(data) - at >= 4:
+            increment: int = _INCREMENT.unpack_from(data, at)[0]
+            return 0 < increment < 1 << 31
+        return False
 
     def _direct_frame(
         self, stream_id: int, flags: int, length: int, first: memoryview
@@ -562,10 +590,14 @@ class ConnectionGuard(asyncio.BufferedProtocol):
     def _to_h2(self, data: memoryview) -> None:
         self._protocol.data_received(bytes(data))
 
-    def _give(self, frame: _DirectFrame) -> None:
-        if frame.reserved:
-            self._unreserve(frame.reserved)
-        receive_data_frame(self._protocol, frame.stream_id, frame.payload, frame.end_stream)
+    def _give(self, frames: list[Any]) -> None:
+        """Give h2 frames read past its frame buffer (``_DirectFrame`` for DATA)."""
+        for index, frame in enumerate(frames):
+            if isinstance(frame, _DirectFrame):
+                if frame.reserved:
+                    self._unreserve(frame.reserved)
+                frames[index] = data_frame(frame.stream_id, frame.payload, frame.end_stream)
+        receive_frames(self._protocol, frames)
 
     def _frame_begins(self, kind: int, flags: int, length: int) -> bool:
         """A frame header arrived (its body may not have); False once a limit tripped."""

@@ -11,6 +11,7 @@ embedded frame is the kernel's), and what still goes to h2.
 from __future__ import annotations
 
 import hashlib
+import struct
 
 import anyio
 import pytest
@@ -34,7 +35,7 @@ from tests.transport.test_hostile_http2 import (
 )
 
 pytestmark = pytest.mark.anyio
-PADDED = 0x8
+PADDED, WINDOW_UPDATE = 0x8, 0x8
 SIZE = 60_000
 
 
@@ -124,10 +125,18 @@ async def test_frames_cut_anywhere_reach_the_processor_intact() -> None:
         async with serving(seen) as server, Attacker.connect(server.port) as attacker:
             stream_id = await open_call(attacker, SIZE)
             first, second = sample(2, SIZE), sample(3, SIZE)
-            raw = frame(DATA, 0, stream_id, first) + frame(DATA, 0, stream_id, second)
-            # The header cut, the prefix cut, the body cut, the rest of one frame and
-            # the start of the next in one read.
-            cuts = [4, 9 + 3, 9 + 200, len(first) + 9 + 7, len(raw) - 100]
+            credit = frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", 1000))
+            raw = (
+                credit
+                + frame(DATA, 0, stream_id, first)
+                + frame(WINDOW_UPDATE, 0, stream_id, struct.pack(">L", 1000))
+                + frame(DATA, 0, stream_id, second)
+            )
+            # The header cut, the prefix cut, the body cut, the rest of one frame, a
+            # WINDOW_UPDATE and the start of the next in one read.
+            head = len(credit)
+            cuts = [head + 4, head + 9 + 3, head + 9 + 200, head + len(first) + 9 + 7]
+            cuts.append(len(raw) - 100)
             await send_raw(attacker, server, raw, cuts)
             await answered(attacker, stream_id, 2)
             # The window h2 consumed for them is what the bytes took: more still fits.
@@ -175,6 +184,15 @@ async def test_padded_frames_and_frames_on_stream_zero_are_h2s() -> None:
             assert seen.digests == {2: digest(2, SIZE)}
             async with Attacker.connect(server.port) as attacker:
                 await attacker.send(frame(DATA, 0, 0, b"x" * 10))
+                await connection_error(attacker)
+            await completes(server.port)
+
+
+async def test_a_window_update_hyperframe_refuses_is_refused_by_h2() -> None:
+    with anyio.fail_after(4 * TIMEOUT):
+        async with serving() as server:
+            async with Attacker.connect(server.port) as attacker:
+                await attacker.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", 0)))
                 await connection_error(attacker)
             await completes(server.port)
 

@@ -452,7 +452,7 @@ def _server_with_open_stream() -> Any:
 
 
 class _Protocol:
-    """What receive_data_frame uses of grpclib's protocol (a stand-in: the socket and
+    """What receive_frames uses of grpclib's protocol (a stand-in: the socket and
     grpclib's event handling are not what this test is about)."""
 
     def __init__(self, machine: Any) -> None:
@@ -488,7 +488,8 @@ def test_a_data_frame_given_as_an_object_is_the_frame_h2_parses(end_stream: bool
     theirs = parsed.receive_data(wire.serialize())
     direct = _server_with_open_stream()
     protocol = _Protocol(direct)
-    _grpclib_private.receive_data_frame(protocol, 1, memoryview(payload), end_stream)
+    frame = _grpclib_private.data_frame(1, memoryview(payload), end_stream)
+    _grpclib_private.receive_frames(protocol, [frame])
     assert [type(e) for e in protocol.events] == [type(e) for e in theirs]
     assert bytes(protocol.events[0].data) == theirs[0].data == payload
     assert protocol.events[0].flow_controlled_length == theirs[0].flow_controlled_length
@@ -509,11 +510,26 @@ def test_a_data_frame_given_as_an_object_is_the_frame_h2_parses(end_stream: bool
         assert step in received
 
 
+@pytest.mark.parametrize("stream_id", [0, 1])
+def test_a_window_update_given_as_an_object_is_the_frame_h2_parses(stream_id: int) -> None:
+    import hyperframe.frame
+
+    parsed, direct = _server_with_open_stream(), _server_with_open_stream()
+    wire = hyperframe.frame.WindowUpdateFrame(stream_id, 1000)
+    theirs = parsed.receive_data(wire.serialize())
+    protocol = _Protocol(direct)
+    _grpclib_private.receive_frames(protocol, [hyperframe.frame.WindowUpdateFrame(stream_id, 1000)])
+    assert [(type(e), e.delta) for e in protocol.events] == [(type(e), e.delta) for e in theirs]
+    for machine in (parsed, direct):
+        assert machine.streams[1].outbound_flow_control_window == 65535 + (1000 if stream_id else 0)
+        assert machine.outbound_flow_control_window == 65535 + (0 if stream_id else 1000)
+
+
 def test_a_data_frame_h2_refuses_closes_the_connection_as_receive_data_does() -> None:
     machine = _server_with_open_stream()
     protocol = _Protocol(machine)
     too_much = memoryview(bytes(70_000))  # past the stream's window of 65,535
-    _grpclib_private.receive_data_frame(protocol, 1, too_much, False)
+    _grpclib_private.receive_frames(protocol, [_grpclib_private.data_frame(1, too_much, False)])
     assert protocol.closed == "Protocol error"
     assert b"\x07" in machine.data_to_send()  # a GOAWAY (type 7) is queued
 
