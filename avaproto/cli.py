@@ -594,6 +594,13 @@ def _add_serve(commands: Any) -> None:
         "bytes of messages announced but not yet received, across one connection's streams",
     )
     limit("--max-incomplete-bytes", byte_size, "SIZE", "the same, across the server")
+    limit(
+        "--max-read-buffers-bytes",
+        byte_size,
+        "SIZE",
+        "buffers sized from frame and message headers for bytes still arriving (read into "
+        "without a copy), across the server; past it, bytes are buffered as they arrive",
+    )
     parser.add_argument(
         "--loop-lag-warning",
         type=_timeout,

@@ -1,12 +1,13 @@
 """The extension's side of one stream: receive, process concurrently, answer, release.
 
-    runner ──► session.receive ──► workers (≤ max_in_flight at once) ──┐
-      ▲  reads on only when a slot is free (backpressure, SRV-1)        │
-      └── the worker at the head of the line: answer + ack, release ◄───┘
+    worker with the reading turn ──► runner.receive_one ──► its sample
+      │  reads only when a slot is free (backpressure, SRV-1)
+      ├── processes it; the moment that waits, the turn passes to a parked worker
+      └── at the head of the line: answers every ready sample in one write, releases
 
 The extension is a handler on ``engine.stream.StreamRunner``, as the pipeline is: the
-runner's one task group holds its receive loop and the workers, so nothing outlives
-the stream. Every received sample is answered exactly once, after its
+runner's one task group holds the ``max_in_flight`` workers, so nothing outlives the
+stream. Every received sample is answered exactly once, after its
 processing finished (ACK-1), by a message that carries its inferences and its
 acknowledgement (ACK-6); its shared-memory lease is released right after that message
 is sent (SRV-6). At the end of input everything in flight completes first (LIFE-2);

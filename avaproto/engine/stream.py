@@ -10,6 +10,10 @@ outlives the stream, end with one precise status, and keep one record of figures
                   ▲ handler.before_receive()   (backpressure, e.g. a free slot)
     handler.start(tasks): the role's own tasks, in the same task group
 
+The runner's own loop does the reading for the pipeline; the extension's tasks read
+themselves, one ``receive_one`` at a time (``Handler.reads_itself``), so that the task
+that reads a sample can process it without waking another.
+
 The extension (``engine.serve``) and the pipeline (``engine.drive``) are the two
 handlers. The runner knows nothing of frames, shared memory or inferences, and the
 handlers never touch the channel's receive side or the task group's error handling.

@@ -115,9 +115,9 @@ class ServerGuard:
         self.reading = 0.0
         #: Bytes read from every connection (after TLS), for diagnostics.
         self.received = 0
-        #: Bytes of buffers given to DATA frames still arriving, in all connections: a
-        #: frame's header alone asks for one, so past the limit h2 reads the frame
-        #: instead, buffering only what arrives (and as slowly).
+        #: Bytes of buffers sized from headers for bytes still arriving, in all
+        #: connections: a header alone asks for one, so past ``max_read_buffers_bytes``
+        #: h2 reads the frame instead, buffering only what arrives (and as slowly).
         self.direct_bytes = 0
         self._logged: dict[str, tuple[float, int]] = {}  # rule: (last line, quiet since)
 
@@ -155,7 +155,7 @@ class ServerGuard:
         self.open -= 1
 
     def reserve_direct(self, size: int) -> bool:
-        if self.direct_bytes + size > self.limits.max_incomplete_bytes:
+        if self.direct_bytes + size > self.limits.max_read_buffers_bytes:
             return False
         self.direct_bytes += size
         return True
@@ -297,7 +297,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         self._scratch = memoryview(bytearray(READ_SIZE))
         self._reading: _DirectFrame | None = None
         self._bodies: dict[int, _Body] = {}
-        self._direct_bytes = 0  # of the server's budget, held by this connection
+        self._direct_bytes = 0  # of max_read_buffers_bytes, held by this connection
         # Streams.
         self._active = 0
         self._opened = 0
@@ -517,8 +517,8 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         they are out of place), no larger than h2 accepts (or h2 refuses them whole),
         are given to h2 as frame objects: h2 checks everything else about them as it
         does for frames it parsed. A DATA frame that continues in later reads gets a
-        buffer of its length, which its header alone may ask for: at most one per
-        connection, and the server's total is bounded (``ServerGuard.direct_bytes``).
+        buffer of its length (or of its message's), which its header alone may ask for:
+        the server's total is bounded (``max_read_buffers_bytes``).
         """
         if self._in_block or length > self._h2.max_inbound_frame_size:
             return False
@@ -574,10 +574,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
             self._unreserve(len(body.view))
 
     def _reserve(self, size: int) -> bool:
-        """Take ``size`` bytes of buffers asked for by headers, within the limits of
-        incomplete messages (SRV-13's, per connection and in all)."""
-        if self._direct_bytes + size > self._limits.max_incomplete_bytes_per_connection:
-            return False
+        """Take ``size`` bytes of buffers asked for by headers (``max_read_buffers_bytes``)."""
         if not self._server.reserve_direct(size):
             return False
         self._direct_bytes += size

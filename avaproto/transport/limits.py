@@ -58,3 +58,8 @@ class ConnectionLimits:
     max_incomplete_bytes_per_connection: int = 256 * MiB
     #: The same, across the whole server (SRV-13).
     max_incomplete_bytes: int = 512 * MiB
+    #: Bytes of buffers sized from headers for bytes still arriving, across the server:
+    #: a large DATA frame, or a message arriving in several, is read straight into a
+    #: buffer of its size (its one copy), which its header alone asks for. Past this,
+    #: such bytes are buffered as they arrive instead (and copied once more).
+    max_read_buffers_bytes: int = 64 * MiB

@@ -10,6 +10,7 @@ embedded frame is the kernel's), and what still goes to h2.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
 
@@ -219,9 +220,7 @@ async def test_a_frame_past_the_buffer_budget_is_read_by_h2() -> None:
     limit = raw_size // 2
     assert raw_size > guard.READ_SIZE
     with anyio.fail_after(4 * TIMEOUT):
-        async with serving(
-            seen, max_incomplete_bytes_per_connection=limit, max_incomplete_bytes=limit
-        ) as server:
+        async with serving(seen, max_read_buffers_bytes=limit) as server:
             async with Attacker.connect(server.port) as attacker:
                 stream_id = await open_call(attacker, 21_000)
                 raw = frame(DATA, 0, stream_id, b"".join(messages))
@@ -229,3 +228,26 @@ async def test_a_frame_past_the_buffer_budget_is_read_by_h2() -> None:
                 await answered(attacker, stream_id, len(messages))
             assert server.guard is not None and server.guard.direct_bytes == 0
     assert seen.digests == {n: digest(n, 21_000) for n in range(2, 20)}
+
+
+async def test_buffers_headers_ask_for_are_bounded_and_given_back() -> None:
+    """A header alone asks for a buffer: the server's total stays under the flag, and
+    what a connection held comes back when it goes."""
+    limit = 8 << 20
+    with anyio.fail_after(4 * TIMEOUT):
+        async with serving(max_read_buffers_bytes=limit) as server:
+            assert server.guard is not None
+            async with contextlib.AsyncExitStack() as connections:
+                sent = server.guard.received
+                for _ in range(6):  # each: a 1 MiB frame that begins a 3 MB message
+                    attacker = await connections.enter_async_context(Attacker.connect(server.port))
+                    stream_id = await open_call(attacker, SIZE)
+                    prefix = b"\0" + (3_000_000).to_bytes(4, "big")
+                    raw = frame(DATA, 0, stream_id, prefix, 1 << 20)
+                    assert await attacker.send(raw)
+                    sent += len(raw)
+                await eventually(lambda: server.guard.received >= sent)  # type: ignore[union-attr]
+                # Two messages' buffers fit, then two frames'; the rest goes to h2.
+                assert server.guard.direct_bytes == 2 * 3_000_005 + 2 * (1 << 20) <= limit
+            await eventually(lambda: server.guard.direct_bytes == 0)  # type: ignore[union-attr]
+            await completes(server.port)
