@@ -195,12 +195,22 @@ class Dispatcher:
         callback that raises leaves the state unchanged, as in transitions.
         """
         for row in self._rows.get((trigger, model.state), ()):
-            if all(guard(model) for guard in row.conditions) and not any(
-                guard(model) for guard in row.unless
-            ):
+            if _holds(row, model):
                 for callback in row.before:
                     callback(model, *args)
                 if row.dest is not None:
                     model.state = row.dest
                 return True
         return False
+
+
+def _holds(row: _Resolved, model: Any) -> bool:
+    """Every condition of ``row`` holds and none of its ``unless`` (loops, not generators:
+    this runs twice per sample)."""
+    for guard in row.conditions:
+        if not guard(model):
+            return False
+    for guard in row.unless:  # noqa: SIM110 (a generator costs more than the loop)
+        if guard(model):
+            return False
+    return True

@@ -208,9 +208,14 @@ class _MessageMeter:
         return True
 
 
-#: A message at least this large that arrives over several DATA frames is read into one
-#: buffer of its size, so that its reader gets it without joining the frames.
-BODY_FROM = 64 * 1024
+#: A DATA frame that continues in later reads is read into a buffer of its own (or its
+#: message's) only once this much of it arrived with its header (a header alone asks
+#: for nothing); what all such buffers hold is bounded by ``max_read_buffers_bytes``.
+DIRECT_FROM = 16 * 1024
+#: A message that arrives over several DATA frames is read into one buffer of its size,
+#: so that its reader gets it without joining them, if its first frame holds at least
+#: this share of it (a 1080p RGB frame in 1 MiB frames: one sixth).
+BODY_SHARE = 8
 
 
 class _DirectFrame:
@@ -547,6 +552,8 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         if len(first) == length:
             frame.payload = bytes(first)  # out of the buffer the next read reuses
             return frame
+        if len(first) < DIRECT_FROM:
+            return None
         body = self._begin_body(stream_id, length, first)
         if body is not None:
             frame.into(body.take(length), first)
@@ -563,7 +570,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         if (meter is not None and (meter.remaining >= 0 or meter.prefix)) or len(first) < 5:
             return None  # not at the start of a message, or its length not here yet
         size = 5 + int.from_bytes(first[1:5], "big")
-        if size <= length or size < BODY_FROM or not self._reserve(size):
+        if not length < size <= BODY_SHARE * length or not self._reserve(size):
             return None
         body = self._bodies[stream_id] = _Body(size)
         return body

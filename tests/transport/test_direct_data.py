@@ -37,7 +37,7 @@ from tests.transport.test_hostile_http2 import (
 
 pytestmark = pytest.mark.anyio
 PADDED, WINDOW_UPDATE = 0x8, 0x8
-SIZE = 60_000
+SIZE = 120_000
 
 
 @pytest.fixture
@@ -133,11 +133,13 @@ async def test_frames_cut_anywhere_reach_the_processor_intact() -> None:
                 + frame(WINDOW_UPDATE, 0, stream_id, struct.pack(">L", 1000))
                 + frame(DATA, 0, stream_id, second)
             )
-            # The header cut, the prefix cut, the body cut, the rest of one frame, a
-            # WINDOW_UPDATE and the start of the next in one read.
+            # The header cut, the prefix cut, the body cut (h2 reads that frame: too
+            # little of it came with its header), a WINDOW_UPDATE cut, the next frame's
+            # header with 70,000 bytes of it (read past h2 from there), and the rest.
             head = len(credit)
-            cuts = [head + 4, head + 9 + 3, head + 9 + 200, head + len(first) + 9 + 7]
-            cuts.append(len(raw) - 100)
+            window_update = head + 9 + len(first)
+            cuts = [head + 4, head + 9 + 3, head + 9 + 200, window_update + 7]
+            cuts += [window_update + 13 + 9 + 70_000, len(raw) - 100]
             await send_raw(attacker, server, raw, cuts)
             await answered(attacker, stream_id, 2)
             # The window h2 consumed for them is what the bytes took: more still fits.
@@ -156,7 +158,8 @@ async def test_a_large_message_in_several_frames_reaches_the_processor_as_one_bu
             message = sample(2, size)
             parts = [message[:100_000], message[100_000:250_000], message[250_000:]]
             raw = b"".join(frame(DATA, 0, stream_id, part) for part in parts)
-            await send_raw(attacker, server, raw, [50_000, 100_009 + 5, 200_000])
+            # Enough of the first frame with its header to read past h2 from there.
+            await send_raw(attacker, server, raw, [70_000, 100_009 + 5, 200_000])
             await answered(attacker, stream_id, 1)
     assert seen.digests == {2: digest(2, size)}
     # The processor's view is of the buffer the frames were read into: the whole
@@ -242,8 +245,8 @@ async def test_buffers_headers_ask_for_are_bounded_and_given_back() -> None:
                 for _ in range(6):  # each: a 1 MiB frame that begins a 3 MB message
                     attacker = await connections.enter_async_context(Attacker.connect(server.port))
                     stream_id = await open_call(attacker, SIZE)
-                    prefix = b"\0" + (3_000_000).to_bytes(4, "big")
-                    raw = frame(DATA, 0, stream_id, prefix, 1 << 20)
+                    start = b"\0" + (3_000_000).to_bytes(4, "big") + bytes(70_000)
+                    raw = frame(DATA, 0, stream_id, start, 1 << 20)
                     assert await attacker.send(raw)
                     sent += len(raw)
                 await eventually(lambda: server.guard.received >= sent)  # type: ignore[union-attr]

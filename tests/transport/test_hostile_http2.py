@@ -270,10 +270,15 @@ def rss() -> int:
 
 
 def reset_peak() -> int:
-    """Start a new peak of resident memory (VmHWM) from now; the current RSS."""
+    """Start a new peak of resident memory (VmHWM) from now; the current RSS.
+
+    The allocator gives back what is free first: a peak reset before that would start
+    from pages about to be given back, and count them as growth against the RSS after.
+    """
+    current = rss()
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")
-    return rss()
+    return current
 
 
 def peak() -> int:
