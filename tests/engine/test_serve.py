@@ -65,6 +65,20 @@ async def served(
                     yield stream, results, outcome
 
 
+class Feed:
+    """The pipeline's side: ``count`` frames, then the end of its input; ``sent`` counts
+    the frames that went out (the window holds the rest back)."""
+
+    def __init__(self, stream: PipelineStream, count: int) -> None:
+        self.stream, self.count, self.sent = stream, count, 0
+
+    async def __call__(self) -> None:
+        for t in range(self.count):
+            await self.stream.send(bytes(FRAME_BYTES), timestamp=t)
+            self.sent += 1
+        await self.stream.end()
+
+
 async def collect(results: anyio.abc.ObjectReceiveStream[Result]) -> list[Result]:
     return [result async for result in results]
 
@@ -399,23 +413,15 @@ async def test_a_window_slot_comes_back_only_when_its_answer_is_read() -> None:
         return tagged(frame)
 
     async with served(FunctionExtension(answer), window=3) as (stream, results, _):
-        sent = 0
-
-        async def feed() -> None:
-            nonlocal sent
-            for t in range(5):
-                await stream.send(bytes(FRAME_BYTES), timestamp=t)
-                sent += 1
-            await stream.end()
-
+        feed = Feed(stream, 5)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(feed)
             await anyio.wait_all_tasks_blocked()
             # Three answered, none read: the window is still full.
-            assert (sent, stream.in_flight) == (3, 0)
+            assert (feed.sent, stream.in_flight) == (3, 0)
             assert (await results.receive()).acknowledged == 2
             await anyio.wait_all_tasks_blocked()
-            assert sent == 4
+            assert feed.sent == 4
             answers = await collect(results)
     assert [a.acknowledged for a in answers] == [3, 4, 5, 6]
 
@@ -446,20 +452,12 @@ async def test_pipeline_keeps_at_most_window_samples_unacknowledged() -> None:
 
     config = EngineConfig(max_in_flight=10)
     async with served(FunctionExtension(gated), config, window=3) as (stream, results, _):
-        sent = 0
-
-        async def feed() -> None:
-            nonlocal sent
-            for t in range(8):
-                await stream.send(bytes(FRAME_BYTES), timestamp=t)
-                sent += 1
-            await stream.end()
-
+        feed = Feed(stream, 8)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(feed)
             await anyio.wait_all_tasks_blocked()
             # The extension would take ten; the pipeline holds itself to its window.
-            assert (sent, stream.in_flight, running) == (3, 3, 3)
+            assert (feed.sent, stream.in_flight, running) == (3, 3, 3)
             release.set()
             answers = await collect(results)
     assert [a.acknowledged for a in answers] == list(range(2, 10))
@@ -519,21 +517,13 @@ async def test_a_sequential_extension_still_reads_ahead_while_a_frame_is_process
 
     config = EngineConfig(max_in_flight=6)
     async with served(Tracker(), config, window=10) as (stream, results, _):
-        sent = 0
-
-        async def feed() -> None:
-            nonlocal sent
-            for t in range(10):
-                await stream.send(bytes(FRAME_BYTES), timestamp=t)
-                sent += 1
-            await stream.end()
-
+        feed = Feed(stream, 10)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(feed)
             await anyio.wait_all_tasks_blocked()
             # One frame in process, five more read ahead (six slots), four in the
             # channel's buffer: the pipeline got all ten out.
-            assert (seen, sent) == ([2], 10)
+            assert (seen, feed.sent) == ([2], 10)
             release.set()
             answers = await collect(results)
     assert seen == list(range(2, 12))

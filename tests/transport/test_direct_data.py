@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import struct
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -192,25 +193,23 @@ async def test_padded_frames_and_frames_on_stream_zero_are_h2s() -> None:
             await completes(server.port)
 
 
-async def test_a_window_update_hyperframe_refuses_is_refused_by_h2() -> None:
+def zero_window_update(attacker: Attacker) -> bytes:
+    return frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", 0))  # hyperframe refuses 0
+
+
+def data_inside_a_header_block(attacker: Attacker) -> bytes:
+    """HEADERS without END_HEADERS, then DATA where a CONTINUATION must be."""
+    block = attacker.h2.encoder.encode(REQUEST)
+    stream_id = attacker.h2.get_next_available_stream_id()
+    return frame(HEADERS, 0, stream_id, block) + frame(DATA, 0, stream_id, b"x" * 10)
+
+
+@pytest.mark.parametrize("refused", [zero_window_update, data_inside_a_header_block])
+async def test_frames_h2_refuses_are_still_refused(refused: Callable[[Attacker], bytes]) -> None:
     with anyio.fail_after(4 * TIMEOUT):
         async with serving() as server:
             async with Attacker.connect(server.port) as attacker:
-                await attacker.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", 0)))
-                await connection_error(attacker)
-            await completes(server.port)
-
-
-async def test_data_inside_a_header_block_is_refused_by_h2() -> None:
-    with anyio.fail_after(4 * TIMEOUT):
-        async with serving() as server:
-            async with Attacker.connect(server.port) as attacker:
-                block = attacker.h2.encoder.encode(REQUEST)
-                stream_id = attacker.h2.get_next_available_stream_id()
-                # HEADERS without END_HEADERS, then DATA where a CONTINUATION must be.
-                await attacker.send(
-                    frame(HEADERS, 0, stream_id, block) + frame(DATA, 0, stream_id, b"x" * 10)
-                )
+                await attacker.send(refused(attacker))
                 await connection_error(attacker)
             await completes(server.port)
 
