@@ -102,9 +102,12 @@ class _Turn:
             self._parked.append(entry)
             try:
                 await event.wait()
-            finally:
+            except BaseException:
                 if entry in self._parked:  # cancelled while parked
                     self._parked.remove(entry)
+                else:  # handed the turn as it was cancelled: the next worker reads
+                    self.pass_on(worker)
+                raise
         return False
 
     def end(self) -> None:

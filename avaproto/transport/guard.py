@@ -60,7 +60,9 @@ log = logging.getLogger("avaproto.server")
 
 #: A frame header (RFC 9113, 4.1): 24-bit length, type, flags, 31-bit stream id.
 _FRAME_HEAD = struct.Struct(">BHBBI")
-_DATA, _HEADERS, _SETTINGS, _PING, _WINDOW_UPDATE, _CONTINUATION = 0x0, 0x1, 0x4, 0x6, 0x8, 0x9
+_DATA, _HEADERS, _SETTINGS, _PUSH_PROMISE, _PING = 0x0, 0x1, 0x4, 0x5, 0x6
+_WINDOW_UPDATE, _CONTINUATION = 0x8, 0x9
+_STREAM_ID = 0x7FFFFFFF
 _INCREMENT = struct.Struct(">L")
 _END_STREAM, _ACK, _END_HEADERS = 0x1, 0x1, 0x4
 #: Bytes asked of the socket per read, outside a large DATA frame (asyncio's own size).
@@ -328,11 +330,13 @@ class ConnectionGuard(asyncio.BufferedProtocol):
     def released(self) -> None:
         """The socket is closed."""
         self._closing = True
-        reading, self._reading = self._reading, None
-        if reading is not None and reading.reserved:
-            self._unreserve(reading.reserved)
-        for stream_id in list(self._bodies):
-            self._end_body(stream_id)
+        # Every buffer this connection was given back: those of frames it was reading,
+        # of messages, and of frames read but never given to h2 (a limit tripped).
+        self._reading = None
+        self._bodies.clear()
+        if self._direct_bytes:
+            self._server.release_direct(self._direct_bytes)
+            self._direct_bytes = 0
         for timer in (self._handshake_timer, self._header_timer, self._idle_timer, self._linger):
             if timer is not None:
                 timer.cancel()
@@ -446,9 +450,11 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 held = bytes(self._head)
                 self._head.clear()
                 high, low, kind, flags, stream_id = _FRAME_HEAD.unpack(held)
+                stream_id &= _STREAM_ID  # the reserved bit is ignored (RFC 9113, 4.1)
                 start = i  # its end is in ``held``; nothing of this read came before it
             else:
                 high, low, kind, flags, stream_id = _FRAME_HEAD.unpack_from(data, i)
+                stream_id &= _STREAM_ID
                 i += 9
             length = high << 16 | low
             if not self._frame_begins(kind, flags, length):
@@ -622,8 +628,9 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                     return False
             else:
                 self._empty_run = 0
-        if kind in (_HEADERS, _CONTINUATION):
-            if kind == _HEADERS and not self._in_block:
+        if kind in (_HEADERS, _PUSH_PROMISE, _CONTINUATION):
+            # PUSH_PROMISE opens a header block too (h2 then expects CONTINUATION frames).
+            if kind != _CONTINUATION and not self._in_block:
                 self._in_block, self._block_bytes = True, 0
             self._block_bytes += length
             self._ends_block = bool(flags & _END_HEADERS)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import anyio
 import pytest
+from h2.errors import ErrorCodes
 
 from avaproto.codec import encode_framed
 from avaproto.engine.frame import Frame
@@ -33,11 +34,12 @@ from tests.transport.test_hostile_http2 import (
     completes,
     eventually,
     frame,
+    goaway,
     serving,
 )
 
 pytestmark = pytest.mark.anyio
-PADDED, WINDOW_UPDATE = 0x8, 0x8
+PADDED, PUSH_PROMISE, WINDOW_UPDATE = 0x8, 0x5, 0x8
 SIZE = 120_000
 
 
@@ -252,4 +254,56 @@ async def test_buffers_headers_ask_for_are_bounded_and_given_back() -> None:
                 # Two messages' buffers fit, then two frames'; the rest goes to h2.
                 assert server.guard.direct_bytes == 2 * 3_000_005 + 2 * (1 << 20) <= limit
             await eventually(lambda: server.guard.direct_bytes == 0)  # type: ignore[union-attr]
+            await completes(server.port)
+
+
+async def test_the_reserved_bit_of_a_stream_id_is_ignored() -> None:
+    """RFC 9113, 4.1: a receiver ignores it (h2 masks it off as it parses)."""
+    seen = Seen()
+    with anyio.fail_after(4 * TIMEOUT):
+        async with serving(seen) as server, Attacker.connect(server.port) as attacker:
+            stream_id = await open_call(attacker, SIZE)
+            credit = struct.pack(">L", 1000)
+            raw = frame(WINDOW_UPDATE, 0, 1 << 31, credit)  # the connection's, R set
+            raw += frame(DATA, 0, stream_id | 1 << 31, sample(2, SIZE))
+            await send_raw(attacker, server, raw, [])
+            await answered(attacker, stream_id, 1)
+    assert seen.digests == {2: digest(2, SIZE)}
+
+
+async def test_buffers_of_frames_never_given_to_h2_come_back_with_the_connection() -> None:
+    """A limit that trips in a read drops the frames read past h2 before it; what their
+    buffers held of the server's bound is given back when the connection goes."""
+    size = 39_900
+    with anyio.fail_after(4 * TIMEOUT):
+        async with serving() as server:
+            assert server.guard is not None
+            async with Attacker.connect(server.port) as attacker:
+                stream_id = await open_call(attacker, size)
+                message = sample(2, size)
+                first, rest = message[:30_000], message[30_000:]
+                # The first frame begins a message's buffer; its last part comes whole in
+                # one read with a run of empty DATA frames, which trips CONN-8.
+                await send_raw(attacker, server, frame(DATA, 0, stream_id, first), [9 + 17_000])
+                assert server.guard.direct_bytes == len(message)
+                empty = frame(DATA, 0, stream_id) * 50
+                assert await attacker.send(frame(DATA, 0, stream_id, rest) + empty)
+                goaway(await attacker.closed(), ErrorCodes.ENHANCE_YOUR_CALM, "CONN-8")
+            await eventually(lambda: server.guard.open == 0)  # type: ignore[union-attr]
+            assert server.guard.direct_bytes == 0
+
+
+async def test_data_after_an_unfinished_push_promise_is_refused_by_h2() -> None:
+    """PUSH_PROMISE opens a header block as HEADERS does: a sample on an open call where
+    a CONTINUATION must come ends the connection, as h2 alone would end it."""
+    seen = Seen()
+    with anyio.fail_after(4 * TIMEOUT):
+        async with serving(seen) as server:
+            async with Attacker.connect(server.port) as attacker:
+                stream_id = await open_call(attacker, SIZE)
+                promised = struct.pack(">L", 2) + attacker.h2.encoder.encode(REQUEST)
+                raw = frame(PUSH_PROMISE, 0, stream_id, promised)
+                await attacker.send(raw + frame(DATA, 0, stream_id, sample(2, SIZE)))
+                await connection_error(attacker)
+            assert seen.digests == {}  # the sample never reached the processor
             await completes(server.port)
