@@ -75,58 +75,41 @@ class _Turn:
     Processing that completes without waiting (a no-op, a quick numpy step) never hands
     the turn over, so that worker reads on and a lone message costs no wake-up of another
     task; processing that waits (a model, a thread, a timer) passes the turn, the
-    moment it waits, to a parked worker (or leaves it free for the next one that comes
-    back), so the stream keeps reading while it waits. ``_on_first_wait`` tells when.
+    moment it waits, to the worker first in line (or leaves it free for the next one
+    that comes back), so the stream keeps reading while it waits. ``_on_first_wait``
+    tells when. The line is an ``_InOrder``; the end of input is passed along it.
     """
 
-    __slots__ = ("_ended", "_event", "_holder", "_parked")
+    __slots__ = ("_ended", "_holder", "_line")
 
     def __init__(self) -> None:
         self._holder: object | None = None
-        self._parked: deque[tuple[object, anyio.Event]] = deque()
         self._ended = False
-        # The event's class is taken from the running backend once per stream, so
-        # making one costs no backend lookup.
-        self._event = type(anyio.Event())
+        self._line = _InOrder()
 
     async def take(self, worker: object) -> bool:
         """Wait for ``worker``'s turn to read; False once the input ended (it stops)."""
-        while not self._ended:
-            if self._holder is worker:
-                return True
-            if self._holder is None:
-                self._holder = worker
-                return True
-            event = self._event()
-            entry = (worker, event)
-            self._parked.append(entry)
-            try:
-                await event.wait()
-            except BaseException:
-                if entry in self._parked:  # cancelled while parked
-                    self._parked.remove(entry)
-                else:  # handed the turn as it was cancelled: the next worker reads
-                    self.pass_on(worker)
-                raise
-        return False
+        if self._holder is worker:
+            return True
+        if self._ended:
+            return False
+        await self._line.acquire()
+        if self._ended:
+            self._line.release()  # the next in line learns it too
+            return False
+        self._holder = worker
+        return True
 
     def end(self) -> None:
         """No more messages: every worker waiting for the turn wakes and stops."""
         self._ended = True
-        self._holder = None
-        while self._parked:
-            self._parked.popleft()[1].set()
+        self.pass_on(self._holder)
 
     def pass_on(self, worker: object) -> None:
         """``worker`` is about to wait: the turn, if it holds it, goes to the next."""
-        if self._holder is not worker:
-            return
-        if self._parked:
-            worker, event = self._parked.popleft()
-            self._holder = worker
-            event.set()
-        else:
+        if worker is not None and self._holder is worker:
             self._holder = None
+            self._line.release()
 
 
 @types.coroutine

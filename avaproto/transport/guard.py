@@ -281,6 +281,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         self.peer = "unknown peer"
         self._raw: asyncio.Transport | None = None  # the socket's transport
         self._transport: asyncio.Transport | None = None  # what HTTP/2 is written to
+        self._transports: tuple[asyncio.Transport, ...] = ()
         self._h2: Any = None
         self._admitted = False
         self._closing = False
@@ -355,6 +356,8 @@ class ConnectionGuard(asyncio.BufferedProtocol):
             cast(asyncio.Transport, transport).abort()
             return
         self._transport = cast(asyncio.Transport, transport)
+        # The socket's, and the TLS transport over it if there is one.
+        self._transports = tuple(t for t in {self._raw, self._transport} if t is not None)
         self._protocol.connection_made(transport)
         self._h2 = h2_connection(self._protocol)
         limit = self._limits.max_header_list_bytes
@@ -392,7 +395,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 if not self._body_left:
                     self._reading = None
                     self._frame_received()
-                    self._give([reading])
+                    self._give([self._received(reading)])
                 control = 0
             else:
                 control = self._feed(self._scratch[:nbytes])
@@ -461,15 +464,21 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 return 0
             if kind in (_PING, _SETTINGS) and not flags & _ACK:
                 control += 1
-            frame: Any = None
-            if self._direct(kind, flags, length, stream_id, data, i):
+            frame: _DirectFrame | None = None
+            if self._direct(kind, flags, length, stream_id, n - i):
                 if i - 9 > start and not held:
                     self._to_h2(data[start : i - 9])  # first what came before, in order
                     start = i - 9
                     if self._closing:
                         return 0
                 if kind == _WINDOW_UPDATE:
-                    frame = WindowUpdateFrame(stream_id, _INCREMENT.unpack_from(data, i)[0])
+                    increment: int = _INCREMENT.unpack_from(data, i)[0]
+                    if 0 < increment < 1 << 31:  # else hyperframe refuses it: h2's to say
+                        whole.append(WindowUpdateFrame(stream_id, increment))
+                        i += 4
+                        start = i
+                        self._frame_received()
+                        continue
                 else:
                     take = min(length, n - i)
                     if take < length and whole:
@@ -489,7 +498,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                     self._reading = frame
                     continue
                 self._frame_received()
-                whole.append(frame)
+                whole.append(self._received(frame))
                 continue
             # h2 reads this frame: its header (held back, or in the run) and its body,
             # after the frames read past it so far.
@@ -517,28 +526,24 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 self._header_timer = self._loop.call_later(timeout, self._header_expired)
         return control
 
-    def _direct(
-        self, kind: int, flags: int, length: int, stream_id: int, data: memoryview, at: int
-    ) -> bool:
+    def _direct(self, kind: int, flags: int, length: int, stream_id: int, arrived: int) -> bool:
         """Whether a frame whose header just arrived whole is read past h2's frame buffer
-        (its payload, if any, at ``data[at:]``).
+        (``arrived``: how many bytes of this read follow its header).
 
-        A DATA frame without padding, on a stream, and a WINDOW_UPDATE whose increment
-        hyperframe would accept, both outside a header block (where h2 must see that
-        they are out of place), no larger than h2 accepts (or h2 refuses them whole),
-        are given to h2 as frame objects: h2 checks everything else about them as it
-        does for frames it parsed. A DATA frame that continues in later reads gets a
-        buffer of its length (or of its message's), which its header alone may ask for:
-        the server's total is bounded (``max_read_buffers_bytes``).
+        A DATA frame without padding, on a stream, and a WINDOW_UPDATE that arrived
+        whole (whose increment ``_feed`` checks as hyperframe would), both outside a
+        header block (where h2 must see that they are out of place), no larger than h2
+        accepts (or h2 refuses them whole), are given to h2 as frame objects: h2 checks
+        everything else about them as it does for frames it parsed. A DATA frame that
+        continues in later reads gets a buffer of its length (or of its message's) once
+        enough of it came with its header (``DIRECT_FROM``); the server's total is
+        bounded (``max_read_buffers_bytes``).
         """
         if self._in_block or length > self._h2.max_inbound_frame_size:
             return False
         if kind == _DATA:
             return not flags & ~_END_STREAM and stream_id > 0
-        if kind == _WINDOW_UPDATE and length == 4 and len(data) - at >= 4:
-            increment: int = _INCREMENT.unpack_from(data, at)[0]
-            return 0 < increment < 1 << 31
-        return False
+        return kind == _WINDOW_UPDATE and length == 4 and arrived >= 4
 
     def _direct_frame(
         self, stream_id: int, flags: int, length: int, first: memoryview
@@ -601,13 +606,14 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         self._protocol.data_received(bytes(data))
 
     def _give(self, frames: list[Any]) -> None:
-        """Give h2 frames read past its frame buffer (``_DirectFrame`` for DATA)."""
-        for index, frame in enumerate(frames):
-            if isinstance(frame, _DirectFrame):
-                if frame.reserved:
-                    self._unreserve(frame.reserved)
-                frames[index] = data_frame(frame.stream_id, frame.payload, frame.end_stream)
+        """Give h2 frames read past its frame buffer, in order."""
         receive_frames(self._protocol, frames)
+
+    def _received(self, frame: _DirectFrame) -> Any:
+        """A DATA frame read whole, as h2 takes it; its buffer leaves the server's bound."""
+        if frame.reserved:
+            self._unreserve(frame.reserved)
+        return data_frame(frame.stream_id, frame.payload, frame.end_stream)
 
     def _frame_begins(self, kind: int, flags: int, length: int) -> bool:
         """A frame header arrived (its body may not have); False once a limit tripped."""
@@ -713,8 +719,8 @@ class ConnectionGuard(asyncio.BufferedProtocol):
 
     def _unread(self) -> int:
         unread = 0
-        for transport in {self._raw, self._transport}:
-            if transport is not None and not transport.is_closing():
+        for transport in self._transports:
+            if not transport.is_closing():
                 unread += transport.get_write_buffer_size()
         return unread
 
