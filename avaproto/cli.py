@@ -570,7 +570,7 @@ def _add_serve(commands: Any) -> None:
         "--frames-per-message",
         _not_negative,
         "N",
-        "DATA frames a message may take beyond two per 16 KiB of its length",
+        "DATA frames a message may take beyond two per 16 KiB of its length (two at least)",
     )
     limit(
         "--max-control-frames",

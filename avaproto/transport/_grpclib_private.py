@@ -201,6 +201,102 @@ def data_frame(stream_id: int, payload: bytes | memoryview, end_stream: bool) ->
     return frame
 
 
+#: Where h2 takes a received DATA frame without END_STREAM into the same state with a
+#: ``DataReceived`` event, and a WINDOW_UPDATE with a ``WindowUpdated`` event, as its only
+#: effects besides the flow-control windows (tests/transport/test_grpclib_private.py
+#: reads it off h2's own tables).
+RECEIVE_DATA_STATES = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL)
+WINDOW_UPDATE_STATES = (
+    h2.stream.StreamState.OPEN,
+    h2.stream.StreamState.HALF_CLOSED_LOCAL,
+    h2.stream.StreamState.HALF_CLOSED_REMOTE,
+)
+#: The largest flow-control window there is (RFC 9113, 6.9.1); h2 refuses an increment past it.
+_LARGEST_WINDOW = 2**31 - 1
+
+
+def take_data(protocol: Any, stream_id: int, payload: bytes | memoryview) -> bool:
+    """Take a DATA frame (unpadded, END_STREAM unset) as h2 and grpclib would, if it is
+    on a stream open for it and fits both windows; False, having done nothing, if not
+    (h2 must then take it, and may refuse it).
+
+    What h2 does with such a frame (``_receive_data_frame``, ``H2Stream.receive_data``)
+    is to shrink the connection's and the stream's inbound windows and count the body's
+    length, then hand grpclib a ``DataReceived`` event, which grpclib adds to the
+    stream's buffer (``EventsProcessor.process_data_received``). A small message costs
+    a few dozen calls that way, frame and event objects and two state machines that do
+    not change state: this is the same bookkeeping, done at once.
+    """
+    machine = protocol.connection._connection
+    stream = machine.streams.get(stream_id)
+    if stream is None or machine.state_machine.state not in DATA_CONNECTION_STATES:
+        return False
+    states = stream.state_machine
+    size = len(payload)
+    connection_window = machine._inbound_flow_control_window_manager
+    stream_window = stream._inbound_window_manager
+    processor = protocol.processor
+    target = processor.streams.get(stream_id)
+    if (
+        states.state not in RECEIVE_DATA_STATES
+        or not states.headers_received
+        or stream._expected_content_length is not None
+        or size > connection_window.current_window_size
+        or size > stream_window.current_window_size
+        or target is None
+        or not hasattr(processor, "processors")  # grpclib closed the connection
+    ):
+        return False
+    if not size:
+        return True  # an empty frame: nothing to count (keep_empty_data_frames_out)
+    connection_window.current_window_size -= size
+    stream_window.current_window_size -= size
+    stream._actual_content_length += size
+    target.buffer.add(payload, size)
+    target.data_received += size
+    connection = processor.connection
+    connection.data_received += size
+    connection.last_data_received = time.monotonic()
+    return True
+
+
+def take_window_update(protocol: Any, stream_id: int, increment: int) -> bool:
+    """Take a WINDOW_UPDATE (its increment already checked positive) as h2 and grpclib
+    would, for the connection or for a stream open for it; False, having done nothing,
+    if not (h2 must then take it, and may refuse it).
+
+    h2 (``_receive_window_update_frame``, ``H2Stream.receive_window_update``) widens
+    the window and hands grpclib a ``WindowUpdated`` event, on which grpclib wakes the
+    stream's senders, or every stream's for the connection's window
+    (``EventsProcessor.process_window_updated``).
+    """
+    machine = protocol.connection._connection
+    processor = protocol.processor
+    if machine.state_machine.state not in DATA_CONNECTION_STATES or not hasattr(
+        processor, "processors"
+    ):
+        return False
+    if not stream_id:
+        window = machine.outbound_flow_control_window + increment
+        if window > _LARGEST_WINDOW:
+            return False
+        machine.outbound_flow_control_window = window
+        for target in processor.streams.values():
+            target.window_updated.set()
+        return True
+    stream = machine.streams.get(stream_id)
+    if stream is None or stream.state_machine.state not in WINDOW_UPDATE_STATES:
+        return False
+    window = stream.outbound_flow_control_window + increment
+    if window > _LARGEST_WINDOW:
+        return False
+    stream.outbound_flow_control_window = window
+    target = processor.streams.get(stream_id)
+    if target is not None:
+        target.window_updated.set()
+    return True
+
+
 def receive_frames(protocol: Any, frames: list[Any]) -> None:
     """Have a connection take frames read outside h2's frame buffer, in order.
 
@@ -236,6 +332,44 @@ def receive_frames(protocol: Any, frames: list[Any]) -> None:
 def http2_stream(stream: grpclib.server.Stream[Any, Any] | grpclib.client.Stream[Any, Any]) -> Any:
     """The call's ``grpclib.protocol.Stream``: read before grpclib buffers a message."""
     return stream._stream
+
+
+async def receive_whole(h2_stream: grpclib.protocol.Stream) -> memoryview | None:
+    """The next gRPC message (prefix and body) as a view, if it lies whole in the first
+    piece of the stream's buffer; else None, the buffer read as far as ``Buffer.read``
+    would have read it for the prefix (at most one piece more, acknowledged).
+
+    A small message arrives in one DATA frame, which is one piece: reading its prefix
+    with ``Buffer.read`` and its body with ``receive_exactly`` costs two reads, a join
+    of the prefix, and a hold on the budget of incomplete messages it is not part of.
+    Waits for the first piece if there is none, as ``Buffer.read`` does.
+    """
+    buffer = h2_stream.buffer
+    acked = buffer._acked
+    if not acked:
+        queue = buffer._unacked
+        if buffer._eof and queue.empty():
+            return None
+        data, data_size, ack_size = queue.get_nowait() if queue.qsize() else await queue.get()
+        if not ack_size:
+            # The end of the stream: put it back for Buffer.read to find.
+            queue.put_nowait(grpclib.protocol.UnackedData(data, data_size, 0))
+            return None
+        acked.append(grpclib.protocol.AckedData(memoryview(data), data_size))
+        buffer._acked_size += data_size
+        buffer._ack_callback(ack_size)
+    view, size = acked[0]
+    if size < 5:
+        return None
+    total = 5 + int.from_bytes(view[1:5], "big")
+    if size < total:
+        return None
+    if size == total:
+        acked.popleft()
+    else:
+        acked[0] = grpclib.protocol.AckedData(data=view[total:], data_size=size - total)
+    buffer._acked_size -= total
+    return view[:total]
 
 
 async def receive_exactly(h2_stream: grpclib.protocol.Stream, size: int) -> bytes | memoryview:

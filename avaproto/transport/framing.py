@@ -21,7 +21,7 @@ from ..codec import decode_message, encode_message
 from ..errors import RemoteProtocolError
 from ..messages import MediaStreamMessage
 from ..status import Status
-from ._grpclib_private import receive_exactly
+from ._grpclib_private import receive_exactly, receive_whole
 
 _PREFIX = struct.Struct(">?I")
 
@@ -44,6 +44,10 @@ async def read_message(
     given, is entered while the body announced by the prefix is read: the server's
     budget of incomplete messages (``avaproto.transport.budget``, SRV-13).
     """
+    whole = await receive_whole(stream)
+    if whole is not None:  # the common case: a message that arrived in one DATA frame
+        _check_prefix(whole[0], len(whole) - 5, max_bytes, limit_rule)
+        return decode_message(whole[5:])
     try:
         prefix = await stream.recv_data(5)
     except AssertionError:  # grpclib's buffer: fewer bytes than asked before the end
@@ -53,6 +57,18 @@ async def read_message(
     if len(prefix) != 5:
         raise _truncated("a message prefix")
     compressed, length = _PREFIX.unpack(prefix)
+    _check_prefix(compressed, length, max_bytes, limit_rule)
+    try:
+        with hold(length) if hold is not None else contextlib.nullcontext():
+            data = await receive_exactly(stream, length)
+    except AssertionError:
+        raise _truncated(f"a message of {length} bytes") from None
+    if len(data) != length:
+        raise _truncated(f"a message of {length} bytes")
+    return decode_message(data)
+
+
+def _check_prefix(compressed: int, length: int, max_bytes: int, limit_rule: str) -> None:
     if compressed:
         raise RemoteProtocolError(
             "WIRE-1",
@@ -65,14 +81,6 @@ async def read_message(
             Status.RESOURCE_EXHAUSTED,
             f"message of {length} bytes exceeds the limit of {max_bytes} bytes",
         )
-    try:
-        with hold(length) if hold is not None else contextlib.nullcontext():
-            data = await receive_exactly(stream, length)
-    except AssertionError:
-        raise _truncated(f"a message of {length} bytes") from None
-    if len(data) != length:
-        raise _truncated(f"a message of {length} bytes")
-    return decode_message(data)
 
 
 class WireCodec(CodecBase):

@@ -48,6 +48,8 @@ from ._grpclib_private import (
     data_frame,
     h2_connection,
     receive_frames,
+    take_data,
+    take_window_update,
     track_streams,
     update_local_settings,
     watch_events,
@@ -174,22 +176,35 @@ class _MessageMeter:
     frame costs the event loop a frame's parse per byte: a 1 MiB message, seconds.
     """
 
-    __slots__ = ("allowed", "frames", "length", "prefix", "remaining", "slack")
+    __slots__ = ("allowed", "frames", "length", "opening", "prefix", "remaining", "slack")
 
     def __init__(self, slack: int) -> None:
         self.slack = slack
-        self.allowed = slack
+        # Frames until a message's length is known: what any message may take.
+        self.opening = slack + 2
+        self.allowed = self.opening
         self.frames = 0  # since the current message began
         self.prefix = b""
         self.remaining = -1  # -1: reading a prefix
         self.length = 0
 
-    def data(self, payload: bytes) -> bool:
+    def data(self, payload: bytes | memoryview) -> bool:
         """Follow one DATA frame; False when its message takes too many frames."""
+        n = len(payload)
+        if (
+            self.remaining < 0
+            and not self.prefix
+            and n >= 5
+            and n == 5 + int.from_bytes(payload[1:5], "big")
+        ):
+            # One whole message in the frame, as small messages come: nothing to follow.
+            self.frames = 0
+            self.allowed = self.opening
+            return True
         self.frames += 1
         if self.frames > self.allowed:
             return False
-        i, n = 0, len(payload)
+        i = 0
         while i < n:
             if self.remaining < 0:
                 take = min(5 - len(self.prefix), n - i)
@@ -199,14 +214,14 @@ class _MessageMeter:
                     break
                 self.length = self.remaining = int.from_bytes(self.prefix[1:], "big")
                 self.prefix = b""
-                self.allowed = self.slack + 2 * -(-self.length // _MIN_FRAME)
+                self.allowed = self.slack + 2 * max(1, -(-self.length // _MIN_FRAME))
             take = min(self.remaining, n - i)
             self.remaining -= take
             i += take
             if self.remaining == 0:
                 self.remaining = -1
                 self.frames = 1 if i < n else 0
-                self.allowed = self.slack
+                self.allowed = self.opening
         return True
 
 
@@ -427,7 +442,8 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         i, n, control = 0, len(data), 0
         start = 0  # the first byte not yet given to h2
         end = n  # the last, unless a header cut by the end of the read is held back
-        whole: list[Any] = []  # frames read past h2, complete, not yet given to it
+        # Frames read past h2, complete, not yet taken (see _give).
+        whole: list[_DirectFrame | tuple[int, int]] = []
         if self._preface_left:
             i = min(self._preface_left, n)
             self._preface_left -= i  # h2 checks its bytes
@@ -474,7 +490,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 if kind == _WINDOW_UPDATE:
                     increment: int = _INCREMENT.unpack_from(data, i)[0]
                     if 0 < increment < 1 << 31:  # else hyperframe refuses it: h2's to say
-                        whole.append(WindowUpdateFrame(stream_id, increment))
+                        whole.append((stream_id, increment))
                         i += 4
                         start = i
                         self._frame_received()
@@ -605,15 +621,37 @@ class ConnectionGuard(asyncio.BufferedProtocol):
     def _to_h2(self, data: memoryview) -> None:
         self._protocol.data_received(bytes(data))
 
-    def _give(self, frames: list[Any]) -> None:
-        """Give h2 frames read past its frame buffer, in order."""
-        receive_frames(self._protocol, frames)
+    def _give(self, frames: list[_DirectFrame | tuple[int, int]]) -> None:
+        """Have frames read past h2's frame buffer taken, in order: DATA frames
+        (``_DirectFrame``) and WINDOW_UPDATEs (stream id, increment).
 
-    def _received(self, frame: _DirectFrame) -> Any:
-        """A DATA frame read whole, as h2 takes it; its buffer leaves the server's bound."""
+        Those on a stream open for them, within the windows, are taken at once
+        (``take_data``, ``take_window_update``: h2's and grpclib's bookkeeping without
+        their objects), the others by h2 as frame objects; once one goes to h2, so do
+        those after it, whose events must follow its own.
+        """
+        protocol = self._protocol
+        to_h2: list[Any] = []
+        for frame in frames:
+            if isinstance(frame, tuple):
+                stream_id, increment = frame
+                if to_h2 or not take_window_update(protocol, stream_id, increment):
+                    to_h2.append(WindowUpdateFrame(stream_id, increment))
+            elif (
+                to_h2 or frame.end_stream or not take_data(protocol, frame.stream_id, frame.payload)
+            ):
+                to_h2.append(data_frame(frame.stream_id, frame.payload, frame.end_stream))
+            elif not self._metered(frame.stream_id, frame.payload):
+                return  # the connection is closing: the frames after it are not read
+        if to_h2:
+            receive_frames(protocol, to_h2)
+
+    def _received(self, frame: _DirectFrame) -> _DirectFrame:
+        """A DATA frame read whole; its buffer leaves the server's bound."""
         if frame.reserved:
             self._unreserve(frame.reserved)
-        return data_frame(frame.stream_id, frame.payload, frame.end_stream)
+            frame.reserved = 0
+        return frame
 
     def _frame_begins(self, kind: int, flags: int, length: int) -> bool:
         """A frame header arrived (its body may not have); False once a limit tripped."""
@@ -663,19 +701,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         if self._closing:
             return False
         if isinstance(event, h2.events.DataReceived):
-            meter = self._meters.get(event.stream_id)
-            if meter is None:
-                meter = self._meters[event.stream_id] = _MessageMeter(
-                    self._limits.frames_per_message
-                )
-            if not meter.data(event.data):
-                self._trip(
-                    "CONN-9",
-                    f"a message{f' of {meter.length} bytes' if meter.remaining >= 0 else ''}"
-                    f" arrived in more than {meter.allowed} DATA frames on stream "
-                    f"{event.stream_id}; the limit is {self._limits.frames_per_message} "
-                    "frames plus two per 16 KiB of its length (--frames-per-message)",
-                )
+            self._metered(event.stream_id, event.data)
         elif isinstance(event, h2.events.RequestReceived):
             self._opened += 1
             self._unanswered.add(event.stream_id)
@@ -690,6 +716,22 @@ class ConnectionGuard(asyncio.BufferedProtocol):
             self._meters.pop(event.stream_id, None)
             self._end_body(event.stream_id)
         return not self._closing
+
+    def _metered(self, stream_id: int, payload: bytes | memoryview) -> bool:
+        """Follow a DATA frame through its stream's messages; False once CONN-9 tripped."""
+        meter = self._meters.get(stream_id)
+        if meter is None:
+            meter = self._meters[stream_id] = _MessageMeter(self._limits.frames_per_message)
+        if meter.data(payload):
+            return True
+        self._trip(
+            "CONN-9",
+            f"a message{f' of {meter.length} bytes' if meter.remaining >= 0 else ''}"
+            f" arrived in more than {meter.allowed} DATA frames on stream "
+            f"{stream_id}; the limit is {self._limits.frames_per_message} "
+            "frames plus two per 16 KiB of its length, two at least (--frames-per-message)",
+        )
+        return False
 
     def _check_resets(self) -> None:
         threshold = self._limits.premature_reset_streams

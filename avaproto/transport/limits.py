@@ -44,7 +44,7 @@ class ConnectionLimits:
     #: Consecutive DATA, HEADERS or CONTINUATION frames with no payload and no
     #: END_STREAM (CONN-8; Envoy's max_consecutive_inbound_frames_with_empty_payload).
     max_empty_frames: int = 1
-    #: DATA frames a message may take beyond two per 16 KiB of its length (CONN-9).
+    #: DATA frames a message may take beyond two per 16 KiB of its length, two at least (CONN-9).
     frames_per_message: int = 64
     #: Acknowledgements (of PING and SETTINGS) queued while the peer reads nothing
     #: (CONN-10; Envoy's max_outbound_control_frames).

@@ -601,3 +601,234 @@ async def test_a_body_read_into_one_buffer_is_returned_as_a_view_of_it() -> None
         "self._ack_callback(ack_size)",
         "self._acked_size -= size",
     )
+
+
+# --- DATA and WINDOW_UPDATE frames taken without h2's objects -----------------------------
+
+
+def _prefixed(body: bytes) -> bytes:
+    return b"\x00" + len(body).to_bytes(4, "big") + body
+
+
+class _GrpclibSide:
+    """What take_data and take_window_update use of grpclib's protocol: its connection
+    (the h2 machine, counters) and its processor (streams with a real grpclib Buffer).
+    A stand-in: grpclib's own ``process_data_received`` and ``process_window_updated``
+    run on it, so both paths are compared on the same objects."""
+
+    def __init__(self, machine: Any, stream_ids: tuple[int, ...] = (1,)) -> None:
+        class Connection:
+            _connection = machine
+            data_received = 0
+            last_data_received = 0.0
+
+            def ack(self, stream_id: int, size: int) -> None:
+                machine.acknowledge_received_data(size, stream_id)
+
+        class Stream:
+            def __init__(self) -> None:
+                self.buffer = grpclib.protocol.Buffer(lambda size: None)
+                self.data_received = 0
+                self.window_updated = anyio.Event()
+
+        class Processor:
+            def __init__(self) -> None:
+                self.connection = Connection()
+                self.processors: dict[Any, Any] = {}
+                self.streams = {stream_id: Stream() for stream_id in stream_ids}
+
+        self.processor = Processor()
+        self.connection = self.processor.connection
+
+    def buffered(self, stream_id: int = 1) -> list[bytes]:
+        if stream_id not in self.processor.streams:
+            return []
+        queue = self.processor.streams[stream_id].buffer._unacked
+        return [bytes(item.data) for item in list(queue._queue)]  # type: ignore[attr-defined]
+
+    def through_h2(self, frame: Any) -> None:
+        """h2 parses the frame's bytes; grpclib's own processors take its events."""
+        import h2.events
+
+        for event in self.connection._connection.receive_data(frame.serialize()):
+            if isinstance(event, h2.events.DataReceived):
+                grpclib.protocol.EventsProcessor.process_data_received(self.processor, event)  # type: ignore[arg-type]
+            elif isinstance(event, h2.events.WindowUpdated):
+                grpclib.protocol.EventsProcessor.process_window_updated(self.processor, event)  # type: ignore[arg-type]
+
+
+def _windows(machine: Any) -> tuple[int, ...]:
+    stream = machine.streams[1]
+    return (
+        machine._inbound_flow_control_window_manager.current_window_size,
+        stream._inbound_window_manager.current_window_size,
+        stream._actual_content_length,
+        machine.outbound_flow_control_window,
+        stream.outbound_flow_control_window,
+    )
+
+
+def test_frames_are_taken_where_h2_changes_nothing_but_windows() -> None:
+    """h2's own tables: in these states, RECV_DATA and RECV_WINDOW_UPDATE keep the state
+    and only make their event; and the bookkeeping around them is what take_* do."""
+    import h2.connection
+    import h2.stream
+
+    machine = h2.stream.H2StreamStateMachine
+    for state in _grpclib_private.RECEIVE_DATA_STATES:
+        key = (state, h2.stream.StreamInputs.RECV_DATA)
+        assert h2.stream._transitions[key] == (machine.data_received, state)
+    for state in _grpclib_private.WINDOW_UPDATE_STATES:
+        key = (state, h2.stream.StreamInputs.RECV_WINDOW_UPDATE)
+        assert h2.stream._transitions[key] == (machine.window_updated, state)
+    table = h2.connection.H2ConnectionStateMachine._transitions
+    for state in _grpclib_private.DATA_CONNECTION_STATES:
+        for received in (h2.connection.ConnectionInputs.RECV_DATA,
+                         h2.connection.ConnectionInputs.RECV_WINDOW_UPDATE):  # fmt: skip
+            assert table[(state, received)] == (None, state)
+    assert_steps(machine.data_received, "if not self.headers_received:")
+    assert_steps(
+        h2.connection.H2Connection._receive_data_frame,
+        "self._inbound_flow_control_window_manager.window_consumed(",
+    )
+    assert_steps(
+        h2.stream.H2Stream.receive_data,
+        "self._inbound_window_manager.window_consumed(flow_control_len)",
+        "self._track_content_length(len(data), end_stream)",
+    )
+    assert_steps(
+        h2.stream.H2Stream._track_content_length,
+        "self._actual_content_length += length",
+        "if expected is not None:",
+    )
+    assert_steps(
+        h2.stream.H2Stream.receive_window_update,
+        "self.outbound_flow_control_window = guard_increment_window(",
+    )
+    assert_steps(
+        h2.connection.H2Connection._receive_window_update_frame,
+        "self.outbound_flow_control_window = guard_increment_window(",
+    )
+    assert_steps(
+        _grpclib_private._PROCESS_DATA_RECEIVED,  # grpclib's, before keep_empty_data_frames_out
+        "stream.buffer.add(",
+        "stream.data_received += size",
+        "self.connection.data_received += size",
+        "self.connection.last_data_received = time.monotonic()",
+    )
+    assert_steps(
+        grpclib.protocol.EventsProcessor.process_window_updated,
+        "for value in self.streams.values():",
+        "value.window_updated.set()",
+        "stream.window_updated.set()",
+    )
+    assert_steps(grpclib.protocol.EventsProcessor.close, "del self.processors")
+
+
+@pytest.mark.parametrize("size", [0, 37, 16_384])
+def test_a_data_frame_taken_is_what_h2_and_grpclib_make_of_it(size: int) -> None:
+    import hyperframe.frame
+
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    theirs, ours = (
+        _GrpclibSide(_server_with_open_stream()),
+        _GrpclibSide(_server_with_open_stream()),
+    )
+    theirs.through_h2(hyperframe.frame.DataFrame(1, payload))
+    assert _grpclib_private.take_data(ours, 1, payload)
+    assert _windows(ours.connection._connection) == _windows(theirs.connection._connection)
+    assert ours.buffered() == theirs.buffered()
+    assert ours.buffered() == ([payload] if size else [])
+    for side in (ours, theirs):
+        assert side.processor.streams[1].data_received == side.connection.data_received == size
+    assert (ours.connection.last_data_received > 0) == bool(size)
+
+
+def test_a_data_frame_h2_may_refuse_is_left_to_it() -> None:
+    def untouched(side: _GrpclibSide, stream_id: int, payload: bytes) -> bool:
+        before = _windows(side.connection._connection)
+        taken = _grpclib_private.take_data(side, stream_id, payload)
+        return not taken and _windows(side.connection._connection) == before and not side.buffered()
+
+    side = _GrpclibSide(_server_with_open_stream())
+    assert untouched(side, 1, bytes(70_000))  # past the windows: h2's FLOW_CONTROL_ERROR
+    assert untouched(side, 3, b"x")  # a stream never opened: h2's PROTOCOL_ERROR
+    assert untouched(_GrpclibSide(_server_with_open_stream(), stream_ids=()), 1, b"x")
+    closed = _GrpclibSide(_server_with_open_stream())
+    del closed.processor.processors  # grpclib closed the connection
+    assert untouched(closed, 1, b"x")
+    ended = _GrpclibSide(_server_with_open_stream())
+    import hyperframe.frame
+
+    last = hyperframe.frame.DataFrame(1, b"")
+    last.flags.add("END_STREAM")
+    ended.through_h2(last)  # half-closed (remote): more DATA is a stream error
+    assert untouched(ended, 1, b"x")
+    counted = _GrpclibSide(_server_with_open_stream())
+    counted.connection._connection.streams[1]._expected_content_length = 10
+    assert untouched(counted, 1, b"x")  # content-length: h2 counts against it
+
+
+@pytest.mark.parametrize("stream_id", [0, 1])
+def test_a_window_update_taken_is_what_h2_and_grpclib_make_of_it(stream_id: int) -> None:
+    import hyperframe.frame
+
+    theirs, ours = (
+        _GrpclibSide(_server_with_open_stream()),
+        _GrpclibSide(_server_with_open_stream()),
+    )
+    theirs.through_h2(hyperframe.frame.WindowUpdateFrame(stream_id, 1000))
+    assert _grpclib_private.take_window_update(ours, stream_id, 1000)
+    assert _windows(ours.connection._connection) == _windows(theirs.connection._connection)
+    for side in (ours, theirs):
+        assert side.processor.streams[1].window_updated.is_set()
+    # Past the largest window h2 must refuse it (a connection or a stream error).
+    assert not _grpclib_private.take_window_update(ours, stream_id, 2**31 - 1)
+    assert _windows(ours.connection._connection) == _windows(theirs.connection._connection)
+    assert not _grpclib_private.take_window_update(ours, 3, 1000)  # no such stream
+
+
+@pytest.mark.parametrize(
+    ("pieces", "eof"),
+    [
+        ([_prefixed(b"a" * 10)], False),  # one message, one piece: taken whole
+        ([_prefixed(b"a" * 10) + _prefixed(b"bb")], False),  # two in one piece
+        ([_prefixed(b"")], True),  # an empty message, then the end
+        ([_prefixed(b"a" * 10)[:3], _prefixed(b"a" * 10)[3:]], False),  # a prefix cut
+        ([_prefixed(b"a" * 10)[:8], b"a" * 7], False),  # a body cut
+        ([_prefixed(b"a" * 10)[:8]], True),  # cut short by the end
+        ([], True),  # the end alone
+    ],
+)
+async def test_receive_whole_reads_what_buffer_read_reads(pieces: list[bytes], eof: bool) -> None:
+    """Messages read with receive_whole first, as read_message does, are the bytes
+    Buffer.read gives, and the acknowledgements the same."""
+    ours, theirs = _Buffered(list(pieces), eof), _Buffered(list(pieces), eof)
+
+    async def read_theirs() -> object:
+        try:
+            prefix = await theirs.recv_data(5)
+            return bytes(prefix + await theirs.recv_data(int.from_bytes(prefix[1:], "big")))
+        except AssertionError:
+            return AssertionError
+
+    async def read_ours() -> object:
+        whole = await _grpclib_private.receive_whole(ours)  # type: ignore[arg-type]
+        if whole is not None:
+            return bytes(whole)
+        try:
+            prefix = await _grpclib_private.receive_exactly(ours, 5)  # type: ignore[arg-type]
+            size = int.from_bytes(prefix[1:], "big")
+            return bytes(prefix) + bytes(
+                await _grpclib_private.receive_exactly(ours, size)  # type: ignore[arg-type]
+            )
+        except AssertionError:
+            return AssertionError
+
+    with anyio.fail_after(TIMEOUT):
+        while eof or ours.buffer._acked or not ours.buffer._unacked.empty():
+            mine = await read_ours()
+            assert mine == await read_theirs()
+            if mine in (b"", AssertionError):
+                break
+        assert ours.acks == theirs.acks

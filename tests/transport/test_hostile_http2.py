@@ -519,6 +519,29 @@ async def test_a_message_in_one_byte_frames_costs_no_seconds(
     assert len(warnings(caplog, "CONN-9")) == 1
 
 
+def _prefixed(length: int) -> bytes:
+    return b"\x00" + length.to_bytes(4, "big") + bytes(length)
+
+
+@pytest.mark.rule("CONN-9")
+@pytest.mark.parametrize("slack", [0, 2, 64])
+def test_the_frames_of_a_message_are_counted_from_its_first(slack: int) -> None:
+    """A message whole in its frame never counts against the limit, however many come;
+    one cut into more frames than two per 16 KiB plus the slack trips it."""
+    from avaproto.transport.guard import _MessageMeter
+
+    meter = _MessageMeter(slack)
+    assert all(meter.data(_prefixed(40)) for _ in range(1000))
+    assert all(meter.data(_prefixed(0)) for _ in range(1000))
+    assert meter.data(_prefixed(10) + _prefixed(20)[:3])  # the next one begins
+    assert meter.data(_prefixed(20)[3:])
+    body = _prefixed(32 * 1024)  # 2 x 16 KiB: 4 frames allowed, plus the slack
+    pieces = [body[:5]] + [body[i : i + 256] for i in range(5, len(body), 256)]
+    results = [meter.data(piece) for piece in pieces]
+    assert results[: 4 + slack] == [True] * (4 + slack)
+    assert results[4 + slack] is False
+
+
 @pytest.mark.rule("CONN-10")
 async def test_acknowledgements_the_peer_never_reads_end_the_connection(
     caplog: pytest.LogCaptureFixture,
