@@ -218,9 +218,76 @@ def _parse(cls: type[_Parsed], data: memoryview, start: int, stop: int, budget: 
         raise _malformed(f"{cls.__name__}: {error}", start) from None
 
 
+def _decode_usual(data: memoryview, end: int) -> MediaStreamMessage | None:
+    """The message in the layout nearly every one has, read straight through; None for
+    any other (``decode_message``'s walk then reads it, and names what is wrong).
+
+    That layout, as protobuf runtimes write it: sequence and acknowledgement numbers,
+    then a sample of a timestamp and a content reference (offset, length) or embedded
+    bytes, each field at most once, in order, present unless zero, each envelope ending
+    with the one around it. Read this way a sample costs a few calls where the walk
+    costs a few dozen; the walk's result is the same for every message read here
+    (tests/test_codec.py compares the two).
+    """
+    try:
+        sequence = ack = timestamp = 0
+        pos = 0
+        if pos < end and data[pos] == 0x08:  # 1: sequence_number
+            sequence, pos = _varint(data, pos + 1, end)
+        if pos < end and data[pos] == 0x10:  # 2: ack_sequence_number
+            ack, pos = _varint(data, pos + 1, end)
+        if pos == end:
+            return MediaStreamMessage(sequence_number=sequence, ack_sequence_number=ack)
+        if data[pos] != 0x32:  # 6: media_sample, to the end
+            return None
+        length, pos = _varint(data, pos + 1, end)
+        if pos + length != end:
+            return None
+        if pos < end and data[pos] == 0x08:  # media_sample 1: timestamp
+            timestamp, pos = _varint(data, pos + 1, end)
+        sample = MediaSample(timestamp=timestamp)
+        if pos < end:
+            key = data[pos]
+            if key not in (0x2A, 0x32):  # 5: content_bytes, 6: content_reference
+                return None
+            length, pos = _varint(data, pos + 1, end)
+            if pos + length != end:
+                return None
+            if key == 0x32:
+                offset = size = 0
+                if pos < end and data[pos] == 0x08:  # 1: address_offset
+                    offset, pos = _varint(data, pos + 1, end)
+                if pos < end and data[pos] == 0x10:  # 2: length_bytes
+                    size, pos = _varint(data, pos + 1, end)
+                if pos != end:
+                    return None
+                sample.content_reference = ContentReference(
+                    address_offset=offset, length_bytes=size
+                )
+            else:
+                if pos < end:
+                    if data[pos] != 0x0A:  # 1: bytes, to the end
+                        return None
+                    length, pos = _varint(data, pos + 1, end)
+                    if pos + length != end:
+                        return None
+                sample.content_bytes = ContentBytes(bytes=data[pos:end])  # type: ignore[arg-type]
+        return MediaStreamMessage(
+            sequence_number=sequence, ack_sequence_number=ack, media_sample=sample
+        )
+    except RemoteProtocolError:
+        return None  # a malformed varint: the walk says where
+
+
 def decode_message(buffer: Buffer) -> MediaStreamMessage:
     """Parse one ``MediaStreamMessage``; embedded content stays a view of ``buffer``."""
     data = memoryview(buffer).cast("B") if not isinstance(buffer, memoryview) else buffer
+    usual = _decode_usual(data, len(data))
+    return usual if usual is not None else _walk(data)
+
+
+def _walk(data: memoryview) -> MediaStreamMessage:
+    """Any message, field by field: the reading every other is measured against."""
     message = MediaStreamMessage()
     budget = _Budget()
     for number, wire_type, start, stop in _fields(data, 0, len(data), budget):

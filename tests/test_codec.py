@@ -178,6 +178,70 @@ def _mutated(draw: st.DrawFn, valid: st.SearchStrategy[bytes] = _valid) -> bytes
     return bytes(data)
 
 
+@pytest.mark.rule("WIRE-1", "EMB-1")
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(message, _mutated()))
+def test_the_usual_layout_read_straight_through_is_what_the_walk_reads(
+    original: MediaStreamMessage | bytes,
+) -> None:
+    """``decode_message`` reads the usual layout without walking its fields: what it
+    reads so is what the walk reads (messages, and valid ones with bytes changed)."""
+    from avaproto.codec import _decode_usual, _walk
+
+    wire = original if isinstance(original, bytes) else bytes(original)
+    data = memoryview(wire)
+    usual = _decode_usual(data, len(data))
+    if usual is None:
+        return
+    assert usual == _walk(data)
+    assert bytes(usual) == bytes(_walk(data))
+
+
+@pytest.mark.rule("WIRE-1")
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"\x08\x01\x32\x08\x32\x06\x08\x05\x10\x06\x08\x07",  # offset twice: the last
+        b"\x32\x06\x08\x09\x08\x0a",  # timestamp twice
+        b"\x32\x08\x32\x04\x08\x01\x10\x02\x08\x09",  # timestamp after the reference
+        b"\x32\x08\x2a\x06\x0a\x01\xaa\x0a\x01\xbb",  # embedded bytes twice
+        b"\x32\x02\x08\x01\x32\x02\x08\x02",  # the sample twice: merged
+        b"\x08\x01\x08\x02",  # the number twice
+        b"\x32\x07\x32\x05\x08\x01\x18\x02\x00",  # an unknown field, then field 0
+    ],
+)
+def test_layouts_read_straight_through_are_read_as_the_walk_reads_them(wire: bytes) -> None:
+    """Repeated, reordered and unknown fields: read as the walk reads them, or refused
+    the same way (the last of a repeated field wins, and messages merge)."""
+
+    def outcome(read: Any) -> object:
+        try:
+            return bytes(read(memoryview(wire)))
+        except RemoteProtocolError as error:
+            return error.rule, str(error)
+
+    from avaproto.codec import _walk
+
+    assert outcome(decode_message) == outcome(_walk)
+
+
+@pytest.mark.parametrize(
+    "original",
+    [
+        MediaStreamMessage(sequence_number=7, media_sample=referenced(0)),
+        MediaStreamMessage(sequence_number=8, media_sample=referenced(FRAME_BYTES * 3)),
+        MediaStreamMessage(sequence_number=300, ack_sequence_number=299),
+        MediaStreamMessage(sequence_number=2, media_sample=embedded(100, 9)),
+        MediaStreamMessage(sequence_number=2, media_sample=MediaSample()),
+    ],
+)
+def test_the_usual_layouts_are_read_straight_through(original: MediaStreamMessage) -> None:
+    from avaproto.codec import _decode_usual
+
+    wire = memoryview(bytes(original))
+    assert _decode_usual(wire, len(wire)) == original
+
+
 @pytest.mark.rule("WIRE-1")
 @settings(max_examples=400, deadline=None)
 @given(_mutated(), st.binary(min_size=1, max_size=16), st.binary(min_size=1, max_size=16))
