@@ -257,6 +257,11 @@ class _DirectFrame:
         self.filled = len(first)
 
 
+#: A frame read past h2's frame buffer, to be taken (``ConnectionGuard._give``): a DATA
+#: frame as (stream id, payload, END_STREAM), a WINDOW_UPDATE as (stream id, increment).
+_Taken = tuple[int, bytes | memoryview, bool] | tuple[int, int]
+
+
 class _Body:
     """A gRPC message (prefix and body) arriving over several DATA frames: one buffer,
     each frame's payload a view of its part, so the reader can take the body whole."""
@@ -412,6 +417,12 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                     self._frame_received()
                     self._give([self._received(reading)])
                 control = 0
+            elif (
+                self._framed
+                and not (self._head or self._body_left or self._in_block or self._bodies)
+                and self._feed_whole(self._scratch[:nbytes])
+            ):
+                control = 0
             else:
                 control = self._feed(self._scratch[:nbytes])
             if not self._closing:
@@ -434,6 +445,50 @@ class ConnectionGuard(asyncio.BufferedProtocol):
 
     # --- frame headers, before h2 parses them -----------------------------------------
 
+    def _feed_whole(self, data: memoryview) -> bool:
+        """Take ``data`` if it is nothing but whole DATA frames and WINDOW_UPDATEs that
+        ``_feed`` would read past h2 (what nearly every read of a stream in full flow
+        is); False, having done nothing, if it holds anything else.
+
+        The same frames, checks and bookkeeping as ``_feed``, without its cases: no
+        header cut by the read, no frame body continuing into the next, no header block,
+        no frame of no bytes (CONN-8 counts those), no message being read into one
+        buffer. A DATA frame's payload is copied out of the read buffer, which the next
+        read reuses.
+        """
+        n = len(data)
+        i = 0
+        frames: list[_Taken] = []
+        data_frames = False
+        largest = self._h2.max_inbound_frame_size
+        unpack = _FRAME_HEAD.unpack_from
+        while i < n:
+            if n - i < 9:
+                return False
+            high, low, kind, flags, stream_id = unpack(data, i)
+            length = high << 16 | low
+            stop = i + 9 + length
+            if stop > n or not length or length > largest:
+                return False
+            stream_id &= _STREAM_ID
+            if kind == _DATA:
+                if flags & ~_END_STREAM or not stream_id:
+                    return False
+                frames.append((stream_id, bytes(data[i + 9 : stop]), bool(flags & _END_STREAM)))
+                data_frames = True
+            elif kind == _WINDOW_UPDATE and length == 4:
+                increment: int = _INCREMENT.unpack_from(data, i + 9)[0]
+                if not 0 < increment < 1 << 31:
+                    return False  # hyperframe refuses it: h2's to say
+                frames.append((stream_id, increment))
+            else:
+                return False
+            i = stop
+        if data_frames:
+            self._empty_run = 0
+        self._give(frames)
+        return True
+
     def _feed(self, data: memoryview) -> int:
         """Read the frames in ``data`` for h2, in order; return the acknowledgements they
         ask for. Frames read past h2's frame buffer (``_direct``) go to it as objects,
@@ -443,7 +498,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         start = 0  # the first byte not yet given to h2
         end = n  # the last, unless a header cut by the end of the read is held back
         # Frames read past h2, complete, not yet taken (see _give).
-        whole: list[_DirectFrame | tuple[int, int]] = []
+        whole: list[_Taken] = []
         if self._preface_left:
             i = min(self._preface_left, n)
             self._preface_left -= i  # h2 checks its bytes
@@ -621,9 +676,9 @@ class ConnectionGuard(asyncio.BufferedProtocol):
     def _to_h2(self, data: memoryview) -> None:
         self._protocol.data_received(bytes(data))
 
-    def _give(self, frames: list[_DirectFrame | tuple[int, int]]) -> None:
+    def _give(self, frames: list[_Taken]) -> None:
         """Have frames read past h2's frame buffer taken, in order: DATA frames
-        (``_DirectFrame``) and WINDOW_UPDATEs (stream id, increment).
+        (stream id, payload, END_STREAM) and WINDOW_UPDATEs (stream id, increment).
 
         Those on a stream open for them, within the windows, are taken at once
         (``take_data``, ``take_window_update``: h2's and grpclib's bookkeeping without
@@ -633,25 +688,25 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         protocol = self._protocol
         to_h2: list[Any] = []
         for frame in frames:
-            if isinstance(frame, tuple):
+            if len(frame) == 2:
                 stream_id, increment = frame
                 if to_h2 or not take_window_update(protocol, stream_id, increment):
                     to_h2.append(WindowUpdateFrame(stream_id, increment))
-            elif (
-                to_h2 or frame.end_stream or not take_data(protocol, frame.stream_id, frame.payload)
-            ):
-                to_h2.append(data_frame(frame.stream_id, frame.payload, frame.end_stream))
-            elif not self._metered(frame.stream_id, frame.payload):
+                continue
+            stream_id, payload, end_stream = frame
+            if to_h2 or end_stream or not take_data(protocol, stream_id, payload):
+                to_h2.append(data_frame(stream_id, payload, end_stream))
+            elif not self._metered(stream_id, payload):
                 return  # the connection is closing: the frames after it are not read
         if to_h2:
             receive_frames(protocol, to_h2)
 
-    def _received(self, frame: _DirectFrame) -> _DirectFrame:
-        """A DATA frame read whole; its buffer leaves the server's bound."""
+    def _received(self, frame: _DirectFrame) -> _Taken:
+        """A DATA frame read whole, to be taken; its buffer leaves the server's bound."""
         if frame.reserved:
             self._unreserve(frame.reserved)
             frame.reserved = 0
-        return frame
+        return frame.stream_id, frame.payload, frame.end_stream
 
     def _frame_begins(self, kind: int, flags: int, length: int) -> bool:
         """A frame header arrived (its body may not have); False once a limit tripped."""

@@ -188,7 +188,13 @@ async def test_padded_frames_and_frames_on_stream_zero_are_h2s() -> None:
                 padded = frame(DATA, PADDED, stream_id, bytes([3]) + payload + bytes(3))
                 await send_raw(attacker, server, padded, [20])
                 await answered(attacker, stream_id, 1)
-            assert seen.digests == {2: digest(2, SIZE)}
+                # Small and whole in one read, after a WINDOW_UPDATE: h2's all the same.
+                small = await open_call(attacker, 300)
+                credit = frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", 1000))
+                padded = frame(DATA, PADDED, small, bytes([7]) + sample(5, 300) + bytes(7))
+                await send_raw(attacker, server, credit + padded, [])
+                await answered(attacker, small, 1)
+            assert seen.digests == {2: digest(2, SIZE), 5: digest(5, 300)}
             async with Attacker.connect(server.port) as attacker:
                 await attacker.send(frame(DATA, 0, 0, b"x" * 10))
                 await connection_error(attacker)
