@@ -215,10 +215,35 @@ WINDOW_UPDATE_STATES = (
 _LARGEST_WINDOW = 2**31 - 1
 
 
-def take_data(protocol: Any, stream_id: int, payload: bytes | memoryview) -> bool:
-    """Take a DATA frame (unpadded, END_STREAM unset) as h2 and grpclib would, if it is
-    on a stream open for it and fits both windows; False, having done nothing, if not
-    (h2 must then take it, and may refuse it).
+def data_taker(protocol: Any, stream_id: int, size: int) -> tuple[Any, Any] | None:
+    """Where ``take_data`` would take a DATA frame of ``size`` bytes (unpadded,
+    END_STREAM unset): h2's stream and grpclib's, if the frame is on a stream open for
+    it and fits both windows; None if not (h2 must then take it, and may refuse it).
+    Changes nothing, so a limit can be checked between the two.
+    """
+    machine = protocol.connection._connection
+    stream = machine.streams.get(stream_id)
+    if stream is None or machine.state_machine.state not in DATA_CONNECTION_STATES:
+        return None
+    states = stream.state_machine
+    processor = protocol.processor
+    target = processor.streams.get(stream_id)
+    if (
+        states.state not in RECEIVE_DATA_STATES
+        or not states.headers_received
+        or stream._expected_content_length is not None
+        or size > machine._inbound_flow_control_window_manager.current_window_size
+        or size > stream._inbound_window_manager.current_window_size
+        or target is None
+        or not hasattr(processor, "processors")  # grpclib closed the connection
+    ):
+        return None
+    return stream, target
+
+
+def take_data(protocol: Any, taker: tuple[Any, Any], payload: bytes | memoryview) -> None:
+    """Take a DATA frame where ``data_taker`` found it may be taken, as h2 and grpclib
+    would.
 
     What h2 does with such a frame (``_receive_data_frame``, ``H2Stream.receive_data``)
     is to shrink the connection's and the stream's inbound windows and count the body's
@@ -227,37 +252,25 @@ def take_data(protocol: Any, stream_id: int, payload: bytes | memoryview) -> boo
     a few dozen calls that way, frame and event objects and two state machines that do
     not change state: this is the same bookkeeping, done at once.
     """
-    machine = protocol.connection._connection
-    stream = machine.streams.get(stream_id)
-    if stream is None or machine.state_machine.state not in DATA_CONNECTION_STATES:
-        return False
-    states = stream.state_machine
     size = len(payload)
-    connection_window = machine._inbound_flow_control_window_manager
-    stream_window = stream._inbound_window_manager
-    processor = protocol.processor
-    target = processor.streams.get(stream_id)
-    if (
-        states.state not in RECEIVE_DATA_STATES
-        or not states.headers_received
-        or stream._expected_content_length is not None
-        or size > connection_window.current_window_size
-        or size > stream_window.current_window_size
-        or target is None
-        or not hasattr(processor, "processors")  # grpclib closed the connection
-    ):
-        return False
     if not size:
-        return True  # an empty frame: nothing to count (keep_empty_data_frames_out)
-    connection_window.current_window_size -= size
-    stream_window.current_window_size -= size
+        return  # an empty frame: nothing to count (keep_empty_data_frames_out)
+    stream, target = taker
+    protocol.connection._connection._inbound_flow_control_window_manager.current_window_size -= size
+    stream._inbound_window_manager.current_window_size -= size
     stream._actual_content_length += size
     target.buffer.add(payload, size)
     target.data_received += size
-    connection = processor.connection
+    connection = protocol.processor.connection
     connection.data_received += size
     connection.last_data_received = time.monotonic()
-    return True
+
+
+def taking_frames(protocol: Any) -> bool:
+    """Whether h2 may still be given frames: grpclib drops h2's frame table when it
+    closes the connection (after the peer's GOAWAY, or h2's refusal of a frame), and
+    a frame given to h2 after that, in the same read, fails with AttributeError."""
+    return hasattr(protocol.connection._connection, "_frame_dispatch_table")
 
 
 def take_window_update(protocol: Any, stream_id: int, increment: int) -> bool:

@@ -46,10 +46,12 @@ from hyperframe.frame import WindowUpdateFrame
 from ._grpclib_private import (
     close_connection,
     data_frame,
+    data_taker,
     h2_connection,
     receive_frames,
     take_data,
     take_window_update,
+    taking_frames,
     track_streams,
     update_local_settings,
     watch_events,
@@ -196,6 +198,7 @@ class _MessageMeter:
             and not self.prefix
             and n >= 5
             and n == 5 + int.from_bytes(payload[1:5], "big")
+            and self.frames < self.allowed  # empty frames may have come first
         ):
             # One whole message in the frame, as small messages come: nothing to follow.
             self.frames = 0
@@ -579,7 +582,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 if self._closing:
                     return 0
             if held:
-                self._protocol.data_received(held)
+                self._to_h2(held)
                 if self._closing:
                     return 0
             if kind == _DATA and stream_id in self._bodies:
@@ -673,8 +676,9 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         self._direct_bytes -= size
         self._server.release_direct(size)
 
-    def _to_h2(self, data: memoryview) -> None:
-        self._protocol.data_received(bytes(data))
+    def _to_h2(self, data: bytes | memoryview) -> None:
+        if taking_frames(self._protocol):  # else grpclib closed the connection meanwhile
+            self._protocol.data_received(bytes(data))
 
     def _give(self, frames: list[_Taken]) -> None:
         """Have frames read past h2's frame buffer taken, in order: DATA frames
@@ -694,11 +698,14 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                     to_h2.append(WindowUpdateFrame(stream_id, increment))
                 continue
             stream_id, payload, end_stream = frame
-            if to_h2 or end_stream or not take_data(protocol, stream_id, payload):
+            taker = None if to_h2 or end_stream else data_taker(protocol, stream_id, len(payload))
+            if taker is None:
                 to_h2.append(data_frame(stream_id, payload, end_stream))
-            elif not self._metered(stream_id, payload):
-                return  # the connection is closing: the frames after it are not read
-        if to_h2:
+            elif self._metered(stream_id, payload):
+                take_data(protocol, taker, payload)
+            else:
+                return  # the connection is closing: neither it nor those after are taken
+        if to_h2 and taking_frames(protocol):
             receive_frames(protocol, to_h2)
 
     def _received(self, frame: _DirectFrame) -> _Taken:

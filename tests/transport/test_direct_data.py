@@ -313,3 +313,25 @@ async def test_data_after_an_unfinished_push_promise_is_refused_by_h2() -> None:
                 await connection_error(attacker)
             assert seen.digests == {}  # the sample never reached the processor
             await completes(server.port)
+
+
+@pytest.mark.parametrize("after", ["data", "headers"])
+async def test_frames_after_the_peers_goaway_in_the_same_read_end_quietly(
+    after: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer's GOAWAY closes the connection (grpclib drops h2's frame table with it):
+    what follows in the same read is dropped, not an error of the event loop."""
+    with anyio.fail_after(4 * TIMEOUT):
+        async with serving() as server:
+            async with Attacker.connect(server.port) as attacker:
+                stream_id = await open_call(attacker, 300)
+                goaway = frame(7, 0, 0, struct.pack(">LL", 0, 0))  # GOAWAY, NO_ERROR
+                if after == "data":
+                    more = frame(DATA, 0, stream_id, sample(2, 300))
+                else:
+                    more = frame(0x1, 0x4, stream_id + 2, attacker.h2.encoder.encode(REQUEST))
+                credit = frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", 9))
+                await attacker.send(goaway + more + credit)
+                await attacker.ended.wait()
+            await completes(server.port)
+    assert [r for r in caplog.records if r.levelno >= 40] == []

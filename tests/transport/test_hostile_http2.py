@@ -540,6 +540,10 @@ def test_the_frames_of_a_message_are_counted_from_its_first(slack: int) -> None:
     results = [meter.data(piece) for piece in pieces]
     assert results[: 4 + slack] == [True] * (4 + slack)
     assert results[4 + slack] is False
+    # Frames of no bytes count towards the message that follows them, whole or not.
+    meter = _MessageMeter(slack)
+    assert all(meter.data(b"") for _ in range(slack + 2))
+    assert meter.data(_prefixed(3)) is False
 
 
 @pytest.mark.rule("CONN-10")
