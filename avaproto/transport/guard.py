@@ -234,8 +234,10 @@ class _MessageMeter:
 DIRECT_FROM = 16 * 1024
 #: A message that arrives over several DATA frames is read into one buffer of its size,
 #: so that its reader gets it without joining them, if its first frame holds at least
-#: this share of it (a 1080p RGB frame in 1 MiB frames: one sixth).
-BODY_SHARE = 8
+#: this share of it: a 1080p RGB frame in 1 MiB frames is one sixth, a 4K one a
+#: twenty-fourth. Senders of frames of 16 KiB (the least there is) get no such buffer
+#: for messages over half a MiB; what all these buffers hold is bounded, as above.
+BODY_SHARE = 32
 
 
 class _DirectFrame:

@@ -97,9 +97,9 @@ async def answered(attacker: Attacker, stream_id: int, count: int) -> None:
     await attacker.until(lambda: messages() >= count + 1)
 
 
-async def open_call(attacker: Attacker, size: int) -> int:
-    """A call whose frames are RAW RGB24 of ``size`` bytes (a multiple of 300)."""
-    fmt = video_format(width=size // 300, height=100)
+async def open_call(attacker: Attacker, size: int, height: int = 100) -> int:
+    """A call whose frames are RAW RGB24 of ``size`` bytes (a multiple of 3 x ``height``)."""
+    fmt = video_format(width=size // (3 * height), height=height)
     descriptor = MediaStreamMessage(
         sequence_number=1, media_stream_descriptor=pipeline_descriptor(fmt)
     )
@@ -168,6 +168,29 @@ async def test_a_large_message_in_several_frames_reaches_the_processor_as_one_bu
     # The processor's view is of the buffer the frames were read into: the whole
     # message (its prefix, then its body), nothing copied out of it.
     assert seen.holders[2] == (bytearray, len(message))
+
+
+async def test_a_4k_frame_in_1_mib_frames_reaches_the_processor_as_one_buffer() -> None:
+    """A 3840x2160 RGB frame (24.9 MB) in DATA frames of 1 MiB, as avaproto's client
+    sends it: read into one buffer of the message's size, never joined."""
+    seen = Seen()
+    size = 3840 * 2160 * 3
+    with anyio.fail_after(4 * TIMEOUT):
+        async with serving(seen) as server, Attacker.connect(server.port) as attacker:
+            stream_id = await open_call(attacker, size, height=2160)
+            attacker.h2.max_outbound_frame_size = 1 << 20  # what the server allows
+            message, sent = sample(2, size), 0
+            while sent < len(message):  # within the windows the server opens as it reads
+                await eventually(lambda: attacker.h2.local_flow_control_window(stream_id) > 0)
+                window = attacker.h2.local_flow_control_window(stream_id)
+                for start in range(sent, sent + min(window, len(message) - sent), 1 << 20):
+                    end = min(start + (1 << 20), sent + window, len(message))
+                    attacker.h2.send_data(stream_id, message[start:end])
+                sent += min(window, len(message) - sent)
+                assert await attacker.flush()
+            await answered(attacker, stream_id, 1)
+    assert seen.digests == {2: digest(2, size)}
+    assert seen.holders[2] == (bytearray, len(sample(2, size)))  # the message's buffer
 
 
 async def connection_error(attacker: Attacker) -> None:
