@@ -347,6 +347,40 @@ def http2_stream(stream: grpclib.server.Stream[Any, Any] | grpclib.client.Stream
     return stream._stream
 
 
+def _quiet_after(manager: Any, size: int) -> bool:
+    """Whether h2's window manager sends no WINDOW_UPDATE once ``size`` more bytes are
+    processed (``WindowManager._maybe_update_window``'s condition, not met)."""
+    processed = manager._bytes_processed + size
+    largest = manager.max_window_size
+    return processed < largest // 2 and not (
+        manager.current_window_size == 0 and processed > min(1024, largest // 4)
+    )
+
+
+def acknowledge(h2_stream: grpclib.protocol.Stream, size: int) -> None:
+    """What a stream's buffer does for ``size`` bytes read (``Connection.ack``): h2
+    counts them in the connection's and the stream's windows, and queues a
+    WINDOW_UPDATE where its window manager says one is due, which grpclib then writes.
+
+    Where neither manager would (nearly every small message), the bytes are counted at
+    once: h2's call, its checks and a flush of nothing cost more than the message.
+    """
+    machine = h2_stream._h2_connection
+    stream = machine.streams.get(h2_stream.id) if h2_stream.id is not None else None
+    connection_window = machine._inbound_flow_control_window_manager
+    if (
+        stream is not None
+        and stream.open
+        and not machine._data_to_send
+        and _quiet_after(connection_window, size)
+        and _quiet_after(stream._inbound_window_manager, size)
+    ):
+        connection_window._bytes_processed += size
+        stream._inbound_window_manager._bytes_processed += size
+        return
+    h2_stream.buffer._ack_callback(size)
+
+
 async def receive_whole(h2_stream: grpclib.protocol.Stream) -> memoryview | None:
     """The next gRPC message (prefix and body) as a view, if it lies whole in the first
     piece of the stream's buffer; else None, the buffer read as far as ``Buffer.read``
@@ -368,9 +402,12 @@ async def receive_whole(h2_stream: grpclib.protocol.Stream) -> memoryview | None
             # The end of the stream: put it back for Buffer.read to find.
             queue.put_nowait(grpclib.protocol.UnackedData(data, data_size, 0))
             return None
-        acked.append(grpclib.protocol.AckedData(memoryview(data), data_size))
+        acknowledge(h2_stream, ack_size)
+        view = memoryview(data)
+        if data_size >= 5 and data_size == 5 + int.from_bytes(view[1:5], "big"):
+            return view  # one message in one piece, read as Buffer.read would leave it
+        acked.append(grpclib.protocol.AckedData(view, data_size))
         buffer._acked_size += data_size
-        buffer._ack_callback(ack_size)
     view, size = acked[0]
     if size < 5:
         return None
@@ -406,7 +443,7 @@ async def receive_exactly(h2_stream: grpclib.protocol.Stream, size: int) -> byte
                 break
             acked.append(grpclib.protocol.AckedData(memoryview(data), data_size))
             buffer._acked_size += data_size
-            buffer._ack_callback(ack_size)
+            acknowledge(h2_stream, ack_size)
         if acked and buffer._acked_size >= size:
             first = acked[0]
             if first.data_size >= size:

@@ -20,6 +20,7 @@ import grpclib.exceptions
 import grpclib.protocol
 import grpclib.server
 import grpclib.utils
+import h2.windows
 import pytest
 
 from avaproto.messages import (
@@ -539,18 +540,69 @@ def test_a_data_frame_h2_refuses_closes_the_connection_as_receive_data_does() ->
 
 
 class _Buffered:
-    """A grpclib Buffer under a stream, as read_message reads it."""
+    """A grpclib Buffer under stream 1 of a real h2 connection, as read_message reads
+    it; its acknowledgements go to h2 as grpclib's ``Connection.ack`` sends them."""
+
+    id = 1
 
     def __init__(self, pieces: list[bytes | memoryview], eof: bool) -> None:
-        self.acks: list[int] = []
-        self.buffer = grpclib.protocol.Buffer(self.acks.append)
+        self._h2_connection = machine = _server_with_open_stream()
+        self.buffer = grpclib.protocol.Buffer(self._ack)
         for piece in pieces:
             self.buffer.add(piece, len(piece) + 1)  # flow-controlled length: padding too
         if eof:
             self.buffer.eof()
+        self.sent = b""  # the WINDOW_UPDATEs h2 queued, as grpclib's flush writes them
+        self.machine = machine
+
+    def _ack(self, size: int) -> None:
+        if size:  # grpclib.protocol.Connection.ack
+            self.machine.acknowledge_received_data(size, self.id)
+            self.sent += self.machine.data_to_send()
+
+    def acknowledged(self) -> tuple[object, ...]:
+        """What h2 made of the acknowledgements: counts, windows, frames sent."""
+        connection = self.machine._inbound_flow_control_window_manager
+        stream = self.machine.streams[self.id]._inbound_window_manager
+        return (
+            connection._bytes_processed,
+            connection.current_window_size,
+            stream._bytes_processed,
+            stream.current_window_size,
+            self.sent,
+        )
 
     async def recv_data(self, size: int) -> bytes:
         return await self.buffer.read(size)
+
+
+@pytest.mark.parametrize("consumed", [0, 30_000, 65_535])
+def test_acknowledge_counts_and_updates_windows_as_connection_ack(consumed: int) -> None:
+    """Read bytes acknowledged at once, or through grpclib's ``Connection.ack`` where h2
+    has a WINDOW_UPDATE to send: h2's counts, windows and frames come out the same."""
+    import random
+
+    rng = random.Random(consumed)
+    ours, theirs = _Buffered([], False), _Buffered([], False)
+    for side in (ours, theirs):
+        stream = side.machine.streams[1]
+        for manager in (side.machine._inbound_flow_control_window_manager,
+                        stream._inbound_window_manager):  # fmt: skip
+            manager.current_window_size -= consumed  # bytes received, not yet read
+    # Byte by byte first, through every threshold, then in steps of all sizes.
+    sizes = [1] * 40_000 + [rng.choice([0, 1, 50, 1000, 5000, 20_000]) for _ in range(400)]
+    for size in sizes:
+        _grpclib_private.acknowledge(ours, size)  # type: ignore[arg-type]
+        theirs._ack(size)
+        assert ours.acknowledged() == theirs.acknowledged()
+    assert bool(theirs.sent) == bool(consumed)  # updates fell due where bytes came in
+    source = inspect.getsource(h2.windows.WindowManager._maybe_update_window)
+    assert "self._bytes_processed >= (self.max_window_size // 2)" in source
+    assert "(self.current_window_size == 0) and (" in source
+    assert "self._bytes_processed > min(1024, self.max_window_size // 4))" in source
+    assert_steps(grpclib.protocol.Connection.ack,
+                 "self._connection.acknowledge_received_data(size, stream_id)",
+                 "self.flush()")  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -580,7 +632,7 @@ async def test_receive_exactly_reads_what_buffer_read_reads(
             size,  # type: ignore[arg-type]
         )
         assert mine == await outcome(theirs.recv_data, size)
-    assert ours.acks == theirs.acks
+    assert ours.acknowledged() == theirs.acknowledged()
 
 
 async def test_a_body_read_into_one_buffer_is_returned_as_a_view_of_it() -> None:
@@ -591,7 +643,11 @@ async def test_a_body_read_into_one_buffer_is_returned_as_a_view_of_it() -> None
     assert bytes(await _grpclib_private.receive_exactly(stream, 5)) == b"P" * 5  # type: ignore[arg-type]
     body = await _grpclib_private.receive_exactly(stream, len(whole) - 5)  # type: ignore[arg-type]
     assert isinstance(body, memoryview) and body.obj is whole and bytes(body) == whole[5:]
-    assert stream.acks == [3001, 4001, len(whole) - 7000 + 1]
+    assert stream.acknowledged()[::2] == (
+        3001 + 4001 + len(whole) - 7000 + 1,
+        3001 + 4001 + len(whole) - 7000 + 1,
+        b"",
+    )
     # Buffer.read's own fields, which receive_exactly takes pieces from as it does.
     assert_steps(
         grpclib.protocol.Buffer.read,
@@ -851,4 +907,4 @@ async def test_receive_whole_reads_what_buffer_read_reads(pieces: list[bytes], e
             assert mine == await read_theirs()
             if mine in (b"", AssertionError):
                 break
-        assert ours.acks == theirs.acks
+        assert ours.acknowledged() == theirs.acknowledged()
