@@ -346,8 +346,10 @@ _OFFSET = _key(1, _VARINT)
 _LENGTH = _key(2, _VARINT)
 
 
-def _sample_parts(sample: MediaSample) -> list[Buffer]:
+def _sample_parts(sample: MediaSample) -> tuple[list[Buffer], int]:
+    """The sample's encoding in pieces, and which piece is its embedded frame (-1: none)."""
     parts: list[Buffer] = []
+    at = -1
     if sample.timestamp:
         parts += (_TIMESTAMP, _uvarint(sample.timestamp))
     reference = sample.content_reference
@@ -359,6 +361,7 @@ def _sample_parts(sample: MediaSample) -> list[Buffer]:
         if content:
             inner = [_BYTES, _uvarint(len(content)), content]
             parts += (_CONTENT_BYTES, _uvarint(sum(map(len, inner))), *inner)
+            at = len(parts) - 1
         else:
             parts += (_CONTENT_BYTES, _SMALL[0])
     elif reference is not None:
@@ -371,7 +374,7 @@ def _sample_parts(sample: MediaSample) -> list[Buffer]:
     for inference in sample.inferences:
         encoded = bytes(inference)
         parts += (_INFERENCE, _uvarint(len(encoded)), encoded)
-    return parts
+    return parts, at
 
 
 def encode_framed(message: MediaStreamMessage) -> bytes:
@@ -384,20 +387,52 @@ def encode_framed(message: MediaStreamMessage) -> bytes:
     if sample is None or message.media_stream_descriptor is not None:
         body = bytes(message)
         return _GRPC_PREFIX.pack(False, len(body)) + body
-    parts = _message_parts(message, sample)
+    parts, _ = _message_parts(message, sample)
     size = sum(map(len, parts))
     return b"".join([_GRPC_PREFIX.pack(False, size), *parts])
 
 
-def _message_parts(message: MediaStreamMessage, sample: MediaSample) -> list[Buffer]:
-    inner = _sample_parts(sample)
+#: Content at least this large is a piece of its own in ``framed_pieces``.
+SEPARATE_FROM = 64 * 1024
+
+
+def framed_pieces(message: MediaStreamMessage) -> list[Buffer]:
+    """``encode_framed``'s bytes as pieces to be written in order: an embedded frame of at
+    least ``SEPARATE_FROM`` bytes is one of them, the caller's buffer as it is, and the
+    few bytes before and after it are joined; any other message is one piece.
+
+    Writing the frame from where it lies saves the copy of it that every protobuf
+    sender makes into the message (the kernel copies it into the socket all the same).
+    """
+    sample = message.media_sample
+    embedded = sample.content_bytes if sample is not None else None
+    if (
+        sample is None
+        or embedded is None
+        or len(embedded.bytes) < SEPARATE_FROM
+        or message.media_stream_descriptor is not None
+    ):
+        return [encode_framed(message)]
+    parts, at = _message_parts(message, sample)
+    size = sum(map(len, parts))
+    before = b"".join([_GRPC_PREFIX.pack(False, size), *parts[:at]])
+    after = b"".join(parts[at + 1 :])
+    return [before, parts[at], after] if after else [before, parts[at]]
+
+
+def _message_parts(message: MediaStreamMessage, sample: MediaSample) -> tuple[list[Buffer], int]:
+    """The message's encoding in pieces, and which piece is its embedded frame (-1: none)."""
+    inner, at = _sample_parts(sample)
     parts: list[Buffer] = []
     if message.sequence_number:
         parts += (_SEQUENCE, _uvarint(message.sequence_number))
     if message.ack_sequence_number:
         parts += (_ACK, _uvarint(message.ack_sequence_number))
-    parts += (_SAMPLE, _uvarint(sum(map(len, inner))), *inner)
-    return parts
+    parts += (_SAMPLE, _uvarint(sum(map(len, inner))))
+    if at >= 0:
+        at += len(parts)
+    parts += inner
+    return parts, at
 
 
 def encode_message(message: MediaStreamMessage) -> bytes:
@@ -412,4 +447,4 @@ def encode_message(message: MediaStreamMessage) -> bytes:
     sample = message.media_sample
     if sample is None or message.media_stream_descriptor is not None:
         return bytes(message)
-    return b"".join(_message_parts(message, sample))
+    return b"".join(_message_parts(message, sample)[0])

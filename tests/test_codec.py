@@ -153,6 +153,34 @@ def test_a_framed_message_is_the_grpc_prefix_and_the_message(original: MediaStre
     assert decode_message(framed[5:]) == MediaStreamMessage.parse(body)
 
 
+@pytest.mark.parametrize("size", [0, 1000, 64 * 1024, 519_168])
+@pytest.mark.parametrize("inferences", [0, 2])
+def test_framed_pieces_are_the_framed_message_with_the_frame_not_copied(
+    size: int, inferences: int
+) -> None:
+    from avaproto.codec import SEPARATE_FROM, encode_framed, framed_pieces
+
+    frame = bytearray(bytes(range(256)) * (size // 256) + bytes(size % 256))
+    sample = MediaSample(
+        timestamp=9,
+        content_bytes=ContentBytes(bytes=memoryview(frame)),  # type: ignore[arg-type]
+        inferences=[Inference(type=InferenceType.MOTION) for _ in range(inferences)],
+    )
+    original = MediaStreamMessage(sequence_number=300, ack_sequence_number=7, media_sample=sample)
+    pieces = framed_pieces(original)
+    assert b"".join(pieces) == encode_framed(original)
+    if size >= SEPARATE_FROM:
+        assert len(pieces) == 2 + bool(inferences)
+        assert isinstance(pieces[1], memoryview) and pieces[1].obj is frame  # not copied
+        tracemalloc.start()
+        framed_pieces(original)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < size // 4
+    else:
+        assert len(pieces) == 1
+
+
 _valid = message.map(bytes)
 
 

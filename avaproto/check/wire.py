@@ -119,10 +119,8 @@ class Call:
         if self.send_failed:
             return False
         try:
-            if isinstance(message, bytes):
-                await send_client_message(self._stream, message)
-            else:
-                await send_client_message(self._stream, encode_framed(message))
+            framed = message if isinstance(message, bytes) else encode_framed(message)
+            await send_client_message(self._stream, [framed])
         except _SEND_ERRORS:
             self.send_failed = True
         return not self.send_failed

@@ -57,8 +57,11 @@ DATA_CONNECTION_STATES = (
 _JOIN_BELOW = 16 * 1024
 
 
-def _write_frame(h2_stream: grpclib.protocol.Stream, chunk: bytes | memoryview, size: int) -> bool:
-    """Write ``chunk`` as one DATA frame (END_STREAM unset) straight to the transport.
+def _write_frame(
+    h2_stream: grpclib.protocol.Stream, chunk: bytes | memoryview | list[memoryview], size: int
+) -> bool:
+    """Write ``chunk`` (or the pieces of one) as one DATA frame (END_STREAM unset)
+    straight to the transport.
 
     h2 would copy it three times (into a frame, the frame into its output buffer, the
     buffer out again, and once more first for a memoryview); its bookkeeping of such a
@@ -84,7 +87,19 @@ def _write_frame(h2_stream: grpclib.protocol.Stream, chunk: bytes | memoryview, 
     machine.outbound_flow_control_window -= size
     head = _DATA_HEAD.pack(size << 8, 0, stream_id)
     transport = h2_stream._transport
-    if size < _JOIN_BELOW:
+    if isinstance(chunk, list):
+        # Small pieces go with what precedes them, large ones as they are (not copied).
+        pending = bytearray(head)
+        for piece in chunk:
+            if len(piece) < _JOIN_BELOW:
+                pending += piece
+                continue
+            transport.write(pending)
+            transport.write(piece)
+            pending = bytearray()
+        if pending:
+            transport.write(pending)
+    elif size < _JOIN_BELOW:
         transport.write(head + chunk)
     else:
         transport.write(head)
@@ -107,35 +122,54 @@ def _send_now(h2_stream: grpclib.protocol.Stream, data: bytes) -> bool:
     return _write_frame(h2_stream, data, len(data))
 
 
-async def send_data(h2_stream: grpclib.protocol.Stream, data: bytes | memoryview) -> None:
+async def send_data(
+    h2_stream: grpclib.protocol.Stream,
+    data: bytes | memoryview | Sequence[bytes | bytearray | memoryview],
+) -> None:
     """``grpclib.protocol.Stream.send_data`` (END_STREAM unset), without copying ``data``.
 
     The same loop: wait until the connection may write and the stream's window is
     open, send what fits in one frame, again until all is sent. Each frame is a slice
-    of ``data`` written as it is (``_write_frame``); grpclib's reads each frame out of a
+    of ``data`` (or of its pieces, in order: a message whose frame is a piece of its
+    own) written as it is (``_write_frame``); grpclib's reads each frame out of a
     ``BytesIO`` first, and h2 copies it three more times.
     """
     assert h2_stream.id is not None
-    view = memoryview(data)
+    pieces = (
+        [memoryview(data)]
+        if isinstance(data, bytes | memoryview)
+        else [memoryview(p) for p in data]
+    )
     machine = h2_stream._h2_connection
     connection = h2_stream.connection
-    position, last = 0, len(view)
-    while position < last:
+    index, offset = 0, 0  # where the next frame begins: which piece, how far into it
+    left = sum(len(piece) for piece in pieces)
+    while left:
         await connection.write_ready.wait()
         window = machine.local_flow_control_window(h2_stream.id)
         if not window > 0:  # it can become negative
             h2_stream.window_updated.clear()
             await h2_stream.window_updated.wait()
             continue  # others may have sent meanwhile: look again
-        size = min(window, machine.max_outbound_frame_size, last - position)
-        chunk = view[position : position + size]
+        size = min(window, machine.max_outbound_frame_size, left)
+        chunks: list[memoryview] = []
+        wanted = size
+        while wanted:
+            piece = pieces[index]
+            take = min(len(piece) - offset, wanted)
+            chunks.append(piece[offset : offset + take])
+            wanted -= take
+            offset += take
+            if offset == len(piece):
+                index, offset = index + 1, 0
+        chunk: memoryview | list[memoryview] = chunks[0] if len(chunks) == 1 else chunks
         if not _write_frame(h2_stream, chunk, size):
-            machine.send_data(h2_stream.id, bytes(chunk))
+            machine.send_data(h2_stream.id, b"".join(chunks))
             h2_stream._transport.write(machine.data_to_send())
             h2_stream.data_sent += size
             connection.data_sent += size
             connection.data_send_process()
-        position += size
+        left -= size
 
 
 async def send_messages(stream: grpclib.server.Stream[Any, Any], framed: Sequence[bytes]) -> None:
@@ -157,17 +191,21 @@ async def send_messages(stream: grpclib.server.Stream[Any, Any], framed: Sequenc
     connection.last_message_sent = time.monotonic()
 
 
-async def send_client_message(stream: grpclib.client.Stream[Any, Any], framed: bytes) -> None:
+async def send_client_message(
+    stream: grpclib.client.Stream[Any, Any], framed: Sequence[bytes | bytearray | memoryview]
+) -> None:
     """Send one message (with its gRPC prefix) on a client stream, as grpclib would.
 
     ``grpclib.client.Stream.send_message`` encodes the message, then copies it once more
-    to prepend the prefix; an embedded frame already is one buffer with its prefix.
+    to prepend the prefix; here it is one buffer, or pieces (``codec.framed_pieces``)
+    whose largest, an embedded frame, is the caller's own, never copied.
     """
     if not stream._send_request_done:
         await stream.send_request()
     if stream._end_done:
         raise grpclib.exceptions.ProtocolError("Stream is ended")
-    if stream._wrapper._error is None and _send_now(stream._stream, framed):
+    one = framed[0] if len(framed) == 1 else None
+    if isinstance(one, bytes) and stream._wrapper._error is None and _send_now(stream._stream, one):
         # Nothing was awaited, so nothing for grpclib's wrapper to cancel.
         stream._send_message_done = True
         stream._messages_sent += 1

@@ -18,7 +18,7 @@ import grpclib.client
 import grpclib.const
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from ..codec import encode_framed
+from ..codec import framed_pieces
 from ..errors import ProtocolError, StreamFailed
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..status import Status
@@ -101,7 +101,7 @@ class ClientChannel:
 
     async def send(self, message: MediaStreamMessage) -> None:
         try:
-            await send_client_message(self._stream, encode_framed(message))
+            await send_client_message(self._stream, framed_pieces(message))
         except StreamTerminatedError as error:
             raise self._why_reset(error) from None
 

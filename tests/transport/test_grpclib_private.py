@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import itertools
 import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -204,6 +205,24 @@ def test_a_frame_written_directly_is_the_frame_h2_writes(size: int) -> None:
         assert holder._h2_connection.outbound_flow_control_window == 65535 - size
         assert holder._h2_connection.local_flow_control_window(1) == 65535 - size
     assert direct.data_sent == direct.connection.data_sent == size
+
+
+@pytest.mark.parametrize("cuts", [[], [9], [9, 40_009], [3, 4, 20_000]])
+def test_a_frame_written_in_pieces_is_the_frame_h2_writes(cuts: list[int]) -> None:
+    """A DATA frame whose payload is pieces (the bytes around an embedded frame, and the
+    frame): the bytes h2 writes for the joined payload, the frame's piece not copied."""
+    payload = bytes(range(256)) * 200
+    bounds = [0, *cuts, len(payload)]
+    pieces = [memoryview(payload)[a:b] for a, b in itertools.pairwise(bounds)]
+    direct, through_h2 = _open_stream(), _open_stream()
+    for holder in (direct, through_h2):
+        holder._h2_connection.max_outbound_frame_size = 1 << 20  # as a server may allow
+    assert _grpclib_private._write_frame(direct, pieces, len(payload))
+    machine = through_h2._h2_connection
+    machine.send_data(1, payload)
+    assert b"".join(direct._transport.written) == machine.data_to_send()
+    assert direct._h2_connection.outbound_flow_control_window == 65535 - len(payload)
+    assert direct.data_sent == len(payload)
 
 
 def test_a_frame_h2_must_send_is_left_to_it() -> None:
