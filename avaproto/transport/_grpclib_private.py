@@ -377,6 +377,80 @@ def receive_frames(protocol: Any, frames: list[Any]) -> None:
     connection.flush()
 
 
+# --- the pipeline's connections: answers read past h2's frame buffer ---------------------
+
+_FRAME_HEAD = struct.Struct(">BHBBI")
+
+
+def take_whole_frames(protocol: Any, data: bytes) -> bool:
+    """Take ``data`` if it is nothing but whole DATA frames (unpadded, END_STREAM unset)
+    and WINDOW_UPDATEs, and h2 holds nothing of an earlier read (a frame cut short, a
+    header block); False, having done nothing, if not (h2 must read it).
+
+    Each frame goes through ``take_data`` or ``take_window_update``; from the first
+    one they leave to h2, the rest of ``data`` goes to grpclib's ``data_received``, in
+    order. An answer is one small DATA frame, which h2 would otherwise buffer, parse
+    into an object and turn into an event for grpclib.
+    """
+    machine = protocol.connection._connection
+    incoming = machine.incoming_buffer
+    if incoming._data or incoming._headers_buffer or not taking_frames(protocol):
+        return False
+    frames: list[tuple[int, int, int, int]] = []  # (start, stream id, kind, increment)
+    n, i = len(data), 0
+    largest = machine.max_inbound_frame_size
+    while i < n:
+        if n - i < 9:
+            return False
+        high, low, kind, flags, stream_id = _FRAME_HEAD.unpack_from(data, i)
+        length = high << 16 | low
+        if not 0 < length <= largest or i + 9 + length > n:
+            return False
+        stream_id &= 0x7FFFFFFF  # the reserved bit is ignored (RFC 9113, 4.1)
+        if kind == 0 and not flags and stream_id:
+            frames.append((i, stream_id, kind, 0))
+        elif kind == 8 and length == 4:
+            increment = int.from_bytes(data[i + 9 : i + 13], "big")
+            if not 0 < increment < 1 << 31:
+                return False  # hyperframe refuses it: h2's to say
+            frames.append((i, stream_id, kind, increment))
+        else:
+            return False
+        i += 9 + length
+    view = memoryview(data)
+    for start, stream_id, kind, increment in frames:
+        if kind:
+            if take_window_update(protocol, stream_id, increment):
+                continue
+        else:
+            length = int.from_bytes(data[start : start + 3], "big")
+            taker = data_taker(protocol, stream_id, length)
+            if taker is not None:
+                take_data(protocol, taker, view[start + 9 : start + 9 + length])
+                continue
+        grpclib.protocol.H2Protocol.data_received(protocol, data[start:])
+        break
+    return True
+
+
+class _AnswerReading(grpclib.protocol.H2Protocol):
+    """grpclib's protocol for a client connection, reading answers past h2 where it can."""
+
+    def data_received(self, data: bytes) -> None:
+        if not take_whole_frames(self, data):
+            super().data_received(data)
+
+
+def read_answers_directly(channel: grpclib.client.Channel) -> None:
+    """Have the connection ``channel`` makes read whole DATA frames and WINDOW_UPDATEs
+    past h2 (``take_whole_frames``); grpclib makes it with ``_protocol_factory``."""
+
+    def protocol() -> grpclib.protocol.H2Protocol:
+        return _AnswerReading(grpclib.client.Handler(), channel._config, channel._h2_config)
+
+    channel._protocol_factory = protocol  # type: ignore[method-assign]
+
+
 # --- the HTTP/2 stream under a call -------------------------------------------------------
 
 

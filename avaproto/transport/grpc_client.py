@@ -28,6 +28,7 @@ from ._grpclib_private import (
     http2_stream,
     keep_empty_data_frames_out,
     quiet_frame_repr,
+    read_answers_directly,
     receive_initial_metadata,
     receive_trailers,
     received_headers,
@@ -150,6 +151,7 @@ async def open_channel(
     quiet_frame_repr()
     keep_empty_data_frames_out()
     channel = grpclib.client.Channel(host, port, ssl=ssl_context, codec=WireCodec())
+    read_answers_directly(channel)
     try:
         stream = channel.request(
             METHOD_PATH,

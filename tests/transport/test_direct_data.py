@@ -358,3 +358,103 @@ async def test_frames_after_the_peers_goaway_in_the_same_read_end_quietly(
                 await attacker.ended.wait()
             await completes(server.port)
     assert [r for r in caplog.records if r.levelno >= 40] == []
+
+
+# --- the pipeline's side: answers read past h2 -----------------------------------------
+
+
+def _answer_writes(layout: str, framed: list[bytes], stream_id: int) -> list[bytes]:
+    """The extension's answers as bytes on the wire, cut and mixed as ``layout`` says."""
+    data = [frame(DATA, 0, stream_id, message) for message in framed]
+    credit = frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", 1000))
+    stream_credit = frame(WINDOW_UPDATE, 0, stream_id, struct.pack(">L", 1000))
+    if layout == "together":  # every answer and updates in one write
+        return [credit + b"".join(data) + stream_credit]
+    if layout == "cut":  # each answer's frame cut in the middle of its header
+        return [part for whole in data for part in (whole[:4], whole[4:])]
+    if layout == "padded":  # padded frames, which h2 reads
+        return [frame(DATA, PADDED, stream_id, bytes([2]) + m + bytes(2)) for m in framed]
+    assert layout == "split"  # each answer in two frames, then an update
+    return [
+        frame(DATA, 0, stream_id, m[:3]) + frame(DATA, 0, stream_id, m[3:]) + credit for m in framed
+    ]
+
+
+@pytest.mark.parametrize("layout", ["together", "cut", "padded", "split"])
+async def test_answers_however_framed_reach_the_pipeline(layout: str) -> None:
+    """An extension of raw HTTP/2 answers the pipeline's samples in frames cut, mixed
+    and padded in every way: each answer arrives, in order, and the stream ends OK."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    from avaproto.client import connect
+    from avaproto.codec import decode_message
+    from tests.builders import extension_descriptor
+    from tests.transport.test_grpc import RGB24
+
+    samples = 6
+
+    async def extension(client: anyio.abc.SocketStream) -> None:
+        connection = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        )
+        connection.initiate_connection()
+        received, numbers, stream_id, ended = b"", [], 0, False
+        async with client:
+            await client.send(connection.data_to_send())
+            while not ended:
+                for event in connection.receive_data(await client.receive()):
+                    if isinstance(event, h2.events.RequestReceived):
+                        stream_id = event.stream_id
+                        headers = [(":status", "200"), ("content-type", "application/grpc")]
+                        connection.send_headers(stream_id, headers)
+                    elif isinstance(event, h2.events.DataReceived):
+                        connection.acknowledge_received_data(len(event.data), stream_id)
+                        received += event.data
+                        while len(received) >= 5:
+                            size = 5 + int.from_bytes(received[1:5], "big")
+                            if len(received) < size:
+                                break
+                            numbers.append(decode_message(received[5:size]).sequence_number)
+                            received = received[size:]
+                            if len(numbers) == 1:  # the descriptor: answered at once
+                                answer = MediaStreamMessage(
+                                    sequence_number=1,
+                                    ack_sequence_number=numbers[0],
+                                    media_stream_descriptor=extension_descriptor(),
+                                )
+                                connection.send_data(stream_id, encode_framed(answer))
+                    elif isinstance(event, h2.events.StreamEnded):
+                        ended = True
+                await client.send(connection.data_to_send())
+            answers = [
+                encode_framed(
+                    MediaStreamMessage(
+                        sequence_number=2 + index,
+                        ack_sequence_number=number,
+                        media_sample=MediaSample(timestamp=index),
+                    )
+                )
+                for index, number in enumerate(numbers[1:])
+            ]
+            for write in _answer_writes(layout, answers, stream_id):
+                await client.send(write)
+            connection.send_headers(stream_id, [("grpc-status", "0")], end_stream=True)
+            await client.send(connection.data_to_send())
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while await client.receive():
+                    pass
+
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(listener.serve, extension)
+            with anyio.fail_after(TIMEOUT):
+                async with connect(f"127.0.0.1:{port}", format=RGB24, window=samples) as pipe:
+                    for index in range(samples):
+                        await pipe.send(bytes(RGB24.frame_bytes), timestamp=index)
+                    await pipe.end()  # the extension answers them all once the end is in
+                    answered = [result.timestamp async for result in pipe.results()]
+            tasks.cancel_scope.cancel()
+    assert answered == list(range(samples))

@@ -927,3 +927,68 @@ async def test_receive_whole_reads_what_buffer_read_reads(pieces: list[bytes], e
             if mine in (b"", AssertionError):
                 break
         assert ours.acknowledged() == theirs.acknowledged()
+
+
+def test_a_read_of_whole_frames_is_taken_and_the_rest_left_to_h2_in_order() -> None:
+    """Frames the direct path leaves to h2 (a WINDOW_UPDATE on a closed stream) hand h2
+    the rest of the read from that frame on: what follows it arrives, after what came
+    before it, as h2 reads it."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import hyperframe.frame
+
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    request = [(":method", "POST"), (":path", "/"), (":scheme", "http"), (":authority", "a")]
+    client.send_headers(1, request)
+    client.send_headers(3, request, end_stream=True)
+    machine = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    machine.initiate_connection()
+    machine.receive_data(client.data_to_send())
+    machine.send_headers(3, [(":status", "200")], end_stream=True)  # stream 3 closed
+    machine.data_to_send()
+    side = _GrpclibSide(machine)
+
+    def feed(data: bytes) -> list[Any]:
+        return machine.receive_data(data)
+
+    def process(event: Any) -> None:
+        if isinstance(event, h2.events.DataReceived):
+            grpclib.protocol.EventsProcessor.process_data_received(side.processor, event)  # type: ignore[arg-type]
+
+    side.connection.feed = feed  # type: ignore[attr-defined]
+    side.connection.flush = machine.data_to_send  # type: ignore[attr-defined]
+    side.processor.process = process  # type: ignore[attr-defined]
+    first, second = b"first" * 10, b"second" * 10
+    read = b"".join(
+        f.serialize()
+        for f in (
+            hyperframe.frame.DataFrame(1, first),
+            hyperframe.frame.WindowUpdateFrame(3, 10),  # h2's: stream 3 is closed
+            hyperframe.frame.DataFrame(1, second),
+        )
+    )
+    assert _grpclib_private.take_whole_frames(side, read)
+    assert side.buffered() == [first, second]
+    assert not _grpclib_private.take_whole_frames(side, read[:20])  # a frame cut short
+
+
+async def test_the_pipelines_connections_are_made_where_read_answers_directly_hooks_in() -> None:
+    import h2.connection
+    import h2.frame_buffer
+
+    assert_steps(
+        grpclib.client.Channel._protocol_factory,
+        "return H2Protocol(Handler(), self._config, self._h2_config)",
+    )
+    assert "self._protocol_factory," in inspect.getsource(grpclib.client.Channel._create_connection)
+    buffer = h2.connection.H2Connection().incoming_buffer
+    assert isinstance(buffer, h2.frame_buffer.FrameBuffer)
+    assert buffer._data == bytearray() and buffer._headers_buffer == []
+    assert_steps(h2.frame_buffer.FrameBuffer.add_data, "self._data += data_view")
+    channel = grpclib.client.Channel("127.0.0.1", 1)
+    _grpclib_private.read_answers_directly(channel)
+    made = channel._protocol_factory()
+    assert isinstance(made, grpclib.protocol.H2Protocol) and made.config is channel._config
+    channel.close()
