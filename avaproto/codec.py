@@ -396,20 +396,33 @@ def encode_framed(message: MediaStreamMessage) -> bytes:
 SEPARATE_FROM = 64 * 1024
 
 
+def _immutable(content: Buffer) -> bool:
+    """``bytes``, or a contiguous view of ``bytes``: what no one can change once sent."""
+    if isinstance(content, bytes):
+        return True
+    return (
+        isinstance(content, memoryview) and isinstance(content.obj, bytes) and content.c_contiguous
+    )
+
+
 def framed_pieces(message: MediaStreamMessage) -> list[Buffer]:
     """``encode_framed``'s bytes as pieces to be written in order: an embedded frame of at
-    least ``SEPARATE_FROM`` bytes is one of them, the caller's buffer as it is, and the
-    few bytes before and after it are joined; any other message is one piece.
+    least ``SEPARATE_FROM`` bytes that cannot change (``bytes``, or a contiguous view of
+    them) is one of them, the caller's buffer as it is, and the few bytes before and
+    after it are joined; any other message is one piece.
 
     Writing the frame from where it lies saves the copy of it that every protobuf
     sender makes into the message (the kernel copies it into the socket all the same).
+    A frame in a buffer its owner may reuse is copied as before: an event loop may keep
+    part of a write to send later, and must send what was there when ``send`` was called.
     """
     sample = message.media_sample
     embedded = sample.content_bytes if sample is not None else None
     if (
         sample is None
         or embedded is None
-        or len(embedded.bytes) < SEPARATE_FROM
+        or not _immutable(embedded.bytes)
+        or memoryview(embedded.bytes).nbytes < SEPARATE_FROM
         or message.media_stream_descriptor is not None
     ):
         return [encode_framed(message)]

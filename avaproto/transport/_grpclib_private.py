@@ -53,7 +53,7 @@ DATA_CONNECTION_STATES = (
     h2.connection.ConnectionState.SERVER_OPEN,
 )
 #: Payloads up to this size are joined to their header (one write); larger ones are
-#: written after it without being copied.
+#: written after it without being copied, but for this much of their start.
 _JOIN_BELOW = 16 * 1024
 
 
@@ -88,22 +88,27 @@ def _write_frame(
     head = _DATA_HEAD.pack(size << 8, 0, stream_id)
     transport = h2_stream._transport
     if isinstance(chunk, list):
-        # Small pieces go with what precedes them, large ones as they are (not copied).
+        # Small pieces go with what precedes them, large ones as they are (not copied)
+        # but for their first _JOIN_BELOW bytes, which go with what precedes them.
         pending = bytearray(head)
         for piece in chunk:
             if len(piece) < _JOIN_BELOW:
                 pending += piece
                 continue
+            pending += piece[:_JOIN_BELOW]
             transport.write(pending)
-            transport.write(piece)
+            transport.write(piece[_JOIN_BELOW:])
             pending = bytearray()
         if pending:
             transport.write(pending)
     elif size < _JOIN_BELOW:
         transport.write(head + chunk)
     else:
-        transport.write(head)
-        transport.write(chunk)
+        # The header with the first bytes of the payload: a receiver that reads the
+        # header alone cannot tell how to read the frame (avaproto's guard reads one
+        # into a buffer of its own only once 16 KiB of it came with its header).
+        transport.write(head + chunk[:_JOIN_BELOW])
+        transport.write(chunk[_JOIN_BELOW:])
     h2_stream.data_sent += size
     connection = h2_stream.connection
     connection.data_sent += size
@@ -426,7 +431,10 @@ def take_whole_frames(protocol: Any, data: bytes) -> bool:
             length = int.from_bytes(data[start : start + 3], "big")
             taker = data_taker(protocol, stream_id, length)
             if taker is not None:
-                take_data(protocol, taker, view[start + 9 : start + 9 + length])
+                payload = view[start + 9 : start + 9 + length]
+                # A view keeps the whole read alive while the answer waits to be read:
+                # one much smaller than the read is copied out of it (answers are small).
+                take_data(protocol, taker, payload if 2 * length >= n else bytes(payload))
                 continue
         grpclib.protocol.H2Protocol.data_received(protocol, data[start:])
         break

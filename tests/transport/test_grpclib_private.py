@@ -971,6 +971,9 @@ def test_a_read_of_whole_frames_is_taken_and_the_rest_left_to_h2_in_order() -> N
     )
     assert _grpclib_private.take_whole_frames(side, read)
     assert side.buffered() == [first, second]
+    # The first, far smaller than the read, was copied out: it does not keep the read.
+    queued = list(side.processor.streams[1].buffer._unacked._queue)  # type: ignore[attr-defined]
+    assert type(queued[0].data) is bytes
     assert not _grpclib_private.take_whole_frames(side, read[:20])  # a frame cut short
 
 
