@@ -8,12 +8,18 @@ a user's stream. The uses:
 * sending: grpclib's public API sends one message per call, one DATA frame and one
   socket write each, after one more copy of the message to prepend gRPC's prefix, and
   h2 copies each frame three times more; the engine answers a window at once and the
-  pipeline sends frames of megabytes, so both write DATA frames to the transport
-  themselves, doing h2's bookkeeping of them (its two flow-control windows);
-* receiving: messages are read off the HTTP/2 stream, size first, a body that arrived
-  in one piece (or in one buffer, see below) taken as a view rather than joined, and
-  the extension's trailers as soon as it ends its direction; the server's guard reads
-  DATA frames past h2's frame buffer and gives h2 each one as a frame object;
+  pipeline sends frames of megabytes (from the caller's buffer, in pieces), so both
+  write DATA frames to the transport themselves, doing h2's bookkeeping of them (its
+  two flow-control windows);
+* receiving: messages are read off the HTTP/2 stream, size first (or whole, when one
+  arrived in one piece), a body that arrived in one piece (or in one buffer, see below)
+  taken as a view rather than joined, the bytes read counted in h2's windows at once
+  where no WINDOW_UPDATE is due, and the extension's trailers as soon as it ends its
+  direction;
+* frames read past h2's frame buffer, by the server's guard and the pipeline's
+  connections: a DATA frame or WINDOW_UPDATE on a stream open for it is taken with
+  h2's and grpclib's bookkeeping done at once (``take_data``, ``take_window_update``),
+  any other goes to h2, as a frame object or as the bytes it came in;
 * the server: its listener (the port chosen, closed on drain) and its connections
   (HTTP/2 settings, TLS diagnostics, and the hooks ``avaproto.transport.guard`` defends
   them with: each connection's h2 object, its events, the headers it sends, and the

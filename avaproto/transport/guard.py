@@ -290,12 +290,14 @@ class _Body:
 class ConnectionGuard(asyncio.BufferedProtocol):
     """One connection's defences, around grpclib's protocol for it (see the module).
 
-    It also reads the connection's bytes for h2, into buffers of its own: a DATA frame
-    goes to h2 as a frame object whose payload is a view of what was read, and a large
-    one is read straight into a buffer of its size, so an embedded video frame is
+    It also reads the connection's bytes for h2, into buffers of its own: a large DATA
+    frame is read straight into a buffer of its size, so an embedded video frame is
     copied once on its way in (by the kernel), where h2's frame buffer and hyperframe's
-    parser would copy it three times more. Every other frame, and every byte h2 must
-    see whole (the preface, header blocks), goes to h2 as received.
+    parser would copy it three times more. A DATA frame or WINDOW_UPDATE on a stream
+    open for it is taken with h2's and grpclib's bookkeeping done at once (``_give``),
+    other DATA frames go to h2 as frame objects whose payload is a view of what was
+    read, and every other frame, and every byte h2 must see whole (the preface, header
+    blocks), goes to h2 as received.
     """
 
     def __init__(self, server: ServerGuard, h2_protocol: Any, *, outermost: bool) -> None:
