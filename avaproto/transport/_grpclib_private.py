@@ -93,11 +93,16 @@ def _write_frame(
     machine.outbound_flow_control_window -= size
     head = _DATA_HEAD.pack(size << 8, 0, stream_id)
     transport = h2_stream._transport
-    if isinstance(chunk, list):
+    if size < _JOIN_BELOW and not isinstance(chunk, list):
+        transport.write(head + chunk)  # an answer, a reference to shared memory
+    else:
         # Small pieces go with what precedes them, large ones as they are (not copied)
-        # but for their first _JOIN_BELOW bytes, which go with what precedes them.
+        # but for their first _JOIN_BELOW bytes, which go with what precedes them: a
+        # receiver that reads a header alone cannot tell how to read its frame
+        # (avaproto's guard reads one into a buffer of its own only once 16 KiB of it
+        # came with its header).
         pending = bytearray(head)
-        for piece in chunk:
+        for piece in chunk if isinstance(chunk, list) else [memoryview(chunk)]:
             if len(piece) < _JOIN_BELOW:
                 pending += piece
                 continue
@@ -107,14 +112,6 @@ def _write_frame(
             pending = bytearray()
         if pending:
             transport.write(pending)
-    elif size < _JOIN_BELOW:
-        transport.write(head + chunk)
-    else:
-        # The header with the first bytes of the payload: a receiver that reads the
-        # header alone cannot tell how to read the frame (avaproto's guard reads one
-        # into a buffer of its own only once 16 KiB of it came with its header).
-        transport.write(head + chunk[:_JOIN_BELOW])
-        transport.write(chunk[_JOIN_BELOW:])
     h2_stream.data_sent += size
     connection = h2_stream.connection
     connection.data_sent += size
@@ -388,62 +385,109 @@ def receive_frames(protocol: Any, frames: list[Any]) -> None:
     connection.flush()
 
 
-# --- the pipeline's connections: answers read past h2's frame buffer ---------------------
+# --- frames read past h2's frame buffer, by the server's guard and the pipeline ----------
 
 _FRAME_HEAD = struct.Struct(">BHBBI")
+_DATA, _WINDOW_UPDATE, _END_STREAM = 0x0, 0x8, 0x1
+#: A frame to take: a DATA frame as (stream id, payload, END_STREAM), a WINDOW_UPDATE as
+#: (stream id, increment).
+Taken = tuple[int, bytes | memoryview, bool] | tuple[int, int]
+
+
+def whole_frames(
+    data: bytes | memoryview, largest: int
+) -> list[tuple[int, int, int, int, bool]] | None:
+    """The frames of ``data`` if it is nothing but whole DATA frames (with no flag but
+    END_STREAM, on a stream, not empty) and WINDOW_UPDATEs (their increment as
+    hyperframe accepts it), none larger than ``largest``; else None.
+
+    Each is (stream id, where its payload starts, where it ends, a WINDOW_UPDATE's
+    increment or 0 for a DATA frame, END_STREAM).
+    """
+    frames: list[tuple[int, int, int, int, bool]] = []
+    n, i = len(data), 0
+    while i < n:
+        if n - i < 9:
+            return None
+        high, low, kind, flags, stream_id = _FRAME_HEAD.unpack_from(data, i)
+        length = high << 16 | low
+        stop = i + 9 + length
+        if stop > n or not length or length > largest:
+            return None
+        stream_id &= 0x7FFFFFFF  # the reserved bit is ignored (RFC 9113, 4.1)
+        if kind == _DATA:
+            if flags & ~_END_STREAM or not stream_id:
+                return None
+            frames.append((stream_id, i + 9, stop, 0, bool(flags)))
+        elif kind == _WINDOW_UPDATE and length == 4:
+            increment = int.from_bytes(data[i + 9 : stop], "big")
+            if not 0 < increment < 1 << 31:
+                return None  # hyperframe refuses it: h2's to say
+            frames.append((stream_id, i + 9, stop, increment, False))
+        else:
+            return None
+        i = stop
+    return frames
+
+
+def take_frames(
+    protocol: Any,
+    frames: Sequence[Taken],
+    admit: Callable[[int, bytes | memoryview], bool] | None = None,
+) -> None:
+    """Have frames read past h2's frame buffer taken, in order.
+
+    Those on a stream open for them, within the windows, are taken at once
+    (``take_data``, ``take_window_update``: h2's and grpclib's bookkeeping without
+    their objects), the others by h2 as frame objects (``receive_frames``); once one
+    goes to h2, so do those after it, whose events must follow its own. ``admit``, if
+    given, sees each DATA frame about to be taken: False stops there (the connection
+    is being closed), neither it nor those after being taken.
+    """
+    to_h2: list[Any] = []
+    for frame in frames:
+        if len(frame) == 2:
+            stream_id, increment = frame
+            if to_h2 or not take_window_update(protocol, stream_id, increment):
+                to_h2.append(hyperframe.frame.WindowUpdateFrame(stream_id, increment))
+            continue
+        stream_id, payload, end_stream = frame
+        taker = None if to_h2 or end_stream else data_taker(protocol, stream_id, len(payload))
+        if taker is None:
+            to_h2.append(data_frame(stream_id, payload, end_stream))
+        elif admit is None or admit(stream_id, payload):
+            take_data(protocol, taker, payload)
+        else:
+            return
+    if to_h2 and taking_frames(protocol):
+        receive_frames(protocol, to_h2)
 
 
 def take_whole_frames(protocol: Any, data: bytes) -> bool:
-    """Take ``data`` if it is nothing but whole DATA frames (unpadded, END_STREAM unset)
-    and WINDOW_UPDATEs, and h2 holds nothing of an earlier read (a frame cut short, a
-    header block); False, having done nothing, if not (h2 must read it).
-
-    Each frame goes through ``take_data`` or ``take_window_update``; from the first
-    one they leave to h2, the rest of ``data`` goes to grpclib's ``data_received``, in
-    order. An answer is one small DATA frame, which h2 would otherwise buffer, parse
-    into an object and turn into an event for grpclib.
+    """Take a client connection's read ``data`` if it is nothing but whole DATA frames
+    and WINDOW_UPDATEs (``whole_frames``), and h2 holds nothing of an earlier read (a
+    frame cut short, a header block); False, having done nothing, if not (h2 must read
+    it). An answer is one small DATA frame, which h2 would otherwise buffer, parse into
+    an object and turn into an event for grpclib.
     """
     machine = protocol.connection._connection
     incoming = machine.incoming_buffer
     if incoming._data or incoming._headers_buffer or not taking_frames(protocol):
         return False
-    frames: list[tuple[int, int, int, int]] = []  # (start, stream id, kind, increment)
-    n, i = len(data), 0
-    largest = machine.max_inbound_frame_size
-    while i < n:
-        if n - i < 9:
-            return False
-        high, low, kind, flags, stream_id = _FRAME_HEAD.unpack_from(data, i)
-        length = high << 16 | low
-        if not 0 < length <= largest or i + 9 + length > n:
-            return False
-        stream_id &= 0x7FFFFFFF  # the reserved bit is ignored (RFC 9113, 4.1)
-        if kind == 0 and not flags and stream_id:
-            frames.append((i, stream_id, kind, 0))
-        elif kind == 8 and length == 4:
-            increment = int.from_bytes(data[i + 9 : i + 13], "big")
-            if not 0 < increment < 1 << 31:
-                return False  # hyperframe refuses it: h2's to say
-            frames.append((i, stream_id, kind, increment))
-        else:
-            return False
-        i += 9 + length
-    view = memoryview(data)
-    for start, stream_id, kind, increment in frames:
-        if kind:
-            if take_window_update(protocol, stream_id, increment):
-                continue
-        else:
-            length = int.from_bytes(data[start : start + 3], "big")
-            taker = data_taker(protocol, stream_id, length)
-            if taker is not None:
-                payload = view[start + 9 : start + 9 + length]
-                # A view keeps the whole read alive while the answer waits to be read:
-                # one much smaller than the read is copied out of it (answers are small).
-                take_data(protocol, taker, payload if 2 * length >= n else bytes(payload))
-                continue
-        grpclib.protocol.H2Protocol.data_received(protocol, data[start:])
-        break
+    frames = whole_frames(data, machine.max_inbound_frame_size)
+    if frames is None:
+        return False
+    view, n = memoryview(data), len(data)
+    taken: list[Taken] = []
+    for stream_id, start, stop, increment, end_stream in frames:
+        if increment:
+            taken.append((stream_id, increment))
+            continue
+        # A view keeps the whole read alive while the answer waits to be read: one much
+        # smaller than the read is copied out of it (answers are small).
+        payload = view[start:stop] if 2 * (stop - start) >= n else data[start:stop]
+        taken.append((stream_id, payload, end_stream))
+    take_frames(protocol, taken)
     return True
 
 
@@ -507,6 +551,18 @@ def acknowledge(h2_stream: grpclib.protocol.Stream, size: int) -> None:
     h2_stream.buffer._ack_callback(size)
 
 
+async def _next_piece(h2_stream: grpclib.protocol.Stream) -> tuple[memoryview, int] | None:
+    """The next piece of the stream's buffer, acknowledged, as ``Buffer.read`` pulls one
+    in (waiting for it); None at the end of the stream, left for ``Buffer.read`` to find."""
+    queue = h2_stream.buffer._unacked
+    data, data_size, ack_size = queue.get_nowait() if queue.qsize() else await queue.get()
+    if not ack_size:
+        queue.put_nowait(grpclib.protocol.UnackedData(data, data_size, 0))
+        return None
+    acknowledge(h2_stream, ack_size)
+    return memoryview(data), data_size
+
+
 async def receive_whole(h2_stream: grpclib.protocol.Stream) -> memoryview | None:
     """The next gRPC message (prefix and body) as a view, if it lies whole in the first
     piece of the stream's buffer; else None, the buffer read as far as ``Buffer.read``
@@ -520,16 +576,12 @@ async def receive_whole(h2_stream: grpclib.protocol.Stream) -> memoryview | None
     buffer = h2_stream.buffer
     acked = buffer._acked
     if not acked:
-        queue = buffer._unacked
-        if buffer._eof and queue.empty():
+        if buffer._eof and buffer._unacked.empty():
             return None
-        data, data_size, ack_size = queue.get_nowait() if queue.qsize() else await queue.get()
-        if not ack_size:
-            # The end of the stream: put it back for Buffer.read to find.
-            queue.put_nowait(grpclib.protocol.UnackedData(data, data_size, 0))
+        piece = await _next_piece(h2_stream)
+        if piece is None:
             return None
-        acknowledge(h2_stream, ack_size)
-        view = memoryview(data)
+        view, data_size = piece
         if data_size >= 5 and data_size == 5 + int.from_bytes(view[1:5], "big"):
             return view  # one message in one piece, read as Buffer.read would leave it
         acked.append(grpclib.protocol.AckedData(view, data_size))
@@ -562,14 +614,11 @@ async def receive_exactly(h2_stream: grpclib.protocol.Stream, size: int) -> byte
     acked = buffer._acked
     if size > 0 and (not buffer._eof or not buffer._unacked.empty()):
         while buffer._acked_size < size:
-            data, data_size, ack_size = await buffer._unacked.get()
-            if not ack_size:
-                # The end of the stream: put it back for Buffer.read to find.
-                buffer._unacked.put_nowait(grpclib.protocol.UnackedData(data, data_size, 0))
+            piece = await _next_piece(h2_stream)
+            if piece is None:
                 break
-            acked.append(grpclib.protocol.AckedData(memoryview(data), data_size))
-            buffer._acked_size += data_size
-            acknowledge(h2_stream, ack_size)
+            acked.append(grpclib.protocol.AckedData(*piece))
+            buffer._acked_size += piece[1]
         if acked and buffer._acked_size >= size:
             first = acked[0]
             if first.data_size >= size:

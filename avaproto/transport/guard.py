@@ -41,21 +41,18 @@ import h2.events
 import h2.exceptions
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
-from hyperframe.frame import WindowUpdateFrame
 
 from ._grpclib_private import (
+    Taken,
     close_connection,
-    data_frame,
-    data_taker,
     h2_connection,
-    receive_frames,
-    take_data,
-    take_window_update,
+    take_frames,
     taking_frames,
     track_streams,
     update_local_settings,
     watch_events,
     watch_sent_headers,
+    whole_frames,
 )
 from .limits import ConnectionLimits
 from .tls import HTTP2_PREFACE, DiagnosedServerTLS
@@ -262,11 +259,6 @@ class _DirectFrame:
         self.filled = len(first)
 
 
-#: A frame read past h2's frame buffer, to be taken (``ConnectionGuard._give``): a DATA
-#: frame as (stream id, payload, END_STREAM), a WINDOW_UPDATE as (stream id, increment).
-_Taken = tuple[int, bytes | memoryview, bool] | tuple[int, int]
-
-
 class _Body:
     """A gRPC message (prefix and body) arriving over several DATA frames: one buffer,
     each frame's payload a view of its part, so the reader can take the body whole."""
@@ -463,37 +455,17 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         buffer. A DATA frame's payload is copied out of the read buffer, which the next
         read reuses.
         """
-        n = len(data)
-        i = 0
-        frames: list[_Taken] = []
-        data_frames = False
-        largest = self._h2.max_inbound_frame_size
-        unpack = _FRAME_HEAD.unpack_from
-        while i < n:
-            if n - i < 9:
-                return False
-            high, low, kind, flags, stream_id = unpack(data, i)
-            length = high << 16 | low
-            stop = i + 9 + length
-            if stop > n or not length or length > largest:
-                return False
-            stream_id &= _STREAM_ID
-            if kind == _DATA:
-                if flags & ~_END_STREAM or not stream_id:
-                    return False
-                frames.append((stream_id, bytes(data[i + 9 : stop]), bool(flags & _END_STREAM)))
-                data_frames = True
-            elif kind == _WINDOW_UPDATE and length == 4:
-                increment: int = _INCREMENT.unpack_from(data, i + 9)[0]
-                if not 0 < increment < 1 << 31:
-                    return False  # hyperframe refuses it: h2's to say
-                frames.append((stream_id, increment))
+        frames = whole_frames(data, self._h2.max_inbound_frame_size)
+        if frames is None:
+            return False
+        taken: list[Taken] = []
+        for stream_id, start, stop, increment, end_stream in frames:
+            if increment:
+                taken.append((stream_id, increment))
             else:
-                return False
-            i = stop
-        if data_frames:
-            self._empty_run = 0
-        self._give(frames)
+                taken.append((stream_id, bytes(data[start:stop]), end_stream))
+                self._empty_run = 0
+        self._give(taken)
         return True
 
     def _feed(self, data: memoryview) -> int:
@@ -505,7 +477,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         start = 0  # the first byte not yet given to h2
         end = n  # the last, unless a header cut by the end of the read is held back
         # Frames read past h2, complete, not yet taken (see _give).
-        whole: list[_Taken] = []
+        whole: list[Taken] = []
         if self._preface_left:
             i = min(self._preface_left, n)
             self._preface_left -= i  # h2 checks its bytes
@@ -684,35 +656,12 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         if taking_frames(self._protocol):  # else grpclib closed the connection meanwhile
             self._protocol.data_received(bytes(data))
 
-    def _give(self, frames: list[_Taken]) -> None:
-        """Have frames read past h2's frame buffer taken, in order: DATA frames
-        (stream id, payload, END_STREAM) and WINDOW_UPDATEs (stream id, increment).
+    def _give(self, frames: list[Taken]) -> None:
+        """Have frames read past h2's frame buffer taken, in order (``take_frames``), each
+        DATA frame followed through its stream's messages first (CONN-9)."""
+        take_frames(self._protocol, frames, self._metered)
 
-        Those on a stream open for them, within the windows, are taken at once
-        (``take_data``, ``take_window_update``: h2's and grpclib's bookkeeping without
-        their objects), the others by h2 as frame objects; once one goes to h2, so do
-        those after it, whose events must follow its own.
-        """
-        protocol = self._protocol
-        to_h2: list[Any] = []
-        for frame in frames:
-            if len(frame) == 2:
-                stream_id, increment = frame
-                if to_h2 or not take_window_update(protocol, stream_id, increment):
-                    to_h2.append(WindowUpdateFrame(stream_id, increment))
-                continue
-            stream_id, payload, end_stream = frame
-            taker = None if to_h2 or end_stream else data_taker(protocol, stream_id, len(payload))
-            if taker is None:
-                to_h2.append(data_frame(stream_id, payload, end_stream))
-            elif self._metered(stream_id, payload):
-                take_data(protocol, taker, payload)
-            else:
-                return  # the connection is closing: neither it nor those after are taken
-        if to_h2 and taking_frames(protocol):
-            receive_frames(protocol, to_h2)
-
-    def _received(self, frame: _DirectFrame) -> _Taken:
+    def _received(self, frame: _DirectFrame) -> Taken:
         """A DATA frame read whole, to be taken; its buffer leaves the server's bound."""
         if frame.reserved:
             self._unreserve(frame.reserved)

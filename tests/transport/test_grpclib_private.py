@@ -930,9 +930,9 @@ async def test_receive_whole_reads_what_buffer_read_reads(pieces: list[bytes], e
 
 
 def test_a_read_of_whole_frames_is_taken_and_the_rest_left_to_h2_in_order() -> None:
-    """Frames the direct path leaves to h2 (a WINDOW_UPDATE on a closed stream) hand h2
-    the rest of the read from that frame on: what follows it arrives, after what came
-    before it, as h2 reads it."""
+    """Frames the direct path leaves to h2 (a WINDOW_UPDATE on a closed stream) go to
+    h2 with the rest of the read from that frame on: what follows it arrives, after what
+    came before it, as h2 takes it."""
     import h2.config
     import h2.connection
     import h2.events
@@ -950,14 +950,10 @@ def test_a_read_of_whole_frames_is_taken_and_the_rest_left_to_h2_in_order() -> N
     machine.data_to_send()
     side = _GrpclibSide(machine)
 
-    def feed(data: bytes) -> list[Any]:
-        return machine.receive_data(data)
-
     def process(event: Any) -> None:
         if isinstance(event, h2.events.DataReceived):
             grpclib.protocol.EventsProcessor.process_data_received(side.processor, event)  # type: ignore[arg-type]
 
-    side.connection.feed = feed  # type: ignore[attr-defined]
     side.connection.flush = machine.data_to_send  # type: ignore[attr-defined]
     side.processor.process = process  # type: ignore[attr-defined]
     first, second = b"first" * 10, b"second" * 10
