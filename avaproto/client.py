@@ -145,9 +145,12 @@ async def connect(
     (PIPE-3), ``ack_timeout`` for each sample's acknowledgement (PIPE-4). Past one, the
     block raises a ``ProtocolError`` or ``StreamFailed`` with DEADLINE_EXCEEDED; the
     answers already received stay delivered, and the shared-memory segment is
-    unlinked. An answer larger than ``max_message_bytes`` ends the stream with
-    RESOURCE_EXHAUSTED before it is buffered. The stream's figures (frames, latencies,
-    tolerated deviations, status) are kept in ``statistics`` if given.
+    unlinked. An extension that ends the stream with a failure status raises it as
+    ``StreamFailed`` once every answer it sent before was read from ``results`` (PIPE-6;
+    a ``send`` meeting the ended stream waits for that, up to 5 s). An answer larger than
+    ``max_message_bytes`` ends the stream with RESOURCE_EXHAUSTED before it is buffered.
+    The stream's figures (frames, latencies, tolerated deviations, status) are kept in
+    ``statistics`` if given.
 
     With ``transfer="shm"``, ``shm_write`` says how frames go into the segment:
     ``"pwrite"``, which an extension that shrinks the segment cannot turn into a crash

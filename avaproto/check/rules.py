@@ -176,6 +176,7 @@ CATALOGUE: tuple[RuleEntry, ...] = (
     _rule("PIPE-3", "SHOULD", _PIPELINE),
     _rule("PIPE-4", "SHOULD", _PIPELINE),
     _rule("PIPE-5", "MUST", _PIPELINE),
+    _rule("PIPE-6", "MUST", _PIPELINE),
 )
 
 BY_ID: dict[str, RuleEntry] = {entry.id: entry for entry in CATALOGUE}

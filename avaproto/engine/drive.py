@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, ClassVar
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..errors import ProtocolError
+from ..errors import ProtocolError, StreamFailed
 from ..messages import (
     ContentBytes,
     ContentReference,
@@ -44,7 +45,7 @@ from ..protocol.video_format import VideoFormat
 from ..status import Status
 from .channel import MessageChannel
 from .statistics import StreamStatistics
-from .stream import StreamRunner
+from .stream import PEER_FAILURE_GRACE, StreamRunner
 
 if TYPE_CHECKING:
     from ..media.shared_memory import SharedMemoryArena
@@ -78,6 +79,9 @@ class Results:
     def __init__(self, received: MemoryObjectReceiveStream[Result], window: anyio.Semaphore):
         self._received = received
         self._window = window
+        self._closed = False
+        # Set when an answer is taken, while ``drained`` waits for that.
+        self._taken: anyio.Event | None = None
 
     async def receive(self) -> Result:
         """The next answer; raises ``anyio.EndOfStream`` once the extension ended its stream."""
@@ -87,7 +91,23 @@ class Results:
             result = await self._received.receive()
         if result.acknowledged is not None:
             self._window.release()
+        if self._taken is not None:
+            self._taken.set()
         return result
+
+    async def drained(self) -> None:
+        """Return once every answer received so far was taken, or nobody reads any more.
+
+        A reader already handed an answer (waiting in ``receive``) takes it at the first
+        checkpoint; answers still in the buffer wait for the reader's next ``receive``.
+        """
+        await anyio.lowlevel.checkpoint()
+        while not self._closed and self._received.statistics().current_buffer_used:
+            self._taken = anyio.Event()
+            try:
+                await self._taken.wait()
+            finally:
+                self._taken = None
 
     def __aiter__(self) -> Results:
         return self
@@ -100,7 +120,10 @@ class Results:
 
     def close(self) -> None:
         """Stop reading: later answers are still checked, then dropped."""
+        self._closed = True
         self._received.close()
+        if self._taken is not None:
+            self._taken.set()
 
 
 class PipelineStream:
@@ -309,6 +332,14 @@ class PipelineStream:
     def on_end(self) -> None:
         self._results.close()
         self._watching.cancel()
+
+    async def on_failure(self, failure: StreamFailed) -> None:
+        """The extension ended the stream with a failure: the answers it sent before are
+        the consumer's (they acknowledge samples it sent) and reach it before the
+        failure does, unless it stops reading them for ``PEER_FAILURE_GRACE``."""
+        self._watching.cancel()
+        with anyio.move_on_after(PEER_FAILURE_GRACE):
+            await self.results.drained()
 
     async def _watch_acknowledgements(self, timeout: float) -> None:
         """End the stream once the oldest unacknowledged sample is ``timeout`` s old (PIPE-4).

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import anyio
 import anyio.abc
 
-from ..errors import InferenceError, ProtocolError
+from ..errors import InferenceError, ProtocolError, StreamFailed
 from ..media.inferences import validate
 from ..messages import (
     Inference,
@@ -330,6 +330,9 @@ class ExtensionHandler:
 
     def on_end(self) -> None:
         self.turn.end()  # the workers finish what they process, then stop
+
+    async def on_failure(self, failure: StreamFailed) -> None:
+        return None  # the workers read themselves: the runner's loop never runs here
 
     def release_pending(self) -> None:
         """After a failure: the leases of samples never answered end with the stream."""

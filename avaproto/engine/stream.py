@@ -65,6 +65,17 @@ class Handler(Protocol):
         """The peer ended its direction, and the session found that in order."""
         ...
 
+    async def on_failure(self, failure: StreamFailed) -> None:
+        """The peer ended the stream with a failure, after the messages already read:
+        hand those on before the failure ends the stream (at most ``PEER_FAILURE_GRACE``)."""
+        ...
+
+
+#: Seconds a stream the peer ended with a failure waits, at most, for what the peer
+#: sent before it to be read: the receive loop for the consumer to take the answers
+#: already received, a send the failure interrupted for the receive loop to get there.
+PEER_FAILURE_GRACE = 5.0
+
 
 class StreamRunner:
     """The part of a stream both roles share: one session on one channel, and its outcome."""
@@ -87,6 +98,9 @@ class StreamRunner:
         # The peer as log lines name it: "pipeline ipv4:…" on the extension's side.
         other = "pipeline" if role is Role.EXTENSION else "extension"
         self.peer = f"{other} {channel.peer}"
+        # The receive loop's task and its end, while ``running`` runs one.
+        self._receiver: int | None = None
+        self._received_all: anyio.Event | None = None
 
     async def receive(
         self, *, timeout: float | None = None, rule: str = "", awaited: str = ""
@@ -127,6 +141,7 @@ class StreamRunner:
             async with anyio.create_task_group() as tasks:
                 handler.start(tasks)
                 if not handler.reads_itself:
+                    self._received_all = anyio.Event()
                     tasks.start_soon(self._receive_all, handler)
                 yield tasks
 
@@ -147,8 +162,18 @@ class StreamRunner:
             self.statistics.ended = time.monotonic()
 
     async def _receive_all(self, handler: Handler) -> None:
-        while await self.receive_one(handler):
-            pass
+        """Read until the peer's end; its failure ends the stream once the handler has
+        handed on what came before it."""
+        self._receiver = anyio.get_current_task().id
+        try:
+            while await self.receive_one(handler):
+                pass
+        except StreamFailed as failure:
+            await handler.on_failure(failure)
+            raise
+        finally:
+            assert self._received_all is not None
+            self._received_all.set()
 
     async def receive_one(self, handler: Handler) -> bool:
         """Read the next message into the session and the handler; False at the end.
@@ -167,10 +192,21 @@ class StreamRunner:
         """Send a message the session produced; an interrupted send fails the session.
 
         Once a numbered message may or may not have left, the two sides' books can no
-        longer agree, so nothing more may be sent on this stream (LIFE-3).
+        longer agree, so nothing more may be sent on this stream (LIFE-3). A send that
+        fails because the peer ended the stream (``StreamFailed``: its status, or the
+        connection lost) is not that: the peer's account is in what it sent before,
+        which the receive loop reads in order and ends with. The send waits for that
+        (at most ``PEER_FAILURE_GRACE``), so that no answer already received is refused
+        or dropped, and the stream ends with the peer's status rather than LIFE-3.
         """
         try:
             await self.channel.send(message)
+        except StreamFailed:
+            received_all = self._received_all
+            if received_all is not None and anyio.get_current_task().id != self._receiver:
+                with anyio.move_on_after(PEER_FAILURE_GRACE):
+                    await received_all.wait()
+            raise
         except BaseException:
             if not self.session.failed:
                 self.session.fail(

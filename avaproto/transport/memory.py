@@ -7,6 +7,7 @@ without a socket. Bounded streams give the same backpressure a flow-control wind
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -33,6 +34,12 @@ class _Trailer:
 _Item = bytes | _Trailer
 
 
+class _Ending:
+    """How one direction of a stream ended with a status, for the other side's sends."""
+
+    trailer: _Trailer | None = None
+
+
 class MemoryChannel:
     """One end of an in-memory stream (see ``channel_pair``)."""
 
@@ -41,10 +48,15 @@ class MemoryChannel:
         send: MemoryObjectSendStream[_Item],
         receive: MemoryObjectReceiveStream[_Item],
         peer: str = "memory",
+        *,
+        own_ending: _Ending | None = None,
+        peer_ending: _Ending | None = None,
     ) -> None:
         self._send = send
         self._receive = receive
         self.peer = peer
+        self._own_ending = own_ending or _Ending()
+        self._peer_ending = peer_ending or _Ending()
 
     async def receive(self) -> MediaStreamMessage | None:
         try:
@@ -56,7 +68,17 @@ class MemoryChannel:
         return decode_message(item)
 
     async def send(self, message: MediaStreamMessage) -> None:
-        await self._send.send(encode_message(message))
+        """Send ``message``; on a stream the other side ended with a status (``abort``),
+        fail with that status (``StreamFailed``), as a gRPC call's send does once the
+        call ended. The messages it sent before stay readable, in order.
+        """
+        try:
+            await self._send.send(encode_message(message))
+        except anyio.BrokenResourceError:
+            trailer = self._peer_ending.trailer
+            if trailer is None:
+                raise
+            raise StreamFailed(trailer.status, trailer.message) from None
 
     async def send_batch(self, messages: list[MediaStreamMessage]) -> None:
         for message in messages:
@@ -65,11 +87,26 @@ class MemoryChannel:
     async def send_end(self) -> None:
         await self._send.aclose()
 
-    async def abort(self, status: Status, message: str) -> None:
-        """End the stream with a status: the other side's ``receive`` raises ``StreamFailed``."""
+    async def abort(
+        self, status: Status, message: str, *, last: Sequence[MediaStreamMessage] = ()
+    ) -> None:
+        """End the stream with a status: the other side's ``receive`` raises ``StreamFailed``.
+
+        ``last`` are sent first, all at once with the status and the close, as one read
+        over HTTP/2 can carry a stream's last DATA frames, its trailers and its reset:
+        the other side finds them queued when its next send fails (they must fit the
+        channel's capacity).
+        """
+        trailer = _Trailer(status, message)
+        self._own_ending.trailer = trailer
         try:
-            with anyio.move_on_after(1):
-                await self._send.send(_Trailer(status, message))
+            items: list[_Item] = [*(encode_message(each) for each in last), trailer]
+            for item in items:
+                try:
+                    self._send.send_nowait(item)
+                except anyio.WouldBlock:
+                    with anyio.move_on_after(1):
+                        await self._send.send(item)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the other side is gone: nobody to tell
         await self.aclose()
@@ -84,9 +121,22 @@ def channel_pair(capacity: int = 4) -> tuple[MemoryChannel, MemoryChannel]:
     """Two connected channels: (the pipeline's end, the extension's end)."""
     to_extension, from_pipeline = anyio.create_memory_object_stream[_Item](capacity)
     to_pipeline, from_extension = anyio.create_memory_object_stream[_Item](capacity)
+    pipeline_ending, extension_ending = _Ending(), _Ending()
     return (
-        MemoryChannel(to_extension, from_extension, "memory:extension"),
-        MemoryChannel(to_pipeline, from_pipeline, "memory:pipeline"),
+        MemoryChannel(
+            to_extension,
+            from_extension,
+            "memory:extension",
+            own_ending=pipeline_ending,
+            peer_ending=extension_ending,
+        ),
+        MemoryChannel(
+            to_pipeline,
+            from_pipeline,
+            "memory:pipeline",
+            own_ending=extension_ending,
+            peer_ending=pipeline_ending,
+        ),
     )
 
 
