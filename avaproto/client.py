@@ -146,8 +146,8 @@ async def connect(
     block raises a ``ProtocolError`` or ``StreamFailed`` with DEADLINE_EXCEEDED; the
     answers already received stay delivered, and the shared-memory segment is
     unlinked. An extension that ends the stream with a failure status raises it as
-    ``StreamFailed`` once every answer it sent before was read from ``results`` (PIPE-6;
-    a ``send`` meeting the ended stream waits for that, up to 5 s). An answer larger than
+    ``StreamFailed`` from ``results`` once every answer it sent before was read (PIPE-6;
+    a ``send`` that meets the ended stream returns without sending). An answer larger than
     ``max_message_bytes`` ends the stream with RESOURCE_EXHAUSTED before it is buffered.
     The stream's figures (frames, latencies, tolerated deviations, status) are kept in
     ``statistics`` if given.

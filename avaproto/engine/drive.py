@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, ClassVar
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..errors import ProtocolError, StreamFailed
@@ -74,40 +73,35 @@ class Results:
     stops reading its results stops sending too: nothing here grows without bound.
     Read the results while sending (a task beside the one that sends), as ``connect``'s
     example does; sending more than ``window`` samples without reading waits forever.
+
+    An extension that ends the stream with a failure status has it raised here, as
+    ``StreamFailed``, after every answer it sent before (PIPE-6).
     """
 
     def __init__(self, received: MemoryObjectReceiveStream[Result], window: anyio.Semaphore):
         self._received = received
         self._window = window
         self._closed = False
-        # Set when an answer is taken, while ``drained`` waits for that.
-        self._taken: anyio.Event | None = None
+        self._failure: StreamFailed | None = None
+        # Set once the reader met the failure, or stopped reading.
+        self._failure_seen: anyio.Event | None = None
 
     async def receive(self) -> Result:
-        """The next answer; raises ``anyio.EndOfStream`` once the extension ended its stream."""
+        """The next answer; raises ``anyio.EndOfStream`` once the extension ended its
+        stream, or ``StreamFailed`` once it ended it with a failure status."""
         try:
-            result = self._received.receive_nowait()  # no trip around the event loop
-        except anyio.WouldBlock:
-            result = await self._received.receive()
+            try:
+                result = self._received.receive_nowait()  # no trip around the event loop
+            except anyio.WouldBlock:
+                result = await self._received.receive()
+        except anyio.EndOfStream:
+            if self._failure is None or self._failure_seen is None:
+                raise
+            self._failure_seen.set()
+            raise StreamFailed(self._failure.status, self._failure.detail) from None
         if result.acknowledged is not None:
             self._window.release()
-        if self._taken is not None:
-            self._taken.set()
         return result
-
-    async def drained(self) -> None:
-        """Return once every answer received so far was taken, or nobody reads any more.
-
-        A reader already handed an answer (waiting in ``receive``) takes it at the first
-        checkpoint; answers still in the buffer wait for the reader's next ``receive``.
-        """
-        await anyio.lowlevel.checkpoint()
-        while not self._closed and self._received.statistics().current_buffer_used:
-            self._taken = anyio.Event()
-            try:
-                await self._taken.wait()
-            finally:
-                self._taken = None
 
     def __aiter__(self) -> Results:
         return self
@@ -122,8 +116,17 @@ class Results:
         """Stop reading: later answers are still checked, then dropped."""
         self._closed = True
         self._received.close()
-        if self._taken is not None:
-            self._taken.set()
+        if self._failure_seen is not None:
+            self._failure_seen.set()
+
+    def _fail(self, failure: StreamFailed) -> anyio.Event:
+        """Raise ``failure`` to the reader once it has the answers before it; the event
+        is set when the reader met it (or stopped reading)."""
+        self._failure = failure
+        self._failure_seen = anyio.Event()
+        if self._closed:
+            self._failure_seen.set()  # nobody reads: nothing to wait for
+        return self._failure_seen
 
 
 class PipelineStream:
@@ -159,6 +162,8 @@ class PipelineStream:
         self._leased: set[int] = set()
         self._ended = False
         self._ended_at = 0.0
+        # A send met the stream the extension ended: nothing more goes out.
+        self._peer_failed = False
 
     @property
     def extension(self) -> StreamDescriptor:
@@ -245,7 +250,9 @@ class PipelineStream:
         Waits while ``window`` samples are unacknowledged or their answers unread. With
         shared memory the bytes are copied into an arena slot (waiting for one to be
         freed by an acknowledgement if the arena is full) and the message carries a
-        reference to it.
+        reference to it. Once the extension ended the stream with a failure, a sample
+        goes nowhere: the failure is raised from ``results``, after the answers it sent
+        before (PIPE-6).
         """
         try:
             self._window.acquire_nowait()  # sending the message is the checkpoint
@@ -274,7 +281,17 @@ class PipelineStream:
                 lease.cancel()  # never sent: the slot is free again at once
             self._window.release()
             raise
-        await self.runner.send(message)
+        if self._peer_failed:
+            return message.sequence_number  # the stream is over: its failure is in results
+        try:
+            await self.runner.send(message)
+        except StreamFailed:
+            # The extension ended the stream. Its status is raised from ``results``
+            # after every answer it sent before (PIPE-6); raised here, it would cancel
+            # a reader still taking them, or leave a reader that comes after the sends
+            # waiting in vain.
+            self._peer_failed = True
+            return message.sequence_number
         self.runner.statistics.sent += 1
         return message.sequence_number
 
@@ -283,7 +300,11 @@ class PipelineStream:
         self.session.send_end()
         self._ended = True
         self._ended_at = time.monotonic()
-        await self.channel.send_end()
+        if not self._peer_failed:
+            try:
+                await self.channel.send_end()
+            except StreamFailed:
+                self._peer_failed = True  # its status comes from results (PIPE-6)
 
     # The handler's side, called by the runner.
 
@@ -307,7 +328,14 @@ class PipelineStream:
         if answer is not None and answer.requires_ack:
             # The extension referred to shared memory of its own: nothing here reads
             # it, so it is acknowledged at once.
-            await self.runner.send(self.session.send_sample(None, ack=answer.sequence_number))
+            acknowledgement = self.session.send_sample(None, ack=answer.sequence_number)
+            if not self._peer_failed:
+                try:
+                    await self.runner.send(acknowledgement)
+                except StreamFailed:
+                    # The extension ended the stream: this answer and the ones after
+                    # it still go to the results, then its status (PIPE-6).
+                    self._peer_failed = True
         if acknowledged is None and answer is None:
             return
         result = Result(
@@ -335,11 +363,15 @@ class PipelineStream:
 
     async def on_failure(self, failure: StreamFailed) -> None:
         """The extension ended the stream with a failure: the answers it sent before are
-        the consumer's (they acknowledge samples it sent) and reach it before the
-        failure does, unless it stops reading them for ``PEER_FAILURE_GRACE``."""
+        the reader's, and the failure reaches it after them, from ``results``. The
+        stream ends once the reader met it, stopped reading, or read nothing for
+        ``PEER_FAILURE_GRACE``."""
         self._watching.cancel()
+        self._peer_failed = True
+        seen = self.results._fail(failure)
+        self._results.close()  # after the answers already in it, the reader finds the end
         with anyio.move_on_after(PEER_FAILURE_GRACE):
-            await self.results.drained()
+            await seen.wait()
 
     async def _watch_acknowledgements(self, timeout: float) -> None:
         """End the stream once the oldest unacknowledged sample is ``timeout`` s old (PIPE-4).

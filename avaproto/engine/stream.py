@@ -71,9 +71,8 @@ class Handler(Protocol):
         ...
 
 
-#: Seconds a stream the peer ended with a failure waits, at most, for what the peer
-#: sent before it to be read: the receive loop for the consumer to take the answers
-#: already received, a send the failure interrupted for the receive loop to get there.
+#: Seconds a stream the peer ended with a failure waits, at most, for its reader to take
+#: what the peer sent before (``Handler.on_failure``) when that reader takes nothing.
 PEER_FAILURE_GRACE = 5.0
 
 
@@ -98,9 +97,6 @@ class StreamRunner:
         # The peer as log lines name it: "pipeline ipv4:…" on the extension's side.
         other = "pipeline" if role is Role.EXTENSION else "extension"
         self.peer = f"{other} {channel.peer}"
-        # The receive loop's task and its end, while ``running`` runs one.
-        self._receiver: int | None = None
-        self._received_all: anyio.Event | None = None
 
     async def receive(
         self, *, timeout: float | None = None, rule: str = "", awaited: str = ""
@@ -141,7 +137,6 @@ class StreamRunner:
             async with anyio.create_task_group() as tasks:
                 handler.start(tasks)
                 if not handler.reads_itself:
-                    self._received_all = anyio.Event()
                     tasks.start_soon(self._receive_all, handler)
                 yield tasks
 
@@ -164,16 +159,12 @@ class StreamRunner:
     async def _receive_all(self, handler: Handler) -> None:
         """Read until the peer's end; its failure ends the stream once the handler has
         handed on what came before it."""
-        self._receiver = anyio.get_current_task().id
         try:
             while await self.receive_one(handler):
                 pass
         except StreamFailed as failure:
             await handler.on_failure(failure)
             raise
-        finally:
-            assert self._received_all is not None
-            self._received_all.set()
 
     async def receive_one(self, handler: Handler) -> bool:
         """Read the next message into the session and the handler; False at the end.
@@ -195,17 +186,12 @@ class StreamRunner:
         longer agree, so nothing more may be sent on this stream (LIFE-3). A send that
         fails because the peer ended the stream (``StreamFailed``: its status, or the
         connection lost) is not that: the peer's account is in what it sent before,
-        which the receive loop reads in order and ends with. The send waits for that
-        (at most ``PEER_FAILURE_GRACE``), so that no answer already received is refused
-        or dropped, and the stream ends with the peer's status rather than LIFE-3.
+        which the receive side reads in order and ends with, so the session stays as
+        it is for those messages (PIPE-6).
         """
         try:
             await self.channel.send(message)
         except StreamFailed:
-            received_all = self._received_all
-            if received_all is not None and anyio.get_current_task().id != self._receiver:
-                with anyio.move_on_after(PEER_FAILURE_GRACE):
-                    await received_all.wait()
             raise
         except BaseException:
             if not self.session.failed:

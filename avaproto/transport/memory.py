@@ -94,19 +94,19 @@ class MemoryChannel:
 
         ``last`` are sent first, all at once with the status and the close, as one read
         over HTTP/2 can carry a stream's last DATA frames, its trailers and its reset:
-        the other side finds them queued when its next send fails (they must fit the
-        channel's capacity).
+        the other side finds them queued when its next send fails. What does not fit the
+        channel's capacity waits for the reader, one second at most in all.
         """
         trailer = _Trailer(status, message)
         self._own_ending.trailer = trailer
+        items: list[_Item] = [*(encode_message(each) for each in last), trailer]
         try:
-            items: list[_Item] = [*(encode_message(each) for each in last), trailer]
-            for item in items:
-                try:
-                    self._send.send_nowait(item)
-                except anyio.WouldBlock:
-                    with anyio.move_on_after(1):
-                        await self._send.send(item)
+            with anyio.move_on_after(1):  # a reader that reads nothing: no wait past this
+                for item in items:
+                    try:
+                        self._send.send_nowait(item)
+                    except anyio.WouldBlock:
+                        await self._send.send(item)  # in order, or not at all
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the other side is gone: nobody to tell
         await self.aclose()

@@ -264,6 +264,43 @@ async def test_failing_processor_ends_only_its_own_stream() -> None:
     assert [r.acknowledged for r in rest] == [2, 3, 4, 5]
 
 
+@pytest.mark.rule("PIPE-6")
+@pytest.mark.parametrize("reader_sleeps", [False, True])
+async def test_every_answer_before_a_processor_failure_reaches_the_reader(
+    reader_sleeps: bool,
+) -> None:
+    """The pipeline keeps sending while the extension fails on sample 40, so its send
+    can meet the ended stream before the reader has the answers before it; a reader
+    that awaits while handling each answer must still get all of them, then the
+    status."""
+
+    def crashes(frame: Frame) -> list[Inference]:
+        if frame.sequence_number == 40:
+            raise RuntimeError("the model crashed")
+        return tagged(frame)
+
+    read: list[int] = []
+    async with server(crashes, engine=EngineConfig(max_in_flight=1)) as extension:
+        with pytest.raises(StreamFailed) as caught:
+            async with connect(f"127.0.0.1:{extension.port}", format=RGB24) as pipe:
+
+                async def feed() -> None:
+                    for t in range(200):
+                        await pipe.send(bytes(RGB24.frame_bytes), timestamp=t)
+                    await pipe.end()
+
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(feed)
+                    async for result in pipe.results():
+                        if reader_sleeps:
+                            await anyio.sleep(0.001)  # an async write of the result
+                        assert result.acknowledged is not None
+                        read.append(result.acknowledged)
+    assert caught.value.status is Status.INTERNAL
+    assert "the model crashed" in caught.value.detail
+    assert read == list(range(2, 40))
+
+
 @pytest.mark.rule("SRV-5")
 async def test_oversized_message_is_refused_before_buffering() -> None:
     big = VideoFormat.checked(Encoding.RAW, PixelFormat.RGB24, 256, 256)
