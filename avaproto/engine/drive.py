@@ -19,10 +19,10 @@ DEADLINE_EXCEEDED instead of hanging the pipeline once its window is full.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeVarTuple
 
 import anyio
 import anyio.abc
@@ -45,6 +45,8 @@ from ..status import Status
 from .channel import MessageChannel
 from .statistics import StreamStatistics
 from .stream import PEER_FAILURE_GRACE, StreamRunner
+
+_Args = TypeVarTuple("_Args")
 
 if TYPE_CHECKING:
     from ..media.shared_memory import SharedMemoryArena
@@ -281,18 +283,8 @@ class PipelineStream:
                 lease.cancel()  # never sent: the slot is free again at once
             self._window.release()
             raise
-        if self._peer_failed:
-            return message.sequence_number  # the stream is over: its failure is in results
-        try:
-            await self.runner.send(message)
-        except StreamFailed:
-            # The extension ended the stream. Its status is raised from ``results``
-            # after every answer it sent before (PIPE-6); raised here, it would cancel
-            # a reader still taking them, or leave a reader that comes after the sends
-            # waiting in vain.
-            self._peer_failed = True
-            return message.sequence_number
-        self.runner.statistics.sent += 1
+        if await self._unless_ended(self.runner.send, message):
+            self.runner.statistics.sent += 1
         return message.sequence_number
 
     async def end(self) -> None:
@@ -300,11 +292,26 @@ class PipelineStream:
         self.session.send_end()
         self._ended = True
         self._ended_at = time.monotonic()
-        if not self._peer_failed:
-            try:
-                await self.channel.send_end()
-            except StreamFailed:
-                self._peer_failed = True  # its status comes from results (PIPE-6)
+        await self._unless_ended(self.channel.send_end)
+
+    async def _unless_ended(
+        self, sending: Callable[[*_Args], Awaitable[None]], *args: *_Args
+    ) -> bool:
+        """``sending(*args)``, unless the extension ended the stream; whether it went out.
+
+        A send that meets the ended stream records it, and nothing more goes out. The
+        extension's status is raised from ``results`` after every answer it sent before
+        (PIPE-6); raised here, it would cancel a reader still taking them, or leave a
+        reader that comes after the sends waiting in vain.
+        """
+        if self._peer_failed:
+            return False
+        try:
+            await sending(*args)
+        except StreamFailed:
+            self._peer_failed = True
+            return False
+        return True
 
     # The handler's side, called by the runner.
 
@@ -328,14 +335,11 @@ class PipelineStream:
         if answer is not None and answer.requires_ack:
             # The extension referred to shared memory of its own: nothing here reads
             # it, so it is acknowledged at once.
-            acknowledgement = self.session.send_sample(None, ack=answer.sequence_number)
-            if not self._peer_failed:
-                try:
-                    await self.runner.send(acknowledgement)
-                except StreamFailed:
-                    # The extension ended the stream: this answer and the ones after
-                    # it still go to the results, then its status (PIPE-6).
-                    self._peer_failed = True
+            # Once the extension ended the stream, this answer and those after it still
+            # go to the results, then its status (PIPE-6).
+            await self._unless_ended(
+                self.runner.send, self.session.send_sample(None, ack=answer.sequence_number)
+            )
         if acknowledged is None and answer is None:
             return
         result = Result(

@@ -395,14 +395,15 @@ Taken = tuple[int, bytes | memoryview, bool] | tuple[int, int]
 
 
 def whole_frames(
-    data: bytes | memoryview, largest: int
-) -> list[tuple[int, int, int, int, bool]] | None:
-    """The frames of ``data`` if it is nothing but whole DATA frames (with no flag but
-    END_STREAM, on a stream, not empty) and WINDOW_UPDATEs (their increment as
-    hyperframe accepts it), none larger than ``largest``; else None.
-
-    Each is (stream id, where its payload starts, where it ends, a WINDOW_UPDATE's
-    increment or 0 for a DATA frame, END_STREAM).
+    data: bytes | memoryview,
+    largest: int,
+    payload: Callable[[int, int], bytes | memoryview],
+) -> list[Taken] | None:
+    """The frames of ``data`` to take, if it is nothing but whole DATA frames (with no
+    flag but END_STREAM, on a stream, not empty) and WINDOW_UPDATEs (their increment as
+    hyperframe accepts it), none larger than ``largest``; else None. A DATA frame's
+    payload is ``payload(start, stop)`` of ``data``: a view, or a copy of one that must
+    not keep the read alive; nothing is taken out before the whole read qualified.
     """
     frames: list[tuple[int, int, int, int, bool]] = []
     n, i = len(data), 0
@@ -427,7 +428,10 @@ def whole_frames(
         else:
             return None
         i = stop
-    return frames
+    return [
+        (stream_id, increment) if increment else (stream_id, payload(start, stop), end_stream)
+        for stream_id, start, stop, increment, end_stream in frames
+    ]
 
 
 def take_frames(
@@ -474,19 +478,16 @@ def take_whole_frames(protocol: Any, data: bytes) -> bool:
     incoming = machine.incoming_buffer
     if incoming._data or incoming._headers_buffer or not taking_frames(protocol):
         return False
-    frames = whole_frames(data, machine.max_inbound_frame_size)
-    if frames is None:
-        return False
     view, n = memoryview(data), len(data)
-    taken: list[Taken] = []
-    for stream_id, start, stop, increment, end_stream in frames:
-        if increment:
-            taken.append((stream_id, increment))
-            continue
+
+    def payload(start: int, stop: int) -> bytes | memoryview:
         # A view keeps the whole read alive while the answer waits to be read: one much
         # smaller than the read is copied out of it (answers are small).
-        payload = view[start:stop] if 2 * (stop - start) >= n else data[start:stop]
-        taken.append((stream_id, payload, end_stream))
+        return view[start:stop] if 2 * (stop - start) >= n else data[start:stop]
+
+    taken = whole_frames(data, machine.max_inbound_frame_size, payload)
+    if taken is None:
+        return False
     take_frames(protocol, taken)
     return True
 

@@ -455,16 +455,13 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         buffer. A DATA frame's payload is copied out of the read buffer, which the next
         read reuses.
         """
-        frames = whole_frames(data, self._h2.max_inbound_frame_size)
-        if frames is None:
+        taken = whole_frames(
+            data, self._h2.max_inbound_frame_size, lambda start, stop: bytes(data[start:stop])
+        )
+        if taken is None:
             return False
-        taken: list[Taken] = []
-        for stream_id, start, stop, increment, end_stream in frames:
-            if increment:
-                taken.append((stream_id, increment))
-            else:
-                taken.append((stream_id, bytes(data[start:stop]), end_stream))
-                self._empty_run = 0
+        if any(len(frame) == 3 for frame in taken):
+            self._empty_run = 0  # a DATA frame with a payload (CONN-8)
         self._give(taken)
         return True
 
