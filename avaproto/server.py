@@ -108,10 +108,12 @@ async def serve(
 ) -> None:
     """Serve ``target`` until cancelled or until SIGTERM/SIGINT, then drain for ``grace`` s."""
     config = replace(config or ServerConfig(engine=EngineConfig()), host=host, port=port)
-    async with running(target, config, grace=grace) as server:
-        if ready is not None:
-            ready(server)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    # The signals are caught before the server listens (and logs that it does), so a
+    # supervisor that stops it the moment it is ready gets a drain, not an abrupt exit.
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with running(target, config, grace=grace) as server:
+            if ready is not None:
+                ready(server)
             async for received in signals:
                 log.info("%s: draining for up to %.1f s", signal.Signals(received).name, grace)
                 break

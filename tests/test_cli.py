@@ -27,6 +27,7 @@ import trustme
 
 from avaproto.cli import RedactCredentials, build_parser, byte_size, redact
 from avaproto.media.shared_memory import remove_stale_segments
+from avaproto.scheduling import DEFAULT_SLICE, current_slice
 from avaproto.sources.synthetic import synthetic_frames
 from avaproto.sources.video import encode_test_clip
 
@@ -232,6 +233,26 @@ def test_serve_logs_each_stream_and_drains_on_sigterm() -> None:
     assert any("SIGTERM: draining" in line for line in server.lines)
 
 
+def test_sigterm_the_moment_serve_is_ready_drains_it() -> None:
+    """A supervisor may stop the server as soon as it logs that it listens."""
+    with serving("--extension", "null") as server:
+        pass  # stop() sends SIGTERM at once and asserts exit status 0
+    assert any("SIGTERM: draining" in line for line in server.lines), server.lines
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+def test_serve_runs_its_event_loop_in_a_short_scheduling_slice() -> None:
+    """The event loop is the process's main thread: its slice is what --slice-us asked."""
+    with serving("--extension", "null") as server:
+        asked = current_slice(server.process.pid)
+    if asked is None:
+        pytest.skip("this kernel reports no slice for a normal thread (Linux 6.12 and later)")
+    assert asked == pytest.approx(DEFAULT_SLICE)
+    with serving("--extension", "null", "--slice-us", "0") as server:
+        kept = current_slice(server.process.pid)
+    assert kept is not None and kept > DEFAULT_SLICE  # the kernel's own
+
+
 def test_demo_prints_motion_and_a_summary() -> None:
     done = run("demo", "--frames", "60")
     assert done.returncode == 0, done.stderr
@@ -356,6 +377,8 @@ def usage_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["send", "127.0.0.1"], "is not host:port"),
         (["send", "127.0.0.1:70000"], "port 70000 of target '127.0.0.1:70000' is out of range"),
         (["serve", "--port", "70000"], "a port is 0 to 65535"),
+        (["serve", "--slice-us", "50"], "50: Linux accepts 100 to 100000 µs"),
+        (["serve", "--slice-us", "soon"], "not a whole number of microseconds: 'soon'"),
         (["send", target, "--source", str(not_a_video)], "not a video file FFmpeg can read"),
         (["send", target, "--source", str(not_an_image)], "not an image file"),
         (["send", target, "--source", str(tmp_path / "none.mp4")], "no such source file"),
