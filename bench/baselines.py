@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
@@ -118,6 +118,17 @@ def _handler(pb: ModuleType, behaviour: Any) -> Any:
 
 def serve_sync(delay: float, announce: Any) -> None:
     """grpcio's synchronous server: a thread per stream, one frame at a time."""
+    server, port = start_sync(delay)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    announce(port)
+    stopped.wait()
+    server.stop(grace=1).wait()
+
+
+def start_sync(delay: float = 0.0, options: Sequence[tuple[str, Any]] = ()) -> tuple[Any, int]:
+    """grpcio's synchronous server (``serve_sync``'s) started on a loopback port of its
+    own, with grpcio's ``options`` besides the benchmark's: (the server, its port)."""
     import grpc
 
     pb = official_messages()
@@ -138,15 +149,13 @@ def serve_sync(delay: float, announce: Any) -> None:
         finally:
             stream.close()
 
-    server = grpc.server(ThreadPoolExecutor(max_workers=SYNC_WORKERS), options=GRPC_OPTIONS)
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=SYNC_WORKERS), options=[*GRPC_OPTIONS, *options]
+    )
     server.add_generic_rpc_handlers([_handler(pb, process)])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    announce(port)
-    stopped.wait()
-    server.stop(grace=1).wait()
+    return server, port
 
 
 async def serve_aio(delay: float, announce: Any) -> None:

@@ -24,6 +24,9 @@ a user's stream. The uses:
   (HTTP/2 settings, TLS diagnostics, and the hooks ``avaproto.transport.guard`` defends
   them with: each connection's h2 object, its events, the headers it sends, and the
   release of every stream it accepted);
+* the pipeline's connections: a GOAWAY without an error lets the calls the extension
+  took finish (h2 would close the connection on it), and reads made off the HTTP/2
+  stream wait inside grpclib's guard of the call, so a lost connection ends them;
 * the repr h2 builds of every frame it receives, for a log that is off;
 * empty DATA frames, which grpclib's buffer would take for the end of the stream.
 """
@@ -35,6 +38,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, cast
 
 import grpclib.client
@@ -43,6 +47,7 @@ import grpclib.exceptions
 import grpclib.protocol
 import grpclib.server
 import h2.connection
+import h2.errors
 import h2.exceptions
 import h2.stream
 import hyperframe.frame
@@ -233,6 +238,7 @@ async def send_client_message(
 # --- receiving DATA frames ----------------------------------------------------------------
 
 log = logging.getLogger("avaproto.server")
+pipeline_log = logging.getLogger("avaproto.client")
 
 
 def data_frame(stream_id: int, payload: bytes | memoryview, end_stream: bool) -> Any:
@@ -493,11 +499,79 @@ def take_whole_frames(protocol: Any, data: bytes) -> bool:
 
 
 class _AnswerReading(grpclib.protocol.H2Protocol):
-    """grpclib's protocol for a client connection, reading answers past h2 where it can."""
+    """grpclib's protocol for a client connection, reading answers past h2 where it can,
+    and letting its calls finish when the extension is going away."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        finish_after_goaway(self)
 
     def data_received(self, data: bytes) -> None:
         if not take_whole_frames(self, data):
             super().data_received(data)
+
+
+def finish_after_goaway(protocol: Any) -> None:
+    """Have a client connection take a GOAWAY without an error as RFC 9113 (6.8) means
+    it: the streams the extension took (up to its last stream id) carry on to their end,
+    and no new one starts on the connection.
+
+    A server going away gracefully sends one (grpc-core's on ``server.stop(grace)``, on
+    ``max_connection_age``, in two steps), then finishes its streams within its grace.
+    h2 instead closes the whole connection on it (python-hyper/h2#1181): every frame
+    after it, the answers still due included, is a protocol error, and grpclib ends the
+    calls. So h2 is not given such a GOAWAY (``H2Connection._frame_dispatch_table``,
+    read per frame, maps each frame class to its handler): grpclib's channel is told to
+    open a new connection for its next call (``Handler.connection_lost``), and a stream
+    the extension never took ends now, as connection lost. A GOAWAY with an error code
+    goes to h2 as before (the connection ends).
+    """
+    machine = protocol.connection._connection
+    table = machine._frame_dispatch_table
+    closing = table[hyperframe.frame.GoAwayFrame]
+
+    def receive_goaway(frame: hyperframe.frame.GoAwayFrame) -> tuple[list[Any], list[Any]]:
+        if frame.error_code != h2.errors.ErrorCodes.NO_ERROR:
+            # Kept for the call's error: grpclib names only a lost connection, at the end.
+            protocol.connection.avaproto_goaway = (frame.error_code, frame.additional_data)
+            return cast(tuple[list[Any], list[Any]], closing(frame))
+        last = frame.last_stream_id
+        # grpc-core sends two (the second naming the last stream): one line for both.
+        report = pipeline_log.debug if protocol.handler.connection_lost else pipeline_log.info
+        protocol.handler.connection_lost = True  # grpclib's channel: no new call here
+        report(
+            "the extension at %s is going away (GOAWAY, last stream %d): calls it took finish",
+            _peer(protocol),
+            last,
+        )
+        for stream_id, stream in list(protocol.processor.streams.items()):
+            if stream_id > last:
+                stream.__terminated__(f"the extension went away before taking stream {stream_id}")
+        return [], []
+
+    table[hyperframe.frame.GoAwayFrame] = receive_goaway
+
+
+def goaway_error(stream: grpclib.client.Stream[Any, Any]) -> str | None:
+    """How the extension ended the call's connection, if with a GOAWAY carrying an error
+    (``finish_after_goaway``): its error code and the text it gave."""
+    h2_stream = getattr(stream, "_stream", None)
+    got = getattr(getattr(h2_stream, "connection", None), "avaproto_goaway", None)
+    if got is None:
+        return None
+    code, data = got
+    try:
+        name = h2.errors.ErrorCodes(code).name
+    except ValueError:
+        name = f"error code {code}"
+    text = bytes(data).decode("utf-8", "replace").strip()
+    return f"the extension ended the connection (GOAWAY {name}" + (f": {text})" if text else ")")
+
+
+def _peer(protocol: Any) -> str:
+    transport = protocol.connection._transport
+    address = transport.get_extra_info("peername") if transport is not None else None
+    return f"{address[0]}:{address[1]}" if address else "?"
 
 
 def read_answers_directly(channel: grpclib.client.Channel) -> None:
@@ -658,6 +732,16 @@ def grpc_status(
     """The gRPC status and message in trailers (or a trailers-only response)."""
     status, message, _ = stream._process_grpc_status(dict(headers))
     return status, message
+
+
+def ended_with_call(stream: grpclib.client.Stream[Any, Any]) -> AbstractContextManager[None]:
+    """grpclib's guard of a call's waits (``Stream._wrapper``): what waits inside it is
+    cancelled, and ``StreamTerminatedError`` raised, the moment grpclib ends the call
+    (the connection lost, or closed on a protocol error). grpclib's own reads wait
+    inside it; reads made off the HTTP/2 stream directly must too, or they wait on for
+    data that will never come. It is not reentrant: nothing inside may enter it again.
+    """
+    return cast(AbstractContextManager[None], stream._wrapper)
 
 
 async def receive_trailers(stream: grpclib.client.Stream[Any, Any]) -> Any:

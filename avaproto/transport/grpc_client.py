@@ -24,6 +24,8 @@ from ..messages import METHOD_PATH, MediaStreamMessage
 from ..status import Status
 from ._grpclib_private import (
     end_sent,
+    ended_with_call,
+    goaway_error,
     grpc_status,
     http2_stream,
     keep_empty_data_frames_out,
@@ -82,16 +84,20 @@ class ClientChannel:
     async def receive(self) -> MediaStreamMessage | None:
         try:
             await receive_initial_metadata(self._stream)
-            message = await read_message(http2_stream(self._stream), self._max, limit_rule="PIPE-5")
-            if message is not None:
-                return message
-            if trailers_only(self._stream):
-                # Headers that carried an OK status and ended the stream: no trailers
-                # follow (a non-OK one raised GRPCError above).
-                return None
-            # The extension ended its stream. Its status is in the trailers, which grpclib
-            # only reads after our side ended: read them from the HTTP/2 stream directly.
-            status, detail = grpc_status(self._stream, await receive_trailers(self._stream))
+            with ended_with_call(self._stream):  # a lost connection ends these waits
+                message = await read_message(
+                    http2_stream(self._stream), self._max, limit_rule="PIPE-5"
+                )
+                if message is not None:
+                    return message
+                if trailers_only(self._stream):
+                    # Headers that carried an OK status and ended the stream: no trailers
+                    # follow (a non-OK one raised GRPCError above).
+                    return None
+                # The extension ended its stream. Its status is in the trailers, which
+                # grpclib only reads after our side ended: read them off the HTTP/2 stream.
+                trailers = await receive_trailers(self._stream)
+            status, detail = grpc_status(self._stream, trailers)
         except GRPCError as error:
             raise _failed(error) from None
         except StreamTerminatedError as error:
@@ -119,7 +125,7 @@ class ClientChannel:
                 status, detail = grpc_status(self._stream, fields)
                 if status is not grpclib.const.Status.OK:
                     return StreamFailed(Status(status.value), detail or "")
-        message = f"connection lost: {error}"
+        message = goaway_error(self._stream) or f"connection lost: {error}"
         if headers_received is None:  # the extension never answered
             hint = explain_connection_failure(error, tls=self._tls)
             if hint:

@@ -991,3 +991,29 @@ async def test_the_pipelines_connections_are_made_where_read_answers_directly_ho
     made = channel._protocol_factory()
     assert isinstance(made, grpclib.protocol.H2Protocol) and made.config is channel._config
     channel.close()
+
+
+def test_the_goaway_hook_and_the_calls_guard_are_where_h2_and_grpclib_use_them() -> None:
+    """``finish_after_goaway`` replaces h2's GOAWAY handler in the table h2 looks up per
+    frame, and tells grpclib's channel through the flag it checks before reusing a
+    connection; ``ended_with_call`` is the guard grpclib's own reads wait inside, which
+    grpclib cancels when it ends a call."""
+    import h2.connection
+    import hyperframe.frame
+
+    machine = h2.connection.H2Connection()
+    handler = machine._frame_dispatch_table[hyperframe.frame.GoAwayFrame]
+    assert handler == machine._receive_goaway_frame
+    assert "self._frame_dispatch_table[frame.__class__](frame)" in inspect.getsource(
+        h2.connection.H2Connection._receive_frame
+    )
+    assert "ConnectionInputs.RECV_GOAWAY" in inspect.getsource(
+        h2.connection.H2Connection._receive_goaway_frame
+    )
+    assert "not self._protocol.handler.connection_lost" in inspect.getsource(grpclib.client.Channel)
+    assert grpclib.client.Handler.connection_lost is False
+    assert "self.wrapper.cancel(StreamTerminatedError(reason))" in inspect.getsource(
+        grpclib.protocol.Stream.__terminated__
+    )
+    assert "with self._wrapper:" in inspect.getsource(grpclib.client.Stream.recv_message)
+    assert "self._transport = transport" in inspect.getsource(grpclib.protocol.Connection)

@@ -1,0 +1,165 @@
+"""An extension going away (HTTP/2 GOAWAY) while the pipeline's stream runs (PIPE-7).
+
+grpcio's server is the real peer (a dev dependency, as in the benchmark); the raw
+HTTP/2 extensions below send what grpcio does not on demand: a GOAWAY with an error,
+and one naming no stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+import anyio.abc
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from h2.errors import ErrorCodes
+
+from avaproto.client import connect
+from avaproto.codec import decode_message, encode_framed
+from avaproto.errors import StreamFailed
+from avaproto.messages import MediaStreamMessage
+from avaproto.status import Status
+from tests.builders import extension_descriptor
+from tests.transport.test_grpc import RGB24
+from tests.transport.test_hostile_http2 import TIMEOUT, eventually, frame
+
+pytestmark = pytest.mark.anyio
+
+GOAWAY = 0x7
+#: Longer than any test here runs: a stream that ends before it ended on its own.
+ACK_TIMEOUT = 60.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # grpclib's transport runs on asyncio only
+
+
+def goaway(last_stream_id: int, error: ErrorCodes, text: bytes = b"") -> bytes:
+    head = last_stream_id.to_bytes(4, "big") + int(error).to_bytes(4, "big")
+    return frame(GOAWAY, 0, 0, head + text)
+
+
+@pytest.mark.rule("PIPE-7")
+async def test_a_grpcio_extension_stopping_gracefully_answers_every_frame(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """grpcio's ``server.stop(grace)`` (what SIGTERM does in the published samples) sends
+    GOAWAY, in two steps, and finishes its streams: every frame sent after it is
+    answered, and the stream ends OK."""
+    from bench.baselines import start_sync
+
+    caplog.set_level(logging.INFO, "avaproto.client")
+    server, port = start_sync()
+    try:
+        with anyio.fail_after(4 * TIMEOUT):
+            async with connect(
+                f"127.0.0.1:{port}", format=RGB24, window=2, ack_timeout=ACK_TIMEOUT
+            ) as pipe:
+                results = pipe.results()
+                await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
+                assert (await results.receive()).acknowledged == 2
+                server.stop(grace=4 * TIMEOUT)  # GOAWAY now, then a grace to finish in
+                await eventually(lambda: "is going away" in caplog.text)
+                for timestamp in range(1, 6):
+                    await pipe.send(bytes(RGB24.frame_bytes), timestamp=timestamp)
+                    assert (await results.receive()).acknowledged == timestamp + 2
+                await pipe.end()
+                assert [result async for result in results] == []
+    finally:
+        server.stop(grace=None)
+    [line] = [r.getMessage() for r in caplog.records if "is going away" in r.getMessage()]
+    assert f"127.0.0.1:{port}" in line  # one line for grpcio's two GOAWAY frames
+
+
+async def _raw_extension(
+    on_sample: Callable[[anyio.abc.SocketStream, h2.connection.H2Connection, int], Awaitable[None]],
+) -> Callable[[anyio.abc.SocketStream], Awaitable[None]]:
+    """An extension of raw HTTP/2: it answers the descriptor, then hands the first
+    sample to ``on_sample(socket, h2, stream id)`` and reads on until the pipeline goes."""
+
+    async def extension(client: anyio.abc.SocketStream) -> None:
+        connection = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        )
+        connection.initiate_connection()
+        received, messages = b"", 0
+        async with client:
+            await client.send(connection.data_to_send())
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:
+                    for event in connection.receive_data(await client.receive()):
+                        if isinstance(event, h2.events.RequestReceived):
+                            headers = [(":status", "200"), ("content-type", "application/grpc")]
+                            connection.send_headers(event.stream_id, headers)
+                        elif isinstance(event, h2.events.DataReceived):
+                            connection.acknowledge_received_data(len(event.data), event.stream_id)
+                            received += event.data
+                            while len(received) >= 5:
+                                size = 5 + int.from_bytes(received[1:5], "big")
+                                if len(received) < size:
+                                    break
+                                number = decode_message(received[5:size]).sequence_number
+                                received, messages = received[size:], messages + 1
+                                if messages == 1:
+                                    answer = MediaStreamMessage(
+                                        sequence_number=1,
+                                        ack_sequence_number=number,
+                                        media_stream_descriptor=extension_descriptor(),
+                                    )
+                                    connection.send_data(event.stream_id, encode_framed(answer))
+                                elif messages == 2:
+                                    await client.send(connection.data_to_send())
+                                    await on_sample(client, connection, event.stream_id)
+                    await client.send(connection.data_to_send())
+
+    return extension
+
+
+async def _first_sample_fails(on_sample: Callable[..., Awaitable[None]]) -> StreamFailed:
+    """What ends a pipeline's stream whose first sample meets ``on_sample``."""
+    extension = await _raw_extension(on_sample)
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(listener.serve, extension)
+            with anyio.fail_after(TIMEOUT), pytest.raises(StreamFailed) as failed:
+                async with connect(
+                    f"127.0.0.1:{port}", format=RGB24, ack_timeout=ACK_TIMEOUT
+                ) as pipe:
+                    await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
+                    await pipe.results().receive()
+            tasks.cancel_scope.cancel()
+    return failed.value
+
+
+@pytest.mark.rule("PIPE-7")
+async def test_a_goaway_with_an_error_ends_the_stream_at_once() -> None:
+    """The extension sends GOAWAY(ENHANCE_YOUR_CALM) and then nothing, the connection
+    left open: the pipeline, waiting for an answer, ends with UNAVAILABLE naming the
+    GOAWAY and its text at once, not at its acknowledgement deadline."""
+
+    async def refuse(client: anyio.abc.SocketStream, _: object, stream_id: int) -> None:
+        await client.send(goaway(stream_id, ErrorCodes.ENHANCE_YOUR_CALM, b"calm"))
+
+    failure = await _first_sample_fails(refuse)
+    assert failure.status is Status.UNAVAILABLE
+    assert failure.detail == "the extension ended the connection (GOAWAY ENHANCE_YOUR_CALM: calm)"
+
+
+@pytest.mark.rule("PIPE-7")
+async def test_a_stream_the_extension_never_took_ends_as_connection_lost() -> None:
+    """A GOAWAY without an error whose last stream id is below the pipeline's stream:
+    that stream ends with UNAVAILABLE saying so, at once."""
+
+    async def leave(client: anyio.abc.SocketStream, _: object, stream_id: int) -> None:
+        await client.send(goaway(stream_id - 1, ErrorCodes.NO_ERROR))
+
+    failure = await _first_sample_fails(leave)
+    assert failure.status is Status.UNAVAILABLE
+    assert "went away before taking stream 1" in failure.detail
