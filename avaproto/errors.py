@@ -12,6 +12,25 @@ from __future__ import annotations
 
 from .status import Status
 
+#: The most characters of an error's message: a status message, a log line.
+MAX_MESSAGE = 2048
+#: Control characters, escaped as Python writes them in a string's repr.
+_CONTROLS = {code: repr(chr(code))[1:-1] for code in (*range(0x20), 0x7F)}
+
+
+def bounded(message: str) -> str:
+    """``message`` fit for a status message and one log line, whatever of the peer's it
+    quotes: control characters escaped (a newline in a peer's string cannot forge log
+    lines) and at most ``MAX_MESSAGE`` characters. hpack encodes a header in time that
+    grows with the square of its length: a status message quoting a 300,000-character
+    name held the event loop for 11 s, and every other stream with it."""
+    if not message.isprintable():
+        message = message.translate(_CONTROLS)
+    if len(message) > MAX_MESSAGE:
+        cut = MAX_MESSAGE - 32
+        message = f"{message[:cut]}… ({len(message) - cut} characters more)"
+    return message
+
 
 class AvaprotoError(Exception):
     """Base of every error avaproto raises on purpose."""
@@ -28,7 +47,7 @@ class ProtocolError(AvaprotoError):
     def __init__(self, rule: str, status: Status, message: str) -> None:
         self.rule = rule
         self.status = status
-        self.detail = message
+        self.detail = message = bounded(message)
         super().__init__(f"[{rule}] {message}")
 
     def __reduce__(self) -> tuple[type[ProtocolError], tuple[str, Status, str]]:
@@ -48,7 +67,7 @@ class StreamFailed(AvaprotoError):
 
     def __init__(self, status: Status, message: str) -> None:
         self.status = status
-        self.detail = message
+        self.detail = message = bounded(message)
         super().__init__(f"{status.name}: {message}" if message else status.name)
 
 

@@ -45,14 +45,28 @@ class StreamDescriptor:
         return self.video_format is not None
 
 
+#: The longest file name Linux allows (NAME_MAX), in bytes.
+MAX_HANDLE_BYTES = 255
+
+
 def check_handle_name(name: str) -> None:
-    """SHM-3: a plain file name in the shared-memory directory, nothing that could leave it."""
-    if not name or "/" in name or "\x00" in name or name in (".", ".."):
+    """SHM-3: a plain file name in the shared-memory directory, nothing that could leave
+    it, and nothing that could not be a file's name or be printed as one."""
+    if (
+        not name
+        or len(name) > MAX_HANDLE_BYTES  # before anything else reads all of it
+        or len(name.encode("utf-8", "surrogatepass")) > MAX_HANDLE_BYTES
+        or "/" in name
+        or not name.isprintable()
+        or name in (".", "..")
+    ):
+        shown = repr(name[:64]) + (f"… ({len(name)} characters)" if len(name) > 64 else "")
         raise RemoteProtocolError(
             "SHM-3",
             Status.INVALID_ARGUMENT,
-            f"shared-memory handle_name {name!r} is not a plain file name "
-            "(it must be non-empty, without '/', NUL, and not '.' or '..')",
+            f"shared-memory handle_name {shown} is not a plain file name (it must be "
+            f"non-empty, at most {MAX_HANDLE_BYTES} bytes, without '/' or control "
+            "characters, and not '.' or '..')",
         )
 
 

@@ -48,6 +48,7 @@ import grpclib.protocol
 import grpclib.server
 import h2.connection
 import h2.errors
+import h2.events
 import h2.exceptions
 import h2.stream
 import hyperframe.frame
@@ -505,6 +506,7 @@ class _AnswerReading(grpclib.protocol.H2Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         finish_after_goaway(self)
+        ignore_unknown_frames(self)
 
     def data_received(self, data: bytes) -> None:
         if not take_whole_frames(self, data):
@@ -806,6 +808,26 @@ def watch_events(protocol: Any, watch: Callable[[Any], bool]) -> None:
             process(event)
 
     processor.process = watched
+
+
+#: h2's events for frames grpclib has no handler for, and raises NotImplementedError
+#: on (dropping the connection, with a traceback in the log): a frame of a type HTTP/2
+#: does not define, which receivers must ignore (RFC 9113, 5.5), and ALTSVC (RFC 7838),
+#: which a gRPC peer may ignore.
+_IGNORED_EVENTS = (h2.events.UnknownFrameReceived, h2.events.AlternativeServiceAvailable)
+
+
+def ignore_unknown_frames(protocol: Any) -> None:
+    """Have grpclib ignore the frames of ``_IGNORED_EVENTS`` on this connection, as HTTP/2
+    says, instead of dropping it (``EventsProcessor.processors`` maps each h2 event class
+    to its handler)."""
+    processors = protocol.processor.processors
+    for event in _IGNORED_EVENTS:
+        processors.setdefault(event, _ignore)
+
+
+def _ignore(event: Any) -> None:
+    return None
 
 
 def watch_sent_headers(protocol: Any, sent: Callable[[int], None]) -> None:

@@ -46,6 +46,7 @@ from ._grpclib_private import (
     Taken,
     close_connection,
     h2_connection,
+    ignore_unknown_frames,
     take_frames,
     taking_frames,
     track_streams,
@@ -391,6 +392,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         self._h2.decoder.max_header_list_size = limit
         track_streams(self._protocol, self._stream_accepted, self._stream_released)
         watch_events(self._protocol, self._event)
+        ignore_unknown_frames(self._protocol)
         watch_sent_headers(self._protocol, self._unanswered.discard)
         self._arm_idle()
 

@@ -53,7 +53,10 @@ from avaproto.status import Status
 SHM = "/dev/shm"
 U64_MAX = 2**64 - 1
 TIMEOUT = 10
-NOT_PLAIN = ["../segment", "../../etc/passwd", "/etc/passwd", "a/b", "seg\x00ment", ".", "..", ""]
+NOT_PLAIN = [
+    *("../segment", "../../etc/passwd", "/etc/passwd", "a/b", "seg\x00ment", ".", "..", ""),
+    *("seg\nment", "seg\u2028ment", "s" * 256, "é" * 128),  # a line break; past NAME_MAX
+]
 
 
 @pytest.fixture
@@ -135,6 +138,30 @@ class TestOpeningARegion:
         assert (caught.value.rule, caught.value.status) == ("SHM-3", Status.INVALID_ARGUMENT)
         assert "plain file name" in str(caught.value)
         assert opened_files == []
+
+    @pytest.mark.rule("SHM-3")
+    def test_a_name_is_quoted_short_and_on_one_line(self, opened_files: list[object]) -> None:
+        """A name of a million characters, one a line break: refused at once, and the
+        refusal (a status message, a log line) quotes 64 of them, escaped."""
+        name = "x" * 100 + "\nFORGED" + "y" * 1_000_000
+        with pytest.raises(SharedMemoryError) as caught:
+            SharedMemoryRegion.open(name, 16)
+        assert caught.value.rule == "SHM-3"
+        assert "\n" not in str(caught.value) and "FORGED" not in str(caught.value)
+        assert f"'{'x' * 64}'… (1000107 characters)" in str(caught.value)
+        assert opened_files == []
+
+    @pytest.mark.rule("SHM-3")
+    def test_the_longest_plain_name_linux_allows_is_accepted(
+        self, segment: tuple[str, Path]
+    ) -> None:
+        directory, path = segment
+        longest = Path(directory) / ("n" * 255)
+        os.link(path, longest)
+        try:
+            SharedMemoryRegion.open(longest.name, 16, directory=directory).close()
+        finally:
+            longest.unlink()
 
     @pytest.mark.rule("SHM-3")
     @pytest.mark.parametrize("name", ["../shm/x", "/dev/shm/x", "..", ""])

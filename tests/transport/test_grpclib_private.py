@@ -1017,3 +1017,17 @@ def test_the_goaway_hook_and_the_calls_guard_are_where_h2_and_grpclib_use_them()
     )
     assert "with self._wrapper:" in inspect.getsource(grpclib.client.Stream.recv_message)
     assert "self._transport = transport" in inspect.getsource(grpclib.protocol.Connection)
+
+
+def test_unknown_frames_are_ignored_where_grpclib_looks_up_its_handlers() -> None:
+    """``ignore_unknown_frames`` adds handlers to the table grpclib looks each event up
+    in, and h2 still makes the events it adds them for."""
+    import h2.events
+
+    assert "self.processors = {" in inspect.getsource(grpclib.protocol.EventsProcessor.__init__)
+    assert "proc = self.processors[event.__class__]" in inspect.getsource(
+        grpclib.protocol.EventsProcessor.process
+    )
+    assert "UnknownFrameReceived(frame=frame)" in inspect.getsource(h2.connection.H2Connection)
+    for event in _grpclib_private._IGNORED_EVENTS:
+        assert issubclass(event, h2.events.Event)

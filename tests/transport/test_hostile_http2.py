@@ -176,6 +176,18 @@ class Attacker:
             assert not self.ended.is_set(), f"connection ended first; events {self.events[-3:]}"
             await self.arrived.wait()
 
+    def answers(self, stream_id: int) -> int:
+        """How many whole gRPC messages the server sent on ``stream_id`` so far."""
+        data = b"".join(
+            e.data
+            for e in self.events
+            if isinstance(e, h2.events.DataReceived) and e.stream_id == stream_id
+        )
+        count = 0
+        while len(data) >= 5 and len(data) >= 5 + int.from_bytes(data[1:5], "big"):
+            data, count = data[5 + int.from_bytes(data[1:5], "big") :], count + 1
+        return count
+
     async def settled(self) -> None:
         """Once a PING sent now is answered, the server has handled all sent before it."""
         self.pings += 1
@@ -862,3 +874,58 @@ async def test_a_huge_answer_is_refused_before_the_client_buffers_it() -> None:
     # window lets it send, h2 copying each frame as it goes, and the client buffers
     # them. Bounded, and 32 times below the answer announced.
     assert peak() - baseline < 2 * DEFAULT_MAX_ANSWER_BYTES
+
+
+# --- 8. what a status message quotes ----------------------------------------------------
+
+
+@pytest.mark.rule("SHM-3")
+async def test_a_handle_name_of_a_megabyte_is_refused_at_once_in_a_short_status() -> None:
+    """A descriptor naming a segment with a million characters and a line break, from
+    grpcio's client: INVALID_ARGUMENT quoting 64 of them, escaped, at once (a status
+    message quoting the whole name held the event loop for two minutes while hpack
+    encoded it), and the server goes on serving."""
+    import grpc
+
+    name = "x" * 100 + "\nFORGED" + "y" * 1_000_000
+    descriptor = MediaStreamMessage(
+        sequence_number=1, media_stream_descriptor=pipeline_descriptor(shm=(name, 1 << 20))
+    )
+
+    def call() -> tuple[Any, str]:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            method = channel.stream_stream(
+                METHOD_PATH, request_serializer=bytes, response_deserializer=bytes
+            )
+            try:
+                list(method(iter([bytes(descriptor)]), timeout=TIMEOUT))
+            except grpc.RpcError as error:
+                return error.code(), error.details()
+        raise AssertionError("the stream was not refused")
+
+    async with serving() as server, pipeline_during(server.port):
+        with anyio.fail_after(2 * TIMEOUT):
+            code, details = await anyio.to_thread.run_sync(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details.startswith("[SHM-3] shared-memory handle_name 'xxx")
+        assert "FORGED" not in details and "\n" not in details and len(details) < 300
+        await completes(server.port)
+
+
+@pytest.mark.rule("CONN-15")
+@pytest.mark.parametrize("kind", [0xFA, 0xC], ids=["unknown", "ORIGIN"])
+async def test_a_frame_of_a_type_http2_does_not_define_is_ignored(
+    kind: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serving() as server:
+        async with Attacker.connect(server.port) as attacker:
+            with anyio.fail_after(TIMEOUT):
+                stream_id = await attacker.open_stream(DESCRIPTOR, sample(2))
+                await attacker.until(lambda: attacker.answers(stream_id) >= 2)
+                assert await attacker.send(frame(kind, 0, 0, b"\x00\x00extension"))
+                attacker.h2.send_data(stream_id, sample(3))
+                await attacker.flush()
+                await attacker.until(lambda: attacker.answers(stream_id) >= 3)
+                assert attacker.goaway is None
+        await completes(server.port)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
