@@ -374,6 +374,7 @@ def _add_diagram(commands: Any) -> None:
 
 def _server_config(args: argparse.Namespace) -> Any:
     from .engine.config import EngineConfig
+    from .protocol.video_format import FrameLimits
     from .transport.grpc_server import ServerConfig
     from .transport.limits import ConnectionLimits
 
@@ -387,6 +388,8 @@ def _server_config(args: argparse.Namespace) -> Any:
             frame_timeout=args.frame_timeout,
             shm_directory=args.shm_directory,
             shm_access=args.shm_access,
+            # An encoded sample in shared memory is bounded as an embedded one is.
+            limits=FrameLimits(max_encoded_bytes=args.max_message_bytes),
         ),
         credentials=_credentials(args),
         ssl=_server_tls(args),
@@ -517,7 +520,8 @@ def _add_serve(commands: Any) -> None:
         type=byte_size,
         default=_default(ServerConfig, "max_message_bytes"),
         metavar="SIZE",
-        help="largest message accepted, in bytes or like 64MiB "
+        help="largest message accepted, in bytes or like 64MiB, and the largest encoded "
+        "(JPG, PNG, BMP) sample a shared-memory reference may name "
         f"(default: {_default(ServerConfig, 'max_message_bytes') >> 20} MiB)",
     )
     parser.add_argument(

@@ -807,3 +807,11 @@ def test_bench_reports_what_an_extension_sustains(tmp_path: Path) -> None:
     assert report["answered"] == report["frames"] == 40
     assert report["shm_write"] == "map"
     assert "p99" in done.stdout
+
+
+@pytest.mark.rule("SHM-16")
+def test_the_largest_message_also_bounds_an_encoded_sample_in_shared_memory() -> None:
+    from avaproto.cli import _server_config
+
+    args = build_parser().parse_args(["serve", "--max-message-bytes", "1048576"])
+    assert _server_config(args).engine.limits.max_encoded_bytes == 1 << 20

@@ -107,6 +107,7 @@ CATALOGUE: tuple[RuleEntry, ...] = (
         "probing it shrinks a segment under the extension, which kills one that maps it "
         "(SIGBUS): no probe does that to a target",
     ),
+    _rule("SHM-16", "MUST", _ATTACK),
     _rule("AUTH-1", "MAY"),
     _rule("AUTH-2", "MUST"),
     _rule("AUTH-3", "MUST"),

@@ -25,6 +25,10 @@ class FrameLimits:
     max_width: int = 16384
     max_height: int = 16384
     max_pixels: int = 1 << 28
+    #: The longest encoded (JPG, PNG, BMP) sample a shared-memory reference may name:
+    #: unlike a RAW frame's, its size is only what the reference says (SHM-16). The
+    #: default is the largest message the server takes, which bounds an embedded one.
+    max_encoded_bytes: int = 64 << 20
 
 
 DEFAULT_LIMITS = FrameLimits()

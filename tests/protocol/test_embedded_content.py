@@ -111,6 +111,25 @@ class TestFrameSize:
 
 
 class TestReferences:
+    @pytest.mark.rule("SHM-16")
+    def test_an_encoded_sample_is_referred_to_within_the_largest_message(self) -> None:
+        """A JPG's size is only what its reference says: up to 64 MiB by default (what
+        bounds an embedded one), refused past it before a byte is read; a RAW frame's
+        reference, however long, is read for one frame's bytes (SHM-14)."""
+        limit, segment = 64 << 20, 1 << 31  # a sparse 2 GiB file costs its sender nothing
+        jpg = video_format(encoding=Encoding.JPG, pixel_format=PF.NONE, width=0, height=0)
+        shm = ("seg", segment)
+        event = receive_one(message(referenced(0, limit)), fmt=jpg, shm=shm)
+        assert event.content == ReferencedContent(0, limit)
+        error = refused(message(referenced(0, limit + 1)), fmt=jpg, shm=shm)
+        assert (error.rule, error.status) == ("SHM-16", Status.RESOURCE_EXHAUSTED)
+        assert f"{limit + 1} bytes to a JPG sample; the limit is {limit} bytes" in str(error)
+        _, extension = negotiate(pipeline_descriptor(shm=shm))
+        events = extension.receive(message(referenced(0, segment)))
+        [raw] = [e for e in events if isinstance(e, SampleReceived)]
+        assert isinstance(raw, SampleReceived)
+        assert raw.content == ReferencedContent(0, FRAME_BYTES)
+
     @pytest.mark.rule("SHM-4")
     def test_reference_inside_the_segment_is_accepted(self) -> None:
         event = receive_one(message(referenced(SEGMENT - FRAME_BYTES)), shm=("seg", SEGMENT))
