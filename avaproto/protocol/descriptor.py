@@ -9,6 +9,7 @@ no reference.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import FrameError, RemoteProtocolError
@@ -70,10 +71,22 @@ def check_handle_name(name: str) -> None:
         )
 
 
+#: Where a handle name given as a path may point: the directory the text names.
+_SHM_PREFIX = "/dev/shm/"
+
+
 def check_descriptor(
-    message: MediaStreamDescriptor, sender: Role, limits: FrameLimits = DEFAULT_LIMITS
+    message: MediaStreamDescriptor,
+    sender: Role,
+    limits: FrameLimits = DEFAULT_LIMITS,
+    tolerate: Callable[[str, str], None] | None = None,
 ) -> StreamDescriptor:
-    """Check the descriptor ``sender`` sent; raise ``RemoteProtocolError`` naming the rule."""
+    """Check the descriptor ``sender`` sent; raise ``RemoteProtocolError`` naming the rule.
+
+    ``tolerate(rule, detail)``, given for a peer's descriptor, is told of each departure
+    from a rule that real peers make and that leaves the meaning unambiguous (the rule's
+    field note in spec/ says which); without it they are refused as well.
+    """
     graph = message.graph_identifier
     extension_id = message.extension_identifier
     if sender is Role.PIPELINE and extension_id is not None:
@@ -84,12 +97,15 @@ def check_descriptor(
             "with graph_identifier",
         )
     if sender is Role.EXTENSION and graph is not None:
-        raise RemoteProtocolError(
-            "DESC-4",
-            Status.INVALID_ARGUMENT,
-            "the extension's descriptor carries graph_identifier; it identifies itself "
-            "with extension_identifier",
-        )
+        if tolerate is None:
+            raise RemoteProtocolError(
+                "DESC-4",
+                Status.INVALID_ARGUMENT,
+                "the extension's descriptor carries graph_identifier; it identifies itself "
+                "with extension_identifier",
+            )
+        tolerate("DESC-4", "the extension's descriptor carries graph_identifier; ignored")
+        graph = None
 
     media = message.media_descriptor
     video_format: VideoFormat | None = None
@@ -110,8 +126,19 @@ def check_descriptor(
                 f"length_bytes above 0, got {properties.handle_name!r} and "
                 f"{properties.length_bytes}",
             )
-        check_handle_name(properties.handle_name)
-        shared_memory = SharedMemoryProperties(properties.handle_name, properties.length_bytes)
+        name = properties.handle_name
+        if tolerate is not None and name.startswith("/") and len(name) <= 2 * MAX_HANDLE_BYTES:
+            # shm_open(3) names a segment "/name"; some senders give the whole path.
+            plain = name[len(_SHM_PREFIX) :] if name.startswith(_SHM_PREFIX) else name[1:]
+            check_handle_name(plain)
+            tolerate(
+                "SHM-3",
+                f"shared-memory handle_name {name!r} is a path; read as the file {plain!r} "
+                "of the shared-memory directory",
+            )
+            name = plain
+        check_handle_name(name)
+        shared_memory = SharedMemoryProperties(name, properties.length_bytes)
 
     return StreamDescriptor(
         role=sender,

@@ -207,7 +207,7 @@ class Session:
             )
         # Stash the checked form for _record_peer_descriptor; committed only on success.
         self._pending_descriptor = check_descriptor(
-            message.media_stream_descriptor, self.role.peer, self.limits
+            message.media_stream_descriptor, self.role.peer, self.limits, self._tolerate
         )
 
     def check_own_descriptor(self, message: MediaStreamMessage) -> None:

@@ -15,7 +15,7 @@ from avaproto.messages import (
     PixelFormat,
     SharedMemoryBufferTransferProperties,
 )
-from avaproto.protocol.events import DescriptorReceived
+from avaproto.protocol.events import DescriptorReceived, Tolerated
 from avaproto.protocol.roles import Role
 from avaproto.protocol.session import Session
 from avaproto.status import Status
@@ -116,7 +116,9 @@ class TestStreamIdentifiers:
         assert event.descriptor.graph_identifier is None
 
     @pytest.mark.rule("DESC-4")
-    def test_extension_descriptor_with_graph_identifier_is_refused(self) -> None:
+    def test_extension_descriptor_with_graph_identifier_is_ignored_with_a_warning(self) -> None:
+        """An extension that echoes the pipeline's descriptor, graph_identifier included:
+        the identifier is ignored, once noted (DESC-4's field note)."""
         pipeline = Session(Role.PIPELINE)
         pipeline.send_descriptor(pipeline_descriptor())
         reply = MediaStreamMessage(
@@ -124,8 +126,12 @@ class TestStreamIdentifiers:
             ack_sequence_number=1,
             media_stream_descriptor=MediaStreamDescriptor(graph_identifier=GraphIdentifier()),
         )
-        error = refused(pipeline, reply)
-        assert (error.rule, error.status) == ("DESC-4", Status.INVALID_ARGUMENT)
+        events = pipeline.receive(reply)
+        [note] = [e for e in events if isinstance(e, Tolerated)]
+        assert (note.rule, note.first) == ("DESC-4", True)
+        assert pipeline.peer_descriptor is not None
+        assert pipeline.peer_descriptor.graph_identifier is None
+        assert pipeline.tolerated["DESC-4"] == 1
 
     @pytest.mark.rule("DESC-4")
     def test_extension_descriptor_without_identifier_is_accepted(self) -> None:
@@ -322,12 +328,27 @@ class TestSharedMemoryProperties:
 
     @pytest.mark.rule("SHM-3")
     @pytest.mark.parametrize(
-        "name", ["../etc/passwd", "/dev/shm/x", "a/b", ".", "..", "nul\x00byte"]
+        "name",
+        ["../etc/passwd", "a/b", ".", "..", "nul\x00byte", "/../x", "/a/b", "/dev/shm/a/b", "/"],
     )
     def test_handle_must_be_a_plain_file_name(self, name: str) -> None:
         descriptor = pipeline_descriptor(shm=(name, 1 << 20))
         error = refused(Session(Role.EXTENSION), first_message(descriptor))
         assert (error.rule, error.status) == ("SHM-3", Status.INVALID_ARGUMENT)
+
+    @pytest.mark.rule("SHM-3")
+    @pytest.mark.parametrize("name", ["/segment", "/dev/shm/segment"])
+    def test_a_handle_given_as_a_path_is_read_as_its_file_name(self, name: str) -> None:
+        """shm_open(3)'s "/name", and the whole path the text writes: the file is the
+        same one, named once in a warning (SHM-3's field note)."""
+        descriptor = pipeline_descriptor(shm=(name, 1 << 20))
+        extension = Session(Role.EXTENSION)
+        events = extension.receive(first_message(descriptor))
+        [received] = [e for e in events if isinstance(e, DescriptorReceived)]
+        [note] = [e for e in events if isinstance(e, Tolerated)]
+        assert note.rule == "SHM-3" and repr(name) in note.detail
+        assert received.descriptor.shared_memory is not None
+        assert received.descriptor.shared_memory.handle_name == "segment"
 
     @pytest.mark.rule("SHM-1", "SHM-2")
     def test_shared_memory_properties_are_reported(self) -> None:

@@ -465,11 +465,15 @@ class Model:
             return self._refuse(False, "SEQ-3", INVALID)
         if wire.ack not in (0, self.own_number):
             return self._refuse(False, "DESC-5", INVALID)
-        if kind.broken[self.role.peer] is not None:
-            return self._refuse(False, str(kind.broken[self.role.peer]), INVALID)
+        events: list[tuple[Any, ...]] = []
+        broken = kind.broken[self.role.peer]
+        if broken == "DESC-4":
+            self._tolerate(broken, events)  # DESC-4 field: the identifier is ignored
+        elif broken is not None:
+            return self._refuse(False, broken, INVALID)
         self.last_received = self.peer_number = wire.seq
         self.peer = kind.announced
-        return [("descriptor", wire.seq)]
+        return [*events, ("descriptor", wire.seq)]
 
     def receive_end(self) -> Outcome:
         refusal = self._gate(local=False)
