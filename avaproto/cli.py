@@ -723,17 +723,17 @@ class ResultsFile:
         existed = self.target.exists()
         if self.count == 0:
             self.temporary.unlink()
-            return f"no frame was acknowledged; {self.shown} " + (
+            return f"no result was received; {self.shown} " + (
                 "is unchanged" if existed else "was not written"
             )
+        # Results, not acknowledgements: an extension's answer may carry inferences and
+        # acknowledge nothing, and each is written as it came.
         if not existed:
             os.replace(self.temporary, self.target)
-            return f"the {self.count} results acknowledged are in {self.target}"
+            return f"the {self.count} results received are in {self.target}"
         partial = self.target.with_name(self.target.name + ".partial")
         os.replace(self.temporary, partial)
-        return (
-            f"the {self.count} results acknowledged are in {partial} ({self.target} is unchanged)"
-        )
+        return f"the {self.count} results received are in {partial} ({self.target} is unchanged)"
 
     def discard(self) -> None:
         """Nothing was run (a usage error after opening): leave no temporary file."""

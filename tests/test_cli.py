@@ -317,7 +317,7 @@ def test_a_failed_run_keeps_an_existing_output_and_writes_the_rest_beside_it(
     assert done.returncode == 1
     line = one_line(done.stderr)
     assert "INTERNAL" in line and "the model crashed" in line
-    assert f"the 10 results acknowledged are in {output}.partial ({output} is unchanged)" in line
+    assert f"the 10 results received are in {output}.partial ({output} is unchanged)" in line
     assert output.read_text() == "an earlier run\n"
     partial = Path(f"{output}.partial").read_text().splitlines()
     assert [json.loads(text)["sequenceNumber"] for text in partial] == list(range(2, 12))
@@ -332,7 +332,7 @@ def test_a_failed_run_without_an_earlier_output_keeps_what_was_acknowledged(
     with serving("--extension", "failing:process", "--max-in-flight", "1", cwd=extensions) as srv:
         done = run("send", srv.target, "--frames", "30", "--size", "8x8", "--output", str(output))
     assert done.returncode == 1
-    assert f"the 10 results acknowledged are in {output}" in one_line(done.stderr)
+    assert f"the 10 results received are in {output}" in one_line(done.stderr)
     lines = output.read_text().splitlines()
     assert [json.loads(text)["sequenceNumber"] for text in lines] == list(range(2, 12))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new.jsonl"]

@@ -122,13 +122,17 @@ class StreamStatistics:
             self.latencies[slot] = seconds
 
     def lines(self) -> list[str]:
-        p50 = percentile(self.latencies, 0.5) * 1000
-        p99 = percentile(self.latencies, 0.99) * 1000
+        if self.latencies:
+            p50 = percentile(self.latencies, 0.5) * 1000
+            p99 = percentile(self.latencies, 0.99) * 1000
+            latency = f"latency: p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+        else:
+            latency = "latency: none measured (no frame was acknowledged)"
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.by_type.items())) or "none"
         lines = [
             f"frames: {self.sent} sent, {self.answered} answered in {self.seconds:.2f} s "
             f"({self.fps:.1f} fps)",
-            f"latency: p50 {p50:.1f} ms, p99 {p99:.1f} ms",
+            latency,
             f"inferences: {kinds}",
         ]
         if self.tolerated:

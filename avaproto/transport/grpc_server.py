@@ -29,6 +29,7 @@ from typing import Any
 
 import anyio
 import grpclib.const
+import grpclib.metadata
 import grpclib.server
 from grpclib.exceptions import GRPCError
 
@@ -36,14 +37,14 @@ from ..codec import encode_framed
 from ..engine.config import EngineConfig
 from ..engine.extension import Extension
 from ..engine.serve import serve_stream
-from ..errors import ProtocolError, RemoteProtocolError
+from ..errors import ProtocolError, RemoteProtocolError, bounded
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..protocol.auth import AUTH_HEADER, Credentials, check_authentication
 from ..status import Status
 from ._grpclib_private import http2_stream, listener, send_messages
 from .budget import MessageBudget
 from .framing import WireCodec, read_message
-from .guard import ServerGuard, check_open_file_limit
+from .guard import DEADLINE_HEADER, ServerGuard, check_open_file_limit
 from .health import HealthService, ServingStatus
 from .http2 import tune_server
 from .limits import ConnectionLimits
@@ -185,6 +186,7 @@ class ExtensionService:
         except ProtocolError as error:
             log.warning("stream refused: %s", error)
             raise GRPCError(grpclib.const.Status(int(error.status)), str(error)) from None
+        timeout, given = _deadline(stream)
         self.active += 1
         self._idle = anyio.Event() if self.active == 1 else self._idle
         try:
@@ -196,7 +198,13 @@ class ExtensionService:
             )
             extension = self._factory()
             self.streams[id(stream)] = OpenStream(channel.peer, _name(extension))
-            await serve_stream(channel, extension, self._config.engine)
+            with anyio.move_on_after(timeout) as deadline:
+                await serve_stream(channel, extension, self._config.engine)
+            if deadline.cancelled_caught:
+                raise GRPCError(
+                    grpclib.const.Status.DEADLINE_EXCEEDED,
+                    f"[SRV-15] the pipeline's deadline passed (grpc-timeout {given})",
+                )
         except ProtocolError as error:
             raise GRPCError(grpclib.const.Status(int(error.status)), str(error)) from None
         finally:
@@ -204,6 +212,25 @@ class ExtensionService:
             self.active -= 1
             if self.active == 0:
                 self._idle.set()
+
+
+def _deadline(stream: grpclib.server.Stream[Any, Any]) -> tuple[float | None, str]:
+    """The call's deadline from now, in seconds (None: none), and the header it came in
+    (``guard.DEADLINE_HEADER``); a malformed one ends the call (SRV-15)."""
+    values = stream.metadata.getall(DEADLINE_HEADER, []) if stream.metadata else []
+    if not values:
+        return None, ""
+    try:
+        timeouts = [grpclib.metadata.decode_timeout(str(value)) for value in values]
+    except ValueError:
+        raise GRPCError(
+            grpclib.const.Status.INVALID_ARGUMENT,
+            bounded(
+                f"[SRV-15] grpc-timeout {', '.join(map(str, values))!r} is not a gRPC "
+                "timeout (digits and one of H, M, S, m, u, n)"
+            ),
+        ) from None
+    return min(timeouts), str(values[timeouts.index(min(timeouts))])
 
 
 def _name(extension: Extension) -> str:

@@ -106,6 +106,13 @@ def _peer_name(transport: asyncio.BaseTransport) -> str:
     return str(peer) if peer else "unknown peer"
 
 
+#: Where a request's ``grpc-timeout`` is moved before grpclib reads the headers, for the
+#: server to enforce (SRV-15): grpclib's own deadline answers UNKNOWN and logs a
+#: traceback when it has already passed, and otherwise cancels the call with no message.
+DEADLINE_HEADER = "x-avaproto-grpc-timeout"
+_TIMEOUT_NAMES = ("grpc-timeout", b"grpc-timeout")
+
+
 class ServerGuard:
     """The connections of one server: counted, each made with its own guard."""
 
@@ -719,6 +726,15 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         elif isinstance(event, h2.events.RequestReceived):
             self._opened += 1
             self._unanswered.add(event.stream_id)
+            headers = event.headers
+            if any(name in _TIMEOUT_NAMES for name, _ in headers):
+                event.headers = cast(
+                    Any,
+                    [
+                        (DEADLINE_HEADER if name in _TIMEOUT_NAMES else name, value)
+                        for name, value in headers
+                    ],
+                )
         elif isinstance(event, h2.events.StreamReset):
             self._meters.pop(event.stream_id, None)
             self._end_body(event.stream_id)

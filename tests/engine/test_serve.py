@@ -651,3 +651,11 @@ def test_latencies_are_a_bounded_uniform_sample() -> None:
         abs(share - statistics.MAX_LATENCIES / 3) < statistics.MAX_LATENCIES / 30
         for share in thirds
     ), thirds
+
+
+def test_a_summary_without_an_acknowledged_frame_says_so_instead_of_nan() -> None:
+    from avaproto.engine.statistics import StreamStatistics
+
+    lines = StreamStatistics().lines()
+    assert "latency: none measured (no frame was acknowledged)" in lines
+    assert not any("nan" in line for line in lines)

@@ -929,3 +929,34 @@ async def test_a_frame_of_a_type_http2_does_not_define_is_ignored(
                 assert attacker.goaway is None
         await completes(server.port)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.rule("SRV-15")
+@pytest.mark.parametrize(
+    ("timeout", "status", "message"),
+    [
+        ("1n", "4", "[SRV-15] the pipeline's deadline passed (grpc-timeout 1n)"),
+        ("300m", "4", "[SRV-15] the pipeline's deadline passed (grpc-timeout 300m)"),
+        ("soon", "3", "[SRV-15] grpc-timeout 'soon' is not a gRPC timeout"),
+    ],
+    ids=["passed-on-arrival", "passes-while-open", "malformed"],
+)
+async def test_a_pipelines_deadline_ends_its_stream_with_a_status_naming_it(
+    timeout: str, status: str, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """grpc-timeout on a stream that sends its descriptor and waits: DEADLINE_EXCEEDED
+    naming it when it passes (at once if it had on arrival), INVALID_ARGUMENT when it
+    is no timeout, and no traceback in the log (grpclib's own: UNKNOWN and a traceback
+    for the first, no message for the second)."""
+    async with serving() as server:
+        async with Attacker.connect(server.port) as attacker:
+            with anyio.fail_after(TIMEOUT):
+                stream_id = attacker.h2.get_next_available_stream_id()
+                attacker.h2.send_headers(stream_id, [*REQUEST, ("grpc-timeout", timeout)])
+                attacker.h2.send_data(stream_id, DESCRIPTOR)
+                await attacker.flush()
+                await attacker.until(lambda: attacker.status(stream_id) is not None)
+            got_status, got_message = attacker.status(stream_id) or ("", "")
+            assert got_status == status and got_message.startswith(message)
+        await completes(server.port)
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
