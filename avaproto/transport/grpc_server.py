@@ -20,6 +20,7 @@ is left, which releases every lease, mapping and file descriptor.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Callable
@@ -44,7 +45,12 @@ from ..status import Status
 from ._grpclib_private import http2_stream, listener, send_messages
 from .budget import MessageBudget
 from .framing import WireCodec, read_message
-from .guard import DEADLINE_HEADER, ServerGuard, check_open_file_limit
+from .guard import (
+    DEADLINE_HEADER,
+    ServerGuard,
+    check_open_file_limit,
+    quiet_accept_failures,
+)
 from .health import HealthService, ServingStatus
 from .http2 import tune_server
 from .limits import ConnectionLimits
@@ -294,6 +300,7 @@ async def start_server(factory: ExtensionFactory, config: ServerConfig) -> Exten
     server = grpclib.server.Server(handlers, codec=WireCodec())
     guard = tune_server(server, config.limits)
     check_open_file_limit(config.limits.max_connections)
+    quiet_accept_failures(asyncio.get_running_loop())
     await server.start(config.host, config.port, ssl=config.ssl)
     running = ExtensionServer(server, service, health, guard)
     log.info(

@@ -98,6 +98,46 @@ def check_open_file_limit(max_connections: int) -> None:
         )
 
 
+#: asyncio's report of a failed accept (out of descriptors or memory), per failure.
+_ACCEPT_FAILED = "socket.accept() out of system resource"
+#: Seconds between two log lines about failed accepts.
+ACCEPT_LOG_INTERVAL = 10.0
+
+
+def quiet_accept_failures(loop: asyncio.AbstractEventLoop) -> None:
+    """Have ``loop`` log failed accepts in one WARNING per ``ACCEPT_LOG_INTERVAL`` s,
+    with their count, instead of asyncio's ERROR and traceback for each: out of
+    descriptors, a listener logged them about 1,900 times a second while peers held
+    every descriptor. Everything else goes to the handler the loop had (CONN-14)."""
+    previous = loop.get_exception_handler()
+    if getattr(previous, "quiets_accept_failures", False):
+        return
+    state = {"last": -ACCEPT_LOG_INTERVAL, "count": 0}
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") != _ACCEPT_FAILED:
+            if previous is None:
+                loop.default_exception_handler(context)
+            else:
+                previous(loop, context)
+            return
+        state["count"] += 1
+        now = loop.time()
+        if now - state["last"] < ACCEPT_LOG_INTERVAL:
+            return
+        log.warning(
+            "[CONN-14] %d connection(s) could not be accepted in the last %.0f s: %s "
+            "(raise ulimit -n, or lower --max-connections)",
+            state["count"],
+            min(now - state["last"], ACCEPT_LOG_INTERVAL),
+            context.get("exception"),
+        )
+        state["last"], state["count"] = now, 0
+
+    handler.quiets_accept_failures = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
+
+
 def _peer_name(transport: asyncio.BaseTransport) -> str:
     peer = transport.get_extra_info("peername")
     if isinstance(peer, tuple) and len(peer) >= 2:

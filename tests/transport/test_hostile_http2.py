@@ -960,3 +960,30 @@ async def test_a_pipelines_deadline_ends_its_stream_with_a_status_naming_it(
             assert got_status == status and got_message.startswith(message)
         await completes(server.port)
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+@pytest.mark.rule("CONN-14")
+def test_failed_accepts_are_logged_once_a_while_with_their_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Out of descriptors, asyncio reports every failed accept (with a traceback): a
+    thousand in a row make one WARNING; other reports reach the loop's own handler."""
+    from avaproto.transport.guard import quiet_accept_failures
+
+    loop = asyncio.new_event_loop()
+    seen: list[dict[str, Any]] = []
+    try:
+        loop.set_exception_handler(lambda _, context: seen.append(context))
+        quiet_accept_failures(loop)
+        quiet_accept_failures(loop)  # once per loop, however many servers start on it
+        failed = OSError(24, "Too many open files")
+        for _ in range(1000):
+            context = {"message": "socket.accept() out of system resource", "exception": failed}
+            loop.call_exception_handler(context)
+        loop.call_exception_handler({"message": "something else"})
+    finally:
+        loop.close()
+    [line] = [r.getMessage() for r in caplog.records if "[CONN-14]" in r.getMessage()]
+    assert "could not be accepted" in line and "Too many open files" in line
+    assert not [r for r in caplog.records if r.exc_info]
+    assert [context["message"] for context in seen] == ["something else"]
