@@ -101,6 +101,8 @@ class ClientChannel:
         except GRPCError as error:
             raise _failed(error) from None
         except StreamTerminatedError as error:
+            if self._ended_ok():
+                return None  # the extension's OK, then a reset of our direction: the end
             raise self._why_reset(error) from None
         if status is not grpclib.const.Status.OK:
             raise StreamFailed(Status(status.value), detail or "")
@@ -111,6 +113,17 @@ class ClientChannel:
             await send_client_message(self._stream, framed_pieces(message))
         except StreamTerminatedError as error:
             raise self._why_reset(error) from None
+
+    def _ended_ok(self) -> bool:
+        """Whether the extension ended the call with OK (gRPC servers then reset the
+        direction the pipeline still sends on, which grpclib reports as a reset)."""
+        trailers, headers_received = received_headers(self._stream)
+        for headers in (trailers, headers_received):
+            fields = dict(headers or ())
+            if "grpc-status" in fields:
+                status, _ = grpc_status(self._stream, fields)
+                return status is grpclib.const.Status.OK
+        return False
 
     def _why_reset(self, error: StreamTerminatedError) -> StreamFailed:
         """The status an extension sent before resetting the stream (a refusal), if any.

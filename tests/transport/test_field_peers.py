@@ -312,6 +312,32 @@ async def test_an_extension_that_ends_at_once_is_refused_at_once() -> None:
     assert caught.value.rule == "DESC-5", caught.value
 
 
+@pytest.mark.rule("DESC-5")
+async def test_a_grpcio_extension_that_ends_at_once_is_refused_for_what_it_lacked() -> None:
+    """grpcio's server ends such a call with OK in its headers, then resets the stream
+    the pipeline still sends on (RST_STREAM NO_ERROR): the pipeline reports the
+    descriptor it never got, not a lost connection."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from bench.official import METHOD, SERVICE
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    ends = grpc.stream_stream_rpc_method_handler(lambda requests, context: iter(()))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {METHOD: ends})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with anyio.fail_after(TIMEOUT), pytest.raises(ProtocolError) as caught:
+            async with connect(f"127.0.0.1:{port}", format=RGB24, descriptor_timeout=TIMEOUT / 2):
+                pass
+    finally:
+        server.stop(grace=None)
+    assert caught.value.rule == "DESC-5", caught.value
+    assert "without answering our descriptor" in str(caught.value)
+
+
 @pytest.mark.rule("PIPE-3")
 async def test_no_answer_descriptor_ends_the_stream_at_its_deadline() -> None:
     before = shm_listing(Path("/dev/shm"))
