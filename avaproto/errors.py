@@ -14,8 +14,6 @@ from .status import Status
 
 #: The most characters of an error's message: a status message, a log line.
 MAX_MESSAGE = 2048
-#: Control characters, escaped as Python writes them in a string's repr.
-_CONTROLS = {code: repr(chr(code))[1:-1] for code in (*range(0x20), 0x7F)}
 
 
 def bounded(message: str) -> str:
@@ -25,7 +23,9 @@ def bounded(message: str) -> str:
     grows with the square of its length: a status message quoting a 300,000-character
     name held the event loop for 11 s, and every other stream with it."""
     if not message.isprintable():
-        message = message.translate(_CONTROLS)
+        # Every character Python would not print (controls, C1 and line separators
+        # included), as a repr writes it.
+        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
     if len(message) > MAX_MESSAGE:
         cut = MAX_MESSAGE - 32
         message = f"{message[:cut]}… ({len(message) - cut} characters more)"

@@ -13,6 +13,8 @@ def test_a_message_is_kept_as_written_when_printable() -> None:
 
 def test_control_characters_are_escaped_as_a_repr_writes_them() -> None:
     assert bounded("a\nb\rc\x00d\x1be\x7f") == "a\\nb\\rc\\x00d\\x1be\\x7f"
+    # C1 controls (NEL, an 8-bit terminal escape) and Unicode's line separator too.
+    assert bounded("a\x85b\x9b31m\u2028c") == "a\\x85b\\x9b31m\\u2028c"
 
 
 def test_a_long_message_is_cut_and_says_how_much_more_there_was() -> None:

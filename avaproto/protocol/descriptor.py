@@ -66,7 +66,7 @@ def check_handle_name(name: str) -> None:
             "SHM-3",
             Status.INVALID_ARGUMENT,
             f"shared-memory handle_name {shown} is not a plain file name (it must be "
-            f"non-empty, at most {MAX_HANDLE_BYTES} bytes, without '/' or control "
+            f"non-empty, at most {MAX_HANDLE_BYTES} bytes, without '/' or unprintable "
             "characters, and not '.' or '..')",
         )
 
@@ -130,7 +130,11 @@ def check_descriptor(
         if tolerate is not None and name.startswith("/") and len(name) <= 2 * MAX_HANDLE_BYTES:
             # shm_open(3) names a segment "/name"; some senders give the whole path.
             plain = name[len(_SHM_PREFIX) :] if name.startswith(_SHM_PREFIX) else name[1:]
-            check_handle_name(plain)
+            try:
+                check_handle_name(plain)
+            except RemoteProtocolError:
+                check_handle_name(name)  # refused, quoting what the peer sent
+                raise
             tolerate(
                 "SHM-3",
                 f"shared-memory handle_name {name!r} is a path; read as the file {plain!r} "

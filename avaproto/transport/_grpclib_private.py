@@ -677,6 +677,28 @@ async def receive_whole(h2_stream: grpclib.protocol.Stream) -> memoryview | None
     return view[:total]
 
 
+def holds_whole_message(h2_stream: grpclib.protocol.Stream) -> bool:
+    """Whether the stream's buffer already holds the whole next message, or its end
+    after the trailers came: reading it then waits for nothing, so it may be read after
+    grpclib ended the call (a reset or a lost connection right behind the answers)."""
+    buffer = h2_stream.buffer
+    pieces: list[tuple[Any, int]] = [(view, size) for view, size in buffer._acked]
+    ended = False
+    for item in list(buffer._unacked._queue):  # type: ignore[attr-defined]
+        if not item.ack_size:  # the end of the stream: nothing follows it
+            ended = True
+            break
+        pieces.append((item.data, item.data_size))
+    if not pieces:
+        return ended and h2_stream.trailers is not None
+    head, have = b"", 0
+    for data, size in pieces:
+        if len(head) < 5:
+            head += bytes(memoryview(data)[: 5 - len(head)])
+        have += size
+    return len(head) == 5 and have >= 5 + int.from_bytes(head[1:5], "big")
+
+
 async def receive_exactly(h2_stream: grpclib.protocol.Stream, size: int) -> bytes | memoryview:
     """``h2_stream.recv_data(size)``, as a view instead of a copy where that is possible.
 
@@ -767,6 +789,13 @@ def trailers_only(stream: grpclib.client.Stream[Any, Any]) -> bool:
 
 def end_sent(stream: grpclib.client.Stream[Any, Any]) -> bool:
     return bool(stream._end_done)
+
+
+def end_as_sent(stream: grpclib.client.Stream[Any, Any]) -> None:
+    """Count our direction as ended when the extension ended the call first (its OK,
+    then a reset of our direction): there is no stream left to end, and grpclib would
+    otherwise refuse to finish the call for want of our end."""
+    stream._end_done = True
 
 
 # --- the server's listener and connections ------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import grpclib.client
 import grpclib.const
+import h2.exceptions
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ..codec import framed_pieces
@@ -23,10 +24,12 @@ from ..errors import ProtocolError, StreamFailed
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..status import Status
 from ._grpclib_private import (
+    end_as_sent,
     end_sent,
     ended_with_call,
     goaway_error,
     grpc_status,
+    holds_whole_message,
     http2_stream,
     keep_empty_data_frames_out,
     quiet_frame_repr,
@@ -84,26 +87,33 @@ class ClientChannel:
     async def receive(self) -> MediaStreamMessage | None:
         try:
             await receive_initial_metadata(self._stream)
-            with ended_with_call(self._stream):  # a lost connection ends these waits
-                message = await read_message(
-                    http2_stream(self._stream), self._max, limit_rule="PIPE-5"
-                )
-                if message is not None:
-                    return message
-                if trailers_only(self._stream):
-                    # Headers that carried an OK status and ended the stream: no trailers
-                    # follow (a non-OK one raised GRPCError above).
-                    return None
-                # The extension ended its stream. Its status is in the trailers, which
-                # grpclib only reads after our side ended: read them off the HTTP/2 stream.
-                trailers = await receive_trailers(self._stream)
-            status, detail = grpc_status(self._stream, trailers)
+            try:
+                with ended_with_call(self._stream):  # a lost connection ends these waits
+                    return await self._next()
+            except StreamTerminatedError:
+                # Answers that arrived before the reset (or the connection's end) are
+                # still delivered, one per call, then the reason (PIPE-6).
+                if not holds_whole_message(http2_stream(self._stream)):
+                    raise
+                return await self._next()  # waits for nothing: it is all here
         except GRPCError as error:
             raise _failed(error) from None
         except StreamTerminatedError as error:
             if self._ended_ok():
                 return None  # the extension's OK, then a reset of our direction: the end
             raise self._why_reset(error) from None
+
+    async def _next(self) -> MediaStreamMessage | None:
+        message = await read_message(http2_stream(self._stream), self._max, limit_rule="PIPE-5")
+        if message is not None:
+            return message
+        if trailers_only(self._stream):
+            # Headers that carried an OK status and ended the stream: no trailers follow
+            # (a non-OK one raised GRPCError above).
+            return None
+        # The extension ended its stream. Its status is in the trailers, which grpclib
+        # only reads after our side ended: read them off the HTTP/2 stream.
+        status, detail = grpc_status(self._stream, await receive_trailers(self._stream))
         if status is not grpclib.const.Status.OK:
             raise StreamFailed(Status(status.value), detail or "")
         return None
@@ -150,7 +160,13 @@ class ClientChannel:
             await self.send(message)
 
     async def send_end(self) -> None:
-        await self._stream.end()
+        try:
+            await self._stream.end()
+        except (StreamTerminatedError, h2.exceptions.StreamClosedError) as error:
+            if self._ended_ok():
+                end_as_sent(self._stream)  # the extension ended the call with OK first
+                return
+            raise self._why_reset(StreamTerminatedError(str(error))) from None
 
 
 @asynccontextmanager
@@ -171,6 +187,7 @@ async def open_channel(
     keep_empty_data_frames_out()
     channel = grpclib.client.Channel(host, port, ssl=ssl_context, codec=WireCodec())
     read_answers_directly(channel)
+    client: ClientChannel | None = None
     try:
         stream = channel.request(
             METHOD_PATH,
@@ -198,12 +215,20 @@ async def open_channel(
                         Status.UNAVAILABLE,
                         f"cannot reach {host}:{port}: {error}" + (f"; {hint}" if hint else ""),
                     ) from None
-                yield ClientChannel(
+                client = ClientChannel(
                     stream, f"{host}:{port}", max_message_bytes, tls=ssl_context is not None
                 )
+                yield client
                 if not end_sent(stream):
-                    await stream.end()
+                    await client.send_end()
         except GRPCError as error:
             raise _failed(error) from None
+        except StreamTerminatedError as error:
+            # grpclib finishes the call through its guard, which keeps the reset that
+            # followed the extension's OK: the call ended as the extension said.
+            if client is None:
+                raise StreamFailed(Status.UNAVAILABLE, f"connection lost: {error}") from None
+            if not client._ended_ok():
+                raise client._why_reset(error) from None
     finally:
         channel.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -226,17 +227,22 @@ def _deadline(stream: grpclib.server.Stream[Any, Any]) -> tuple[float | None, st
     values = stream.metadata.getall(DEADLINE_HEADER, []) if stream.metadata else []
     if not values:
         return None, ""
-    try:
-        timeouts = [grpclib.metadata.decode_timeout(str(value)) for value in values]
-    except ValueError:
+    texts = [str(value) for value in values]
+    if not all(_TIMEOUT.fullmatch(text) for text in texts):
         raise GRPCError(
             grpclib.const.Status.INVALID_ARGUMENT,
             bounded(
-                f"[SRV-15] grpc-timeout {', '.join(map(str, values))!r} is not a gRPC "
-                "timeout (digits and one of H, M, S, m, u, n)"
+                f"[SRV-15] grpc-timeout {', '.join(texts)!r} is not a gRPC timeout "
+                "(1 to 8 digits and one of H, M, S, m, u, n)"
             ),
-        ) from None
-    return min(timeouts), str(values[timeouts.index(min(timeouts))])
+        )
+    timeouts = [grpclib.metadata.decode_timeout(text) for text in texts]
+    shortest = min(timeouts)
+    return shortest, texts[timeouts.index(shortest)]
+
+
+#: gRPC's TimeoutValue is at most 8 digits: longer ones overflow the clock's arithmetic.
+_TIMEOUT = re.compile(r"[0-9]{1,8}[HMSmun]")
 
 
 def _name(extension: Extension) -> str:

@@ -335,6 +335,7 @@ class TestSharedMemoryProperties:
         descriptor = pipeline_descriptor(shm=(name, 1 << 20))
         error = refused(Session(Role.EXTENSION), first_message(descriptor))
         assert (error.rule, error.status) == ("SHM-3", Status.INVALID_ARGUMENT)
+        assert repr(name) in str(error)  # what the peer sent, not what a path reduced to
 
     @pytest.mark.rule("SHM-3")
     @pytest.mark.parametrize("name", ["/segment", "/dev/shm/segment"])

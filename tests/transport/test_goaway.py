@@ -163,3 +163,99 @@ async def test_a_stream_the_extension_never_took_ends_as_connection_lost() -> No
     failure = await _first_sample_fails(leave)
     assert failure.status is Status.UNAVAILABLE
     assert "went away before taking stream 1" in failure.detail
+
+
+# --- answers that arrive with the end of the call --------------------------------------
+
+
+def _ending_extension(
+    ending: str, samples: int
+) -> Callable[[anyio.abc.SocketStream], Awaitable[None]]:
+    """A raw HTTP/2 extension that answers ``samples`` samples and ends the call in one
+    write: its answers, then trailers (error or OK) with a reset of the pipeline's
+    direction (as gRPC servers end a call the pipeline still sends on), or trailers and
+    the connection's end."""
+
+    async def extension(client: anyio.abc.SocketStream) -> None:
+        machine = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        )
+        machine.initiate_connection()
+        received, numbers = b"", []
+        async with client:
+            await client.send(machine.data_to_send())
+            with contextlib.suppress(
+                anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError
+            ):
+                while True:
+                    for event in machine.receive_data(await client.receive()):
+                        if isinstance(event, h2.events.RequestReceived):
+                            headers = [(":status", "200"), ("content-type", "application/grpc")]
+                            machine.send_headers(event.stream_id, headers)
+                        if not isinstance(event, h2.events.DataReceived):
+                            continue
+                        stream_id = event.stream_id
+                        machine.acknowledge_received_data(len(event.data), stream_id)
+                        received += event.data
+                        while len(received) >= 5 + int.from_bytes(received[1:5], "big"):
+                            size = 5 + int.from_bytes(received[1:5], "big")
+                            numbers.append(decode_message(received[5:size]).sequence_number)
+                            received = received[size:]
+                            if len(numbers) == 1:
+                                answer = MediaStreamMessage(
+                                    sequence_number=1,
+                                    ack_sequence_number=numbers[0],
+                                    media_stream_descriptor=extension_descriptor(),
+                                )
+                                machine.send_data(stream_id, encode_framed(answer))
+                            if len(numbers) < 1 + samples:
+                                continue
+                            for index, number in enumerate(numbers[1:]):
+                                answer = MediaStreamMessage(
+                                    sequence_number=2 + index, ack_sequence_number=number
+                                )
+                                machine.send_data(stream_id, encode_framed(answer))
+                            status = "13" if ending == "error, reset" else "0"
+                            trailers = [("grpc-status", status), ("grpc-message", "over")]
+                            machine.send_headers(stream_id, trailers, end_stream=True)
+                            if ending == "OK, connection closed":
+                                machine.close_connection()
+                                await client.send(machine.data_to_send())
+                                return
+                            machine.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+                    await client.send(machine.data_to_send())
+
+    return extension
+
+
+@pytest.mark.rule("PIPE-6")
+@pytest.mark.parametrize("ending", ["error, reset", "OK, reset", "OK, connection closed"])
+async def test_answers_that_arrive_with_the_end_of_the_call_reach_the_reader(
+    ending: str,
+) -> None:
+    """Three answers and the call's end in one write: each answer is delivered, then the
+    extension's status (an error ends the stream with it; OK ends it cleanly), however
+    the reset or the connection's end cut the read short (PIPE-7's guard of the read)."""
+    samples = 3
+    read: list[int] = []
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(listener.serve, _ending_extension(ending, samples))
+            with anyio.fail_after(TIMEOUT), contextlib.ExitStack() as expect:
+                if ending == "error, reset":
+                    failed = expect.enter_context(pytest.raises(StreamFailed))
+                async with connect(
+                    f"127.0.0.1:{port}", format=RGB24, ack_timeout=ACK_TIMEOUT
+                ) as pipe:
+                    for timestamp in range(samples):
+                        await pipe.send(bytes(RGB24.frame_bytes), timestamp=timestamp)
+                    async for result in pipe.results():
+                        read.append(result.acknowledged)
+                        if len(read) == samples:
+                            break
+                    await pipe.end()
+            tasks.cancel_scope.cancel()
+    assert read == [2, 3, 4]
+    if ending == "error, reset":
+        assert (failed.value.status, failed.value.detail) == (Status.INTERNAL, "over")

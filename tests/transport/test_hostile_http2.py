@@ -938,8 +938,9 @@ async def test_a_frame_of_a_type_http2_does_not_define_is_ignored(
         ("1n", "4", "[SRV-15] the pipeline's deadline passed (grpc-timeout 1n)"),
         ("300m", "4", "[SRV-15] the pipeline's deadline passed (grpc-timeout 300m)"),
         ("soon", "3", "[SRV-15] grpc-timeout 'soon' is not a gRPC timeout"),
+        ("9" * 400 + "H", "3", "[SRV-15] grpc-timeout '99999"),  # past the clock's range
     ],
-    ids=["passed-on-arrival", "passes-while-open", "malformed"],
+    ids=["passed-on-arrival", "passes-while-open", "malformed", "nine-digits-and-more"],
 )
 async def test_a_pipelines_deadline_ends_its_stream_with_a_status_naming_it(
     timeout: str, status: str, message: str, caplog: pytest.LogCaptureFixture
