@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -259,3 +260,30 @@ async def test_answers_that_arrive_with_the_end_of_the_call_reach_the_reader(
     assert read == [2, 3, 4]
     if ending == "error, reset":
         assert (failed.value.status, failed.value.detail) == (Status.INTERNAL, "over")
+
+
+@pytest.mark.rule("CONN-15")
+async def test_the_pipeline_ignores_a_frame_of_a_type_http2_does_not_define() -> None:
+    """An extension sends an ORIGIN frame and one of an unknown type before its answer:
+    the pipeline reads on (grpclib alone would drop the connection)."""
+
+    async def answer(client: anyio.abc.SocketStream, machine: Any, stream_id: int) -> None:
+        await client.send(frame(0xC, 0, 0, b"\x00\x00") + frame(0xFA, 0, 0, b"extension"))
+        acknowledgement = MediaStreamMessage(sequence_number=2, ack_sequence_number=2)
+        machine.send_data(stream_id, encode_framed(acknowledgement))
+        machine.send_headers(stream_id, [("grpc-status", "0")], end_stream=True)
+        await client.send(machine.data_to_send())
+
+    extension = await _raw_extension(answer)
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(listener.serve, extension)
+            with anyio.fail_after(TIMEOUT):
+                async with connect(
+                    f"127.0.0.1:{port}", format=RGB24, ack_timeout=ACK_TIMEOUT
+                ) as pipe:
+                    await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
+                    assert (await pipe.results().receive()).acknowledged == 2
+                    await pipe.end()
+            tasks.cancel_scope.cancel()
