@@ -374,7 +374,6 @@ def _add_diagram(commands: Any) -> None:
 
 def _server_config(args: argparse.Namespace) -> Any:
     from .engine.config import EngineConfig
-    from .protocol.video_format import FrameLimits
     from .transport.grpc_server import ServerConfig
     from .transport.limits import ConnectionLimits
 
@@ -388,8 +387,6 @@ def _server_config(args: argparse.Namespace) -> Any:
             frame_timeout=args.frame_timeout,
             shm_directory=args.shm_directory,
             shm_access=args.shm_access,
-            # An encoded sample in shared memory is bounded as an embedded one is.
-            limits=FrameLimits(max_encoded_bytes=args.max_message_bytes),
         ),
         credentials=_credentials(args),
         ssl=_server_tls(args),

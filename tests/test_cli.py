@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -812,6 +813,14 @@ def test_bench_reports_what_an_extension_sustains(tmp_path: Path) -> None:
 @pytest.mark.rule("SHM-16")
 def test_the_largest_message_also_bounds_an_encoded_sample_in_shared_memory() -> None:
     from avaproto.cli import _server_config
+    from avaproto.protocol.video_format import FrameLimits
+    from avaproto.transport.grpc_server import ExtensionService
 
     args = build_parser().parse_args(["serve", "--max-message-bytes", "1048576"])
-    assert _server_config(args).engine.limits.max_encoded_bytes == 1 << 20
+    service = ExtensionService(lambda: None, _server_config(args))  # type: ignore[arg-type,return-value]
+    assert service._engine.limits.max_encoded_bytes == 1 << 20
+    # A limit of the engine's own, set apart from the message size, is kept.
+    config = _server_config(args)
+    own = replace(config.engine, limits=FrameLimits(max_encoded_bytes=5000))
+    kept = ExtensionService(lambda: None, replace(config, engine=own))  # type: ignore[arg-type,return-value]
+    assert kept._engine.limits.max_encoded_bytes == 5000

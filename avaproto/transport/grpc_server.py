@@ -25,7 +25,7 @@ import logging
 import re
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -42,6 +42,7 @@ from ..engine.serve import serve_stream
 from ..errors import ProtocolError, RemoteProtocolError, bounded
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..protocol.auth import AUTH_HEADER, Credentials, check_authentication
+from ..protocol.video_format import DEFAULT_LIMITS
 from ..status import Status
 from ._grpclib_private import http2_stream, listener, send_messages
 from .budget import MessageBudget
@@ -150,6 +151,12 @@ class ExtensionService:
     def __init__(self, factory: ExtensionFactory, config: ServerConfig) -> None:
         self._factory = factory
         self._config = config
+        engine = config.engine
+        if engine.limits.max_encoded_bytes == DEFAULT_LIMITS.max_encoded_bytes:
+            # An encoded sample in shared memory is bounded as an embedded one is (SHM-16).
+            frames = replace(engine.limits, max_encoded_bytes=config.max_message_bytes)
+            engine = replace(engine, limits=frames)
+        self._engine = engine
         self.active = 0
         self.draining = False
         self._idle = anyio.Event()
@@ -206,7 +213,7 @@ class ExtensionService:
             extension = self._factory()
             self.streams[id(stream)] = OpenStream(channel.peer, _name(extension))
             with anyio.move_on_after(timeout) as deadline:
-                await serve_stream(channel, extension, self._config.engine)
+                await serve_stream(channel, extension, self._engine)
             if deadline.cancelled_caught:
                 raise GRPCError(
                     grpclib.const.Status.DEADLINE_EXCEEDED,
