@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
@@ -126,9 +126,9 @@ def serve_sync(delay: float, announce: Any) -> None:
     server.stop(grace=1).wait()
 
 
-def start_sync(delay: float = 0.0, options: Sequence[tuple[str, Any]] = ()) -> tuple[Any, int]:
+def start_sync(delay: float = 0.0) -> tuple[Any, int]:
     """grpcio's synchronous server (``serve_sync``'s) started on a loopback port of its
-    own, with grpcio's ``options`` besides the benchmark's: (the server, its port)."""
+    own: (the server, its port)."""
     import grpc
 
     pb = official_messages()
@@ -149,9 +149,7 @@ def start_sync(delay: float = 0.0, options: Sequence[tuple[str, Any]] = ()) -> t
         finally:
             stream.close()
 
-    server = grpc.server(
-        ThreadPoolExecutor(max_workers=SYNC_WORKERS), options=[*GRPC_OPTIONS, *options]
-    )
+    server = grpc.server(ThreadPoolExecutor(max_workers=SYNC_WORKERS), options=GRPC_OPTIONS)
     server.add_generic_rpc_handlers([_handler(pb, process)])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

@@ -124,16 +124,20 @@ class ClientChannel:
         except StreamTerminatedError as error:
             raise self._why_reset(error) from None
 
+    def _sent_status(self) -> tuple[grpclib.const.Status, str | None] | None:
+        """The status the extension ended the call with, from its trailers or from
+        headers that carried one (a trailers-only response); None if none came."""
+        for headers in received_headers(self._stream):
+            fields = dict(headers or ())
+            if "grpc-status" in fields:
+                return grpc_status(self._stream, fields)
+        return None
+
     def _ended_ok(self) -> bool:
         """Whether the extension ended the call with OK (gRPC servers then reset the
         direction the pipeline still sends on, which grpclib reports as a reset)."""
-        trailers, headers_received = received_headers(self._stream)
-        for headers in (trailers, headers_received):
-            fields = dict(headers or ())
-            if "grpc-status" in fields:
-                status, _ = grpc_status(self._stream, fields)
-                return status is grpclib.const.Status.OK
-        return False
+        sent = self._sent_status()
+        return sent is not None and sent[0] is grpclib.const.Status.OK
 
     def _why_reset(self, error: StreamTerminatedError) -> StreamFailed:
         """The status an extension sent before resetting the stream (a refusal), if any.
@@ -141,15 +145,11 @@ class ClientChannel:
         A refusing extension answers with a trailers-only response, then resets the
         stream we are still sending on; grpclib then reports only the reset.
         """
-        trailers, headers_received = received_headers(self._stream)
-        for headers in (trailers, headers_received):
-            fields = dict(headers or ())
-            if "grpc-status" in fields:
-                status, detail = grpc_status(self._stream, fields)
-                if status is not grpclib.const.Status.OK:
-                    return StreamFailed(Status(status.value), detail or "")
+        sent = self._sent_status()
+        if sent is not None and sent[0] is not grpclib.const.Status.OK:
+            return StreamFailed(Status(sent[0].value), sent[1] or "")
         message = goaway_error(self._stream) or f"connection lost: {error}"
-        if headers_received is None:  # the extension never answered
+        if received_headers(self._stream)[1] is None:  # the extension never answered
             hint = explain_connection_failure(error, tls=self._tls)
             if hint:
                 message += f"; {hint}"

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -78,104 +79,17 @@ async def test_a_grpcio_extension_stopping_gracefully_answers_every_frame(
     assert f"127.0.0.1:{port}" in line  # one line for grpcio's two GOAWAY frames
 
 
-async def _raw_extension(
-    on_sample: Callable[[anyio.abc.SocketStream, h2.connection.H2Connection, int], Awaitable[None]],
+OnSamples = Callable[
+    [anyio.abc.SocketStream, h2.connection.H2Connection, int, list[int]], Awaitable[bool | None]
+]
+
+
+def _raw_extension(
+    on_samples: OnSamples, samples: int = 1
 ) -> Callable[[anyio.abc.SocketStream], Awaitable[None]]:
-    """An extension of raw HTTP/2: it answers the descriptor, then hands the first
-    sample to ``on_sample(socket, h2, stream id)`` and reads on until the pipeline goes."""
-
-    async def extension(client: anyio.abc.SocketStream) -> None:
-        connection = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
-        )
-        connection.initiate_connection()
-        received, messages = b"", 0
-        async with client:
-            await client.send(connection.data_to_send())
-            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
-                while True:
-                    for event in connection.receive_data(await client.receive()):
-                        if isinstance(event, h2.events.RequestReceived):
-                            headers = [(":status", "200"), ("content-type", "application/grpc")]
-                            connection.send_headers(event.stream_id, headers)
-                        elif isinstance(event, h2.events.DataReceived):
-                            connection.acknowledge_received_data(len(event.data), event.stream_id)
-                            received += event.data
-                            while len(received) >= 5:
-                                size = 5 + int.from_bytes(received[1:5], "big")
-                                if len(received) < size:
-                                    break
-                                number = decode_message(received[5:size]).sequence_number
-                                received, messages = received[size:], messages + 1
-                                if messages == 1:
-                                    answer = MediaStreamMessage(
-                                        sequence_number=1,
-                                        ack_sequence_number=number,
-                                        media_stream_descriptor=extension_descriptor(),
-                                    )
-                                    connection.send_data(event.stream_id, encode_framed(answer))
-                                elif messages == 2:
-                                    await client.send(connection.data_to_send())
-                                    await on_sample(client, connection, event.stream_id)
-                    await client.send(connection.data_to_send())
-
-    return extension
-
-
-async def _first_sample_fails(on_sample: Callable[..., Awaitable[None]]) -> StreamFailed:
-    """What ends a pipeline's stream whose first sample meets ``on_sample``."""
-    extension = await _raw_extension(on_sample)
-    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(listener.serve, extension)
-            with anyio.fail_after(TIMEOUT), pytest.raises(StreamFailed) as failed:
-                async with connect(
-                    f"127.0.0.1:{port}", format=RGB24, ack_timeout=ACK_TIMEOUT
-                ) as pipe:
-                    await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
-                    await pipe.results().receive()
-            tasks.cancel_scope.cancel()
-    return failed.value
-
-
-@pytest.mark.rule("PIPE-7")
-async def test_a_goaway_with_an_error_ends_the_stream_at_once() -> None:
-    """The extension sends GOAWAY(ENHANCE_YOUR_CALM) and then nothing, the connection
-    left open: the pipeline, waiting for an answer, ends with UNAVAILABLE naming the
-    GOAWAY and its text at once, not at its acknowledgement deadline."""
-
-    async def refuse(client: anyio.abc.SocketStream, _: object, stream_id: int) -> None:
-        await client.send(goaway(stream_id, ErrorCodes.ENHANCE_YOUR_CALM, b"calm"))
-
-    failure = await _first_sample_fails(refuse)
-    assert failure.status is Status.UNAVAILABLE
-    assert failure.detail == "the extension ended the connection (GOAWAY ENHANCE_YOUR_CALM: calm)"
-
-
-@pytest.mark.rule("PIPE-7")
-async def test_a_stream_the_extension_never_took_ends_as_connection_lost() -> None:
-    """A GOAWAY without an error whose last stream id is below the pipeline's stream:
-    that stream ends with UNAVAILABLE saying so, at once."""
-
-    async def leave(client: anyio.abc.SocketStream, _: object, stream_id: int) -> None:
-        await client.send(goaway(stream_id - 1, ErrorCodes.NO_ERROR))
-
-    failure = await _first_sample_fails(leave)
-    assert failure.status is Status.UNAVAILABLE
-    assert "went away before taking stream 1" in failure.detail
-
-
-# --- answers that arrive with the end of the call --------------------------------------
-
-
-def _ending_extension(
-    ending: str, samples: int
-) -> Callable[[anyio.abc.SocketStream], Awaitable[None]]:
-    """A raw HTTP/2 extension that answers ``samples`` samples and ends the call in one
-    write: its answers, then trailers (error or OK) with a reset of the pipeline's
-    direction (as gRPC servers end a call the pipeline still sends on), or trailers and
-    the connection's end."""
+    """An extension of raw HTTP/2: it answers the descriptor, then, once ``samples``
+    samples are in, hands their numbers to ``on_samples(socket, h2, stream id,
+    numbers)``, and reads on until the pipeline goes (or ``on_samples`` returns True)."""
 
     async def extension(client: anyio.abc.SocketStream) -> None:
         machine = h2.connection.H2Connection(
@@ -209,24 +123,90 @@ def _ending_extension(
                                     media_stream_descriptor=extension_descriptor(),
                                 )
                                 machine.send_data(stream_id, encode_framed(answer))
-                            if len(numbers) < 1 + samples:
-                                continue
-                            for index, number in enumerate(numbers[1:]):
-                                answer = MediaStreamMessage(
-                                    sequence_number=2 + index, ack_sequence_number=number
-                                )
-                                machine.send_data(stream_id, encode_framed(answer))
-                            status = "13" if ending == "error, reset" else "0"
-                            trailers = [("grpc-status", status), ("grpc-message", "over")]
-                            machine.send_headers(stream_id, trailers, end_stream=True)
-                            if ending == "OK, connection closed":
-                                machine.close_connection()
+                            elif len(numbers) == 1 + samples:
                                 await client.send(machine.data_to_send())
-                                return
-                            machine.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+                                if await on_samples(client, machine, stream_id, numbers[1:]):
+                                    return
                     await client.send(machine.data_to_send())
 
     return extension
+
+
+@asynccontextmanager
+async def _listening(
+    extension: Callable[[anyio.abc.SocketStream], Awaitable[None]],
+) -> AsyncIterator[int]:
+    """``extension`` serving a loopback port of its own, for the block: the port."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with listener, anyio.create_task_group() as tasks:
+        tasks.start_soon(listener.serve, extension)
+        yield listener.extra(anyio.abc.SocketAttribute.local_port)
+        tasks.cancel_scope.cancel()
+
+
+async def _first_sample_fails(on_sample: OnSamples) -> StreamFailed:
+    """What ends a pipeline's stream whose first sample meets ``on_sample``."""
+    async with _listening(_raw_extension(on_sample)) as port:
+        with anyio.fail_after(TIMEOUT), pytest.raises(StreamFailed) as failed:
+            async with connect(f"127.0.0.1:{port}", format=RGB24, ack_timeout=ACK_TIMEOUT) as pipe:
+                await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
+                await pipe.results().receive()
+    return failed.value
+
+
+@pytest.mark.rule("PIPE-7")
+async def test_a_goaway_with_an_error_ends_the_stream_at_once() -> None:
+    """The extension sends GOAWAY(ENHANCE_YOUR_CALM) and then nothing, the connection
+    left open: the pipeline, waiting for an answer, ends with UNAVAILABLE naming the
+    GOAWAY and its text at once, not at its acknowledgement deadline."""
+
+    async def refuse(client: anyio.abc.SocketStream, _: object, stream_id: int, __: object) -> None:
+        await client.send(goaway(stream_id, ErrorCodes.ENHANCE_YOUR_CALM, b"calm"))
+
+    failure = await _first_sample_fails(refuse)
+    assert failure.status is Status.UNAVAILABLE
+    assert failure.detail == "the extension ended the connection (GOAWAY ENHANCE_YOUR_CALM: calm)"
+
+
+@pytest.mark.rule("PIPE-7")
+async def test_a_stream_the_extension_never_took_ends_as_connection_lost() -> None:
+    """A GOAWAY without an error whose last stream id is below the pipeline's stream:
+    that stream ends with UNAVAILABLE saying so, at once."""
+
+    async def leave(client: anyio.abc.SocketStream, _: object, stream_id: int, __: object) -> None:
+        await client.send(goaway(stream_id - 1, ErrorCodes.NO_ERROR))
+
+    failure = await _first_sample_fails(leave)
+    assert failure.status is Status.UNAVAILABLE
+    assert "went away before taking stream 1" in failure.detail
+
+
+# --- answers that arrive with the end of the call --------------------------------------
+
+
+def _ending(ending: str) -> OnSamples:
+    """The end of a call in one write, after the answers to the samples: trailers (error
+    or OK) with a reset of the pipeline's direction (as gRPC servers end a call the
+    pipeline still sends on), or trailers and the connection's end."""
+
+    async def end(
+        client: anyio.abc.SocketStream, machine: Any, stream_id: int, numbers: list[int]
+    ) -> bool:
+        for index, number in enumerate(numbers):
+            answer = MediaStreamMessage(sequence_number=2 + index, ack_sequence_number=number)
+            machine.send_data(stream_id, encode_framed(answer))
+        status = "13" if ending == "error, reset" else "0"
+        trailers = [("grpc-status", status), ("grpc-message", "over")]
+        machine.send_headers(stream_id, trailers, end_stream=True)
+        if ending == "OK, connection closed":
+            machine.close_connection()
+            await client.send(machine.data_to_send())
+            return True
+        machine.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+        await client.send(machine.data_to_send())
+        return False
+
+    return end
 
 
 @pytest.mark.rule("PIPE-6")
@@ -239,24 +219,18 @@ async def test_answers_that_arrive_with_the_end_of_the_call_reach_the_reader(
     the reset or the connection's end cut the read short (PIPE-7's guard of the read)."""
     samples = 3
     read: list[int] = []
-    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(listener.serve, _ending_extension(ending, samples))
-            with anyio.fail_after(TIMEOUT), contextlib.ExitStack() as expect:
-                if ending == "error, reset":
-                    failed = expect.enter_context(pytest.raises(StreamFailed))
-                async with connect(
-                    f"127.0.0.1:{port}", format=RGB24, ack_timeout=ACK_TIMEOUT
-                ) as pipe:
-                    for timestamp in range(samples):
-                        await pipe.send(bytes(RGB24.frame_bytes), timestamp=timestamp)
-                    async for result in pipe.results():
-                        read.append(result.acknowledged)
-                        if len(read) == samples:
-                            break
-                    await pipe.end()
-            tasks.cancel_scope.cancel()
+    async with _listening(_raw_extension(_ending(ending), samples)) as port:
+        with anyio.fail_after(TIMEOUT), contextlib.ExitStack() as expect:
+            if ending == "error, reset":
+                failed = expect.enter_context(pytest.raises(StreamFailed))
+            async with connect(f"127.0.0.1:{port}", format=RGB24, ack_timeout=ACK_TIMEOUT) as pipe:
+                for timestamp in range(samples):
+                    await pipe.send(bytes(RGB24.frame_bytes), timestamp=timestamp)
+                async for result in pipe.results():
+                    read.append(result.acknowledged)
+                    if len(read) == samples:
+                        break
+                await pipe.end()
     assert read == [2, 3, 4]
     if ending == "error, reset":
         assert (failed.value.status, failed.value.detail) == (Status.INTERNAL, "over")
@@ -267,23 +241,18 @@ async def test_the_pipeline_ignores_a_frame_of_a_type_http2_does_not_define() ->
     """An extension sends an ORIGIN frame and one of an unknown type before its answer:
     the pipeline reads on (grpclib alone would drop the connection)."""
 
-    async def answer(client: anyio.abc.SocketStream, machine: Any, stream_id: int) -> None:
+    async def answer(
+        client: anyio.abc.SocketStream, machine: Any, stream_id: int, _: object
+    ) -> None:
         await client.send(frame(0xC, 0, 0, b"\x00\x00") + frame(0xFA, 0, 0, b"extension"))
         acknowledgement = MediaStreamMessage(sequence_number=2, ack_sequence_number=2)
         machine.send_data(stream_id, encode_framed(acknowledgement))
         machine.send_headers(stream_id, [("grpc-status", "0")], end_stream=True)
         await client.send(machine.data_to_send())
 
-    extension = await _raw_extension(answer)
-    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(listener.serve, extension)
-            with anyio.fail_after(TIMEOUT):
-                async with connect(
-                    f"127.0.0.1:{port}", format=RGB24, ack_timeout=ACK_TIMEOUT
-                ) as pipe:
-                    await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
-                    assert (await pipe.results().receive()).acknowledged == 2
-                    await pipe.end()
-            tasks.cancel_scope.cancel()
+    async with _listening(_raw_extension(answer)) as port:
+        with anyio.fail_after(TIMEOUT):
+            async with connect(f"127.0.0.1:{port}", format=RGB24, ack_timeout=ACK_TIMEOUT) as pipe:
+                await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
+                assert (await pipe.results().receive()).acknowledged == 2
+                await pipe.end()
