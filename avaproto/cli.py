@@ -579,6 +579,19 @@ def _add_serve(commands: Any) -> None:
         "a connection without a stream is closed (GOAWAY NO_ERROR) after this",
     )
     limit(
+        "--keepalive-time",
+        _timeout,
+        "SECONDS",
+        "a connection with a stream open that sends nothing for this long is sent a PING",
+    )
+    limit(
+        "--keepalive-timeout",
+        _timeout,
+        "SECONDS",
+        "and is closed if nothing comes back within this: its pipeline is gone, and its "
+        "streams give back their slots and shared memory",
+    )
+    limit(
         "--max-header-list-bytes",
         byte_size,
         "SIZE",

@@ -57,6 +57,7 @@ CATALOGUE: tuple[RuleEntry, ...] = (
     _rule("CONN-13", "SHOULD", _CONFIGURED + " (an idle timeout of minutes)"),
     _rule("CONN-14", "MUST", _ATTACK),
     _rule("CONN-15", "MUST", _ATTACK),
+    _rule("CONN-16", "SHOULD", _CONFIGURED + " (a keepalive of a minute)"),
     _rule("DESC-1", "MUST"),
     _rule("DESC-2", "MUST"),
     _rule("DESC-3", "SHOULD"),

@@ -33,6 +33,7 @@ import anyio
 import grpclib.const
 import grpclib.metadata
 import grpclib.server
+from grpclib.config import Configuration
 from grpclib.exceptions import GRPCError
 
 from ..codec import encode_framed
@@ -310,7 +311,11 @@ async def start_server(factory: ExtensionFactory, config: ServerConfig) -> Exten
     health = _health() if config.health else None
     if health is not None:
         handlers.append(health)
-    server = grpclib.server.Server(handlers, codec=WireCodec())
+    # grpclib's own keepalive (a PING after 2 hours, a silent close) gives way to the
+    # guard's, which is configured, logged and looks at every byte (CONN-16).
+    server = grpclib.server.Server(
+        handlers, codec=WireCodec(), config=Configuration(_keepalive_time=None)
+    )
     guard = tune_server(server, config.limits)
     check_open_file_limit(config.limits.max_connections)
     quiet_accept_failures(asyncio.get_running_loop())

@@ -76,6 +76,8 @@ _MIN_FRAME = 16 * 1024
 FD_MARGIN = 64
 #: Seconds a connection closed with a GOAWAY stays open for the peer to read it.
 LINGER = 2.0
+#: The opaque data of the keepalive's PING (CONN-16); the peer echoes it.
+_KEEPALIVE_PING = b"CONN-16\0"
 #: At most one line per rule in this many seconds: a flood of connections is one line
 #: naming the first peer, and the next says how many more there were.
 LOGGED_EVERY = 10.0
@@ -356,9 +358,12 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._header_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._keepalive_timer: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
         # The frame headers, read as the bytes arrive.
         self._preface_left = len(HTTP2_PREFACE)
+        self._bytes_in = 0  # this connection's, read by the keepalive (CONN-16)
+        self._bytes_seen = 0  # its value when the keepalive last looked
         self._head = bytearray()
         self._body_left = 0
         self._framed = False
@@ -405,7 +410,14 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         if self._direct_bytes:
             self._server.release_direct(self._direct_bytes)
             self._direct_bytes = 0
-        for timer in (self._handshake_timer, self._header_timer, self._idle_timer, self._linger):
+        timers = (
+            self._handshake_timer,
+            self._header_timer,
+            self._idle_timer,
+            self._keepalive_timer,
+            self._linger,
+        )
+        for timer in timers:
             if timer is not None:
                 timer.cancel()
         if self._admitted:
@@ -454,6 +466,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
             return
         began = time.perf_counter()
         self._server.received += nbytes
+        self._bytes_in += nbytes
         try:
             reading = self._reading
             if reading is not None and reading.view is not None:
@@ -818,6 +831,8 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+        if self._keepalive_timer is None:
+            self._arm_keepalive()
 
     def _stream_released(self, stream_id: int) -> None:
         self._active -= 1
@@ -863,6 +878,48 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         timeout = self._limits.idle_timeout
         if timeout is not None and not self._closing:
             self._idle_timer = self._loop.call_later(timeout, self._idle_expired)
+
+    def _arm_keepalive(self) -> None:
+        interval = self._limits.keepalive_time
+        if interval is not None and not self._closing:
+            self._bytes_seen = self._bytes_in
+            self._keepalive_timer = self._loop.call_later(interval, self._keepalive_due)
+
+    def _keepalive_due(self) -> None:
+        """Nothing read for a whole interval with a stream open: ask for a byte back.
+
+        Looked at once per interval rather than re-armed on every read, which would put
+        a timer's cost on every read of a stream in full flow; a peer gone silent is
+        asked between one and two intervals after its last byte.
+        """
+        self._keepalive_timer = None
+        if self._closing or not self._active:
+            return  # no stream: the idle timeout (CONN-13) watches the connection
+        if self._bytes_in != self._bytes_seen or self._transport is None:
+            self._arm_keepalive()
+            return
+        self._h2.ping(_KEEPALIVE_PING)
+        self._transport.write(self._h2.data_to_send())
+        timeout = self._limits.keepalive_timeout
+        if timeout is None:
+            self._arm_keepalive()  # PINGs that keep middleboxes' state, and no verdict
+        else:
+            self._keepalive_timer = self._loop.call_later(timeout, self._keepalive_expired)
+
+    def _keepalive_expired(self) -> None:
+        self._keepalive_timer = None
+        if self._bytes_in != self._bytes_seen:
+            self._arm_keepalive()  # the acknowledgement, or anything else, came back
+            return
+        interval, timeout = self._limits.keepalive_time, self._limits.keepalive_timeout
+        assert interval is not None and timeout is not None
+        self._trip(
+            "CONN-16",
+            f"nothing received for {interval + timeout:g} s with {self._active} stream(s) open, "
+            f"not even the acknowledgement of a PING sent {timeout:g} s "
+            "ago: the peer is gone (--keepalive-time, --keepalive-timeout)",
+            ErrorCodes.NO_ERROR,
+        )
 
     def _handshake_expired(self) -> None:
         self._handshake_timer = None

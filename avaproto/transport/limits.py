@@ -51,6 +51,15 @@ class ConnectionLimits:
     max_control_frames: int = 1000
     #: Bytes queued for a peer that does not read them (CONN-10).
     max_unread_bytes: int = 16 * MiB
+    #: Seconds a connection with a stream open may send nothing before the server sends
+    #: it a PING (CONN-16): a pipeline whose host vanished (power lost, cable pulled)
+    #: sends no FIN, and its idle stream would hold a slot, its shared memory and its
+    #: descriptors for ever. grpc-core's servers wait 2 hours, tuned for phones on
+    #: metered links; a pipeline's connection to its extension is a LAN's or a host's.
+    keepalive_time: float | None = 60.0
+    #: Seconds that PING may go without a byte back before the connection is closed
+    #: (CONN-16; grpc-core's keepalive_timeout).
+    keepalive_timeout: float | None = 20.0
     #: Seconds a stream may take to send its descriptor (SRV-12).
     descriptor_timeout: float | None = 10.0
     #: Bytes of messages announced but not yet complete, across all streams of one

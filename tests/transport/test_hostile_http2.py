@@ -12,6 +12,7 @@ back what is free) and descriptor count come back near where they were.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import gc
 import logging
@@ -699,6 +700,34 @@ async def test_a_connection_without_streams_is_closed_after_the_idle_timeout() -
                 ended = await idle.closed()
         goaway(ended, ErrorCodes.NO_ERROR, "CONN-13")
         await completes(server.port)
+
+
+@pytest.mark.rule("CONN-16")
+async def test_a_peer_that_answers_no_ping_gives_its_streams_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A pipeline whose host vanished: its stream is open, and nothing more comes, not
+    even the acknowledgement of a PING. Its stream ends and its slot is free again; the
+    real pipeline beside it, idle over the same time but answering PINGs, goes on."""
+    async with serving(max_streams=2, keepalive_time=0.1, keepalive_timeout=0.5) as server:
+        async with (
+            pipeline_during(server.port),
+            Attacker.connect(server.port, read=False) as gone,
+        ):
+            await gone.open_stream(DESCRIPTOR)
+            await eventually(lambda: server.service.active == 2)
+            await eventually(lambda: server.service.active == 1)
+            [line] = warnings(caplog, "CONN-16")
+            assert "not even the acknowledgement of a PING sent 0.5 s ago" in line
+            assert "1 stream(s) open" in line and "--keepalive-time" in line
+            with anyio.fail_after(TIMEOUT):
+                received = b""
+                with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                    while True:
+                        received += await gone.stream.receive()
+            assert frame(PING, 0, 0, b"CONN-16\0") in received  # asked before it was closed
+        await completes(server.port)
+    assert len(warnings(caplog, "CONN-16")) == 1  # the live, idle pipeline was not closed
 
 
 @pytest.mark.rule("CONN-14")
