@@ -821,6 +821,7 @@ def test_the_largest_message_also_bounds_an_encoded_sample_in_shared_memory() ->
     assert service._engine.limits.max_encoded_bytes == 1 << 20
     # A limit of the engine's own, set apart from the message size, is kept.
     config = _server_config(args)
-    own = replace(config.engine, limits=FrameLimits(max_encoded_bytes=5000))
-    kept = ExtensionService(lambda: None, replace(config, engine=own))  # type: ignore[arg-type,return-value]
-    assert kept._engine.limits.max_encoded_bytes == 5000
+    for bound in (5000, 64 << 20):  # 64 MiB: the default message limit, given on purpose
+        own = replace(config.engine, limits=FrameLimits(max_encoded_bytes=bound))
+        kept = ExtensionService(lambda: None, replace(config, engine=own))  # type: ignore[arg-type,return-value]
+        assert kept._engine.limits.max_encoded_bytes == bound

@@ -20,14 +20,15 @@ from __future__ import annotations
 import logging
 import types
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, ClassVar
 
 import anyio
 import anyio.abc
 
-from ..errors import InferenceError, ProtocolError, StreamFailed
+from ..errors import InferenceError, ProtocolError, RemoteProtocolError, StreamFailed
 from ..media.inferences import validate
 from ..messages import (
     Inference,
@@ -187,9 +188,19 @@ _DEFAULT_CONFIG = EngineConfig()
 
 
 async def serve_stream(
-    channel: MessageChannel, extension: Extension, config: EngineConfig = _DEFAULT_CONFIG
+    channel: MessageChannel,
+    extension: Extension,
+    config: EngineConfig = _DEFAULT_CONFIG,
+    *,
+    deadline: float | None = None,
+    deadline_text: str = "",
 ) -> StreamStatistics:
-    """Serve one stream to its end; raise ``ProtocolError`` when it must end with a status."""
+    """Serve one stream to its end; raise ``ProtocolError`` when it must end with a status.
+
+    ``deadline``: seconds the pipeline gave the whole call (gRPC's grpc-timeout, which
+    ``deadline_text`` quotes); past it the stream ends with DEADLINE_EXCEEDED (SRV-15),
+    recorded in its closing line like any other end.
+    """
     runner = StreamRunner(Role.EXTENSION, channel, limits=config.limits)
     session, summary = runner.session, runner.statistics
     extension = as_async_extension(extension, limiter=config.thread_limiter)
@@ -197,7 +208,7 @@ async def serve_stream(
     handler: ExtensionHandler | None = None
     opened = False
     try:
-        with runner.outcome():
+        with runner.outcome(), _pipeline_deadline(deadline, deadline_text):
             first = await runner.receive()
             if first is None:
                 return summary
@@ -251,6 +262,16 @@ async def serve_stream(
             summary.status.name,
             f": {summary.message}" if summary.message else "",
             f"; tolerated {summary.tolerated_text()}" if summary.tolerated else "",
+        )
+
+
+@contextmanager
+def _pipeline_deadline(seconds: float | None, text: str) -> Iterator[None]:
+    with anyio.move_on_after(seconds) as scope:
+        yield
+    if scope.cancelled_caught:
+        raise RemoteProtocolError(
+            "SRV-15", Status.DEADLINE_EXCEEDED, f"the pipeline's deadline passed ({text})"
         )
 
 

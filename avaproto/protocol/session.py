@@ -337,12 +337,12 @@ class Session:
                     f"the shared-memory segment of {memory.length_bytes} bytes",
                 )
             length = reference.length_bytes
-            if not video.is_raw and length > self.limits.max_encoded_bytes:
+            if not video.is_raw and length > self.limits.encoded_bytes:
                 raise error(
                     "SHM-16",
                     status or Status.RESOURCE_EXHAUSTED,
                     f"content reference of {length} bytes to a {video.encoding.name} sample; "
-                    f"the limit is {self.limits.max_encoded_bytes} bytes "
+                    f"the limit is {self.limits.encoded_bytes} bytes "
                     "(--max-message-bytes)",
                 )
             if error is RemoteProtocolError:

@@ -26,9 +26,19 @@ class FrameLimits:
     max_height: int = 16384
     max_pixels: int = 1 << 28
     #: The longest encoded (JPG, PNG, BMP) sample a shared-memory reference may name:
-    #: unlike a RAW frame's, its size is only what the reference says (SHM-16). The
-    #: default is the largest message the server takes, which bounds an embedded one.
-    max_encoded_bytes: int = 64 << 20
+    #: unlike a RAW frame's, its size is only what the reference says (SHM-16). None:
+    #: the largest message the server takes, which bounds an embedded one
+    #: (``ServerConfig.max_message_bytes``; ``ENCODED_BYTES`` where there is none).
+    max_encoded_bytes: int | None = None
+
+    @property
+    def encoded_bytes(self) -> int:
+        """The bound on an encoded sample in shared memory, in bytes (SHM-16)."""
+        return ENCODED_BYTES if self.max_encoded_bytes is None else self.max_encoded_bytes
+
+
+#: The bound on an encoded sample in shared memory where no message limit gives one.
+ENCODED_BYTES = 64 << 20
 
 
 DEFAULT_LIMITS = FrameLimits()

@@ -53,6 +53,8 @@ import h2.exceptions
 import h2.stream
 import hyperframe.frame
 
+from .addresses import peer_address
+
 # --- sending DATA frames ------------------------------------------------------------------
 
 #: A DATA frame's header: 24-bit length and type 0 (one big-endian word), flags, stream.
@@ -572,8 +574,7 @@ def goaway_error(stream: grpclib.client.Stream[Any, Any]) -> str | None:
 
 def _peer(protocol: Any) -> str:
     transport = protocol.connection._transport
-    address = transport.get_extra_info("peername") if transport is not None else None
-    return f"{address[0]}:{address[1]}" if address else "?"
+    return peer_address(transport.get_extra_info("peername") if transport is not None else None)
 
 
 def read_answers_directly(channel: grpclib.client.Channel) -> None:

@@ -43,9 +43,9 @@ from ..engine.serve import serve_stream
 from ..errors import ProtocolError, RemoteProtocolError, bounded
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..protocol.auth import AUTH_HEADER, Credentials, check_authentication
-from ..protocol.video_format import DEFAULT_LIMITS
 from ..status import Status
 from ._grpclib_private import http2_stream, listener, send_messages
+from .addresses import peer_address
 from .budget import MessageBudget
 from .framing import WireCodec, read_message
 from .guard import (
@@ -98,11 +98,6 @@ class OpenStream:
     extension: str
 
 
-def _peer(stream: grpclib.server.Stream[Any, Any]) -> str:
-    addr = stream.peer.addr()
-    return f"{addr[0]}:{addr[1]}" if addr else "unknown"
-
-
 class _ServerChannel:
     """One call's messages, read with a size limit and decoded without copying frames."""
 
@@ -114,7 +109,7 @@ class _ServerChannel:
         descriptor_timeout: float | None,
     ) -> None:
         self._stream = stream
-        self.peer = _peer(stream)
+        self.peer = peer_address(stream.peer.addr())
         self._raw = http2_stream(stream)  # read before grpclib buffers a message
         # Each body is read within the budget of incomplete messages (SRV-13).
         self._hold = partial(budget.holding, self._raw.connection, self.peer)
@@ -153,7 +148,7 @@ class ExtensionService:
         self._factory = factory
         self._config = config
         engine = config.engine
-        if engine.limits.max_encoded_bytes == DEFAULT_LIMITS.max_encoded_bytes:
+        if engine.limits.max_encoded_bytes is None:
             # An encoded sample in shared memory is bounded as an embedded one is (SHM-16).
             frames = replace(engine.limits, max_encoded_bytes=config.max_message_bytes)
             engine = replace(engine, limits=frames)
@@ -213,13 +208,13 @@ class ExtensionService:
             )
             extension = self._factory()
             self.streams[id(stream)] = OpenStream(channel.peer, _name(extension))
-            with anyio.move_on_after(timeout) as deadline:
-                await serve_stream(channel, extension, self._engine)
-            if deadline.cancelled_caught:
-                raise GRPCError(
-                    grpclib.const.Status.DEADLINE_EXCEEDED,
-                    f"[SRV-15] the pipeline's deadline passed (grpc-timeout {given})",
-                )
+            await serve_stream(
+                channel,
+                extension,
+                self._engine,
+                deadline=timeout,
+                deadline_text=f"grpc-timeout {given}",
+            )
         except ProtocolError as error:
             raise GRPCError(grpclib.const.Status(int(error.status)), str(error)) from None
         finally:

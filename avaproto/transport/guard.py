@@ -55,6 +55,7 @@ from ._grpclib_private import (
     watch_sent_headers,
     whole_frames,
 )
+from .addresses import UNKNOWN, peer_address
 from .limits import ConnectionLimits
 from .tls import HTTP2_PREFACE, DiagnosedServerTLS
 
@@ -138,14 +139,6 @@ def quiet_accept_failures(loop: asyncio.AbstractEventLoop) -> None:
 
     handler.quiets_accept_failures = True  # type: ignore[attr-defined]
     loop.set_exception_handler(handler)
-
-
-def _peer_name(transport: asyncio.BaseTransport) -> str:
-    peer = transport.get_extra_info("peername")
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
-        return f"{host}:{peer[1]}"
-    return str(peer) if peer else "unknown peer"
 
 
 #: Where a request's ``grpc-timeout`` is moved before grpclib reads the headers, for the
@@ -347,7 +340,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         self._limits = server.limits
         self._protocol = h2_protocol
         self._outermost = outermost
-        self.peer = "unknown peer"
+        self.peer = UNKNOWN
         self._raw: asyncio.Transport | None = None  # the socket's transport
         self._transport: asyncio.Transport | None = None  # what HTTP/2 is written to
         self._transports: tuple[asyncio.Transport, ...] = ()
@@ -390,7 +383,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
     def accepted(self, transport: asyncio.BaseTransport) -> bool:
         """A connection was accepted: count it, or refuse it past the limit (CONN-14)."""
         self._raw = cast(asyncio.Transport, transport)
-        self.peer = _peer_name(transport)
+        self.peer = peer_address(transport.get_extra_info("peername"))
         if not self._server.admit(self.peer):
             return False
         self._admitted = True

@@ -40,6 +40,7 @@ from typing import Any
 from grpclib.exceptions import StreamTerminatedError
 
 from ..errors import AvaprotoError
+from .addresses import UNKNOWN, peer_address
 
 StrPath = str | PathLike[str]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -413,7 +414,7 @@ class DiagnosedServerTLS(sslproto.SSLProtocol):
     ) -> None:
         # No waiter: nobody awaits this handshake (asyncio checks for None).
         super().__init__(loop, app_protocol, context, None, server_side=True)  # type: ignore[arg-type]
-        self._peer = "unknown peer"
+        self._peer = UNKNOWN
         self._first = b""
         self._receiving: Any = None
         self._handshake_done = False
@@ -421,12 +422,7 @@ class DiagnosedServerTLS(sslproto.SSLProtocol):
         self._reported = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
-            self._peer = f"{host}:{peer[1]}"
-        elif peer:
-            self._peer = str(peer)
+        self._peer = peer_address(transport.get_extra_info("peername"))
         super().connection_made(transport)
 
     def get_buffer(self, n: int) -> Any:

@@ -978,6 +978,7 @@ async def test_a_pipelines_deadline_ends_its_stream_with_a_status_naming_it(
     naming it when it passes (at once if it had on arrival), INVALID_ARGUMENT when it
     is no timeout, and no traceback in the log (grpclib's own: UNKNOWN and a traceback
     for the first, no message for the second)."""
+    caplog.set_level(logging.INFO, "avaproto.serve")
     async with serving() as server:
         async with Attacker.connect(server.port) as attacker:
             with anyio.fail_after(TIMEOUT):
@@ -990,6 +991,9 @@ async def test_a_pipelines_deadline_ends_its_stream_with_a_status_naming_it(
             assert got_status == status and got_message.startswith(message)
         await completes(server.port)
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    if status == "4":  # the stream ran: its closing line says how it ended
+        closed = [r.getMessage() for r in caplog.records if "stream closed" in r.getMessage()]
+        assert f"DEADLINE_EXCEEDED: {message}" in closed[0], closed
 
 
 @pytest.mark.rule("CONN-14")
