@@ -909,6 +909,7 @@ def _send(args: argparse.Namespace) -> int:
         shm_bytes=args.shm_size,
         shm_directory=args.shm_directory,
         shm_write=args.shm_write,
+        shm_mode=args.shm_mode,
         connect_timeout=args.connect_timeout,
         descriptor_timeout=args.descriptor_timeout,
         ack_timeout=args.ack_timeout,
@@ -1201,8 +1202,38 @@ def _add_demo(commands: Any) -> None:
 # --- bench ---------------------------------------------------------------------------
 
 
+def _segment_mode(text: str) -> int:
+    from .media.shared_memory import check_segment_mode
+
+    try:
+        mode = int(text.removeprefix("0o"), 8)
+        check_segment_mode(mode)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: 600 (the owner only), 640 (and its group, read-only) or 644 "
+            "(and anyone, read-only)"
+        ) from None
+    return mode
+
+
+def _shm_mode_option(parser: Any) -> None:
+    from .media.shared_memory import SEGMENT_MODE
+
+    parser.add_argument(
+        "--shm-mode",
+        type=_segment_mode,
+        default=SEGMENT_MODE,
+        metavar="MODE",
+        help="the segment's permissions, in octal: 600, only this user can open it; 640 "
+        "or 644 let an extension running as another user of this user's group, or any "
+        "user, read it (never write it) (default: 600)",
+    )
+
+
 def _shm_write_option(parser: Any, default: str) -> None:
     from .media.shared_memory import WRITE_MODES
+
+    _shm_mode_option(parser)
 
     parser.add_argument(
         "--shm-write",
@@ -1238,6 +1269,7 @@ def _bench(args: argparse.Namespace) -> int:
             connect_timeout=args.connect_timeout,
             ack_timeout=args.ack_timeout,
             shm_write=args.shm_write,
+            shm_mode=args.shm_mode,
         )
     )
     print(format_drive_report(report))
@@ -1366,6 +1398,7 @@ def _check(args: argparse.Namespace) -> int:
         formats=args.formats,
         shm=not args.no_shm,
         shm_directory=args.shm_directory,
+        shm_mode=args.shm_mode,
         timeout=args.timeout,
         credentials=_credentials(args),
         tls=_client_tls(args),
@@ -1446,6 +1479,7 @@ def _add_check(commands: Any) -> None:
         metavar="DIR",
         help="where the probes' segments are made (default: %(default)s)",
     )
+    _shm_mode_option(shm)
     _client_options(
         parser,
         {},

@@ -121,6 +121,7 @@ async def connect(
     shm_bytes: int = DEFAULT_SHM_BYTES,
     shm_directory: str = "/dev/shm",
     shm_write: WriteMode = "pwrite",
+    shm_mode: int = 0o600,
     graph: GraphIdentifier | None = None,
     configuration: str = "",
     credentials: Credentials | None = None,
@@ -156,6 +157,8 @@ async def connect(
     ``"pwrite"``, which an extension that shrinks the segment cannot turn into a crash
     of this process, or ``"map"``, through a mapping as most pipelines write, a third of
     the cost, for an extension trusted not to (``avaproto.media.shared_memory``).
+    ``shm_mode`` 0o640 or 0o644 lets an extension running as another user read the
+    segment (SHM-9: 0o600, its owner only, by default).
     """
     descriptor = MediaStreamDescriptor(
         graph_identifier=graph
@@ -170,7 +173,9 @@ async def connect(
     if transfer == "shm":
         from .media.shared_memory import SharedMemoryArena
 
-        arena = SharedMemoryArena.create(shm_bytes, directory=shm_directory, write=shm_write)
+        arena = SharedMemoryArena.create(
+            shm_bytes, directory=shm_directory, write=shm_write, mode=shm_mode
+        )
         descriptor.shared_memory_buffer_transfer_properties = SharedMemoryBufferTransferProperties(
             handle_name=arena.handle_name, length_bytes=arena.length_bytes
         )

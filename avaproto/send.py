@@ -55,6 +55,8 @@ class SendOptions:
     shm_directory: str = "/dev/shm"
     #: How frames go into the segment: checked writes, or a mapping for a trusted extension.
     shm_write: WriteMode = "pwrite"
+    #: The segment's permissions: 0o600, or 0o640 / 0o644 for an extension of another user.
+    shm_mode: int = 0o600
     #: Seconds to establish the connection (TCP, TLS, HTTP/2) before giving up.
     connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT
     #: Seconds the extension has to answer our descriptor with its own.
@@ -122,6 +124,7 @@ async def _run(
         timescale=options.timescale,
         shm_directory=options.shm_directory,
         shm_write=options.shm_write,
+        shm_mode=options.shm_mode,
         connect_timeout=options.connect_timeout,
         descriptor_timeout=options.descriptor_timeout,
         ack_timeout=options.ack_timeout,

@@ -790,6 +790,19 @@ def test_deadline_and_size_values() -> None:
     ]  # fmt: skip
 
 
+@pytest.mark.rule("SHM-9")
+def test_a_segment_mode_lets_others_read_at_most(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    for command in ("send", "bench", "check"):
+        assert parser.parse_args([command, "h:1"]).shm_mode == 0o600
+        assert parser.parse_args([command, "h:1", "--shm-mode", "640"]).shm_mode == 0o640
+        assert parser.parse_args([command, "h:1", "--shm-mode", "0o644"]).shm_mode == 0o644
+    for refused in ("666", "660", "400", "rw"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["send", "h:1", "--shm-mode", refused])
+        assert "600 (the owner only), 640" in capsys.readouterr().err
+
+
 def test_verbosity_is_accepted_before_and_after_the_command() -> None:
     parser = build_parser()
     args = parser.parse_args(["-v", "serve", "-vv"])

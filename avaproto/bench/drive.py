@@ -180,6 +180,7 @@ async def drive_target(
     ack_timeout: float | None = DEFAULT_ACK_TIMEOUT,
     keep_latencies: bool = False,
     shm_write: WriteMode = "pwrite",
+    shm_mode: int = 0o600,
 ) -> dict[str, Any]:
     """Drive the extension at ``target`` and return what it sustained.
 
@@ -214,6 +215,7 @@ async def drive_target(
     if transfer == "shm":
         options["shm_bytes"] = segment_bytes(fmt.frame_bytes, window)
         options["shm_write"] = shm_write
+        options["shm_mode"] = shm_mode
     runs = [StreamRun() for _ in range(streams)]
     with protocol_errors(also=(Exception,)):
         await _run_all(runs, target, fmt, payload, transfer, frames, window, rate, options)

@@ -90,6 +90,8 @@ class CheckOptions:
     #: False: leave shared memory out (a target on another host cannot map our segments).
     shm: bool = True
     shm_directory: str = "/dev/shm"
+    #: The segments' permissions (SHM-9): 0o640 or 0o644 for a target of another user.
+    shm_mode: int = 0o600
     #: Seconds each probe may take, connecting included.
     timeout: float = DEFAULT_TIMEOUT
     credentials: Credentials | None = None
@@ -219,7 +221,9 @@ def acknowledged(answers: Sequence[MediaStreamMessage]) -> list[int]:
 @contextlib.contextmanager
 def segment(ctx: Context, size: int) -> Iterator[SharedMemoryArena]:
     """A real segment in the shared-memory directory, removed after the probe."""
-    arena = SharedMemoryArena.create(size, directory=ctx.options.shm_directory)
+    arena = SharedMemoryArena.create(
+        size, directory=ctx.options.shm_directory, mode=ctx.options.shm_mode
+    )
     try:
         yield arena
     finally:
@@ -508,7 +512,9 @@ def _listed(numbers: Sequence[int], limit: int = 8) -> str:
 async def healthy(ctx: Context, fmt: VideoFormat, shm: bool, contentless: bool) -> list[Finding]:
     arena = (
         SharedMemoryArena.create(
-            segment_bytes(fmt, FRAMES + 1), directory=ctx.options.shm_directory
+            segment_bytes(fmt, FRAMES + 1),
+            directory=ctx.options.shm_directory,
+            mode=ctx.options.shm_mode,
         )
         if shm
         else None

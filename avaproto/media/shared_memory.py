@@ -140,6 +140,20 @@ WRITE_MODES: tuple[WriteMode, ...] = ("pwrite", "map")
 _CANNOT_RESERVE = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS})
 
 
+def _not_permitted(name: str, directory_fd: int) -> str:
+    """Why a segment cannot be opened for reading, with what would let it be."""
+    try:
+        info = os.stat(name, dir_fd=directory_fd, follow_symlinks=False)
+    except OSError:
+        return "cannot be opened: permission denied"
+    return (
+        f"cannot be opened for reading: it is {stat.filemode(info.st_mode)}, owned by uid "
+        f"{info.st_uid} gid {info.st_gid}, and this process runs as uid {os.geteuid()} "
+        f"gid {os.getegid()}; run both as one user, or have the pipeline make its "
+        "segments readable by a group both are in (avaproto send --shm-mode 640)"
+    )
+
+
 def _check_name(handle_name: str) -> None:
     try:
         check_handle_name(handle_name)
@@ -421,6 +435,8 @@ class SharedMemoryRegion:
                     "does not exist (do sender and receiver share the same /dev/shm, "
                     "e.g. the same IPC namespace?)"
                 )
+            elif error.errno in (errno.EACCES, errno.EPERM):
+                reason = _not_permitted(handle_name, directory_fd)
             else:
                 reason = f"cannot be opened: {error.strerror}"
             raise SharedMemoryError(
@@ -765,6 +781,24 @@ def _unlink_segment(path: str, owner: int, descriptor: _Descriptor) -> None:
         descriptor.close()
 
 
+#: The sender's segment: read and written by its owner only (SHM-9).
+SEGMENT_MODE = 0o600
+
+
+def check_segment_mode(mode: int) -> None:
+    """A segment's mode lets its owner read and write it and others at most read it.
+
+    The extension only reads (it maps the segment read-only); write access for anyone
+    but the sender would let another process change a frame between the sender's
+    write and the extension's read, or after the extension checked it.
+    """
+    if mode & 0o600 != 0o600 or mode & ~0o644:
+        raise ValueError(
+            f"a segment's mode must be 0o600, 0o640 or 0o644 (its owner reads and writes, "
+            f"others at most read), got {mode:#o}"
+        )
+
+
 class SharedMemoryArena:
     """The sender's segment: a file of its own under the shared-memory directory.
 
@@ -818,8 +852,12 @@ class SharedMemoryArena:
         prefix: str = "avaproto-",
         alignment: int = ALIGNMENT,
         write: WriteMode = "pwrite",
+        mode: int = SEGMENT_MODE,
     ) -> SharedMemoryArena:
         """A new segment of ``size`` bytes, mode 0600, with a name no one else has (SHM-9).
+
+        ``mode`` 0o640 or 0o644 lets an extension running as another user of the
+        owner's group, or any user, read the frames (``check_segment_mode``).
 
         The memory is reserved now (SHM-11): a full shared-memory directory raises
         ``SharedMemoryError`` (RESOURCE_EXHAUSTED) here rather than a bus error on some
@@ -829,6 +867,7 @@ class SharedMemoryArena:
         """
         if size <= 0:
             raise ValueError(f"an arena needs a size above zero, got {size}")
+        check_segment_mode(mode)
         if alignment <= 0 or alignment & (alignment - 1):
             raise ValueError(f"the alignment must be a power of two, got {alignment}")
         name = f"{prefix}{os.getpid()}-{secrets.token_hex(8)}"
@@ -836,9 +875,9 @@ class SharedMemoryArena:
         path = Path(directory) / name
         # O_EXCL: a name that exists (a file, a symlink planted there) is never reused.
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(path, flags, 0o600)
+        fd = os.open(path, flags, SEGMENT_MODE)
         try:
-            os.fchmod(fd, 0o600)  # exactly, whatever the umask
+            os.fchmod(fd, mode)  # exactly, whatever the umask
             _reserve(fd, size, directory)
             # Held while the arena lives: tells remove_stale_segments in any process,
             # whatever its pid namespace, that the segment is in use.

@@ -207,6 +207,42 @@ class TestOpeningARegion:
         assert caught.value.status is Status.FAILED_PRECONDITION
 
     @pytest.mark.rule("SHM-5")
+    @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+    def test_a_segment_of_another_user_says_what_would_open_it(self) -> None:
+        """A real process of another user (nobody) opens a segment made as this one:
+        refused at 0600 with the owner, the modes and the flag that opens it; read at 0644."""
+        import subprocess
+        import sys
+
+        child = (
+            "import os, sys\n"
+            "from avaproto.errors import SharedMemoryError\n"
+            "from avaproto.media.shared_memory import SharedMemoryRegion\n"
+            "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+            "try:\n"
+            "    SharedMemoryRegion.open(sys.argv[1], 4096).close()\n"
+            "    print('opened')\n"
+            "except SharedMemoryError as error:\n"
+            "    print(error.rule, error.status.name, error)\n"
+        )
+        for mode in (0o600, 0o644):
+            with SharedMemoryArena.create(4096, mode=mode) as arena:
+                done = subprocess.run(
+                    [sys.executable, "-c", child, arena.handle_name],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=True,
+                )
+            said = done.stdout.strip()
+            if mode == 0o644:
+                assert said == "opened"
+                continue
+            assert said.startswith("SHM-5 FAILED_PRECONDITION"), said
+            assert "-rw-------, owned by uid 0" in said and "runs as uid 65534" in said
+            assert "--shm-mode 640" in said
+
+    @pytest.mark.rule("SHM-5")
     def test_missing_directory(self, tmp_path: Path) -> None:
         with pytest.raises(SharedMemoryError, match="directory") as caught:
             SharedMemoryRegion.open("x", 16, directory=str(tmp_path / "none"))
@@ -862,6 +898,24 @@ class TestTheSendersArena:
         finally:
             os.umask(previous)
         assert not one.path.exists() and not two.path.exists()
+
+    @pytest.mark.rule("SHM-9")
+    @pytest.mark.parametrize("mode", [0o640, 0o644])
+    def test_a_segment_others_may_read_but_never_write(self, mode: int) -> None:
+        previous = os.umask(0o077)  # even under the most restrictive umask
+        try:
+            with SharedMemoryArena.create(4096, mode=mode) as arena:
+                assert stat.S_IMODE(arena.path.stat().st_mode) == mode
+        finally:
+            os.umask(previous)
+
+    @pytest.mark.rule("SHM-9")
+    @pytest.mark.parametrize("mode", [0o666, 0o660, 0o400, 0o4600, 0o700, 0o604 | 0o002])
+    def test_a_mode_that_lets_others_write_is_refused(self, mode: int) -> None:
+        before = set(os.listdir(SHM))
+        with pytest.raises(ValueError, match="0o600, 0o640 or 0o644"):
+            SharedMemoryArena.create(4096, mode=mode)
+        assert set(os.listdir(SHM)) <= before
 
     @pytest.mark.rule("SHM-9")
     def test_unlinked_when_the_block_fails(self) -> None:
