@@ -56,6 +56,11 @@ def generate(output: Path, protos: Path = PROTOS) -> None:
         if output.exists():
             shutil.rmtree(output)
         shutil.copytree(scratch, output)
+    # The scratch directory is private (0700) and copytree copies its mode: the package
+    # would be unreadable to every other user (a container's unprivileged one, say).
+    umask = os.umask(0)
+    os.umask(umask)
+    output.chmod(0o777 & ~umask)
 
 
 def main(argv: list[str] | None = None) -> None:

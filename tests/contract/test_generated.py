@@ -9,6 +9,8 @@ packages: the extension's contract and the standard health service.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,21 @@ def regenerated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     output = tmp_path_factory.mktemp("generated") / "_generated"
     codegen.generate(output)
     return tree(output)
+
+
+def test_generated_code_is_readable_by_every_user(tmp_path: Path) -> None:
+    """As any package installed: not private like the scratch directory protoc wrote to."""
+    output = tmp_path / "_generated"
+    previous = os.umask(0o022)
+    try:
+        codegen.generate(output)
+    finally:
+        os.umask(previous)
+    for path in [output, *output.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o444 == 0o444, f"{path} is {oct(mode)}"
+        if path.is_dir():
+            assert mode & 0o111 == 0o111, f"{path} is {oct(mode)}"
 
 
 class TestGeneratedCode:
