@@ -835,7 +835,8 @@ async def _run_until_signal(
     report: Report,
     on_result: Callable[[Result], None],
 ) -> tuple[BaseException | None, int | None]:
-    """Send; a SIGTERM or SIGINT cancels the run, which unlinks the shared memory.
+    """Send; a SIGTERM, SIGINT or SIGHUP (the terminal closed) cancels the run, which
+    unlinks the shared memory.
 
     Returns the run's error, if any, and the signal that ended it, if one did.
     """
@@ -850,7 +851,8 @@ async def _run_until_signal(
 
         async def watch(*, task_status: TaskStatus[None]) -> None:
             nonlocal received
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+            with anyio.open_signal_receiver(*stops) as signals:
                 task_status.started()
                 async for number in signals:
                     received = number
@@ -1031,8 +1033,8 @@ def _add_send(commands: Any) -> None:
         description=(
             "Send every frame of a source to the extension at TARGET (host:port), print "
             "a summary, and optionally write one JSON line per acknowledged frame. "
-            "SIGTERM or Ctrl-C stops the run, removes its shared memory and prints the "
-            "summary so far (exit status 143 or 130)."
+            "SIGTERM, Ctrl-C or a closed terminal (SIGHUP) stops the run, removes its "
+            "shared memory and prints the summary so far (exit status 143, 130 or 129)."
         ),
     )
     parser.add_argument("target", type=_target, metavar="TARGET", help="host:port of the extension")

@@ -586,7 +586,9 @@ def test_mutual_tls_from_the_command_line(certificates: dict[str, str]) -> None:
 
 
 @pytest.mark.rule("SHM-9")
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(
+    ("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)]
+)
 def test_a_stopped_sender_removes_its_segment_and_sums_up(
     tmp_path: Path, extensions: Path, signum: signal.Signals, status: int
 ) -> None:

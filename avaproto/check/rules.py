@@ -182,6 +182,8 @@ CATALOGUE: tuple[RuleEntry, ...] = (
     _rule("PIPE-5", "MUST", _PIPELINE),
     _rule("PIPE-6", "MUST", _PIPELINE),
     _rule("PIPE-7", "MUST", _PIPELINE),
+    _rule("PIPE-8", "MUST", _PIPELINE),
+    _rule("PIPE-9", "MUST", _PIPELINE),
 )
 
 BY_ID: dict[str, RuleEntry] = {entry.id: entry for entry in CATALOGUE}

@@ -34,6 +34,7 @@ a user's stream. The uses:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import time
@@ -50,10 +51,14 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 import h2.stream
 import hyperframe.frame
 
+from ..errors import RemoteProtocolError
 from .addresses import peer_address
+from .answer_guard import AnswerGuard
+from .limits import ConnectionLimits
 
 # --- sending DATA frames ------------------------------------------------------------------
 
@@ -365,7 +370,16 @@ def take_window_update(protocol: Any, stream_id: int, increment: int) -> bool:
     return True
 
 
-def receive_frames(protocol: Any, frames: list[Any]) -> None:
+def h2_refusal(error: h2.exceptions.ProtocolError) -> str:
+    """What h2 refused, in words: some of its errors carry only a stream id."""
+    if isinstance(error, h2.exceptions.NoSuchStreamError):
+        return f"a frame on stream {error.stream_id}, which is not open"
+    return str(error) or type(error).__name__
+
+
+def receive_frames(
+    protocol: Any, frames: list[Any], refused: Callable[[str], None] | None = None
+) -> None:
     """Have a connection take frames read outside h2's frame buffer, in order.
 
     What ``grpclib.protocol.H2Protocol.data_received`` does with the frames h2 parses
@@ -383,9 +397,13 @@ def receive_frames(protocol: Any, frames: list[Any]) -> None:
         except h2.exceptions.ProtocolError as error:
             machine._terminate_connection(error.error_code)
             raise
-    except h2.exceptions.ProtocolError:
+    except h2.exceptions.ProtocolError as error:
         log.debug("Protocol error", exc_info=True)
-        protocol.processor.close("Protocol error")
+        if refused is not None:
+            protocol.connection.flush()  # h2's GOAWAY
+            refused(h2_refusal(error))
+        else:
+            protocol.processor.close("Protocol error")
         return
     connection = protocol.connection
     connection.flush()
@@ -447,6 +465,7 @@ def take_frames(
     protocol: Any,
     frames: Sequence[Taken],
     admit: Callable[[int, bytes | memoryview], bool] | None = None,
+    refused: Callable[[str], None] | None = None,
 ) -> None:
     """Have frames read past h2's frame buffer taken, in order.
 
@@ -455,7 +474,8 @@ def take_frames(
     their objects), the others by h2 as frame objects (``receive_frames``); once one
     goes to h2, so do those after it, whose events must follow its own. ``admit``, if
     given, sees each DATA frame about to be taken: False stops there (the connection
-    is being closed), neither it nor those after being taken.
+    is being closed), neither it nor those after being taken. ``refused``, if given,
+    is told why h2 refused a frame, and ends the connection itself.
     """
     to_h2: list[Any] = []
     for frame in frames:
@@ -473,15 +493,21 @@ def take_frames(
         else:
             return
     if to_h2 and taking_frames(protocol):
-        receive_frames(protocol, to_h2)
+        receive_frames(protocol, to_h2, refused)
 
 
-def take_whole_frames(protocol: Any, data: bytes) -> bool:
+def take_whole_frames(
+    protocol: Any,
+    data: bytes,
+    admit: Callable[[int, bytes | memoryview], bool] | None = None,
+    refused: Callable[[str], None] | None = None,
+) -> bool:
     """Take a client connection's read ``data`` if it is nothing but whole DATA frames
     and WINDOW_UPDATEs (``whole_frames``), and h2 holds nothing of an earlier read (a
     frame cut short, a header block); False, having done nothing, if not (h2 must read
     it). An answer is one small DATA frame, which h2 would otherwise buffer, parse into
-    an object and turn into an event for grpclib.
+    an object and turn into an event for grpclib. ``admit`` and ``refused`` are
+    ``take_frames``'.
     """
     machine = protocol.connection._connection
     incoming = machine.incoming_buffer
@@ -497,22 +523,96 @@ def take_whole_frames(protocol: Any, data: bytes) -> bool:
     taken = whole_frames(data, machine.max_inbound_frame_size, payload)
     if taken is None:
         return False
-    take_frames(protocol, taken)
+    take_frames(protocol, taken, admit, refused)
     return True
 
 
 class _AnswerReading(grpclib.protocol.H2Protocol):
-    """grpclib's protocol for a client connection, reading answers past h2 where it can,
-    and letting its calls finish when the extension is going away."""
+    """grpclib's protocol for a client connection: reading answers past h2 where it can,
+    letting its calls finish when the extension is going away, and bounding what the
+    extension can make it hold (``avaproto.transport.answer_guard``)."""
+
+    def __init__(self, *args: Any, limits: ConnectionLimits) -> None:
+        super().__init__(*args)
+        self._limits = limits
+        self._guard: AnswerGuard | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         finish_after_goaway(self)
         ignore_unknown_frames(self)
+        peer = peer_address(transport.get_extra_info("peername"))
+        self._guard = guard = AnswerGuard(self._limits, peer, self._refuse)
+        connection: Any = self.connection
+        connection.avaproto_guard = guard
+        watch_events(self, guard.event)
+        # A gRPC server never pushes; h2 then refuses a PUSH_PROMISE itself.
+        update_local_settings(self, {h2.settings.SettingCodes.ENABLE_PUSH: 0})
 
     def data_received(self, data: bytes) -> None:
-        if not take_whole_frames(self, data):
-            super().data_received(data)
+        guard = self._guard
+        assert guard is not None
+        if not guard.read(data):
+            return
+        if not take_whole_frames(self, data, guard.data_frame, guard.broken):
+            # grpclib's own data_received, which logs h2's refusal at DEBUG and ends
+            # the calls as "Protocol error": the refusal's reason is the call's error.
+            connection = self.connection
+            try:
+                events = connection.feed(data)
+            except h2.exceptions.ProtocolError as error:
+                connection.flush()  # h2's GOAWAY
+                guard.broken(h2_refusal(error))
+                return
+            connection.flush()
+            for event in events:
+                self.processor.process(event)
+            connection.flush()
+        if guard.refusal is None and taking_frames(self):
+            machine = self.connection._connection
+            pending = machine.incoming_buffer._data
+            transport = self.connection._transport
+            guard.read_done(
+                int.from_bytes(pending[:3], "big") if len(pending) >= 3 else None,
+                machine.max_inbound_frame_size,
+                transport.get_write_buffer_size() if not transport.is_closing() else 0,
+            )
+
+    def _refuse(self, error: RemoteProtocolError, code: h2.errors.ErrorCodes) -> None:
+        """End the connection for ``error``: GOAWAY with ``code`` and its text (unless
+        h2 ended it already), then every call, which reports ``error`` (PIPE-8, PIPE-9)."""
+        reason = f"[{error.rule}] {error.detail}"
+        machine = self.connection._connection
+        transport = self.connection._transport
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            machine.close_connection(error_code=code, additional_data=reason.encode())
+        unread = transport.get_write_buffer_size()
+        if not unread:
+            transport.write(machine.data_to_send())
+        # The calls first, each woken once with the reason: grpclib's close closes the
+        # transport before it ends them, and the loss of the connection then wakes them
+        # a second time, leaving a cancellation pending in the task that made the call.
+        processor = self.processor
+        streams, processor.streams = processor.streams, {}
+        for stream in streams.values():
+            stream.__terminated__(reason)
+        processor.close(reason)
+        processor.streams = streams
+        if unread:
+            transport.abort()  # it reads nothing: no GOAWAY would reach it
+
+
+def connection_refusal(stream: grpclib.client.Stream[Any, Any]) -> RemoteProtocolError | None:
+    """Why the pipeline ended the call's connection (``_AnswerReading``), if it did."""
+    connection = getattr(getattr(stream, "_stream", None), "connection", None)
+    guard: AnswerGuard | None = getattr(connection, "avaproto_guard", None)
+    return guard.refusal if guard is not None else None
+
+
+async def extension_speaks_http2(stream: grpclib.client.Stream[Any, Any]) -> None:
+    """Until the extension's first SETTINGS frame arrived: the HTTP/2 connection is up."""
+    guard: AnswerGuard = getattr(stream._stream.connection, "avaproto_guard")  # noqa: B009
+    await guard.settings.wait()
 
 
 def finish_after_goaway(protocol: Any) -> None:
@@ -577,12 +677,15 @@ def _peer(protocol: Any) -> str:
     return peer_address(transport.get_extra_info("peername") if transport is not None else None)
 
 
-def read_answers_directly(channel: grpclib.client.Channel) -> None:
+def read_answers_directly(channel: grpclib.client.Channel, limits: ConnectionLimits) -> None:
     """Have the connection ``channel`` makes read whole DATA frames and WINDOW_UPDATEs
-    past h2 (``take_whole_frames``); grpclib makes it with ``_protocol_factory``."""
+    past h2 (``take_whole_frames``) within ``limits``; grpclib makes it with
+    ``_protocol_factory``."""
 
     def protocol() -> grpclib.protocol.H2Protocol:
-        return _AnswerReading(grpclib.client.Handler(), channel._config, channel._h2_config)
+        return _AnswerReading(
+            grpclib.client.Handler(), channel._config, channel._h2_config, limits=limits
+        )
 
     channel._protocol_factory = protocol  # type: ignore[method-assign]
 

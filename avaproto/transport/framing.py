@@ -23,7 +23,7 @@ from ..messages import MediaStreamMessage
 from ..status import Status
 from ._grpclib_private import receive_exactly, receive_whole
 
-_PREFIX = struct.Struct(">?I")
+_PREFIX = struct.Struct(">BI")
 
 
 def _truncated(what: str) -> RemoteProtocolError:
@@ -70,6 +70,12 @@ async def read_message(
 
 def _check_prefix(compressed: int, length: int, max_bytes: int, limit_rule: str) -> None:
     if compressed:
+        if compressed != 1:
+            raise RemoteProtocolError(
+                "WIRE-1",
+                Status.INVALID_ARGUMENT,
+                f"a message's compressed flag is {compressed:#04x}; gRPC defines 0 and 1",
+            )
         raise RemoteProtocolError(
             "WIRE-1",
             Status.UNIMPLEMENTED,

@@ -20,13 +20,15 @@ import h2.exceptions
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ..codec import framed_pieces
-from ..errors import ProtocolError, StreamFailed
+from ..errors import ProtocolError, RemoteProtocolError, StreamFailed
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..status import Status
 from ._grpclib_private import (
+    connection_refusal,
     end_as_sent,
     end_sent,
     ended_with_call,
+    extension_speaks_http2,
     goaway_error,
     grpc_status,
     holds_whole_message,
@@ -41,11 +43,14 @@ from ._grpclib_private import (
     trailers_only,
 )
 from .framing import WireCodec, read_message
+from .limits import ConnectionLimits
 from .tls import explain_connection_failure
 
 #: The largest answer accepted (PIPE-5): answers carry inferences, rarely a frame; a
 #: 1080p RGB24 frame is 6.2 MB.
 DEFAULT_MAX_ANSWER_BYTES = 16 * 1024 * 1024
+
+_LIMITS = ConnectionLimits()
 
 _TARGET = re.compile(
     r"^(?:(?:tcp|grpc|http|https)://)?(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:/]+)):(?P<port>\d+)/?$"
@@ -111,6 +116,14 @@ class ClientChannel:
             # Headers that carried an OK status and ended the stream: no trailers follow
             # (a non-OK one raised GRPCError above).
             return None
+        if received_headers(self._stream)[0] is None:
+            # The stream's end came on a DATA frame: no trailers can follow it.
+            raise RemoteProtocolError(
+                "PIPE-6",
+                Status.UNKNOWN,
+                "the extension ended its stream without a status (no trailers after "
+                "its last answer)",
+            )
         # The extension ended its stream. Its status is in the trailers, which grpclib
         # only reads after our side ended: read them off the HTTP/2 stream.
         status, detail = grpc_status(self._stream, await receive_trailers(self._stream))
@@ -139,12 +152,16 @@ class ClientChannel:
         sent = self._sent_status()
         return sent is not None and sent[0] is grpclib.const.Status.OK
 
-    def _why_reset(self, error: StreamTerminatedError) -> StreamFailed:
-        """The status an extension sent before resetting the stream (a refusal), if any.
+    def _why_reset(self, error: StreamTerminatedError) -> StreamFailed | ProtocolError:
+        """The status an extension sent before resetting the stream (a refusal), if any,
+        or why the pipeline ended the connection (PIPE-8, PIPE-9).
 
         A refusing extension answers with a trailers-only response, then resets the
         stream we are still sending on; grpclib then reports only the reset.
         """
+        refused = connection_refusal(self._stream)
+        if refused is not None:
+            return refused
         sent = self._sent_status()
         if sent is not None and sent[0] is not grpclib.const.Status.OK:
             return StreamFailed(Status(sent[0].value), sent[1] or "")
@@ -177,16 +194,20 @@ async def open_channel(
     metadata: Sequence[tuple[str, str]] = (),
     connect_timeout: float | None = None,
     max_message_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+    limits: ConnectionLimits = _LIMITS,
 ) -> AsyncIterator[ClientChannel]:
     """One ``ProcessMediaStream`` call to ``target``, as a ``MessageChannel``.
 
-    ``connect_timeout`` bounds the connection (TCP, TLS, HTTP/2 and the call's headers).
+    ``connect_timeout`` bounds the connection (TCP, TLS, and HTTP/2 up to the
+    extension's SETTINGS). ``limits`` bounds what the extension can make the pipeline
+    hold (``avaproto.transport.answer_guard``: its DATA frames per answer, the
+    acknowledgements it leaves unread).
     """
     host, port = parse_target(target)
     quiet_frame_repr()
     keep_empty_data_frames_out()
     channel = grpclib.client.Channel(host, port, ssl=ssl_context, codec=WireCodec())
-    read_answers_directly(channel)
+    read_answers_directly(channel, limits)
     client: ClientChannel | None = None
     try:
         stream = channel.request(
@@ -198,14 +219,22 @@ async def open_channel(
         )
         try:
             async with stream:
+                connected = False
                 try:
                     with anyio.fail_after(connect_timeout):
                         await stream.send_request()
+                        connected = True
+                        with ended_with_call(stream):
+                            await extension_speaks_http2(stream)
                 except TimeoutError:
                     raise ProtocolError(
                         "PIPE-3",
                         Status.DEADLINE_EXCEEDED,
-                        f"could not connect to {host}:{port} within {connect_timeout:g} s",
+                        f"connected to {host}:{port}, but it sent no HTTP/2 (no SETTINGS "
+                        f"frame) within {connect_timeout:g} s: is it a gRPC server"
+                        + ("?" if ssl_context is not None else ", or does it expect TLS?")
+                        if connected
+                        else f"could not connect to {host}:{port} within {connect_timeout:g} s",
                     ) from None
                 except GRPCError as error:
                     raise _failed(error) from None
@@ -226,8 +255,15 @@ async def open_channel(
         except StreamTerminatedError as error:
             # grpclib finishes the call through its guard, which keeps the reset that
             # followed the extension's OK: the call ended as the extension said.
-            if client is None:
-                raise StreamFailed(Status.UNAVAILABLE, f"connection lost: {error}") from None
+            if client is None:  # lost before the extension spoke HTTP/2
+                refused = connection_refusal(stream)
+                if refused is not None:
+                    raise refused from None
+                message = f"connection lost: {error}"
+                hint = explain_connection_failure(error, tls=ssl_context is not None)
+                raise StreamFailed(
+                    Status.UNAVAILABLE, message + (f"; {hint}" if hint else "")
+                ) from None
             if not client._ended_ok():
                 raise client._why_reset(error) from None
     finally:

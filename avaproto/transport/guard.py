@@ -57,6 +57,7 @@ from ._grpclib_private import (
 )
 from .addresses import UNKNOWN, peer_address
 from .limits import ConnectionLimits
+from .message_meter import MessageMeter
 from .tls import HTTP2_PREFACE, DiagnosedServerTLS
 
 log = logging.getLogger("avaproto.server")
@@ -70,8 +71,6 @@ _INCREMENT = struct.Struct(">L")
 _END_STREAM, _ACK, _END_HEADERS = 0x1, 0x1, 0x4
 #: Bytes asked of the socket per read, outside a large DATA frame (asyncio's own size).
 READ_SIZE = 256 * 1024
-#: The smallest SETTINGS_MAX_FRAME_SIZE there is: what any sender can be made to use.
-_MIN_FRAME = 16 * 1024
 #: Descriptors the server needs besides its connections (listener, event loop, logs,
 #: shared-memory segments being mapped, worker threads' files).
 FD_MARGIN = 64
@@ -210,64 +209,6 @@ class ServerGuard:
         self.direct_bytes -= size
 
 
-class _MessageMeter:
-    """The gRPC messages of one stream, followed through its DATA frames (CONN-9).
-
-    Honest senders cut a message into frames of the peer's maximum frame size (16 KiB
-    at least), a few more where flow control leaves a smaller window. One byte per
-    frame costs the event loop a frame's parse per byte: a 1 MiB message, seconds.
-    """
-
-    __slots__ = ("allowed", "frames", "length", "opening", "prefix", "remaining", "slack")
-
-    def __init__(self, slack: int) -> None:
-        self.slack = slack
-        # Frames until a message's length is known: what any message may take.
-        self.opening = slack + 2
-        self.allowed = self.opening
-        self.frames = 0  # since the current message began
-        self.prefix = b""
-        self.remaining = -1  # -1: reading a prefix
-        self.length = 0
-
-    def data(self, payload: bytes | memoryview) -> bool:
-        """Follow one DATA frame; False when its message takes too many frames."""
-        n = len(payload)
-        if (
-            self.remaining < 0
-            and not self.prefix
-            and n >= 5
-            and n == 5 + int.from_bytes(payload[1:5], "big")
-            and self.frames < self.allowed  # empty frames may have come first
-        ):
-            # One whole message in the frame, as small messages come: nothing to follow.
-            self.frames = 0
-            self.allowed = self.opening
-            return True
-        self.frames += 1
-        if self.frames > self.allowed:
-            return False
-        i = 0
-        while i < n:
-            if self.remaining < 0:
-                take = min(5 - len(self.prefix), n - i)
-                self.prefix += payload[i : i + take]
-                i += take
-                if len(self.prefix) < 5:
-                    break
-                self.length = self.remaining = int.from_bytes(self.prefix[1:], "big")
-                self.prefix = b""
-                self.allowed = self.slack + 2 * max(1, -(-self.length // _MIN_FRAME))
-            take = min(self.remaining, n - i)
-            self.remaining -= take
-            i += take
-            if self.remaining == 0:
-                self.remaining = -1
-                self.frames = 1 if i < n else 0
-                self.allowed = self.opening
-        return True
-
-
 #: A DATA frame that continues in later reads is read into a buffer of its own (or its
 #: message's) only once this much of it arrived with its header (a header alone asks
 #: for nothing); what all such buffers hold is bounded by ``max_read_buffers_bytes``.
@@ -376,7 +317,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         self._opened = 0
         self._premature = 0
         self._unanswered: set[int] = set()
-        self._meters: dict[int, _MessageMeter] = {}
+        self._meters: dict[int, MessageMeter] = {}
 
     # --- the socket: accepted and lost ------------------------------------------------
 
@@ -797,7 +738,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         """Follow a DATA frame through its stream's messages; False once CONN-9 tripped."""
         meter = self._meters.get(stream_id)
         if meter is None:
-            meter = self._meters[stream_id] = _MessageMeter(self._limits.frames_per_message)
+            meter = self._meters[stream_id] = MessageMeter(self._limits.frames_per_message)
         if meter.data(payload):
             return True
         self._trip(

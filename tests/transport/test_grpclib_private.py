@@ -35,6 +35,7 @@ from avaproto.messages import (
 from avaproto.server import running
 from avaproto.transport import _grpclib_private
 from avaproto.transport.grpc_server import ServerConfig
+from avaproto.transport.limits import ConnectionLimits
 from tests.builders import FRAME_BYTES, pipeline_descriptor
 
 pytestmark = pytest.mark.anyio
@@ -987,10 +988,40 @@ async def test_the_pipelines_connections_are_made_where_read_answers_directly_ho
     assert buffer._data == bytearray() and buffer._headers_buffer == []
     assert_steps(h2.frame_buffer.FrameBuffer.add_data, "self._data += data_view")
     channel = grpclib.client.Channel("127.0.0.1", 1)
-    _grpclib_private.read_answers_directly(channel)
+    _grpclib_private.read_answers_directly(channel, ConnectionLimits())
     made = channel._protocol_factory()
     assert isinstance(made, grpclib.protocol.H2Protocol) and made.config is channel._config
     channel.close()
+
+
+def test_the_pipelines_reading_does_what_grpclib_does_with_a_read() -> None:
+    """``_AnswerReading.data_received`` is grpclib's own, with h2's refusal kept as the
+    call's error (grpclib logs it at DEBUG and ends the calls as "Protocol error"); the
+    pending frame's header is read where h2 buffers it, and a client connection that
+    never asked for pushes still takes ENABLE_PUSH from the extension's SETTINGS."""
+    import h2.connection
+    import h2.frame_buffer
+    import h2.settings
+
+    assert_steps(
+        grpclib.protocol.H2Protocol.data_received,
+        "events = self.connection.feed(data)",
+        "except ProtocolError:",
+        "self.processor.close('Protocol error')",
+        "self.connection.flush()",
+        "for event in events:",
+        "self.processor.process(event)",
+    )
+    assert_steps(grpclib.protocol.Connection.feed, "return self._connection.receive_data(data)")
+    assert_steps(
+        h2.frame_buffer.FrameBuffer.__next__,
+        "if len(self._data) < length + 9:",
+        "self._validate_frame_length(length)",
+    )
+    assert_steps(
+        h2.connection.H2Connection.receive_data, "self._terminate_connection(e.error_code)"
+    )
+    assert h2.settings.SettingCodes.ENABLE_PUSH == 0x2
 
 
 def test_the_goaway_hook_and_the_calls_guard_are_where_h2_and_grpclib_use_them() -> None:

@@ -554,9 +554,9 @@ def _prefixed(length: int) -> bytes:
 def test_the_frames_of_a_message_are_counted_from_its_first(slack: int) -> None:
     """A message whole in its frame never counts against the limit, however many come;
     one cut into more frames than two per 16 KiB plus the slack trips it."""
-    from avaproto.transport.guard import _MessageMeter
+    from avaproto.transport.message_meter import MessageMeter
 
-    meter = _MessageMeter(slack)
+    meter = MessageMeter(slack)
     assert all(meter.data(_prefixed(40)) for _ in range(1000))
     assert all(meter.data(_prefixed(0)) for _ in range(1000))
     assert meter.data(_prefixed(10) + _prefixed(20)[:3])  # the next one begins
@@ -567,7 +567,7 @@ def test_the_frames_of_a_message_are_counted_from_its_first(slack: int) -> None:
     assert results[: 4 + slack] == [True] * (4 + slack)
     assert results[4 + slack] is False
     # Frames of no bytes count towards the message that follows them, whole or not.
-    meter = _MessageMeter(slack)
+    meter = MessageMeter(slack)
     assert all(meter.data(b"") for _ in range(slack + 2))
     assert meter.data(_prefixed(3)) is False
 

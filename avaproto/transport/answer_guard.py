@@ -1,0 +1,185 @@
+"""What an extension may make the pipeline hold: the client's side of the connection limits.
+
+A pipeline trusts the extension with answers, not with its own process. The server's
+guard (``avaproto.transport.guard``) bounds what a pipeline can make the extension hold;
+this bounds the same things the other way, with the same figures (``ConnectionLimits``):
+
+* an answer cut into DATA frames of a byte each costs a parse, an event and a buffer
+  entry per byte: a 3 MB answer grew a pipeline past 1.5 GB. An answer may take
+  ``frames_per_message`` frames beyond two per 16 KiB of its length (PIPE-8, the
+  server's CONN-9);
+* acknowledgements of PING and SETTINGS pile up in the write buffer of a pipeline whose
+  extension reads nothing (PIPE-8, the server's CONN-10);
+* h2 checks a frame's length only once the whole frame arrived, and buffers it until
+  then: a header announcing 16 MiB held the stream until its deadline. A frame longer
+  than the pipeline's SETTINGS_MAX_FRAME_SIZE is refused from its header (PIPE-8);
+* what is not HTTP/2 a client can take ends the connection at once, naming it (PIPE-9):
+  an HTTP/1.x response, a pushed stream, a stream the extension opens, a frame h2
+  refuses.
+
+Each refusal ends the connection with a GOAWAY whose debug data says why and the
+stream with a ``RemoteProtocolError`` naming the rule, logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import h2.events
+from h2.errors import ErrorCodes
+
+from ..errors import RemoteProtocolError
+from ..status import Status
+from .limits import ConnectionLimits
+from .message_meter import MessageMeter
+
+log = logging.getLogger("avaproto.pipeline")
+
+#: Closes the connection: a GOAWAY with the code and the error's text, then every call.
+Close = Callable[[RemoteProtocolError, ErrorCodes], None]
+
+_HTTP1 = (b"HTTP/1.", b"HTTP/0.", b"HTTP/2 ")
+
+
+class AnswerGuard:
+    """The limits of one of the pipeline's connections, fed by its protocol."""
+
+    def __init__(self, limits: ConnectionLimits, peer: str, close: Close) -> None:
+        self._limits = limits
+        self._peer = peer
+        self._close = close
+        self._meters: dict[int, MessageMeter] = {}
+        self._control_owed = 0
+        self._first = True
+        #: Set by the extension's first SETTINGS frame: it speaks HTTP/2 (PIPE-3).
+        self.settings = asyncio.Event()
+        #: Why the connection was ended here, if it was.
+        self.refusal: RemoteProtocolError | None = None
+
+    # --- what the protocol reports ----------------------------------------------------
+
+    def read(self, data: bytes) -> bool:
+        """Bytes arrived; False once the connection is ended (nothing more to do)."""
+        if self.refusal is not None:
+            return False
+        if self._first and data:
+            self._first = False
+            if data.startswith(_HTTP1):
+                line = bytes(data[: data.find(b"\r\n") if b"\r\n" in data else 80])
+                self.refuse(
+                    "PIPE-9",
+                    Status.UNAVAILABLE,
+                    f"the extension at {self._peer} answered in HTTP/1, not HTTP/2 "
+                    f"({line.decode('latin-1')!r}): it is no gRPC server, or a proxy or "
+                    "a TLS port in front of one",
+                )
+                return False
+        return True
+
+    def data_frame(self, stream_id: int, payload: bytes | memoryview) -> bool:
+        """A DATA frame about to be taken; False when its answer takes too many."""
+        meter = self._meters.get(stream_id)
+        if meter is None:
+            meter = self._meters[stream_id] = MessageMeter(self._limits.frames_per_message)
+        if meter.data(payload):
+            return True
+        length = f" of {meter.length} bytes" if meter.remaining >= 0 else ""
+        self.refuse(
+            "PIPE-8",
+            Status.RESOURCE_EXHAUSTED,
+            f"an answer{length} arrived in more than {meter.allowed} DATA frames; the "
+            f"limit is {self._limits.frames_per_message} frames plus two per 16 KiB of "
+            "its length, two at least",
+        )
+        return False
+
+    def event(self, event: object) -> bool:
+        """One of h2's events, before grpclib handles it; False to drop it."""
+        if self.refusal is not None:
+            return False
+        if isinstance(event, h2.events.DataReceived):
+            return self.data_frame(event.stream_id, event.data)
+        if isinstance(event, h2.events.RemoteSettingsChanged):
+            self.settings.set()
+            self._control_owed += 1
+        elif isinstance(event, h2.events.PingReceived):
+            self._control_owed += 1
+        elif isinstance(event, h2.events.PushedStreamReceived):
+            self.refuse(
+                "PIPE-9",
+                Status.INTERNAL,
+                f"the extension pushed a stream (PUSH_PROMISE for stream "
+                f"{event.pushed_stream_id}), which a gRPC client never accepts",
+                ErrorCodes.PROTOCOL_ERROR,
+            )
+            return False
+        elif isinstance(event, h2.events.RequestReceived):
+            self.refuse(
+                "PIPE-9",
+                Status.INTERNAL,
+                f"the extension opened a stream (HEADERS on stream {event.stream_id}); "
+                "only the pipeline opens streams",
+                ErrorCodes.PROTOCOL_ERROR,
+            )
+            return False
+        elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+            self._meters.pop(event.stream_id, None)
+        return True
+
+    def read_done(self, pending_frame: int | None, largest: int, unread: int) -> None:
+        """After a read: the length a frame not yet whole announced (None: none), the
+        largest frame the pipeline takes, and the bytes its peer has not read yet."""
+        if self.refusal is not None:
+            return
+        if pending_frame is not None and pending_frame > largest:
+            self.refuse(
+                "PIPE-8",
+                Status.RESOURCE_EXHAUSTED,
+                f"a frame of {pending_frame} bytes announced, larger than the "
+                f"{largest} the pipeline takes (SETTINGS_MAX_FRAME_SIZE)",
+                ErrorCodes.FRAME_SIZE_ERROR,
+            )
+            return
+        if not unread:
+            self._control_owed = 0
+            return
+        if self._control_owed > self._limits.max_control_frames:
+            why = (
+                f"{self._control_owed} acknowledgements (PING, SETTINGS) queued for an "
+                f"extension that reads nothing; the limit is {self._limits.max_control_frames}"
+            )
+        elif unread > self._limits.max_unread_bytes:
+            why = (
+                f"{unread} bytes queued for an extension that does not read them; the "
+                f"limit is {self._limits.max_unread_bytes}"
+            )
+        else:
+            return
+        self.refuse("PIPE-8", Status.RESOURCE_EXHAUSTED, why)
+
+    def broken(self, reason: str) -> None:
+        """h2 refused what the extension sent (it queued its GOAWAY already)."""
+        self.refuse(
+            "PIPE-9",
+            Status.INTERNAL,
+            f"the extension broke HTTP/2: {reason}",
+            ErrorCodes.PROTOCOL_ERROR,
+        )
+
+    # --- ending the connection --------------------------------------------------------
+
+    def refuse(
+        self,
+        rule: str,
+        status: Status,
+        why: str,
+        code: ErrorCodes = ErrorCodes.ENHANCE_YOUR_CALM,
+    ) -> None:
+        """End the connection once, naming ``rule``; later refusals add nothing."""
+        if self.refusal is not None:
+            return
+        self.refusal = RemoteProtocolError(rule, status, why)
+        log.info("closing the connection to %s: %s", self._peer, self.refusal)
+        self._close(self.refusal, code)

@@ -1,0 +1,240 @@
+"""The pipeline against hostile or broken extensions (spec: the pipeline's limits).
+
+Each extension is raw HTTP/2 (h2 over a loopback TCP stream) that answers the
+pipeline's descriptor, then does what no gRPC server does; the pipeline is avaproto's
+real client. Each test shows that the stream ends at once (well before its deadlines)
+with the one error that names what the extension did, and nothing else is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import h2.connection
+import pytest
+
+from avaproto.client import connect
+from avaproto.codec import encode_framed
+from avaproto.errors import AvaprotoError, ProtocolError
+from avaproto.media import inferences
+from avaproto.messages import MediaSample, MediaStreamMessage
+from avaproto.status import Status
+from tests.transport.test_goaway import ACK_TIMEOUT, _listening, _raw_extension
+from tests.transport.test_grpc import RGB24
+from tests.transport.test_hostile_http2 import TIMEOUT, frame
+
+pytestmark = pytest.mark.anyio
+
+DATA, HEADERS, PING, PUSH_PROMISE = 0x0, 0x1, 0x6, 0x5
+END_STREAM, END_HEADERS = 0x1, 0x4
+
+Misbehave = Callable[[anyio.abc.SocketStream, h2.connection.H2Connection, int, list[int]], Any]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # grpclib's transport runs on asyncio only
+
+
+def answer(number: int, text_bytes: int = 0) -> bytes:
+    """An answer acknowledging sample ``number``, framed, with a text of that many bytes."""
+    found = [inferences.text("x" * text_bytes)] if text_bytes else []
+    sample = MediaSample(inferences=found)
+    return encode_framed(
+        MediaStreamMessage(sequence_number=2, ack_sequence_number=number, media_sample=sample)
+    )
+
+
+async def ended_by(misbehave: Misbehave, caplog: pytest.LogCaptureFixture) -> AvaprotoError:
+    """What ends a pipeline's stream whose first sample meets ``misbehave``, which ends
+    well before the acknowledgement deadline; nothing is logged above INFO."""
+    async with _listening(_raw_extension(misbehave)) as port:
+        with anyio.fail_after(TIMEOUT), pytest.raises(AvaprotoError) as ended:
+            async with connect(f"127.0.0.1:{port}", format=RGB24, ack_timeout=ACK_TIMEOUT) as pipe:
+                await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
+                async for _ in pipe.results():
+                    pass
+    assert not [r for r in caplog.records if r.levelno > logging.INFO or r.exc_info]
+    return ended.value
+
+
+def refused(error: AvaprotoError, rule: str, status: Status, *words: str) -> None:
+    assert isinstance(error, ProtocolError), repr(error)
+    assert (error.rule, error.status) == (rule, status), repr(error)
+    assert all(word in error.detail for word in words), error.detail
+
+
+# --- what an extension makes the pipeline hold (PIPE-8) -------------------------------
+
+
+@pytest.mark.rule("PIPE-8")
+async def test_an_answer_in_one_byte_frames_is_refused(caplog: pytest.LogCaptureFixture) -> None:
+    """A legal 20 KB answer, one byte per DATA frame: a parse, an event and a buffer
+    entry per byte (a 3 MB one took a pipeline past 1.5 GB). Refused after 68 frames."""
+
+    async def trickle(
+        client: anyio.abc.SocketStream, _: Any, stream_id: int, got: list[int]
+    ) -> None:
+        framed = answer(got[0], 20_000)
+        await client.send(
+            b"".join(frame(DATA, 0, stream_id, framed[i : i + 1]) for i in range(2000))
+        )
+
+    error = await ended_by(trickle, caplog)
+    refused(error, "PIPE-8", Status.RESOURCE_EXHAUSTED, "arrived in more than 68 DATA frames")
+
+
+@pytest.mark.rule("PIPE-8")
+async def test_a_frame_larger_than_the_pipeline_takes_is_refused_from_its_header(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """h2 checks a frame's length once all of it arrived: a header announcing 1 MiB and
+    nothing more held the stream until its deadline."""
+
+    async def announce(client: anyio.abc.SocketStream, _: Any, stream_id: int, __: Any) -> None:
+        await client.send(frame(DATA, 0, stream_id, b"\x00" * 10, length=1 << 20))
+
+    error = await ended_by(announce, caplog)
+    refused(error, "PIPE-8", Status.RESOURCE_EXHAUSTED, f"{1 << 20} bytes", "16384")
+
+
+@pytest.mark.rule("PIPE-8")
+async def test_pings_from_an_extension_that_reads_nothing_are_bounded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The extension stops reading and sends PINGs: their acknowledgements would pile up
+    in the pipeline's write buffer for as long as it lasts."""
+
+    async def flood(client: anyio.abc.SocketStream, _: Any, __: int, ___: Any) -> bool:
+        pings = b"".join(frame(PING, 0, 0, struct.pack(">Q", n)) for n in range(1000))
+        while True:  # never reads again
+            await client.send(pings)
+
+    error = await ended_by(flood, caplog)
+    refused(error, "PIPE-8", Status.RESOURCE_EXHAUSTED, "acknowledgements (PING, SETTINGS)")
+
+
+# --- what is not HTTP/2 a client takes (PIPE-9) ---------------------------------------
+
+
+@asynccontextmanager
+async def speaking(first: bytes) -> AsyncIterator[int]:
+    """A listener that sends ``first`` to whoever connects, then reads until they go."""
+
+    async def serve(client: anyio.abc.SocketStream) -> None:
+        async with client:
+            await client.send(first) if first else None
+            while True:
+                try:
+                    await client.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    return
+
+    async with _listening(serve) as port:
+        yield port
+
+
+@pytest.mark.rule("PIPE-9")
+async def test_an_http1_server_is_named_as_such() -> None:
+    async with speaking(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n") as port:
+        with anyio.fail_after(TIMEOUT), pytest.raises(AvaprotoError) as ended:
+            async with connect(f"127.0.0.1:{port}", format=RGB24, connect_timeout=TIMEOUT * 4):
+                pass
+    refused(ended.value, "PIPE-9", Status.UNAVAILABLE, "HTTP/1", "'HTTP/1.1 400 Bad Request'")
+
+
+@pytest.mark.rule("PIPE-3")
+async def test_an_endpoint_that_never_speaks_http2_ends_at_the_connect_deadline() -> None:
+    """TCP connects; no SETTINGS ever comes (a TLS port, a service of another protocol)."""
+    async with speaking(b"") as port:
+        with anyio.fail_after(TIMEOUT), pytest.raises(AvaprotoError) as ended:
+            async with connect(
+                f"127.0.0.1:{port}", format=RGB24, connect_timeout=0.3, descriptor_timeout=None
+            ):
+                pass
+    refused(ended.value, "PIPE-3", Status.DEADLINE_EXCEEDED, "sent no HTTP/2", "within 0.3 s")
+
+
+@pytest.mark.rule("PIPE-9")
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        (PUSH_PROMISE, ("pushed stream",)),
+        (HEADERS, ("opened a stream", "stream 2")),
+    ],
+    ids=["push-promise", "headers-on-a-stream-of-its-own"],
+)
+async def test_a_stream_the_extension_opens_is_refused(
+    kind: int, words: tuple[str, ...], caplog: pytest.LogCaptureFixture
+) -> None:
+    """grpclib raised on both, with a traceback in the log, and ended as connection lost."""
+
+    async def opens(
+        client: anyio.abc.SocketStream, machine: h2.connection.H2Connection, stream_id: int, _: Any
+    ) -> None:
+        block = machine.encoder.encode([(":status", "200"), ("content-type", "application/grpc")])
+        if kind == PUSH_PROMISE:
+            await client.send(frame(kind, END_HEADERS, stream_id, struct.pack(">I", 2) + block))
+        else:
+            await client.send(frame(kind, END_HEADERS, 2, block))
+
+    error = await ended_by(opens, caplog)
+    refused(error, "PIPE-9", Status.INTERNAL, *words)
+
+
+@pytest.mark.rule("PIPE-9")
+@pytest.mark.parametrize(
+    ("sent", "words"),
+    [
+        (frame(DATA, 0, 0, b"abc"), ("broke HTTP/2", "Stream ID must be non-zero")),
+        (frame(DATA, 0, 99, answer(2)), ("stream 99, which is not open",)),
+    ],
+    ids=["data-on-stream-0", "data-on-a-stream-never-opened"],
+)
+async def test_a_frame_h2_refuses_is_named(
+    sent: bytes, words: tuple[str, ...], caplog: pytest.LogCaptureFixture
+) -> None:
+    async def breaks(client: anyio.abc.SocketStream, _: Any, __: int, ___: Any) -> None:
+        await client.send(sent)
+
+    refused(await ended_by(breaks, caplog), "PIPE-9", Status.INTERNAL, *words)
+
+
+# --- the end of the extension's stream ------------------------------------------------
+
+
+@pytest.mark.rule("PIPE-6")
+async def test_a_stream_ended_without_trailers_ends_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """END_STREAM on a DATA frame: no trailers, so no status, can follow. The pipeline
+    waited for them until its deadline (for ever without one)."""
+
+    async def ends(client: anyio.abc.SocketStream, _: Any, stream_id: int, got: list[int]) -> None:
+        await client.send(frame(DATA, END_STREAM, stream_id, answer(got[0])))
+
+    async with _listening(_raw_extension(ends)) as port:
+        with anyio.fail_after(TIMEOUT), pytest.raises(AvaprotoError) as ended:
+            async with connect(f"127.0.0.1:{port}", format=RGB24, ack_timeout=None) as pipe:
+                await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
+                results = pipe.results()
+                assert (await results.receive()).acknowledged == 2  # the answer is kept
+                await results.receive()
+    refused(ended.value, "PIPE-6", Status.UNKNOWN, "without a status", "no trailers")
+
+
+@pytest.mark.rule("WIRE-1")
+async def test_a_compressed_flag_gRPC_does_not_define_is_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def flags(client: anyio.abc.SocketStream, _: Any, stream_id: int, got: list[int]) -> None:
+        await client.send(frame(DATA, 0, stream_id, b"\x80" + answer(got[0])[1:]))
+
+    error = await ended_by(flags, caplog)
+    refused(error, "WIRE-1", Status.INVALID_ARGUMENT, "compressed flag is 0x80")
