@@ -792,7 +792,7 @@ def check_segment_mode(mode: int) -> None:
     but the sender would let another process change a frame between the sender's
     write and the extension's read, or after the extension checked it.
     """
-    if mode & 0o600 != 0o600 or mode & ~0o644:
+    if mode not in (0o600, 0o640, 0o644):
         raise ValueError(
             f"a segment's mode must be 0o600, 0o640 or 0o644 (its owner reads and writes, "
             f"others at most read), got {mode:#o}"

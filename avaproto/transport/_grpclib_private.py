@@ -409,7 +409,15 @@ def receive_frames(
     connection.flush()
     for event in events:
         protocol.processor.process(event)
-    connection.flush()
+    flush_if_open(connection)
+
+
+def flush_if_open(connection: grpclib.protocol.Connection) -> None:
+    """grpclib's ``Connection.flush``, unless the connection was closed meanwhile (a
+    limit that tripped on one of the events just handled): grpclib drops its
+    transport then, and a flush would raise in the middle of a read."""
+    if hasattr(connection, "_transport"):
+        connection.flush()
 
 
 # --- frames read past h2's frame buffer, by the server's guard and the pipeline ----------
@@ -567,7 +575,7 @@ class _AnswerReading(grpclib.protocol.H2Protocol):
             connection.flush()
             for event in events:
                 self.processor.process(event)
-            connection.flush()
+            flush_if_open(connection)
         if guard.refusal is None and taking_frames(self):
             machine = self.connection._connection
             pending = machine.incoming_buffer._data
@@ -607,6 +615,13 @@ def connection_refusal(stream: grpclib.client.Stream[Any, Any]) -> RemoteProtoco
     connection = getattr(getattr(stream, "_stream", None), "connection", None)
     guard: AnswerGuard | None = getattr(connection, "avaproto_guard", None)
     return guard.refusal if guard is not None else None
+
+
+def spoke_http2(stream: grpclib.client.Stream[Any, Any]) -> bool:
+    """Whether the extension sent its SETTINGS on the call's connection."""
+    connection = getattr(getattr(stream, "_stream", None), "connection", None)
+    guard: AnswerGuard | None = getattr(connection, "avaproto_guard", None)
+    return guard is not None and guard.settings.is_set()
 
 
 async def extension_speaks_http2(stream: grpclib.client.Stream[Any, Any]) -> None:

@@ -9,7 +9,7 @@ this bounds the same things the other way, with the same figures (``ConnectionLi
   ``frames_per_message`` frames beyond two per 16 KiB of its length (PIPE-8, the
   server's CONN-9);
 * acknowledgements of PING and SETTINGS pile up in the write buffer of a pipeline whose
-  extension reads nothing (PIPE-8, the server's CONN-10);
+  extension reads nothing (PIPE-8, the server's CONN-10, counted in frames only);
 * h2 checks a frame's length only once the whole frame arrived, and buffers it until
   then: a header announcing 16 MiB held the stream until its deadline. A frame longer
   than the pipeline's SETTINGS_MAX_FRAME_SIZE is refused from its header (PIPE-8);
@@ -142,22 +142,18 @@ class AnswerGuard:
                 ErrorCodes.FRAME_SIZE_ERROR,
             )
             return
+        # Only the acknowledgements count: what else waits in the write buffer is the
+        # pipeline's own frames, as much as flow control lets it send (a frame alone
+        # may be 16 MiB), which grpclib stops writing while the buffer is full.
         if not unread:
             self._control_owed = 0
-            return
-        if self._control_owed > self._limits.max_control_frames:
-            why = (
+        elif self._control_owed > self._limits.max_control_frames:
+            self.refuse(
+                "PIPE-8",
+                Status.RESOURCE_EXHAUSTED,
                 f"{self._control_owed} acknowledgements (PING, SETTINGS) queued for an "
-                f"extension that reads nothing; the limit is {self._limits.max_control_frames}"
+                f"extension that reads nothing; the limit is {self._limits.max_control_frames}",
             )
-        elif unread > self._limits.max_unread_bytes:
-            why = (
-                f"{unread} bytes queued for an extension that does not read them; the "
-                f"limit is {self._limits.max_unread_bytes}"
-            )
-        else:
-            return
-        self.refuse("PIPE-8", Status.RESOURCE_EXHAUSTED, why)
 
     def broken(self, reason: str) -> None:
         """h2 refused what the extension sent (it queued its GOAWAY already)."""

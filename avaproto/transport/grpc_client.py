@@ -40,6 +40,7 @@ from ._grpclib_private import (
     receive_trailers,
     received_headers,
     send_client_message,
+    spoke_http2,
     trailers_only,
 )
 from .framing import WireCodec, read_message
@@ -166,7 +167,7 @@ class ClientChannel:
         if sent is not None and sent[0] is not grpclib.const.Status.OK:
             return StreamFailed(Status(sent[0].value), sent[1] or "")
         message = goaway_error(self._stream) or f"connection lost: {error}"
-        if received_headers(self._stream)[1] is None:  # the extension never answered
+        if received_headers(self._stream)[1] is None and not spoke_http2(self._stream):
             hint = explain_connection_failure(error, tls=self._tls)
             if hint:
                 message += f"; {hint}"
@@ -224,8 +225,9 @@ async def open_channel(
                     with anyio.fail_after(connect_timeout):
                         await stream.send_request()
                         connected = True
-                        with ended_with_call(stream):
-                            await extension_speaks_http2(stream)
+                        if connect_timeout is not None:  # else the descriptor's deadline
+                            with ended_with_call(stream):
+                                await extension_speaks_http2(stream)
                 except TimeoutError:
                     raise ProtocolError(
                         "PIPE-3",
@@ -260,7 +262,8 @@ async def open_channel(
                 if refused is not None:
                     raise refused from None
                 message = f"connection lost: {error}"
-                hint = explain_connection_failure(error, tls=ssl_context is not None)
+                spoke = spoke_http2(stream)
+                hint = None if spoke else explain_connection_failure(error, tls=bool(ssl_context))
                 raise StreamFailed(
                     Status.UNAVAILABLE, message + (f"; {hint}" if hint else "")
                 ) from None

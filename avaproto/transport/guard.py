@@ -832,7 +832,10 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         if self._bytes_in != self._bytes_seen or self._transport is None:
             self._arm_keepalive()
             return
-        self._h2.ping(_KEEPALIVE_PING)
+        try:
+            self._h2.ping(_KEEPALIVE_PING)
+        except h2.exceptions.ProtocolError:
+            return  # the peer's GOAWAY closed it: the connection is ending anyway
         self._transport.write(self._h2.data_to_send())
         timeout = self._limits.keepalive_timeout
         if timeout is None:
@@ -842,6 +845,8 @@ class ConnectionGuard(asyncio.BufferedProtocol):
 
     def _keepalive_expired(self) -> None:
         self._keepalive_timer = None
+        if self._closing or not self._active:
+            return  # its streams ended meanwhile: nothing is held
         if self._bytes_in != self._bytes_seen:
             self._arm_keepalive()  # the acknowledgement, or anything else, came back
             return

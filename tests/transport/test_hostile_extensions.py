@@ -16,7 +16,10 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import h2.config
 import h2.connection
+import h2.events
+import h2.settings
 import pytest
 
 from avaproto.client import connect
@@ -24,7 +27,11 @@ from avaproto.codec import encode_framed
 from avaproto.errors import AvaprotoError, ProtocolError
 from avaproto.media import inferences
 from avaproto.messages import MediaSample, MediaStreamMessage
+from avaproto.protocol.video_format import VideoFormat
 from avaproto.status import Status
+from avaproto.transport.answer_guard import AnswerGuard
+from avaproto.transport.limits import ConnectionLimits
+from tests.builders import extension_descriptor
 from tests.transport.test_goaway import ACK_TIMEOUT, _listening, _raw_extension
 from tests.transport.test_grpc import RGB24
 from tests.transport.test_hostile_http2 import TIMEOUT, frame
@@ -33,6 +40,8 @@ pytestmark = pytest.mark.anyio
 
 DATA, HEADERS, PING, PUSH_PROMISE = 0x0, 0x1, 0x6, 0x5
 END_STREAM, END_HEADERS = 0x1, 0x4
+
+RGB24_1080P = VideoFormat.checked(RGB24.encoding, RGB24.pixel_format, 1920, 1080)
 
 Misbehave = Callable[[anyio.abc.SocketStream, h2.connection.H2Connection, int, list[int]], Any]
 
@@ -120,6 +129,80 @@ async def test_pings_from_an_extension_that_reads_nothing_are_bounded(
     refused(error, "PIPE-8", Status.RESOURCE_EXHAUSTED, "acknowledgements (PING, SETTINGS)")
 
 
+@pytest.mark.rule("PIPE-8")
+def test_the_pipelines_own_frames_waiting_to_be_written_are_not_held_against_the_extension() -> (
+    None
+):
+    """A grpcio extension may take frames of 16 MiB: one 4K frame then fills the write
+    buffer past any bound of bytes, and is no sign of an extension that reads nothing.
+    Only the acknowledgements it is owed count."""
+    refusals: list[ProtocolError] = []
+    guard = AnswerGuard(ConnectionLimits(), "extension", lambda error, _: refusals.append(error))
+    guard.read_done(None, 1 << 24, unread=64 << 20)
+    assert refusals == []
+    for _ in range(1001):
+        guard.event(h2.events.PingReceived(ping_data=b"12345678"))
+    guard.read_done(None, 1 << 24, unread=17 * 1001)
+    [error] = refusals
+    refused(error, "PIPE-8", Status.RESOURCE_EXHAUSTED, "1001 acknowledgements")
+
+
+@pytest.mark.rule("PIPE-9")
+async def test_a_refusal_while_the_pipeline_has_bytes_unwritten_logs_nothing_else(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The extension takes frames of any size and reads nothing after the descriptor: a
+    1080p frame waits in the pipeline's write buffer when the extension opens a stream.
+    Ending the connection then must not fail the read that found it (grpclib drops the
+    transport a flush after the events would write to)."""
+    big = RGB24_1080P
+    sent = anyio.Event()
+
+    async def extension(client: anyio.abc.SocketStream) -> None:
+        machine = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        )
+        machine.initiate_connection()
+        machine.update_settings(
+            {
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: 2**24 - 1,
+            }
+        )
+        machine.increment_flow_control_window(2**31 - 1 - 65535)
+        async with client:
+            await client.send(machine.data_to_send())
+            answered = None
+            while answered is None:
+                for event in machine.receive_data(await client.receive()):
+                    if isinstance(event, h2.events.RequestReceived):
+                        ok = [(":status", "200"), ("content-type", "application/grpc")]
+                        machine.send_headers(event.stream_id, ok)
+                    elif isinstance(event, h2.events.DataReceived):
+                        reply = MediaStreamMessage(
+                            sequence_number=1,
+                            ack_sequence_number=1,
+                            media_stream_descriptor=extension_descriptor(),
+                        )
+                        machine.send_data(event.stream_id, encode_framed(reply))
+                        answered = event.stream_id
+                await client.send(machine.data_to_send())
+            await sent.wait()  # reading nothing since the descriptor
+            block = machine.encoder.encode([(":status", "200")])
+            await client.send(frame(HEADERS, END_HEADERS, 2, block))
+            await anyio.sleep_forever()
+
+    async with _listening(extension) as port:
+        with anyio.fail_after(TIMEOUT), pytest.raises(AvaprotoError) as ended:
+            async with connect(f"127.0.0.1:{port}", format=big, ack_timeout=ACK_TIMEOUT) as pipe:
+                await pipe.send(bytes(big.frame_bytes), timestamp=0)
+                sent.set()
+                async for _ in pipe.results():
+                    pass
+    refused(ended.value, "PIPE-9", Status.INTERNAL, "opened a stream")
+    assert not [r for r in caplog.records if r.levelno > logging.INFO or r.exc_info]
+
+
 # --- what is not HTTP/2 a client takes (PIPE-9) ---------------------------------------
 
 
@@ -150,15 +233,28 @@ async def test_an_http1_server_is_named_as_such() -> None:
 
 
 @pytest.mark.rule("PIPE-3")
-async def test_an_endpoint_that_never_speaks_http2_ends_at_the_connect_deadline() -> None:
+@pytest.mark.parametrize(
+    ("connect_timeout", "descriptor_timeout", "words"),
+    [
+        (0.3, None, ("sent no HTTP/2", "within 0.3 s")),
+        (None, 0.3, ("did not answer our descriptor within 0.3 s",)),  # the deadline left
+    ],
+    ids=["connect-deadline", "no-connect-deadline"],
+)
+async def test_an_endpoint_that_never_speaks_http2_ends_at_a_deadline(
+    connect_timeout: float | None, descriptor_timeout: float | None, words: tuple[str, ...]
+) -> None:
     """TCP connects; no SETTINGS ever comes (a TLS port, a service of another protocol)."""
     async with speaking(b"") as port:
         with anyio.fail_after(TIMEOUT), pytest.raises(AvaprotoError) as ended:
             async with connect(
-                f"127.0.0.1:{port}", format=RGB24, connect_timeout=0.3, descriptor_timeout=None
+                f"127.0.0.1:{port}",
+                format=RGB24,
+                connect_timeout=connect_timeout,
+                descriptor_timeout=descriptor_timeout,
             ):
                 pass
-    refused(ended.value, "PIPE-3", Status.DEADLINE_EXCEEDED, "sent no HTTP/2", "within 0.3 s")
+    refused(ended.value, "PIPE-3", Status.DEADLINE_EXCEEDED, *words)
 
 
 @pytest.mark.rule("PIPE-9")
