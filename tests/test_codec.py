@@ -655,12 +655,14 @@ def _first_fault(data: bytes) -> tuple[str, Status] | None:
     if not data:
         return None
     compressed, length = _PREFIX.unpack(data[:5])
-    if compressed:  # 1: compressed, which avaproto does not read; others: no flag gRPC has
-        return "WIRE-1", Status.UNIMPLEMENTED if compressed == 1 else Status.INVALID_ARGUMENT
+    if compressed > 1:  # no flag gRPC has
+        return "WIRE-1", Status.INVALID_ARGUMENT
     if length > LIMIT:
         return "SRV-5", Status.RESOURCE_EXHAUSTED
     if len(data) - 5 < length:
         return "WIRE-1", Status.INVALID_ARGUMENT  # ... or inside the message
+    if compressed:  # on a stream that named no grpc-encoding
+        return "WIRE-3", Status.INVALID_ARGUMENT
     outcome = _decoded(decode_message, data[5 : 5 + length])
     return (outcome.rule, outcome.status) if isinstance(outcome, ProtocolError) else None
 

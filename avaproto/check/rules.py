@@ -169,6 +169,9 @@ CATALOGUE: tuple[RuleEntry, ...] = (
     _rule("SRV-9", "MAY"),
     _rule("WIRE-1", "MUST"),
     _rule("WIRE-2", "MUST"),
+    _rule(
+        "WIRE-3", "SHOULD", "reading compression is a reader's part; the check sends uncompressed"
+    ),
     _rule("SRV-10", "MAY", _PERMISSION),
     _rule("SRV-11", "SHOULD", "an HTTP/2 setting, below the gRPC calls a probe makes"),
     _rule("SRV-12", "MUST", _CONFIGURED + " (a descriptor deadline, 10 s by default)"),

@@ -22,6 +22,7 @@ from ..errors import RemoteProtocolError
 from ..messages import MediaStreamMessage
 from ..status import Status
 from ._grpclib_private import receive_exactly, receive_whole
+from .compression import inflate
 
 _PREFIX = struct.Struct(">BI")
 
@@ -36,17 +37,23 @@ async def read_message(
     *,
     limit_rule: str,
     hold: Callable[[int], AbstractContextManager[object]] | None = None,
+    encoding: str | None = None,
 ) -> MediaStreamMessage | None:
     """The next message on ``stream``, or None at its clean end.
 
     A message larger than ``max_bytes`` raises RESOURCE_EXHAUSTED under ``limit_rule``
     (the server's SRV-5, the pipeline's PIPE-5) before it is read. ``hold(length)``, if
     given, is entered while the body announced by the prefix is read: the server's
-    budget of incomplete messages (``avaproto.transport.budget``, SRV-13).
+    budget of incomplete messages (``avaproto.transport.budget``, SRV-13). A message
+    flagged compressed is inflated as the stream's ``encoding`` says, to at most
+    ``max_bytes`` (``avaproto.transport.compression``, WIRE-3).
     """
     whole = await receive_whole(stream)
     if whole is not None:  # the common case: a message that arrived in one DATA frame
         _check_prefix(whole[0], len(whole) - 5, max_bytes, limit_rule)
+        if whole[0]:
+            body = await inflate(whole[5:], encoding, max_bytes, limit_rule=limit_rule, hold=hold)
+            return decode_message(body)
         return decode_message(whole[5:])
     try:
         prefix = await stream.recv_data(5)
@@ -65,21 +72,17 @@ async def read_message(
         raise _truncated(f"a message of {length} bytes") from None
     if len(data) != length:
         raise _truncated(f"a message of {length} bytes")
+    if compressed:
+        data = await inflate(data, encoding, max_bytes, limit_rule=limit_rule, hold=hold)
     return decode_message(data)
 
 
 def _check_prefix(compressed: int, length: int, max_bytes: int, limit_rule: str) -> None:
-    if compressed:
-        if compressed != 1:
-            raise RemoteProtocolError(
-                "WIRE-1",
-                Status.INVALID_ARGUMENT,
-                f"a message's compressed flag is {compressed:#04x}; gRPC defines 0 and 1",
-            )
+    if compressed > 1:
         raise RemoteProtocolError(
             "WIRE-1",
-            Status.UNIMPLEMENTED,
-            "compressed messages are not supported; send them uncompressed",
+            Status.INVALID_ARGUMENT,
+            f"a message's compressed flag is {compressed:#04x}; gRPC defines 0 and 1",
         )
     if length > max_bytes:
         raise RemoteProtocolError(

@@ -43,6 +43,7 @@ from ._grpclib_private import (
     spoke_http2,
     trailers_only,
 )
+from .compression import check_encoding
 from .framing import WireCodec, read_message
 from .limits import ConnectionLimits
 from .tls import explain_connection_failure
@@ -89,6 +90,8 @@ class ClientChannel:
         self.peer = peer
         self._max = max_message_bytes
         self._tls = tls
+        self._encoding: str | None = None  # the extension's grpc-encoding (WIRE-3)
+        self._encoding_read = False
 
     async def receive(self) -> MediaStreamMessage | None:
         try:
@@ -110,7 +113,13 @@ class ClientChannel:
             raise self._why_reset(error) from None
 
     async def _next(self) -> MediaStreamMessage | None:
-        message = await read_message(http2_stream(self._stream), self._max, limit_rule="PIPE-5")
+        if not self._encoding_read:  # the extension's headers are in: read them once
+            headers = dict(received_headers(self._stream)[1] or ())
+            self._encoding = check_encoding(headers.get("grpc-encoding"))
+            self._encoding_read = True
+        message = await read_message(
+            http2_stream(self._stream), self._max, limit_rule="PIPE-5", encoding=self._encoding
+        )
         if message is not None:
             return message
         if trailers_only(self._stream):

@@ -47,9 +47,11 @@ from ..status import Status
 from ._grpclib_private import http2_stream, listener, send_messages
 from .addresses import peer_address
 from .budget import MessageBudget
+from .compression import check_encoding
 from .framing import WireCodec, read_message
 from .guard import (
     DEADLINE_HEADER,
+    ENCODING_HEADER,
     ServerGuard,
     check_open_file_limit,
     quiet_accept_failures,
@@ -107,8 +109,10 @@ class _ServerChannel:
         max_bytes: int,
         budget: MessageBudget,
         descriptor_timeout: float | None,
+        encoding: str | None = None,
     ) -> None:
         self._stream = stream
+        self._encoding = encoding  # the pipeline's grpc-encoding, checked (WIRE-3)
         self.peer = peer_address(stream.peer.addr())
         self._raw = http2_stream(stream)  # read before grpclib buffers a message
         # Each body is read within the budget of incomplete messages (SRV-13).
@@ -119,10 +123,10 @@ class _ServerChannel:
 
     async def receive(self) -> MediaStreamMessage | None:
         if not self._first:
-            return await read_message(self._raw, self._max, limit_rule="SRV-5", hold=self._hold)
+            return await self._read()
         self._first = False
         with anyio.move_on_after(self._descriptor_timeout):
-            return await read_message(self._raw, self._max, limit_rule="SRV-5", hold=self._hold)
+            return await self._read()
         message = (
             f"no descriptor within {self._descriptor_timeout:g} s of the stream's start: "
             "a stream holds one of the server's stream slots from its first byte; send "
@@ -130,6 +134,11 @@ class _ServerChannel:
         )
         log.warning("stream of %s ended: [SRV-12] %s", self.peer, message)
         raise RemoteProtocolError("SRV-12", Status.DEADLINE_EXCEEDED, message)
+
+    async def _read(self) -> MediaStreamMessage | None:
+        return await read_message(
+            self._raw, self._max, limit_rule="SRV-5", hold=self._hold, encoding=self._encoding
+        )
 
     async def send(self, message: MediaStreamMessage) -> None:
         await self._stream.send_message(message)
@@ -197,6 +206,7 @@ class ExtensionService:
             log.warning("stream refused: %s", error)
             raise GRPCError(grpclib.const.Status(int(error.status)), str(error)) from None
         timeout, given = _deadline(stream)
+        encoding = _encoding(stream)
         self.active += 1
         self._idle = anyio.Event() if self.active == 1 else self._idle
         try:
@@ -205,6 +215,7 @@ class ExtensionService:
                 self._config.max_message_bytes,
                 self.budget,
                 self._config.limits.descriptor_timeout,
+                encoding,
             )
             extension = self._factory()
             self.streams[id(stream)] = OpenStream(channel.peer, _name(extension))
@@ -222,6 +233,17 @@ class ExtensionService:
             self.active -= 1
             if self.active == 0:
                 self._idle.set()
+
+
+def _encoding(stream: grpclib.server.Stream[Any, Any]) -> str | None:
+    """The compression the pipeline's messages may use (``guard.ENCODING_HEADER``); one
+    avaproto does not read ends the call with UNIMPLEMENTED naming those it does."""
+    values = stream.metadata.getall(ENCODING_HEADER, []) if stream.metadata else []
+    given = values[-1] if values else None
+    try:
+        return check_encoding(given.decode("latin-1") if isinstance(given, bytes) else given)
+    except ProtocolError as error:
+        raise GRPCError(grpclib.const.Status(int(error.status)), str(error)) from None
 
 
 def _deadline(stream: grpclib.server.Stream[Any, Any]) -> tuple[float | None, str]:

@@ -144,7 +144,15 @@ def quiet_accept_failures(loop: asyncio.AbstractEventLoop) -> None:
 #: server to enforce (SRV-15): grpclib's own deadline answers UNKNOWN and logs a
 #: traceback when it has already passed, and otherwise cancels the call with no message.
 DEADLINE_HEADER = "x-avaproto-grpc-timeout"
-_TIMEOUT_NAMES = ("grpc-timeout", b"grpc-timeout")
+#: Where a request's ``grpc-encoding`` is moved, for the server to read (grpclib keeps
+#: no ``grpc-`` header in a call's metadata, and reads no compressed message).
+ENCODING_HEADER = "x-avaproto-grpc-encoding"
+_MOVED: dict[str | bytes, str] = {
+    "grpc-timeout": DEADLINE_HEADER,
+    b"grpc-timeout": DEADLINE_HEADER,
+    "grpc-encoding": ENCODING_HEADER,
+    b"grpc-encoding": ENCODING_HEADER,
+}
 
 
 class ServerGuard:
@@ -714,13 +722,9 @@ class ConnectionGuard(asyncio.BufferedProtocol):
             self._opened += 1
             self._unanswered.add(event.stream_id)
             headers = event.headers
-            if any(name in _TIMEOUT_NAMES for name, _ in headers):
+            if any(name in _MOVED for name, _ in headers):
                 event.headers = cast(
-                    Any,
-                    [
-                        (DEADLINE_HEADER if name in _TIMEOUT_NAMES else name, value)
-                        for name, value in headers
-                    ],
+                    Any, [(_MOVED.get(name, name), value) for name, value in headers]
                 )
         elif isinstance(event, h2.events.StreamReset):
             self._meters.pop(event.stream_id, None)

@@ -84,8 +84,11 @@ OnSamples = Callable[
 ]
 
 
+_ANSWER_HEADERS = [(":status", "200"), ("content-type", "application/grpc")]
+
+
 def _raw_extension(
-    on_samples: OnSamples, samples: int = 1
+    on_samples: OnSamples, samples: int = 1, headers: list[tuple[str, str]] = _ANSWER_HEADERS
 ) -> Callable[[anyio.abc.SocketStream], Awaitable[None]]:
     """An extension of raw HTTP/2: it answers the descriptor, then, once ``samples``
     samples are in, hands their numbers to ``on_samples(socket, h2, stream id,
@@ -105,7 +108,6 @@ def _raw_extension(
                 while True:
                     for event in machine.receive_data(await client.receive()):
                         if isinstance(event, h2.events.RequestReceived):
-                            headers = [(":status", "200"), ("content-type", "application/grpc")]
                             machine.send_headers(event.stream_id, headers)
                         if not isinstance(event, h2.events.DataReceived):
                             continue

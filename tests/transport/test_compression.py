@@ -1,0 +1,192 @@
+"""Compressed messages (spec: WIRE-3): read, inflated within the message limit.
+
+grpcio's client, given ``compression=``, compresses every message: the real peer
+here. Raw HTTP/2 peers send what grpcio does not on demand (a bomb, broken streams,
+an encoding avaproto does not read); the server is a real one on a loopback port.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import struct
+import tracemalloc
+import zlib
+from typing import Any
+
+import anyio
+import pytest
+
+from avaproto.client import connect
+from avaproto.codec import encode_framed
+from avaproto.errors import ProtocolError
+from avaproto.messages import ContentBytes, MediaSample, MediaStreamMessage
+from avaproto.status import Status
+from avaproto.transport.compression import ON_LOOP, inflate
+from tests.transport.test_goaway import ACK_TIMEOUT, _listening, _raw_extension
+from tests.transport.test_grpc import RGB24
+from tests.transport.test_hostile_http2 import (
+    DESCRIPTOR,
+    REQUEST,
+    TIMEOUT,
+    Attacker,
+    frame,
+    pipeline_during,
+    serving,
+)
+
+pytestmark = pytest.mark.anyio
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # grpclib runs on asyncio
+
+
+def compressed(message: bytes, encoding: str = "gzip") -> bytes:
+    """``message`` (framed, uncompressed) framed again compressed with ``encoding``."""
+    body = gzip.compress(message[5:]) if encoding == "gzip" else zlib.compress(message[5:])
+    return b"\x01" + struct.pack(">I", len(body)) + body
+
+
+# --- a real peer ----------------------------------------------------------------------
+
+
+@pytest.mark.rule("WIRE-3")
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_grpcio_pipeline_that_compresses_is_served(encoding: str) -> None:
+    import grpc
+
+    from bench.official import descriptor_message, official_messages
+
+    pb = official_messages()
+    chosen = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}[encoding]
+    async with serving() as server:
+        with anyio.fail_after(TIMEOUT):
+            target = f"127.0.0.1:{server.port}"
+            async with grpc.aio.insecure_channel(target, compression=chosen) as channel:
+                call = channel.stream_stream(
+                    "/microsoft.azure.media.live_video_analytics.extensibility.grpc.v1."
+                    "MediaGraphExtension/ProcessMediaStream",
+                    request_serializer=pb.MediaStreamMessage.SerializeToString,
+                    response_deserializer=pb.MediaStreamMessage.FromString,
+                )()
+                await call.write(descriptor_message(pb, RGB24.width, RGB24.height))
+                assert (await call.read()).ack_sequence_number == 1
+                for number in range(2, 7):
+                    sample = pb.MediaStreamMessage(sequence_number=number)
+                    sample.media_sample.content_bytes.bytes = bytes(RGB24.frame_bytes)
+                    await call.write(sample)
+                    assert (await call.read()).ack_sequence_number == number
+                await call.done_writing()
+                assert await call.code() == grpc.StatusCode.OK
+
+
+# --- hostile or broken peers ----------------------------------------------------------
+
+
+async def _status_of(port: int, headers: list[tuple[str, str]], *data: bytes) -> tuple[str, str]:
+    """A raw stream with ``headers`` sending ``data`` (each a DATA frame): how it ended."""
+    async with Attacker.connect(port) as attacker:
+        with anyio.fail_after(TIMEOUT):
+            await attacker.settled()  # the server's SETTINGS (its windows) are in
+            stream_id = attacker.h2.get_next_available_stream_id()
+            attacker.h2.send_headers(stream_id, headers)
+            for piece in data:
+                attacker.h2.send_data(stream_id, piece)
+            await attacker.flush()
+            await attacker.until(lambda: attacker.status(stream_id) is not None)
+        return attacker.status(stream_id) or ("", "")
+
+
+@pytest.mark.rule("WIRE-3", "SRV-5")
+async def test_a_compression_bomb_is_refused_as_it_inflates(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 200 MiB frame of zeros, gzipped to 200 KiB: refused at the message limit (1 MiB
+    here) while inflating, holding no more than that, as a real pipeline is served."""
+    bomb = encode_framed(
+        MediaStreamMessage(
+            sequence_number=2,
+            media_sample=MediaSample(content_bytes=ContentBytes(bytes(200 * MiB))),
+        )
+    )
+    packed = compressed(bomb)
+    assert len(packed) < MiB
+    async with serving(max_message_bytes=MiB) as server, pipeline_during(server.port):
+        tracemalloc.start()
+        try:
+            status, message = await _status_of(
+                server.port, [*REQUEST, ("grpc-encoding", "gzip")], DESCRIPTOR, packed
+            )
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert status == str(Status.RESOURCE_EXHAUSTED.value)
+    assert message.startswith("[SRV-5] a gzip message of") and "inflates past the limit" in message
+    assert peak < 8 * MiB, peak
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+@pytest.mark.rule("WIRE-3")
+async def test_an_encoding_avaproto_does_not_read_is_refused_naming_those_it_does() -> None:
+    async with serving() as server:
+        status, message = await _status_of(server.port, [*REQUEST, ("grpc-encoding", "br")])
+    assert status == str(Status.UNIMPLEMENTED.value)
+    assert (
+        message
+        == "[WIRE-3] grpc-encoding 'br' is not one avaproto reads; it reads identity, gzip, deflate"
+    )
+
+
+@pytest.mark.rule("WIRE-3")
+@pytest.mark.parametrize(
+    ("encoding", "body", "words"),
+    [
+        ("gzip", b"\x1f\x8b not gzip at all", "does not inflate"),
+        ("gzip", gzip.compress(bytes(1000))[:-12], "cut short"),
+        ("deflate", zlib.compress(bytes(1000)) + b"extra", "5 bytes after the end"),
+        (None, gzip.compress(bytes(1000)), "names no compression"),
+    ],
+    ids=["corrupt", "cut-short", "trailing-bytes", "no-encoding"],
+)
+async def test_a_compressed_message_that_is_no_whole_stream_is_refused(
+    encoding: str | None, body: bytes, words: str
+) -> None:
+    with anyio.fail_after(TIMEOUT), pytest.raises(ProtocolError) as refused:
+        await inflate(body, encoding, MiB, limit_rule="SRV-5")
+    assert (refused.value.rule, refused.value.status) == ("WIRE-3", Status.INVALID_ARGUMENT)
+    assert words in refused.value.detail
+
+
+@pytest.mark.rule("WIRE-3")
+@pytest.mark.parametrize("size", [ON_LOOP - 1, ON_LOOP, ON_LOOP + 1, 3 * ON_LOOP, MiB])
+async def test_a_message_inflates_whole_up_to_the_limit_and_not_a_byte_past_it(size: int) -> None:
+    """Inflated on the event loop, then in a worker thread past ``ON_LOOP``: the same
+    bytes whichever way, and the limit exact."""
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert await inflate(gzip.compress(data), "gzip", MiB, limit_rule="SRV-5") == data
+    with pytest.raises(ProtocolError) as refused:
+        await inflate(gzip.compress(data + b"!"), "gzip", size, limit_rule="PIPE-5")
+    assert (refused.value.rule, refused.value.status) == ("PIPE-5", Status.RESOURCE_EXHAUSTED)
+
+
+@pytest.mark.rule("WIRE-3")
+async def test_the_pipeline_reads_answers_an_extension_compressed() -> None:
+    """An extension that says grpc-encoding gzip in its headers and compresses its
+    answers (grpcio's servers do only for clients that accept it; this one does not ask)."""
+
+    async def answer(client: Any, machine: Any, stream_id: int, got: list[int]) -> None:
+        reply = encode_framed(MediaStreamMessage(sequence_number=2, ack_sequence_number=got[0]))
+        await client.send(frame(0x0, 0, stream_id, compressed(reply)))
+        machine.send_headers(stream_id, [("grpc-status", "0")], end_stream=True)
+        await client.send(machine.data_to_send())
+
+    headers = [(":status", "200"), ("content-type", "application/grpc"), ("grpc-encoding", "gzip")]
+    async with _listening(_raw_extension(answer, headers=headers)) as port:
+        with anyio.fail_after(TIMEOUT):
+            async with connect(f"127.0.0.1:{port}", format=RGB24, ack_timeout=ACK_TIMEOUT) as pipe:
+                await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
+                assert [result.acknowledged async for result in pipe.results()] == [2]
