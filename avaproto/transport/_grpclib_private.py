@@ -610,23 +610,34 @@ class _AnswerReading(grpclib.protocol.H2Protocol):
             transport.abort()  # it reads nothing: no GOAWAY would reach it
 
 
-def connection_refusal(stream: grpclib.client.Stream[Any, Any]) -> RemoteProtocolError | None:
-    """Why the pipeline ended the call's connection (``_AnswerReading``), if it did."""
+def answer_guard(stream: grpclib.client.Stream[Any, Any]) -> AnswerGuard | None:
+    """The guard of the call's connection (``_AnswerReading``), once it is made."""
     connection = getattr(getattr(stream, "_stream", None), "connection", None)
-    guard: AnswerGuard | None = getattr(connection, "avaproto_guard", None)
+    return cast("AnswerGuard | None", getattr(connection, "avaproto_guard", None))
+
+
+def connection_refusal(stream: grpclib.client.Stream[Any, Any]) -> RemoteProtocolError | None:
+    """Why the pipeline ended the call's connection, if it did."""
+    guard = answer_guard(stream)
     return guard.refusal if guard is not None else None
+
+
+def reset_code(stream: grpclib.client.Stream[Any, Any]) -> int | None:
+    """The error code of the extension's RST_STREAM of the call, if it reset it."""
+    guard, stream_id = answer_guard(stream), getattr(stream._stream, "id", None)
+    return guard.resets.get(stream_id) if guard is not None and stream_id is not None else None
 
 
 def spoke_http2(stream: grpclib.client.Stream[Any, Any]) -> bool:
     """Whether the extension sent its SETTINGS on the call's connection."""
-    connection = getattr(getattr(stream, "_stream", None), "connection", None)
-    guard: AnswerGuard | None = getattr(connection, "avaproto_guard", None)
+    guard = answer_guard(stream)
     return guard is not None and guard.settings.is_set()
 
 
 async def extension_speaks_http2(stream: grpclib.client.Stream[Any, Any]) -> None:
     """Until the extension's first SETTINGS frame arrived: the HTTP/2 connection is up."""
-    guard: AnswerGuard = getattr(stream._stream.connection, "avaproto_guard")  # noqa: B009
+    guard = answer_guard(stream)
+    assert guard is not None  # the connection is made
     await guard.settings.wait()
 
 

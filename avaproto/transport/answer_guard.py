@@ -57,6 +57,8 @@ class AnswerGuard:
         self.settings = asyncio.Event()
         #: Why the connection was ended here, if it was.
         self.refusal: RemoteProtocolError | None = None
+        #: The error code of each stream the extension reset (RST_STREAM).
+        self.resets: dict[int, int] = {}
 
     # --- what the protocol reports ----------------------------------------------------
 
@@ -126,6 +128,8 @@ class AnswerGuard:
             return False
         elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
             self._meters.pop(event.stream_id, None)
+            if isinstance(event, h2.events.StreamReset) and event.remote_reset:
+                self.resets[event.stream_id] = event.error_code
         return True
 
     def read_done(self, pending_frame: int | None, largest: int, unread: int) -> None:

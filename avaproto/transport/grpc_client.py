@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import grpclib.client
 import grpclib.const
+import h2.errors
 import h2.exceptions
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
@@ -39,6 +40,7 @@ from ._grpclib_private import (
     receive_initial_metadata,
     receive_trailers,
     received_headers,
+    reset_code,
     send_client_message,
     spoke_http2,
     trailers_only,
@@ -69,6 +71,23 @@ def parse_target(target: str) -> tuple[str, int]:
     if not 0 < port < 65536:
         raise ValueError(f"port {port} of target {target!r} is out of range")
     return host, port
+
+
+#: gRPC's status for a stream reset without one, by RST_STREAM's error code
+#: (PROTOCOL-HTTP2.md, "Errors"); every other code is INTERNAL.
+_RESET_STATUS = {
+    "REFUSED_STREAM": Status.UNAVAILABLE,
+    "CANCEL": Status.CANCELLED,
+    "ENHANCE_YOUR_CALM": Status.RESOURCE_EXHAUSTED,
+    "INADEQUATE_SECURITY": Status.PERMISSION_DENIED,
+}
+
+
+def _code_name(code: int) -> str:
+    try:
+        return h2.errors.ErrorCodes(code).name
+    except ValueError:
+        return f"error code {code}"
 
 
 def _failed(error: GRPCError) -> StreamFailed:
@@ -175,6 +194,13 @@ class ClientChannel:
         sent = self._sent_status()
         if sent is not None and sent[0] is not grpclib.const.Status.OK:
             return StreamFailed(Status(sent[0].value), sent[1] or "")
+        code = reset_code(self._stream)
+        if code is not None:  # a reset without a status: gRPC's mapping of its code
+            name = _code_name(code)
+            return StreamFailed(
+                _RESET_STATUS.get(name, Status.INTERNAL),
+                f"the extension reset the stream (RST_STREAM {name}) without a status",
+            )
         message = goaway_error(self._stream) or f"connection lost: {error}"
         if received_headers(self._stream)[1] is None and not spoke_http2(self._stream):
             hint = explain_connection_failure(error, tls=self._tls)

@@ -21,10 +21,11 @@ import h2.connection
 import h2.events
 import h2.settings
 import pytest
+from h2.errors import ErrorCodes
 
 from avaproto.client import connect
 from avaproto.codec import encode_framed
-from avaproto.errors import AvaprotoError, ProtocolError
+from avaproto.errors import AvaprotoError, ProtocolError, StreamFailed
 from avaproto.media import inferences
 from avaproto.messages import MediaSample, MediaStreamMessage
 from avaproto.protocol.video_format import VideoFormat
@@ -38,7 +39,7 @@ from tests.transport.test_hostile_http2 import TIMEOUT, frame
 
 pytestmark = pytest.mark.anyio
 
-DATA, HEADERS, PING, PUSH_PROMISE = 0x0, 0x1, 0x6, 0x5
+DATA, HEADERS, RST_STREAM, PING, PUSH_PROMISE = 0x0, 0x1, 0x3, 0x6, 0x5
 END_STREAM, END_HEADERS = 0x1, 0x4
 
 RGB24_1080P = VideoFormat.checked(RGB24.encoding, RGB24.pixel_format, 1920, 1080)
@@ -323,6 +324,32 @@ async def test_a_stream_ended_without_trailers_ends_at_once(
                 assert (await results.receive()).acknowledged == 2  # the answer is kept
                 await results.receive()
     refused(ended.value, "PIPE-6", Status.UNKNOWN, "without a status", "no trailers")
+
+
+@pytest.mark.rule("PIPE-6")
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        (ErrorCodes.NO_ERROR, Status.INTERNAL),
+        (ErrorCodes.CANCEL, Status.CANCELLED),
+        (ErrorCodes.REFUSED_STREAM, Status.UNAVAILABLE),
+        (ErrorCodes.ENHANCE_YOUR_CALM, Status.RESOURCE_EXHAUSTED),
+    ],
+)
+async def test_a_reset_without_a_status_ends_with_grpcs_status_for_its_code(
+    code: ErrorCodes, status: Status, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It read as "connection lost: Stream reset by remote party, error_code: 0"."""
+
+    async def resets(client: anyio.abc.SocketStream, _: Any, stream_id: int, __: Any) -> None:
+        await client.send(frame(RST_STREAM, 0, stream_id, struct.pack(">I", code)))
+
+    error = await ended_by(resets, caplog)
+    assert isinstance(error, StreamFailed), repr(error)
+    assert error.status is status
+    assert (
+        error.detail == f"the extension reset the stream (RST_STREAM {code.name}) without a status"
+    )
 
 
 @pytest.mark.rule("WIRE-1")
