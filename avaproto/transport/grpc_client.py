@@ -194,7 +194,7 @@ class ClientChannel:
         sent = self._sent_status()
         if sent is not None and sent[0] is not grpclib.const.Status.OK:
             return StreamFailed(Status(sent[0].value), sent[1] or "")
-        code = reset_code(self._stream)
+        code = reset_code(self._stream) if sent is None else None
         if code is not None:  # a reset without a status: gRPC's mapping of its code
             name = _code_name(code)
             return StreamFailed(
