@@ -883,6 +883,7 @@ def _send(args: argparse.Namespace) -> int:
     from .report import Report
     from .send import SendOptions
     from .sources import SourceError, frame_count
+    from .transport.limits import ConnectionLimits
 
     credentials = _credentials(args)
     tls = _client_tls(args)
@@ -915,6 +916,10 @@ def _send(args: argparse.Namespace) -> int:
         connect_timeout=args.connect_timeout,
         descriptor_timeout=args.descriptor_timeout,
         ack_timeout=args.ack_timeout,
+        limits=ConnectionLimits(
+            frames_per_message=args.frames_per_message,
+            max_control_frames=args.max_control_frames,
+        ),
     )
     total = frame_count(args.source, frames=args.frames)
     log.info(
@@ -1026,6 +1031,7 @@ def _add_send(commands: Any) -> None:
     from .protocol.pixel_formats import PIXEL_LAYOUTS
     from .send import SendOptions
     from .sources import DEFAULT_RATE, SYNTHETIC_FRAMES, SYNTHETIC_SIZE
+    from .transport.limits import ConnectionLimits
 
     parser = commands.add_parser(
         "send",
@@ -1133,6 +1139,26 @@ def _add_send(commands: Any) -> None:
         "from it at start (default: %(default)s)",
     )
     _shm_write_option(shm, _default(SendOptions, "shm_write"))
+    limits = parser.add_argument_group(
+        "limits on what the extension may make the pipeline hold",
+        "Past one the connection ends and the run with a status naming it (PIPE-8).",
+    )
+    limits.add_argument(
+        "--frames-per-message",
+        type=_not_negative,
+        default=_default(ConnectionLimits, "frames_per_message"),
+        metavar="N",
+        help="DATA frames an answer may take beyond two per 16 KiB of its length (two at "
+        "least) (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-control-frames",
+        type=_positive(int),
+        default=_default(ConnectionLimits, "max_control_frames"),
+        metavar="N",
+        help="acknowledgements (PING, SETTINGS) queued for an extension that reads none "
+        "(default: %(default)s)",
+    )
     _client_options(
         parser,
         {name: _default(SendOptions, name) for name in _DEADLINES},

@@ -32,6 +32,7 @@ from .protocol.auth import Credentials
 from .protocol.descriptor import StreamDescriptor
 from .protocol.video_format import VideoFormat
 from .transport.grpc_client import DEFAULT_MAX_ANSWER_BYTES, open_channel
+from .transport.limits import ConnectionLimits
 
 if TYPE_CHECKING:
     import numpy as np
@@ -133,6 +134,7 @@ async def connect(
     ack_timeout: float | None = DEFAULT_ACK_TIMEOUT,
     max_message_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
     statistics: StreamStatistics | None = None,
+    limits: ConnectionLimits | None = None,
 ) -> AsyncIterator[Pipeline]:
     """Open a stream to the extension at ``target`` (``host:port``) and negotiate it.
 
@@ -151,7 +153,9 @@ async def connect(
     a ``send`` that meets the ended stream returns without sending). An answer larger than
     ``max_message_bytes`` ends the stream with RESOURCE_EXHAUSTED before it is buffered.
     The stream's figures (frames, latencies, tolerated deviations, status) are kept in
-    ``statistics`` if given.
+    ``statistics`` if given. ``limits`` bounds what the extension can make the pipeline
+    hold (PIPE-8: its DATA frames per answer, the acknowledgements it leaves unread),
+    with the server's figures by default.
 
     With ``transfer="shm"``, ``shm_write`` says how frames go into the segment:
     ``"pwrite"``, which an extension that shrinks the segment cannot turn into a crash
@@ -190,6 +194,7 @@ async def connect(
                 metadata=metadata,
                 connect_timeout=connect_timeout,
                 max_message_bytes=max_message_bytes,
+                limits=limits or ConnectionLimits(),
             ) as channel,
             PipelineStream.open(
                 channel,

@@ -30,6 +30,7 @@ from .engine.outcome import protocol_errors
 from .protocol.auth import Credentials
 from .protocol.video_format import VideoFormat
 from .report import Report
+from .transport.limits import ConnectionLimits
 
 if TYPE_CHECKING:
     from .media.shared_memory import WriteMode
@@ -63,6 +64,8 @@ class SendOptions:
     descriptor_timeout: float | None = DEFAULT_DESCRIPTOR_TIMEOUT
     #: Seconds each sample may wait for its acknowledgement before the run ends.
     ack_timeout: float | None = DEFAULT_ACK_TIMEOUT
+    #: What the extension may make the pipeline hold (PIPE-8); None: the defaults.
+    limits: ConnectionLimits | None = None
 
 
 def ticks(seconds: float, timescale: int) -> int:
@@ -129,6 +132,7 @@ async def _run(
         descriptor_timeout=options.descriptor_timeout,
         ack_timeout=options.ack_timeout,
         statistics=report,
+        limits=options.limits,
     ) as pipeline:
 
         async def feed() -> None:

@@ -805,6 +805,23 @@ def test_a_segment_mode_lets_others_read_at_most(capsys: pytest.CaptureFixture[s
         assert "600 (the owner only), 640" in capsys.readouterr().err
 
 
+@pytest.mark.rule("PIPE-8")
+def test_send_bounds_what_the_extension_may_make_it_hold() -> None:
+    from avaproto.transport.limits import ConnectionLimits
+
+    parser = build_parser()
+    args = parser.parse_args(["send", "h:1"])
+    defaults = ConnectionLimits()
+    assert (args.frames_per_message, args.max_control_frames) == (
+        defaults.frames_per_message,
+        defaults.max_control_frames,
+    )
+    args = parser.parse_args(
+        ["send", "h:1", "--frames-per-message", "8", "--max-control-frames", "9"]
+    )
+    assert (args.frames_per_message, args.max_control_frames) == (8, 9)
+
+
 def test_verbosity_is_accepted_before_and_after_the_command() -> None:
     parser = build_parser()
     args = parser.parse_args(["-v", "serve", "-vv"])
