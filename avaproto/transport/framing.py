@@ -52,8 +52,7 @@ async def read_message(
     if whole is not None:  # the common case: a message that arrived in one DATA frame
         _check_prefix(whole[0], len(whole) - 5, max_bytes, limit_rule)
         if whole[0]:
-            body = await inflate(whole[5:], encoding, max_bytes, limit_rule=limit_rule, hold=hold)
-            return decode_message(body)
+            return await _decode_inflated(whole[5:], encoding, max_bytes, limit_rule, hold)
         return decode_message(whole[5:])
     try:
         prefix = await stream.recv_data(5)
@@ -73,8 +72,20 @@ async def read_message(
     if len(data) != length:
         raise _truncated(f"a message of {length} bytes")
     if compressed:
-        data = await inflate(data, encoding, max_bytes, limit_rule=limit_rule, hold=hold)
+        return await _decode_inflated(data, encoding, max_bytes, limit_rule, hold)
     return decode_message(data)
+
+
+async def _decode_inflated(
+    data: bytes | memoryview,
+    encoding: str | None,
+    max_bytes: int,
+    limit_rule: str,
+    hold: Callable[[int], AbstractContextManager[object]] | None,
+) -> MediaStreamMessage:
+    """A compressed message decoded, its inflated bytes counted until then (WIRE-3)."""
+    async with inflate(data, encoding, max_bytes, limit_rule=limit_rule, hold=hold) as body:
+        return decode_message(body)
 
 
 def _check_prefix(compressed: int, length: int, max_bytes: int, limit_rule: str) -> None:

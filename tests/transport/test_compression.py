@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import struct
+import threading
 import tracemalloc
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
@@ -22,7 +26,9 @@ from avaproto.codec import encode_framed
 from avaproto.errors import ProtocolError
 from avaproto.messages import ContentBytes, MediaSample, MediaStreamMessage
 from avaproto.status import Status
-from avaproto.transport.compression import ON_LOOP, inflate
+from avaproto.transport import compression
+from avaproto.transport.compression import ON_LOOP, STEP, inflate
+from tests.builders import pipeline_descriptor, video_format
 from tests.transport.test_goaway import ACK_TIMEOUT, _listening, _raw_extension
 from tests.transport.test_grpc import RGB24
 from tests.transport.test_hostile_http2 import (
@@ -156,21 +162,97 @@ async def test_a_compressed_message_that_is_no_whole_stream_is_refused(
     encoding: str | None, body: bytes, words: str
 ) -> None:
     with anyio.fail_after(TIMEOUT), pytest.raises(ProtocolError) as refused:
-        await inflate(body, encoding, MiB, limit_rule="SRV-5")
+        async with inflate(body, encoding, MiB, limit_rule="SRV-5"):
+            pass
     assert (refused.value.rule, refused.value.status) == ("WIRE-3", Status.INVALID_ARGUMENT)
     assert words in refused.value.detail
 
 
 @pytest.mark.rule("WIRE-3")
-@pytest.mark.parametrize("size", [ON_LOOP - 1, ON_LOOP, ON_LOOP + 1, 3 * ON_LOOP, MiB])
-async def test_a_message_inflates_whole_up_to_the_limit_and_not_a_byte_past_it(size: int) -> None:
-    """Inflated on the event loop, then in a worker thread past ``ON_LOOP``: the same
-    bytes whichever way, and the limit exact."""
-    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
-    assert await inflate(gzip.compress(data), "gzip", MiB, limit_rule="SRV-5") == data
+@pytest.mark.parametrize("size", [1000, STEP - 1, STEP, STEP + 1, 3 * STEP + 7])
+@pytest.mark.parametrize("random", [False, True], ids=["compressible", "random"])
+async def test_a_message_inflates_whole_up_to_the_limit_and_not_a_byte_past_it(
+    size: int, random: bool
+) -> None:
+    """Inflated on the event loop when it came small (``ON_LOOP``), else in a worker
+    thread, a step at a time: the same bytes whichever way, the limit exact, and each
+    step held in the budget until the message is read."""
+    data = os.urandom(size) if random else bytes(range(256)) * (size // 256) + bytes(size % 256)
+    held: list[int] = []
+
+    @contextmanager
+    def hold(n: int) -> Iterator[None]:
+        held.append(n)
+        yield
+        held.append(-n)
+
+    async with inflate(
+        gzip.compress(data), "gzip", 4 * STEP, limit_rule="SRV-5", hold=hold
+    ) as body:
+        assert body == data
+        assert sum(held) == size  # all of it held while it is read
+    assert sum(held) == 0 and max(held) <= STEP
     with pytest.raises(ProtocolError) as refused:
-        await inflate(gzip.compress(data + b"!"), "gzip", size, limit_rule="PIPE-5")
+        async with inflate(gzip.compress(data + b"!"), "gzip", size, limit_rule="PIPE-5"):
+            pass
     assert (refused.value.rule, refused.value.status) == ("PIPE-5", Status.RESOURCE_EXHAUSTED)
+
+
+@pytest.mark.rule("WIRE-3")
+async def test_only_a_small_message_inflates_on_the_event_loop() -> None:
+    """zlib's work grows with its input: empty deflate blocks inflate to nothing and
+    cost a loop seconds. Input past ``ON_LOOP`` is inflated in a worker thread."""
+    loop_thread = threading.get_ident()
+    seen: list[bool] = []
+    original = zlib.decompressobj
+
+    class Watched:
+        def __init__(self, wbits: int) -> None:
+            self._inner = original(wbits)
+
+        def decompress(self, data: Any, limit: int) -> bytes:
+            seen.append(threading.get_ident() == loop_thread)
+            return self._inner.decompress(data, limit)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+    small, large = gzip.compress(bytes(100)), gzip.compress(os.urandom(2 * ON_LOOP))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compression.zlib, "decompressobj", Watched)
+        async with inflate(small, "gzip", MiB, limit_rule="SRV-5"):
+            pass
+        assert seen == [True]
+        seen.clear()
+        async with inflate(large, "gzip", MiB, limit_rule="SRV-5"):
+            pass
+    assert seen and not any(seen)
+
+
+@pytest.mark.rule("WIRE-3", "SRV-13")
+async def test_compressing_streams_on_one_connection_hold_what_they_inflate_to() -> None:
+    """Six streams on one connection, each a 6 MiB frame gzipped to a few KiB, all at
+    once: each holds the budget for what it inflates to, not for the message limit
+    (which let only four inflate at a time and refused the others)."""
+    fmt = video_format(width=1920, height=1080)  # 6 MB frames
+    descriptor = encode_framed(
+        MediaStreamMessage(sequence_number=1, media_stream_descriptor=pipeline_descriptor(fmt))
+    )
+    zeros = MediaSample(content_bytes=ContentBytes(bytes(1920 * 1080 * 3)))
+    packed = compressed(encode_framed(MediaStreamMessage(sequence_number=2, media_sample=zeros)))
+    async with serving() as server, Attacker.connect(server.port) as attacker:
+        with anyio.fail_after(TIMEOUT):
+            await attacker.settled()
+            streams = []
+            for _ in range(6):
+                stream_id = attacker.h2.get_next_available_stream_id()
+                attacker.h2.send_headers(stream_id, [*REQUEST, ("grpc-encoding", "gzip")])
+                attacker.h2.send_data(stream_id, descriptor + packed, end_stream=True)
+                streams.append(stream_id)
+            await attacker.flush()
+            await attacker.until(lambda: all(attacker.status(s) for s in streams))
+        assert [attacker.status(s) for s in streams] == [("0", "")] * 6
+        assert [attacker.answers(s) for s in streams] == [2] * 6
 
 
 @pytest.mark.rule("WIRE-3")
