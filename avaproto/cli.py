@@ -372,6 +372,21 @@ def _add_diagram(commands: Any) -> None:
 # --- serve ---------------------------------------------------------------------------
 
 
+def _limit_option(
+    group: Any, flag: str, kind: Callable[[str], Any], metavar: str, text: str
+) -> None:
+    """A flag for the ``ConnectionLimits`` field it names, with that field's default."""
+    from .transport.limits import ConnectionLimits
+
+    default = _default(ConnectionLimits, flag[2:].replace("-", "_"))
+    shown = "%(default)s"
+    if kind is byte_size:
+        shown = f"{default >> 20} MiB" if default >= 1 << 20 else f"{default >> 10} KiB"
+    group.add_argument(
+        flag, type=kind, default=default, metavar=metavar, help=f"{text} (default: {shown})"
+    )
+
+
 def _server_config(args: argparse.Namespace) -> Any:
     from .engine.config import EngineConfig
     from .transport.grpc_server import ServerConfig
@@ -442,7 +457,6 @@ def _add_serve(commands: Any) -> None:
     from .scheduling import DEFAULT_SLICE
     from .server import serve
     from .transport.grpc_server import ServerConfig
-    from .transport.limits import ConnectionLimits
 
     parser = commands.add_parser(
         "serve",
@@ -552,13 +566,7 @@ def _add_serve(commands: Any) -> None:
     )
 
     def limit(flag: str, kind: Callable[[str], Any], metavar: str, text: str) -> None:
-        default = _default(ConnectionLimits, flag[2:].replace("-", "_"))
-        shown = "%(default)s"
-        if kind is byte_size:
-            shown = f"{default >> 20} MiB" if default >= 1 << 20 else f"{default >> 10} KiB"
-        limits.add_argument(
-            flag, type=kind, default=default, metavar=metavar, help=f"{text} (default: {shown})"
-        )
+        _limit_option(limits, flag, kind, metavar, text)
 
     limit(
         "--max-connections",
@@ -1031,7 +1039,6 @@ def _add_send(commands: Any) -> None:
     from .protocol.pixel_formats import PIXEL_LAYOUTS
     from .send import SendOptions
     from .sources import DEFAULT_RATE, SYNTHETIC_FRAMES, SYNTHETIC_SIZE
-    from .transport.limits import ConnectionLimits
 
     parser = commands.add_parser(
         "send",
@@ -1143,21 +1150,19 @@ def _add_send(commands: Any) -> None:
         "limits on what the extension may make the pipeline hold",
         "Past one the connection ends and the run with a status naming it (PIPE-8).",
     )
-    limits.add_argument(
+    _limit_option(
+        limits,
         "--frames-per-message",
-        type=_not_negative,
-        default=_default(ConnectionLimits, "frames_per_message"),
-        metavar="N",
-        help="DATA frames an answer may take beyond two per 16 KiB of its length (two at "
-        "least) (default: %(default)s)",
+        _not_negative,
+        "N",
+        "DATA frames an answer may take beyond two per 16 KiB of its length (two at least)",
     )
-    limits.add_argument(
+    _limit_option(
+        limits,
         "--max-control-frames",
-        type=_positive(int),
-        default=_default(ConnectionLimits, "max_control_frames"),
-        metavar="N",
-        help="acknowledgements (PING, SETTINGS) queued for an extension that reads none "
-        "(default: %(default)s)",
+        _positive(int),
+        "N",
+        "acknowledgements (PING, SETTINGS) queued for an extension that reads none",
     )
     _client_options(
         parser,
