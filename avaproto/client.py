@@ -194,7 +194,7 @@ async def connect(
                 metadata=metadata,
                 connect_timeout=connect_timeout,
                 max_message_bytes=max_message_bytes,
-                limits=limits or ConnectionLimits(),
+                limits=limits,
             ) as channel,
             PipelineStream.open(
                 channel,

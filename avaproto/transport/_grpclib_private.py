@@ -579,12 +579,12 @@ class _AnswerReading(grpclib.protocol.H2Protocol):
         if guard.refusal is None and taking_frames(self):
             machine = self.connection._connection
             pending = machine.incoming_buffer._data
-            transport = self.connection._transport
-            guard.read_done(
-                int.from_bytes(pending[:3], "big") if len(pending) >= 3 else None,
-                machine.max_inbound_frame_size,
-                transport.get_write_buffer_size() if not transport.is_closing() else 0,
-            )
+            if len(pending) >= 3:  # a frame not yet whole: h2 checks its length only then
+                length = int.from_bytes(pending[:3], "big")
+                guard.frame_announced(length, machine.max_inbound_frame_size)
+            if guard.control_owed:
+                transport = self.connection._transport
+                guard.unread(0 if transport.is_closing() else transport.get_write_buffer_size())
 
     def _refuse(self, error: RemoteProtocolError, code: h2.errors.ErrorCodes) -> None:
         """End the connection for ``error``: GOAWAY with ``code`` and its text (unless
@@ -610,10 +610,14 @@ class _AnswerReading(grpclib.protocol.H2Protocol):
             transport.abort()  # it reads nothing: no GOAWAY would reach it
 
 
+def _connection_of(stream: grpclib.client.Stream[Any, Any]) -> Any:
+    """grpclib's connection under the call, once it is made (else None)."""
+    return getattr(getattr(stream, "_stream", None), "connection", None)
+
+
 def answer_guard(stream: grpclib.client.Stream[Any, Any]) -> AnswerGuard | None:
     """The guard of the call's connection (``_AnswerReading``), once it is made."""
-    connection = getattr(getattr(stream, "_stream", None), "connection", None)
-    return cast("AnswerGuard | None", getattr(connection, "avaproto_guard", None))
+    return cast("AnswerGuard | None", getattr(_connection_of(stream), "avaproto_guard", None))
 
 
 def connection_refusal(stream: grpclib.client.Stream[Any, Any]) -> RemoteProtocolError | None:
@@ -685,17 +689,22 @@ def finish_after_goaway(protocol: Any) -> None:
 def goaway_error(stream: grpclib.client.Stream[Any, Any]) -> str | None:
     """How the extension ended the call's connection, if with a GOAWAY carrying an error
     (``finish_after_goaway``): its error code and the text it gave."""
-    h2_stream = getattr(stream, "_stream", None)
-    got = getattr(getattr(h2_stream, "connection", None), "avaproto_goaway", None)
+    got = getattr(_connection_of(stream), "avaproto_goaway", None)
     if got is None:
         return None
     code, data = got
-    try:
-        name = h2.errors.ErrorCodes(code).name
-    except ValueError:
-        name = f"error code {code}"
     text = bytes(data).decode("utf-8", "replace").strip()
-    return f"the extension ended the connection (GOAWAY {name}" + (f": {text})" if text else ")")
+    return f"the extension ended the connection (GOAWAY {error_name(code)}" + (
+        f": {text})" if text else ")"
+    )
+
+
+def error_name(code: int) -> str:
+    """An HTTP/2 error code (of a GOAWAY, a RST_STREAM) by its name, if it has one."""
+    try:
+        return h2.errors.ErrorCodes(code).name
+    except ValueError:
+        return f"error code {code}"
 
 
 def _peer(protocol: Any) -> str:

@@ -33,7 +33,7 @@ from h2.errors import ErrorCodes
 from ..errors import RemoteProtocolError
 from ..status import Status
 from .limits import ConnectionLimits
-from .message_meter import MessageMeter
+from .message_meter import StreamMeters
 
 log = logging.getLogger("avaproto.pipeline")
 
@@ -50,8 +50,9 @@ class AnswerGuard:
         self._limits = limits
         self._peer = peer
         self._close = close
-        self._meters: dict[int, MessageMeter] = {}
-        self._control_owed = 0
+        self._meters = StreamMeters(limits.frames_per_message)
+        #: Acknowledgements (of PING, SETTINGS) owed since the write buffer was empty.
+        self.control_owed = 0
         self._first = True
         #: Set by the extension's first SETTINGS frame: it speaks HTTP/2 (PIPE-3).
         self.settings = asyncio.Event()
@@ -82,19 +83,10 @@ class AnswerGuard:
 
     def data_frame(self, stream_id: int, payload: bytes | memoryview) -> bool:
         """A DATA frame about to be taken; False when its answer takes too many."""
-        meter = self._meters.get(stream_id)
-        if meter is None:
-            meter = self._meters[stream_id] = MessageMeter(self._limits.frames_per_message)
-        if meter.data(payload):
+        excess = self._meters.excess(stream_id, payload)
+        if excess is None:
             return True
-        length = f" of {meter.length} bytes" if meter.remaining >= 0 else ""
-        self.refuse(
-            "PIPE-8",
-            Status.RESOURCE_EXHAUSTED,
-            f"an answer{length} arrived in more than {meter.allowed} DATA frames; the "
-            f"limit is {self._limits.frames_per_message} frames plus two per 16 KiB of "
-            "its length, two at least",
-        )
+        self.refuse("PIPE-8", Status.RESOURCE_EXHAUSTED, f"an answer: {excess}")
         return False
 
     def event(self, event: object) -> bool:
@@ -105,9 +97,9 @@ class AnswerGuard:
             return self.data_frame(event.stream_id, event.data)
         if isinstance(event, h2.events.RemoteSettingsChanged):
             self.settings.set()
-            self._control_owed += 1
+            self.control_owed += 1
         elif isinstance(event, h2.events.PingReceived):
-            self._control_owed += 1
+            self.control_owed += 1
         elif isinstance(event, h2.events.PushedStreamReceived):
             self.refuse(
                 "PIPE-9",
@@ -127,35 +119,37 @@ class AnswerGuard:
             )
             return False
         elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
-            self._meters.pop(event.stream_id, None)
+            self._meters.forget(event.stream_id)
             if isinstance(event, h2.events.StreamReset) and event.remote_reset:
                 self.resets[event.stream_id] = event.error_code
         return True
 
-    def read_done(self, pending_frame: int | None, largest: int, unread: int) -> None:
-        """After a read: the length a frame not yet whole announced (None: none), the
-        largest frame the pipeline takes, and the bytes its peer has not read yet."""
-        if self.refusal is not None:
-            return
-        if pending_frame is not None and pending_frame > largest:
+    def frame_announced(self, length: int, largest: int) -> None:
+        """A frame not yet whole announced ``length`` bytes; the pipeline takes ``largest``."""
+        if length > largest and self.refusal is None:
             self.refuse(
                 "PIPE-8",
                 Status.RESOURCE_EXHAUSTED,
-                f"a frame of {pending_frame} bytes announced, larger than the "
+                f"a frame of {length} bytes announced, larger than the "
                 f"{largest} the pipeline takes (SETTINGS_MAX_FRAME_SIZE)",
                 ErrorCodes.FRAME_SIZE_ERROR,
             )
-            return
-        # Only the acknowledgements count: what else waits in the write buffer is the
-        # pipeline's own frames, as much as flow control lets it send (a frame alone
-        # may be 16 MiB), which grpclib stops writing while the buffer is full.
-        if not unread:
-            self._control_owed = 0
-        elif self._control_owed > self._limits.max_control_frames:
+
+    def unread(self, size: int) -> None:
+        """After a read that owed acknowledgements (``control_owed``): the bytes the
+        extension has not read yet.
+
+        Only the acknowledgements count: what else waits in the write buffer is the
+        pipeline's own frames, as much as flow control lets it send (a frame alone may
+        be 16 MiB), which grpclib stops writing while the buffer is full.
+        """
+        if not size:
+            self.control_owed = 0
+        elif self.control_owed > self._limits.max_control_frames and self.refusal is None:
             self.refuse(
                 "PIPE-8",
                 Status.RESOURCE_EXHAUSTED,
-                f"{self._control_owed} acknowledgements (PING, SETTINGS) queued for an "
+                f"{self.control_owed} acknowledgements (PING, SETTINGS) queued for an "
                 f"extension that reads nothing; the limit is {self._limits.max_control_frames}",
             )
 

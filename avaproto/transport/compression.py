@@ -26,7 +26,7 @@ import anyio.to_thread
 from ..errors import RemoteProtocolError
 from ..status import Status
 
-#: What avaproto reads, as ``grpc-accept-encoding`` lists them, and the zlib window
+#: The encodings avaproto reads, by their ``grpc-encoding`` names, and the zlib window
 #: bits of each: gRPC's "deflate" is the zlib format (RFC 1950), "gzip" RFC 1952.
 ENCODINGS = {"gzip": 31, "deflate": 15}
 ACCEPTED = "identity, gzip, deflate"

@@ -16,7 +16,6 @@ from typing import Any
 import anyio
 import grpclib.client
 import grpclib.const
-import h2.errors
 import h2.exceptions
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
@@ -29,6 +28,7 @@ from ._grpclib_private import (
     end_as_sent,
     end_sent,
     ended_with_call,
+    error_name,
     extension_speaks_http2,
     goaway_error,
     grpc_status,
@@ -53,8 +53,6 @@ from .tls import explain_connection_failure
 #: The largest answer accepted (PIPE-5): answers carry inferences, rarely a frame; a
 #: 1080p RGB24 frame is 6.2 MB.
 DEFAULT_MAX_ANSWER_BYTES = 16 * 1024 * 1024
-
-_LIMITS = ConnectionLimits()
 
 _TARGET = re.compile(
     r"^(?:(?:tcp|grpc|http|https)://)?(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:/]+)):(?P<port>\d+)/?$"
@@ -83,11 +81,21 @@ _RESET_STATUS = {
 }
 
 
-def _code_name(code: int) -> str:
-    try:
-        return h2.errors.ErrorCodes(code).name
-    except ValueError:
-        return f"error code {code}"
+def _lost(
+    stream: grpclib.client.Stream[Any, Any], error: StreamTerminatedError, *, tls: bool
+) -> StreamFailed | ProtocolError:
+    """Why the call's connection ended, the extension having sent no status: the
+    pipeline refused it (PIPE-8, PIPE-9), the extension's GOAWAY, or the loss itself,
+    with a hint when the extension never spoke HTTP/2 (a TLS mismatch, say)."""
+    refused = connection_refusal(stream)
+    if refused is not None:
+        return refused
+    message = goaway_error(stream) or f"connection lost: {error}"
+    if received_headers(stream)[1] is None and not spoke_http2(stream):
+        hint = explain_connection_failure(error, tls=tls)
+        if hint:
+            message += f"; {hint}"
+    return StreamFailed(Status.UNAVAILABLE, message)
 
 
 def _failed(error: GRPCError) -> StreamFailed:
@@ -196,17 +204,12 @@ class ClientChannel:
             return StreamFailed(Status(sent[0].value), sent[1] or "")
         code = reset_code(self._stream) if sent is None else None
         if code is not None:  # a reset without a status: gRPC's mapping of its code
-            name = _code_name(code)
+            name = error_name(code)
             return StreamFailed(
                 _RESET_STATUS.get(name, Status.INTERNAL),
                 f"the extension reset the stream (RST_STREAM {name}) without a status",
             )
-        message = goaway_error(self._stream) or f"connection lost: {error}"
-        if received_headers(self._stream)[1] is None and not spoke_http2(self._stream):
-            hint = explain_connection_failure(error, tls=self._tls)
-            if hint:
-                message += f"; {hint}"
-        return StreamFailed(Status.UNAVAILABLE, message)
+        return _lost(self._stream, error, tls=self._tls)
 
     async def send_batch(self, messages: list[MediaStreamMessage]) -> None:
         for message in messages:
@@ -230,20 +233,20 @@ async def open_channel(
     metadata: Sequence[tuple[str, str]] = (),
     connect_timeout: float | None = None,
     max_message_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
-    limits: ConnectionLimits = _LIMITS,
+    limits: ConnectionLimits | None = None,
 ) -> AsyncIterator[ClientChannel]:
     """One ``ProcessMediaStream`` call to ``target``, as a ``MessageChannel``.
 
     ``connect_timeout`` bounds the connection (TCP, TLS, and HTTP/2 up to the
-    extension's SETTINGS). ``limits`` bounds what the extension can make the pipeline
-    hold (``avaproto.transport.answer_guard``: its DATA frames per answer, the
+    extension's SETTINGS). ``limits`` (None: the defaults) bounds what the extension
+    can make the pipeline hold (``avaproto.transport.answer_guard``: its DATA frames per answer, the
     acknowledgements it leaves unread).
     """
     host, port = parse_target(target)
     quiet_frame_repr()
     keep_empty_data_frames_out()
     channel = grpclib.client.Channel(host, port, ssl=ssl_context, codec=WireCodec())
-    read_answers_directly(channel, limits)
+    read_answers_directly(channel, limits or ConnectionLimits())
     client: ClientChannel | None = None
     try:
         stream = channel.request(
@@ -293,15 +296,7 @@ async def open_channel(
             # grpclib finishes the call through its guard, which keeps the reset that
             # followed the extension's OK: the call ended as the extension said.
             if client is None:  # lost before the extension spoke HTTP/2
-                refused = connection_refusal(stream)
-                if refused is not None:
-                    raise refused from None
-                message = f"connection lost: {error}"
-                spoke = spoke_http2(stream)
-                hint = None if spoke else explain_connection_failure(error, tls=bool(ssl_context))
-                raise StreamFailed(
-                    Status.UNAVAILABLE, message + (f"; {hint}" if hint else "")
-                ) from None
+                raise _lost(stream, error, tls=ssl_context is not None) from None
             if not client._ended_ok():
                 raise client._why_reset(error) from None
     finally:

@@ -196,12 +196,8 @@ class ExtensionService:
                 f"[SRV-6] {self.active} streams already open; the limit is "
                 f"{self._config.max_streams}",
             )
-        values = stream.metadata.getall(AUTH_HEADER, []) if stream.metadata else []
         try:
-            check_authentication(
-                [v if isinstance(v, str) else v.decode("latin-1") for v in values],
-                self._config.credentials,
-            )
+            check_authentication(_header(stream, AUTH_HEADER), self._config.credentials)
         except ProtocolError as error:
             log.warning("stream refused: %s", error)
             raise GRPCError(grpclib.const.Status(int(error.status)), str(error)) from None
@@ -235,13 +231,18 @@ class ExtensionService:
                 self._idle.set()
 
 
+def _header(stream: grpclib.server.Stream[Any, Any], name: str) -> list[str]:
+    """The values the request's headers give ``name``, in order (binary ones as Latin-1)."""
+    values = stream.metadata.getall(name, []) if stream.metadata else []
+    return [v if isinstance(v, str) else v.decode("latin-1") for v in values]
+
+
 def _encoding(stream: grpclib.server.Stream[Any, Any]) -> str | None:
     """The compression the pipeline's messages may use (``guard.ENCODING_HEADER``); one
     avaproto does not read ends the call with UNIMPLEMENTED naming those it does."""
-    values = stream.metadata.getall(ENCODING_HEADER, []) if stream.metadata else []
-    given = values[-1] if values else None
+    values = _header(stream, ENCODING_HEADER)
     try:
-        return check_encoding(given.decode("latin-1") if isinstance(given, bytes) else given)
+        return check_encoding(values[-1] if values else None)
     except ProtocolError as error:
         raise GRPCError(grpclib.const.Status(int(error.status)), str(error)) from None
 
@@ -249,10 +250,9 @@ def _encoding(stream: grpclib.server.Stream[Any, Any]) -> str | None:
 def _deadline(stream: grpclib.server.Stream[Any, Any]) -> tuple[float | None, str]:
     """The call's deadline from now, in seconds (None: none), and the header it came in
     (``guard.DEADLINE_HEADER``); a malformed one ends the call (SRV-15)."""
-    values = stream.metadata.getall(DEADLINE_HEADER, []) if stream.metadata else []
-    if not values:
+    texts = _header(stream, DEADLINE_HEADER)
+    if not texts:
         return None, ""
-    texts = [str(value) for value in values]
     if not all(_TIMEOUT.fullmatch(text) for text in texts):
         raise GRPCError(
             grpclib.const.Status.INVALID_ARGUMENT,

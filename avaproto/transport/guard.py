@@ -57,7 +57,7 @@ from ._grpclib_private import (
 )
 from .addresses import UNKNOWN, peer_address
 from .limits import ConnectionLimits
-from .message_meter import MessageMeter
+from .message_meter import StreamMeters
 from .tls import HTTP2_PREFACE, DiagnosedServerTLS
 
 log = logging.getLogger("avaproto.server")
@@ -100,21 +100,38 @@ def check_open_file_limit(max_connections: int) -> None:
         )
 
 
+class _Throttled:
+    """WARNING lines, at most one per rule in ``LOGGED_EVERY`` s: a flood is one line
+    naming its first case, and the next line says how many more there were."""
+
+    def __init__(self) -> None:
+        self._logged: dict[str, tuple[float, int]] = {}  # rule: (last line, quiet since)
+
+    def __call__(self, rule: str, line: str) -> None:
+        now = time.monotonic()
+        last, quiet = self._logged.get(rule, (-LOGGED_EVERY, 0))
+        if now - last < LOGGED_EVERY:
+            self._logged[rule] = (last, quiet + 1)
+            return
+        if quiet:
+            line += f" ({quiet} more for [{rule}] since the last such line)"
+        log.warning("%s", line)
+        self._logged[rule] = (now, 0)
+
+
 #: asyncio's report of a failed accept (out of descriptors or memory), per failure.
 _ACCEPT_FAILED = "socket.accept() out of system resource"
-#: Seconds between two log lines about failed accepts.
-ACCEPT_LOG_INTERVAL = 10.0
 
 
 def quiet_accept_failures(loop: asyncio.AbstractEventLoop) -> None:
-    """Have ``loop`` log failed accepts in one WARNING per ``ACCEPT_LOG_INTERVAL`` s,
-    with their count, instead of asyncio's ERROR and traceback for each: out of
-    descriptors, a listener logged them about 1,900 times a second while peers held
-    every descriptor. Everything else goes to the handler the loop had (CONN-14)."""
+    """Have ``loop`` log failed accepts in one WARNING per ``LOGGED_EVERY`` s, with
+    their count, instead of asyncio's ERROR and traceback for each: out of descriptors,
+    a listener logged them about 1,900 times a second while peers held every
+    descriptor. Everything else goes to the handler the loop had (CONN-14)."""
     previous = loop.get_exception_handler()
     if getattr(previous, "quiets_accept_failures", False):
         return
-    state = {"last": -ACCEPT_LOG_INTERVAL, "count": 0}
+    warn = _Throttled()
 
     def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         if context.get("message") != _ACCEPT_FAILED:
@@ -123,18 +140,11 @@ def quiet_accept_failures(loop: asyncio.AbstractEventLoop) -> None:
             else:
                 previous(loop, context)
             return
-        state["count"] += 1
-        now = loop.time()
-        if now - state["last"] < ACCEPT_LOG_INTERVAL:
-            return
-        log.warning(
-            "[CONN-14] %d connection(s) could not be accepted in the last %.0f s: %s "
+        warn(
+            "CONN-14",
+            f"[CONN-14] a connection could not be accepted: {context.get('exception')} "
             "(raise ulimit -n, or lower --max-connections)",
-            state["count"],
-            min(now - state["last"], ACCEPT_LOG_INTERVAL),
-            context.get("exception"),
         )
-        state["last"], state["count"] = now, 0
 
     handler.quiets_accept_failures = True  # type: ignore[attr-defined]
     loop.set_exception_handler(handler)
@@ -172,7 +182,7 @@ class ServerGuard:
         #: connections: a header alone asks for one, so past ``max_read_buffers_bytes``
         #: h2 reads the frame instead, buffering only what arrives (and as slowly).
         self.direct_bytes = 0
-        self._logged: dict[str, tuple[float, int]] = {}  # rule: (last line, quiet since)
+        self._warn = _Throttled()
 
     def protocol(self, h2_protocol: Any, tls: ssl.SSLContext | None) -> asyncio.BaseProtocol:
         """The protocol asyncio runs for one accepted connection, around grpclib's."""
@@ -194,15 +204,7 @@ class ServerGuard:
 
     def warn(self, rule: str, line: str) -> None:
         """Log ``line``, unless one for ``rule`` was logged in the last LOGGED_EVERY s."""
-        now = time.monotonic()
-        last, quiet = self._logged.get(rule, (-LOGGED_EVERY, 0))
-        if now - last < LOGGED_EVERY:
-            self._logged[rule] = (last, quiet + 1)
-            return
-        if quiet:
-            line += f" ({quiet} more for [{rule}] since the last such line)"
-        log.warning("%s", line)
-        self._logged[rule] = (now, 0)
+        self._warn(rule, line)
 
     def release(self) -> None:
         self.open -= 1
@@ -325,7 +327,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         self._opened = 0
         self._premature = 0
         self._unanswered: set[int] = set()
-        self._meters: dict[int, MessageMeter] = {}
+        self._meters = StreamMeters(self._limits.frames_per_message)
 
     # --- the socket: accepted and lost ------------------------------------------------
 
@@ -727,31 +729,23 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                     Any, [(_MOVED.get(name, name), value) for name, value in headers]
                 )
         elif isinstance(event, h2.events.StreamReset):
-            self._meters.pop(event.stream_id, None)
+            self._meters.forget(event.stream_id)
             self._end_body(event.stream_id)
             if event.remote_reset and event.stream_id in self._unanswered:
                 self._unanswered.discard(event.stream_id)
                 self._premature += 1
                 self._check_resets()
         elif isinstance(event, h2.events.StreamEnded):
-            self._meters.pop(event.stream_id, None)
+            self._meters.forget(event.stream_id)
             self._end_body(event.stream_id)
         return not self._closing
 
     def _metered(self, stream_id: int, payload: bytes | memoryview) -> bool:
         """Follow a DATA frame through its stream's messages; False once CONN-9 tripped."""
-        meter = self._meters.get(stream_id)
-        if meter is None:
-            meter = self._meters[stream_id] = MessageMeter(self._limits.frames_per_message)
-        if meter.data(payload):
+        excess = self._meters.excess(stream_id, payload)
+        if excess is None:
             return True
-        self._trip(
-            "CONN-9",
-            f"a message{f' of {meter.length} bytes' if meter.remaining >= 0 else ''}"
-            f" arrived in more than {meter.allowed} DATA frames on stream "
-            f"{stream_id}; the limit is {self._limits.frames_per_message} "
-            "frames plus two per 16 KiB of its length, two at least (--frames-per-message)",
-        )
+        self._trip("CONN-9", f"{excess} (--frames-per-message)")
         return False
 
     def _check_resets(self) -> None:
@@ -775,7 +769,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
     def _stream_released(self, stream_id: int) -> None:
         self._active -= 1
         self._unanswered.discard(stream_id)
-        self._meters.pop(stream_id, None)
+        self._meters.forget(stream_id)
         self._end_body(stream_id)
         if not self._active:
             self._arm_idle()

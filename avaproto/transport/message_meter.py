@@ -66,3 +66,35 @@ class MessageMeter:
                 self.frames = 1 if i < n else 0
                 self.allowed = self.opening
         return True
+
+
+class StreamMeters:
+    """A ``MessageMeter`` per stream of one connection, made as each stream's first DATA
+    frame arrives and dropped as the stream ends."""
+
+    __slots__ = ("_meters", "slack")
+
+    def __init__(self, slack: int) -> None:
+        self.slack = slack
+        self._meters: dict[int, MessageMeter] = {}
+
+    def excess(self, stream_id: int, payload: bytes | memoryview) -> str | None:
+        """Follow one DATA frame of ``stream_id``: None, or why its message takes too many."""
+        meter = self._meters.get(stream_id)
+        if meter is None:
+            meter = self._meters[stream_id] = MessageMeter(self.slack)
+        if meter.data(payload):
+            return None
+        length = f" of {meter.length} bytes" if meter.remaining >= 0 else ""
+        return (
+            f"a message{length} arrived in more than {meter.allowed} DATA frames on stream "
+            f"{stream_id}; the limit is {self.slack} frames plus two per 16 KiB of its "
+            "length, two at least"
+        )
+
+    def get(self, stream_id: int) -> MessageMeter | None:
+        """The stream's meter, if a DATA frame of it arrived."""
+        return self._meters.get(stream_id)
+
+    def forget(self, stream_id: int) -> None:
+        self._meters.pop(stream_id, None)

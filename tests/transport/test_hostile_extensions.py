@@ -139,11 +139,12 @@ def test_the_pipelines_own_frames_waiting_to_be_written_are_not_held_against_the
     Only the acknowledgements it is owed count."""
     refusals: list[ProtocolError] = []
     guard = AnswerGuard(ConnectionLimits(), "extension", lambda error, _: refusals.append(error))
-    guard.read_done(None, 1 << 24, unread=64 << 20)
+    guard.event(h2.events.PingReceived(ping_data=b"12345678"))
+    guard.unread(64 << 20)
     assert refusals == []
-    for _ in range(1001):
+    for _ in range(1000):
         guard.event(h2.events.PingReceived(ping_data=b"12345678"))
-    guard.read_done(None, 1 << 24, unread=17 * 1001)
+    guard.unread(17 * 1001)
     [error] = refusals
     refused(error, "PIPE-8", Status.RESOURCE_EXHAUSTED, "1001 acknowledgements")
 
