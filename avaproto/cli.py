@@ -37,6 +37,7 @@ from . import __version__
 
 if TYPE_CHECKING:
     from .engine.drive import Result
+    from .messages import Inference
     from .protocol.auth import Credentials
     from .protocol.video_format import VideoFormat
     from .report import Report
@@ -760,6 +761,51 @@ class ResultsFile:
             self.temporary.unlink(missing_ok=True)
 
 
+class _Omissions:
+    """What ``--output`` changed or dropped: counted, the first kept, for one warning.
+
+    A count rather than a list: an extension that sends one odd inference per frame
+    for a day must not grow the pipeline's memory with a message per frame.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.count = 0
+        self.first = ""
+
+    def add(self, reason: str) -> None:
+        if not self.count:
+            self.first = reason
+        self.count += 1
+
+    def __str__(self) -> str:
+        return f"{self.what.format(count=self.count)}; the first: {self.first}"
+
+
+def _cut_to_image(inferences: list[Inference], frame: str, cut: _Omissions) -> list[Inference]:
+    """``inferences`` with each box reaching outside the image cut to it (INF-4).
+
+    Such a box has no schema-valid JSON form as given (an edge is outside [0, 1]); cut,
+    it keeps what the detector found, where leaving it out would lose the detection.
+    """
+    from .errors import InferenceError
+    from .media.inferences import clip_box, validate
+
+    kept = inferences
+    for index, inference in enumerate(inferences):
+        where = f"inferences[{index}]"
+        try:
+            validate(inference, where)
+        except InferenceError as error:
+            if error.rule != "INF-4" or (clipped := clip_box(inference, where)) is None:
+                continue  # to_json_lenient leaves it out and says why
+            if kept is inferences:
+                kept = list(inferences)
+            kept[index], detail = clipped
+            cut.add(f"{frame}: {detail}")
+    return kept
+
+
 class _Progress:
     """One self-rewriting line on a terminal; silent otherwise."""
 
@@ -941,15 +987,20 @@ def _send(args: argparse.Namespace) -> int:
     output = ResultsFile(args.output) if args.output else None
     summary = sys.stderr if args.output == "-" else sys.stdout
     progress = _Progress(sys.stderr, total)
-    left_out: list[str] = []
+    # What --output could not write as given: a count and the first, for one warning.
+    left_out = _Omissions("left out {count} inference(s) that have no schema-valid JSON form")
+    cut = _Omissions("cut {count} box(es) that reached outside the image to it (INF-4)")
 
     def on_result(result: Result) -> None:
         progress.step()
         if output is not None:
-            body, omitted = to_json_lenient(result.inferences)
-            line = {"sequenceNumber": result.acknowledged, "timestamp": result.timestamp}
+            number = result.acknowledged
+            frame = f"frame {number}" if number is not None else "an answer acknowledging none"
+            body, omitted = to_json_lenient(_cut_to_image(result.inferences, frame, cut))
+            line = {"sequenceNumber": number, "timestamp": result.timestamp}
             output.write({**line, **body})
-            left_out.extend(f"frame {result.acknowledged}: {reason}" for reason in omitted)
+            for reason in omitted:
+                left_out.add(f"{frame}: {reason}")
 
     def chained() -> Iterator[SourceFrame]:
         yield first
@@ -972,12 +1023,9 @@ def _send(args: argparse.Namespace) -> int:
         print(f"{fmt}, {args.transfer} transfer, to {args.target}", file=summary)
         for text in report.lines():
             print(text, file=summary)
-    if left_out:
-        print(
-            f"avaproto send: warning: --output left out {len(left_out)} inference(s) that "
-            f"have no schema-valid JSON form; the first: {left_out[0]}",
-            file=sys.stderr,
-        )
+    for omissions in (cut, left_out):
+        if omissions.count:
+            print(f"avaproto send: warning: --output {omissions}", file=sys.stderr)
     failure = _unwrap(failure) if failure is not None else None
     if failure is None and received is None:
         if output is not None:

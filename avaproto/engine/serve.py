@@ -29,7 +29,7 @@ import anyio
 import anyio.abc
 
 from ..errors import InferenceError, ProtocolError, RemoteProtocolError, StreamFailed
-from ..media.inferences import validate
+from ..media.inferences import clip_box, validate
 from ..messages import (
     Inference,
     MediaDescriptor,
@@ -325,6 +325,8 @@ class ExtensionHandler:
         self.turn = _Turn()
         # The sample the message just read carried, for the worker that read it.
         self.received: _Job | None = None
+        # Boxes of the extension's that reached outside the image and were cut (INF-4).
+        self.cut_boxes = 0
 
     #: The workers read the stream themselves (the runner starts no receive loop).
     reads_itself: ClassVar[bool] = True
@@ -418,7 +420,7 @@ class ExtensionHandler:
                     result = await self.extension.process(job.frame)
             else:
                 result = await self.extension.process(job.frame)
-            job.inferences = _checked(result, number)
+            job.inferences = _checked(result, number, self._cut)
         except TimeoutError:
             raise ProtocolError(
                 "SRV-4",
@@ -433,6 +435,18 @@ class ExtensionHandler:
                 Status.INTERNAL,
                 f"the extension failed on sample {number}: {type(error).__name__}: {error}",
             ) from error
+
+    def _cut(self, number: int, detail: str) -> None:
+        """A box of the extension's was cut to the image: one warning per stream."""
+        self.cut_boxes += 1
+        if self.cut_boxes == 1:
+            log.warning(
+                "%s: a box of the extension's was cut to the image "
+                "(INF-4, warned once per stream): sample %d: %s",
+                self.runner.peer,
+                number,
+                detail,
+            )
 
     def _ready(self) -> list[_Job]:
         """The jobs that may be answered now: the done head of the line, or all done ones."""
@@ -481,7 +495,7 @@ class ExtensionHandler:
             self.sending = False
 
 
-def _checked(result: object, number: int) -> list[Inference]:
+def _checked(result: object, number: int, cut: Callable[[int, str], None]) -> list[Inference]:
     if result is None:
         return []
     try:
@@ -501,9 +515,16 @@ def _checked(result: object, number: int) -> list[Inference]:
                 f"the extension returned a {type(inference).__name__} among the inferences "
                 f"of sample {number}; expected Inference",
             )
+        where = f"inferences[{index}]"
         try:
-            validate(inference, f"inferences[{index}]")
+            validate(inference, where)
         except InferenceError as error:
+            # A box reaching past the image's left or top (a detector that does not
+            # clip) is cut to the image rather than end the stream (INF-4's field note).
+            if error.rule == "INF-4" and (clipped := clip_box(inference, where)) is not None:
+                inferences[index], detail = clipped
+                cut(number, detail)
+                continue
             raise ProtocolError(
                 "SRV-3",
                 Status.INTERNAL,

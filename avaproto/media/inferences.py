@@ -7,7 +7,10 @@ take the value and set the type from it (INF-7), so they cannot disagree. They a
 check what the contract states as ranges: confidences and rectangle edges are
 fractions in [0, 1] (INF-3, INF-4). A box may reach past the image's edge
 (l + w > 1): detectors that do not clip send such boxes, so they are carried as
-given, and ``box_overflows`` says so to whoever wants to know. Floats are stored as
+given, and ``box_overflows`` says so to whoever wants to know. A box with an edge
+outside [0, 1] (l < 0 for an object at the left edge) has no valid form;
+``clip_box`` cuts it to the image, which the server does to its extension's boxes and
+``send --output`` to an extension's, each with one warning. Floats are stored as
 the float32 the wire carries, so a built message equals its own echo after
 serialisation; that is what makes the JSON form (``inference_json``) lossless.
 
@@ -377,6 +380,41 @@ def box_overflows(inference: Inference, where: str = "inference") -> str | None:
     return f"{where}.{name}.box ({edges}) reaches past the image's edge: {' and '.join(past)}"
 
 
+def clip_box(inference: Inference, where: str = "inference") -> tuple[Inference, str] | None:
+    """The inference with its box cut to the image, and what was cut; None if no cut helps.
+
+    For a box with an edge outside [0, 1] (INF-4) that still covers part of the image,
+    as a detector that does not clip gives for an object at the image's left or top
+    edge (``l = -0.02``): the box becomes the part inside the image, a copy of the
+    inference carries it, and the message says what the box was. The meaning is
+    kept (the object is where the box says, as far as the image shows it), where
+    refusing would end a stream, or drop the detection, over a valid result. A box
+    inside the image, one that misses it altogether, or one with an edge that is not
+    a finite number, has no such cut: None, and ``validate`` says what is wrong.
+    """
+    name = value_field(inference)
+    if name is None or (box := getattr(getattr(inference, name), "box", None)) is None:
+        return None
+    edges = [getattr(box, edge) for edge in _EDGES]
+    if not all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in edges
+    ):
+        return None
+    if all(0.0 <= v <= 1.0 for v in edges):
+        return None
+    l, t, w, h = (float(v) for v in edges)  # noqa: E741 - the contract's names
+    if w < 0.0 or h < 0.0:
+        return None
+    left, top = max(l, 0.0), max(t, 0.0)
+    width, height = min(l + w, 1.0) - left, min(t + h, 1.0) - top
+    if width <= 0.0 or height <= 0.0:
+        return None  # the box misses the image: nothing of it to keep
+    copy = Inference.parse(bytes(inference))
+    getattr(copy, name).box = _box_of((left, top, width, height), f"{where}.{name}.box")
+    given = ", ".join(f"{edge}={v:.7g}" for edge, v in zip(_EDGES, edges, strict=True))
+    return copy, f"{where}.{name}.box ({given}) reaches outside the image; cut to it"
+
+
 def validate_all(inferences: Iterable[Inference]) -> list[Inference]:
     """``validate`` each, naming its index (``inferences[i]``) in errors."""
     return [validate(item, f"inferences[{index}]") for index, item in enumerate(inferences)]
@@ -390,6 +428,7 @@ __all__ = [
     "attribute",
     "box_overflows",
     "classification",
+    "clip_box",
     "entity",
     "event",
     "motion",

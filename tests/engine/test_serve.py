@@ -6,6 +6,7 @@ real protocol core, so every message is checked on both sides.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +23,15 @@ from avaproto.engine.frame import Frame
 from avaproto.engine.outcome import protocol_errors
 from avaproto.engine.serve import StreamSummary, serve_stream
 from avaproto.errors import ProtocolError, StreamFailed
-from avaproto.messages import Inference, MediaSample, MediaStreamMessage
+from avaproto.messages import (
+    Entity,
+    Inference,
+    InferenceType,
+    MediaSample,
+    MediaStreamMessage,
+    Rectangle,
+    Tag,
+)
 from avaproto.protocol.descriptor import StreamDescriptor
 from avaproto.status import Status
 from avaproto.transport.memory import channel_pair, serve
@@ -221,6 +230,44 @@ async def test_processor_returning_garbage_ends_the_stream_with_internal() -> No
             await collect(results)
     assert isinstance(outcome[0], ProtocolError)
     assert "str" in str(outcome[0])
+
+
+def entity_at(l: float) -> list[Inference]:  # noqa: E741
+    box = Rectangle(l=l, t=0.25, w=0.5, h=0.5)
+    return [Inference(type=InferenceType.ENTITY, entity=Entity(tag=Tag(value="car"), box=box))]
+
+
+@pytest.mark.rule("INF-4")
+async def test_a_box_past_the_left_edge_is_cut_to_the_image_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A detector that does not clip gives l < 0 for an object at the image's edge."""
+    caplog.set_level(logging.WARNING, logger="avaproto")
+    async with served(FunctionExtension(lambda frame: entity_at(-0.25))) as (stream, results, _):
+        for t in range(3):
+            await stream.send(bytes(FRAME_BYTES), timestamp=t)
+        await stream.end()
+        answers = await collect(results)
+    boxes = [(b.l, b.t, b.w, b.h) for a in answers for b in [a.inferences[0].entity.box]]
+    assert boxes == [(0.0, 0.25, 0.25, 0.5)] * 3
+    warnings = [r.getMessage() for r in caplog.records if "INF-4" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once per stream
+    assert "sample 2" in warnings[0] and "l=-0.25" in warnings[0]
+
+
+@pytest.mark.rule("INF-4", "SRV-3")
+async def test_a_box_outside_the_image_still_ends_the_stream() -> None:
+    with pytest.raises(StreamFailed) as failed:
+        async with served(FunctionExtension(lambda frame: entity_at(-0.75))) as (
+            stream,
+            results,
+            _,
+        ):
+            await stream.send(bytes(FRAME_BYTES), timestamp=0)
+            await stream.end()
+            await collect(results)
+    assert failed.value.status is Status.INTERNAL
+    assert "[INF-4]" in failed.value.detail and "box.l = -0.75" in failed.value.detail
 
 
 @pytest.mark.rule("SRV-4")

@@ -399,3 +399,65 @@ class TestValidate:
         assert again.extensions == odd
         assert Inference.parse(bytes(payload)) == payload
         assert inf.validate(again) is again
+
+
+# --- cutting a box that reaches outside the image (INF-4's field note) ------------------
+
+
+def boxed(l: float, t: float, w: float, h: float) -> Inference:  # noqa: E741
+    return Inference(
+        type=InferenceType.ENTITY,
+        entity=Entity(tag=Tag(value="car", confidence=0.5), box=Rectangle(l=l, t=t, w=w, h=h)),
+        inference_id="7",
+    )
+
+
+@pytest.mark.rule("INF-4")
+@pytest.mark.parametrize(
+    ("given", "cut"),
+    [
+        ((-0.02, 0.2, 0.3, 0.4), (0.0, 0.2, 0.28, 0.4)),  # past the left edge
+        ((0.1, -0.1, 0.2, 0.3), (0.1, 0.0, 0.2, 0.2)),  # past the top
+        ((0.0, 0.0, 1.25, 0.5), (0.0, 0.0, 1.0, 0.5)),  # wider than the image
+        ((-0.5, -0.5, 2.0, 2.0), (0.0, 0.0, 1.0, 1.0)),  # around the whole image
+    ],
+)
+def test_a_box_reaching_outside_the_image_is_cut_to_it(
+    given: tuple[float, float, float, float], cut: tuple[float, float, float, float]
+) -> None:
+    inference = boxed(*given)
+    with pytest.raises(InferenceError, match=r"\[INF-4\]"):
+        inf.validate(inference)
+    result = inf.clip_box(inference, "inferences[3]")
+    assert result is not None
+    clipped, detail = result
+    inf.validate(clipped)
+    box = clipped.entity.box
+    assert (box.l, box.t, box.w, box.h) == pytest.approx(cut, abs=1e-6)
+    assert (clipped.inference_id, clipped.entity.tag.value) == ("7", "car")  # the rest kept
+    assert inference.entity.box.l == pytest.approx(given[0], abs=1e-6)  # the given one kept
+    assert detail.startswith("inferences[3].entity.box (l=") and "cut to it" in detail
+
+
+@pytest.mark.rule("INF-4")
+@pytest.mark.parametrize(
+    "given",
+    [
+        (0.1, 0.2, 0.3, 0.4),  # inside: nothing to cut
+        (0.5, 0.5, 0.7, 0.2),  # past the right edge with every edge in range: carried as given
+        (-0.5, 0.2, 0.3, 0.4),  # entirely left of the image: nothing of it to keep
+        (1.5, 0.2, 0.3, 0.4),  # entirely right of it
+        (0.1, 0.2, -0.3, 0.4),  # a negative width is no box
+        (math.nan, 0.2, 0.3, 0.4),
+        (math.inf, 0.2, 0.3, 0.4),
+    ],
+)
+def test_boxes_that_no_cut_helps_are_left_to_validate(
+    given: tuple[float, float, float, float],
+) -> None:
+    assert inf.clip_box(boxed(*given)) is None
+
+
+def test_an_inference_without_a_box_has_nothing_to_cut() -> None:
+    assert inf.clip_box(Inference(subtype="seen")) is None
+    assert inf.clip_box(inf.classification("cat", 0.5)) is None
