@@ -142,12 +142,13 @@ def decode(buffer: Buffer, fmt: VideoFormat) -> Image:
     16-bit formats height x width uint16 in the format's byte order (``>u2``/``<u2``),
     YUV420P a ``YuvPlanes``. The buffer must measure exactly one frame (MEDIA-6): a
     view over a short buffer would read past the sample, and a long one means the
-    sender and the format disagree.
+    sender and the format disagree. Only the padding after the last row may be
+    missing (MEDIA-6's field note): every pixel is still in the buffer.
     """
     layout = _raw(fmt)
     raw = _byte_view(buffer)
     expected = fmt.frame_bytes
-    if raw.nbytes != expected:
+    if not fmt.shortest_bytes <= raw.nbytes <= expected:
         raise FrameError(
             "MEDIA-6",
             Status.INVALID_ARGUMENT,

@@ -73,6 +73,16 @@ class PixelLayout:
         """Exact size of a frame's buffer: what a sample's content must measure."""
         return self.planes(width, height, stride_bytes)[-1].end
 
+    def shortest_frame_bytes(self, width: int, height: int, stride_bytes: int = 0) -> int:
+        """The size of a frame whose last row stops at its last pixel (no padding after).
+
+        Every pixel is there: a buffer copied from the first pixel to the last of a
+        padded image measures this. Equal to ``frame_bytes`` when rows are packed.
+        """
+        last = self.planes(width, height, stride_bytes)[-1]
+        samples = self.bytes_per_pixel if self.layout is not Layout.PLANAR_YUV420 else 1
+        return last.end - last.pitch + last.width * samples if last.height else last.end
+
 
 @dataclass(frozen=True)
 class Plane:

@@ -152,6 +152,11 @@ class VideoFormat:
         """Exact size of one RAW frame's content (computed once: it is checked per sample)."""
         return self.layout.frame_bytes(self.width, self.height, self.stride_bytes)
 
+    @cached_property
+    def shortest_bytes(self) -> int:
+        """A RAW frame without the padding after its last row (MEDIA-6's field note)."""
+        return self.layout.shortest_frame_bytes(self.width, self.height, self.stride_bytes)
+
     def __str__(self) -> str:
         if not self.is_raw:
             size = f" {self.width}x{self.height}" if self.width and self.height else ""

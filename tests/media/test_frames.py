@@ -31,6 +31,10 @@ def padded(pixel_format: PixelFormat, width: int, height: int, pad: int) -> Vide
     return raw(pixel_format, width, height, PIXEL_LAYOUTS[pixel_format].row_bytes(width) + pad)
 
 
+def planes_of(image: frames.Image) -> tuple[np.ndarray, ...]:
+    return tuple(image) if isinstance(image, YuvPlanes) else (image,)
+
+
 def base_of(image: frames.Image) -> np.ndarray:
     return image.y if isinstance(image, YuvPlanes) else image
 
@@ -207,6 +211,25 @@ class TestRefusals:
         assert caught.value.rule == "MEDIA-6"
         assert caught.value.status is Status.INVALID_ARGUMENT
         assert str(fmt.frame_bytes) in str(caught.value) and str(max(size, 0)) in str(caught.value)
+
+    @pytest.mark.rule("MEDIA-6")
+    @pytest.mark.parametrize("pixel_format", FORMATS, ids=lambda f: f.name)
+    def test_only_the_padding_after_the_last_row_may_be_missing(
+        self, pixel_format: PixelFormat
+    ) -> None:
+        """A buffer copied from the first pixel to the last of a padded image."""
+        fmt = padded(pixel_format, 7, 5, 6)
+        whole = bytes(range(256)) * (fmt.frame_bytes // 256 + 1)
+        whole = whole[: fmt.frame_bytes]
+        short = whole[: fmt.shortest_bytes]
+        assert fmt.shortest_bytes < fmt.frame_bytes
+        for got, want in zip(
+            planes_of(frames.decode(short, fmt)), planes_of(frames.decode(whole, fmt)), strict=True
+        ):
+            np.testing.assert_array_equal(got, want)
+        with pytest.raises(FrameError) as caught:
+            frames.decode(short[:-1], fmt)
+        assert caught.value.rule == "MEDIA-6"
 
     @pytest.mark.rule("MEDIA-6", "MEDIA-11")
     def test_a_padded_frame_needs_its_padding(self) -> None:

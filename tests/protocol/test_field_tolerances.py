@@ -116,6 +116,47 @@ class TestReferencesLongerThanAFrame:
         assert caught.value.rule == "MEDIA-6"
 
 
+class TestFramesWithoutTheLastRowsPadding:
+    """A pipeline that copies a padded image from its first pixel to its last: RGB24
+    4x2 with rows 16 bytes apart is 32 bytes a frame, and its 28 first hold every pixel."""
+
+    FORMAT = video_format(stride=16)
+    FRAME, SHORTEST = 32, 16 + 4 * 3
+
+    @pytest.mark.rule("MEDIA-6")
+    @pytest.mark.parametrize("transfer", ["embedded", "shm"])
+    def test_accepted_with_one_warning_per_stream(self, transfer: str) -> None:
+        _, extension = negotiate(pipeline_descriptor(self.FORMAT, shm=("seg", SEGMENT)))
+        firsts = []
+        for index, length in enumerate([self.SHORTEST, self.FRAME - 1, self.SHORTEST]):
+            number = index + 2
+            sample = embedded(length) if transfer == "embedded" else referenced(0, length)
+            events = extension.receive(from_pipeline(number, sample))
+            [received] = samples(events)
+            assert received.content is not None and received.sequence_number == number
+            firsts += [n.first for n in tolerated(events) if n.rule == "MEDIA-6"]
+            extension.send_sample(MediaSample(), ack=number)
+        assert firsts == [True, False, False]
+        assert extension.tolerated["MEDIA-6"] == 3
+
+    @pytest.mark.rule("MEDIA-6")
+    @pytest.mark.parametrize("transfer", ["embedded", "shm"])
+    def test_a_missing_pixel_is_still_refused(self, transfer: str) -> None:
+        _, extension = negotiate(pipeline_descriptor(self.FORMAT, shm=("seg", SEGMENT)))
+        length = self.SHORTEST - 1
+        sample = embedded(length) if transfer == "embedded" else referenced(0, length)
+        with pytest.raises(RemoteProtocolError) as caught:
+            extension.receive(from_pipeline(2, sample))
+        assert (caught.value.rule, caught.value.status) == ("MEDIA-6", Status.INVALID_ARGUMENT)
+
+    @pytest.mark.rule("MEDIA-6")
+    def test_our_own_frames_stay_whole(self) -> None:
+        pipeline, _ = negotiate(pipeline_descriptor(self.FORMAT))
+        with pytest.raises(LocalProtocolError) as caught:
+            pipeline.send_sample(embedded(self.SHORTEST))
+        assert caught.value.rule == "MEDIA-6"
+
+
 class TestOverlappingReferences:
     @pytest.mark.rule("SHM-8")
     def test_overlap_with_an_unacknowledged_reference_is_warned(self) -> None:

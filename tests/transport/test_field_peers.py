@@ -39,6 +39,7 @@ from avaproto.engine.frame import Frame
 from avaproto.errors import ProtocolError
 from avaproto.messages import (
     METHOD_PATH,
+    ContentBytes,
     ContentReference,
     Dimensions,
     Encoding,
@@ -492,6 +493,81 @@ async def test_serve_answers_a_pipeline_whose_references_are_one_byte_long(
     assert len([line for line in lines if "[SHM-14]" in line and "deviates" in line]) == 1
     closing = next(line for line in lines if line.startswith("stream closed"))
     assert f"SHM-14 x{count - 1}" in closing
+
+
+@pytest.mark.rule("MEDIA-6")
+@pytest.mark.parametrize("transfer", ["embedded", "shm"])
+async def test_serve_reads_frames_whose_last_row_lacks_its_padding(
+    transfer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pipeline that copies a padded image from its first pixel to its last.
+
+    RGB24 5x3 with rows 16 bytes apart: a frame is 48 bytes, and 47 hold every pixel.
+    """
+    caplog.set_level(logging.INFO, logger="avaproto")
+    width, height, stride = 5, 3, 16
+    shortest = stride * (height - 1) + width * 3
+    corners: list[tuple[int, ...]] = []
+
+    def corner(frame: Frame) -> list[Inference]:
+        image = frame.image
+        corners.append(tuple(int(v) for v in image[-1, -1]))
+        return []
+
+    count = 3
+    async with field_segment(stride * height * count) as (name, mapping):
+        descriptor = MediaStreamDescriptor(
+            media_descriptor=MediaDescriptor(
+                timescale=90000,
+                video_frame_sample_format=VideoFrameSampleFormat(
+                    encoding=Encoding.RAW,
+                    pixel_format=PixelFormat.RGB24,
+                    dimensions=Dimensions(width=width, height=height),
+                    stride_bytes=stride,
+                ),
+            ),
+            shared_memory_buffer_transfer_properties=SharedMemoryBufferTransferProperties(
+                handle_name=name, length_bytes=len(mapping)
+            )
+            if transfer == "shm"
+            else None,
+        )
+
+        def content(index: int) -> bytes:
+            frame = bytearray(shortest)
+            frame[-3:] = bytes([index, index + 1, index + 2])  # the last pixel
+            return bytes(frame)
+
+        def sample(index: int) -> MediaStreamMessage:
+            if transfer == "embedded":
+                return MediaStreamMessage(
+                    sequence_number=index + 2,
+                    media_sample=MediaSample(content_bytes=ContentBytes(bytes=content(index))),
+                )
+            offset = index * stride * height
+            mapping[offset : offset + shortest] = content(index)
+            return referring(index + 2, offset, shortest)
+
+        answers: list[MediaStreamMessage] = []
+        with anyio.fail_after(TIMEOUT):
+            async with running(corner, ServerConfig(port=0), grace=2) as server:
+                channel = grpclib.client.Channel("127.0.0.1", server.port)
+                try:
+                    stub = MediaGraphExtensionStub(channel)
+                    opening = MediaStreamMessage(
+                        sequence_number=1, media_stream_descriptor=descriptor
+                    )
+                    messages = [opening, *(sample(i) for i in range(count))]
+                    async for message in stub.process_media_stream(messages):
+                        answers.append(message)
+                finally:
+                    channel.close()
+    assert [a.ack_sequence_number for a in answers] == [1, *range(2, count + 2)]
+    assert corners == [(i, i + 1, i + 2) for i in range(count)]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([line for line in lines if "[MEDIA-6]" in line and "deviates" in line]) == 1
+    closing = next(line for line in lines if line.startswith("stream closed"))
+    assert closing.endswith(f"OK; tolerated MEDIA-6 x{count}")
 
 
 @pytest.mark.rule("SHM-8")
