@@ -12,7 +12,7 @@ import contextlib
 import struct
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 import grpclib.protocol
 from grpclib.encoding.base import CodecBase
@@ -25,6 +25,7 @@ from ._grpclib_private import receive_exactly, receive_whole
 from .compression import inflate
 
 _PREFIX = struct.Struct(">BI")
+_Message = TypeVar("_Message")
 
 
 def _truncated(what: str) -> RemoteProtocolError:
@@ -39,7 +40,22 @@ async def read_message(
     hold: Callable[[int], AbstractContextManager[object]] | None = None,
     encoding: str | None = None,
 ) -> MediaStreamMessage | None:
-    """The next message on ``stream``, or None at its clean end.
+    """The next extension message on ``stream``, or None at its clean end (``read``)."""
+    return await read(
+        stream, max_bytes, decode_message, limit_rule=limit_rule, hold=hold, encoding=encoding
+    )
+
+
+async def read(
+    stream: grpclib.protocol.Stream,
+    max_bytes: int,
+    decode: Callable[[bytes | bytearray | memoryview], _Message],
+    *,
+    limit_rule: str,
+    hold: Callable[[int], AbstractContextManager[object]] | None = None,
+    encoding: str | None = None,
+) -> _Message | None:
+    """The next message on ``stream``, decoded by ``decode``, or None at its clean end.
 
     A message larger than ``max_bytes`` raises RESOURCE_EXHAUSTED under ``limit_rule``
     (the server's SRV-5, the pipeline's PIPE-5) before it is read. ``hold(length)``, if
@@ -52,8 +68,8 @@ async def read_message(
     if whole is not None:  # the common case: a message that arrived in one DATA frame
         _check_prefix(whole[0], len(whole) - 5, max_bytes, limit_rule)
         if whole[0]:
-            return await _decode_inflated(whole[5:], encoding, max_bytes, limit_rule, hold)
-        return decode_message(whole[5:])
+            return await _inflated(whole[5:], decode, encoding, max_bytes, limit_rule, hold)
+        return decode(whole[5:])
     try:
         prefix = await stream.recv_data(5)
     except AssertionError:  # grpclib's buffer: fewer bytes than asked before the end
@@ -72,20 +88,21 @@ async def read_message(
     if len(data) != length:
         raise _truncated(f"a message of {length} bytes")
     if compressed:
-        return await _decode_inflated(data, encoding, max_bytes, limit_rule, hold)
-    return decode_message(data)
+        return await _inflated(data, decode, encoding, max_bytes, limit_rule, hold)
+    return decode(data)
 
 
-async def _decode_inflated(
+async def _inflated(
     data: bytes | memoryview,
+    decode: Callable[[bytes | bytearray | memoryview], _Message],
     encoding: str | None,
     max_bytes: int,
     limit_rule: str,
     hold: Callable[[int], AbstractContextManager[object]] | None,
-) -> MediaStreamMessage:
+) -> _Message:
     """A compressed message decoded, its inflated bytes counted until then (WIRE-3)."""
     async with inflate(data, encoding, max_bytes, limit_rule=limit_rule, hold=hold) as body:
-        return decode_message(body)
+        return decode(body)
 
 
 def _check_prefix(compressed: int, length: int, max_bytes: int, limit_rule: str) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -31,7 +30,6 @@ from typing import Any
 
 import anyio
 import grpclib.const
-import grpclib.metadata
 import grpclib.server
 from grpclib.config import Configuration
 from grpclib.exceptions import GRPCError
@@ -40,25 +38,19 @@ from ..codec import encode_framed
 from ..engine.config import EngineConfig
 from ..engine.extension import Extension
 from ..engine.serve import serve_stream
-from ..errors import ProtocolError, RemoteProtocolError, bounded
+from ..errors import ProtocolError, RemoteProtocolError
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..protocol.auth import AUTH_HEADER, Credentials, check_authentication
 from ..status import Status
 from ._grpclib_private import http2_stream, listener, send_messages
 from .addresses import peer_address
 from .budget import MessageBudget
-from .compression import check_encoding
 from .framing import WireCodec, read_message
-from .guard import (
-    DEADLINE_HEADER,
-    ENCODING_HEADER,
-    ServerGuard,
-    check_open_file_limit,
-    quiet_accept_failures,
-)
+from .guard import ServerGuard, check_open_file_limit, quiet_accept_failures
 from .health import HealthService, ServingStatus
 from .http2 import tune_server
 from .limits import ConnectionLimits
+from .request_headers import header_values, request_deadline, request_encoding
 
 log = logging.getLogger("avaproto.server")
 
@@ -197,12 +189,12 @@ class ExtensionService:
                 f"{self._config.max_streams}",
             )
         try:
-            check_authentication(_header(stream, AUTH_HEADER), self._config.credentials)
+            check_authentication(header_values(stream, AUTH_HEADER), self._config.credentials)
         except ProtocolError as error:
             log.warning("stream refused: %s", error)
             raise GRPCError(grpclib.const.Status(int(error.status)), str(error)) from None
-        timeout, given = _deadline(stream)
-        encoding = _encoding(stream)
+        timeout, given = request_deadline(stream)
+        encoding = request_encoding(stream)
         self.active += 1
         self._idle = anyio.Event() if self.active == 1 else self._idle
         try:
@@ -229,45 +221,6 @@ class ExtensionService:
             self.active -= 1
             if self.active == 0:
                 self._idle.set()
-
-
-def _header(stream: grpclib.server.Stream[Any, Any], name: str) -> list[str]:
-    """The values the request's headers give ``name``, in order (binary ones as Latin-1)."""
-    values = stream.metadata.getall(name, []) if stream.metadata else []
-    return [v if isinstance(v, str) else v.decode("latin-1") for v in values]
-
-
-def _encoding(stream: grpclib.server.Stream[Any, Any]) -> str | None:
-    """The compression the pipeline's messages may use (``guard.ENCODING_HEADER``); one
-    avaproto does not read ends the call with UNIMPLEMENTED naming those it does."""
-    values = _header(stream, ENCODING_HEADER)
-    try:
-        return check_encoding(values[-1] if values else None)
-    except ProtocolError as error:
-        raise GRPCError(grpclib.const.Status(int(error.status)), str(error)) from None
-
-
-def _deadline(stream: grpclib.server.Stream[Any, Any]) -> tuple[float | None, str]:
-    """The call's deadline from now, in seconds (None: none), and the header it came in
-    (``guard.DEADLINE_HEADER``); a malformed one ends the call (SRV-15)."""
-    texts = _header(stream, DEADLINE_HEADER)
-    if not texts:
-        return None, ""
-    if not all(_TIMEOUT.fullmatch(text) for text in texts):
-        raise GRPCError(
-            grpclib.const.Status.INVALID_ARGUMENT,
-            bounded(
-                f"[SRV-15] grpc-timeout {', '.join(texts)!r} is not a gRPC timeout "
-                "(1 to 8 digits and one of H, M, S, m, u, n)"
-            ),
-        )
-    timeouts = [grpclib.metadata.decode_timeout(text) for text in texts]
-    shortest = min(timeouts)
-    return shortest, texts[timeouts.index(shortest)]
-
-
-#: gRPC's TimeoutValue is at most 8 digits: longer ones overflow the clock's arithmetic.
-_TIMEOUT = re.compile(r"[0-9]{1,8}[HMSmun]")
 
 
 def _name(extension: Extension) -> str:

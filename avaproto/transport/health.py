@@ -14,9 +14,11 @@ instead of learning about the drain from refused calls.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import anyio
 import grpclib.const
+import grpclib.server
 from grpclib.exceptions import GRPCError
 
 from .._generated.grpc.health.v1 import (
@@ -27,10 +29,16 @@ from .._generated.grpc.health.v1 import (
 from .._generated.grpc.health.v1 import (
     HealthCheckResponseServingStatus as ServingStatus,
 )
+from ..errors import ProtocolError
 from ..messages import PACKAGE
+from ._grpclib_private import http2_stream
+from .framing import read
+from .request_headers import request_encoding
 
 #: The extension's service as health clients name it (fully qualified, no method).
 EXTENSION_SERVICE = f"{PACKAGE}.MediaGraphExtension"
+#: A request names a service: anything longer is not a health check (SRV-5).
+MAX_REQUEST_BYTES = 64 << 10
 
 __all__ = ["EXTENSION_SERVICE", "HealthService", "ServingStatus"]
 
@@ -55,6 +63,33 @@ class HealthService(HealthBase):
         self._status = status
         changed, self._changed = self._changed, anyio.Event()
         changed.set()
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        """The generated handlers' paths, served by handlers that read requests as the
+        extension's are read: bounded, and inflated when compressed (WIRE-3), as grpcio
+        sends them on a channel made with compression (grpclib reads no compressed
+        message: it fails the call with a traceback in the log)."""
+        return {
+            "/grpc.health.v1.Health/Check": grpclib.const.Handler(
+                self._serve_check,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                HealthCheckRequest,
+                HealthCheckResponse,
+            ),
+            "/grpc.health.v1.Health/Watch": grpclib.const.Handler(
+                self._serve_watch,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                HealthCheckRequest,
+                HealthCheckResponse,
+            ),
+        }
+
+    async def _serve_check(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+        await stream.send_message(await self.check(await _request(stream)))
+
+    async def _serve_watch(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+        async for response in self.watch(await _request(stream)):
+            await stream.send_message(response)
 
     async def check(self, message: HealthCheckRequest) -> HealthCheckResponse:
         if message.service not in self._services:
@@ -83,3 +118,23 @@ class HealthService(HealthBase):
                 sent = self._status
                 yield HealthCheckResponse(status=sent)
             await changed.wait()
+
+
+async def _request(stream: grpclib.server.Stream[Any, Any]) -> HealthCheckRequest:
+    """The call's one request, read off its HTTP/2 stream; a bad one ends the call."""
+    try:
+        request = await read(
+            http2_stream(stream),
+            MAX_REQUEST_BYTES,
+            lambda data: HealthCheckRequest.parse(bytes(data)),
+            limit_rule="SRV-5",
+            encoding=request_encoding(stream),
+        )
+    except ProtocolError as error:
+        raise GRPCError(grpclib.const.Status(int(error.status)), str(error)) from None
+    if request is None:
+        raise GRPCError(
+            grpclib.const.Status.INVALID_ARGUMENT,
+            "[WIRE-1] the health request ended before its message",
+        )
+    return request

@@ -90,6 +90,45 @@ async def test_a_grpcio_pipeline_that_compresses_is_served(encoding: str) -> Non
                 assert await call.code() == grpc.StatusCode.OK
 
 
+@pytest.mark.rule("WIRE-3")
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_health_checks_from_a_compressing_channel_are_answered(
+    encoding: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A channel made with compression compresses a health check that shrinks by it
+    (grpc-core sends one that does not, a short service name, uncompressed)."""
+    import grpc
+
+    from avaproto._generated.grpc.health.v1 import HealthCheckRequest, HealthCheckResponse
+    from avaproto.transport.health import ServingStatus
+
+    chosen = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}[encoding]
+    request = HealthCheckRequest(service="x" * 1000)
+    async with serving() as server:
+        with anyio.fail_after(TIMEOUT):
+            target = f"127.0.0.1:{server.port}"
+            async with grpc.aio.insecure_channel(target, compression=chosen) as channel:
+                check = channel.unary_unary(
+                    "/grpc.health.v1.Health/Check",
+                    request_serializer=bytes,
+                    response_deserializer=HealthCheckResponse.parse,
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as unknown:
+                    await check(request)
+                watch = channel.unary_stream(
+                    "/grpc.health.v1.Health/Watch",
+                    request_serializer=bytes,
+                    response_deserializer=HealthCheckResponse.parse,
+                )
+                call = watch(request)
+                first = await call.read()
+                call.cancel()
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "unknown service 'xxx" in str(unknown.value.details())
+    assert first.status == ServingStatus.SERVICE_UNKNOWN
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
 # --- hostile or broken peers ----------------------------------------------------------
 
 
@@ -134,6 +173,15 @@ async def test_a_compression_bomb_is_refused_as_it_inflates(
     assert message.startswith("[SRV-5] a gzip message of") and "inflates past the limit" in message
     assert peak < 8 * MiB, peak
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+@pytest.mark.rule("WIRE-3")
+async def test_a_request_naming_two_encodings_is_refused() -> None:
+    two = [*REQUEST, ("grpc-encoding", "gzip"), ("grpc-encoding", "identity")]
+    async with serving() as server:
+        status, message = await _status_of(server.port, two)
+    assert status == str(Status.INVALID_ARGUMENT.value)
+    assert message == "[WIRE-3] the request names two encodings: grpc-encoding ['gzip', 'identity']"
 
 
 @pytest.mark.rule("WIRE-3")

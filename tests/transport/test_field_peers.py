@@ -563,7 +563,7 @@ async def test_serve_reads_frames_whose_last_row_lacks_its_padding(
                 finally:
                     channel.close()
     assert [a.ack_sequence_number for a in answers] == [1, *range(2, count + 2)]
-    assert corners == [(i, i + 1, i + 2) for i in range(count)]
+    assert sorted(corners) == [(i, i + 1, i + 2) for i in range(count)]  # processed at once
     lines = [r.getMessage() for r in caplog.records]
     assert len([line for line in lines if "[MEDIA-6]" in line and "deviates" in line]) == 1
     closing = next(line for line in lines if line.startswith("stream closed"))
