@@ -733,6 +733,17 @@ def http2_stream(stream: grpclib.server.Stream[Any, Any] | grpclib.client.Stream
     return stream._stream
 
 
+def cancelled_by_reset(stream: grpclib.server.Stream[Any, Any]) -> bool:
+    """Whether grpclib is cancelling the call's handler: the peer reset its stream.
+
+    grpclib then expects the handler to end with ``CancelledError``; any other ending
+    (an error met while answering on the closed stream) it logs as "Failed to handle
+    cancellation", with a traceback, at ERROR.
+    """
+    wrapper = stream._stream.wrapper
+    return wrapper is not None and bool(wrapper.cancelled)
+
+
 def _quiet_after(manager: Any, size: int) -> bool:
     """Whether h2's window manager sends no WINDOW_UPDATE once ``size`` more bytes are
     processed (``WindowManager._maybe_update_window``'s condition, not met)."""

@@ -42,7 +42,7 @@ from ..errors import ProtocolError, RemoteProtocolError
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..protocol.auth import AUTH_HEADER, Credentials, check_authentication
 from ..status import Status
-from ._grpclib_private import http2_stream, listener, send_messages
+from ._grpclib_private import cancelled_by_reset, http2_stream, listener, send_messages
 from .addresses import peer_address
 from .budget import MessageBudget
 from .framing import WireCodec, read_message
@@ -214,8 +214,15 @@ class ExtensionService:
                 deadline=timeout,
                 deadline_text=f"grpc-timeout {given}",
             )
-        except ProtocolError as error:
-            raise GRPCError(grpclib.const.Status(int(error.status)), str(error)) from None
+        except BaseException as error:
+            if cancelled_by_reset(stream):
+                # The pipeline reset the stream (a cancelled call, a closed channel): an
+                # answer sent meanwhile met the closed stream. The call ends as grpclib
+                # ends a cancelled one, with one line at INFO.
+                raise asyncio.CancelledError from None
+            if isinstance(error, ProtocolError):
+                raise GRPCError(grpclib.const.Status(int(error.status)), str(error)) from None
+            raise
         finally:
             self.streams.pop(id(stream), None)
             self.active -= 1
@@ -286,7 +293,7 @@ async def start_server(factory: ExtensionFactory, config: ServerConfig) -> Exten
     server = grpclib.server.Server(
         handlers, codec=WireCodec(), config=Configuration(_keepalive_time=None)
     )
-    guard = tune_server(server, config.limits)
+    guard = tune_server(server, config.limits, max_streams=config.max_streams)
     check_open_file_limit(config.limits.max_connections)
     quiet_accept_failures(asyncio.get_running_loop())
     await server.start(config.host, config.port, ssl=config.ssl)

@@ -168,9 +168,14 @@ _MOVED: dict[str | bytes, str] = {
 class ServerGuard:
     """The connections of one server: counted, each made with its own guard."""
 
-    def __init__(self, limits: ConnectionLimits, max_frame_size: int) -> None:
+    def __init__(
+        self, limits: ConnectionLimits, max_frame_size: int, max_streams: int | None = None
+    ) -> None:
         self.limits = limits
         self.max_frame_size = max_frame_size
+        #: Advertised as SETTINGS_MAX_CONCURRENT_STREAMS (None: h2's 100): a client that
+        #: knows the limit queues its calls instead of having the excess refused.
+        self.max_streams = max_streams
         #: Connections open now (accepted and not yet lost).
         self.open = 0
         #: Seconds the event loop spent reading HTTP/2 (parsing frames, handling events),
@@ -384,13 +389,13 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         self._protocol.connection_made(transport)
         self._h2 = h2_connection(self._protocol)
         limit = self._limits.max_header_list_bytes
-        update_local_settings(
-            self._protocol,
-            {
-                SettingCodes.MAX_FRAME_SIZE: self._server.max_frame_size,
-                SettingCodes.MAX_HEADER_LIST_SIZE: limit,
-            },
-        )
+        settings: dict[int, int] = {
+            SettingCodes.MAX_FRAME_SIZE: self._server.max_frame_size,
+            SettingCodes.MAX_HEADER_LIST_SIZE: limit,
+        }
+        if self._server.max_streams is not None:
+            settings[SettingCodes.MAX_CONCURRENT_STREAMS] = self._server.max_streams
+        update_local_settings(self._protocol, settings)
         # h2 applies an advertised limit only once the peer acknowledges it.
         self._h2.decoder.max_header_list_size = limit
         track_streams(self._protocol, self._stream_accepted, self._stream_released)
@@ -886,17 +891,29 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 "CONN-13",
                 f"no stream for {self._limits.idle_timeout:g} s (--idle-timeout)",
                 ErrorCodes.NO_ERROR,
+                routine=True,  # an idle channel is no one's fault
             )
 
     # --- closing ----------------------------------------------------------------------
 
-    def _trip(self, rule: str, why: str, code: ErrorCodes = ErrorCodes.ENHANCE_YOUR_CALM) -> None:
-        """Log once, send GOAWAY with ``code`` and the reason, close, end every call."""
+    def _trip(
+        self,
+        rule: str,
+        why: str,
+        code: ErrorCodes = ErrorCodes.ENHANCE_YOUR_CALM,
+        *,
+        routine: bool = False,
+    ) -> None:
+        """Log once (at INFO when ``routine``), send GOAWAY with ``code`` and the
+        reason, close, end every call."""
         if self._closing:
             return
         self._closing = True
-        self._server.warn(rule, f"closing the connection of {self.peer}: [{rule}] {why}")
         reason = f"[{rule}] {why}"
+        if routine:
+            log.info("closing the connection of %s: %s", self.peer, reason)
+        else:
+            self._server.warn(rule, f"closing the connection of {self.peer}: {reason}")
         assert self._transport is not None and self._raw is not None
         with contextlib.suppress(h2.exceptions.ProtocolError):  # h2 already closed it
             self._h2.close_connection(error_code=code, additional_data=reason.encode())

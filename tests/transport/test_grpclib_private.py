@@ -324,6 +324,35 @@ def test_the_private_names_exist_where_they_are_used() -> None:
     assert hyperframe.frame.Frame.__str__ is object.__str__
 
 
+def test_a_reset_cancels_the_handler_through_the_wrapper_cancelled_by_reset_reads() -> None:
+    """grpclib cancels a reset stream's handler through ``Stream.wrapper`` (its
+    ``cancel`` sets ``cancelled``) and logs any ending but ``CancelledError`` as a
+    failure: what ``cancelled_by_reset`` and the server's handler rely on."""
+    assert "stream.__terminated__(msg)" in inspect.getsource(
+        grpclib.protocol.EventsProcessor.process_stream_reset
+    )
+    assert "self.wrapper.cancel(StreamTerminatedError(reason))" in inspect.getsource(
+        grpclib.protocol.Stream.__terminated__
+    )
+    assert "wrapper = _stream.wrapper = Wrapper()" in inspect.getsource(
+        grpclib.server.request_handler
+    )
+    wrapper = grpclib.utils.Wrapper()
+    assert not wrapper.cancelled
+    wrapper.cancel(grpclib.exceptions.StreamTerminatedError("reset"))
+    assert wrapper.cancelled
+    assert "self.cancel_failed = exc_type is not asyncio.CancelledError" in inspect.getsource(
+        grpclib.utils.Wrapper.__exit__
+    )
+
+    class Reset:
+        _stream = type("ProtocolStream", (), {"wrapper": wrapper})()
+
+    assert _grpclib_private.cancelled_by_reset(Reset())  # type: ignore[arg-type]
+    Reset._stream.wrapper = None
+    assert not _grpclib_private.cancelled_by_reset(Reset())  # type: ignore[arg-type]
+
+
 # --- empty DATA frames and messages cut short, on a real server ---------------------------
 
 

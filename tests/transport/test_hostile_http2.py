@@ -692,7 +692,10 @@ async def test_an_unfinished_tls_handshake_times_out(
 
 
 @pytest.mark.rule("CONN-13")
-async def test_a_connection_without_streams_is_closed_after_the_idle_timeout() -> None:
+async def test_a_connection_without_streams_is_closed_after_the_idle_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="avaproto")
     async with serving(idle_timeout=0.3) as server:
         # A pipeline's connection with a stream open stays open however long it lasts.
         async with pipeline_during(server.port), Attacker.connect(server.port) as idle:
@@ -700,6 +703,18 @@ async def test_a_connection_without_streams_is_closed_after_the_idle_timeout() -
                 ended = await idle.closed()
         goaway(ended, ErrorCodes.NO_ERROR, "CONN-13")
         await completes(server.port)
+    [line] = [r for r in caplog.records if "[CONN-13]" in r.getMessage()]
+    assert line.levelno == logging.INFO  # routine: an idle channel is no one's fault
+
+
+@pytest.mark.rule("SRV-6")
+async def test_the_stream_limit_is_advertised_so_clients_queue_instead() -> None:
+    async with serving(max_streams=5) as server, Attacker.connect(server.port) as client:
+        with anyio.fail_after(TIMEOUT):
+            await client.settled()
+        settings = client.h2.remote_settings
+        assert settings.max_concurrent_streams == 5
+        assert settings.max_header_list_size == 16 * 1024
 
 
 @pytest.mark.rule("CONN-16")
