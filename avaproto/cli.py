@@ -548,7 +548,9 @@ def _add_serve(commands: Any) -> None:
         type=float,
         default=_parameter_default(serve, "grace"),
         metavar="SECONDS",
-        help="time running streams get to finish on shutdown (default: %(default)s)",
+        help="time running streams get to finish on shutdown; every connection is told "
+        "GOAWAY at once, and a stream still open after it ends UNAVAILABLE "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--slice-us",

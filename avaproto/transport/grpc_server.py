@@ -29,6 +29,7 @@ from functools import partial
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import grpclib.const
 import grpclib.server
 from grpclib.config import Configuration
@@ -82,6 +83,10 @@ class ServerConfig:
     #: Log when the event loop is blocked longer than this many seconds, naming the
     #: extension serving at the time (SRV-14; None: no watch).
     loop_lag_warning: float | None = 0.25
+
+
+#: Seconds the streams cut at the end of a drain have to send their status.
+STOP_GRACE = 1.0
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,15 @@ class ExtensionService:
         )
         #: The streams being served, for the loop-lag watch (SRV-14).
         self.streams: dict[int, OpenStream] = {}
+        # Each stream's own scope, cancelled when a drain's grace ends (SRV-8).
+        self._stops: dict[int, anyio.CancelScope] = {}
+        self._stop_reason = ""
+
+    def stop_all(self, reason: str) -> None:
+        """End every stream still open with UNAVAILABLE and ``reason`` (SRV-8)."""
+        self._stop_reason = reason
+        for scope in self._stops.values():
+            scope.cancel()
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         return {
@@ -181,7 +195,10 @@ class ExtensionService:
 
     async def _handle(self, stream: grpclib.server.Stream[Any, Any]) -> None:
         if self.draining:
-            raise GRPCError(grpclib.const.Status.UNAVAILABLE, "the extension is shutting down")
+            raise GRPCError(
+                grpclib.const.Status.UNAVAILABLE,
+                "[SRV-8] the server is shutting down: it takes no new stream",
+            )
         if self.active >= self._config.max_streams:
             raise GRPCError(
                 grpclib.const.Status.RESOURCE_EXHAUSTED,
@@ -207,13 +224,17 @@ class ExtensionService:
             )
             extension = self._factory()
             self.streams[id(stream)] = OpenStream(channel.peer, _name(extension))
-            await serve_stream(
-                channel,
-                extension,
-                self._engine,
-                deadline=timeout,
-                deadline_text=f"grpc-timeout {given}",
-            )
+            with anyio.CancelScope() as stop:
+                self._stops[id(stream)] = stop
+                await serve_stream(
+                    channel,
+                    extension,
+                    self._engine,
+                    deadline=timeout,
+                    deadline_text=f"grpc-timeout {given}",
+                )
+            if stop.cancelled_caught:
+                raise GRPCError(grpclib.const.Status.UNAVAILABLE, self._stop_reason)
         except BaseException as error:
             if cancelled_by_reset(stream):
                 # The pipeline reset the stream (a cancelled call, a closed channel): an
@@ -225,6 +246,7 @@ class ExtensionService:
             raise
         finally:
             self.streams.pop(id(stream), None)
+            self._stops.pop(id(stream), None)
             self.active -= 1
             if self.active == 0:
                 self._idle.set()
@@ -270,10 +292,23 @@ class ExtensionServer:
         listening = listener(self._server)
         if listening is not None:
             listening.close()  # stop listening; connections stay
+        # One turn of the loop: each health Watch, woken by the change, writes its
+        # NOT_SERVING before the GOAWAY, which some clients take as the end of every
+        # stream of the connection (grpclib's does).
+        await anyio.lowlevel.checkpoint()
+        if self.guard is not None:
+            self.guard.going_away(
+                f"[SRV-8] the server is shutting down; streams open have {grace:g} s"
+            )
         with anyio.move_on_after(grace):
             await self.service.wait_idle()
         if self.service.active:
             log.warning("cancelling %d streams still open after %.1f s", self.service.active, grace)
+            self.service.stop_all(
+                f"[SRV-8] the server stopped: its grace of {grace:g} s for open streams ended"
+            )
+            with anyio.move_on_after(STOP_GRACE):  # each ends with its status, then closes
+                await self.service.wait_idle()
         await self.close()
 
     async def close(self) -> None:

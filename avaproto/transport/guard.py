@@ -39,6 +39,7 @@ from typing import Any, cast
 
 import h2.events
 import h2.exceptions
+import hyperframe.frame
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
@@ -187,7 +188,14 @@ class ServerGuard:
         #: connections: a header alone asks for one, so past ``max_read_buffers_bytes``
         #: h2 reads the frame instead, buffering only what arrives (and as slowly).
         self.direct_bytes = 0
+        #: The connections open now, for a GOAWAY to each when the server drains.
+        self.connections: set[ConnectionGuard] = set()
         self._warn = _Throttled()
+
+    def going_away(self, reason: str) -> None:
+        """Tell every connection that no new stream will be served (the server drains)."""
+        for connection in list(self.connections):
+            connection.going_away(reason)
 
     def protocol(self, h2_protocol: Any, tls: ssl.SSLContext | None) -> asyncio.BaseProtocol:
         """The protocol asyncio runs for one accepted connection, around grpclib's."""
@@ -343,6 +351,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         if not self._server.admit(self.peer):
             return False
         self._admitted = True
+        self._server.connections.add(self)
         if self._limits.handshake_timeout is not None:
             self._handshake_timer = self._loop.call_later(
                 self._limits.handshake_timeout, self._handshake_expired
@@ -372,6 +381,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         if self._admitted:
             self._admitted = False
             self._server.release()
+            self._server.connections.discard(self)
         if self._transport is None:
             # grpclib keeps each connection's handler until it is closed, which its
             # protocol does only for a connection it was given.
@@ -895,6 +905,18 @@ class ConnectionGuard(asyncio.BufferedProtocol):
             )
 
     # --- closing ----------------------------------------------------------------------
+
+    def going_away(self, reason: str) -> None:
+        """GOAWAY NO_ERROR naming no stream as unserved (the last stream id 2^31 - 1), as
+        grpc-core's servers begin a graceful stop: the client opens no new stream here,
+        and those it has go on. Written past h2, whose state machine would refuse every
+        frame after its own GOAWAY, the answers of the running streams included."""
+        if self._closing or self._transport is None or self._transport.is_closing():
+            return
+        frame = hyperframe.frame.GoAwayFrame(
+            0, last_stream_id=2**31 - 1, error_code=0, additional_data=reason.encode()
+        )
+        self._transport.write(frame.serialize())
 
     def _trip(
         self,

@@ -373,7 +373,11 @@ async def test_drain_lets_running_streams_finish_and_refuses_new_ones() -> None:
                     with pytest.raises(StreamFailed):  # the listener is closed
                         async with connect(target, format=RGB24):
                             pass
-                    with pytest.raises(grpclib.exceptions.GRPCError) as refused:
+                    # Told GOAWAY, grpclib's client takes no new stream on the old
+                    # connection, and the listener is closed to a new one.
+                    with pytest.raises(
+                        (ConnectionRefusedError, grpclib.exceptions.StreamTerminatedError)
+                    ):
                         async with early.request(
                             METHOD_PATH,
                             grpclib.const.Cardinality.STREAM_STREAM,
@@ -387,9 +391,48 @@ async def test_drain_lets_running_streams_finish_and_refuses_new_ones() -> None:
                     answered.extend([r async for r in pipe.results()])
             finally:
                 early.close()
-    assert [r.acknowledged for r in answered] == [2]
-    assert refused.value.status is grpclib.const.Status.UNAVAILABLE
-    assert "shutting down" in (refused.value.message or "")
+    assert [r.acknowledged for r in answered] == [2]  # the stream open went on
+
+
+@pytest.mark.rule("SRV-8")
+async def test_drain_says_goaway_at_once_and_ends_streams_past_the_grace_with_a_status() -> None:
+    """As grpc-core's servers stop: GOAWAY NO_ERROR (no stream unserved) as the drain
+    begins, so clients open no new stream here; a stream still open when the grace
+    ends gets UNAVAILABLE naming why, not a connection closed under it."""
+    from tests.transport.test_hostile_http2 import DESCRIPTOR, REQUEST, Attacker
+
+    async def never(frame: Frame) -> list[Inference]:
+        await anyio.sleep_forever()
+        return []
+
+    cut: list[StreamFailed] = []
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            running(never, ServerConfig(port=0), grace=0.3) as extension,
+            Attacker.connect(extension.port) as watcher,
+        ):
+            stream_id = watcher.h2.get_next_available_stream_id()
+            watcher.h2.send_headers(stream_id, REQUEST)
+            watcher.h2.send_data(stream_id, DESCRIPTOR)
+            assert await watcher.flush()
+            await watcher.until(lambda: watcher.answers(stream_id) == 1)
+            try:
+                async with connect(f"127.0.0.1:{extension.port}", format=RGB24) as pipe:
+                    await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
+                    async with anyio.create_task_group() as tasks:
+                        tasks.start_soon(extension.drain, 0.3)
+                        await watcher.until(lambda: watcher.goaway is not None)
+                        await pipe.end()
+                        _ = [r async for r in pipe.results()]
+            except* StreamFailed as failed:
+                cut.extend(e for e in failed.exceptions if isinstance(e, StreamFailed))
+    goaway = watcher.goaway
+    assert goaway is not None
+    assert (goaway.error_code, goaway.last_stream_id) == (0, 2**31 - 1)
+    assert goaway.additional_data.startswith(b"[SRV-8] the server is shutting down")
+    [failure] = cut
+    assert failure.status is Status.UNAVAILABLE
+    assert "[SRV-8] the server stopped: its grace of 0.3 s" in failure.detail
 
 
 class _RawCodec:
