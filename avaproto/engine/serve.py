@@ -187,6 +187,29 @@ class _InOrder:
 _DEFAULT_CONFIG = EngineConfig()
 
 
+class StreamStop:
+    """Ends a stream from outside, with a status, wherever it is (a server's drain)."""
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.error: ProtocolError | None = None
+
+    def __call__(self, error: ProtocolError) -> None:
+        self.error = error
+        self.scope.cancel()
+
+
+@contextmanager
+def _stoppable(stop: StreamStop | None) -> Iterator[None]:
+    if stop is None:
+        yield
+        return
+    with stop.scope:
+        yield
+    if stop.scope.cancelled_caught and stop.error is not None:
+        raise stop.error
+
+
 async def serve_stream(
     channel: MessageChannel,
     extension: Extension,
@@ -194,12 +217,14 @@ async def serve_stream(
     *,
     deadline: float | None = None,
     deadline_text: str = "",
+    stop: StreamStop | None = None,
 ) -> StreamStatistics:
     """Serve one stream to its end; raise ``ProtocolError`` when it must end with a status.
 
     ``deadline``: seconds the pipeline gave the whole call (gRPC's grpc-timeout, which
     ``deadline_text`` quotes); past it the stream ends with DEADLINE_EXCEEDED (SRV-15),
-    recorded in its closing line like any other end.
+    recorded in its closing line like any other end. ``stop``, called with an error,
+    ends the stream with that error likewise (the server's drain, SRV-8).
     """
     runner = StreamRunner(Role.EXTENSION, channel, limits=config.limits)
     session, summary = runner.session, runner.statistics
@@ -208,7 +233,7 @@ async def serve_stream(
     handler: ExtensionHandler | None = None
     opened = False
     try:
-        with runner.outcome(), _pipeline_deadline(deadline, deadline_text):
+        with runner.outcome(), _stoppable(stop), _pipeline_deadline(deadline, deadline_text):
             first = await runner.receive()
             if first is None:
                 return summary

@@ -38,7 +38,7 @@ from grpclib.exceptions import GRPCError
 from ..codec import encode_framed
 from ..engine.config import EngineConfig
 from ..engine.extension import Extension
-from ..engine.serve import serve_stream
+from ..engine.serve import StreamStop, serve_stream
 from ..errors import ProtocolError, RemoteProtocolError
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..protocol.auth import AUTH_HEADER, Credentials, check_authentication
@@ -170,15 +170,13 @@ class ExtensionService:
         )
         #: The streams being served, for the loop-lag watch (SRV-14).
         self.streams: dict[int, OpenStream] = {}
-        # Each stream's own scope, cancelled when a drain's grace ends (SRV-8).
-        self._stops: dict[int, anyio.CancelScope] = {}
-        self._stop_reason = ""
+        # How to end each stream from outside, when a drain's grace ends (SRV-8).
+        self._stops: dict[int, StreamStop] = {}
 
     def stop_all(self, reason: str) -> None:
         """End every stream still open with UNAVAILABLE and ``reason`` (SRV-8)."""
-        self._stop_reason = reason
-        for scope in self._stops.values():
-            scope.cancel()
+        for stop in list(self._stops.values()):
+            stop(ProtocolError("SRV-8", Status.UNAVAILABLE, reason))
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         return {
@@ -224,17 +222,15 @@ class ExtensionService:
             )
             extension = self._factory()
             self.streams[id(stream)] = OpenStream(channel.peer, _name(extension))
-            with anyio.CancelScope() as stop:
-                self._stops[id(stream)] = stop
-                await serve_stream(
-                    channel,
-                    extension,
-                    self._engine,
-                    deadline=timeout,
-                    deadline_text=f"grpc-timeout {given}",
-                )
-            if stop.cancelled_caught:
-                raise GRPCError(grpclib.const.Status.UNAVAILABLE, self._stop_reason)
+            stop = self._stops[id(stream)] = StreamStop()
+            await serve_stream(
+                channel,
+                extension,
+                self._engine,
+                deadline=timeout,
+                deadline_text=f"grpc-timeout {given}",
+                stop=stop,
+            )
         except BaseException as error:
             if cancelled_by_reset(stream):
                 # The pipeline reset the stream (a cancelled call, a closed channel): an
@@ -305,7 +301,7 @@ class ExtensionServer:
         if self.service.active:
             log.warning("cancelling %d streams still open after %.1f s", self.service.active, grace)
             self.service.stop_all(
-                f"[SRV-8] the server stopped: its grace of {grace:g} s for open streams ended"
+                f"the server stopped: its grace of {grace:g} s for open streams ended"
             )
             with anyio.move_on_after(STOP_GRACE):  # each ends with its status, then closes
                 await self.service.wait_idle()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -395,7 +396,9 @@ async def test_drain_lets_running_streams_finish_and_refuses_new_ones() -> None:
 
 
 @pytest.mark.rule("SRV-8")
-async def test_drain_says_goaway_at_once_and_ends_streams_past_the_grace_with_a_status() -> None:
+async def test_drain_says_goaway_at_once_and_ends_streams_past_the_grace_with_a_status(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """As grpc-core's servers stop: GOAWAY NO_ERROR (no stream unserved) as the drain
     begins, so clients open no new stream here; a stream still open when the grace
     ends gets UNAVAILABLE naming why, not a connection closed under it."""
@@ -405,6 +408,7 @@ async def test_drain_says_goaway_at_once_and_ends_streams_past_the_grace_with_a_
         await anyio.sleep_forever()
         return []
 
+    caplog.set_level(logging.INFO, logger="avaproto")
     cut: list[StreamFailed] = []
     with anyio.fail_after(TIMEOUT):
         async with (
@@ -433,6 +437,9 @@ async def test_drain_says_goaway_at_once_and_ends_streams_past_the_grace_with_a_
     [failure] = cut
     assert failure.status is Status.UNAVAILABLE
     assert "[SRV-8] the server stopped: its grace of 0.3 s" in failure.detail
+    closings = [r.getMessage() for r in caplog.records if "stream closed" in r.getMessage()]
+    assert len(closings) == 2  # the server's line says what the pipeline was told
+    assert all("UNAVAILABLE: [SRV-8] the server stopped" in line for line in closings)
 
 
 class _RawCodec:
