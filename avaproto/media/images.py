@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import FrameError
 from ..messages import Encoding
+from ..status import Status
 
 #: Pillow's name for each encoded format of the contract.
 PILLOW_FORMATS = {Encoding.JPG: "JPEG", Encoding.PNG: "PNG", Encoding.BMP: "BMP"}
@@ -42,13 +44,46 @@ def _pillow_format(encoding: Encoding) -> str:
 
 
 def decode_image(data: bytes | bytearray | memoryview, encoding: Encoding) -> npt.NDArray[np.uint8]:
-    """An encoded sample as height x width x 3 RGB (a new array: decoding must allocate)."""
+    """An encoded sample as height x width x 3 RGB (a new array: decoding must allocate).
+
+    The bytes are the peer's: what cannot be decoded as the stream's encoding is
+    ``FrameError`` (MEDIA-12, INVALID_ARGUMENT) saying why, and an image whose header
+    announces more pixels than Pillow decodes safely is refused (MEDIA-3,
+    RESOURCE_EXHAUSTED) before its pixels are allocated.
+    """
     expected = _pillow_format(encoding)
     image_module = load_pillow()
-    with image_module.open(io.BytesIO(data)) as image:
-        if image.format != expected:
-            raise ValueError(f"the sample is {image.format} data, but the stream says {expected}")
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    name = _name(encoding)
+    size = memoryview(data).nbytes
+    try:
+        with image_module.open(io.BytesIO(data)) as image:
+            found = image.format
+            if found == expected:
+                return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except image_module.DecompressionBombError as error:
+        status = Status.RESOURCE_EXHAUSTED
+        raise FrameError("MEDIA-3", status, f"the {name} sample: {error}") from None
+    except image_module.UnidentifiedImageError:
+        raise FrameError(
+            "MEDIA-12",
+            Status.INVALID_ARGUMENT,
+            f"the {name} sample ({size} bytes) is not an image Pillow recognises",
+        ) from None
+    except (OSError, SyntaxError, ValueError) as error:  # Pillow's words for broken data
+        raise FrameError(
+            "MEDIA-12",
+            Status.INVALID_ARGUMENT,
+            f"the {name} sample ({size} bytes) cannot be decoded: {error}",
+        ) from None
+    raise FrameError(
+        "MEDIA-12",
+        Status.INVALID_ARGUMENT,
+        f"the sample is {found} data, but the stream says {name}",
+    )
+
+
+def _name(encoding: Encoding) -> str:
+    return Encoding(encoding).name or str(int(encoding))
 
 
 def encode_image(rgb: npt.NDArray[np.uint8], encoding: Encoding, *, quality: int = 90) -> bytes:
