@@ -377,6 +377,26 @@ def h2_refusal(error: h2.exceptions.ProtocolError) -> str:
     return str(error) or type(error).__name__
 
 
+def receive_bytes(protocol: Any, data: bytes, refused: Callable[[str], None]) -> None:
+    """``grpclib.protocol.H2Protocol.data_received``, but for h2's refusal of a frame.
+
+    grpclib logs the refusal at DEBUG and closes every call without sending the GOAWAY
+    h2 queued; here the GOAWAY is sent and ``refused`` is told why, in words, to log
+    it and end the connection.
+    """
+    connection = protocol.connection
+    try:
+        events = connection.feed(data)
+    except h2.exceptions.ProtocolError as error:
+        connection.flush()  # h2's GOAWAY
+        refused(h2_refusal(error))
+        return
+    connection.flush()
+    for event in events:
+        protocol.processor.process(event)
+    connection.flush()
+
+
 def receive_frames(
     protocol: Any, frames: list[Any], refused: Callable[[str], None] | None = None
 ) -> None:

@@ -48,6 +48,7 @@ from ._grpclib_private import (
     close_connection,
     h2_connection,
     ignore_unknown_frames,
+    receive_bytes,
     take_frames,
     taking_frames,
     track_streams,
@@ -672,12 +673,22 @@ class ConnectionGuard(asyncio.BufferedProtocol):
 
     def _to_h2(self, data: bytes | memoryview) -> None:
         if taking_frames(self._protocol):  # else grpclib closed the connection meanwhile
-            self._protocol.data_received(bytes(data))
+            receive_bytes(self._protocol, bytes(data), self._broken)
+
+    def _broken(self, reason: str) -> None:
+        """h2 refused a frame of the peer's and queued its GOAWAY (sent): say so, close."""
+        if self._closing:
+            return
+        self._closing = True
+        self._server.warn(
+            "CONN-17", f"closing the connection of {self.peer}: [CONN-17] it broke HTTP/2: {reason}"
+        )
+        close_connection(self._protocol, f"[CONN-17] the peer broke HTTP/2: {reason}")
 
     def _give(self, frames: list[Taken]) -> None:
         """Have frames read past h2's frame buffer taken, in order (``take_frames``), each
         DATA frame followed through its stream's messages first (CONN-9)."""
-        take_frames(self._protocol, frames, self._metered)
+        take_frames(self._protocol, frames, self._metered, self._broken)
 
     def _received(self, frame: _DirectFrame) -> Taken:
         """A DATA frame read whole, to be taken; its buffer leaves the server's bound."""
@@ -712,10 +723,11 @@ class ConnectionGuard(asyncio.BufferedProtocol):
             self._block_bytes += length
             self._ends_block = bool(flags & _END_HEADERS)
             if self._block_bytes > self._limits.max_header_list_bytes:
+                before = self._block_bytes - length
+                size = f"{before} bytes and {length} more" if before else f"{length} bytes"
                 self._trip(
                     "CONN-7",
-                    f"a header block of more than {self._block_bytes - length} bytes, and "
-                    f"{length} more coming; the limit is "
+                    f"a header block of {size}; the limit is "
                     f"{self._limits.max_header_list_bytes} (--max-header-list-bytes)",
                 )
                 return False

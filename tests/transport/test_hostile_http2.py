@@ -432,7 +432,7 @@ async def test_a_header_block_is_refused_as_it_arrives(caplog: pytest.LogCapture
                                 break
                         ended = await attacker.closed()
                 goaway(ended, ErrorCodes.ENHANCE_YOUR_CALM, "CONN-7")
-                assert b"more coming; the limit is 16384" in (ended.additional_data or b"")  # type: ignore[union-attr]
+                assert b"more; the limit is 16384" in (ended.additional_data or b"")  # type: ignore[union-attr]
             _, held = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -1036,3 +1036,36 @@ def test_failed_accepts_are_logged_once_a_while_with_their_count(
     assert "could not be accepted" in line and "Too many open files" in line
     assert not [r for r in caplog.records if r.exc_info]
     assert [context["message"] for context in seen] == ["something else"]
+
+
+@pytest.mark.rule("CONN-17")
+@pytest.mark.parametrize(
+    ("broken", "code", "says"),
+    [
+        ("even", ErrorCodes.PROTOCOL_ERROR, "Invalid stream ID"),
+        ("headers", ErrorCodes.ENHANCE_YOUR_CALM, "header"),
+    ],
+    ids=["a stream the server would open", "a header list past the advertised size"],
+)
+async def test_a_peer_that_breaks_http2_is_told_goaway_and_named_in_the_log(
+    broken: str, code: ErrorCodes, says: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """grpclib alone closes such a connection at once, without the GOAWAY h2 queued,
+    and logs it at DEBUG: a peer's failure with nothing to tell what it did."""
+    async with serving() as server, pipeline_during(server.port):
+        async with Attacker.connect(server.port) as attacker:
+            with anyio.fail_after(TIMEOUT):
+                await attacker.settled()
+                if broken == "even":
+                    block = attacker.h2.encoder.encode(REQUEST)
+                    assert await attacker.send(frame(HEADERS, 0x4, 2, block))
+                else:  # 190 headers of 50 bytes: under 16 KiB encoded, over it decoded
+                    many = [*REQUEST, *((f"x-h{n}", "v" * 50) for n in range(190))]
+                    stream_id = attacker.h2.get_next_available_stream_id()
+                    attacker.h2.send_headers(stream_id, many)
+                    assert await attacker.flush()
+                ended = await attacker.closed()
+        await completes(server.port)  # the server's other connections go on
+    assert ended is not None and ended.error_code == code
+    [line] = warnings(caplog, "CONN-17")
+    assert "it broke HTTP/2" in line and says in line
