@@ -405,10 +405,10 @@ def clip_box(inference: Inference, where: str = "inference") -> tuple[Inference,
     l, t, w, h = (float(v) for v in edges)  # noqa: E741 - the contract's names
     if w < 0.0 or h < 0.0:
         return None
+    if l > 1.0 or t > 1.0 or l + w < 0.0 or t + h < 0.0:
+        return None  # the box misses the image: nothing of it to keep
     left, top = max(l, 0.0), max(t, 0.0)
     width, height = min(l + w, 1.0) - left, min(t + h, 1.0) - top
-    if width <= 0.0 or height <= 0.0:
-        return None  # the box misses the image: nothing of it to keep
     copy = Inference.parse(bytes(inference))
     getattr(copy, name).box = _box_of((left, top, width, height), f"{where}.{name}.box")
     given = ", ".join(f"{edge}={v:.7g}" for edge, v in zip(_EDGES, edges, strict=True))

@@ -371,11 +371,17 @@ class Session:
                     "every pixel is there, and is read",
                 )
                 return
+            shortest = video.shortest_bytes
             raise error(
                 "MEDIA-6",
                 status or Status.INVALID_ARGUMENT,
                 f"sample content is {length} bytes; a {video} frame is exactly "
                 f"{video.frame_bytes} bytes"
+                + (
+                    f" ({shortest} without the padding after its last row)"
+                    if shortest < video.frame_bytes and error is RemoteProtocolError
+                    else ""
+                )
                 + (" (a content reference may be longer, never shorter)" if reference else ""),
             )
 
@@ -487,7 +493,9 @@ class Session:
             length = ref.length_bytes
             video = self.peer_descriptor.video_format if self.peer_descriptor else None
             if video is not None and video.is_raw:
-                length = video.frame_bytes  # at most the reference's length (SHM-14)
+                # One frame: the start of a longer reference (SHM-14), or all of one
+                # without the padding after its last row (MEDIA-6).
+                length = min(video.frame_bytes, length)
             content = ReferencedContent(ref.address_offset, length)
             if length:
                 self._peer_references[number] = (

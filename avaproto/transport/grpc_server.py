@@ -233,9 +233,10 @@ class ExtensionService:
             )
         except BaseException as error:
             if cancelled_by_reset(stream):
-                # The pipeline reset the stream (a cancelled call, a closed channel): an
-                # answer sent meanwhile met the closed stream. The call ends as grpclib
-                # ends a cancelled one, with one line at INFO.
+                # The pipeline reset the stream (a cancelled call, a closed channel), or
+                # the connection closed: an answer sent meanwhile met the closed stream.
+                # The call ends as grpclib ends a cancelled one, with one line at INFO.
+                log.debug("a call ended by its stream's reset met %r", error)
                 raise asyncio.CancelledError from None
             if isinstance(error, ProtocolError):
                 raise GRPCError(grpclib.const.Status(int(error.status)), str(error)) from None

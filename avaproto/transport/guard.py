@@ -233,6 +233,8 @@ class ServerGuard:
         self.direct_bytes -= size
 
 
+#: Streams advertised beyond the server's limit, for health calls (which it does not count).
+HEALTH_STREAMS = 8
 #: A DATA frame that continues in later reads is read into a buffer of its own (or its
 #: message's) only once this much of it arrived with its header (a header alone asks
 #: for nothing); what all such buffers hold is bounded by ``max_read_buffers_bytes``.
@@ -405,7 +407,11 @@ class ConnectionGuard(asyncio.BufferedProtocol):
             SettingCodes.MAX_HEADER_LIST_SIZE: limit,
         }
         if self._server.max_streams is not None:
-            settings[SettingCodes.MAX_CONCURRENT_STREAMS] = self._server.max_streams
+            # Room beyond the limit for the health service's calls, which a client
+            # keeps open beside its streams (grpc-core's health checking, a Watch per
+            # connection) and the limit does not count; within HTTP/2's 2^31 - 1.
+            advertised = self._server.max_streams + HEALTH_STREAMS
+            settings[SettingCodes.MAX_CONCURRENT_STREAMS] = min(advertised, 2**31 - 1)
         update_local_settings(self._protocol, settings)
         # h2 applies an advertised limit only once the peer acknowledges it.
         self._h2.decoder.max_header_list_size = limit

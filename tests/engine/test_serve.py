@@ -583,7 +583,7 @@ async def test_processor_returning_an_invalid_inference_ends_the_stream_with_int
     from avaproto.messages import Motion, Rectangle
 
     def sloppy(frame: Frame) -> list[Inference]:
-        return [Inference(motion=Motion(box=Rectangle(l=0.5, w=1.5)))]
+        return [Inference(motion=Motion(box=Rectangle(l=0.5, t=0.1, w=-0.25, h=0.5)))]
 
     with pytest.raises(StreamFailed) as caught:
         async with served(FunctionExtension(sloppy)) as (stream, results, _):

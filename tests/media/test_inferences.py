@@ -420,6 +420,7 @@ def boxed(l: float, t: float, w: float, h: float) -> Inference:  # noqa: E741
         ((0.1, -0.1, 0.2, 0.3), (0.1, 0.0, 0.2, 0.2)),  # past the top
         ((0.0, 0.0, 1.25, 0.5), (0.0, 0.0, 1.0, 0.5)),  # wider than the image
         ((-0.5, -0.5, 2.0, 2.0), (0.0, 0.0, 1.0, 1.0)),  # around the whole image
+        ((-0.1, 0.5, 0.5, 0.0), (0.0, 0.5, 0.4, 0.0)),  # no height, as one inside may be
     ],
 )
 def test_a_box_reaching_outside_the_image_is_cut_to_it(

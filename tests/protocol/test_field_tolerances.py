@@ -139,6 +139,15 @@ class TestFramesWithoutTheLastRowsPadding:
         assert firsts == [True, False, False]
         assert extension.tolerated["MEDIA-6"] == 3
 
+    @pytest.mark.rule("MEDIA-6", "SHM-4")
+    def test_a_reference_to_the_last_bytes_of_its_segment_is_read_as_it_is(self) -> None:
+        """The frame is the reference's bytes, not a whole frame's from its start."""
+        _, extension = negotiate(pipeline_descriptor(self.FORMAT, shm=("seg", self.SHORTEST)))
+        events = extension.receive(from_pipeline(2, referenced(0, self.SHORTEST)))
+        [received] = samples(events)
+        assert isinstance(received.content, ReferencedContent)
+        assert (received.content.offset, received.content.length) == (0, self.SHORTEST)
+
     @pytest.mark.rule("MEDIA-6")
     @pytest.mark.parametrize("transfer", ["embedded", "shm"])
     def test_a_missing_pixel_is_still_refused(self, transfer: str) -> None:
