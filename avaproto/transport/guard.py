@@ -341,6 +341,8 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         # Streams.
         self._active = 0
         self._opened = 0
+        # The last stream id of the GOAWAY sent when the server drains (none before).
+        self._last_stream = 2**31 - 1
         self._premature = 0
         self._unanswered: set[int] = set()
         self._meters = StreamMeters(self._limits.frames_per_message)
@@ -754,6 +756,11 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         if isinstance(event, h2.events.DataReceived):
             self._metered(event.stream_id, event.data)
         elif isinstance(event, h2.events.RequestReceived):
+            if event.stream_id > self._last_stream:  # opened after our GOAWAY was sent
+                self._h2.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
+                assert self._transport is not None
+                self._transport.write(self._h2.data_to_send())
+                return False
             self._opened += 1
             self._unanswered.add(event.stream_id)
             headers = event.headers
@@ -925,14 +932,18 @@ class ConnectionGuard(asyncio.BufferedProtocol):
     # --- closing ----------------------------------------------------------------------
 
     def going_away(self, reason: str) -> None:
-        """GOAWAY NO_ERROR naming no stream as unserved (the last stream id 2^31 - 1), as
-        grpc-core's servers begin a graceful stop: the client opens no new stream here,
-        and those it has go on. Written past h2, whose state machine would refuse every
-        frame after its own GOAWAY, the answers of the running streams included."""
+        """GOAWAY NO_ERROR naming the last stream the server took: the client opens no
+        new stream here, and those it has go on. A stream it opened before it read this
+        (its number is higher) is refused with REFUSED_STREAM, which tells the client
+        that nothing of it was processed, so grpc-core retries it on another connection.
+        Written past h2, whose state machine would refuse every frame after its own
+        GOAWAY, the answers of the running streams included."""
         if self._closing or self._transport is None or self._transport.is_closing():
             return
+        last = self._h2.highest_inbound_stream_id
+        self._last_stream = last
         frame = hyperframe.frame.GoAwayFrame(
-            0, last_stream_id=2**31 - 1, error_code=0, additional_data=reason.encode()
+            0, last_stream_id=last, error_code=0, additional_data=reason.encode()
         )
         self._transport.write(frame.serialize())
 

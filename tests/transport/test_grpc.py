@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -432,7 +433,7 @@ async def test_drain_says_goaway_at_once_and_ends_streams_past_the_grace_with_a_
                 cut.extend(e for e in failed.exceptions if isinstance(e, StreamFailed))
     goaway = watcher.goaway
     assert goaway is not None
-    assert (goaway.error_code, goaway.last_stream_id) == (0, 2**31 - 1)
+    assert (goaway.error_code, goaway.last_stream_id) == (0, stream_id)  # the last it took
     assert goaway.additional_data.startswith(b"[SRV-8] the server is shutting down")
     [failure] = cut
     assert failure.status is Status.UNAVAILABLE
@@ -489,3 +490,59 @@ async def test_first_message_not_a_descriptor_over_the_network() -> None:
         status, detail = await raw_call(extension.port, [sample_first])
     assert status is grpclib.const.Status.FAILED_PRECONDITION
     assert "[DESC-1]" in (detail or "")
+
+
+def _frames(data: bytes) -> tuple[list[tuple[int, int, int, bytes]], bytes]:
+    """Whole HTTP/2 frames at the start of ``data`` (type, flags, stream, payload), and the rest."""
+    frames = []
+    while len(data) >= 9:
+        length = int.from_bytes(data[:3], "big")
+        if len(data) < 9 + length:
+            break
+        kind, flags = data[3], data[4]
+        stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
+        frames.append((kind, flags, stream_id, data[9 : 9 + length]))
+        data = data[9 + length :]
+    return frames, data
+
+
+@pytest.mark.rule("SRV-8")
+async def test_a_stream_opened_after_the_drains_goaway_is_refused_unprocessed() -> None:
+    """The GOAWAY names the last stream the server took; one the client opened before
+    reading it gets REFUSED_STREAM (nothing of it processed: grpc-core retries it
+    elsewhere), and the stream open before goes on."""
+    from tests.transport.test_hostile_http2 import DESCRIPTOR, REQUEST, Attacker
+
+    goaway, rst, RST_STREAM, GOAWAY = None, None, 3, 7
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            running(lambda frame: [], ServerConfig(port=0), grace=TIMEOUT) as extension,
+            Attacker.connect(extension.port, read=False) as client,  # it reads raw bytes
+            anyio.create_task_group() as tasks,
+        ):
+            first = client.h2.get_next_available_stream_id()
+            client.h2.send_headers(first, REQUEST)
+            client.h2.send_data(first, DESCRIPTOR)
+            assert await client.flush()
+            received = b""
+            while not any(k == 0 and s == first for k, _, s, _ in _frames(received)[0]):
+                received += await client.stream.receive()  # until the descriptor's answer
+            tasks.start_soon(extension.drain, TIMEOUT)
+            while goaway is None:
+                received += await client.stream.receive()
+                frames, _ = _frames(received)
+                goaway = next((p for k, _, _, p in frames if k == GOAWAY), None)
+            late = client.h2.get_next_available_stream_id()  # opened before it was read
+            client.h2.send_headers(late, REQUEST)
+            client.h2.send_data(late, DESCRIPTOR)
+            assert await client.flush()
+            while rst is None:
+                received += await client.stream.receive()
+                frames, _ = _frames(received)
+                rst = next((p for k, _, s, p in frames if k == RST_STREAM and s == late), None)
+            assert extension.service.active == 1  # the first stream goes on
+            client.h2.end_stream(first)
+            assert await client.flush()
+    last, code = struct.unpack(">II", goaway[:8])
+    assert (last, code) == (first, 0)
+    assert int.from_bytes(rst, "big") == 7  # REFUSED_STREAM
