@@ -56,8 +56,12 @@ def parse_header(value: str) -> Credentials:
     scheme, _, token = value.strip().partition(" ")
     if scheme.lower() != _SCHEME or not token:
         raise _refuse(f"{AUTH_HEADER} must use the Basic scheme: 'Basic <base64>'")
+    token = token.strip()
+    # Encoders that leave out the padding are common (JSON-5 reads such base64 too);
+    # the text without it is unambiguous, so it is put back before decoding.
+    token += "=" * (-len(token) % 4) if len(token) % 4 != 1 else ""
     try:
-        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+        decoded = base64.b64decode(token, validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         raise _refuse(f"{AUTH_HEADER} does not hold base64 of UTF-8 text") from None
     username, colon, password = decoded.partition(":")

@@ -753,6 +753,34 @@ def http2_stream(stream: grpclib.server.Stream[Any, Any] | grpclib.client.Stream
     return stream._stream
 
 
+class _Explained(dict[str, Any]):
+    """grpclib's table of methods, with an answer for a path it does not hold."""
+
+    def __init__(self, mapping: dict[str, Any], unknown: Callable[[str], str]) -> None:
+        super().__init__(mapping)
+        self._unknown = unknown
+
+    def get(self, path: str, default: Any = None) -> Any:
+        found = super().get(path)
+        if found is not None:
+            return found
+        message = self._unknown(path)
+
+        async def refuse(stream: Any) -> None:
+            raise grpclib.exceptions.GRPCError(grpclib.const.Status.UNIMPLEMENTED, message)
+
+        return grpclib.const.Handler(refuse, grpclib.const.Cardinality.UNARY_UNARY, None, None)
+
+
+def explain_unknown_methods(server: grpclib.server.Server, unknown: Callable[[str], str]) -> None:
+    """Answer a call of a method the server does not serve with ``unknown(path)``.
+
+    grpclib answers UNIMPLEMENTED "Method not found", which names neither the path
+    asked for nor what is served; it looks the path up with ``mapping.get``.
+    """
+    server._mapping = _Explained(server._mapping, unknown)
+
+
 def cancelled_by_reset(stream: grpclib.server.Stream[Any, Any]) -> bool:
     """Whether grpclib is cancelling the call's handler: the peer reset its stream.
 

@@ -39,11 +39,17 @@ from ..codec import encode_framed
 from ..engine.config import EngineConfig
 from ..engine.extension import Extension
 from ..engine.serve import StreamStop, serve_stream
-from ..errors import ProtocolError, RemoteProtocolError
+from ..errors import ProtocolError, RemoteProtocolError, bounded
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..protocol.auth import AUTH_HEADER, Credentials, check_authentication
 from ..status import Status
-from ._grpclib_private import cancelled_by_reset, http2_stream, listener, send_messages
+from ._grpclib_private import (
+    cancelled_by_reset,
+    explain_unknown_methods,
+    http2_stream,
+    listener,
+    send_messages,
+)
 from .addresses import peer_address
 from .budget import MessageBudget
 from .framing import WireCodec, read_message
@@ -249,6 +255,13 @@ class ExtensionService:
                 self._idle.set()
 
 
+def _unknown_method(health: bool, path: str) -> str:
+    served = f"{METHOD_PATH}" + (
+        " and the health service's /grpc.health.v1.Health/Check and Watch" if health else ""
+    )
+    return bounded(f"[CONN-1] no method {path!r} here: this server serves {served}")
+
+
 def _name(extension: Extension) -> str:
     """The extension's class, or the function a ``FunctionExtension`` wraps."""
     processor = getattr(extension, "_processor", None)
@@ -325,6 +338,7 @@ async def start_server(factory: ExtensionFactory, config: ServerConfig) -> Exten
     server = grpclib.server.Server(
         handlers, codec=WireCodec(), config=Configuration(_keepalive_time=None)
     )
+    explain_unknown_methods(server, partial(_unknown_method, health is not None))
     guard = tune_server(server, config.limits, max_streams=config.max_streams)
     check_open_file_limit(config.limits.max_connections)
     quiet_accept_failures(asyncio.get_running_loop())

@@ -45,6 +45,14 @@ class TestHeader:
         assert parse_header(EXPECTED.header_value()) == EXPECTED
         assert parse_header("basic   " + basic("a:b:c")[6:]) == Credentials("a", "b:c")
 
+    @pytest.mark.rule("AUTH-3")
+    @pytest.mark.parametrize("password", ["p", "pa", "pas", "pass"])
+    def test_base64_without_its_padding_is_read(self, password: str) -> None:
+        """Every length of padding (none, one '=', two) left out decodes the same."""
+        padded = Credentials("user", password).header_value()
+        assert parse_header(padded.rstrip("=")) == Credentials("user", password)
+        check_authentication([padded.rstrip("=")], Credentials("user", password))
+
     @pytest.mark.rule("AUTH-2")
     def test_username_with_a_colon_cannot_be_configured(self) -> None:
         with pytest.raises(ValueError, match="':'"):

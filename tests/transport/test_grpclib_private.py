@@ -324,6 +324,16 @@ def test_the_private_names_exist_where_they_are_used() -> None:
     assert hyperframe.frame.Frame.__str__ is object.__str__
 
 
+def test_grpclib_looks_methods_up_where_explain_unknown_methods_answers() -> None:
+    """Its table is ``Server._mapping``, read with ``get`` only, and a handler raising
+    GRPCError before reading anything ends the call with that status."""
+    assert "self._mapping = mapping" in inspect.getsource(grpclib.server.Server.__init__)
+    handler = inspect.getsource(grpclib.server.request_handler)
+    assert "method = mapping.get(method_name)" in handler
+    assert handler.count("mapping") == 2  # the parameter and that one look-up
+    assert "self._mapping, self._codec" in inspect.getsource(grpclib.server.Server)
+
+
 def test_a_reset_cancels_the_handler_through_the_wrapper_cancelled_by_reset_reads() -> None:
     """grpclib cancels a reset stream's handler through ``Stream.wrapper`` (its
     ``cancel`` sets ``cancelled``) and logs any ending but ``CancelledError`` as a

@@ -169,6 +169,35 @@ async def test_without_health_the_service_is_not_offered() -> None:
             assert server.health is None
 
 
+@pytest.mark.rule("CONN-1")
+@pytest.mark.parametrize("health_on", [True, False], ids=["with health", "without"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",  # grpcurl's first
+        "/microsoft.azure.media.live_video_analytics.extensibility.grpc.v1."
+        "MediaGraphExtension/ProcessMediaStreams",
+    ],
+    ids=["reflection", "a misspelt method"],
+)
+async def test_a_method_not_served_is_refused_naming_what_is(path: str, health_on: bool) -> None:
+    """grpclib alone says "Method not found", naming neither."""
+    import grpc
+
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            extension(health=health_on) as server,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        ):
+            call = channel.unary_unary(path, request_serializer=bytes)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call(HealthCheckRequest())
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    details = refused.value.details() or ""
+    assert details.startswith(f"[CONN-1] no method '{path}' here: this server serves /micro")
+    assert ("/grpc.health.v1.Health/Check" in details) is health_on
+
+
 # --- Watch ---------------------------------------------------------------------------
 
 
