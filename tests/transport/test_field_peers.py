@@ -41,7 +41,6 @@ from avaproto.messages import (
     METHOD_PATH,
     ContentBytes,
     ContentReference,
-    Dimensions,
     Encoding,
     GraphIdentifier,
     Inference,
@@ -53,7 +52,6 @@ from avaproto.messages import (
     MediaStreamMessage,
     PixelFormat,
     SharedMemoryBufferTransferProperties,
-    VideoFrameSampleFormat,
 )
 from avaproto.protocol.video_format import VideoFormat
 from avaproto.report import Report
@@ -434,6 +432,34 @@ async def field_segment(length: int) -> AsyncIterator[tuple[str, mmap.mmap]]:
         path.unlink(missing_ok=True)
 
 
+@asynccontextmanager
+async def served_stub(processor: Any) -> AsyncIterator[MediaGraphExtensionStub]:
+    """avaproto's server for ``processor``, and a field pipeline's stub on a channel to it."""
+    async with running(processor, ServerConfig(port=0), grace=2) as server:
+        channel = grpclib.client.Channel("127.0.0.1", server.port)
+        try:
+            yield MediaGraphExtensionStub(channel)
+        finally:
+            channel.close()
+
+
+def field_descriptor(
+    fmt: VideoFormat, segment: tuple[str, int] | None = None
+) -> MediaStreamDescriptor:
+    """A field pipeline's descriptor: ``fmt``, and its segment (name, length) if any."""
+    return MediaStreamDescriptor(
+        graph_identifier=GraphIdentifier(graph_instance_name="field", graph_node_name="g"),
+        media_descriptor=MediaDescriptor(
+            timescale=90000, video_frame_sample_format=fmt.to_message()
+        ),
+        shared_memory_buffer_transfer_properties=SharedMemoryBufferTransferProperties(
+            handle_name=segment[0], length_bytes=segment[1]
+        )
+        if segment
+        else None,
+    )
+
+
 @pytest.mark.rule("SHM-14", "SHM-8")
 async def test_serve_answers_a_pipeline_whose_references_are_one_byte_long(
     caplog: pytest.LogCaptureFixture,
@@ -447,46 +473,26 @@ async def test_serve_answers_a_pipeline_whose_references_are_one_byte_long(
 
     count = 6
     async with field_segment(FRAME * (count + 1)) as (name, mapping):
-        descriptor = MediaStreamDescriptor(
-            graph_identifier=GraphIdentifier(graph_instance_name="field", graph_node_name="g"),
-            media_descriptor=MediaDescriptor(
-                timescale=90000,
-                video_frame_sample_format=VideoFrameSampleFormat(
-                    encoding=Encoding.RAW,
-                    pixel_format=PixelFormat.RGB24,
-                    dimensions=Dimensions(width=WIDTH, height=HEIGHT),
-                ),
-            ),
-            shared_memory_buffer_transfer_properties=SharedMemoryBufferTransferProperties(
-                handle_name=name, length_bytes=len(mapping)
-            ),
-        )
+        descriptor = field_descriptor(RGB24, (name, len(mapping)))
         allocator = ClosedIntervalAllocator(FRAME)
         slots = [allocator.next() for _ in range(count)]
         answers: list[MediaStreamMessage] = []
         answered, next_answer = anyio.create_memory_object_stream[None](count + 1)
         with anyio.fail_after(TIMEOUT):
-            async with running(remember, ServerConfig(port=0), grace=2) as server:
-                channel = grpclib.client.Channel("127.0.0.1", server.port)
-                try:
-                    stub = MediaGraphExtensionStub(channel)
+            async with served_stub(remember) as stub:
 
-                    async def requests() -> AsyncIterator[MediaStreamMessage]:
-                        yield MediaStreamMessage(
-                            sequence_number=1, media_stream_descriptor=descriptor
-                        )
-                        for index, (offset, length) in enumerate(slots):
-                            # One sample at a time, so the overlap is with a released slot.
-                            mapping[offset : offset + FRAME] = bytes([index + 1]) * FRAME
-                            yield referring(index + 2, offset, length)
-                            await next_answer.receive()
+                async def requests() -> AsyncIterator[MediaStreamMessage]:
+                    yield MediaStreamMessage(sequence_number=1, media_stream_descriptor=descriptor)
+                    for index, (offset, length) in enumerate(slots):
+                        # One sample at a time, so the overlap is with a released slot.
+                        mapping[offset : offset + FRAME] = bytes([index + 1]) * FRAME
+                        yield referring(index + 2, offset, length)
+                        await next_answer.receive()
 
-                    async for message in stub.process_media_stream(requests()):
-                        answers.append(message)
-                        if message.media_sample is not None:
-                            answered.send_nowait(None)
-                finally:
-                    channel.close()
+                async for message in stub.process_media_stream(requests()):
+                    answers.append(message)
+                    if message.media_sample is not None:
+                        answered.send_nowait(None)
     assert [a.ack_sequence_number for a in answers] == [1, *range(2, count + 2)]
     assert seen == [bytes([i + 1]) * FRAME for i in range(count)]
     lines = [r.getMessage() for r in caplog.records]
@@ -516,22 +522,8 @@ async def test_serve_reads_frames_whose_last_row_lacks_its_padding(
 
     count = 3
     async with field_segment(stride * height * count) as (name, mapping):
-        descriptor = MediaStreamDescriptor(
-            media_descriptor=MediaDescriptor(
-                timescale=90000,
-                video_frame_sample_format=VideoFrameSampleFormat(
-                    encoding=Encoding.RAW,
-                    pixel_format=PixelFormat.RGB24,
-                    dimensions=Dimensions(width=width, height=height),
-                    stride_bytes=stride,
-                ),
-            ),
-            shared_memory_buffer_transfer_properties=SharedMemoryBufferTransferProperties(
-                handle_name=name, length_bytes=len(mapping)
-            )
-            if transfer == "shm"
-            else None,
-        )
+        padded = VideoFormat.checked(Encoding.RAW, PixelFormat.RGB24, width, height, stride)
+        descriptor = field_descriptor(padded, (name, len(mapping)) if transfer == "shm" else None)
 
         def content(index: int) -> bytes:
             frame = bytearray(shortest)
@@ -550,18 +542,11 @@ async def test_serve_reads_frames_whose_last_row_lacks_its_padding(
 
         answers: list[MediaStreamMessage] = []
         with anyio.fail_after(TIMEOUT):
-            async with running(corner, ServerConfig(port=0), grace=2) as server:
-                channel = grpclib.client.Channel("127.0.0.1", server.port)
-                try:
-                    stub = MediaGraphExtensionStub(channel)
-                    opening = MediaStreamMessage(
-                        sequence_number=1, media_stream_descriptor=descriptor
-                    )
-                    messages = [opening, *(sample(i) for i in range(count))]
-                    async for message in stub.process_media_stream(messages):
-                        answers.append(message)
-                finally:
-                    channel.close()
+            async with served_stub(corner) as stub:
+                opening = MediaStreamMessage(sequence_number=1, media_stream_descriptor=descriptor)
+                messages = [opening, *(sample(i) for i in range(count))]
+                async for message in stub.process_media_stream(messages):
+                    answers.append(message)
     assert [a.ack_sequence_number for a in answers] == [1, *range(2, count + 2)]
     assert sorted(corners) == [(i, i + 1, i + 2) for i in range(count)]  # processed at once
     lines = [r.getMessage() for r in caplog.records]
@@ -587,36 +572,21 @@ async def test_serve_warns_when_live_references_overlap(
         return []
 
     async with field_segment(FRAME * 4) as (name, mapping):
-        descriptor = MediaStreamDescriptor(
-            graph_identifier=GraphIdentifier(graph_instance_name="field", graph_node_name="g"),
-            media_descriptor=MediaDescriptor(
-                timescale=90000, video_frame_sample_format=RGB24.to_message()
-            ),
-            shared_memory_buffer_transfer_properties=SharedMemoryBufferTransferProperties(
-                handle_name=name, length_bytes=len(mapping)
-            ),
-        )
+        descriptor = field_descriptor(RGB24, (name, len(mapping)))
         allocator = ClosedIntervalAllocator(FRAME)
         slots = [allocator.next() for _ in range(2)]
         answers: list[MediaStreamMessage] = []
         with anyio.fail_after(TIMEOUT):
-            async with running(hold, ServerConfig(port=0), grace=2) as server:
-                channel = grpclib.client.Channel("127.0.0.1", server.port)
-                try:
-                    stub = MediaGraphExtensionStub(channel)
+            async with served_stub(hold) as stub:
 
-                    async def requests() -> AsyncIterator[MediaStreamMessage]:
-                        yield MediaStreamMessage(
-                            sequence_number=1, media_stream_descriptor=descriptor
-                        )
-                        for index, (offset, length) in enumerate(slots):  # both live at once
-                            yield referring(index + 2, offset, length)
-                        await release.wait()
+                async def requests() -> AsyncIterator[MediaStreamMessage]:
+                    yield MediaStreamMessage(sequence_number=1, media_stream_descriptor=descriptor)
+                    for index, (offset, length) in enumerate(slots):  # both live at once
+                        yield referring(index + 2, offset, length)
+                    await release.wait()
 
-                    async for message in stub.process_media_stream(requests()):
-                        answers.append(message)
-                finally:
-                    channel.close()
+                async for message in stub.process_media_stream(requests()):
+                    answers.append(message)
     assert [a.ack_sequence_number for a in answers] == [1, 2, 3]
     [warning] = [r.getMessage() for r in caplog.records if "[SHM-8]" in r.getMessage()]
     assert "overlaps" in warning and "message 2" in warning
