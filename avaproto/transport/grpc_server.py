@@ -339,7 +339,7 @@ async def start_server(factory: ExtensionFactory, config: ServerConfig) -> Exten
         handlers, codec=WireCodec(), config=Configuration(_keepalive_time=None)
     )
     explain_unknown_methods(server, partial(_unknown_method, health is not None))
-    guard = tune_server(server, config.limits, max_streams=config.max_streams)
+    guard = tune_server(server, config.limits)
     check_open_file_limit(config.limits.max_connections)
     quiet_accept_failures(asyncio.get_running_loop())
     await server.start(config.host, config.port, ssl=config.ssl)

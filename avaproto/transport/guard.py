@@ -170,14 +170,9 @@ _MOVED: dict[str | bytes, str] = {
 class ServerGuard:
     """The connections of one server: counted, each made with its own guard."""
 
-    def __init__(
-        self, limits: ConnectionLimits, max_frame_size: int, max_streams: int | None = None
-    ) -> None:
+    def __init__(self, limits: ConnectionLimits, max_frame_size: int) -> None:
         self.limits = limits
         self.max_frame_size = max_frame_size
-        #: Advertised as SETTINGS_MAX_CONCURRENT_STREAMS (None: h2's 100): a client that
-        #: knows the limit queues its calls instead of having the excess refused.
-        self.max_streams = max_streams
         #: Connections open now (accepted and not yet lost).
         self.open = 0
         #: Seconds the event loop spent reading HTTP/2 (parsing frames, handling events),
@@ -233,8 +228,6 @@ class ServerGuard:
         self.direct_bytes -= size
 
 
-#: Streams advertised beyond the server's limit, for health calls (which it does not count).
-HEALTH_STREAMS = 8
 #: A DATA frame that continues in later reads is read into a buffer of its own (or its
 #: message's) only once this much of it arrived with its header (a header alone asks
 #: for nothing); what all such buffers hold is bounded by ``max_read_buffers_bytes``.
@@ -408,12 +401,6 @@ class ConnectionGuard(asyncio.BufferedProtocol):
             SettingCodes.MAX_FRAME_SIZE: self._server.max_frame_size,
             SettingCodes.MAX_HEADER_LIST_SIZE: limit,
         }
-        if self._server.max_streams is not None:
-            # Room beyond the limit for the health service's calls, which a client
-            # keeps open beside its streams (grpc-core's health checking, a Watch per
-            # connection) and the limit does not count; within HTTP/2's 2^31 - 1.
-            advertised = self._server.max_streams + HEALTH_STREAMS
-            settings[SettingCodes.MAX_CONCURRENT_STREAMS] = min(advertised, 2**31 - 1)
         update_local_settings(self._protocol, settings)
         # h2 applies an advertised limit only once the peer acknowledges it.
         self._h2.decoder.max_header_list_size = limit

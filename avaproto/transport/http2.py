@@ -42,14 +42,12 @@ def tune_server(
     server: grpclib.server.Server,
     limits: ConnectionLimits | None = None,
     max_frame_size: int = MAX_FRAME_SIZE,
-    max_streams: int | None = None,
 ) -> ServerGuard:
-    """Advertise ``max_frame_size`` (and ``max_streams``, if given) on every connection
-    ``server`` accepts, guard each with ``limits``, log failed TLS handshakes (call
-    before ``server.start``)."""
+    """Advertise ``max_frame_size`` on every connection ``server`` accepts, guard each
+    with ``limits``, log failed TLS handshakes (call before ``server.start``)."""
     quiet_frame_repr()
     keep_empty_data_frames_out()
-    guard = ServerGuard(limits or ConnectionLimits(), max_frame_size, max_streams)
+    guard = ServerGuard(limits or ConnectionLimits(), max_frame_size)
     tls: ssl.SSLContext | None = None
 
     def guarded(protocol: Any) -> Any:

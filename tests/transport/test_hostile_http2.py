@@ -54,7 +54,6 @@ from avaproto.server import running
 from avaproto.status import Status
 from avaproto.transport.grpc_client import DEFAULT_MAX_ANSWER_BYTES
 from avaproto.transport.grpc_server import ExtensionServer, ServerConfig
-from avaproto.transport.guard import HEALTH_STREAMS
 from avaproto.transport.limits import ConnectionLimits
 from avaproto.transport.tls import server_context
 from tests.builders import FRAME_BYTES, pipeline_descriptor, video_format
@@ -706,24 +705,6 @@ async def test_a_connection_without_streams_is_closed_after_the_idle_timeout(
         await completes(server.port)
     [line] = [r for r in caplog.records if "[CONN-13]" in r.getMessage()]
     assert line.levelno == logging.INFO  # routine: an idle channel is no one's fault
-
-
-@pytest.mark.rule("SRV-6")
-@pytest.mark.parametrize(
-    ("limit", "advertised"), [(5, 5 + HEALTH_STREAMS), (5_000_000_000, 2**31 - 1)]
-)
-async def test_the_stream_limit_is_advertised_so_clients_queue_instead(
-    limit: int, advertised: int, caplog: pytest.LogCaptureFixture
-) -> None:
-    """With room for the health calls a client keeps open beside its streams, within
-    what HTTP/2 can say."""
-    async with serving(max_streams=limit) as server, Attacker.connect(server.port) as client:
-        with anyio.fail_after(TIMEOUT):
-            await client.settled()
-        settings = client.h2.remote_settings
-        assert settings.max_concurrent_streams == advertised
-        assert settings.max_header_list_size == 16 * 1024
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 @pytest.mark.rule("CONN-16")
