@@ -9,6 +9,7 @@ imported only when a caller asks for pixels, with an error that says what to ins
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Any
 
 import numpy as np
@@ -56,8 +57,22 @@ def decode_image(data: bytes | bytearray | memoryview, encoding: Encoding) -> np
     name = _name(encoding)
     size = memoryview(data).nbytes
     try:
-        with image_module.open(io.BytesIO(data)) as image:
+        with warnings.catch_warnings():
+            # Pillow warns of an image past its limit; it is refused below instead.
+            warnings.simplefilter("ignore", image_module.DecompressionBombWarning)
+            image = image_module.open(io.BytesIO(data))
+        with image:
             found = image.format
+            pixels = image.width * image.height
+            limit = image_module.MAX_IMAGE_PIXELS
+            if limit and pixels > limit:  # Pillow itself only warns up to twice as many
+                raise FrameError(
+                    "MEDIA-3",
+                    Status.RESOURCE_EXHAUSTED,
+                    f"the {name} sample's header announces {image.width}x{image.height}, "
+                    f"{pixels} pixels; the decoder takes at most {limit} "
+                    "(PIL.Image.MAX_IMAGE_PIXELS)",
+                )
             if found == expected:
                 return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except image_module.DecompressionBombError as error:

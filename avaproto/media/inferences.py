@@ -405,7 +405,7 @@ def clip_box(inference: Inference, where: str = "inference") -> tuple[Inference,
     l, t, w, h = (float(v) for v in edges)  # noqa: E741 - the contract's names
     if w < 0.0 or h < 0.0:
         return None
-    if l > 1.0 or t > 1.0 or l + w < 0.0 or t + h < 0.0:
+    if _misses(l, w) or _misses(t, h):
         return None  # the box misses the image: nothing of it to keep
     left, top = max(l, 0.0), max(t, 0.0)
     width, height = min(l + w, 1.0) - left, min(t + h, 1.0) - top
@@ -413,6 +413,13 @@ def clip_box(inference: Inference, where: str = "inference") -> tuple[Inference,
     getattr(copy, name).box = _box_of((left, top, width, height), f"{where}.{name}.box")
     given = ", ".join(f"{edge}={v:.7g}" for edge, v in zip(_EDGES, edges, strict=True))
     return copy, f"{where}.{name}.box ({given}) reaches outside the image; cut to it"
+
+
+def _misses(start: float, size: float) -> bool:
+    """Whether [start, start + size] leaves nothing inside [0, 1]; a box that only
+    touches the image's edge from outside misses it (one of no size inside does not)."""
+    end = start + size
+    return start > 1.0 or end < 0.0 or (size > 0.0 and (end <= 0.0 or start >= 1.0))
 
 
 def validate_all(inferences: Iterable[Inference]) -> list[Inference]:

@@ -391,6 +391,12 @@ def receive_bytes(protocol: Any, data: bytes, refused: Callable[[str], None]) ->
         connection.flush()  # h2's GOAWAY
         refused(h2_refusal(error))
         return
+    except UnicodeDecodeError:  # a header h2 decodes as UTF-8 is not (it raises no more)
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            connection._connection.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        connection.flush()
+        refused("a header that is not UTF-8")
+        return
     connection.flush()
     for event in events:
         protocol.processor.process(event)

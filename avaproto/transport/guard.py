@@ -671,14 +671,20 @@ class ConnectionGuard(asyncio.BufferedProtocol):
             receive_bytes(self._protocol, bytes(data), self._broken)
 
     def _broken(self, reason: str) -> None:
-        """h2 refused a frame of the peer's and queued its GOAWAY (sent): say so, close."""
+        """h2 refused a frame of the peer's and queued its GOAWAY (sent): say so, close.
+
+        A frame after the peer's own GOAWAY (h2 takes the connection as closed then, and
+        RFC 9113 lets a peer reset its streams after one) is no fault: logged at INFO.
+        """
         if self._closing:
             return
         self._closing = True
-        self._server.warn(
-            "CONN-17", f"closing the connection of {self.peer}: [CONN-17] it broke HTTP/2: {reason}"
-        )
-        close_connection(self._protocol, f"[CONN-17] the peer broke HTTP/2: {reason}")
+        line = f"closing the connection of {self.peer}: [CONN-17] it broke HTTP/2: {reason}"
+        if "in state ConnectionState.CLOSED" in reason:
+            log.info("closing the connection of %s, which went away: %s", self.peer, reason)
+        else:
+            self._server.warn("CONN-17", line)
+        self._close_after_goaway(f"[CONN-17] the peer broke HTTP/2: {reason}")
 
     def _give(self, frames: list[Taken]) -> None:
         """Have frames read past h2's frame buffer taken, in order (``take_frames``), each
@@ -744,7 +750,9 @@ class ConnectionGuard(asyncio.BufferedProtocol):
             self._metered(event.stream_id, event.data)
         elif isinstance(event, h2.events.RequestReceived):
             if event.stream_id > self._last_stream:  # opened after our GOAWAY was sent
-                self._h2.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
+                # The peer may have reset it in the same read: then it is closed already.
+                with contextlib.suppress(h2.exceptions.StreamClosedError):
+                    self._h2.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
                 assert self._transport is not None
                 self._transport.write(self._h2.data_to_send())
                 return False
@@ -952,10 +960,20 @@ class ConnectionGuard(asyncio.BufferedProtocol):
             log.info("closing the connection of %s: %s", self.peer, reason)
         else:
             self._server.warn(rule, f"closing the connection of {self.peer}: {reason}")
-        assert self._transport is not None and self._raw is not None
+        assert self._transport is not None
         with contextlib.suppress(h2.exceptions.ProtocolError):  # h2 already closed it
-            self._h2.close_connection(error_code=code, additional_data=reason.encode())
+            self._h2.close_connection(
+                error_code=code,
+                additional_data=reason.encode(),
+                # A GOAWAY's last stream never rises above one sent before (a drain's).
+                last_stream_id=min(self._last_stream, self._h2.highest_inbound_stream_id),
+            )
             self._transport.write(self._h2.data_to_send())
+        self._close_after_goaway(reason)
+
+    def _close_after_goaway(self, reason: str) -> None:
+        """End every call; close the socket once the GOAWAY may have been read."""
+        assert self._raw is not None
         if self._unread():
             self._raw.abort()  # it reads nothing: no GOAWAY would reach it
             close_connection(self._protocol, reason)

@@ -507,10 +507,14 @@ def _frames(data: bytes) -> tuple[list[tuple[int, int, int, bytes]], bytes]:
 
 
 @pytest.mark.rule("SRV-8")
-async def test_a_stream_opened_after_the_drains_goaway_is_refused_unprocessed() -> None:
+async def test_a_stream_opened_after_the_drains_goaway_is_refused_unprocessed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The GOAWAY names the last stream the server took; one the client opened before
     reading it gets REFUSED_STREAM (nothing of it processed: grpc-core retries it
     elsewhere), and the stream open before goes on."""
+    from h2.errors import ErrorCodes as ErrorCode
+
     from tests.transport.test_hostile_http2 import DESCRIPTOR, REQUEST, Attacker
 
     goaway, rst, RST_STREAM, GOAWAY = None, None, 3, 7
@@ -532,6 +536,9 @@ async def test_a_stream_opened_after_the_drains_goaway_is_refused_unprocessed() 
                 received += await client.stream.receive()
                 frames, _ = _frames(received)
                 goaway = next((p for k, _, _, p in frames if k == GOAWAY), None)
+            crossed = client.h2.get_next_available_stream_id()  # and reset at once
+            client.h2.send_headers(crossed, REQUEST)
+            client.h2.reset_stream(crossed, ErrorCode.CANCEL)
             late = client.h2.get_next_available_stream_id()  # opened before it was read
             client.h2.send_headers(late, REQUEST)
             client.h2.send_data(late, DESCRIPTOR)
@@ -546,3 +553,4 @@ async def test_a_stream_opened_after_the_drains_goaway_is_refused_unprocessed() 
     last, code = struct.unpack(">II", goaway[:8])
     assert (last, code) == (first, 0)
     assert int.from_bytes(rst, "big") == 7  # REFUSED_STREAM
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

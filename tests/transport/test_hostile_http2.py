@@ -1059,3 +1059,43 @@ async def test_a_peer_that_breaks_http2_is_told_goaway_and_named_in_the_log(
     assert ended is not None and ended.error_code == code
     [line] = warnings(caplog, "CONN-17")
     assert "it broke HTTP/2" in line and says in line
+
+
+@pytest.mark.rule("CONN-17")
+async def test_a_header_that_is_not_utf8_is_refused_like_any_broken_frame(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """h2 raises UnicodeDecodeError there, not its ProtocolError: grpclib alone let it
+    out as a traceback and dropped the connection without a GOAWAY."""
+    async with serving() as server, Attacker.connect(server.port) as attacker:
+        with anyio.fail_after(TIMEOUT):
+            await attacker.settled()
+            block = attacker.h2.encoder.encode([*REQUEST, (b"x-name", b"caf\xe9")])
+            assert await attacker.send(frame(HEADERS, 0x4, 1, block))
+            ended = await attacker.closed()
+    assert ended is not None and ended.error_code == ErrorCodes.PROTOCOL_ERROR
+    [line] = warnings(caplog, "CONN-17")
+    assert "a header that is not UTF-8" in line
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+@pytest.mark.rule("CONN-17")
+async def test_a_peer_that_resets_its_stream_after_its_own_goaway_is_no_fault(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """RFC 9113 lets a client reset its streams after its GOAWAY; h2 refuses any frame
+    once the connection is closed. The connection ends, logged at INFO."""
+    caplog.set_level(logging.INFO, logger="avaproto")
+    async with serving() as server, Attacker.connect(server.port) as attacker:
+        with anyio.fail_after(TIMEOUT):
+            stream_id = attacker.h2.get_next_available_stream_id()
+            attacker.h2.send_headers(stream_id, REQUEST)
+            attacker.h2.send_data(stream_id, DESCRIPTOR)
+            assert await attacker.flush()
+            await attacker.until(lambda: attacker.answers(stream_id) == 1)
+            goaway_frame = frame(7, 0, 0, struct.pack(">II", stream_id, 0))
+            reset = frame(3, 0, stream_id, struct.pack(">I", ErrorCodes.CANCEL))
+            assert await attacker.send(goaway_frame + reset)
+            await attacker.closed()
+    assert warnings(caplog, "CONN-17") == []
+    assert any("went away" in r.getMessage() for r in caplog.records)
