@@ -400,7 +400,7 @@ def receive_bytes(protocol: Any, data: bytes, refused: Callable[[str], None]) ->
     connection.flush()
     for event in events:
         protocol.processor.process(event)
-    connection.flush()
+    flush_if_open(connection)
 
 
 def receive_frames(
@@ -589,19 +589,11 @@ class _AnswerReading(grpclib.protocol.H2Protocol):
         if not guard.read(data):
             return
         if not take_whole_frames(self, data, guard.data_frame, guard.broken):
-            # grpclib's own data_received, which logs h2's refusal at DEBUG and ends
-            # the calls as "Protocol error": the refusal's reason is the call's error.
-            connection = self.connection
-            try:
-                events = connection.feed(data)
-            except h2.exceptions.ProtocolError as error:
-                connection.flush()  # h2's GOAWAY
-                guard.broken(h2_refusal(error))
+            # grpclib's own data_received, but for h2's refusal: the refusal's reason
+            # is the call's error, where grpclib logs it at DEBUG ("Protocol error").
+            receive_bytes(self, data, guard.broken)
+            if guard.refusal is not None:
                 return
-            connection.flush()
-            for event in events:
-                self.processor.process(event)
-            flush_if_open(connection)
         if guard.refusal is None and taking_frames(self):
             machine = self.connection._connection
             pending = machine.incoming_buffer._data

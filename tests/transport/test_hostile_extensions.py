@@ -304,6 +304,21 @@ async def test_a_frame_h2_refuses_is_named(
     refused(await ended_by(breaks, caplog), "PIPE-9", Status.INTERNAL, *words)
 
 
+@pytest.mark.rule("PIPE-9")
+async def test_a_header_that_is_not_utf8_is_named(caplog: pytest.LogCaptureFixture) -> None:
+    """h2 raises UnicodeDecodeError there, not its ProtocolError: grpclib let it out of
+    the read as a traceback, and the stream ended as connection lost."""
+
+    async def garbles(
+        client: anyio.abc.SocketStream, machine: h2.connection.H2Connection, stream_id: int, _: Any
+    ) -> None:
+        block = machine.encoder.encode([("grpc-status", "0"), (b"x-name", b"caf\xe9")])
+        await client.send(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, block))
+
+    error = await ended_by(garbles, caplog)
+    refused(error, "PIPE-9", Status.INTERNAL, "broke HTTP/2", "a header that is not UTF-8")
+
+
 # --- the end of the extension's stream ------------------------------------------------
 
 
