@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn, get_args
 
@@ -568,8 +569,7 @@ def _add_serve(commands: Any) -> None:
         "Each one that trips logs a WARNING naming the peer. Timeouts: 0 or none for no limit.",
     )
 
-    def limit(flag: str, kind: Callable[[str], Any], metavar: str, text: str) -> None:
-        _limit_option(limits, flag, kind, metavar, text)
+    limit = partial(_limit_option, limits)
 
     limit(
         "--max-connections",
@@ -791,19 +791,15 @@ def _cut_to_image(inferences: list[Inference], frame: str, cut: _Omissions) -> l
     it keeps what the detector found, where leaving it out would lose the detection.
     """
     from .errors import InferenceError
-    from .media.inferences import clip_box, validate
+    from .media.inferences import validate_or_cut
 
-    kept = inferences
+    kept = list(inferences)
     for index, inference in enumerate(inferences):
-        where = f"inferences[{index}]"
         try:
-            validate(inference, where)
-        except InferenceError as error:
-            if error.rule != "INF-4" or (clipped := clip_box(inference, where)) is None:
-                continue  # to_json_lenient leaves it out and says why
-            if kept is inferences:
-                kept = list(inferences)
-            kept[index], detail = clipped
+            kept[index], detail = validate_or_cut(inference, f"inferences[{index}]")
+        except InferenceError:
+            continue  # to_json_lenient leaves it out and says why
+        if detail:
             cut.add(f"{frame}: {detail}")
     return kept
 
@@ -998,7 +994,9 @@ def _send(args: argparse.Namespace) -> int:
         if output is not None:
             number = result.acknowledged
             frame = f"frame {number}" if number is not None else "an answer acknowledging none"
-            body, omitted = to_json_lenient(_cut_to_image(result.inferences, frame, cut))
+            body, omitted = to_json_lenient(result.inferences)
+            if omitted:  # boxes reaching outside the image are cut and written (INF-4)
+                body, omitted = to_json_lenient(_cut_to_image(result.inferences, frame, cut))
             line = {"sequenceNumber": number, "timestamp": result.timestamp}
             output.write({**line, **body})
             for reason in omitted:

@@ -29,7 +29,7 @@ import anyio
 import anyio.abc
 
 from ..errors import InferenceError, ProtocolError, RemoteProtocolError, StreamFailed
-from ..media.inferences import clip_box, validate
+from ..media.inferences import validate_or_cut
 from ..messages import (
     Inference,
     MediaDescriptor,
@@ -540,21 +540,18 @@ def _checked(result: object, number: int, cut: Callable[[int, str], None]) -> li
                 f"the extension returned a {type(inference).__name__} among the inferences "
                 f"of sample {number}; expected Inference",
             )
-        where = f"inferences[{index}]"
         try:
-            validate(inference, where)
-        except InferenceError as error:
             # A box reaching past the image's left or top (a detector that does not
             # clip) is cut to the image rather than end the stream (INF-4's field note).
-            if error.rule == "INF-4" and (clipped := clip_box(inference, where)) is not None:
-                inferences[index], detail = clipped
-                cut(number, detail)
-                continue
+            inferences[index], detail = validate_or_cut(inference, f"inferences[{index}]")
+        except InferenceError as error:
             raise ProtocolError(
                 "SRV-3",
                 Status.INTERNAL,
                 f"the extension returned an invalid inference for sample {number}: {error}",
             ) from None
+        if detail:
+            cut(number, detail)
     return inferences  # type: ignore[return-value]  # every item checked above
 
 

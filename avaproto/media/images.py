@@ -54,7 +54,7 @@ def decode_image(data: bytes | bytearray | memoryview, encoding: Encoding) -> np
     """
     expected = _pillow_format(encoding)
     image_module = load_pillow()
-    name = _name(encoding)
+    name = Encoding(encoding).name  # one of PILLOW_FORMATS' (checked above)
     size = memoryview(data).nbytes
     try:
         with warnings.catch_warnings():
@@ -95,10 +95,6 @@ def decode_image(data: bytes | bytearray | memoryview, encoding: Encoding) -> np
         Status.INVALID_ARGUMENT,
         f"the sample is {found} data, but the stream says {name}",
     )
-
-
-def _name(encoding: Encoding) -> str:
-    return Encoding(encoding).name or str(int(encoding))
 
 
 def encode_image(rgb: npt.NDArray[np.uint8], encoding: Encoding, *, quality: int = 90) -> bytes:

@@ -415,6 +415,20 @@ def clip_box(inference: Inference, where: str = "inference") -> tuple[Inference,
     return copy, f"{where}.{name}.box ({given}) reaches outside the image; cut to it"
 
 
+def validate_or_cut(inference: Inference, where: str = "inference") -> tuple[Inference, str]:
+    """``validate``, with a box reaching outside the image cut to it (``clip_box``).
+
+    The inference, unchanged (and ``""``) when valid, or its cut copy and what was cut;
+    ``InferenceError`` for anything no cut mends.
+    """
+    try:
+        return validate(inference, where), ""
+    except InferenceError as error:
+        if error.rule == "INF-4" and (cut := clip_box(inference, where)) is not None:
+            return cut
+        raise
+
+
 def _misses(start: float, size: float) -> bool:
     """Whether [start, start + size] leaves nothing inside [0, 1]; a box that only
     touches the image's edge from outside misses it (one of no size inside does not)."""
@@ -446,5 +460,6 @@ __all__ = [
     "type_of",
     "validate",
     "validate_all",
+    "validate_or_cut",
     "value_field",
 ]

@@ -397,6 +397,12 @@ def receive_bytes(protocol: Any, data: bytes, refused: Callable[[str], None]) ->
         connection.flush()
         refused("a header that is not UTF-8")
         return
+    _deliver(protocol, events)
+
+
+def _deliver(protocol: Any, events: list[Any]) -> None:
+    """What grpclib does with h2's events of a read: flush, process each, flush."""
+    connection = protocol.connection
     connection.flush()
     for event in events:
         protocol.processor.process(event)
@@ -431,11 +437,7 @@ def receive_frames(
         else:
             protocol.processor.close("Protocol error")
         return
-    connection = protocol.connection
-    connection.flush()
-    for event in events:
-        protocol.processor.process(event)
-    flush_if_open(connection)
+    _deliver(protocol, events)
 
 
 def flush_if_open(connection: grpclib.protocol.Connection) -> None:
@@ -592,17 +594,17 @@ class _AnswerReading(grpclib.protocol.H2Protocol):
             # grpclib's own data_received, but for h2's refusal: the refusal's reason
             # is the call's error, where grpclib logs it at DEBUG ("Protocol error").
             receive_bytes(self, data, guard.broken)
-            if guard.refusal is not None:
-                return
-        if guard.refusal is None and taking_frames(self):
-            machine = self.connection._connection
-            pending = machine.incoming_buffer._data
-            if len(pending) >= 3:  # a frame not yet whole: h2 checks its length only then
-                length = int.from_bytes(pending[:3], "big")
-                guard.frame_announced(length, machine.max_inbound_frame_size)
-            if guard.control_owed:
-                transport = self.connection._transport
-                guard.unread(0 if transport.is_closing() else transport.get_write_buffer_size())
+            if guard.refusal is None and taking_frames(self):
+                # Only h2's buffer can hold a frame not yet whole: a read taken whole
+                # leaves it empty. h2 checks such a frame's length only once it is in.
+                machine = self.connection._connection
+                pending = machine.incoming_buffer._data
+                if len(pending) >= 3:
+                    length = int.from_bytes(pending[:3], "big")
+                    guard.frame_announced(length, machine.max_inbound_frame_size)
+        if guard.control_owed and guard.refusal is None and taking_frames(self):
+            transport = self.connection._transport
+            guard.unread(0 if transport.is_closing() else transport.get_write_buffer_size())
 
     def _refuse(self, error: RemoteProtocolError, code: h2.errors.ErrorCodes) -> None:
         """End the connection for ``error``: GOAWAY with ``code`` and its text (unless

@@ -18,6 +18,20 @@ from contextlib import contextmanager
 from ..errors import RemoteProtocolError
 from ..status import Status
 
+
+class BudgetRefused(RemoteProtocolError):
+    """SRV-13's refusal; ``over`` says which bound was reached, for a caller that words
+    the refusal its own way (a message refused while it inflates)."""
+
+    def __init__(self, size: int, over: str) -> None:
+        self.size, self.over = size, over
+        message = f"a message of {size} bytes refused: {over}; send smaller messages"
+        super().__init__("SRV-13", Status.RESOURCE_EXHAUSTED, message)
+
+    def __reduce__(self) -> tuple[type[BudgetRefused], tuple[int, str]]:  # type: ignore[override]
+        return (type(self), (self.size, self.over))
+
+
 log = logging.getLogger("avaproto.server")
 
 
@@ -48,9 +62,9 @@ class MessageBudget:
             self._by_connection[connection] = mine + size
             self.held += size
             return
-        message = f"a message of {size} bytes refused: {over}; send smaller messages"
-        log.warning("stream of %s refused a message: [SRV-13] %s", peer, message)
-        raise RemoteProtocolError("SRV-13", Status.RESOURCE_EXHAUSTED, message)
+        refused = BudgetRefused(size, over)
+        log.warning("stream of %s refused a message: [SRV-13] %s", peer, refused.detail)
+        raise refused
 
     @contextmanager
     def holding(self, connection: object, peer: str, size: int) -> Iterator[None]:

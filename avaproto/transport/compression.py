@@ -25,6 +25,7 @@ import anyio.to_thread
 
 from ..errors import RemoteProtocolError
 from ..status import Status
+from .budget import BudgetRefused
 
 #: The encodings avaproto reads, by their ``grpc-encoding`` names, and the zlib window
 #: bits of each: gRPC's "deflate" is the zlib format (RFC 1950), "gzip" RFC 1952.
@@ -96,7 +97,7 @@ async def inflate(
                 if hold is not None:
                     try:
                         held.enter_context(hold(len(piece)))
-                    except RemoteProtocolError as refused:
+                    except BudgetRefused as refused:
                         raise _refused_while_inflating(refused, encoding, len(out)) from None
                 out += piece
         except zlib.error as error:
@@ -126,12 +127,11 @@ async def inflate(
 
 
 def _refused_while_inflating(
-    refused: RemoteProtocolError, encoding: str, inflated: int
+    refused: BudgetRefused, encoding: str, inflated: int
 ) -> RemoteProtocolError:
     """The budget's refusal, said of a message being inflated rather than sent."""
-    why = refused.detail.split(" refused: ", 1)[-1].removesuffix("; send smaller messages")
     return RemoteProtocolError(
         refused.rule,
         refused.status,
-        f"a {encoding} message refused while inflating, at {inflated} bytes: {why}",
+        f"a {encoding} message refused while inflating, at {inflated} bytes: {refused.over}",
     )

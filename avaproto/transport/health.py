@@ -69,19 +69,10 @@ class HealthService(HealthBase):
         extension's are read: bounded, and inflated when compressed (WIRE-3), as grpcio
         sends them on a channel made with compression (grpclib reads no compressed
         message: it fails the call with a traceback in the log)."""
+        served = {"Check": self._serve_check, "Watch": self._serve_watch}
         return {
-            "/grpc.health.v1.Health/Check": grpclib.const.Handler(
-                self._serve_check,
-                grpclib.const.Cardinality.UNARY_UNARY,
-                HealthCheckRequest,
-                HealthCheckResponse,
-            ),
-            "/grpc.health.v1.Health/Watch": grpclib.const.Handler(
-                self._serve_watch,
-                grpclib.const.Cardinality.UNARY_STREAM,
-                HealthCheckRequest,
-                HealthCheckResponse,
-            ),
+            path: handler._replace(func=served[path.rpartition("/")[2]])
+            for path, handler in super().__mapping__().items()
         }
 
     async def _serve_check(self, stream: grpclib.server.Stream[Any, Any]) -> None:
