@@ -141,8 +141,15 @@ class ClientChannel:
 
     async def _next(self) -> MediaStreamMessage | None:
         if not self._encoding_read:  # the extension's headers are in: read them once
-            headers = dict(received_headers(self._stream)[1] or ())
-            self._encoding = check_encoding(headers.get("grpc-encoding"))
+            headers = received_headers(self._stream)[1] or ()
+            named = [value for name, value in headers if name == "grpc-encoding"]
+            if len(set(named)) > 1:
+                raise RemoteProtocolError(
+                    "WIRE-3",
+                    Status.INVALID_ARGUMENT,
+                    f"the extension's answer names two encodings: grpc-encoding {named!r}",
+                )
+            self._encoding = check_encoding(named[-1] if named else None)
             self._encoding_read = True
         message = await read_message(
             http2_stream(self._stream), self._max, limit_rule="PIPE-5", encoding=self._encoding

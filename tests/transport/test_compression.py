@@ -320,3 +320,24 @@ async def test_the_pipeline_reads_answers_an_extension_compressed() -> None:
             async with connect(f"127.0.0.1:{port}", format=RGB24, ack_timeout=ACK_TIMEOUT) as pipe:
                 await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
                 assert [result.acknowledged async for result in pipe.results()] == [2]
+
+
+@pytest.mark.rule("WIRE-3")
+async def test_the_pipeline_refuses_an_answer_naming_two_encodings() -> None:
+    """Which of the two its messages use cannot be known (the server refuses the same)."""
+
+    async def never(client: Any, machine: Any, stream_id: int, got: list[int]) -> None:
+        raise AssertionError("no sample should reach the extension")
+
+    headers = [
+        (":status", "200"),
+        ("content-type", "application/grpc"),
+        ("grpc-encoding", "gzip"),
+        ("grpc-encoding", "identity"),
+    ]
+    async with _listening(_raw_extension(never, headers=headers)) as port:
+        with anyio.fail_after(TIMEOUT), pytest.raises(ProtocolError) as raised:
+            async with connect(f"127.0.0.1:{port}", format=RGB24, ack_timeout=ACK_TIMEOUT):
+                pass
+    assert raised.value.rule == "WIRE-3" and raised.value.status is Status.INVALID_ARGUMENT
+    assert "names two encodings: grpc-encoding ['gzip', 'identity']" in str(raised.value)
