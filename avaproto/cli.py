@@ -1351,6 +1351,7 @@ def _bench(args: argparse.Namespace) -> int:
             ack_timeout=args.ack_timeout,
             shm_write=args.shm_write,
             shm_mode=args.shm_mode,
+            rewrite_frames=args.rewrite_frames,
         )
     )
     print(format_drive_report(report))
@@ -1382,6 +1383,13 @@ def _add_bench(commands: Any) -> None:
         help="frames inside the messages or through shared memory (default: %(default)s)",
     )
     _shm_write_option(parser, _parameter_default(drive_target, "shm_write"))
+    parser.add_argument(
+        "--rewrite-frames",
+        action="store_true",
+        help="with shared memory, write every sample's frame into its slot, as a pipeline "
+        "copying each decoded frame in does (default: each slot is written once and "
+        "holds the frame, so the messages, not the copying, are measured)",
+    )
     width, height = _parameter_default(drive_target, "size")
     parser.add_argument(
         "--size",

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 
 from .engine.drive import PipelineStream, Results
 from .engine.statistics import StreamStatistics
+from .media.shared_memory import SentLease
 from .messages import (
     GraphIdentifier,
     Inference,
@@ -69,7 +70,7 @@ class Pipeline:
 
     async def send(
         self,
-        frame: npt.NDArray[np.uint8] | bytes | bytearray | memoryview | None,
+        frame: npt.NDArray[np.uint8] | bytes | bytearray | memoryview | SentLease | None,
         *,
         timestamp: int,
         inferences: Sequence[Inference] = (),
@@ -77,11 +78,28 @@ class Pipeline:
         """Send one frame; returns its sequence number. Waits while the window is full.
 
         ``frame`` is an RGB array (height x width x 3, converted to the stream's format),
-        bytes already in the stream's format, or None for a sample of inferences only.
+        bytes already in the stream's format, a slot from ``allocate`` holding them, or
+        None for a sample of inferences only.
         """
+        if isinstance(frame, SentLease):
+            return await self.stream.send(frame, timestamp=timestamp, inferences=inferences)
         return await self.stream.send(
             encode_frame(frame, self.format), timestamp=timestamp, inferences=inferences
         )
+
+    async def allocate(self, length: int | None = None) -> SentLease:
+        """A slot of the shared-memory segment for one frame, to fill and pass to ``send``.
+
+        ``length`` defaults to a frame of the stream's format. Waits while
+        acknowledgements have yet to free one. A producer that writes the frame into the
+        slot itself (``slot.write``), or reuses a slot's offset knowing it holds the
+        frame already, spares ``send``'s copy. Only with ``transfer="shm"``.
+        """
+        if length is None:
+            if self.format is None or not self.format.is_raw:
+                raise ValueError("give the length: only a RAW format says how long its frames are")
+            length = self.format.frame_bytes
+        return await self.stream.allocate(length)
 
     async def end(self) -> None:
         """No more frames; the remaining answers still arrive on ``results``."""

@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="frames between the two RSS readings (default: %(default)s)",
     )
+    parser.add_argument(
+        "--rewrite-frames",
+        action="store_true",
+        help="shared-memory cells: both clients write every sample's frame into its slot "
+        "(default: each slot once, so the cell measures the messages, not the clients' "
+        "copying of 6 MB per 1080p frame)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write every run as JSON to FILE")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
@@ -125,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         servers=args.servers,
         clients=args.clients,
         rss_frames=args.rss_frames,
+        rewrite_frames=args.rewrite_frames,
         progress=progress,
     )
     results = run(options)

@@ -3,9 +3,11 @@
 Frame counts are per stream and per run, sized on a 2-core machine so that one run
 lasts about half a second (shorter runs move by more than the differences measured)
 and one round of a cell (every server, every client) a few seconds; ``--frames``
-overrides them. 1080p shared memory runs about a second: there the client's writing of
-6 MB a frame sets the pace whatever the server, and a run of half a second moved by a
-fifth from one to the next, more than the servers differ. The latency-bound cell runs 160
+overrides them. Through shared memory the clients write each slot of their segment once
+(``avaproto.bench.drive``; ``--rewrite-frames`` writes every frame), so those cells
+measure what the messages cost: with every 1080p frame's 6 MB copied in, the client's
+copying set the pace whatever the server (it used 500 to 570 µs of CPU a frame, the
+servers 115 to 170), and the cell compared nothing. The latency-bound cell runs 160
 frames, twenty windows of 8: it measures what a slow processor sustains, and in a run of
 four windows the first (the connection's start, every frame sent at once) was a quarter
 of the time and set the figure. Its runs on the baselines, one frame at a time, take
@@ -66,9 +68,9 @@ CELLS: dict[str, Cell] = {
     cell.name: cell
     for cell in (
         Cell("embedded-416", "416x416 RGB24 embedded, no-op", "embedded", 416, 416, 600),
-        Cell("shm-416", "416x416 RGB24 shared memory, no-op", "shm", 416, 416, 3000),
+        Cell("shm-416", "416x416 RGB24 shared memory, no-op", "shm", 416, 416, 6000),
         Cell("embedded-1080", "1920x1080 RGB24 embedded, no-op", "embedded", 1920, 1080, 60),
-        Cell("shm-1080", "1920x1080 RGB24 shared memory, no-op", "shm", 1920, 1080, 2000),
+        Cell("shm-1080", "1920x1080 RGB24 shared memory, no-op", "shm", 1920, 1080, 6000),
         Cell(
             "latency-bound",
             "416x416 embedded, 20 ms of processing per frame",
@@ -95,7 +97,7 @@ CELLS: dict[str, Cell] = {
             "shm",
             416,
             416,
-            400,
+            800,
             streams=8,
         ),
     )

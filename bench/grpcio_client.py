@@ -8,9 +8,11 @@ payload, its sequence number and timestamp set and serialized (the one copy of t
 into the message, as any protobuf sender makes).
 
 With shared memory it creates a segment of its own in /dev/shm holding ``window + 1``
-frames (the size avaproto's client gets too), writes each frame into a free slot of that
-ring, refers to the slot, and frees it when the slot's acknowledgement arrives; the
-segment is unlinked when the stream ends, however it ends.
+frames (the size avaproto's client gets too), takes a free slot of that ring for each
+frame, refers to it, and frees it when the slot's acknowledgement arrives; the segment is
+unlinked when the stream ends, however it ends. A slot is written when first taken and
+then holds the frame, as avaproto's client does (``avaproto.bench.drive``), unless
+``rewrite_frames``.
 """
 
 from __future__ import annotations
@@ -59,10 +61,14 @@ class Ring:
             os.close(fd)
         self.view = memoryview(self.mapping)
         self.free: deque[int] = deque(range(window + 1))
+        self.written: set[int] = set()
 
-    def write(self, slot: int, payload: bytes) -> int:
+    def write(self, slot: int, payload: bytes, again: bool) -> int:
+        """The offset of ``slot``, ``payload`` written there first if new (or ``again``)."""
         offset = slot * self.slot_bytes
-        self.view[offset : offset + len(payload)] = payload
+        if again or slot not in self.written:
+            self.view[offset : offset + len(payload)] = payload
+            self.written.add(slot)
         return offset
 
     def close(self) -> None:
@@ -84,6 +90,7 @@ async def drive_stream(
     frames: int,
     window: int,
     rate: float | None,
+    rewrite_frames: bool,
 ) -> None:
     import grpc
 
@@ -120,7 +127,7 @@ async def drive_stream(
                     slot = ring.free.popleft()
                     slot_of[sequence] = slot
                     template.media_sample.content_reference.address_offset = ring.write(
-                        slot, payload
+                        slot, payload, rewrite_frames
                     )
                 message = template.SerializeToString()
                 sent_at[sequence] = time.perf_counter()
@@ -164,6 +171,7 @@ async def drive(
     window: int,
     rate: float | None = None,
     streams: int = 1,
+    rewrite_frames: bool = False,
 ) -> dict[str, Any]:
     """The grpcio client's run: the same keys as ``avaproto.bench.drive.drive_target``."""
     pb = official_messages()
@@ -182,6 +190,7 @@ async def drive(
                 frames=frames,
                 window=window,
                 rate=rate,
+                rewrite_frames=rewrite_frames,
             )
             for run in runs
         )

@@ -67,6 +67,8 @@ class Options:
     servers: Sequence[str] = SERVERS
     clients: Sequence[str] = CLIENTS
     rss_frames: int = RSS_CELL.frames
+    #: Shared memory: write every sample's frame into its slot (else each slot once).
+    rewrite_frames: bool = False
     progress: Callable[[str], None] = field(default=lambda text: None)
 
 
@@ -147,6 +149,8 @@ class _Bench:
         thread) spent per answered frame during the run, in microseconds.
         """
         worker = self.workers[client]
+        if load["transfer"] == "shm":
+            load = {**load, "rewrite_frames": self.options.rewrite_frames}
         server_before = server.cpu() if server is not None else math.nan
         client_before = worker.cpu()
         try:
@@ -432,6 +436,7 @@ def run(options: Options) -> dict[str, Any]:
         "machine": machine(),
         "rounds": options.rounds,
         "warmup": options.warmup,
+        "rewrite_frames": options.rewrite_frames,
         "cells": [],
     }
     cells = [CELLS[name] for name in CELLS if name in options.cells]

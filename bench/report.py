@@ -112,6 +112,12 @@ def cell_legend(results: dict[str, Any]) -> list[str]:
         window = (
             f"window {cell['window']}" if not cell["rate"] else f"paced at {cell['rate']:g} fps"
         )
+        if cell["transfer"] == "shm":
+            load += (
+                "; every frame written into its slot"
+                if results.get("rewrite_frames")
+                else "; each slot written once, then holding the frame"
+            )
         lines.append(f"- **{cell['name']}**: {cell['title']}; {window}; {load}.")
     return lines
 

@@ -39,6 +39,8 @@ class Recorder:
         self.streams = 0
         self.frames = 0
         self.first: bytes | None = None
+        #: Every distinct frame seen.
+        self.contents: set[bytes] = set()
 
     def factory(self) -> Any:
         recorder = self
@@ -49,8 +51,10 @@ class Recorder:
 
             async def process(self, frame: Frame) -> list[Inference]:
                 recorder.frames += 1
-                if recorder.first is None and frame.data is not None:
-                    recorder.first = bytes(frame.data)
+                if frame.data is not None:
+                    recorder.contents.add(bytes(frame.data))
+                    if recorder.first is None:
+                        recorder.first = bytes(frame.data)
                 return [inferences.motion(inferences.rectangle(0.1, 0.1, 0.2, 0.2))]
 
             async def close(self) -> None:
@@ -60,13 +64,27 @@ class Recorder:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("transfer", ["embedded", "shm"])
-async def test_drive_target_reports_fps_and_latency(transfer: Any) -> None:
+@pytest.mark.parametrize(
+    ("transfer", "rewrite", "written"),
+    [
+        ("embedded", False, None),
+        ("shm", False, "(each slot written once)"),
+        ("shm", True, "(every frame written)"),
+    ],
+)
+async def test_drive_target_reports_fps_and_latency(
+    transfer: Any, rewrite: bool, written: str | None
+) -> None:
     recorder = Recorder()
     async with running(recorder.factory, ServerConfig(port=0)) as server:
         with anyio.fail_after(TIMEOUT):
             report = await drive_target(
-                f"127.0.0.1:{server.port}", transfer=transfer, size=(32, 24), frames=20, window=4
+                f"127.0.0.1:{server.port}",
+                transfer=transfer,
+                size=(32, 24),
+                frames=20,
+                window=4,
+                rewrite_frames=rewrite,
             )
     assert report["answered"] == report["frames"] == recorder.frames == 20
     assert report["inferences"] == 20
@@ -76,8 +94,13 @@ async def test_drive_target_reports_fps_and_latency(transfer: Any) -> None:
     assert "latencies_ms" not in report
     # The payload every client of the harness sends, byte for byte.
     assert recorder.first == synthetic_payload(32 * 24 * 3)
+    # Every frame, whether its slot was written for it or held it already.
+    assert recorder.contents == {synthetic_payload(32 * 24 * 3)}
     text = format_drive_report(report)
     assert f"{transfer} transfer" in text and "20 of 20 answered" in text and "p99" in text
+    assert report["rewrite_frames"] == (rewrite if transfer == "shm" else None)
+    if written:
+        assert written in text
 
 
 @pytest.mark.anyio
@@ -165,7 +188,8 @@ def test_the_harness_measures_every_server_with_every_client(
 
     before = set(os.listdir("/dev/shm"))
     output = tmp_path / "bench.json"
-    arguments = ["--cells", "shm-416", "--rounds", "1", "--warmup", "0", "--frames", "4"]
+    # 12 frames: more than the window's 9 slots, so slots are taken again.
+    arguments = ["--cells", "shm-416", "--rounds", "1", "--warmup", "0", "--frames", "12"]
     assert main([*arguments, "--quiet", "--json", str(output)]) == 0
     table = capsys.readouterr().out
     assert "Machine:" in table and "Command: `python -m bench --cells shm-416" in table
@@ -175,7 +199,8 @@ def test_the_harness_measures_every_server_with_every_client(
     results = json.loads(output.read_text())
     [cell] = results["cells"]
     assert len(cell["rows"]) == 6 and not any(row["errors"] for row in cell["rows"])
-    assert all(run["answered"] == 4 for run in cell["runs"])
+    assert all(run["answered"] == 12 for run in cell["runs"])
+    assert "each slot written once, then holding the frame" in table
     for row in cell["rows"]:
         assert row["fps"]["median"] > 0
         assert row["server_cpu_us"]["median"] > 0 and row["client_cpu_us"]["median"] > 0
@@ -207,3 +232,20 @@ def test_the_latency_extension_loads_by_module_and_attribute(
     monkeypatch.chdir(Path(extensions.__file__).parents[1])  # where the harness runs it
     factory = load_extension("bench.extensions:sleepy")
     assert isinstance(factory(), FunctionExtension)
+
+
+def test_the_grpcio_clients_ring_writes_a_slot_once_unless_told_to_again() -> None:
+    from bench.grpcio_client import Ring
+
+    ring = Ring(100, window=2)
+    try:
+        start = ring.write(1, b"a" * 100, again=False)
+        assert start == ring.slot_bytes and ring.view[start] == ord("a")
+        ring.view[start] = ord("b")  # as if someone else had written there
+        ring.write(1, b"a" * 100, again=False)
+        assert ring.view[start] == ord("b")  # the slot was written once already
+        ring.write(1, b"a" * 100, again=True)
+        assert ring.view[start] == ord("a")
+    finally:
+        ring.close()
+    assert not os.path.exists(ring.path)

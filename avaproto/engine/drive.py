@@ -29,6 +29,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..errors import ProtocolError, StreamFailed
+from ..media.shared_memory import SentLease
 from ..messages import (
     ContentBytes,
     ContentReference,
@@ -240,9 +241,20 @@ class PipelineStream:
                 finally:
                     stream.results.close()
 
+    async def allocate(self, length: int) -> SentLease:
+        """A slot of ``length`` bytes in the stream's segment, to write and then ``send``.
+
+        Waits for acknowledgements to free one. For a producer that fills the slot
+        itself (``lease.write``), or knows it holds the frame already: ``send`` then
+        copies nothing. Raises ``ValueError`` on a stream without shared memory.
+        """
+        if self.arena is None:
+            raise ValueError("this stream sends its frames embedded: it has no segment")
+        return await self.arena.allocate_async(length)
+
     async def send(
         self,
-        content: bytes | bytearray | memoryview | None,
+        content: bytes | bytearray | memoryview | SentLease | None,
         *,
         timestamp: int,
         inferences: Sequence[Inference] = (),
@@ -252,18 +264,36 @@ class PipelineStream:
         Waits while ``window`` samples are unacknowledged or their answers unread. With
         shared memory the bytes are copied into an arena slot (waiting for one to be
         freed by an acknowledgement if the arena is full) and the message carries a
-        reference to it. Once the extension ended the stream with a failure, a sample
+        reference to it; a slot from ``allocate`` is sent as it is, and is the
+        stream's from then on (freed by its acknowledgement, or at once if the send
+        fails). Once the extension ended the stream with a failure, a sample
         goes nowhere: the failure is raised from ``results``, after the answers it sent
         before (PIPE-6).
         """
+        lease = None
+        if isinstance(content, SentLease):
+            if content.arena is not self.arena:
+                raise ValueError(
+                    f"{content!r} is not a slot of this stream's segment"
+                    + ("" if self.arena else ": this stream sends its frames embedded")
+                )
+            lease, content = content, None
         try:
             self._window.acquire_nowait()  # sending the message is the checkpoint
         except anyio.WouldBlock:
-            await self._window.acquire()
-        lease = None
+            try:
+                await self._window.acquire()
+            except BaseException:
+                if lease is not None:
+                    lease.cancel()
+                raise
         try:
             sample = MediaSample(timestamp=timestamp, inferences=list(inferences))
-            if content is not None and self.arena is not None:
+            if lease is not None:
+                sample.content_reference = ContentReference(
+                    address_offset=lease.offset, length_bytes=lease.length
+                )
+            elif content is not None and self.arena is not None:
                 view = memoryview(content).cast("B")
                 lease = await self.arena.allocate_async(len(view))
                 lease.write(view)  # pwrite: a segment the peer shrank raises SHM-15

@@ -19,7 +19,7 @@ import pytest
 from avaproto.client import connect
 from avaproto.engine.frame import Frame
 from avaproto.media import frames
-from avaproto.media.shared_memory import WriteMode
+from avaproto.media.shared_memory import LeaseState, WriteMode
 from avaproto.messages import Encoding, Inference, PixelFormat
 from avaproto.protocol.video_format import VideoFormat
 from avaproto.server import running
@@ -199,3 +199,76 @@ async def test_each_lease_ends_right_after_its_acknowledgement() -> None:
                 answers = [r async for r in pipe.results()]
     assert len(answers) == 6
     assert seen == [True] * 5
+
+
+async def test_a_slot_the_pipeline_filled_itself_goes_as_it_is() -> None:
+    """``allocate`` hands out a slot to fill; ``send`` then copies nothing: the extension
+    reads what was written there, and a slot taken again at an offset already written
+    still holds its frame (what ``avaproto bench`` relies on)."""
+    fmt = VideoFormat.checked(Encoding.RAW, PixelFormat.RGB24, 16, 8)
+    sources = [frames.encode(rgb, fmt) for rgb in pictures(3, fmt.width, fmt.height)]
+    seen: list[bytes] = []
+
+    async def record(frame: Frame) -> None:
+        assert frame.data is not None
+        seen.append(bytes(frame.data))
+
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            running(record, ServerConfig(port=0), grace=2) as server,
+            connect(
+                f"127.0.0.1:{server.port}",
+                format=fmt,
+                transfer="shm",
+                shm_bytes=2 * fmt.frame_bytes,  # two slots: every other one is reused
+                window=1,
+            ) as pipe,
+        ):
+            arena = pipe.stream.arena
+            assert arena is not None
+            offsets = []
+
+            async def feed() -> None:
+                for t, content in enumerate([*sources, None, None]):
+                    slot = await pipe.allocate()
+                    offsets.append(slot.offset)
+                    if content is not None:
+                        slot.write(content)
+                    await pipe.send(slot, timestamp=t)
+                await pipe.end()
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(feed)
+                answers = [r async for r in pipe.results()]
+            assert arena.in_use == 0
+    assert [r.acknowledged for r in answers] == [2, 3, 4, 5, 6]
+    assert offsets == [0, fmt.frame_bytes, 0, fmt.frame_bytes, 0]
+    # The last two slots were not written: they hold the frames written there before.
+    assert seen == [*sources, sources[1], sources[2]]
+
+
+async def test_a_slot_that_cannot_go_is_refused_or_freed() -> None:
+    fmt = VideoFormat.checked(Encoding.RAW, PixelFormat.RGB24, 16, 8)
+    with anyio.fail_after(TIMEOUT):
+        async with running(digest_of_rgb, ServerConfig(port=0), grace=2) as server:
+            target = f"127.0.0.1:{server.port}"
+            async with (
+                connect(target, format=fmt, transfer="shm", shm_bytes=1 << 16, window=1) as a,
+                connect(target, format=fmt, transfer="shm", shm_bytes=1 << 16) as b,
+                connect(target, format=fmt) as embedded,
+            ):
+                with pytest.raises(ValueError, match="frames embedded"):
+                    await embedded.allocate()
+                theirs = await b.allocate()
+                with pytest.raises(ValueError, match="not a slot of this stream's segment"):
+                    await a.send(theirs, timestamp=0)
+                theirs.cancel()
+                assert a.stream.arena is not None
+                await a.send(bytes(fmt.frame_bytes), timestamp=0)  # the window is full
+                waiting = await a.allocate()
+                with anyio.move_on_after(0.2):  # no answer is read: the window stays full
+                    await a.send(waiting, timestamp=1)
+                # The send that never went freed its slot.
+                assert waiting.state is LeaseState.RELEASED
+                async for _ in a.results():
+                    break
