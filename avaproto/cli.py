@@ -1386,9 +1386,10 @@ def _add_bench(commands: Any) -> None:
     parser.add_argument(
         "--rewrite-frames",
         action="store_true",
-        help="with shared memory, write every sample's frame into its slot, as a pipeline "
-        "copying each decoded frame in does (default: each slot is written once and "
-        "holds the frame, so the messages, not the copying, are measured)",
+        help="with shared memory, write every sample's frame into its slot (as "
+        "--shm-write says), as a pipeline copying each decoded frame in does (default: "
+        "each slot is written once and holds the frame, so the messages, not the "
+        "copying, are measured)",
     )
     width, height = _parameter_default(drive_target, "size")
     parser.add_argument(

@@ -92,8 +92,10 @@ class Pipeline:
 
         ``length`` defaults to a frame of the stream's format. Waits while
         acknowledgements have yet to free one. A producer that writes the frame into the
-        slot itself (``slot.write``), or reuses a slot's offset knowing it holds the
-        frame already, spares ``send``'s copy. Only with ``transfer="shm"``.
+        slot itself (``slot.write``), or knows the slot holds the frame already (slots
+        of one length come back at the same offsets), spares ``send``'s copy. A slot
+        passed to ``send`` is the stream's; one never sent can be given back with
+        ``slot.cancel()``. Only with ``transfer="shm"``.
         """
         if length is None:
             if self.format is None or not self.format.is_raw:

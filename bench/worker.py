@@ -1,7 +1,8 @@
 """A client process: runs the loads it is sent, one at a time, and answers with the results.
 
 ``python -m bench.worker grpcio|avaproto`` reads one JSON object per line on stdin (a
-load: target, transfer, width, height, frames, window, rate, streams; ``where: true``
+load: target, transfer, width, height, frames, window, rate, streams, and
+``rewrite_frames`` for shared memory; ``where: true``
 runs it under ``bench.copies.LineAttribution``) and writes one JSON object per line on
 stdout (``drive``'s result, or ``{"error": ...}``). A process per client, started once
 and reused: its imports are paid once, and no client ever shares an interpreter with a

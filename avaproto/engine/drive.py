@@ -18,6 +18,7 @@ DEADLINE_EXCEEDED instead of hanging the pipeline once its window is full.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -28,8 +29,8 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..errors import ProtocolError, StreamFailed
-from ..media.shared_memory import SentLease
+from ..errors import LeaseError, ProtocolError, StreamFailed
+from ..media.shared_memory import LeaseState, SentLease
 from ..messages import (
     ContentBytes,
     ContentReference,
@@ -51,6 +52,13 @@ _Args = TypeVarTuple("_Args")
 
 if TYPE_CHECKING:
     from ..media.shared_memory import SharedMemoryArena
+
+
+def _free(slot: SentLease | None) -> None:
+    """Give back a slot that was never sent (the arena may be closed: then it is gone)."""
+    if slot is not None and slot.state is LeaseState.ALLOCATED:
+        with contextlib.suppress(LeaseError):
+            slot.cancel()
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +260,22 @@ class PipelineStream:
             raise ValueError("this stream sends its frames embedded: it has no segment")
         return await self.arena.allocate_async(length)
 
+    def _takes(self, slot: SentLease) -> SentLease:
+        """``slot``, if ``send`` can send it; else it stays the caller's and this raises."""
+        if slot.arena is not self.arena:
+            raise ValueError(
+                f"{slot!r} is not a slot of this stream's segment"
+                + ("" if self.arena else ": this stream sends its frames embedded")
+            )
+        if slot.state is not LeaseState.ALLOCATED:
+            raise ValueError(f"{slot!r} cannot be sent: only a slot allocated and unsent can")
+        fmt = self.format
+        if fmt is not None and fmt.is_raw and slot.length != fmt.frame_bytes:
+            raise ValueError(
+                f"{slot!r} holds {slot.length} bytes; a {fmt} frame is {fmt.frame_bytes}"
+            )
+        return slot
+
     async def send(
         self,
         content: bytes | bytearray | memoryview | SentLease | None,
@@ -266,30 +290,27 @@ class PipelineStream:
         freed by an acknowledgement if the arena is full) and the message carries a
         reference to it; a slot from ``allocate`` is sent as it is, and is the
         stream's from then on (freed by its acknowledgement, or at once if the send
-        fails). Once the extension ended the stream with a failure, a sample
-        goes nowhere: the failure is raised from ``results``, after the answers it sent
-        before (PIPE-6).
+        fails); one that cannot be sent (another stream's, sent already, not a frame's
+        length) raises ``ValueError`` and stays the caller's. Once the extension ended
+        the stream with a failure, a sample goes nowhere (its slot is freed): the
+        failure is raised from ``results``, after the answers it sent before (PIPE-6).
         """
         lease = None
         if isinstance(content, SentLease):
-            if content.arena is not self.arena:
-                raise ValueError(
-                    f"{content!r} is not a slot of this stream's segment"
-                    + ("" if self.arena else ": this stream sends its frames embedded")
-                )
-            lease, content = content, None
+            lease, content = self._takes(content), None
         try:
-            self._window.acquire_nowait()  # sending the message is the checkpoint
-        except anyio.WouldBlock:
             try:
+                self._window.acquire_nowait()  # sending the message is the checkpoint
+            except anyio.WouldBlock:
                 await self._window.acquire()
-            except BaseException:
-                if lease is not None:
-                    lease.cancel()
-                raise
+        except BaseException:
+            _free(lease)
+            raise
         try:
             sample = MediaSample(timestamp=timestamp, inferences=list(inferences))
             if lease is not None:
+                if lease.state is not LeaseState.ALLOCATED:  # sent by another send meanwhile
+                    raise ValueError(f"{lease!r} was sent already: a slot goes once")
                 sample.content_reference = ContentReference(
                     address_offset=lease.offset, length_bytes=lease.length
                 )
@@ -309,12 +330,19 @@ class PipelineStream:
                 lease = None  # the acknowledgement frees it now
             self._sent_at[message.sequence_number] = time.monotonic()
         except BaseException:
-            if lease is not None:
-                lease.cancel()  # never sent: the slot is free again at once
-            self._window.release()
+            try:
+                _free(lease)  # never sent: the slot is free again at once
+            finally:
+                self._window.release()
             raise
+        number = message.sequence_number
         if await self._unless_ended(self.runner.send, message):
             self.runner.statistics.sent += 1
+        elif number in self._leased and self.arena is not None:
+            # The extension ended the stream first: no acknowledgement will free it.
+            self._leased.discard(number)
+            with contextlib.suppress(LeaseError):
+                self.arena.ack(number)
         return message.sequence_number
 
     async def end(self) -> None:

@@ -242,6 +242,11 @@ class Session:
         if number and not self.ledger.peer_acknowledged(number):
             # An acknowledgement of a message that needed none: tolerated (ACK-3).
             self._tolerated_ack = number
+            self._tolerate(
+                "ACK-3",
+                f"message {message.sequence_number} acknowledges our message {number}, "
+                "which needed no acknowledgement; ignored",
+            )
 
     def check_peer_answerable(self, message: MediaStreamMessage) -> None:
         if self._own_closed and self._needs_our_ack(message):
@@ -312,6 +317,15 @@ class Session:
             return  # inferences only (EMB-3)
         video = descriptor.video_format
         if video is None:
+            if error is RemoteProtocolError and embedded is not None and not embedded.bytes:
+                # Nothing in it: a sender that sets the field whatever it holds.
+                self._tolerate(
+                    "DESC-7",
+                    "sample carries empty content_bytes, but its sender's descriptor "
+                    "announced no media format (inferences only): read as a sample "
+                    "without content",
+                )
+                return
             raise error(
                 "DESC-7",
                 status or Status.INVALID_ARGUMENT,
@@ -382,7 +396,11 @@ class Session:
                     if shortest < video.frame_bytes and error is RemoteProtocolError
                     else ""
                 )
-                + (" (a content reference may be longer, never shorter)" if reference else ""),
+                + (
+                    " (a content reference may be longer, never shorter)"
+                    if reference and error is RemoteProtocolError
+                    else ""
+                ),
             )
 
     def _check_overlap(self, start: int, end: int) -> None:
@@ -486,12 +504,13 @@ class Session:
         if sample is None:
             return events
         content: Content | None = None
+        video = self.peer_descriptor.video_format if self.peer_descriptor else None
         if sample.content_bytes is not None:
-            content = EmbeddedContent(sample.content_bytes.bytes)
+            if video is not None:  # else it is empty (DESC-7's tolerance): no content
+                content = EmbeddedContent(sample.content_bytes.bytes)
         elif sample.content_reference is not None:
             ref = sample.content_reference
             length = ref.length_bytes
-            video = self.peer_descriptor.video_format if self.peer_descriptor else None
             if video is not None and video.is_raw:
                 # One frame: the start of a longer reference (SHM-14), or all of one
                 # without the padding after its last row (MEDIA-6).

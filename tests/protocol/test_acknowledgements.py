@@ -10,7 +10,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from avaproto.errors import LocalProtocolError, RemoteProtocolError
 from avaproto.messages import MediaSample, MediaStreamMessage
 from avaproto.protocol.ack_ledger import AckLedger
-from avaproto.protocol.events import AckReceived, SampleReceived
+from avaproto.protocol.events import AckReceived, SampleReceived, Tolerated
 from avaproto.status import Status
 from tests.builders import negotiate, pipeline_descriptor, referenced
 
@@ -85,8 +85,13 @@ class TestAcknowledgementNumbers:
         pipeline.receive(extension.send_sample(MediaSample(), ack=2))
         # The pipeline acknowledges the extension's answer (2) although it needed none.
         events = extension.receive(MediaStreamMessage(sequence_number=3, ack_sequence_number=2))
-        assert events == [AckReceived(acknowledged=2, sequence_number=3, needed=False)]
+        [noted, acknowledged] = events
+        assert acknowledged == AckReceived(acknowledged=2, sequence_number=3, needed=False)
+        # Noted once per stream, as every deviation accepted (spec: ACK-3's field note).
+        assert isinstance(noted, Tolerated) and (noted.rule, noted.first) == ("ACK-3", True)
+        assert "acknowledges our message 2, which needed no acknowledgement" in noted.detail
         assert extension.state == "streaming"
+        assert extension.tolerated["ACK-3"] == 1
 
     @pytest.mark.rule("ACK-4")
     def test_second_acknowledgement_is_refused(self) -> None:

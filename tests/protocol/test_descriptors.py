@@ -6,6 +6,7 @@ import pytest
 
 from avaproto.errors import LocalProtocolError, RemoteProtocolError
 from avaproto.messages import (
+    ContentBytes,
     Encoding,
     GraphIdentifier,
     MediaDescriptor,
@@ -15,7 +16,7 @@ from avaproto.messages import (
     PixelFormat,
     SharedMemoryBufferTransferProperties,
 )
-from avaproto.protocol.events import DescriptorReceived, Tolerated
+from avaproto.protocol.events import DescriptorReceived, SampleReceived, Tolerated
 from avaproto.protocol.roles import Role
 from avaproto.protocol.session import Session
 from avaproto.status import Status
@@ -243,6 +244,26 @@ class TestMediaDescriptor:
         bad = pipeline_sample_with_content(3)
         error = refused(extension, bad)
         assert (error.rule, error.status) == ("DESC-7", Status.INVALID_ARGUMENT)
+
+    @pytest.mark.rule("DESC-7")
+    def test_empty_content_where_no_format_was_announced_is_read_as_none(self) -> None:
+        """A sender that sets content_bytes whatever it holds (protobuf's runtimes mark the
+        field present once its bytes are assigned, empty or not): nothing is in it."""
+        _, extension = negotiate(pipeline_descriptor(media=False))
+        empty = MediaStreamMessage(
+            sequence_number=2, media_sample=MediaSample(content_bytes=ContentBytes(bytes=b""))
+        )
+        [noted, sample] = extension.receive(empty)
+        assert isinstance(noted, Tolerated) and (noted.rule, noted.first) == ("DESC-7", True)
+        assert "empty content_bytes" in noted.detail
+        assert isinstance(sample, SampleReceived) and sample.content is None
+        # Content with anything in it is still refused, and our own sender never sends it.
+        error = refused(extension, pipeline_sample_with_content(3))
+        assert (error.rule, error.status) == ("DESC-7", Status.INVALID_ARGUMENT)
+        pipeline, _ = negotiate(pipeline_descriptor(media=False))
+        with pytest.raises(LocalProtocolError) as caught:
+            pipeline.send_sample(empty.media_sample)
+        assert caught.value.rule == "DESC-7"
 
     @pytest.mark.rule("DESC-7")
     def test_extension_answers_carry_no_content(self) -> None:

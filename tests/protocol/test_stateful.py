@@ -421,8 +421,12 @@ class Model:
                 return self._refuse(False, "ACK-3", INVALID)
             elif wire.ack in self.needed:
                 return self._refuse(False, "ACK-4", INVALID)
-            # else: a message that needed none, tolerated and ignored (ACK-3)
-        if wire.content is not None:
+            else:  # a message that needed none: tolerated and ignored (ACK-3)
+                self._tolerate("ACK-3", events)
+        nothing = self.peer.frame is None and wire.content == Embedded(0)
+        if nothing:  # empty content where no format was announced: none (DESC-7)
+            self._tolerate("DESC-7", events)
+        elif wire.content is not None:
             fault = self._content_fault(wire.content, self.peer, local=False)
             if fault is not None:
                 return self._refuse(False, *fault)
@@ -441,7 +445,7 @@ class Model:
             events.append(("ack", wire.ack, wire.seq, needed))
         if wire.sample:
             content: tuple[Any, ...] | None = None
-            if isinstance(wire.content, Embedded):
+            if isinstance(wire.content, Embedded) and not nothing:
                 content = ("embedded", wire.content.size)
             elif isinstance(wire.content, Reference):
                 content = ("referenced", wire.content.offset, self.peer.frame)

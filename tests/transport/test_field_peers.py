@@ -44,6 +44,7 @@ from avaproto.messages import (
     Encoding,
     GraphIdentifier,
     Inference,
+    InferenceType,
     MediaDescriptor,
     MediaGraphExtensionBase,
     MediaGraphExtensionStub,
@@ -553,6 +554,49 @@ async def test_serve_reads_frames_whose_last_row_lacks_its_padding(
     assert len([line for line in lines if "[MEDIA-6]" in line and "deviates" in line]) == 1
     closing = next(line for line in lines if line.startswith("stream closed"))
     assert closing.endswith(f"OK; tolerated MEDIA-6 x{count}")
+
+
+@pytest.mark.rule("DESC-7")
+async def test_serve_reads_empty_content_on_an_inferences_only_stream_as_none(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A pipeline of inferences only whose runtime marks content_bytes present once it is
+    assigned, empty or not (Google's protobuf for Python does)."""
+    caplog.set_level(logging.INFO, logger="avaproto")
+    seen: list[tuple[bool, int]] = []
+
+    def look(frame: Frame) -> list[Inference]:
+        seen.append((frame.data is None, len(frame.inferences)))
+        return []
+
+    descriptor = MediaStreamDescriptor(
+        graph_identifier=GraphIdentifier(graph_instance_name="field", graph_node_name="g"),
+        media_descriptor=MediaDescriptor(timescale=90000),
+    )
+    count = 3
+    samples = [
+        MediaStreamMessage(
+            sequence_number=index + 2,
+            media_sample=MediaSample(
+                timestamp=index,
+                content_bytes=ContentBytes(bytes=b""),
+                inferences=[Inference(type=InferenceType.CLASSIFICATION, subtype="s")],
+            ),
+        )
+        for index in range(count)
+    ]
+    answers: list[MediaStreamMessage] = []
+    with anyio.fail_after(TIMEOUT):
+        async with served_stub(look) as stub:
+            opening = MediaStreamMessage(sequence_number=1, media_stream_descriptor=descriptor)
+            async for message in stub.process_media_stream([opening, *samples]):
+                answers.append(message)
+    assert [a.ack_sequence_number for a in answers] == [1, *range(2, count + 2)]
+    assert seen == [(True, 1)] * count
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([line for line in lines if "[DESC-7]" in line and "deviates" in line]) == 1
+    closing = next(line for line in lines if line.startswith("stream closed"))
+    assert closing.endswith(f"OK; tolerated DESC-7 x{count}")
 
 
 @pytest.mark.rule("SHM-8")

@@ -18,6 +18,7 @@ import pytest
 
 from avaproto.client import connect
 from avaproto.engine.frame import Frame
+from avaproto.errors import StreamFailed
 from avaproto.media import frames
 from avaproto.media.shared_memory import LeaseState, WriteMode
 from avaproto.messages import Encoding, Inference, PixelFormat
@@ -263,8 +264,17 @@ async def test_a_slot_that_cannot_go_is_refused_or_freed() -> None:
                 with pytest.raises(ValueError, match="not a slot of this stream's segment"):
                     await a.send(theirs, timestamp=0)
                 theirs.cancel()
+                longer = await a.allocate(fmt.frame_bytes + 1)
+                with pytest.raises(ValueError, match="holds 385 bytes; a RAW RGB24 16x8 frame"):
+                    await a.send(longer, timestamp=0)
+                assert longer.state is LeaseState.ALLOCATED  # still the caller's
+                longer.cancel()
                 assert a.stream.arena is not None
-                await a.send(bytes(fmt.frame_bytes), timestamp=0)  # the window is full
+                slot = await a.allocate()
+                await a.send(slot, timestamp=0)  # the window is full
+                with pytest.raises(ValueError, match="cannot be sent"):
+                    await a.send(slot, timestamp=1)  # a slot goes once
+                assert a.stream.session.last_sent == 2  # and no number went with it
                 waiting = await a.allocate()
                 with anyio.move_on_after(0.2):  # no answer is read: the window stays full
                     await a.send(waiting, timestamp=1)
@@ -272,3 +282,29 @@ async def test_a_slot_that_cannot_go_is_refused_or_freed() -> None:
                 assert waiting.state is LeaseState.RELEASED
                 async for _ in a.results():
                     break
+
+
+async def test_a_slot_sent_after_the_extension_failed_is_freed() -> None:
+    fmt = VideoFormat.checked(Encoding.RAW, PixelFormat.RGB24, 16, 8)
+
+    def fails(frame: Frame) -> None:
+        raise RuntimeError("no model")
+
+    with anyio.fail_after(TIMEOUT):
+        async with running(fails, ServerConfig(port=0), grace=2) as server:
+            with pytest.raises(StreamFailed):
+                async with connect(
+                    f"127.0.0.1:{server.port}", format=fmt, transfer="shm", shm_bytes=1 << 16
+                ) as pipe:
+                    await pipe.send(bytes(fmt.frame_bytes), timestamp=0)
+                    with pytest.raises(StreamFailed):
+                        async for _ in pipe.results():
+                            pass
+                    slot = await pipe.allocate()
+                    await pipe.send(slot, timestamp=1)  # goes nowhere (PIPE-6)
+                    arena = pipe.stream.arena
+                    assert arena is not None
+                    after = (slot.state, arena.live_leases)
+    # Checked here: leaving the block raises the extension's failure over anything else.
+    # Only the first frame's slot is held (never acknowledged), until the arena closes.
+    assert after == (LeaseState.RELEASED, 1)
