@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
 import pytest
 
-from avaproto.client import connect
+from avaproto.client import Pipeline, connect
 from avaproto.engine.frame import Frame
 from avaproto.errors import StreamFailed
 from avaproto.media import frames
@@ -34,6 +37,17 @@ SHM = Path("/dev/shm")
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"  # grpclib runs on asyncio
+
+
+@asynccontextmanager
+async def shm_pipeline(processor: Any, fmt: VideoFormat, **options: Any) -> AsyncIterator[Pipeline]:
+    """A real server for ``processor`` on a loopback port, and a pipeline's stream to it
+    through shared memory (``options`` go to ``connect``)."""
+    async with (
+        running(processor, ServerConfig(port=0), grace=2) as server,
+        connect(f"127.0.0.1:{server.port}", format=fmt, transfer="shm", **options) as pipe,
+    ):
+        yield pipe
 
 
 def shm_fds() -> list[str]:
@@ -88,16 +102,7 @@ async def test_frames_through_shared_memory_reach_the_processor_intact(
         seen = np.ascontiguousarray(frames.to_rgb(frames.decode(sent, fmt), fmt))
         expected.append(f"True:{hashlib.sha256(seen.tobytes()).hexdigest()}")
     with anyio.fail_after(TIMEOUT):
-        async with (
-            running(digest_of_rgb, ServerConfig(port=0), grace=2) as server,
-            connect(
-                f"127.0.0.1:{server.port}",
-                format=fmt,
-                transfer="shm",
-                shm_bytes=1 << 20,
-                shm_write=shm_write,
-            ) as pipe,
-        ):
+        async with shm_pipeline(digest_of_rgb, fmt, shm_bytes=1 << 20, shm_write=shm_write) as pipe:
             arena = pipe.stream.arena
             assert arena is not None and (SHM / arena.handle_name).exists()
 
@@ -179,16 +184,7 @@ async def test_each_lease_ends_right_after_its_acknowledgement() -> None:
 
     fmt = VideoFormat.checked(Encoding.RAW, PixelFormat.RGB24, 16, 8)
     with anyio.fail_after(TIMEOUT):
-        async with (
-            running(Checking, ServerConfig(port=0), grace=2) as server,
-            connect(
-                f"127.0.0.1:{server.port}",
-                format=fmt,
-                transfer="shm",
-                shm_bytes=1 << 20,
-                window=1,
-            ) as pipe,
-        ):
+        async with shm_pipeline(Checking, fmt, shm_bytes=1 << 20, window=1) as pipe:
 
             async def feed() -> None:
                 for t in range(6):
@@ -215,16 +211,8 @@ async def test_a_slot_the_pipeline_filled_itself_goes_as_it_is() -> None:
         seen.append(bytes(frame.data))
 
     with anyio.fail_after(TIMEOUT):
-        async with (
-            running(record, ServerConfig(port=0), grace=2) as server,
-            connect(
-                f"127.0.0.1:{server.port}",
-                format=fmt,
-                transfer="shm",
-                shm_bytes=2 * fmt.frame_bytes,  # two slots: every other one is reused
-                window=1,
-            ) as pipe,
-        ):
+        # Two slots: every other one is taken again.
+        async with shm_pipeline(record, fmt, shm_bytes=2 * fmt.frame_bytes, window=1) as pipe:
             arena = pipe.stream.arena
             assert arena is not None
             offsets = []
