@@ -784,23 +784,26 @@ class _Omissions:
         return f"{self.what.format(count=self.count)}; the first: {self.first}"
 
 
-def _cut_to_image(inferences: list[Inference], frame: str, cut: _Omissions) -> list[Inference]:
-    """``inferences`` with each box reaching outside the image cut to it (INF-4).
+def _mend(inferences: list[Inference], frame: str, mended: _Omissions) -> list[Inference]:
+    """``inferences`` with what has one reading mended (``validate_or_mend``): a box
+    reaching outside the image cut to it (INF-4), a confidence below 0 read as none
+    (INF-3).
 
-    Such a box has no schema-valid JSON form as given (an edge is outside [0, 1]); cut,
-    it keeps what the detector found, where leaving it out would lose the detection.
+    As sent, such an inference has no schema-valid JSON form (a value is outside
+    [0, 1]); mended, it keeps what the detector found, where leaving it out would lose
+    the detection.
     """
     from .errors import InferenceError
-    from .media.inferences import validate_or_cut
+    from .media.inferences import validate_or_mend
 
     kept = list(inferences)
     for index, inference in enumerate(inferences):
         try:
-            kept[index], detail = validate_or_cut(inference, f"inferences[{index}]")
+            kept[index], detail = validate_or_mend(inference, f"inferences[{index}]")
         except InferenceError:
             continue  # to_json_lenient leaves it out and says why
         if detail:
-            cut.add(f"{frame}: {detail}")
+            mended.add(f"{frame}: {detail}")
     return kept
 
 
@@ -987,7 +990,10 @@ def _send(args: argparse.Namespace) -> int:
     progress = _Progress(sys.stderr, total)
     # What --output could not write as given: a count and the first, for one warning.
     left_out = _Omissions("left out {count} inference(s) that have no schema-valid JSON form")
-    cut = _Omissions("cut {count} box(es) that reached outside the image to it (INF-4)")
+    mended = _Omissions(
+        "mended {count} inference(s) as the detector meant them: a box reaching outside "
+        "the image cut to it (INF-4), a confidence below 0 read as none (INF-3)"
+    )
 
     def on_result(result: Result) -> None:
         progress.step()
@@ -995,8 +1001,8 @@ def _send(args: argparse.Namespace) -> int:
             number = result.acknowledged
             frame = f"frame {number}" if number is not None else "an answer acknowledging none"
             body, omitted = to_json_lenient(result.inferences)
-            if omitted:  # boxes reaching outside the image are cut and written (INF-4)
-                body, omitted = to_json_lenient(_cut_to_image(result.inferences, frame, cut))
+            if omitted:  # what has one reading is mended and written (INF-3, INF-4)
+                body, omitted = to_json_lenient(_mend(result.inferences, frame, mended))
             line = {"sequenceNumber": number, "timestamp": result.timestamp}
             output.write({**line, **body})
             for reason in omitted:
@@ -1023,7 +1029,7 @@ def _send(args: argparse.Namespace) -> int:
         print(f"{fmt}, {args.transfer} transfer, to {args.target}", file=summary)
         for text in report.lines():
             print(text, file=summary)
-    for omissions in (cut, left_out):
+    for omissions in (mended, left_out):
         if omissions.count:
             print(f"avaproto send: warning: --output {omissions}", file=sys.stderr)
     failure = _unwrap(failure) if failure is not None else None

@@ -343,14 +343,14 @@ def test_entity_inferences_without_a_json_form_are_left_out_with_one_warning(
     assert "8 entity" in done.stdout  # the summary counts what the extension sent
 
 
-@pytest.mark.rule("INF-4")
-def test_output_cuts_a_box_reaching_outside_the_image_instead_of_leaving_it_out() -> None:
+@pytest.mark.rule("INF-4", "INF-3")
+def test_output_mends_what_has_one_reading_instead_of_leaving_it_out() -> None:
     """What ``send --output`` does with each answer's inferences before writing them.
 
-    avaproto's own server cuts such boxes before they are sent, so an extension that
-    sends one is a third party's; this calls the step ``send`` runs on each answer.
+    avaproto's own server mends these before they are sent, so an extension that sends
+    one is a third party's; this calls the step ``send`` runs on each answer.
     """
-    from avaproto.cli import _cut_to_image, _Omissions
+    from avaproto.cli import _mend, _Omissions
     from avaproto.media import inferences as inf
     from avaproto.media.inference_json import to_json_lenient
     from avaproto.messages import Entity, Inference, InferenceType, Rectangle, Tag
@@ -359,17 +359,25 @@ def test_output_cuts_a_box_reaching_outside_the_image_instead_of_leaving_it_out(
         type=InferenceType.ENTITY,
         entity=Entity(tag=Tag(value="car", confidence=0.5), box=Rectangle(-0.125, 0, 0.5, 1)),
     )
+    tracked = Inference(  # DeepStream's tracker gives -0.1: no confidence
+        type=InferenceType.ENTITY,
+        entity=Entity(tag=Tag(value="bus", confidence=-0.1), box=Rectangle(0, 0, 0.5, 0.5)),
+    )
     inside = inf.entity("person", 0.5, inf.rectangle(0.25, 0.25, 0.5, 0.5))
-    cut = _Omissions("cut {count} box(es)")
-    given = [inside, past_left]
-    kept = _cut_to_image(given, "frame 7", cut)
+    mended = _Omissions("mended {count} inference(s)")
+    given = [inside, past_left, tracked]
+    kept = _mend(given, "frame 7", mended)
     assert kept[0] is inside and given[1] is past_left  # the received list is not changed
     body, omitted = to_json_lenient(kept)
     assert omitted == []
     assert body["inferences"][1]["entity"]["box"] == {"l": 0.0, "t": 0.0, "w": 0.375, "h": 1.0}
-    _cut_to_image([past_left], "frame 8", cut)
-    assert cut.count == 2
-    assert str(cut).startswith("cut 2 box(es); the first: frame 7: inferences[1].entity.box")
+    assert body["inferences"][2]["entity"]["tag"]["value"] == "bus"
+    assert body["inferences"][2]["entity"]["tag"].get("confidence", 0.0) == 0.0
+    _mend([past_left], "frame 8", mended)
+    assert mended.count == 3
+    assert str(mended).startswith(
+        "mended 3 inference(s); the first: frame 7: [INF-4] inferences[1].entity.box"
+    )
 
 
 # --- --output: never a half-written or erased file ---------------------------------------

@@ -29,7 +29,7 @@ import anyio
 import anyio.abc
 
 from ..errors import InferenceError, ProtocolError, RemoteProtocolError, StreamFailed
-from ..media.inferences import validate_or_cut
+from ..media.inferences import validate_or_mend
 from ..messages import (
     Inference,
     MediaDescriptor,
@@ -350,8 +350,8 @@ class ExtensionHandler:
         self.turn = _Turn()
         # The sample the message just read carried, for the worker that read it.
         self.received: _Job | None = None
-        # Boxes of the extension's that reached outside the image and were cut (INF-4).
-        self.cut_boxes = 0
+        # Inferences of the extension's mended as they went out (INF-3, INF-4).
+        self.mended = 0
 
     #: The workers read the stream themselves (the runner starts no receive loop).
     reads_itself: ClassVar[bool] = True
@@ -445,7 +445,7 @@ class ExtensionHandler:
                     result = await self.extension.process(job.frame)
             else:
                 result = await self.extension.process(job.frame)
-            job.inferences = _checked(result, number, self._cut)
+            job.inferences = _checked(result, number, self._mended)
         except TimeoutError:
             raise ProtocolError(
                 "SRV-4",
@@ -461,13 +461,13 @@ class ExtensionHandler:
                 f"the extension failed on sample {number}: {type(error).__name__}: {error}",
             ) from error
 
-    def _cut(self, number: int, detail: str) -> None:
-        """A box of the extension's was cut to the image: one warning per stream."""
-        self.cut_boxes += 1
-        if self.cut_boxes == 1:
+    def _mended(self, number: int, detail: str) -> None:
+        """An inference of the extension's was mended: one warning per stream."""
+        self.mended += 1
+        if self.mended == 1:
             log.warning(
-                "%s: a box of the extension's was cut to the image "
-                "(INF-4, warned once per stream): sample %d: %s",
+                "%s: an inference of the extension's was mended as it went out "
+                "(warned once per stream): sample %d: %s",
                 self.runner.peer,
                 number,
                 detail,
@@ -520,7 +520,7 @@ class ExtensionHandler:
             self.sending = False
 
 
-def _checked(result: object, number: int, cut: Callable[[int, str], None]) -> list[Inference]:
+def _checked(result: object, number: int, mended: Callable[[int, str], None]) -> list[Inference]:
     if result is None:
         return []
     try:
@@ -542,8 +542,9 @@ def _checked(result: object, number: int, cut: Callable[[int, str], None]) -> li
             )
         try:
             # A box reaching past the image's left or top (a detector that does not
-            # clip) is cut to the image rather than end the stream (INF-4's field note).
-            inferences[index], detail = validate_or_cut(inference, f"inferences[{index}]")
+            # clip) is cut to the image, a confidence below 0 (a tracker's "none") read
+            # as none, rather than end the stream (INF-4's and INF-3's field notes).
+            inferences[index], detail = validate_or_mend(inference, f"inferences[{index}]")
         except InferenceError as error:
             raise ProtocolError(
                 "SRV-3",
@@ -551,7 +552,7 @@ def _checked(result: object, number: int, cut: Callable[[int, str], None]) -> li
                 f"the extension returned an invalid inference for sample {number}: {error}",
             ) from None
         if detail:
-            cut(number, detail)
+            mended(number, detail)
     return inferences  # type: ignore[return-value]  # every item checked above
 
 

@@ -415,18 +415,70 @@ def clip_box(inference: Inference, where: str = "inference") -> tuple[Inference,
     return copy, f"{where}.{name}.box ({given}) reaches outside the image; cut to it"
 
 
-def validate_or_cut(inference: Inference, where: str = "inference") -> tuple[Inference, str]:
-    """``validate``, with a box reaching outside the image cut to it (``clip_box``).
+def unset_negative_confidences(
+    inference: Inference, where: str = "inference"
+) -> tuple[Inference, str] | None:
+    """The inference with each confidence below 0 made 0 (none given), and what was
+    changed; None if it has none below 0.
 
-    The inference, unchanged (and ``""``) when valid, or its cut copy and what was cut;
-    ``InferenceError`` for anything no cut mends.
+    Below 0 is no confidence at all, a value that stands for none: NVIDIA's DeepStream
+    gives -0.1 to objects its tracker found, and model-server adaptors -1 to an attribute
+    that is a measure (an age) rather than a class. 0 is what the wire carries for a
+    confidence not given (proto3), so the label, the box and the rest are kept as sent.
+    NaN and values above 1 have no such reading: None, and ``validate`` refuses them.
     """
-    try:
-        return validate(inference, where), ""
-    except InferenceError as error:
-        if error.rule == "INF-4" and (cut := clip_box(inference, where)) is not None:
-            return cut
-        raise
+    name = value_field(inference)
+    if name is None or (value := getattr(inference, name)) is None:
+        return None
+    parts = [("tag", getattr(value, "tag", None))]
+    parts += [
+        (f"attributes[{index}]", item)
+        for index, item in enumerate(getattr(value, "attributes", None) or ())
+    ]
+    below = [
+        (path, part.confidence)
+        for path, part in parts
+        if part is not None
+        and isinstance(part.confidence, numbers.Real)
+        and math.isfinite(part.confidence)
+        and part.confidence < 0.0
+    ]
+    if not below:
+        return None
+    copy = Inference.parse(bytes(inference))
+    mended = getattr(copy, name)
+    if mended.tag is not None and mended.tag.confidence < 0.0:
+        mended.tag.confidence = 0.0
+    for item in getattr(mended, "attributes", None) or ():
+        if item.confidence < 0.0:
+            item.confidence = 0.0
+    given = ", ".join(f"{where}.{name}.{path}.confidence = {v:.7g}" for path, v in below)
+    return copy, f"{given} below 0, which stands for none: read as none given (0)"
+
+
+#: The repairs ``validate_or_mend`` makes, by the rule a value breaks as sent.
+_MENDS = {"INF-3": unset_negative_confidences, "INF-4": clip_box}
+
+
+def validate_or_mend(inference: Inference, where: str = "inference") -> tuple[Inference, str]:
+    """``validate``, with what real detectors send that has one reading mended.
+
+    A box reaching outside the image is cut to it (``clip_box``, INF-4's field note), a
+    confidence below 0 read as none (``unset_negative_confidences``, INF-3's). The
+    inference, unchanged (and ``""``) when valid, or its mended copy and what was
+    changed, each part naming its rule; ``InferenceError`` for anything no repair mends.
+    """
+    changed: dict[str, str] = {}
+    while True:
+        try:
+            return validate(inference, where), "; ".join(changed.values())
+        except InferenceError as error:
+            mend = _MENDS.get(error.rule) if error.rule not in changed else None
+            done = mend(inference, where) if mend is not None else None
+            if done is None:
+                raise
+            inference, detail = done
+            changed[error.rule] = f"[{error.rule}] {detail}"
 
 
 def _misses(start: float, size: float) -> bool:
@@ -458,8 +510,9 @@ __all__ = [
     "tag",
     "text",
     "type_of",
+    "unset_negative_confidences",
     "validate",
     "validate_all",
-    "validate_or_cut",
+    "validate_or_mend",
     "value_field",
 ]

@@ -183,7 +183,12 @@ class Session:
             # them. A message that needs no acknowledgement (an extension's answer of
             # inferences, an acknowledgement alone) names nothing by its number, and
             # widely used extensions leave it at 0 on every answer (SEQ-3, SEQ-4 field).
-            if message.media_stream_descriptor is not None or self._needs_our_ack(message):
+            # Nor does the extension's descriptor: nothing ever acknowledges it, and a
+            # published sample sends it unnumbered (SEQ-4 field). The pipeline's does.
+            if message.media_stream_descriptor is not None:
+                if self.role.peer.speaks_first or error.rule != "SEQ-4":
+                    raise
+            elif self._needs_our_ack(message):
                 raise
             self._unnumbered = True
             self._tolerate(

@@ -253,7 +253,34 @@ async def test_a_box_past_the_left_edge_is_cut_to_the_image_with_one_warning(
     assert boxes == [(0.0, 0.25, 0.25, 0.5)] * 3
     warnings = [r.getMessage() for r in caplog.records if "INF-4" in r.getMessage()]
     assert len(warnings) == 1, warnings  # once per stream
-    assert re.search(r"sample [234]: inferences\[0\]", warnings[0]) and "l=-0.25" in warnings[0]
+    assert re.search(r"sample [234]: \[INF-4\] inferences\[0\]", warnings[0])
+    assert "l=-0.25" in warnings[0]
+
+
+@pytest.mark.rule("INF-3")
+async def test_a_confidence_below_zero_goes_out_as_none_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A tracker's object (DeepStream gives it -0.1) passed on as the model gave it."""
+    caplog.set_level(logging.WARNING, logger="avaproto")
+
+    def tracked(frame: Frame) -> list[Inference]:
+        tag = Tag(value="car", confidence=-0.1)
+        box = Rectangle(l=0.25, t=0.25, w=0.5, h=0.5)
+        return [Inference(type=InferenceType.ENTITY, entity=Entity(tag=tag, box=box))]
+
+    async with served(FunctionExtension(tracked)) as (stream, results, _):
+        for t in range(3):
+            await stream.send(bytes(FRAME_BYTES), timestamp=t)
+        await stream.end()
+        answers = await collect(results)
+    tags = [
+        (a.inferences[0].entity.tag.value, a.inferences[0].entity.tag.confidence) for a in answers
+    ]
+    assert tags == [("car", 0.0)] * 3
+    warnings = [r.getMessage() for r in caplog.records if "INF-3" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once per stream
+    assert "entity.tag.confidence = -0.1 below 0" in warnings[0]
 
 
 @pytest.mark.rule("INF-4", "SRV-3")

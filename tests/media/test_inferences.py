@@ -462,3 +462,52 @@ def test_boxes_that_no_cut_helps_are_left_to_validate(
 def test_an_inference_without_a_box_has_nothing_to_cut() -> None:
     assert inf.clip_box(Inference(subtype="seen")) is None
     assert inf.clip_box(inf.classification("cat", 0.5)) is None
+
+
+# --- a confidence below 0, which stands for none (INF-3's field note) ---------------------
+
+
+def tracked(confidence: float, age: float = 0.75) -> Inference:
+    """As DeepStream's published extension sends an object its tracker found (-0.1), with
+    an attribute that is a measure, as model-server adaptors send one (-1)."""
+    return Inference(
+        type=InferenceType.ENTITY,
+        entity=Entity(
+            tag=Tag(value="person", confidence=confidence),
+            attributes=[Attribute(name="age", value="31", confidence=age)],
+            box=Rectangle(l=0.25, t=0.25, w=0.5, h=0.5),
+        ),
+    )
+
+
+@pytest.mark.rule("INF-3")
+def test_a_confidence_below_zero_is_read_as_none_given() -> None:
+    inference = tracked(-0.1, age=-1.0)
+    with pytest.raises(InferenceError, match=r"\[INF-3\]"):
+        inf.validate(inference)
+    mended, detail = inf.validate_or_mend(inference, "inferences[2]")
+    assert (mended.entity.tag.confidence, mended.entity.attributes[0].confidence) == (0.0, 0.0)
+    assert (mended.entity.tag.value, mended.entity.attributes[0].value) == ("person", "31")
+    assert mended.entity.box == inference.entity.box
+    assert inference.entity.tag.confidence == pytest.approx(-0.1)  # the given one kept
+    assert detail.startswith("[INF-3] inferences[2].entity.tag.confidence = -0.1")
+    assert "attributes[0].confidence = -1 below 0" in detail
+
+
+@pytest.mark.rule("INF-3")
+@pytest.mark.parametrize("confidence", [1.5, math.nan])
+def test_a_confidence_above_one_or_not_a_number_is_still_refused(confidence: float) -> None:
+    assert inf.unset_negative_confidences(tracked(confidence)) is None
+    with pytest.raises(InferenceError, match=r"\[INF-3\]"):
+        inf.validate_or_mend(tracked(confidence))
+
+
+@pytest.mark.rule("INF-3", "INF-4")
+def test_both_mends_apply_to_one_inference_each_naming_its_rule() -> None:
+    both = boxed(-0.02, 0.2, 0.3, 0.4)
+    both.entity.tag.confidence = -0.1
+    mended, detail = inf.validate_or_mend(both)
+    assert mended.entity.tag.confidence == 0.0 and mended.entity.box.l == 0.0
+    assert "[INF-3]" in detail and "[INF-4]" in detail
+    valid = inf.entity("car", 0.5, inf.rectangle(0.1, 0.1, 0.2, 0.2))
+    assert inf.validate_or_mend(valid) == (valid, "")

@@ -22,6 +22,7 @@ from avaproto.messages import (
 )
 from avaproto.protocol.events import (
     AckReceived,
+    DescriptorReceived,
     ReferencedContent,
     SampleReceived,
     Tolerated,
@@ -252,17 +253,33 @@ class TestAnswersNumberedZero:
         assert caught.value.rule == "SEQ-4"
 
     @pytest.mark.rule("SEQ-4")
-    def test_descriptors_must_be_numbered(self) -> None:
+    def test_the_pipelines_descriptor_must_be_numbered(self) -> None:
+        """The extension's answer acknowledges it: by its number."""
+        with pytest.raises(RemoteProtocolError) as caught:
+            Session(Role.EXTENSION).receive(
+                MediaStreamMessage(sequence_number=0, media_stream_descriptor=pipeline_descriptor())
+            )
+        assert caught.value.rule == "SEQ-4"
+
+    @pytest.mark.rule("SEQ-4")
+    def test_the_extensions_descriptor_may_come_unnumbered(self) -> None:
+        """Microsoft's published C# extension answers ``new MediaStreamMessage {
+        MediaStreamDescriptor = ... }``: numbered 0, acknowledging nothing. Nothing ever
+        acknowledges the extension's descriptor, so no number is missed; its answers
+        after it are numbered from 1."""
         pipeline = Session(Role.PIPELINE)
         pipeline.send_descriptor(pipeline_descriptor())
         reply = MediaStreamMessage(
             sequence_number=0,
-            ack_sequence_number=1,
             media_stream_descriptor=MediaStreamDescriptor(extension_identifier="e"),
         )
-        with pytest.raises(RemoteProtocolError) as caught:
-            pipeline.receive(reply)
-        assert caught.value.rule == "SEQ-4"
+        [noted, described] = pipeline.receive(reply)
+        assert isinstance(noted, Tolerated) and (noted.rule, noted.first) == ("SEQ-4", True)
+        assert isinstance(described, DescriptorReceived)
+        pipeline.send_sample(embedded())
+        events = pipeline.receive(MediaStreamMessage(sequence_number=1, ack_sequence_number=2))
+        assert events == [AckReceived(acknowledged=2, sequence_number=1, needed=True)]
+        assert pipeline.tolerated["SEQ-4"] == 1
 
 
 class TestAcceptedAsTheFieldSendsThem:

@@ -463,13 +463,16 @@ class Model:
             return self._refuse(False, "DESC-2", PRECONDITION)
         if self.role is PIPELINE and self.own is None:
             return self._refuse(False, "DESC-5", PRECONDITION)
+        events: list[tuple[Any, ...]] = []
         if wire.seq == 0:
-            return self._refuse(False, "SEQ-4", INVALID)
-        if wire.seq <= self.last_received:
+            if self.role is not PIPELINE:
+                return self._refuse(False, "SEQ-4", INVALID)
+            # The extension's descriptor, which nothing acknowledges (SEQ-4 field).
+            self._tolerate("SEQ-4", events)
+        elif wire.seq <= self.last_received:
             return self._refuse(False, "SEQ-3", INVALID)
         if wire.ack not in (0, self.own_number):
             return self._refuse(False, "DESC-5", INVALID)
-        events: list[tuple[Any, ...]] = []
         broken = kind.broken[self.role.peer]
         if broken == "DESC-4":
             self._tolerate(broken, events)  # DESC-4 field: the identifier is ignored

@@ -158,6 +158,43 @@ async def test_send_completes_against_answers_numbered_zero(
     assert f"127.0.0.1:{port}" in warnings[0]
 
 
+class UnnumberedDescriptor(MediaGraphExtensionBase):
+    """Microsoft's published C# extension: its descriptor is ``new MediaStreamMessage {
+    MediaStreamDescriptor = ... }`` (numbered 0, acknowledging nothing); its answers are
+    numbered from 1 and acknowledge each sample."""
+
+    async def process_media_stream(
+        self, messages: AsyncIterator[MediaStreamMessage]
+    ) -> AsyncIterator[MediaStreamMessage]:
+        number = 0
+        async for message in messages:
+            if message.media_stream_descriptor is not None:
+                yield answer_descriptor(number=0, ack=0)
+                continue
+            number += 1
+            yield MediaStreamMessage(
+                sequence_number=number,
+                ack_sequence_number=message.sequence_number,
+                media_sample=MediaSample(inferences=[Inference(subtype="seen")]),
+            )
+
+
+@pytest.mark.rule("SEQ-4")
+async def test_send_completes_against_an_unnumbered_answer_descriptor(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="avaproto")
+    with anyio.fail_after(TIMEOUT):
+        async with extension_peer(UnnumberedDescriptor()) as port:
+            report = await send_frames(
+                source(5), SendOptions(target=f"127.0.0.1:{port}", format=RGB24)
+            )
+    assert (report.sent, report.answered) == (5, 5)
+    assert report.tolerated == {"SEQ-4": 1}
+    warnings = [r.getMessage() for r in caplog.records if "SEQ-4" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+
+
 # --- an extension that never acknowledges ------------------------------------------------
 
 
