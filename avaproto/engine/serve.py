@@ -257,7 +257,16 @@ async def serve_stream(
                 else "embedded",
             )
             opened = True
-            await extension.open(descriptor)
+            try:
+                await extension.open(descriptor)
+            except ProtocolError:
+                raise  # ExtensionRefused: the extension's own word (CFG-3)
+            except Exception as error:
+                raise ProtocolError(
+                    "SRV-3",
+                    Status.INTERNAL,
+                    f"the extension failed to open the stream: {type(error).__name__}: {error}",
+                ) from error
             answer = MediaStreamDescriptor(
                 extension_identifier=config.extension_identifier,
                 media_descriptor=MediaDescriptor(timescale=descriptor.timescale),

@@ -29,11 +29,13 @@ _KINDS = ("classification", "motion", "entity", "text", "event", "other")
 
 
 def kind_of(inference: Inference) -> str:
-    """The inference's kind in lower case; AUTO is named by its value's kind."""
+    """The inference's kind in lower case; AUTO is named by its value's kind, and every
+    type the contract does not name is "unknown" (a count per number would let a peer
+    grow the record, and the summary's line, by one entry per inference)."""
     kind = inference.type
     if kind is InferenceType.AUTO:
         return next((name for name in _KINDS if getattr(inference, name) is not None), "auto")
-    return (kind.name or str(int(kind))).lower()
+    return kind.name.lower() if kind.name else "unknown"
 
 
 def percentile(values: list[float], fraction: float) -> float:

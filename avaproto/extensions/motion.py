@@ -86,6 +86,13 @@ class MotionSettings:
                 f"character {error.pos}); expected an object such as "
                 '{"sensitivity": 0.7, "minArea": 0.001}'
             ) from None
+        except (RecursionError, ValueError) as error:
+            # Nested past the parser's depth, or an integer of more digits than Python
+            # converts: JSON, but no configuration of this extension.
+            raise ExtensionRefused(
+                f"motion: extension_configuration cannot be read ({type(error).__name__}); "
+                'expected an object such as {"sensitivity": 0.7, "minArea": 0.001}'
+            ) from None
         if not isinstance(given, dict):
             raise ExtensionRefused(
                 f"motion: extension_configuration must be a JSON object, got {type(given).__name__}"

@@ -380,10 +380,15 @@ def _check_rgb(rgb: RGB, fmt: VideoFormat) -> None:
 
 
 def _with_stride(fmt: VideoFormat, stride_bytes: int | None) -> VideoFormat:
-    """``fmt`` with another stride, checked by MEDIA-4 (the size was checked already)."""
+    """``fmt`` with another stride, checked by MEDIA-4 as a receiver with the default
+    limits checks it (the size was checked already: a larger one stays accepted)."""
     if stride_bytes is None or stride_bytes == fmt.stride_bytes or not fmt.is_raw:
         return fmt
-    limits = FrameLimits(fmt.width, fmt.height, fmt.width * fmt.height)
+    limits = FrameLimits(
+        max(fmt.width, DEFAULT_LIMITS.max_width),
+        max(fmt.height, DEFAULT_LIMITS.max_height),
+        max(fmt.width * fmt.height, DEFAULT_LIMITS.max_pixels),
+    )
     return VideoFormat.checked(
         fmt.encoding, fmt.pixel_format, fmt.width, fmt.height, stride_bytes, limits
     )

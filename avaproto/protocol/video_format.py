@@ -109,6 +109,16 @@ class VideoFormat:
                 f"stride_bytes {stride_bytes} is shorter than a row of {width} "
                 f"{_name(pixel_format)} pixels ({layout.row_bytes(width)} bytes)",
             )
+        widest = layout.row_bytes(limits.max_width)
+        if stride_bytes > widest:
+            raise FrameError(
+                "MEDIA-4",
+                Status.INVALID_ARGUMENT,
+                f"stride_bytes {stride_bytes} is longer than a row of the widest frame "
+                f"accepted ({limits.max_width} {_name(pixel_format)} pixels, {widest} "
+                f"bytes): a {width}x{height} frame would take "
+                f"{stride_bytes * (height - 1) + layout.row_bytes(width)} bytes",
+            )
         return cls(encoding, pixel_format, width, height, stride_bytes)
 
     @classmethod

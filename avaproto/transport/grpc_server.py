@@ -53,7 +53,7 @@ from ._grpclib_private import (
 from .addresses import peer_address
 from .budget import MessageBudget
 from .framing import WireCodec, read_message
-from .guard import ServerGuard, check_open_file_limit, quiet_accept_failures
+from .guard import ServerGuard, Throttled, check_open_file_limit, quiet_accept_failures
 from .health import HealthService, ServingStatus
 from .http2 import tune_server
 from .limits import ConnectionLimits
@@ -178,6 +178,7 @@ class ExtensionService:
         self.streams: dict[int, OpenStream] = {}
         # How to end each stream from outside, when a drain's grace ends (SRV-8).
         self._stops: dict[int, StreamStop] = {}
+        self._warn = Throttled()
 
     def stop_all(self, reason: str) -> None:
         """End every stream still open with UNAVAILABLE and ``reason`` (SRV-8)."""
@@ -204,11 +205,16 @@ class ExtensionService:
                 "[SRV-8] the server is shutting down: it takes no new stream",
             )
         if self.active >= self._config.max_streams:
-            raise GRPCError(
-                grpclib.const.Status.RESOURCE_EXHAUSTED,
+            message = (
                 f"[SRV-6] {self.active} streams already open; the limit is "
-                f"{self._config.max_streams}",
+                f"{self._config.max_streams}"
             )
+            self._warn(
+                "SRV-6",
+                f"refused a stream of {peer_address(stream.peer.addr())}: {message} "
+                "(--max-streams)",
+            )
+            raise GRPCError(grpclib.const.Status.RESOURCE_EXHAUSTED, message)
         try:
             check_authentication(header_values(stream, AUTH_HEADER), self._config.credentials)
         except ProtocolError as error:

@@ -102,7 +102,7 @@ def check_open_file_limit(max_connections: int) -> None:
         )
 
 
-class _Throttled:
+class Throttled:
     """WARNING lines, at most one per rule in ``LOGGED_EVERY`` s: a flood is one line
     naming its first case, and the next line says how many more there were."""
 
@@ -133,7 +133,7 @@ def quiet_accept_failures(loop: asyncio.AbstractEventLoop) -> None:
     previous = loop.get_exception_handler()
     if getattr(previous, "quiets_accept_failures", False):
         return
-    warn = _Throttled()
+    warn = Throttled()
 
     def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         if context.get("message") != _ACCEPT_FAILED:
@@ -156,6 +156,10 @@ def quiet_accept_failures(loop: asyncio.AbstractEventLoop) -> None:
 #: server to enforce (SRV-15): grpclib's own deadline answers UNKNOWN and logs a
 #: traceback when it has already passed, and otherwise cancels the call with no message.
 DEADLINE_HEADER = "x-avaproto-grpc-timeout"
+#: The most the server's HPACK encoder keeps of the headers it sent (HTTP/2's default),
+#: whatever larger table the peer allows (SETTINGS_HEADER_TABLE_SIZE).
+HEADER_TABLE_BYTES = 4096
+
 #: Where a request's ``grpc-encoding`` is moved, for the server to read (grpclib keeps
 #: no ``grpc-`` header in a call's metadata, and reads no compressed message).
 ENCODING_HEADER = "x-avaproto-grpc-encoding"
@@ -186,7 +190,7 @@ class ServerGuard:
         self.direct_bytes = 0
         #: The connections open now, for a GOAWAY to each when the server drains.
         self.connections: set[ConnectionGuard] = set()
-        self._warn = _Throttled()
+        self._warn = Throttled()
 
     def going_away(self, reason: str) -> None:
         """Tell every connection that no new stream will be served (the server drains)."""
@@ -580,6 +584,14 @@ class ConnectionGuard(asyncio.BufferedProtocol):
             self._body_left = length
             if not length:
                 self._frame_received()
+                if kind == _SETTINGS and flags & _ACK and start < i:
+                    # h2 applies the settings this acknowledges (the larger frame size
+                    # advertised) from its next read only: a frame after it in this read
+                    # would be judged by the old ones, a larger one refused as overlong.
+                    self._to_h2(data[start:i])
+                    start = i
+                    if self._closing:
+                        return 0
         if whole:
             self._give(whole)
         if start < end and not self._closing:
@@ -773,6 +785,12 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         elif isinstance(event, h2.events.StreamEnded):
             self._meters.forget(event.stream_id)
             self._end_body(event.stream_id)
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            table = event.changed_settings.get(SettingCodes.HEADER_TABLE_SIZE)
+            if table is not None and table.new_value > HEADER_TABLE_BYTES:
+                # HPACK lets an encoder use less than the peer allows (CONN-18): a table
+                # of 4 GiB would keep every distinct grpc-message, each costing the next.
+                self._h2.encoder.header_table_size = HEADER_TABLE_BYTES
         return not self._closing
 
     def _metered(self, stream_id: int, payload: bytes | memoryview) -> bool:

@@ -430,6 +430,29 @@ async def test_open_may_refuse_the_configuration() -> None:
     assert "no model named 'yolo9'" in failed.value.detail
 
 
+@pytest.mark.rule("SRV-3")
+async def test_an_open_that_fails_ends_the_stream_with_internal_naming_the_rule(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As a processor that raises does: INTERNAL and one line, not grpclib's UNKNOWN
+    'Internal Server Error' with a traceback."""
+
+    class Failing(Refusing):
+        async def open(self, descriptor: StreamDescriptor) -> None:
+            raise RuntimeError("the model file is missing")
+
+    extension = Failing()
+    with pytest.raises(StreamFailed) as failed:
+        async with served(extension):
+            pass
+    assert extension.closed
+    assert failed.value.status is Status.INTERNAL
+    assert failed.value.detail == (
+        "[SRV-3] the extension failed to open the stream: RuntimeError: the model file is missing"
+    )
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 @pytest.mark.rule("EMB-3")
 async def test_samples_without_content_reach_the_processor() -> None:
     seen: list[tuple[object, list[Inference]]] = []
@@ -677,7 +700,10 @@ def test_both_roles_keep_one_kind_of_statistics() -> None:
     stats.count_answer([])
     assert (stats.frames, stats.answered, stats.inferences) == (2, 2, 2)
     assert stats.by_type == {"motion": 1, "auto": 1}
-    stats.seconds = 2.0
+    # Types the contract does not name share one entry, however many numbers a peer uses.
+    stats.count_answer([Inference.parse(bytes([0x08, 0xE8, number])) for number in (7, 8)])
+    assert stats.by_type == {"motion": 1, "auto": 1, "unknown": 2}
+    stats.seconds = 3.0
     assert stats.fps == 1.0
 
 

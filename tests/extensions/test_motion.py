@@ -179,6 +179,8 @@ class TestConfiguration:
             ('{"treshold": 3}', "treshold"),
             ("[1, 2]", "JSON object"),
             ("sensitivity=1", "not JSON"),
+            ("[" * 200_000, "cannot be read (RecursionError)"),  # nested past any parser
+            ('{"sensitivity": ' + "9" * 5000 + "}", "cannot be read (ValueError)"),
         ],
     )
     def test_bad_configuration_is_refused_naming_the_key(self, text: str, named: str) -> None:

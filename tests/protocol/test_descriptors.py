@@ -319,8 +319,23 @@ class TestMediaDescriptor:
         assert "1248" in str(error)
 
     @pytest.mark.rule("MEDIA-4")
-    @pytest.mark.parametrize("stride", [0, 1248, 1280])
+    @pytest.mark.parametrize(
+        ("width", "height", "stride"), [(1, 2, 1 << 31), (416, 416, 16384 * 3 + 1)]
+    )
+    def test_stride_longer_than_the_widest_row_is_refused(
+        self, width: int, height: int, stride: int
+    ) -> None:
+        """Else two pixels, their rows 2 GiB apart, would make a frame of 2 GiB to read
+        (a sparse segment costs its sender nothing)."""
+        fmt = video_format(width=width, height=height, stride=stride)
+        error = refused(Session(Role.EXTENSION), first_message(pipeline_descriptor(fmt)))
+        assert (error.rule, error.status) == ("MEDIA-4", Status.INVALID_ARGUMENT)
+        assert "longer than a row of the widest frame accepted (16384 RGB24 pixels" in str(error)
+
+    @pytest.mark.rule("MEDIA-4")
+    @pytest.mark.parametrize("stride", [0, 1248, 1280, 5760, 16384 * 3])
     def test_stride_zero_or_at_least_a_row_is_accepted(self, stride: int) -> None:
+        """5760: a 416-pixel crop left in a 1920-pixel frame, rows as far apart as its."""
         descriptor = pipeline_descriptor(video_format(width=416, height=416, stride=stride))
         [event] = Session(Role.EXTENSION).receive(first_message(descriptor))
         assert isinstance(event, DescriptorReceived)

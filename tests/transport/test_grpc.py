@@ -316,15 +316,20 @@ async def test_oversized_message_is_refused_before_buffering() -> None:
 
 
 @pytest.mark.rule("SRV-6")
-async def test_stream_limit() -> None:
+async def test_stream_limit(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="avaproto")
     async with server(max_streams=1) as extension:
         target = f"127.0.0.1:{extension.port}"
         async with connect(target, format=RGB24) as first:
-            with pytest.raises(StreamFailed) as caught:
-                async with connect(target, format=RGB24):
-                    pass
+            for _ in range(3):
+                with pytest.raises(StreamFailed) as caught:
+                    async with connect(target, format=RGB24):
+                        pass
             assert len(await exchange(first, [bytes(RGB24.frame_bytes)])) == 1
     assert caught.value.status is Status.RESOURCE_EXHAUSTED
+    # The operator hears of it: one line for the three (at most one per 10 s).
+    [line] = [r.getMessage() for r in caplog.records if "[SRV-6]" in r.getMessage()]
+    assert line.startswith("refused a stream of 127.0.0.1:") and "(--max-streams)" in line
 
 
 @pytest.mark.rule("SRV-9")

@@ -38,6 +38,7 @@ import h2.events
 import pytest
 import trustme
 from h2.errors import ErrorCodes
+from h2.settings import SettingCodes
 
 from avaproto.client import Pipeline, connect
 from avaproto.codec import encode_framed
@@ -1099,3 +1100,52 @@ async def test_a_peer_that_resets_its_stream_after_its_own_goaway_is_no_fault(
             await attacker.closed()
     assert warnings(caplog, "CONN-17") == []
     assert any("went away" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.rule("CONN-17")
+async def test_a_large_frame_right_after_the_settings_acknowledgement_is_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client that acknowledges the server's SETTINGS and sends a DATA frame of the
+    size they allow in the same write (grpclib's and grpcio's do, now and then): h2
+    applies the settings from its next read only, so the frame was refused as overlong
+    and a well-formed client's connection ended with CONN-17."""
+    wide = pipeline_descriptor(video_format(width=128, height=64))  # 24 KiB frames
+    described = MediaStreamMessage(sequence_number=1, media_stream_descriptor=wide)
+    messages = encode_framed(described) + sample(2, size=128 * 64 * 3)
+    assert len(messages) > 16384  # larger than HTTP/2's initial frame size
+    async with serving() as server, Attacker.connect(server.port, read=False) as attacker:
+        with anyio.fail_after(TIMEOUT):
+            settings: list[Any] = []
+            while not settings:  # the server's SETTINGS: h2 queues their acknowledgement
+                received = attacker.h2.receive_data(await attacker.stream.receive())
+                settings += [e for e in received if isinstance(e, h2.events.RemoteSettingsChanged)]
+            stream_id = attacker.h2.get_next_available_stream_id()
+            attacker.h2.send_headers(stream_id, REQUEST)
+            attacker.h2.send_data(stream_id, messages)  # one frame: the server allows it
+            written = attacker.h2.data_to_send()
+            assert written.startswith(frame(0x4, 0x1, 0))  # the acknowledgement first
+            assert await attacker.send(written)  # all in one write
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(attacker._read)
+                await attacker.until(lambda: attacker.answers(stream_id) >= 2)
+                tasks.cancel_scope.cancel()
+            assert attacker.goaway is None
+    assert not warnings(caplog, "CONN-17")
+
+
+@pytest.mark.rule("CONN-18")
+async def test_the_servers_header_table_stays_small_whatever_the_peer_allows() -> None:
+    """A peer that allows a table of 4 GiB, then provokes a different grpc-message on
+    each stream, had the server keep every one (25 MB over 20,000 streams, each costing
+    the next more CPU). HPACK lets the encoder use less than allowed, and tell the peer."""
+    async with serving() as server, Attacker.connect(server.port) as attacker:
+        with anyio.fail_after(TIMEOUT):
+            attacker.h2.update_settings({SettingCodes.HEADER_TABLE_SIZE: (1 << 32) - 1})
+            await attacker.flush()
+            await attacker.settled()  # the server has the settings
+            stream_id = await attacker.open_stream(sample(1))  # no descriptor first
+            await attacker.until(lambda: attacker.status(stream_id) is not None)
+            assert attacker.status(stream_id) is not None
+            # The size the server's encoder announced with its headers.
+            assert attacker.h2.decoder.header_table_size == 4096
