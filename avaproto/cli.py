@@ -644,6 +644,13 @@ def _add_serve(commands: Any) -> None:
         "a stream that sends no descriptor in this time ends with DEADLINE_EXCEEDED",
     )
     limit(
+        "--send-timeout",
+        _timeout,
+        "SECONDS",
+        "a stream whose pipeline leaves its flow-control window shut this long, reading "
+        "none of the answers, ends with DEADLINE_EXCEEDED",
+    )
+    limit(
         "--max-incomplete-bytes-per-connection",
         byte_size,
         "SIZE",

@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, cast
 
+import anyio
 import grpclib.client
 import grpclib.const
 import grpclib.exceptions
@@ -146,6 +147,8 @@ def _send_now(h2_stream: grpclib.protocol.Stream, data: bytes) -> bool:
 async def send_data(
     h2_stream: grpclib.protocol.Stream,
     data: bytes | memoryview | Sequence[bytes | bytearray | memoryview],
+    *,
+    window_timeout: float | None = None,
 ) -> None:
     """``grpclib.protocol.Stream.send_data`` (END_STREAM unset), without copying ``data``.
 
@@ -153,7 +156,8 @@ async def send_data(
     open, send what fits in one frame, again until all is sent. Each frame is a slice
     of ``data`` (or of its pieces, in order: a message whose frame is a piece of its
     own) written as it is (``_write_frame``); grpclib's reads each frame out of a
-    ``BytesIO`` first, and h2 copies it three more times.
+    ``BytesIO`` first, and h2 copies it three more times. A window left shut for
+    ``window_timeout`` seconds raises ``TimeoutError`` (None: wait for ever).
     """
     assert h2_stream.id is not None
     pieces = (
@@ -170,7 +174,8 @@ async def send_data(
         window = machine.local_flow_control_window(h2_stream.id)
         if not window > 0:  # it can become negative
             h2_stream.window_updated.clear()
-            await h2_stream.window_updated.wait()
+            with anyio.fail_after(window_timeout):
+                await h2_stream.window_updated.wait()
             continue  # others may have sent meanwhile: look again
         size = min(window, machine.max_outbound_frame_size, left)
         chunks: list[memoryview] = []
@@ -193,17 +198,23 @@ async def send_data(
         left -= size
 
 
-async def send_messages(stream: grpclib.server.Stream[Any, Any], framed: Sequence[bytes]) -> None:
+async def send_messages(
+    stream: grpclib.server.Stream[Any, Any],
+    framed: Sequence[bytes],
+    *,
+    window_timeout: float | None = None,
+) -> None:
     """Send messages (each with its gRPC prefix) on a server stream as one DATA frame.
 
     What ``grpclib.server.Stream.send_message`` does for each message: initial metadata
-    first, then the data, then the stream's counters.
+    first, then the data, then the stream's counters. ``window_timeout`` is
+    ``send_data``'s.
     """
     if not stream._send_initial_metadata_done:
         await stream.send_initial_metadata()
     data = framed[0] if len(framed) == 1 else b"".join(framed)
     if not _send_now(stream._stream, data):
-        await send_data(stream._stream, data)
+        await send_data(stream._stream, data, window_timeout=window_timeout)
     count = len(framed)
     stream._send_message_done = True
     stream._messages_sent += count

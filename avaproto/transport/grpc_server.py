@@ -113,8 +113,10 @@ class _ServerChannel:
         budget: MessageBudget,
         descriptor_timeout: float | None,
         encoding: str | None = None,
+        send_timeout: float | None = None,
     ) -> None:
         self._stream = stream
+        self._send_timeout = send_timeout
         self._encoding = encoding  # the pipeline's grpc-encoding, checked (WIRE-3)
         self.peer = peer_address(stream.peer.addr())
         self._raw = http2_stream(stream)  # read before grpclib buffers a message
@@ -144,10 +146,20 @@ class _ServerChannel:
         )
 
     async def send(self, message: MediaStreamMessage) -> None:
-        await self._stream.send_message(message)
+        await self.send_batch([message])
 
     async def send_batch(self, messages: list[MediaStreamMessage]) -> None:
-        await send_messages(self._stream, [encode_framed(m) for m in messages])
+        framed = [encode_framed(m) for m in messages]
+        try:
+            await send_messages(self._stream, framed, window_timeout=self._send_timeout)
+        except TimeoutError:
+            message = (
+                f"the pipeline left its HTTP/2 flow-control window shut for "
+                f"{self._send_timeout:g} s: it reads none of the answers, and its stream "
+                "held a slot, its frames and its leases meanwhile (--send-timeout)"
+            )
+            log.warning("stream of %s ended: [SRV-17] %s", self.peer, message)
+            raise RemoteProtocolError("SRV-17", Status.DEADLINE_EXCEEDED, message) from None
 
     async def send_end(self) -> None:
         await self._stream.send_trailing_metadata()
@@ -231,6 +243,7 @@ class ExtensionService:
                 self.budget,
                 self._config.limits.descriptor_timeout,
                 encoding,
+                self._config.limits.send_timeout,
             )
             extension = self._factory()
             self.streams[id(stream)] = OpenStream(channel.peer, _name(extension))

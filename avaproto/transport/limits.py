@@ -62,6 +62,10 @@ class ConnectionLimits:
     keepalive_timeout: float | None = 20.0
     #: Seconds a stream may take to send its descriptor (SRV-12).
     descriptor_timeout: float | None = 10.0
+    #: Seconds an answer may wait for the peer to open its flow-control window (SRV-17):
+    #: a pipeline that reads none of its answers holds its stream's slot, leases and
+    #: frames while it waits (nginx's send_timeout is 60 s).
+    send_timeout: float | None = 60.0
     #: Bytes of messages announced but not yet complete, across all streams of one
     #: connection (SRV-13).
     max_incomplete_bytes_per_connection: int = 256 * MiB

@@ -1149,3 +1149,27 @@ async def test_the_servers_header_table_stays_small_whatever_the_peer_allows() -
             assert attacker.status(stream_id) is not None
             # The size the server's encoder announced with its headers.
             assert attacker.h2.decoder.header_table_size == 4096
+
+
+@pytest.mark.rule("SRV-17")
+async def test_a_pipeline_that_never_opens_its_window_gives_its_slot_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A window of 0 from the start: no answer can go, and h2 answers the keepalive
+    PINGs for the peer, so only a deadline on the wait frees the stream."""
+    caplog.set_level(logging.WARNING, logger="avaproto")
+    async with serving(send_timeout=0.3, max_streams=1) as server:
+        async with Attacker.connect(server.port) as attacker:
+            with anyio.fail_after(TIMEOUT):
+                attacker.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 0})
+                await attacker.flush()
+                await attacker.settled()  # the server has the settings
+                stream_id = await attacker.open_stream(DESCRIPTOR)
+                await attacker.until(lambda: attacker.status(stream_id) is not None)
+        status = attacker.status(stream_id)
+        assert status is not None and status[0] == "4"  # DEADLINE_EXCEEDED
+        assert status[1].startswith("[SRV-17] the pipeline left its HTTP/2 flow-control window")
+        assert server.service.active == 0  # the slot is free again
+        await completes(server.port)
+    [line] = warnings(caplog, "SRV-17")
+    assert "127.0.0.1:" in line and "(--send-timeout)" in line
