@@ -409,6 +409,7 @@ def _server_config(args: argparse.Namespace) -> Any:
         ssl=_server_tls(args),
         max_message_bytes=args.max_message_bytes,
         max_streams=args.max_streams,
+        max_health_watches=args.max_health_watches,
         # Each limit's flag is its field's name (see the serve parser's limit()).
         limits=ConnectionLimits(
             **{f.name: getattr(args, f.name) for f in dataclasses.fields(ConnectionLimits)}
@@ -543,6 +544,14 @@ def _add_serve(commands: Any) -> None:
         default=_default(ServerConfig, "max_streams"),
         metavar="N",
         help="streams served at once; one more is refused (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-health-watches",
+        type=_positive(int),
+        default=_default(ServerConfig, "max_health_watches"),
+        metavar="N",
+        help="health Watch calls open at once (balancers keep one each); one more is "
+        "refused (default: %(default)s)",
     )
     parser.add_argument(
         "--grace",

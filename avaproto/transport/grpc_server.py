@@ -54,7 +54,7 @@ from .addresses import peer_address
 from .budget import MessageBudget
 from .framing import WireCodec, read_message
 from .guard import ServerGuard, Throttled, check_open_file_limit, quiet_accept_failures
-from .health import HealthService, ServingStatus
+from .health import DEFAULT_MAX_WATCHES, HealthService, ServingStatus
 from .http2 import tune_server
 from .limits import ConnectionLimits
 from .request_headers import header_values, request_deadline, request_encoding
@@ -84,6 +84,8 @@ class ServerConfig:
     max_streams: int = 64
     #: Serve the standard gRPC health service (``avaproto.transport.health``) beside it.
     health: bool = True
+    #: Its Watch calls open at once; one more is refused with RESOURCE_EXHAUSTED (SRV-9).
+    max_health_watches: int = DEFAULT_MAX_WATCHES
     #: What one peer may make the server hold (``avaproto.transport.limits``).
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     #: Log when the event loop is blocked longer than this many seconds, naming the
@@ -349,7 +351,7 @@ async def start_server(factory: ExtensionFactory, config: ServerConfig) -> Exten
     """Start listening; the caller must ``close`` (or ``drain``) the returned server."""
     service = ExtensionService(factory, config)
     handlers: list[Any] = [service]
-    health = _health() if config.health else None
+    health = HealthService(max_watches=config.max_health_watches) if config.health else None
     if health is not None:
         handlers.append(health)
     # grpclib's own keepalive (a PING after 2 hours, a silent close) gives way to the
@@ -372,7 +374,3 @@ async def start_server(factory: ExtensionFactory, config: ServerConfig) -> Exten
         " with authentication" if config.credentials else "",
     )
     return running
-
-
-def _health() -> HealthService:
-    return HealthService()

@@ -32,13 +32,17 @@ from .._generated.grpc.health.v1 import (
 from ..errors import ProtocolError
 from ..messages import PACKAGE
 from ._grpclib_private import http2_stream
+from .addresses import peer_address
 from .framing import read
+from .guard import Throttled
 from .request_headers import request_encoding
 
 #: The extension's service as health clients name it (fully qualified, no method).
 EXTENSION_SERVICE = f"{PACKAGE}.MediaGraphExtension"
 #: A request names a service: anything longer is not a health check (SRV-5).
 MAX_REQUEST_BYTES = 64 << 10
+#: Watch calls open at once: a balancer or an orchestrator keeps one or a few.
+DEFAULT_MAX_WATCHES = 100
 
 __all__ = ["EXTENSION_SERVICE", "HealthService", "ServingStatus"]
 
@@ -46,11 +50,20 @@ __all__ = ["EXTENSION_SERVICE", "HealthService", "ServingStatus"]
 class HealthService(HealthBase):
     """``Check`` and ``Watch`` for the server as a whole and the services it names."""
 
-    def __init__(self, services: Iterable[str] = (EXTENSION_SERVICE,)) -> None:
+    def __init__(
+        self,
+        services: Iterable[str] = (EXTENSION_SERVICE,),
+        *,
+        max_watches: int = DEFAULT_MAX_WATCHES,
+    ) -> None:
         self._services = frozenset({"", *services})
         self._status = ServingStatus.SERVING
         # Replaced on every change, so each watcher wakes once per change it has not seen.
         self._changed = anyio.Event()
+        #: Watch calls open now; one past ``max_watches`` is refused (SRV-9).
+        self.watching = 0
+        self._max_watches = max_watches
+        self._warn = Throttled()
 
     @property
     def status(self) -> ServingStatus:
@@ -79,8 +92,23 @@ class HealthService(HealthBase):
         await stream.send_message(await self.check(await _request(stream)))
 
     async def _serve_watch(self, stream: grpclib.server.Stream[Any, Any]) -> None:
-        async for response in self.watch(await _request(stream)):
-            await stream.send_message(response)
+        if self.watching >= self._max_watches:
+            # A Watch stays open, outside the extension's --max-streams: each one held
+            # about 16 KB, and nothing else bounded how many a peer opened.
+            message = (
+                f"[SRV-9] {self.watching} health watches already open; the limit is "
+                f"{self._max_watches} (--max-health-watches)"
+            )
+            self._warn(
+                "SRV-9", f"refused a health watch of {peer_address(stream.peer.addr())}: {message}"
+            )
+            raise GRPCError(grpclib.const.Status.RESOURCE_EXHAUSTED, message)
+        self.watching += 1
+        try:
+            async for response in self.watch(await _request(stream)):
+                await stream.send_message(response)
+        finally:
+            self.watching -= 1
 
     async def check(self, message: HealthCheckRequest) -> HealthCheckResponse:
         if message.service not in self._services:

@@ -10,6 +10,7 @@ bytes are the standard's.
 from __future__ import annotations
 
 import importlib.resources
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -32,6 +33,7 @@ from avaproto.messages import Encoding, Inference, PixelFormat
 from avaproto.protocol.video_format import VideoFormat
 from avaproto.transport.grpc_server import ExtensionServer, ServerConfig, start_server
 from avaproto.transport.health import EXTENSION_SERVICE, ServingStatus
+from tests.transport.test_hostile_http2 import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.rule("SRV-9")]
 TIMEOUT = 30
@@ -237,6 +239,34 @@ async def test_watch_of_an_unknown_service_answers_service_unknown() -> None:
         async with extension() as server, watching(server, "x") as watch:
             first = await anext(watch)
     assert first.status is ServingStatus.SERVICE_UNKNOWN
+
+
+@pytest.mark.rule("SRV-9")
+async def test_watches_past_the_limit_are_refused_and_their_slots_come_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Watch stays open outside --max-streams: without a bound of its own, a peer
+    opened thousands (about 16 KB each) without credentials."""
+    caplog.set_level(logging.WARNING, logger="avaproto")
+    with anyio.fail_after(TIMEOUT):
+        async with extension(max_health_watches=2) as server:
+            async with watching(server, "") as one, watching(server, "") as two:
+                assert (await anext(one)).status is ServingStatus.SERVING
+                assert (await anext(two)).status is ServingStatus.SERVING
+                async with watching(server, "") as three:
+                    with pytest.raises(GRPCError) as refused:
+                        await anext(three)
+            assert refused.value.status is grpclib.const.Status.RESOURCE_EXHAUSTED
+            assert refused.value.message == (
+                "[SRV-9] 2 health watches already open; the limit is 2 (--max-health-watches)"
+            )
+            health_service = server.health
+            assert health_service is not None
+            await eventually(lambda: health_service.watching == 0)  # the calls' ends came
+            async with watching(server, "") as again:  # the slots came back
+                assert (await anext(again)).status is ServingStatus.SERVING
+    [line] = [r.getMessage() for r in caplog.records if "[SRV-9]" in r.getMessage()]
+    assert line.startswith("refused a health watch of 127.0.0.1:")
 
 
 # --- the standard's bytes and the core install ---------------------------------------
