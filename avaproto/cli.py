@@ -638,6 +638,14 @@ def _add_serve(commands: Any) -> None:
         "DATA frames a message may take beyond two per 16 KiB of its length (two at least)",
     )
     limit(
+        "--max-frames-without-data",
+        _positive(int),
+        "N",
+        "frames carrying no message (PING, PRIORITY, SETTINGS entries, WINDOW_UPDATE, "
+        "unknown types) a connection may send in a row beyond ten a second, without DATA "
+        "or HEADERS",
+    )
+    limit(
         "--max-control-frames",
         _positive(int),
         "N",

@@ -60,6 +60,7 @@ CATALOGUE: tuple[RuleEntry, ...] = (
     _rule("CONN-16", "SHOULD", _CONFIGURED + " (a keepalive of a minute)"),
     _rule("CONN-17", "MUST", _ATTACK),
     _rule("CONN-18", "MUST", _ATTACK),
+    _rule("CONN-19", "MUST", _ATTACK),
     _rule("DESC-1", "MUST"),
     _rule("DESC-2", "MUST"),
     _rule("DESC-3", "SHOULD"),

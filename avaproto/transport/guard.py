@@ -160,6 +160,9 @@ DEADLINE_HEADER = "x-avaproto-grpc-timeout"
 #: whatever larger table the peer allows (SETTINGS_HEADER_TABLE_SIZE).
 HEADER_TABLE_BYTES = 4096
 
+#: How fast a connection earns back frames that carry no message (CONN-19).
+QUIET_FRAMES_PER_SECOND = 10.0
+
 #: Where a request's ``grpc-encoding`` is moved, for the server to read (grpclib keeps
 #: no ``grpc-`` header in a call's metadata, and reads no compressed message).
 ENCODING_HEADER = "x-avaproto-grpc-encoding"
@@ -329,6 +332,10 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         self._block_bytes = 0
         self._empty_run = 0
         self._control_owed = 0
+        # Frames without a message the connection may still send (CONN-19), and when
+        # that was counted: a bucket refilled ten a second, and at each DATA or HEADERS.
+        self._quiet_left = float(self._limits.max_frames_without_data)
+        self._quiet_at = 0.0
         # Where the socket's bytes are read to: a buffer reused read after read, or
         # the buffer of the DATA frame being read (``_reading``).
         self._scratch = memoryview(bytearray(READ_SIZE))
@@ -481,8 +488,12 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         )
         if taken is None:
             return False
-        if any(len(frame) == 3 for frame in taken):
+        updates = sum(len(frame) == 2 for frame in taken)
+        if updates < len(taken):
             self._empty_run = 0  # a DATA frame with a payload (CONN-8)
+            self._quiet_left = self._limits.max_frames_without_data  # (CONN-19)
+        if updates and not self._quiet(updates):
+            return True  # the connection is being closed: nothing more is taken
         self._give(taken)
         return True
 
@@ -717,6 +728,12 @@ class ConnectionGuard(asyncio.BufferedProtocol):
             if self._handshake_timer is not None:
                 self._handshake_timer.cancel()
                 self._handshake_timer = None
+        if kind in (_DATA, _HEADERS):
+            self._quiet_left = self._limits.max_frames_without_data  # (CONN-19)
+        elif kind != _CONTINUATION and not self._quiet(
+            max(1, length // 6) if kind == _SETTINGS else 1
+        ):
+            return False
         if kind in (_DATA, _HEADERS, _CONTINUATION):
             if length == 0 and not (flags & _END_STREAM and kind != _CONTINUATION):
                 self._empty_run += 1
@@ -745,6 +762,27 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 )
                 return False
         return True
+
+    def _quiet(self, frames: int) -> bool:
+        """Count ``frames`` that carry no message (CONN-19); False once past the limit.
+
+        A token bucket: ``max_frames_without_data`` of them in a row, refilled at
+        ``QUIET_FRAMES_PER_SECOND`` (a client's keepalive PINGs on a quiet stream) and
+        filled again by any DATA or HEADERS frame. A SETTINGS frame counts once per entry.
+        """
+        now = time.monotonic()
+        limit = self._limits.max_frames_without_data
+        left = min(limit, self._quiet_left + (now - self._quiet_at) * QUIET_FRAMES_PER_SECOND)
+        self._quiet_left, self._quiet_at = left - frames, now
+        if self._quiet_left >= 0:
+            return True
+        self._trip(
+            "CONN-19",
+            f"more than {limit} frames that carry no message (PING, PRIORITY, SETTINGS "
+            "entries, WINDOW_UPDATE, unknown types) without a DATA or HEADERS frame "
+            "(--max-frames-without-data)",
+        )
+        return False
 
     def _frame_received(self) -> None:
         if self._ends_block:

@@ -578,8 +578,9 @@ async def test_acknowledgements_the_peer_never_reads_end_the_connection(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """PINGs sent by a peer that reads nothing: their acknowledgements would pile up in
-    the server's write buffer without end (17 bytes each; 1 million, 17 MiB)."""
-    async with serving() as server, pipeline_during(server.port):
+    the server's write buffer without end (17 bytes each; 1 million, 17 MiB). (CONN-19,
+    which ends a flood of PINGs sooner, is lifted to watch this bound.)"""
+    async with serving(max_frames_without_data=1 << 40) as server, pipeline_during(server.port):
         baseline_rss = reset_peak()
         async with Attacker.connect(server.port, read=False) as attacker:
             pings = frame(PING, 0, 0, bytes(8)) * 4096
@@ -843,9 +844,10 @@ async def test_a_lag_spent_reading_a_flood_is_not_blamed_on_the_extension(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """PINGs read 256 KiB at a time keep the loop busy for tens of milliseconds a read:
-    with a low threshold the watch reports a flood, while a stream is being served."""
+    with a low threshold the watch reports a flood, while a stream is being served
+    (CONN-19, which would end the flood first, is lifted)."""
     async with (
-        serving(loop_lag_warning=0.02) as server,
+        serving(loop_lag_warning=0.02, max_frames_without_data=1 << 40) as server,
         pipeline_during(server.port),
         Attacker.connect(server.port) as attacker,
     ):
@@ -1173,3 +1175,43 @@ async def test_a_pipeline_that_never_opens_its_window_gives_its_slot_back(
         await completes(server.port)
     [line] = warnings(caplog, "SRV-17")
     assert "127.0.0.1:" in line and "(--send-timeout)" in line
+
+
+@pytest.mark.rule("CONN-19")
+@pytest.mark.parametrize(
+    "flood",
+    [
+        b"".join(frame(PING, 0, 0, struct.pack(">Q", n)) for n in range(1100)),
+        frame(0x4, 0, 0, struct.pack(">HI", 0x7F00, 1) * 2000),  # unknown settings
+        b"".join(frame(0xF0, 0, 0) for _ in range(1100)),  # a type HTTP/2 does not define
+    ],
+    ids=["pings", "settings-entries", "unknown-frames"],
+)
+async def test_a_flood_of_frames_without_a_message_ends_the_connection(
+    flood: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serving() as server:
+        async with Attacker.connect(server.port) as attacker:
+            with anyio.fail_after(TIMEOUT):
+                await attacker.send(flood)
+                event = await attacker.closed()
+        goaway(event, ErrorCodes.ENHANCE_YOUR_CALM, "CONN-19")
+        await completes(server.port)  # the other connections go on
+    [line] = warnings(caplog, "CONN-19")
+    assert "127.0.0.1:" in line and "(--max-frames-without-data)" in line
+
+
+@pytest.mark.rule("CONN-19")
+async def test_frames_without_a_message_between_messages_are_no_flood() -> None:
+    """A DATA frame allows as many again: a client's PINGs and WINDOW_UPDATEs among its
+    messages never add up, however long the stream."""
+    async with serving() as server, Attacker.connect(server.port) as attacker:
+        with anyio.fail_after(TIMEOUT):
+            stream_id = await attacker.open_stream(DESCRIPTOR)
+            for number in range(2, 5):
+                pings = b"".join(frame(PING, 0, 0, bytes(8)) for _ in range(900))
+                assert await attacker.send(pings)
+                attacker.h2.send_data(stream_id, sample(number))
+                await attacker.flush()
+            await attacker.until(lambda: attacker.answers(stream_id) >= 4)
+            assert attacker.goaway is None
