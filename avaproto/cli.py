@@ -642,8 +642,8 @@ def _add_serve(commands: Any) -> None:
         _positive(int),
         "N",
         "frames carrying no message (PING, PRIORITY, SETTINGS entries, WINDOW_UPDATE, "
-        "unknown types) a connection may send in a row beyond ten a second, without DATA "
-        "or HEADERS",
+        "RST_STREAM, unknown types) a connection may send beyond what it earns back: one "
+        "per KiB of DATA either way, ten per HEADERS, ten a second",
     )
     limit(
         "--max-control-frames",

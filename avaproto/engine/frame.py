@@ -66,6 +66,12 @@ class Frame:
         set_(self, "inferences", [] if inferences is None else inferences)
 
     @property
+    def has_data(self) -> bool:
+        """Whether the sample carries content, known without reading it (``data`` reads
+        a shared-memory frame on first use: a large one is better read in a thread)."""
+        return self._content is not None
+
+    @property
     def data(self) -> memoryview | None:
         """The sample's bytes, read-only (None: the sample carries inferences only).
 

@@ -360,8 +360,9 @@ class MotionExtension:
         )
 
     async def process(self, frame: Frame) -> Result:
-        if frame.data is None:
+        if not frame.has_data:
             return None  # inferences only: nothing to look at
+        # The frame is read (from shared memory: it may be large) in the thread too.
         regions = await anyio.to_thread.run_sync(self._detect, frame)
         return [region.to_inference() for region in regions]
 

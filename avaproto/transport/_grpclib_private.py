@@ -337,6 +337,13 @@ def take_data(protocol: Any, taker: tuple[Any, Any], payload: bytes | memoryview
     connection.last_data_received = time.monotonic()
 
 
+def bytes_sent(protocol: Any) -> int:
+    """Bytes of DATA the connection sent so far (grpclib's count, which ``_write_frame``
+    keeps too)."""
+    count: int = protocol.processor.connection.data_sent
+    return count
+
+
 def taking_frames(protocol: Any) -> bool:
     """Whether h2 may still be given frames: grpclib drops h2's frame table when it
     closes the connection (after the peer's GOAWAY, or h2's refusal of a frame), and

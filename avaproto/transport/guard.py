@@ -45,6 +45,7 @@ from h2.settings import SettingCodes
 
 from ._grpclib_private import (
     Taken,
+    bytes_sent,
     close_connection,
     h2_connection,
     ignore_unknown_frames,
@@ -160,8 +161,11 @@ DEADLINE_HEADER = "x-avaproto-grpc-timeout"
 #: whatever larger table the peer allows (SETTINGS_HEADER_TABLE_SIZE).
 HEADER_TABLE_BYTES = 4096
 
-#: How fast a connection earns back frames that carry no message (CONN-19).
+#: How a connection earns back frames that carry no message (CONN-19): so many a
+#: second, one per this many bytes of DATA either way, so many per HEADERS frame.
 QUIET_FRAMES_PER_SECOND = 10.0
+QUIET_BYTES = 1024
+QUIET_PER_HEADERS = 10
 
 #: Where a request's ``grpc-encoding`` is moved, for the server to read (grpclib keeps
 #: no ``grpc-`` header in a call's metadata, and reads no compressed message).
@@ -336,6 +340,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         # that was counted: a bucket refilled ten a second, and at each DATA or HEADERS.
         self._quiet_left = float(self._limits.max_frames_without_data)
         self._quiet_at = 0.0
+        self._quiet_sent = 0  # bytes of DATA sent, when last counted
         # Where the socket's bytes are read to: a buffer reused read after read, or
         # the buffer of the DATA frame being read (``_reading``).
         self._scratch = memoryview(bytearray(READ_SIZE))
@@ -488,10 +493,13 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         )
         if taken is None:
             return False
-        updates = sum(len(frame) == 2 for frame in taken)
-        if updates < len(taken):
-            self._empty_run = 0  # a DATA frame with a payload (CONN-8)
-            self._quiet_left = self._limits.max_frames_without_data  # (CONN-19)
+        updates = 0
+        for frame in taken:
+            if len(frame) == 2:
+                updates += 1
+            else:
+                self._empty_run = 0  # a DATA frame with a payload (CONN-8)
+                self._earn(1 + len(frame[1]) // QUIET_BYTES)  # (CONN-19)
         if updates and not self._quiet(updates):
             return True  # the connection is being closed: nothing more is taken
         self._give(taken)
@@ -728,8 +736,10 @@ class ConnectionGuard(asyncio.BufferedProtocol):
             if self._handshake_timer is not None:
                 self._handshake_timer.cancel()
                 self._handshake_timer = None
-        if kind in (_DATA, _HEADERS):
-            self._quiet_left = self._limits.max_frames_without_data  # (CONN-19)
+        if kind == _DATA:
+            self._earn(1 + length // QUIET_BYTES)  # (CONN-19)
+        elif kind == _HEADERS:
+            self._earn(QUIET_PER_HEADERS)
         elif kind != _CONTINUATION and not self._quiet(
             max(1, length // 6) if kind == _SETTINGS else 1
         ):
@@ -763,23 +773,35 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 return False
         return True
 
+    def _earn(self, frames: int) -> None:
+        """Allow ``frames`` more frames that carry no message (CONN-19)."""
+        self._quiet_left = min(self._limits.max_frames_without_data, self._quiet_left + frames)
+
     def _quiet(self, frames: int) -> bool:
         """Count ``frames`` that carry no message (CONN-19); False once past the limit.
 
-        A token bucket: ``max_frames_without_data`` of them in a row, refilled at
-        ``QUIET_FRAMES_PER_SECOND`` (a client's keepalive PINGs on a quiet stream) and
-        filled again by any DATA or HEADERS frame. A SETTINGS frame counts once per entry.
+        A token bucket of ``max_frames_without_data``, earned back by what the
+        connection carries: one frame per ``QUIET_BYTES`` of DATA either way (and one
+        per DATA frame received, ``QUIET_PER_HEADERS`` per HEADERS), so that a client's
+        WINDOW_UPDATEs and PINGs for the answers it reads never run out, and
+        ``QUIET_FRAMES_PER_SECOND`` (a client's keepalive PINGs on a quiet stream). A
+        DATA frame of one byte earns one, not the whole bucket: frames of no message
+        cost at most about one per frame of one. A SETTINGS frame counts once per entry.
         """
         now = time.monotonic()
         limit = self._limits.max_frames_without_data
-        left = min(limit, self._quiet_left + (now - self._quiet_at) * QUIET_FRAMES_PER_SECOND)
-        self._quiet_left, self._quiet_at = left - frames, now
+        sent = bytes_sent(self._protocol)
+        earned = (now - self._quiet_at) * QUIET_FRAMES_PER_SECOND
+        earned += (sent - self._quiet_sent) / QUIET_BYTES
+        left = min(limit, self._quiet_left + earned)
+        self._quiet_left, self._quiet_at, self._quiet_sent = left - frames, now, sent
         if self._quiet_left >= 0:
             return True
         self._trip(
             "CONN-19",
-            f"more than {limit} frames that carry no message (PING, PRIORITY, SETTINGS "
-            "entries, WINDOW_UPDATE, unknown types) without a DATA or HEADERS frame "
+            f"more than {limit} frames that carry no message (every frame but DATA, "
+            "HEADERS and CONTINUATION: PING, PRIORITY, SETTINGS entries, WINDOW_UPDATE, "
+            "RST_STREAM, unknown types) beyond what its messages and ours earn back "
             "(--max-frames-without-data)",
         )
         return False

@@ -46,10 +46,10 @@ class ConnectionLimits:
     max_empty_frames: int = 1
     #: DATA frames a message may take beyond two per 16 KiB of its length, two at least (CONN-9).
     frames_per_message: int = 64
-    #: Frames that carry no message (PING, PRIORITY, SETTINGS, each entry counting one,
-    #: WINDOW_UPDATE, types HTTP/2 does not define) a connection may send in a row, beyond
-    #: ten a second, without a DATA or HEADERS frame (CONN-19): each costs the server as
-    #: much as a message's frame, and a flood of them slowed every other stream.
+    #: Frames that carry no message (every frame but DATA, HEADERS and CONTINUATION; a
+    #: SETTINGS frame counts once per entry) a connection may send beyond what it earns
+    #: back: one per KiB of DATA either way, ten per HEADERS, ten a second (CONN-19).
+    #: Each costs the server as much as a message's frame; a flood slowed every stream.
     max_frames_without_data: int = 1000
     #: Acknowledgements (of PING and SETTINGS) queued while the peer reads nothing
     #: (CONN-10; Envoy's max_outbound_control_frames).

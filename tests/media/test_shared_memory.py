@@ -824,6 +824,7 @@ class TestFrameData:
             lease = region.lease(2, 16, 48)
             frame = self.frame_of(lease)
             assert lease._view is None  # making the frame read nothing
+            assert frame.has_data and lease._view is None  # nor asking if it has bytes
             data = frame.data
             assert data is not None and bytes(data) == bytes(range(16, 64))
             assert frame.data is data and lease.view is data

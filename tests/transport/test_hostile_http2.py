@@ -47,6 +47,7 @@ from avaproto.errors import ProtocolError, StreamFailed
 from avaproto.messages import (
     METHOD_PATH,
     ContentBytes,
+    Inference,
     MediaSample,
     MediaStreamMessage,
 )
@@ -1202,16 +1203,60 @@ async def test_a_flood_of_frames_without_a_message_ends_the_connection(
 
 
 @pytest.mark.rule("CONN-19")
-async def test_frames_without_a_message_between_messages_are_no_flood() -> None:
-    """A DATA frame allows as many again: a client's PINGs and WINDOW_UPDATEs among its
-    messages never add up, however long the stream."""
+async def test_frames_without_a_message_among_messages_are_earned_back() -> None:
+    """A client's PINGs and WINDOW_UPDATEs among its messages: each KiB of its messages
+    earns one back, so however long the stream they never add up."""
+    wide = pipeline_descriptor(video_format(width=128, height=64))  # 24 KiB frames
+    described = MediaStreamMessage(sequence_number=1, media_stream_descriptor=wide)
+    async with serving() as server, Attacker.connect(server.port) as attacker:
+        with anyio.fail_after(TIMEOUT):
+            stream_id = await attacker.open_stream(encode_framed(described))
+            for number in range(2, 62):  # 1200 PINGs in all, 20 for each 24 KiB
+                assert await attacker.send(frame(PING, 0, 0, bytes(8)) * 20)
+                attacker.h2.send_data(stream_id, sample(number, size=128 * 64 * 3))
+                await attacker.flush()
+            await attacker.until(lambda: attacker.answers(stream_id) >= 61)
+            assert attacker.goaway is None
+
+
+@pytest.mark.rule("CONN-19")
+async def test_window_updates_for_the_answers_a_client_reads_are_earned_back() -> None:
+    """A client that ended its input returns credit for the answers still coming, in
+    WINDOW_UPDATEs and nothing else: the answers' bytes earn them back."""
+
+    def large(frame: Frame) -> list[Inference]:  # about 10 KB an answer
+        return [Inference(subtype="x" * 10_000)]
+
+    async with (
+        serving(large, max_frames_without_data=20) as server,
+        Attacker.connect(server.port) as attacker,
+    ):
+        with anyio.fail_after(TIMEOUT):
+            samples = [sample(number) for number in range(2, 202)]
+            stream_id = await attacker.open_stream(DESCRIPTOR, *samples, end=True)
+            await attacker.until(lambda: attacker.status(stream_id) is not None)
+        assert attacker.goaway is None and attacker.status(stream_id) == ("0", "")
+        assert attacker.answers(stream_id) == 201
+        # h2 returns credit each 32 KiB of a 64 KiB window, for the stream and the
+        # connection: this many bytes took more WINDOW_UPDATEs than the 20 allowed.
+        received = sum(
+            len(e.data) for e in attacker.events if isinstance(e, h2.events.DataReceived)
+        )
+        assert received > 20 * 32 * 1024
+
+
+@pytest.mark.rule("CONN-19")
+async def test_a_byte_of_data_earns_back_one_frame_not_the_whole_allowance() -> None:
+    """Else 999 frames of no message, then a DATA frame of one byte, again and again,
+    would flood as freely as no limit at all."""
     async with serving() as server, Attacker.connect(server.port) as attacker:
         with anyio.fail_after(TIMEOUT):
             stream_id = await attacker.open_stream(DESCRIPTOR)
-            for number in range(2, 5):
-                pings = b"".join(frame(PING, 0, 0, bytes(8)) for _ in range(900))
-                assert await attacker.send(pings)
-                attacker.h2.send_data(stream_id, sample(number))
-                await attacker.flush()
-            await attacker.until(lambda: attacker.answers(stream_id) >= 4)
-            assert attacker.goaway is None
+            message = sample(2)
+            for index in range(len(message)):
+                pings = frame(PING, 0, 0, bytes(8)) * 200
+                piece = frame(0x0, 0, stream_id, message[index : index + 1])
+                if not await attacker.send(pings + piece):
+                    break
+            event = await attacker.closed()
+    goaway(event, ErrorCodes.ENHANCE_YOUR_CALM, "CONN-19")
