@@ -643,7 +643,8 @@ def _add_serve(commands: Any) -> None:
         "N",
         "frames carrying no message (PING, PRIORITY, SETTINGS entries, WINDOW_UPDATE, "
         "RST_STREAM, unknown types) a connection may send beyond what it earns back: one "
-        "per KiB of DATA either way, ten per HEADERS, ten a second",
+        "per KiB of DATA either way, four per DATA frame received and per message sent, "
+        "ten per HEADERS, ten a second",
     )
     limit(
         "--max-control-frames",

@@ -249,3 +249,24 @@ def test_the_grpcio_clients_ring_writes_a_slot_once_unless_told_to_again() -> No
     finally:
         ring.close()
     assert not os.path.exists(ring.path)
+
+
+@pytest.mark.rule("CONN-19")
+def test_a_grpcio_client_streaming_small_messages_is_no_flood() -> None:
+    """grpc-core's client answers each read with a PING of its bandwidth estimate and
+    returns credit in WINDOW_UPDATEs: over a long run of shared-memory references (a
+    few dozen bytes each) those outnumbered what one frame received earned back, and
+    the benchmark's grpcio client was told GOAWAY [CONN-19] after a few thousand."""
+    import asyncio
+
+    from bench.grpcio_client import drive
+    from tests.test_cli import serving
+
+    with serving("--extension", "null") as server:
+        result = asyncio.run(
+            asyncio.wait_for(
+                drive(server.target, transfer="shm", width=32, height=24, frames=8000, window=8),
+                TIMEOUT * 4,
+            )
+        )
+    assert result["answered"] == 8000

@@ -337,11 +337,11 @@ def take_data(protocol: Any, taker: tuple[Any, Any], payload: bytes | memoryview
     connection.last_data_received = time.monotonic()
 
 
-def bytes_sent(protocol: Any) -> int:
-    """Bytes of DATA the connection sent so far (grpclib's count, which ``_write_frame``
-    keeps too)."""
-    count: int = protocol.processor.connection.data_sent
-    return count
+def sent_so_far(protocol: Any) -> tuple[int, int]:
+    """The bytes of DATA and the messages the connection sent so far (grpclib's counts,
+    which ``_write_frame`` and ``send_messages`` keep too)."""
+    connection = protocol.processor.connection
+    return connection.data_sent, connection.messages_sent
 
 
 def taking_frames(protocol: Any) -> bool:

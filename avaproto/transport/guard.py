@@ -45,11 +45,11 @@ from h2.settings import SettingCodes
 
 from ._grpclib_private import (
     Taken,
-    bytes_sent,
     close_connection,
     h2_connection,
     ignore_unknown_frames,
     receive_bytes,
+    sent_so_far,
     take_frames,
     taking_frames,
     track_streams,
@@ -162,9 +162,12 @@ DEADLINE_HEADER = "x-avaproto-grpc-timeout"
 HEADER_TABLE_BYTES = 4096
 
 #: How a connection earns back frames that carry no message (CONN-19): so many a
-#: second, one per this many bytes of DATA either way, so many per HEADERS frame.
+#: second, one per this many bytes of DATA either way, so many per DATA frame received
+#: and per message sent (grpc-core's client answers each read with a PING of its
+#: bandwidth estimate, and returns credit in WINDOW_UPDATEs), so many per HEADERS.
 QUIET_FRAMES_PER_SECOND = 10.0
 QUIET_BYTES = 1024
+QUIET_PER_FRAME = 4
 QUIET_PER_HEADERS = 10
 
 #: Where a request's ``grpc-encoding`` is moved, for the server to read (grpclib keeps
@@ -340,7 +343,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         # that was counted: a bucket refilled ten a second, and at each DATA or HEADERS.
         self._quiet_left = float(self._limits.max_frames_without_data)
         self._quiet_at = 0.0
-        self._quiet_sent = 0  # bytes of DATA sent, when last counted
+        self._quiet_sent = (0, 0)  # bytes of DATA and messages sent, when last counted
         # Where the socket's bytes are read to: a buffer reused read after read, or
         # the buffer of the DATA frame being read (``_reading``).
         self._scratch = memoryview(bytearray(READ_SIZE))
@@ -499,7 +502,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 updates += 1
             else:
                 self._empty_run = 0  # a DATA frame with a payload (CONN-8)
-                self._earn(1 + len(frame[1]) // QUIET_BYTES)  # (CONN-19)
+                self._earn(QUIET_PER_FRAME + len(frame[1]) // QUIET_BYTES)  # (CONN-19)
         if updates and not self._quiet(updates):
             return True  # the connection is being closed: nothing more is taken
         self._give(taken)
@@ -737,7 +740,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 self._handshake_timer.cancel()
                 self._handshake_timer = None
         if kind == _DATA:
-            self._earn(1 + length // QUIET_BYTES)  # (CONN-19)
+            self._earn(QUIET_PER_FRAME + length // QUIET_BYTES)  # (CONN-19)
         elif kind == _HEADERS:
             self._earn(QUIET_PER_HEADERS)
         elif kind != _CONTINUATION and not self._quiet(
@@ -781,18 +784,19 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         """Count ``frames`` that carry no message (CONN-19); False once past the limit.
 
         A token bucket of ``max_frames_without_data``, earned back by what the
-        connection carries: one frame per ``QUIET_BYTES`` of DATA either way (and one
-        per DATA frame received, ``QUIET_PER_HEADERS`` per HEADERS), so that a client's
-        WINDOW_UPDATEs and PINGs for the answers it reads never run out, and
-        ``QUIET_FRAMES_PER_SECOND`` (a client's keepalive PINGs on a quiet stream). A
-        DATA frame of one byte earns one, not the whole bucket: frames of no message
-        cost at most about one per frame of one. A SETTINGS frame counts once per entry.
+        connection carries: one frame per ``QUIET_BYTES`` of DATA either way,
+        ``QUIET_PER_FRAME`` per DATA frame received and per message sent,
+        ``QUIET_PER_HEADERS`` per HEADERS, so that a client's WINDOW_UPDATEs and PINGs
+        for what it sends and reads never run out, and ``QUIET_FRAMES_PER_SECOND`` (a
+        client's keepalive PINGs on a quiet stream). A DATA frame of one byte earns a
+        few, not the whole bucket. A SETTINGS frame counts once per entry.
         """
         now = time.monotonic()
         limit = self._limits.max_frames_without_data
-        sent = bytes_sent(self._protocol)
+        sent = sent_so_far(self._protocol)
         earned = (now - self._quiet_at) * QUIET_FRAMES_PER_SECOND
-        earned += (sent - self._quiet_sent) / QUIET_BYTES
+        earned += (sent[0] - self._quiet_sent[0]) / QUIET_BYTES
+        earned += (sent[1] - self._quiet_sent[1]) * QUIET_PER_FRAME
         left = min(limit, self._quiet_left + earned)
         self._quiet_left, self._quiet_at, self._quiet_sent = left - frames, now, sent
         if self._quiet_left >= 0:

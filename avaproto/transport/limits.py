@@ -48,7 +48,8 @@ class ConnectionLimits:
     frames_per_message: int = 64
     #: Frames that carry no message (every frame but DATA, HEADERS and CONTINUATION; a
     #: SETTINGS frame counts once per entry) a connection may send beyond what it earns
-    #: back: one per KiB of DATA either way, ten per HEADERS, ten a second (CONN-19).
+    #: back: one per KiB of DATA either way, four per DATA frame received and per message
+    #: sent, ten per HEADERS, ten a second (CONN-19).
     #: Each costs the server as much as a message's frame; a flood slowed every stream.
     max_frames_without_data: int = 1000
     #: Acknowledgements (of PING and SETTINGS) queued while the peer reads nothing

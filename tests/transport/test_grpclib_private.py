@@ -324,14 +324,18 @@ def test_the_private_names_exist_where_they_are_used() -> None:
     assert hyperframe.frame.Frame.__str__ is object.__str__
 
 
-def test_bytes_sent_is_the_count_grpclibs_send_data_keeps() -> None:
-    """CONN-19 earns back frames from it; ``_write_frame`` keeps it as grpclib does."""
-    assert grpclib.protocol.Connection.data_sent == 0  # the class-level start
+def test_sent_so_far_reads_the_counts_grpclib_keeps() -> None:
+    """CONN-19 earns back frames from them; avaproto's sending keeps them as grpclib does."""
+    assert grpclib.protocol.Connection.data_sent == 0  # the class-level starts
+    assert grpclib.protocol.Connection.messages_sent == 0
     send = inspect.getsource(grpclib.protocol.Stream.send_data)
     assert "self.connection.data_sent += f_chunk_len" in send
+    send_message = inspect.getsource(grpclib.server.Stream.send_message)
+    assert "self._stream.connection.messages_sent += 1" in send_message
     assert "self.connection = connection" in inspect.getsource(grpclib.protocol.EventsProcessor)
     assert "connection.data_sent += size" in inspect.getsource(_grpclib_private._write_frame)
-    assert_steps(_grpclib_private.bytes_sent, "protocol.processor.connection.data_sent")
+    assert "connection.messages_sent += count" in inspect.getsource(_grpclib_private.send_messages)
+    assert_steps(_grpclib_private.sent_so_far, "connection = protocol.processor.connection")
 
 
 def test_grpclib_looks_methods_up_where_explain_unknown_methods_answers() -> None:
