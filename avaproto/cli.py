@@ -538,21 +538,17 @@ def _add_serve(commands: Any) -> None:
         "(JPG, PNG, BMP) sample a shared-memory reference may name "
         f"(default: {_default(ServerConfig, 'max_message_bytes') >> 20} MiB)",
     )
-    parser.add_argument(
-        "--max-streams",
-        type=_positive(int),
-        default=_default(ServerConfig, "max_streams"),
-        metavar="N",
-        help="streams served at once; one more is refused (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-health-watches",
-        type=_positive(int),
-        default=_default(ServerConfig, "max_health_watches"),
-        metavar="N",
-        help="health Watch calls open at once (balancers keep one each); one more is "
-        "refused (default: %(default)s)",
-    )
+    for flag, what in (
+        ("--max-streams", "streams served at once"),
+        ("--max-health-watches", "health Watch calls open at once (balancers keep one each)"),
+    ):
+        parser.add_argument(
+            flag,
+            type=_positive(int),
+            default=_default(ServerConfig, flag[2:].replace("-", "_")),
+            metavar="N",
+            help=f"{what}; one more is refused (default: %(default)s)",
+        )
     parser.add_argument(
         "--grace",
         type=float,

@@ -1192,8 +1192,8 @@ async def test_a_flood_of_frames_without_a_message_ends_the_connection(
     flood: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with serving() as server:
-        async with Attacker.connect(server.port) as attacker:
-            with anyio.fail_after(TIMEOUT):
+        with anyio.fail_after(TIMEOUT):
+            async with Attacker.connect(server.port) as attacker:
                 await attacker.send(flood)
                 event = await attacker.closed()
         goaway(event, ErrorCodes.ENHANCE_YOUR_CALM, "CONN-19")
