@@ -13,6 +13,7 @@ instead of learning about the drain from refused calls.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -43,6 +44,9 @@ EXTENSION_SERVICE = f"{PACKAGE}.MediaGraphExtension"
 MAX_REQUEST_BYTES = 64 << 10
 #: Watch calls open at once: a balancer or an orchestrator keeps one or a few.
 DEFAULT_MAX_WATCHES = 100
+#: Watch calls one connection may hold: one per service a client watches, so that no
+#: one peer holds every one of the server's.
+WATCHES_PER_CONNECTION = 10
 
 __all__ = ["EXTENSION_SERVICE", "HealthService", "ServingStatus"]
 
@@ -60,9 +64,11 @@ class HealthService(HealthBase):
         self._status = ServingStatus.SERVING
         # Replaced on every change, so each watcher wakes once per change it has not seen.
         self._changed = anyio.Event()
-        #: Watch calls open now; one past ``max_watches`` is refused (SRV-9).
+        #: Watch calls open now; one past ``max_watches`` is refused (SRV-9), and one
+        #: past ``WATCHES_PER_CONNECTION`` on its connection.
         self.watching = 0
         self._max_watches = max_watches
+        self._by_connection: Counter[int] = Counter()
         self._warn = Throttled()
 
     @property
@@ -92,23 +98,36 @@ class HealthService(HealthBase):
         await stream.send_message(await self.check(await _request(stream)))
 
     async def _serve_watch(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+        # A Watch stays open, outside the extension's --max-streams: each one held about
+        # 16 KB, and nothing else bounded how many a peer opened.
+        connection = id(http2_stream(stream).connection)
         if self.watching >= self._max_watches:
-            # A Watch stays open, outside the extension's --max-streams: each one held
-            # about 16 KB, and nothing else bounded how many a peer opened.
             message = (
                 f"[SRV-9] {self.watching} health watches already open; the limit is "
                 f"{self._max_watches} (--max-health-watches)"
             )
+        elif self._by_connection[connection] >= WATCHES_PER_CONNECTION:
+            message = (
+                f"[SRV-9] {WATCHES_PER_CONNECTION} health watches already open on this "
+                "connection, the most one connection may hold"
+            )
+        else:
+            message = ""
+        if message:
             self._warn(
                 "SRV-9", f"refused a health watch of {peer_address(stream.peer.addr())}: {message}"
             )
             raise GRPCError(grpclib.const.Status.RESOURCE_EXHAUSTED, message)
         self.watching += 1
+        self._by_connection[connection] += 1
         try:
             async for response in self.watch(await _request(stream)):
                 await stream.send_message(response)
         finally:
             self.watching -= 1
+            self._by_connection[connection] -= 1
+            if not self._by_connection[connection]:
+                del self._by_connection[connection]
 
     async def check(self, message: HealthCheckRequest) -> HealthCheckResponse:
         if message.service not in self._services:

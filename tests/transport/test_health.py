@@ -14,7 +14,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +267,30 @@ async def test_watches_past_the_limit_are_refused_and_their_slots_come_back(
                 assert (await anext(again)).status is ServingStatus.SERVING
     [line] = [r.getMessage() for r in caplog.records if "[SRV-9]" in r.getMessage()]
     assert line.startswith("refused a health watch of 127.0.0.1:")
+
+
+@pytest.mark.rule("SRV-9")
+async def test_one_connection_holds_at_most_ten_watches() -> None:
+    """So that no one peer takes every watch the server allows."""
+    with anyio.fail_after(TIMEOUT):
+        async with extension() as server, health(server) as stub, AsyncExitStack() as held:
+            for _ in range(10):
+                watch = await held.enter_async_context(
+                    aclosing(stub.watch(HealthCheckRequest(service="")))
+                )
+                assert (await anext(watch)).status is ServingStatus.SERVING
+            eleventh = await held.enter_async_context(
+                aclosing(stub.watch(HealthCheckRequest(service="")))
+            )
+            with pytest.raises(GRPCError) as refused:
+                await anext(eleventh)
+            assert refused.value.status is grpclib.const.Status.RESOURCE_EXHAUSTED
+            assert refused.value.message == (
+                "[SRV-9] 10 health watches already open on this connection, the most one "
+                "connection may hold"
+            )
+            async with watching(server, "") as elsewhere:  # another connection
+                assert (await anext(elsewhere)).status is ServingStatus.SERVING
 
 
 # --- the standard's bytes and the core install ---------------------------------------
