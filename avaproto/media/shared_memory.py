@@ -19,10 +19,10 @@ touch which bytes is never left to the garbage collector:
 
 Opening a region never leaves the shared-memory directory: the handle must be a plain
 file name (SHM-3), the file is opened relative to the directory's descriptor with
-``O_NOFOLLOW`` (a symlink planted there is refused) and ``O_NONBLOCK`` (a FIFO cannot
-hang the receiver), only a regular file is accepted, and its size is checked with
-``fstat`` (SHM-5, SHM-6). A region or an arena holds exactly one descriptor while open
-and none once closed.
+``O_NOFOLLOW`` (a symlink planted there is refused), ``O_NONBLOCK`` (a FIFO cannot
+hang the receiver) and ``O_NOCTTY``; only a regular file is accepted, a device never
+opened at all, and its size is checked with ``fstat`` (SHM-5, SHM-6). A region or an
+arena holds exactly one descriptor while open and none once closed.
 
 Memory another process owns. Either party can shrink the segment with ``ftruncate``
 while the other uses it, by mistake or on purpose. A mapped page past the end of its
@@ -420,11 +420,26 @@ class SharedMemoryRegion:
                 f"cannot open the shared-memory directory {directory}: {error.strerror}",
             ) from None
         try:
+            # A device is never opened (opening some, a tape, acts on them); the check
+            # after opening still catches a name swapped meanwhile.
+            planted = os.stat(handle_name, dir_fd=directory_fd, follow_symlinks=False)
+            if not stat.S_ISREG(planted.st_mode) and not stat.S_ISLNK(planted.st_mode):
+                os.close(directory_fd)
+                raise SharedMemoryError(
+                    "SHM-5",
+                    Status.FAILED_PRECONDITION,
+                    f"shared memory {path} is not a regular file "
+                    f"(mode {stat.filemode(planted.st_mode)})",
+                )
+        except OSError:
+            pass  # opening it says why (a link, none, no permission)
+        try:
             # Relative to the directory's descriptor: the name cannot reach elsewhere.
-            # O_NONBLOCK: opening a FIFO planted under that name returns at once.
+            # O_NONBLOCK: opening a FIFO planted under that name returns at once;
+            # O_NOCTTY: a terminal planted there never becomes this process's.
             fd = os.open(
                 handle_name,
-                os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY,
                 dir_fd=directory_fd,
             )
         except OSError as error:
@@ -1261,7 +1276,9 @@ def remove_stale_segments(directory: str = DEFAULT_DIRECTORY) -> list[str]:
 def _locked(name: str, directory_fd: int) -> bool:
     """Whether a live arena holds the segment's lock (its file opened without following)."""
     fd = os.open(
-        name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=directory_fd
+        name,
+        os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY,
+        dir_fd=directory_fd,
     )
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

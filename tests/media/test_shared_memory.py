@@ -19,6 +19,7 @@ import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
@@ -266,6 +267,28 @@ class TestOpeningARegion:
         assert isinstance(errors[0], SharedMemoryError)
         assert errors[0].rule == "SHM-5"
         assert "not a regular file" in str(errors[0])
+
+    @pytest.mark.rule("SHM-5")
+    def test_a_device_is_refused_without_being_opened(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Opening some devices acts on them (a tape rewinds); a terminal could become
+        the server's. /dev/null's numbers stand for one here."""
+        try:
+            os.mknod(tmp_path / "tape", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("making a device node needs CAP_MKNOD")
+        opened: list[object] = []
+        real_open = os.open
+
+        def recording(path: Any, *args: Any, **kwargs: Any) -> int:
+            opened.append(path)
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", recording)
+        with pytest.raises(SharedMemoryError, match=r"not a regular file \(mode crw"):
+            SharedMemoryRegion.open("tape", 16, directory=str(tmp_path))
+        assert "tape" not in opened and opened  # the directory was, the device never
 
     @pytest.mark.rule("SHM-5")
     def test_a_directory_is_refused(self, tmp_path: Path) -> None:
