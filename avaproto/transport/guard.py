@@ -339,8 +339,8 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         self._block_bytes = 0
         self._empty_run = 0
         self._control_owed = 0
-        # Frames without a message the connection may still send (CONN-19), and when
-        # that was counted: a bucket refilled ten a second, and at each DATA or HEADERS.
+        # Frames without a message the connection may still send (CONN-19), when that
+        # was counted, and what the connection had sent then (``_quiet``).
         self._quiet_left = float(self._limits.max_frames_without_data)
         self._quiet_at = 0.0
         self._quiet_sent = (0, 0)  # bytes of DATA and messages sent, when last counted
