@@ -81,11 +81,8 @@ class Pipeline:
         bytes already in the stream's format, a slot from ``allocate`` holding them, or
         None for a sample of inferences only.
         """
-        if isinstance(frame, SentLease):
-            return await self.stream.send(frame, timestamp=timestamp, inferences=inferences)
-        return await self.stream.send(
-            encode_frame(frame, self.format), timestamp=timestamp, inferences=inferences
-        )
+        content = frame if isinstance(frame, SentLease) else encode_frame(frame, self.format)
+        return await self.stream.send(content, timestamp=timestamp, inferences=inferences)
 
     async def allocate(self, length: int | None = None) -> SentLease:
         """A slot of the shared-memory segment for one frame, to fill and pass to ``send``.

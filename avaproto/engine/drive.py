@@ -338,11 +338,8 @@ class PipelineStream:
         number = message.sequence_number
         if await self._unless_ended(self.runner.send, message):
             self.runner.statistics.sent += 1
-        elif number in self._leased and self.arena is not None:
-            # The extension ended the stream first: no acknowledgement will free it.
-            self._leased.discard(number)
-            with contextlib.suppress(LeaseError):
-                self.arena.ack(number)
+        else:
+            self._settle(number)  # the extension ended the stream first: none will come
         return message.sequence_number
 
     async def end(self) -> None:

@@ -9,8 +9,10 @@ fractions in [0, 1] (INF-3, INF-4). A box may reach past the image's edge
 (l + w > 1): detectors that do not clip send such boxes, so they are carried as
 given, and ``box_overflows`` says so to whoever wants to know. A box with an edge
 outside [0, 1] (l < 0 for an object at the left edge) has no valid form;
-``clip_box`` cuts it to the image, which the server does to its extension's boxes and
-``send --output`` to an extension's, each with one warning. Floats are stored as
+``clip_box`` cuts it to the image, and ``unset_negative_confidences`` reads a
+confidence below 0 (a tracker's "none") as none given; ``validate_or_mend`` makes both,
+as the server does to its extension's inferences and ``send --output`` to an
+extension's, each with one warning. Floats are stored as
 the float32 the wire carries, so a built message equals its own echo after
 serialisation; that is what makes the JSON form (``inference_json``) lossless.
 

@@ -277,7 +277,7 @@ class ExtensionService:
 
 
 def _unknown_method(health: bool, path: str) -> str:
-    served = f"{METHOD_PATH}" + (
+    served = METHOD_PATH + (
         " and the health service's /grpc.health.v1.Health/Check and Watch" if health else ""
     )
     return bounded(f"[CONN-1] no method {path!r} here: this server serves {served}")

@@ -496,13 +496,15 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         )
         if taken is None:
             return False
-        updates = 0
+        updates = earned = 0
         for frame in taken:
             if len(frame) == 2:
                 updates += 1
             else:
-                self._empty_run = 0  # a DATA frame with a payload (CONN-8)
-                self._earn(QUIET_PER_FRAME + len(frame[1]) // QUIET_BYTES)  # (CONN-19)
+                earned += QUIET_PER_FRAME + len(frame[1]) // QUIET_BYTES  # (CONN-19)
+        if earned:
+            self._empty_run = 0  # a DATA frame with a payload (CONN-8)
+            self._earn(earned)
         if updates and not self._quiet(updates):
             return True  # the connection is being closed: nothing more is taken
         self._give(taken)
