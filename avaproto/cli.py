@@ -672,6 +672,26 @@ def _add_serve(commands: Any) -> None:
     )
     limit("--max-incomplete-bytes", byte_size, "SIZE", "the same, across the server")
     limit(
+        "--max-frame-memory",
+        byte_size,
+        "SIZE",
+        "bytes of frames held from their arrival until answered (embedded messages, and "
+        "shared-memory samples by their length), across the server; past it a stream's "
+        "next frame waits for others to be answered",
+    )
+    limit(
+        "--max-frame-memory-per-connection",
+        byte_size,
+        "SIZE",
+        "the same, across one connection's streams; a larger frame is refused",
+    )
+    limit(
+        "--frame-memory-timeout",
+        _timeout,
+        "SECONDS",
+        "a frame that waits this long for frame memory ends its stream with RESOURCE_EXHAUSTED",
+    )
+    limit(
         "--max-read-buffers-bytes",
         byte_size,
         "SIZE",

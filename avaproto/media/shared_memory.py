@@ -35,9 +35,10 @@ the process (SHM-15), so:
   use of a lease's ``view`` reads the sample's bytes with ``os.preadv`` into a buffer of
   the region's; a file that ends before the sample does gives a short read, which ends
   the stream with SHM-15, not a fault. Buffers come from a pool per region (at most as
-  many as leases read at once, each as large as the largest frame seen), so a steady
-  stream allocates nothing; a buffer that something still holds when its lease ends
-  (an array made from the view) leaves the pool and is never reused under its holder.
+  many as leases read at once, each as large as the largest frame seen; ``POOL_BYTES``
+  across the process), so a steady stream allocates nothing; a buffer that something
+  still holds when its lease ends (an array made from the view) leaves the pool and is
+  never reused under its holder.
   The price is one copy of each frame whose bytes are used, by the kernel out of the
   page cache; a processor that never touches ``frame.data`` pays nothing. Measured with
   ``python -m avaproto.bench --only shm --repeat 500`` (per frame: the lease, its bytes,
@@ -135,6 +136,35 @@ ACCESS_MODES: tuple[Access, ...] = ("read", "map")
 #: that shrinks the file), or through a mapping (a third of the cost, trusts the extension).
 WriteMode = Literal["pwrite", "map"]
 WRITE_MODES: tuple[WriteMode, ...] = ("pwrite", "map")
+
+#: Bytes of read buffers the pools of all regions of the process keep for their next
+#: leases: a buffer given back past it is let go. Each stream's pool keeps as many
+#: buffers as it read at once, of its largest frame; without a bound across streams,
+#: pools of large frames on many long streams would add up to many times what the
+#: server holds at any moment (SRV-18 bounds the frames held until answered).
+POOL_BYTES = 256 * 1024 * 1024
+
+
+class _PoolBytes:
+    """The bytes pooled across regions, against ``POOL_BYTES``."""
+
+    def __init__(self) -> None:
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def admit(self, size: int) -> bool:
+        with self._lock:
+            if self.held + size > POOL_BYTES:
+                return False
+            self.held += size
+            return True
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self.held -= size
+
+
+_pooled = _PoolBytes()
 
 #: posix_fallocate errors that mean "this file system cannot reserve", not "no room".
 _CANNOT_RESERVE = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS})
@@ -637,6 +667,7 @@ class SharedMemoryRegion:
         self._largest = max(self._largest, length)
         while self._free:
             buffer = self._free.pop()
+            _pooled.release(len(buffer))
             if len(buffer) >= length:
                 return buffer
             # Smaller than frames are now: let it go, a larger one replaces it.
@@ -644,7 +675,7 @@ class SharedMemoryRegion:
 
     def _give_back(self, buffer: bytearray) -> None:
         with self._lock:
-            if not self._closed and len(buffer) >= self._largest:
+            if not self._closed and len(buffer) >= self._largest and _pooled.admit(len(buffer)):
                 self._free.append(buffer)
 
     def _end(self, lease: ReceivedLease) -> bool:
@@ -691,6 +722,7 @@ class SharedMemoryRegion:
             self._end(lease)
         with self._lock:
             self._closed = True
+            _pooled.release(sum(map(len, self._free)))
             self._free.clear()
         if self._descriptor is not None:
             self._descriptor.close()

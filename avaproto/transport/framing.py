@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
@@ -38,11 +38,18 @@ async def read_message(
     *,
     limit_rule: str,
     hold: Callable[[int], AbstractContextManager[object]] | None = None,
+    admit: Callable[[int], Awaitable[None]] | None = None,
     encoding: str | None = None,
 ) -> MediaStreamMessage | None:
     """The next extension message on ``stream``, or None at its clean end (``read``)."""
     return await read(
-        stream, max_bytes, decode_message, limit_rule=limit_rule, hold=hold, encoding=encoding
+        stream,
+        max_bytes,
+        decode_message,
+        limit_rule=limit_rule,
+        hold=hold,
+        admit=admit,
+        encoding=encoding,
     )
 
 
@@ -53,6 +60,7 @@ async def read(
     *,
     limit_rule: str,
     hold: Callable[[int], AbstractContextManager[object]] | None = None,
+    admit: Callable[[int], Awaitable[None]] | None = None,
     encoding: str | None = None,
 ) -> _Message | None:
     """The next message on ``stream``, decoded by ``decode``, or None at its clean end.
@@ -60,7 +68,9 @@ async def read(
     A message larger than ``max_bytes`` raises RESOURCE_EXHAUSTED under ``limit_rule``
     (the server's SRV-5, the pipeline's PIPE-5) before it is read. ``hold(length)``, if
     given, is entered while the body announced by the prefix is read: the server's
-    budget of incomplete messages (``avaproto.transport.budget``, SRV-13). A message
+    budget of incomplete messages (``avaproto.transport.budget``, SRV-13); ``admit(length)``,
+    if given, is awaited before that: the server's frame memory (SRV-18), which may make
+    the read wait, its bytes left unread in the peer's window meanwhile. A message
     flagged compressed is inflated as the stream's ``encoding`` says, to at most
     ``max_bytes`` (``avaproto.transport.compression``, WIRE-3).
     """
@@ -80,6 +90,8 @@ async def read(
         raise _truncated("a message prefix")
     compressed, length = _PREFIX.unpack(prefix)
     _check_prefix(compressed, length, max_bytes, limit_rule)
+    if admit is not None:
+        await admit(length)
     try:
         with hold(length) if hold is not None else contextlib.nullcontext():
             data = await receive_exactly(stream, length)

@@ -52,6 +52,7 @@ from ._grpclib_private import (
 )
 from .addresses import peer_address
 from .budget import MessageBudget
+from .frame_memory import FrameMemory
 from .framing import WireCodec, read_message
 from .guard import ServerGuard, Throttled, check_open_file_limit, quiet_accept_failures
 from .health import DEFAULT_MAX_WATCHES, HealthService, ServingStatus
@@ -113,6 +114,7 @@ class _ServerChannel:
         stream: grpclib.server.Stream[Any, Any],
         max_bytes: int,
         budget: MessageBudget,
+        frame_memory: FrameMemory,
         descriptor_timeout: float | None,
         encoding: str | None = None,
         send_timeout: float | None = None,
@@ -124,6 +126,11 @@ class _ServerChannel:
         self._raw = http2_stream(stream)  # read before grpclib buffers a message
         # Each body is read within the budget of incomplete messages (SRV-13).
         self._hold = partial(budget.holding, self._raw.connection, self.peer)
+        # Each sample's frame is held in the server's frame memory until answered
+        # (SRV-18): by sequence number, and the message being read.
+        self._memory = frame_memory
+        self._held: dict[int, int] = {}
+        self._reading = 0
         self._max = max_bytes
         self._descriptor_timeout: float | None = descriptor_timeout
         self._first = True
@@ -143,9 +150,44 @@ class _ServerChannel:
         raise RemoteProtocolError("SRV-12", Status.DEADLINE_EXCEEDED, message)
 
     async def _read(self) -> MediaStreamMessage | None:
-        return await read_message(
-            self._raw, self._max, limit_rule="SRV-5", hold=self._hold, encoding=self._encoding
+        memory = self._memory
+        message = await read_message(
+            self._raw,
+            self._max,
+            limit_rule="SRV-5",
+            hold=self._hold,
+            admit=self._admit,
+            encoding=self._encoding,
         )
+        taken, self._reading = self._reading, 0
+        sample = message.media_sample if message is not None else None
+        if sample is None:
+            memory.give(self._raw.connection, taken)
+            return message
+        assert message is not None
+        embedded, reference = sample.content_bytes, sample.content_reference
+        # A frame is held at the larger of its message (a message inflated past its
+        # prefix holds its inflated bytes) and the shared-memory bytes it refers to.
+        if reference is not None:
+            size = max(taken, reference.length_bytes)
+        else:
+            size = max(taken, len(embedded.bytes) if embedded is not None else 0)
+        if size > taken:
+            # Not admitted from its prefix: a shared-memory reference, a message that
+            # arrived in one DATA frame (at most 1 MiB), or one that inflated. It is not
+            # processed until it fits.
+            try:
+                await memory.take(self._raw.connection, size - taken, self.peer)
+            except BaseException:
+                memory.give(self._raw.connection, taken)
+                raise
+        number = message.sequence_number
+        self._held[number] = self._held.get(number, 0) + size
+        return message
+
+    async def _admit(self, length: int) -> None:
+        await self._memory.take(self._raw.connection, length, self.peer)
+        self._reading = length
 
     async def send(self, message: MediaStreamMessage) -> None:
         await self.send_batch([message])
@@ -162,9 +204,20 @@ class _ServerChannel:
             )
             log.warning("stream of %s ended: [SRV-17] %s", self.peer, message)
             raise RemoteProtocolError("SRV-17", Status.DEADLINE_EXCEEDED, message) from None
+        if self._held:
+            for answer in messages:
+                size = self._held.pop(answer.ack_sequence_number, 0)
+                self._memory.give(self._raw.connection, size)
 
     async def send_end(self) -> None:
         await self._stream.send_trailing_metadata()
+
+    def close(self) -> None:
+        """The stream ended: every frame it held is let go (SRV-18)."""
+        held = sum(self._held.values()) + self._reading
+        self._held.clear()
+        self._reading = 0
+        self._memory.give(self._raw.connection, held)
 
 
 class ExtensionService:
@@ -187,6 +240,12 @@ class ExtensionService:
         #: Bytes of incomplete messages, per connection and in all (SRV-13).
         self.budget = MessageBudget(
             limits.max_incomplete_bytes, limits.max_incomplete_bytes_per_connection
+        )
+        #: Bytes of frames held until answered, per connection and in all (SRV-18).
+        self.frame_memory = FrameMemory(
+            limits.max_frame_memory,
+            limits.max_frame_memory_per_connection,
+            limits.frame_memory_timeout,
         )
         #: The streams being served, for the loop-lag watch (SRV-14).
         self.streams: dict[int, OpenStream] = {}
@@ -238,11 +297,13 @@ class ExtensionService:
         encoding = request_encoding(stream)
         self.active += 1
         self._idle = anyio.Event() if self.active == 1 else self._idle
+        channel: _ServerChannel | None = None
         try:
             channel = _ServerChannel(
                 stream,
                 self._config.max_message_bytes,
                 self.budget,
+                self.frame_memory,
                 self._config.limits.descriptor_timeout,
                 encoding,
                 self._config.limits.send_timeout,
@@ -269,6 +330,8 @@ class ExtensionService:
                 raise GRPCError(grpclib.const.Status(int(error.status)), str(error)) from None
             raise
         finally:
+            if channel is not None:
+                channel.close()
             self.streams.pop(id(stream), None)
             self._stops.pop(id(stream), None)
             self.active -= 1

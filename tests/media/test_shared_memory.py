@@ -632,6 +632,31 @@ class TestViewsOutlivingTheirLease:
             assert bytes(copy_of_view) == bytes(range(4))
             copy_of_view.release()
 
+    @pytest.mark.rule("SRV-18")
+    def test_the_pools_of_all_regions_keep_at_most_their_bound(
+        self, segment: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Two regions read a 1 KiB frame each at once, with room in the process's pools
+        for one buffer: the second given back is let go, and a closed region's buffers
+        make room again."""
+        monkeypatch.setattr(shared_memory, "POOL_BYTES", 1024)
+        monkeypatch.setattr(shared_memory, "_pooled", shared_memory._PoolBytes())
+        with (
+            SharedMemoryRegion.open("segment", 4096, directory=segment[0]) as one,
+            SharedMemoryRegion.open("segment", 4096, directory=segment[0]) as two,
+        ):
+            first, second = one.lease(2, 0, 1024), two.lease(2, 1024, 1024)
+            assert bytes(first.view) == bytes(range(256)) * 4 and len(second.view) == 1024
+            first.release()
+            second.release()
+            assert (one.pooled_buffers, two.pooled_buffers) == (1, 0)
+            one.close()
+            again = two.lease(3, 0, 1024)
+            assert len(again.view) == 1024
+            again.release()
+            assert two.pooled_buffers == 1
+        assert shared_memory._pooled.held == 0
+
 
 class TestASegmentThatShrinks:
     """A peer that shrinks the segment ends its stream with SHM-15; the process lives on."""

@@ -1,0 +1,284 @@
+"""The frames the server holds until it answered them, bounded (spec: serving, SRV-18).
+
+The bound itself is tested first on its own (waits, order, refusals); then a real
+server on a loopback port, driven by avaproto's pipeline, shows that a stream whose
+next frame does not fit leaves it unread until others are answered, loses nothing,
+and that a wait past the timeout ends only the stream that waited.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+import pytest
+
+from avaproto.client import connect
+from avaproto.codec import encode_framed
+from avaproto.engine.frame import Frame
+from avaproto.errors import ProtocolError, StreamFailed
+from avaproto.messages import Encoding, MediaStreamMessage, PixelFormat
+from avaproto.protocol.descriptor import StreamDescriptor
+from avaproto.protocol.video_format import VideoFormat
+from avaproto.status import Status
+from avaproto.transport.frame_memory import FrameMemory
+from tests.builders import pipeline_descriptor, video_format
+from tests.transport.test_hostile_http2 import (
+    TIMEOUT,
+    Attacker,
+    completes,
+    eventually,
+    sample,
+    serving,
+    warnings,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.rule("SRV-18")]
+
+# 24 KiB frames: more than one DATA frame's worth
+WIDE = VideoFormat.checked(Encoding.RAW, PixelFormat.RGB24, 128, 64)
+# 1.1 MB frames: more than the 1 MiB of one DATA frame, admitted from their prefix
+LARGE = VideoFormat.checked(Encoding.RAW, PixelFormat.RGB24, 640, 576)
+FRAME = WIDE.frame_bytes
+ONE, TWO = object(), object()  # two connections
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # grpclib runs on asyncio
+
+
+async def _take(memory: FrameMemory, connection: object, size: int, done: list[int]) -> None:
+    await memory.take(connection, size, "127.0.0.1:1")
+    done.append(size)
+
+
+# --- the bound on its own ---------------------------------------------------------------
+
+
+async def test_a_frame_that_does_not_fit_waits_until_another_is_answered() -> None:
+    memory, done = FrameMemory(100, 100, TIMEOUT), []
+    await memory.take(ONE, 80, "127.0.0.1:1")
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(_take, memory, TWO, 40, done)
+        await anyio.wait_all_tasks_blocked()
+        assert done == [] and memory.held == 80
+        memory.give(ONE, 80)
+    assert done == [40] and memory.held == 40
+
+
+async def test_waiters_go_on_in_the_order_they_came() -> None:
+    """A small frame that would fit still waits behind a larger one that came first:
+    a stream of small frames never starves one of large frames."""
+    memory, done = FrameMemory(100, 100, TIMEOUT), []
+    await memory.take(ONE, 90, "127.0.0.1:1")
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(_take, memory, TWO, 50, done)
+        await anyio.wait_all_tasks_blocked()
+        tasks.start_soon(_take, memory, TWO, 10, done)
+        await anyio.wait_all_tasks_blocked()
+        assert done == []
+        memory.give(ONE, 90)
+    assert done == [50, 10] and memory.held == 60
+
+
+async def test_a_connection_at_its_own_bound_holds_back_no_other() -> None:
+    memory, done = FrameMemory(1000, 50, TIMEOUT), []
+    await memory.take(ONE, 50, "127.0.0.1:1")
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(_take, memory, ONE, 10, done)
+        await anyio.wait_all_tasks_blocked()
+        await memory.take(TWO, 30, "127.0.0.1:2")  # at once, though ONE's frame waits
+        assert done == [] and memory.held == 80
+        memory.give(ONE, 50)
+    assert done == [10] and memory.held == 40
+
+
+@pytest.mark.parametrize(("total", "per_connection"), [(100, 1000), (1000, 100)])
+async def test_a_frame_larger_than_a_bound_is_refused_at_once(
+    total: int, per_connection: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    memory = FrameMemory(total, per_connection, TIMEOUT)
+    with anyio.fail_after(TIMEOUT), pytest.raises(ProtocolError) as refused:
+        await memory.take(ONE, 101, "127.0.0.1:1")
+    assert refused.value.rule == "SRV-18"
+    assert refused.value.status is Status.RESOURCE_EXHAUSTED
+    assert "a frame of 101 bytes is larger than the server holds" in str(refused.value)
+    assert memory.held == 0
+    [line] = warnings(caplog, "SRV-18")
+    assert "127.0.0.1:1" in line and "--max-frame-memory" in line
+
+
+async def test_a_frame_that_waits_past_the_timeout_is_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    memory = FrameMemory(100, 100, 0.05)
+    await memory.take(ONE, 100, "127.0.0.1:1")
+    with anyio.fail_after(TIMEOUT), pytest.raises(ProtocolError) as refused:
+        await memory.take(TWO, 1, "127.0.0.1:2")
+    assert refused.value.status is Status.RESOURCE_EXHAUSTED
+    assert "a frame of 1 bytes waited 0.05 s for the server's frame memory" in str(refused.value)
+    assert memory.held == 100
+    memory.give(ONE, 100)
+    await memory.take(TWO, 100, "127.0.0.1:2")  # no waiter was left behind
+    waited, ended = warnings(caplog, "SRV-18")
+    assert "127.0.0.1:2 waits for frame memory" in waited and "ended" in ended
+
+
+async def test_a_waiter_cancelled_leaves_nothing_held() -> None:
+    memory = FrameMemory(100, 100, TIMEOUT)
+    await memory.take(ONE, 100, "127.0.0.1:1")
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(memory.take, TWO, 50, "127.0.0.1:2")
+        await anyio.wait_all_tasks_blocked()
+        tasks.cancel_scope.cancel()
+    memory.give(ONE, 100)
+    assert memory.held == 0
+    await memory.take(TWO, 100, "127.0.0.1:2")  # the cancelled one holds no place
+
+
+async def test_a_waiter_cancelled_once_granted_gives_its_bytes_back() -> None:
+    memory = FrameMemory(100, 100, TIMEOUT)
+    await memory.take(ONE, 100, "127.0.0.1:1")
+    done: list[int] = []
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(_take, memory, TWO, 50, done)
+        await anyio.wait_all_tasks_blocked()
+        memory.give(ONE, 100)  # granted: its bytes are counted before it runs
+        assert memory.held == 50
+        tasks.cancel_scope.cancel()  # and it is cancelled before it runs
+    assert memory.held == (50 if done else 0)
+
+
+# --- a real server ------------------------------------------------------------------------
+
+
+class Gated:
+    """An extension whose frames wait at a gate: they stay unanswered until it opens."""
+
+    def __init__(self, gate: anyio.Event, entered: list[int]) -> None:
+        self.gate, self.entered = gate, entered
+
+    async def open(self, descriptor: StreamDescriptor) -> None: ...
+
+    async def process(self, frame: Frame) -> list[object]:
+        self.entered.append(frame.sequence_number)
+        await self.gate.wait()
+        return []
+
+    async def close(self) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("transfer", "fmt"),
+    [("embedded", WIDE), ("embedded", LARGE), ("shm", WIDE)],
+    ids=["embedded-in-one-data-frame", "embedded-in-several", "shared-memory"],
+)
+async def test_frames_past_the_bound_wait_unread_and_every_one_is_answered(
+    transfer: Any, fmt: VideoFormat, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Room for two frames and a half: of six sent, two are processed, the third waits
+    unread (so the sender's window closes behind it) until the gate opens, and then all
+    six are answered in order."""
+    gate, entered = anyio.Event(), []
+    frame_bytes = fmt.frame_bytes
+    bound = 5 * frame_bytes // 2
+    async with serving(lambda: Gated(gate, entered), max_frame_memory=bound) as server:
+        memory = server.service.frame_memory
+        with anyio.fail_after(TIMEOUT):
+            async with connect(
+                f"127.0.0.1:{server.port}", format=fmt, transfer=transfer, shm_bytes=1 << 20
+            ) as pipe:
+
+                async def send_six() -> None:  # the sends wait once the server stops reading
+                    for t in range(6):
+                        await pipe.send(bytes(frame_bytes), timestamp=t)
+
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(send_six)
+                    await eventually(lambda: bool(warnings(caplog, "SRV-18")))
+                    assert entered == [2, 3] and frame_bytes * 2 <= memory.held <= bound
+                    gate.set()
+                    answered = [(await pipe.results().receive()).acknowledged for _ in range(6)]
+        assert answered == [2, 3, 4, 5, 6, 7]
+        assert memory.held == 0  # every frame given back with its answer
+    [line] = warnings(caplog, "SRV-18")
+    held = int(line.split("its frame of ")[1].split()[0])  # its message's length, if embedded
+    assert "127.0.0.1:" in line and frame_bytes <= held < frame_bytes + 64
+
+
+async def test_a_frame_that_does_not_fit_is_left_unread_from_its_prefix(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A message announced in several DATA frames waits before a byte of its body is
+    read: the rest stays in the peer's window, not in the server (and not in the
+    budget of incomplete messages, SRV-13, which a body being read would take)."""
+    gate, entered = anyio.Event(), []
+    large = pipeline_descriptor(video_format(width=LARGE.width, height=LARGE.height))
+    described = encode_framed(MediaStreamMessage(sequence_number=1, media_stream_descriptor=large))
+    announced = sample(2, LARGE.frame_bytes)
+    limits = {"max_frame_memory": 3 * LARGE.frame_bytes // 2}
+    async with serving(lambda: Gated(gate, entered), **limits) as server:
+        with anyio.fail_after(TIMEOUT):
+            async with (
+                connect(f"127.0.0.1:{server.port}", format=LARGE) as holder,
+                Attacker.connect(server.port) as attacker,
+            ):
+                await holder.send(bytes(LARGE.frame_bytes), timestamp=0)
+                await eventually(lambda: entered == [2])
+                stream_id = await attacker.open_stream(described, announced[:100_000])
+                await eventually(lambda: bool(warnings(caplog, "SRV-18")))
+                assert server.service.budget.held == 0  # its body is not being read
+                assert attacker.status(stream_id) is None  # it waits, not refused
+                gate.set()
+                assert (await holder.results().receive()).acknowledged == 2
+
+
+async def test_a_frame_that_waits_too_long_ends_only_its_stream(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One stream holds every byte the server allows; another stream's frame waits out
+    the timeout and ends RESOURCE_EXHAUSTED; the first then completes, and the memory
+    both held is free again."""
+    caplog.set_level(logging.WARNING, logger="avaproto")
+    gate, entered = anyio.Event(), []
+    limits = {"max_frame_memory": FRAME, "frame_memory_timeout": 0.3}
+    async with serving(lambda: Gated(gate, entered), **limits) as server:
+        target = f"127.0.0.1:{server.port}"
+        with anyio.fail_after(TIMEOUT):
+            async with connect(target, format=WIDE) as holder:
+                await holder.send(bytes(FRAME), timestamp=0)
+                await eventually(lambda: entered == [2])
+                with pytest.raises(StreamFailed) as failed:
+                    async with connect(target, format=WIDE) as other:
+                        await other.send(bytes(FRAME), timestamp=0)
+                        await other.results().receive()
+                gate.set()
+                assert (await holder.results().receive()).acknowledged == 2
+        assert failed.value.status is Status.RESOURCE_EXHAUSTED
+        assert failed.value.detail.startswith(f"[SRV-18] a frame of {FRAME} bytes waited 0.3 s")
+        assert entered == [2]  # the refused frame was never processed
+        assert server.service.frame_memory.held == 0
+        await completes(server.port)
+    assert len(warnings(caplog, "SRV-18")) == 2  # its wait, then its end
+
+
+async def test_a_stream_that_ends_with_frames_unanswered_gives_them_back() -> None:
+    """A pipeline that goes away while its frames are being processed: the frames it
+    sent, processed or not, are no longer held once its stream ended."""
+    gate, entered = anyio.Event(), []
+    async with serving(lambda: Gated(gate, entered)) as server:
+        memory = server.service.frame_memory
+        with anyio.fail_after(TIMEOUT):
+            with anyio.CancelScope() as scope:
+                async with connect(f"127.0.0.1:{server.port}", format=LARGE) as pipe:
+                    for t in range(3):
+                        await pipe.send(bytes(LARGE.frame_bytes), timestamp=t)
+                    await eventually(lambda: entered == [2, 3, 4])
+                    assert memory.held >= 3 * LARGE.frame_bytes
+                    scope.cancel()  # the pipeline resets its stream and goes
+            await eventually(lambda: server.service.active == 0)
+        assert memory.held == 0
+        gate.set()
+        await completes(server.port)
