@@ -409,6 +409,7 @@ def _server_config(args: argparse.Namespace) -> Any:
         ssl=_server_tls(args),
         max_message_bytes=args.max_message_bytes,
         max_streams=args.max_streams,
+        max_streams_per_connection=args.max_streams_per_connection,
         max_health_watches=args.max_health_watches,
         # Each limit's flag is its field's name (see the serve parser's limit()).
         limits=ConnectionLimits(
@@ -549,6 +550,14 @@ def _add_serve(commands: Any) -> None:
             metavar="N",
             help=f"{what}; one more is refused (default: %(default)s)",
         )
+    parser.add_argument(
+        "--max-streams-per-connection",
+        type=_positive(int),
+        default=None,
+        metavar="N",
+        help="streams one connection may have served at once, so that no one peer takes "
+        "every slot; one more is refused (default: half of --max-streams)",
+    )
     parser.add_argument(
         "--grace",
         type=float,

@@ -83,6 +83,9 @@ class ServerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     #: Streams served at once; one more is refused with RESOURCE_EXHAUSTED.
     max_streams: int = 64
+    #: Streams one connection may have served at once (None: half of ``max_streams``),
+    #: so that one peer's connection never takes every slot (SRV-6).
+    max_streams_per_connection: int | None = None
     #: Serve the standard gRPC health service (``avaproto.transport.health``) beside it.
     health: bool = True
     #: Its Watch calls open at once; one more is refused with RESOURCE_EXHAUSTED (SRV-9).
@@ -233,6 +236,9 @@ class ExtensionService:
             engine = replace(engine, limits=frames)
         self._engine = engine
         self.active = 0
+        #: Streams served, by connection (SRV-6).
+        self.active_by_connection: dict[object, int] = {}
+        self._per_connection = config.max_streams_per_connection or max(1, config.max_streams // 2)
         self.draining = False
         self._idle = anyio.Event()
         self._idle.set()
@@ -288,6 +294,19 @@ class ExtensionService:
                 "(--max-streams)",
             )
             raise GRPCError(grpclib.const.Status.RESOURCE_EXHAUSTED, message)
+        connection = http2_stream(stream).connection
+        mine = self.active_by_connection.get(connection, 0)
+        if mine >= self._per_connection:
+            message = (
+                f"[SRV-6] {mine} streams already open on this connection; the limit is "
+                f"{self._per_connection}: open another connection"
+            )
+            self._warn(
+                "SRV-6",
+                f"refused a stream of {peer_address(stream.peer.addr())}: {message} "
+                "(--max-streams-per-connection)",
+            )
+            raise GRPCError(grpclib.const.Status.RESOURCE_EXHAUSTED, message)
         try:
             check_authentication(header_values(stream, AUTH_HEADER), self._config.credentials)
         except ProtocolError as error:
@@ -296,6 +315,7 @@ class ExtensionService:
         timeout, given = request_deadline(stream)
         encoding = request_encoding(stream)
         self.active += 1
+        self.active_by_connection[connection] = mine + 1
         self._idle = anyio.Event() if self.active == 1 else self._idle
         channel: _ServerChannel | None = None
         try:
@@ -335,6 +355,11 @@ class ExtensionService:
             self.streams.pop(id(stream), None)
             self._stops.pop(id(stream), None)
             self.active -= 1
+            left = self.active_by_connection[connection] - 1
+            if left:
+                self.active_by_connection[connection] = left
+            else:
+                del self.active_by_connection[connection]
             if self.active == 0:
                 self._idle.set()
 

@@ -629,13 +629,43 @@ async def test_data_of_reset_streams_is_credited_back_to_the_connection() -> Non
 # --- 5. idle holds --------------------------------------------------------------------
 
 
+@pytest.mark.rule("SRV-6")
+@pytest.mark.parametrize(
+    ("config", "share"),
+    [({"max_streams": 4}, 2), ({"max_streams": 4, "max_streams_per_connection": 3}, 3)],
+    ids=["half-by-default", "as-configured"],
+)
+async def test_one_connection_takes_at_most_its_share_of_the_stream_slots(
+    config: dict[str, int], share: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connection that opens streams and keeps them: the one past its share is refused
+    RESOURCE_EXHAUSTED, and a pipeline on another connection is still served."""
+    async with serving(**config) as server, Attacker.connect(server.port) as attacker:
+        with anyio.fail_after(TIMEOUT):
+            held = [await attacker.open_stream(DESCRIPTOR) for _ in range(share)]
+            await attacker.until(lambda: all(attacker.answers(s) for s in held))
+            refused = await attacker.open_stream(DESCRIPTOR)
+            await attacker.until(lambda: attacker.status(refused) is not None)
+            await completes(server.port)
+        assert all(attacker.status(s) is None for s in held)  # still served
+    status, message = attacker.status(refused)  # type: ignore[misc]
+    assert status == str(Status.RESOURCE_EXHAUSTED.value)
+    assert message == (
+        f"[SRV-6] {share} streams already open on this connection; the limit is {share}: "
+        "open another connection"
+    )
+    [line] = warnings(caplog, "SRV-6")
+    assert "127.0.0.1:" in line and "(--max-streams-per-connection)" in line
+
+
 @pytest.mark.rule("SRV-12")
 async def test_a_stream_without_a_descriptor_gives_its_slot_back(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Header-only streams holding every slot of --max-streams end with
     DEADLINE_EXCEEDED after --descriptor-timeout; then a pipeline gets a slot."""
-    async with serving(max_streams=3, descriptor_timeout=0.3) as server:
+    limits = {"max_streams": 3, "max_streams_per_connection": 3, "descriptor_timeout": 0.3}
+    async with serving(**limits) as server:
         async with pipeline_during(server.port), Attacker.connect(server.port) as attacker:
             held = [await attacker.open_stream(), await attacker.open_stream()]
             await eventually(lambda: server.service.active == 3)
