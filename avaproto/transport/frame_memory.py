@@ -74,11 +74,11 @@ class FrameMemory:
             self._add(connection, size)
             return
         if size > self.per_connection or size > self.total:
-            bound = min(self.per_connection, self.total)
+            where = "for one connection" if self.per_connection <= self.total else "in all"
             raise self._refused(
                 peer,
-                f"a frame of {size} bytes is larger than the server holds for one "
-                f"connection ({bound} bytes; {_FLAGS})",
+                f"a frame of {size} bytes is larger than the server holds {where} "
+                f"({min(self.per_connection, self.total)} bytes; {_FLAGS})",
             )
         waiter = _Waiter(connection, size)
         self._waiters.append(waiter)
@@ -90,7 +90,7 @@ class FrameMemory:
             f"stream of {peer} waits for frame memory: [SRV-18] {self.held} bytes of "
             f"frames held in the server (limit {self.total}), "
             f"{self._by_connection.get(connection, 0)} on its connection (limit "
-            f"{self.per_connection}); its frame of {size} bytes is read once others are "
+            f"{self.per_connection}); its frame of {size} bytes waits for others to be "
             f"answered ({_FLAGS})",
         )
         try:

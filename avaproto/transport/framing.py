@@ -23,8 +23,13 @@ from ..messages import MediaStreamMessage
 from ..status import Status
 from ._grpclib_private import receive_exactly, receive_whole
 from .compression import inflate
+from .http2 import MAX_FRAME_SIZE
 
 _PREFIX = struct.Struct(">BI")
+#: A body longer than this is admitted from its prefix; a shorter one (at most one DATA
+#: frame's worth) may be a descriptor or carry no frame, and is held once read, if a
+#: sample's: its wait would otherwise be blamed on a message that holds no frame.
+ADMIT_FROM = MAX_FRAME_SIZE
 _Message = TypeVar("_Message")
 
 
@@ -69,8 +74,9 @@ async def read(
     (the server's SRV-5, the pipeline's PIPE-5) before it is read. ``hold(length)``, if
     given, is entered while the body announced by the prefix is read: the server's
     budget of incomplete messages (``avaproto.transport.budget``, SRV-13); ``admit(length)``,
-    if given, is awaited before that: the server's frame memory (SRV-18), which may make
-    the read wait, its bytes left unread in the peer's window meanwhile. A message
+    if given, is awaited before that for a body longer than ``ADMIT_FROM``: the server's
+    frame memory (SRV-18), which may make the read wait, its bytes left unread in the
+    peer's window meanwhile (a compressed message is held once inflated). A message
     flagged compressed is inflated as the stream's ``encoding`` says, to at most
     ``max_bytes`` (``avaproto.transport.compression``, WIRE-3).
     """
@@ -90,7 +96,7 @@ async def read(
         raise _truncated("a message prefix")
     compressed, length = _PREFIX.unpack(prefix)
     _check_prefix(compressed, length, max_bytes, limit_rule)
-    if admit is not None:
+    if admit is not None and length > ADMIT_FROM:
         await admit(length)
     try:
         with hold(length) if hold is not None else contextlib.nullcontext():

@@ -189,8 +189,9 @@ class _ServerChannel:
         return message
 
     async def _admit(self, length: int) -> None:
+        """Hold ``length`` bytes about to be read: a body announced by its prefix (SRV-18)."""
         await self._memory.take(self._raw.connection, length, self.peer)
-        self._reading = length
+        self._reading += length
 
     async def send(self, message: MediaStreamMessage) -> None:
         await self.send_batch([message])

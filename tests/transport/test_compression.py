@@ -36,9 +36,11 @@ from tests.transport.test_hostile_http2 import (
     REQUEST,
     TIMEOUT,
     Attacker,
+    eventually,
     frame,
     pipeline_during,
     serving,
+    warnings,
 )
 
 pytestmark = pytest.mark.anyio
@@ -301,6 +303,45 @@ async def test_compressing_streams_on_one_connection_hold_what_they_inflate_to()
             await attacker.until(lambda: all(attacker.status(s) for s in streams))
         assert [attacker.status(s) for s in streams] == [("0", "")] * 6
         assert [attacker.answers(s) for s in streams] == [2] * 6
+
+
+@pytest.mark.rule("WIRE-3", "SRV-18")
+async def test_what_compressed_frames_inflate_to_is_held_in_the_frame_memory(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Six streams, each a 6 MB frame gzipped to a few KiB, against room for two frames
+    and a half: what each inflates to is held until answered, the others wait, and all
+    six are answered once the extension goes on."""
+    fmt = video_format(width=1920, height=1080)
+    descriptor = encode_framed(
+        MediaStreamMessage(sequence_number=1, media_stream_descriptor=pipeline_descriptor(fmt))
+    )
+    zeros = MediaSample(content_bytes=ContentBytes(bytes(1920 * 1080 * 3)))
+    packed = compressed(encode_framed(MediaStreamMessage(sequence_number=2, media_sample=zeros)))
+    gate, bound = anyio.Event(), 5 * 1920 * 1080 * 3 // 2
+
+    async def gated(frame: object) -> list[object]:
+        await gate.wait()
+        return []
+
+    async with serving(gated, max_frame_memory=bound) as server:
+        memory = server.service.frame_memory
+        async with Attacker.connect(server.port) as attacker:
+            with anyio.fail_after(TIMEOUT):
+                await attacker.settled()
+                streams = []
+                for _ in range(6):
+                    stream_id = attacker.h2.get_next_available_stream_id()
+                    attacker.h2.send_headers(stream_id, [*REQUEST, ("grpc-encoding", "gzip")])
+                    attacker.h2.send_data(stream_id, descriptor + packed, end_stream=True)
+                    streams.append(stream_id)
+                await attacker.flush()
+                await eventually(lambda: bool(warnings(caplog, "SRV-18")))
+                assert memory.held <= bound
+                gate.set()
+                await attacker.until(lambda: all(attacker.status(s) for s in streams))
+        assert [attacker.status(s) for s in streams] == [("0", "")] * 6
+        assert memory.held == 0
 
 
 @pytest.mark.rule("WIRE-3")

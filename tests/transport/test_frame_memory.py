@@ -282,3 +282,29 @@ async def test_a_stream_that_ends_with_frames_unanswered_gives_them_back() -> No
         assert memory.held == 0
         gate.set()
         await completes(server.port)
+
+
+async def test_a_descriptor_in_several_data_frames_never_waits_for_frame_memory() -> None:
+    """Every byte of frame memory held by another stream: a descriptor whose prefix
+    arrives in a DATA frame of its own is answered at once, since a body that one DATA
+    frame could carry is held only once read, and only if it is a sample's."""
+    gate, entered = anyio.Event(), []
+    async with serving(lambda: Gated(gate, entered), max_frame_memory=FRAME) as server:
+        with anyio.fail_after(TIMEOUT):
+            async with (
+                connect(f"127.0.0.1:{server.port}", format=WIDE) as holder,
+                Attacker.connect(server.port) as attacker,
+            ):
+                await holder.send(bytes(FRAME), timestamp=0)
+                await eventually(lambda: entered == [2])
+                described = encode_framed(
+                    MediaStreamMessage(
+                        sequence_number=1,
+                        media_stream_descriptor=pipeline_descriptor(configuration="x" * 4000),
+                    )
+                )
+                stream_id = await attacker.open_stream(described[:5], described[5:])
+                await attacker.until(lambda: attacker.answers(stream_id) == 1)
+                assert attacker.status(stream_id) is None
+                gate.set()
+                assert (await holder.results().receive()).acknowledged == 2
