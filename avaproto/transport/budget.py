@@ -77,8 +77,14 @@ class MessageBudget:
 
     def give(self, connection: object, size: int) -> None:
         self.held -= size
-        left = self._by_connection[connection] - size
-        if left:
-            self._by_connection[connection] = left
-        else:
-            del self._by_connection[connection]
+        subtract(self._by_connection, connection, size)
+
+
+def subtract(counts: dict[object, int], key: object, size: int) -> None:
+    """Take ``size`` off ``counts[key]``, dropping the key at 0 so that the map holds
+    only connections that hold something."""
+    left = counts[key] - size
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]

@@ -28,6 +28,7 @@ import anyio
 
 from ..errors import RemoteProtocolError
 from ..status import Status
+from .budget import subtract
 from .guard import Throttled
 
 log = logging.getLogger("avaproto.server")
@@ -114,11 +115,7 @@ class FrameMemory:
         if not size:
             return
         self.held -= size
-        left = self._by_connection[connection] - size
-        if left:
-            self._by_connection[connection] = left
-        else:
-            del self._by_connection[connection]
+        subtract(self._by_connection, connection, size)
         if self._waiters:
             self._grant()
 

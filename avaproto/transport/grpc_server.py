@@ -51,7 +51,7 @@ from ._grpclib_private import (
     send_messages,
 )
 from .addresses import peer_address
-from .budget import MessageBudget
+from .budget import MessageBudget, subtract
 from .frame_memory import FrameMemory
 from .framing import WireCodec, read_message
 from .guard import ServerGuard, Throttled, check_open_file_limit, quiet_accept_failures
@@ -356,11 +356,7 @@ class ExtensionService:
             self.streams.pop(id(stream), None)
             self._stops.pop(id(stream), None)
             self.active -= 1
-            left = self.active_by_connection[connection] - 1
-            if left:
-                self.active_by_connection[connection] = left
-            else:
-                del self.active_by_connection[connection]
+            subtract(self.active_by_connection, connection, 1)
             if self.active == 0:
                 self._idle.set()
 

@@ -279,27 +279,33 @@ async def test_only_a_small_message_inflates_on_the_event_loop() -> None:
     assert seen and not any(seen)
 
 
-@pytest.mark.rule("WIRE-3", "SRV-13")
-async def test_compressing_streams_on_one_connection_hold_what_they_inflate_to() -> None:
-    """Six streams on one connection, each a 6 MiB frame gzipped to a few KiB, all at
-    once: each holds the budget for what it inflates to, not for the message limit
-    (which let only four inflate at a time and refused the others)."""
-    fmt = video_format(width=1920, height=1080)  # 6 MB frames
+async def _six_gzipped_full_hd_streams(attacker: Attacker) -> list[int]:
+    """Six streams, each a descriptor and a 6 MB frame of zeros gzipped to a few KiB."""
+    fmt = video_format(width=1920, height=1080)
     descriptor = encode_framed(
         MediaStreamMessage(sequence_number=1, media_stream_descriptor=pipeline_descriptor(fmt))
     )
     zeros = MediaSample(content_bytes=ContentBytes(bytes(1920 * 1080 * 3)))
     packed = compressed(encode_framed(MediaStreamMessage(sequence_number=2, media_sample=zeros)))
+    await attacker.settled()
+    streams = []
+    for _ in range(6):
+        stream_id = attacker.h2.get_next_available_stream_id()
+        attacker.h2.send_headers(stream_id, [*REQUEST, ("grpc-encoding", "gzip")])
+        attacker.h2.send_data(stream_id, descriptor + packed, end_stream=True)
+        streams.append(stream_id)
+    await attacker.flush()
+    return streams
+
+
+@pytest.mark.rule("WIRE-3", "SRV-13")
+async def test_compressing_streams_on_one_connection_hold_what_they_inflate_to() -> None:
+    """Six streams on one connection, each a 6 MiB frame gzipped to a few KiB, all at
+    once: each holds the budget for what it inflates to, not for the message limit
+    (which let only four inflate at a time and refused the others)."""
     async with serving() as server, Attacker.connect(server.port) as attacker:
         with anyio.fail_after(TIMEOUT):
-            await attacker.settled()
-            streams = []
-            for _ in range(6):
-                stream_id = attacker.h2.get_next_available_stream_id()
-                attacker.h2.send_headers(stream_id, [*REQUEST, ("grpc-encoding", "gzip")])
-                attacker.h2.send_data(stream_id, descriptor + packed, end_stream=True)
-                streams.append(stream_id)
-            await attacker.flush()
+            streams = await _six_gzipped_full_hd_streams(attacker)
             await attacker.until(lambda: all(attacker.status(s) for s in streams))
         assert [attacker.status(s) for s in streams] == [("0", "")] * 6
         assert [attacker.answers(s) for s in streams] == [2] * 6
@@ -312,12 +318,6 @@ async def test_what_compressed_frames_inflate_to_is_held_in_the_frame_memory(
     """Six streams, each a 6 MB frame gzipped to a few KiB, against room for two frames
     and a half: what each inflates to is held until answered, the others wait, and all
     six are answered once the extension goes on."""
-    fmt = video_format(width=1920, height=1080)
-    descriptor = encode_framed(
-        MediaStreamMessage(sequence_number=1, media_stream_descriptor=pipeline_descriptor(fmt))
-    )
-    zeros = MediaSample(content_bytes=ContentBytes(bytes(1920 * 1080 * 3)))
-    packed = compressed(encode_framed(MediaStreamMessage(sequence_number=2, media_sample=zeros)))
     gate, bound = anyio.Event(), 5 * 1920 * 1080 * 3 // 2
 
     async def gated(frame: object) -> list[object]:
@@ -328,14 +328,7 @@ async def test_what_compressed_frames_inflate_to_is_held_in_the_frame_memory(
         memory = server.service.frame_memory
         async with Attacker.connect(server.port) as attacker:
             with anyio.fail_after(TIMEOUT):
-                await attacker.settled()
-                streams = []
-                for _ in range(6):
-                    stream_id = attacker.h2.get_next_available_stream_id()
-                    attacker.h2.send_headers(stream_id, [*REQUEST, ("grpc-encoding", "gzip")])
-                    attacker.h2.send_data(stream_id, descriptor + packed, end_stream=True)
-                    streams.append(stream_id)
-                await attacker.flush()
+                streams = await _six_gzipped_full_hd_streams(attacker)
                 await eventually(lambda: bool(warnings(caplog, "SRV-18")))
                 assert memory.held <= bound
                 gate.set()
