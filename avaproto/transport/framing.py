@@ -44,6 +44,7 @@ async def read_message(
     limit_rule: str,
     hold: Callable[[int], AbstractContextManager[object]] | None = None,
     admit: Callable[[int], Awaitable[None]] | None = None,
+    settle: Callable[[MediaStreamMessage], Awaitable[None]] | None = None,
     encoding: str | None = None,
 ) -> MediaStreamMessage | None:
     """The next extension message on ``stream``, or None at its clean end (``read``)."""
@@ -54,6 +55,7 @@ async def read_message(
         limit_rule=limit_rule,
         hold=hold,
         admit=admit,
+        settle=settle,
         encoding=encoding,
     )
 
@@ -66,6 +68,7 @@ async def read(
     limit_rule: str,
     hold: Callable[[int], AbstractContextManager[object]] | None = None,
     admit: Callable[[int], Awaitable[None]] | None = None,
+    settle: Callable[[_Message], Awaitable[None]] | None = None,
     encoding: str | None = None,
 ) -> _Message | None:
     """The next message on ``stream``, decoded by ``decode``, or None at its clean end.
@@ -76,16 +79,22 @@ async def read(
     budget of incomplete messages (``avaproto.transport.budget``, SRV-13); ``admit(length)``,
     if given, is awaited before that for a body longer than ``ADMIT_FROM``: the server's
     frame memory (SRV-18), which may make the read wait, its bytes left unread in the
-    peer's window meanwhile (a compressed message is held once inflated). A message
-    flagged compressed is inflated as the stream's ``encoding`` says, to at most
-    ``max_bytes`` (``avaproto.transport.compression``, WIRE-3).
+    peer's window meanwhile. ``settle(message)``, if given, is awaited once the message
+    is decoded, before it is returned: the frame memory again, for what the message
+    turned out to hold. A message flagged compressed is inflated as the stream's
+    ``encoding`` says, to at most ``max_bytes`` (``avaproto.transport.compression``,
+    WIRE-3), and its inflated bytes stay in the budget of ``hold`` until ``settle``
+    returns: a message that waits there once inflated is counted while it waits.
     """
     whole = await receive_whole(stream)
     if whole is not None:  # the common case: a message that arrived in one DATA frame
         _check_prefix(whole[0], len(whole) - 5, max_bytes, limit_rule)
         if whole[0]:
-            return await _inflated(whole[5:], decode, encoding, max_bytes, limit_rule, hold)
-        return decode(whole[5:])
+            return await _inflated(whole[5:], decode, encoding, max_bytes, limit_rule, hold, settle)
+        message = decode(whole[5:])
+        if settle is not None:
+            await settle(message)
+        return message
     try:
         prefix = await stream.recv_data(5)
     except AssertionError:  # grpclib's buffer: fewer bytes than asked before the end
@@ -106,8 +115,11 @@ async def read(
     if len(data) != length:
         raise _truncated(f"a message of {length} bytes")
     if compressed:
-        return await _inflated(data, decode, encoding, max_bytes, limit_rule, hold)
-    return decode(data)
+        return await _inflated(data, decode, encoding, max_bytes, limit_rule, hold, settle)
+    message = decode(data)
+    if settle is not None:
+        await settle(message)
+    return message
 
 
 async def _inflated(
@@ -117,10 +129,15 @@ async def _inflated(
     max_bytes: int,
     limit_rule: str,
     hold: Callable[[int], AbstractContextManager[object]] | None,
+    settle: Callable[[_Message], Awaitable[None]] | None,
 ) -> _Message:
-    """A compressed message decoded, its inflated bytes counted until then (WIRE-3)."""
+    """A compressed message decoded and settled, its inflated bytes counted until then
+    (WIRE-3)."""
     async with inflate(data, encoding, max_bytes, limit_rule=limit_rule, hold=hold) as body:
-        return decode(body)
+        message = decode(body)
+        if settle is not None:
+            await settle(message)
+        return message
 
 
 def _check_prefix(compressed: int, length: int, max_bytes: int, limit_rule: str) -> None:

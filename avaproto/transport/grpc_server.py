@@ -134,6 +134,8 @@ class _ServerChannel:
         self._memory = frame_memory
         self._held: dict[int, int] = {}
         self._reading = 0
+        # The length of the segment the descriptor declared (0: none yet, or none).
+        self._segment = 0
         self._max = max_bytes
         self._descriptor_timeout: float | None = descriptor_timeout
         self._first = True
@@ -153,40 +155,52 @@ class _ServerChannel:
         raise RemoteProtocolError("SRV-12", Status.DEADLINE_EXCEEDED, message)
 
     async def _read(self) -> MediaStreamMessage | None:
-        memory = self._memory
-        message = await read_message(
+        return await read_message(
             self._raw,
             self._max,
             limit_rule="SRV-5",
             hold=self._hold,
             admit=self._admit,
+            settle=self._settle,
             encoding=self._encoding,
         )
+
+    async def _settle(self, message: MediaStreamMessage) -> None:
+        """Hold a sample's frame until it is answered (SRV-18), once its message is read.
+
+        A frame is held at the larger of its message (a message inflated past its prefix
+        holds its inflated bytes) and the shared-memory bytes it refers to. A reference
+        that does not lie inside the segment the stream's descriptor declared is left to
+        the session, which refuses it by the rule it breaks (SHM-1, SHM-4), at once.
+        """
+        memory, connection = self._memory, self._raw.connection
         taken, self._reading = self._reading, 0
-        sample = message.media_sample if message is not None else None
+        sample = message.media_sample
         if sample is None:
-            memory.give(self._raw.connection, taken)
-            return message
-        assert message is not None
+            memory.give(connection, taken)
+            described = message.media_stream_descriptor
+            if described is not None:
+                segment = described.shared_memory_buffer_transfer_properties
+                self._segment = segment.length_bytes if segment is not None else 0
+            return
         embedded, reference = sample.content_bytes, sample.content_reference
-        # A frame is held at the larger of its message (a message inflated past its
-        # prefix holds its inflated bytes) and the shared-memory bytes it refers to.
-        if reference is not None:
+        if reference is None:
+            size = max(taken, len(embedded.bytes) if embedded is not None else 0)
+        elif reference.address_offset + reference.length_bytes <= self._segment:
             size = max(taken, reference.length_bytes)
         else:
-            size = max(taken, len(embedded.bytes) if embedded is not None else 0)
+            size = taken
         if size > taken:
             # Not admitted from its prefix: a shared-memory reference, a message that
             # arrived in one DATA frame (at most 1 MiB), or one that inflated. It is not
             # processed until it fits.
             try:
-                await memory.take(self._raw.connection, size - taken, self.peer)
+                await memory.take(connection, size - taken, self.peer)
             except BaseException:
-                memory.give(self._raw.connection, taken)
+                memory.give(connection, taken)
                 raise
         number = message.sequence_number
         self._held[number] = self._held.get(number, 0) + size
-        return message
 
     async def _admit(self, length: int) -> None:
         """Hold ``length`` bytes about to be read: a body announced by its prefix (SRV-18)."""

@@ -311,13 +311,14 @@ async def test_compressing_streams_on_one_connection_hold_what_they_inflate_to()
         assert [attacker.answers(s) for s in streams] == [2] * 6
 
 
-@pytest.mark.rule("WIRE-3", "SRV-18")
+@pytest.mark.rule("WIRE-3", "SRV-13", "SRV-18")
 async def test_what_compressed_frames_inflate_to_is_held_in_the_frame_memory(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Six streams, each a 6 MB frame gzipped to a few KiB, against room for two frames
-    and a half: what each inflates to is held until answered, the others wait, and all
-    six are answered once the extension goes on."""
+    and a half: what each inflates to is held until answered, the others wait (what
+    they inflated to counted in the budget of bytes in flight), and all six are
+    answered once the extension goes on."""
     gate, bound = anyio.Event(), 5 * 1920 * 1080 * 3 // 2
 
     async def gated(frame: object) -> list[object]:
@@ -331,6 +332,8 @@ async def test_what_compressed_frames_inflate_to_is_held_in_the_frame_memory(
                 streams = await _six_gzipped_full_hd_streams(attacker)
                 await eventually(lambda: bool(warnings(caplog, "SRV-18")))
                 assert memory.held <= bound
+                # A frame waiting inflated is counted meanwhile, in SRV-13's budget.
+                assert server.service.budget.held >= 1920 * 1080 * 3
                 gate.set()
                 await attacker.until(lambda: all(attacker.status(s) for s in streams))
         assert [attacker.status(s) for s in streams] == [("0", "")] * 6

@@ -18,7 +18,14 @@ from avaproto.client import connect
 from avaproto.codec import encode_framed
 from avaproto.engine.frame import Frame
 from avaproto.errors import ProtocolError, StreamFailed
-from avaproto.messages import Encoding, MediaStreamMessage, PixelFormat
+from avaproto.media.shared_memory import SharedMemoryArena
+from avaproto.messages import (
+    ContentReference,
+    Encoding,
+    MediaSample,
+    MediaStreamMessage,
+    PixelFormat,
+)
 from avaproto.protocol.descriptor import StreamDescriptor
 from avaproto.protocol.video_format import VideoFormat
 from avaproto.status import Status
@@ -308,3 +315,46 @@ async def test_a_descriptor_in_several_data_frames_never_waits_for_frame_memory(
                 assert attacker.status(stream_id) is None
                 gate.set()
                 assert (await holder.results().receive()).acknowledged == 2
+
+
+@pytest.mark.rule("SRV-18", "SHM-1", "SHM-4")
+@pytest.mark.parametrize(
+    ("segment", "length", "rule"),
+    [(None, 2**40, "SHM-1"), (1 << 20, 600 << 20, "SHM-4"), (1024, 2048, "SHM-4")],
+    ids=["no-segment", "past-a-small-segment", "past-it-while-memory-is-full"],
+)
+async def test_a_reference_outside_its_segment_is_refused_by_its_rule_at_once(
+    segment: int | None, length: int, rule: str
+) -> None:
+    """Frame memory full (another stream's frame waits at a gate): a reference that
+    does not lie inside the declared segment is not held, nor made to wait, but left
+    to the session, which names the rule it breaks."""
+    gate, entered = anyio.Event(), []
+    with SharedMemoryArena.create(1 << 20, prefix="avaproto-test-") as arena:
+        shm = None if segment is None else (arena.handle_name, segment)
+        described = encode_framed(
+            MediaStreamMessage(
+                sequence_number=1, media_stream_descriptor=pipeline_descriptor(shm=shm)
+            )
+        )
+        reference = ContentReference(address_offset=0, length_bytes=length)
+        referring = encode_framed(
+            MediaStreamMessage(
+                sequence_number=2, media_sample=MediaSample(content_reference=reference)
+            )
+        )
+        limits = {"max_frame_memory": FRAME, "frame_memory_timeout": 2 * TIMEOUT}
+        async with serving(lambda: Gated(gate, entered), **limits) as server:
+            with anyio.fail_after(TIMEOUT):
+                async with (
+                    connect(f"127.0.0.1:{server.port}", format=WIDE) as holder,
+                    Attacker.connect(server.port) as attacker,
+                ):
+                    await holder.send(bytes(FRAME), timestamp=0)
+                    await eventually(lambda: entered == [2])
+                    stream_id = await attacker.open_stream(described, referring)
+                    await attacker.until(lambda: attacker.status(stream_id) is not None)
+                    gate.set()
+                    assert (await holder.results().receive()).acknowledged == 2
+    status = attacker.status(stream_id)
+    assert status is not None and status[1].startswith(f"[{rule}]")
