@@ -9,14 +9,18 @@ bound across streams, one pipeline opening a few streams of large frames, or a s
 extension under many honest ones, makes the server hold tens of gigabytes, and the
 kernel ends the process.
 
-So every sample's frame is counted from the moment the server knows its size (an
-embedded message's length prefix, a shared-memory reference's ``length_bytes``) until
-its answer is sent or its stream ends, per connection and for the whole server. A stream
-whose next frame does not fit waits for others to be answered, its flow-control window
-shut meanwhile, as a pipeline expects of a busy extension; a frame larger than a bound,
-or a wait longer than the timeout, ends the stream with RESOURCE_EXHAUSTED. Waiters are
-served in the order they came, except that one held back by its own connection's bound
-does not hold back the others.
+So every sample's frame is counted once its message is read (an embedded frame's
+bytes, inflated if compressed; a shared-memory reference's ``length_bytes``) until its
+answer is sent or its stream ends, per connection and for the whole server. A stream
+whose frame does not fit waits for others to be answered, reading nothing more (its
+flow-control window closes, as a pipeline expects of a busy extension), the waiting
+message still counted among the messages in flight (SRV-13); a frame larger than a
+bound, or a wait longer than the timeout, ends the stream with RESOURCE_EXHAUSTED.
+Waiters are served in the order they came, except that one held back by its own
+connection's bound does not hold back the others. A frame is counted once read, not
+from its length prefix: a stream that stopped inside a message would leave the rest in
+the connection's flow-control window, where it could stall the body of a sibling stream
+that holds the very memory the waiter needs.
 """
 
 from __future__ import annotations

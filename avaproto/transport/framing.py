@@ -23,13 +23,8 @@ from ..messages import MediaStreamMessage
 from ..status import Status
 from ._grpclib_private import receive_exactly, receive_whole
 from .compression import inflate
-from .http2 import MAX_FRAME_SIZE
 
 _PREFIX = struct.Struct(">BI")
-#: A body longer than this is admitted from its prefix; a shorter one (at most one DATA
-#: frame's worth) may be a descriptor or carry no frame, and is held once read, if a
-#: sample's: its wait would otherwise be blamed on a message that holds no frame.
-ADMIT_FROM = MAX_FRAME_SIZE
 _Message = TypeVar("_Message")
 
 
@@ -43,7 +38,6 @@ async def read_message(
     *,
     limit_rule: str,
     hold: Callable[[int], AbstractContextManager[object]] | None = None,
-    admit: Callable[[int], Awaitable[None]] | None = None,
     settle: Callable[[MediaStreamMessage], Awaitable[None]] | None = None,
     encoding: str | None = None,
 ) -> MediaStreamMessage | None:
@@ -54,7 +48,6 @@ async def read_message(
         decode_message,
         limit_rule=limit_rule,
         hold=hold,
-        admit=admit,
         settle=settle,
         encoding=encoding,
     )
@@ -67,7 +60,6 @@ async def read(
     *,
     limit_rule: str,
     hold: Callable[[int], AbstractContextManager[object]] | None = None,
-    admit: Callable[[int], Awaitable[None]] | None = None,
     settle: Callable[[_Message], Awaitable[None]] | None = None,
     encoding: str | None = None,
 ) -> _Message | None:
@@ -76,15 +68,12 @@ async def read(
     A message larger than ``max_bytes`` raises RESOURCE_EXHAUSTED under ``limit_rule``
     (the server's SRV-5, the pipeline's PIPE-5) before it is read. ``hold(length)``, if
     given, is entered while the body announced by the prefix is read: the server's
-    budget of incomplete messages (``avaproto.transport.budget``, SRV-13); ``admit(length)``,
-    if given, is awaited before that for a body longer than ``ADMIT_FROM``: the server's
-    frame memory (SRV-18), which may make the read wait, its bytes left unread in the
-    peer's window meanwhile. ``settle(message)``, if given, is awaited once the message
-    is decoded, before it is returned: the frame memory again, for what the message
-    turned out to hold. A message flagged compressed is inflated as the stream's
-    ``encoding`` says, to at most ``max_bytes`` (``avaproto.transport.compression``,
-    WIRE-3), and its inflated bytes stay in the budget of ``hold`` until ``settle``
-    returns: a message that waits there once inflated is counted while it waits.
+    budget of incomplete messages (``avaproto.transport.budget``, SRV-13).
+    ``settle(message)``, if given, is awaited once the message is decoded, before it is
+    returned, still inside ``hold``: the server's frame memory (SRV-18), where a sample
+    may wait for room, counted meanwhile as a message in flight. A message flagged
+    compressed is inflated as the stream's ``encoding`` says, to at most ``max_bytes``
+    (``avaproto.transport.compression``, WIRE-3), its inflated bytes held likewise.
     """
     whole = await receive_whole(stream)
     if whole is not None:  # the common case: a message that arrived in one DATA frame
@@ -105,21 +94,19 @@ async def read(
         raise _truncated("a message prefix")
     compressed, length = _PREFIX.unpack(prefix)
     _check_prefix(compressed, length, max_bytes, limit_rule)
-    if admit is not None and length > ADMIT_FROM:
-        await admit(length)
-    try:
-        with hold(length) if hold is not None else contextlib.nullcontext():
+    with hold(length) if hold is not None else contextlib.nullcontext():
+        try:
             data = await receive_exactly(stream, length)
-    except AssertionError:
-        raise _truncated(f"a message of {length} bytes") from None
-    if len(data) != length:
-        raise _truncated(f"a message of {length} bytes")
-    if compressed:
-        return await _inflated(data, decode, encoding, max_bytes, limit_rule, hold, settle)
-    message = decode(data)
-    if settle is not None:
-        await settle(message)
-    return message
+        except AssertionError:
+            raise _truncated(f"a message of {length} bytes") from None
+        if len(data) != length:
+            raise _truncated(f"a message of {length} bytes")
+        if compressed:
+            return await _inflated(data, decode, encoding, max_bytes, limit_rule, hold, settle)
+        message = decode(data)
+        if settle is not None:
+            await settle(message)  # the message still counted in the budget of ``hold``
+        return message
 
 
 async def _inflated(

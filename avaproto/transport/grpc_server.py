@@ -130,10 +130,9 @@ class _ServerChannel:
         # Each body is read within the budget of incomplete messages (SRV-13).
         self._hold = partial(budget.holding, self._raw.connection, self.peer)
         # Each sample's frame is held in the server's frame memory until answered
-        # (SRV-18): by sequence number, and the message being read.
+        # (SRV-18), by sequence number.
         self._memory = frame_memory
         self._held: dict[int, int] = {}
-        self._reading = 0
         # The length of the segment the descriptor declared (0: none yet, or none).
         self._segment = 0
         self._max = max_bytes
@@ -160,7 +159,6 @@ class _ServerChannel:
             self._max,
             limit_rule="SRV-5",
             hold=self._hold,
-            admit=self._admit,
             settle=self._settle,
             encoding=self._encoding,
         )
@@ -168,16 +166,15 @@ class _ServerChannel:
     async def _settle(self, message: MediaStreamMessage) -> None:
         """Hold a sample's frame until it is answered (SRV-18), once its message is read.
 
-        A frame is held at the larger of its message (a message inflated past its prefix
-        holds its inflated bytes) and the shared-memory bytes it refers to. A reference
-        that does not lie inside the segment the stream's descriptor declared is left to
-        the session, which refuses it by the rule it breaks (SHM-1, SHM-4), at once.
+        A sample that does not fit waits here, its message still counted in the budget
+        of messages in flight (SRV-13) if it came in more than one DATA frame. It is
+        held at the larger of its content (inflated, if compressed) and the
+        shared-memory bytes it refers to; a reference that does not lie inside the
+        segment the stream's descriptor declared is left to the session, which refuses
+        it by the rule it breaks (SHM-1, SHM-4), at once.
         """
-        memory, connection = self._memory, self._raw.connection
-        taken, self._reading = self._reading, 0
         sample = message.media_sample
         if sample is None:
-            memory.give(connection, taken)
             described = message.media_stream_descriptor
             if described is not None:
                 segment = described.shared_memory_buffer_transfer_properties
@@ -185,27 +182,15 @@ class _ServerChannel:
             return
         embedded, reference = sample.content_bytes, sample.content_reference
         if reference is None:
-            size = max(taken, len(embedded.bytes) if embedded is not None else 0)
+            size = len(embedded.bytes) if embedded is not None else 0
         elif reference.address_offset + reference.length_bytes <= self._segment:
-            size = max(taken, reference.length_bytes)
+            size = reference.length_bytes
         else:
-            size = taken
-        if size > taken:
-            # Not admitted from its prefix: a shared-memory reference, a message that
-            # arrived in one DATA frame (at most 1 MiB), or one that inflated. It is not
-            # processed until it fits.
-            try:
-                await memory.take(connection, size - taken, self.peer)
-            except BaseException:
-                memory.give(connection, taken)
-                raise
-        number = message.sequence_number
-        self._held[number] = self._held.get(number, 0) + size
-
-    async def _admit(self, length: int) -> None:
-        """Hold ``length`` bytes about to be read: a body announced by its prefix (SRV-18)."""
-        await self._memory.take(self._raw.connection, length, self.peer)
-        self._reading += length
+            return
+        if size:
+            await self._memory.take(self._raw.connection, size, self.peer)
+            number = message.sequence_number
+            self._held[number] = self._held.get(number, 0) + size
 
     async def send(self, message: MediaStreamMessage) -> None:
         await self.send_batch([message])
@@ -232,9 +217,8 @@ class _ServerChannel:
 
     def close(self) -> None:
         """The stream ended: every frame it held is let go (SRV-18)."""
-        held = sum(self._held.values()) + self._reading
+        held = sum(self._held.values())
         self._held.clear()
-        self._reading = 0
         self._memory.give(self._raw.connection, held)
 
 
