@@ -620,7 +620,9 @@ def _add_serve(commands: Any) -> None:
         "--max-header-list-bytes",
         byte_size,
         "SIZE",
-        "largest header block, counted as it arrives (SETTINGS_MAX_HEADER_LIST_SIZE)",
+        "largest header list of a request, decoded (SETTINGS_MAX_HEADER_LIST_SIZE): "
+        "past it the request alone is refused; a header block past 4 times it, counted "
+        "as it arrives, ends its connection",
     )
     limit("--header-timeout", _timeout, "SECONDS", "time a header block may stay unfinished")
     limit(

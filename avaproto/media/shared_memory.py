@@ -166,6 +166,13 @@ class _PoolBytes:
 
 _pooled = _PoolBytes()
 
+
+def _unpool(free: list[bytearray]) -> None:
+    """Give back what a region's pool held when the region goes."""
+    _pooled.release(sum(map(len, free)))
+    free.clear()
+
+
 #: posix_fallocate errors that mean "this file system cannot reserve", not "no room".
 _CANNOT_RESERVE = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS})
 
@@ -413,6 +420,8 @@ class SharedMemoryRegion:
         #: Read buffers not lent to any lease, and the size new ones get.
         self._free: list[bytearray] = []
         self._largest = 0
+        # A region dropped without close() gives its pooled bytes back all the same.
+        weakref.finalize(self, _unpool, self._free)
 
     @classmethod
     def open(
@@ -722,8 +731,7 @@ class SharedMemoryRegion:
             self._end(lease)
         with self._lock:
             self._closed = True
-            _pooled.release(sum(map(len, self._free)))
-            self._free.clear()
+            _unpool(self._free)
         if self._descriptor is not None:
             self._descriptor.close()
         # Dropped here: an array still made from the mapping is then its last holder.

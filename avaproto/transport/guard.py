@@ -8,12 +8,13 @@ the acknowledgements. grpclib and h2 bound none of this, so every connection the
 accepts goes through a ``ConnectionGuard``:
 
 * it sees the bytes before h2 does, and reads the 9-byte frame headers off them as
-  they arrive: a header block is counted while it is still arriving, so one larger
-  than the advertised SETTINGS_MAX_HEADER_LIST_SIZE is refused before it is buffered,
-  let alone decoded (CONN-7); empty frames and acknowledgements owed are counted there
-  too (CONN-8, CONN-10);
+  they arrive: a header block is counted while it is still arriving, so one four times
+  larger than the advertised SETTINGS_MAX_HEADER_LIST_SIZE is refused before it is
+  buffered, let alone decoded (CONN-7); empty frames and acknowledgements owed are
+  counted there too (CONN-8, CONN-10);
 * it sees h2's events before grpclib does: streams reset before the server answered
-  them (CONN-6) and DATA frames per message (CONN-9);
+  them (CONN-6), DATA frames per message (CONN-9), and a request whose header list is
+  past the advertised size, which it refuses alone (CONN-7);
 * it runs the connection's clocks: the handshake and HTTP/2 preface (CONN-12), an
   unfinished header block (CONN-7), a connection without streams (CONN-13);
 * ``ServerGuard`` counts the connections open at once and closes one past the limit as
@@ -43,6 +44,7 @@ import hyperframe.frame
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
+from ..status import Status
 from ._grpclib_private import (
     Taken,
     close_connection,
@@ -160,6 +162,10 @@ DEADLINE_HEADER = "x-avaproto-grpc-timeout"
 #: The most the server's HPACK encoder keeps of the headers it sent (HTTP/2's default),
 #: whatever larger table the peer allows (SETTINGS_HEADER_TABLE_SIZE).
 HEADER_TABLE_BYTES = 4096
+#: A header list past the advertised limit (``max_header_list_bytes``) ends its stream;
+#: one this many times it, counted compressed as it arrives or decoded, its connection
+#: (grpc-core's soft and hard metadata limits, 8 and 16 KiB).
+HEADER_LIST_HARD = 4
 
 #: How a connection earns back frames that carry no message (CONN-19): so many a
 #: second, one per this many bytes of DATA either way, so many per DATA frame received
@@ -421,8 +427,10 @@ class ConnectionGuard(asyncio.BufferedProtocol):
             SettingCodes.MAX_HEADER_LIST_SIZE: limit,
         }
         update_local_settings(self._protocol, settings)
-        # h2 applies an advertised limit only once the peer acknowledges it.
-        self._h2.decoder.max_header_list_size = limit
+        # h2 applies an advertised limit only once the peer acknowledges it. A list past
+        # the advertised one is decoded up to HEADER_LIST_HARD times it, so that the
+        # connection's HPACK state stays whole and only its stream is refused.
+        self._h2.decoder.max_header_list_size = HEADER_LIST_HARD * limit
         track_streams(self._protocol, self._stream_accepted, self._stream_released)
         watch_events(self._protocol, self._event)
         ignore_unknown_frames(self._protocol)
@@ -767,13 +775,14 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 self._in_block, self._block_bytes = True, 0
             self._block_bytes += length
             self._ends_block = bool(flags & _END_HEADERS)
-            if self._block_bytes > self._limits.max_header_list_bytes:
+            hard = HEADER_LIST_HARD * self._limits.max_header_list_bytes
+            if self._block_bytes > hard:
                 before = self._block_bytes - length
                 size = f"{before} bytes and {length} more" if before else f"{length} bytes"
                 self._trip(
                     "CONN-7",
-                    f"a header block of {size}; the limit is "
-                    f"{self._limits.max_header_list_bytes} (--max-header-list-bytes)",
+                    f"a header block of {size}; the limit is {hard} "
+                    f"({HEADER_LIST_HARD} x --max-header-list-bytes)",
                 )
                 return False
         return True
@@ -835,8 +844,12 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 self._transport.write(self._h2.data_to_send())
                 return False
             self._opened += 1
-            self._unanswered.add(event.stream_id)
             headers = event.headers
+            size = sum(len(name) + len(value) + 32 for name, value in headers)
+            if size > self._limits.max_header_list_bytes:
+                self._refuse_headers(event.stream_id, size)
+                return False
+            self._unanswered.add(event.stream_id)
             if any(name in _MOVED for name, _ in headers):
                 event.headers = cast(
                     Any, [(_MOVED.get(name, name), value) for name, value in headers]
@@ -851,6 +864,10 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         elif isinstance(event, h2.events.StreamEnded):
             self._meters.forget(event.stream_id)
             self._end_body(event.stream_id)
+        elif isinstance(event, h2.events.SettingsAcknowledged):
+            # h2 set its decoder to the advertised limit: decode past it again.
+            limit = self._limits.max_header_list_bytes
+            self._h2.decoder.max_header_list_size = HEADER_LIST_HARD * limit
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             table = event.changed_settings.get(SettingCodes.HEADER_TABLE_SIZE)
             if table is not None and table.new_value > HEADER_TABLE_BYTES:
@@ -858,6 +875,28 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 # of 4 GiB would keep every distinct grpc-message, each costing the next.
                 self._h2.encoder.header_table_size = HEADER_TABLE_BYTES
         return not self._closing
+
+    def _refuse_headers(self, stream_id: int, size: int) -> None:
+        """End a stream whose header list is past the advertised limit, and only it:
+        trailers-only RESOURCE_EXHAUSTED naming the rule, then RST_STREAM NO_ERROR so
+        that its sender stops sending (CONN-7)."""
+        limit = self._limits.max_header_list_bytes
+        message = (
+            f"[CONN-7] a header list of {size} bytes; the limit is {limit}, advertised "
+            "as SETTINGS_MAX_HEADER_LIST_SIZE (--max-header-list-bytes)"
+        )
+        self._server.warn("CONN-7", f"refused a stream of {self.peer}: {message}")
+        trailers = [
+            (":status", "200"),
+            ("content-type", "application/grpc"),
+            ("grpc-status", str(Status.RESOURCE_EXHAUSTED.value)),
+            ("grpc-message", message),
+        ]
+        with contextlib.suppress(h2.exceptions.StreamClosedError):
+            self._h2.send_headers(stream_id, trailers, end_stream=True)
+            self._h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+        assert self._transport is not None
+        self._transport.write(self._h2.data_to_send())
 
     def _metered(self, stream_id: int, payload: bytes | memoryview) -> bool:
         """Follow a DATA frame through its stream's messages; False once CONN-9 tripped."""

@@ -32,8 +32,10 @@ class ConnectionLimits:
     #: Seconds a connection may stay open without a stream (CONN-13; nginx's
     #: keepalive_timeout is 75 s, grpc-core's max_connection_idle infinite).
     idle_timeout: float | None = 300.0
-    #: Largest header block, counted as its frames arrive (CONN-7; grpc-core: 8 KiB
-    #: soft, 16 KiB hard), advertised as SETTINGS_MAX_HEADER_LIST_SIZE.
+    #: Largest header list of a request, decoded, advertised as
+    #: SETTINGS_MAX_HEADER_LIST_SIZE: past it the request alone is refused; a block past
+    #: four times it, counted as its frames arrive or decoded, ends the connection (CONN-7;
+    #: grpc-core: 8 KiB soft, 16 KiB hard).
     max_header_list_bytes: int = 16 * KiB
     #: Seconds a header block may stay unfinished (CONN-7).
     header_timeout: float | None = 10.0

@@ -656,6 +656,15 @@ class TestViewsOutlivingTheirLease:
             again.release()
             assert two.pooled_buffers == 1
         assert shared_memory._pooled.held == 0
+        dropped = SharedMemoryRegion.open("segment", 4096, directory=segment[0])
+        lease = dropped.lease(2, 0, 1024)
+        assert len(lease.view) == 1024
+        lease.release()
+        assert shared_memory._pooled.held == 1024
+        dropped._descriptor.close()  # type: ignore[union-attr]  # as close() would
+        del dropped, lease
+        gc.collect()
+        assert shared_memory._pooled.held == 0  # a region never closed gives it back too
 
 
 class TestASegmentThatShrinks:

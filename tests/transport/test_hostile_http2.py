@@ -434,7 +434,7 @@ async def test_a_header_block_is_refused_as_it_arrives(caplog: pytest.LogCapture
                                 break
                         ended = await attacker.closed()
                 goaway(ended, ErrorCodes.ENHANCE_YOUR_CALM, "CONN-7")
-                assert b"more; the limit is 16384" in (ended.additional_data or b"")  # type: ignore[union-attr]
+                assert b"more; the limit is 65536" in (ended.additional_data or b"")  # type: ignore[union-attr]
             _, held = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -450,6 +450,31 @@ async def test_a_header_block_is_refused_as_it_arrives(caplog: pytest.LogCapture
         await completes(server.port)
     [line] = warnings(caplog, "CONN-7")  # one line for the 8 connections: no log flood
     assert "127.0.0.1:" in line and "--max-header-list-bytes" in line
+
+
+@pytest.mark.rule("CONN-7")
+async def test_a_header_list_past_the_limit_ends_only_its_stream(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """20 KB of metadata against the 16 KiB advertised: that call is refused with
+    RESOURCE_EXHAUSTED naming the rule, and the connection's other calls, before and
+    after it, go on (HPACK decoded it whole, so the connection's state is intact)."""
+    async with serving() as server, Attacker.connect(server.port) as attacker:
+        with anyio.fail_after(TIMEOUT):
+            await attacker.settled()
+            before = await attacker.open_stream(DESCRIPTOR)
+            large = attacker.h2.get_next_available_stream_id()
+            attacker.h2.send_headers(large, [*REQUEST, ("x-large", "v" * 20_000)])
+            assert await attacker.flush()
+            await attacker.until(lambda: attacker.status(large) is not None)
+            after = await attacker.open_stream(DESCRIPTOR)
+            await attacker.until(lambda: attacker.answers(before) and attacker.answers(after))
+            assert attacker.goaway is None
+    status, message = attacker.status(large)  # type: ignore[misc]
+    assert status == str(Status.RESOURCE_EXHAUSTED.value)
+    assert message.startswith("[CONN-7] a header list of 20") and "16384" in message
+    [line] = warnings(caplog, "CONN-7")
+    assert "127.0.0.1:" in line and "(--max-header-list-bytes)" in line
 
 
 @pytest.mark.rule("CONN-7")
@@ -1083,8 +1108,8 @@ async def test_a_peer_that_breaks_http2_is_told_goaway_and_named_in_the_log(
                 if broken == "even":
                     block = attacker.h2.encoder.encode(REQUEST)
                     assert await attacker.send(frame(HEADERS, 0x4, 2, block))
-                else:  # 190 headers of 50 bytes: under 16 KiB encoded, over it decoded
-                    many = [*REQUEST, *((f"x-h{n}", "v" * 50) for n in range(190))]
+                else:  # one header of 50 bytes 1000 times: 85 KB decoded from 2 KB
+                    many = [*REQUEST, *(("x-h", "v" * 50) for _ in range(1000))]
                     stream_id = attacker.h2.get_next_available_stream_id()
                     attacker.h2.send_headers(stream_id, many)
                     assert await attacker.flush()
