@@ -168,7 +168,7 @@ class _ServerChannel:
 
         A sample that does not fit waits here, its message still counted in the budget
         of messages in flight (SRV-13) if it came in more than one DATA frame. It is
-        held at the larger of its content (inflated, if compressed) and the
+        held at the size of its content (inflated, if compressed), or of the
         shared-memory bytes it refers to; a reference that does not lie inside the
         segment the stream's descriptor declared is left to the session, which refuses
         it by the rule it breaks (SHM-1, SHM-4), at once.

@@ -1,9 +1,10 @@
 """The frames the server holds until it answered them, bounded (spec: serving, SRV-18).
 
 The bound itself is tested first on its own (waits, order, refusals); then a real
-server on a loopback port, driven by avaproto's pipeline, shows that a stream whose
-next frame does not fit leaves it unread until others are answered, loses nothing,
-and that a wait past the timeout ends only the stream that waited.
+server on a loopback port, driven by avaproto's pipeline and a raw HTTP/2 peer, shows
+that a stream whose frame does not fit waits, reading nothing more, until others are
+answered, loses nothing, and that a wait past the timeout ends only the stream that
+waited.
 """
 
 from __future__ import annotations
@@ -181,12 +182,12 @@ class Gated:
     [("embedded", WIDE), ("embedded", LARGE), ("shm", WIDE)],
     ids=["embedded-in-one-data-frame", "embedded-in-several", "shared-memory"],
 )
-async def test_frames_past_the_bound_wait_unread_and_every_one_is_answered(
+async def test_frames_past_the_bound_wait_and_every_one_is_answered(
     transfer: Any, fmt: VideoFormat, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Room for two frames and a half: of six sent, two are processed, the third waits
-    unread (so the sender's window closes behind it) until the gate opens, and then all
-    six are answered in order."""
+    and its stream reads nothing more (so the sender's window closes behind it) until
+    the gate opens, and then all six are answered in order."""
     gate, entered = anyio.Event(), []
     frame_bytes = fmt.frame_bytes
     bound = 5 * frame_bytes // 2
