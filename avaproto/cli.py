@@ -1055,7 +1055,12 @@ def _send(args: argparse.Namespace) -> int:
             body, omitted = to_json_lenient(result.inferences)
             if omitted:  # what has one reading is mended and written (INF-3, INF-4)
                 body, omitted = to_json_lenient(_mend(result.inferences, frame, mended))
-            line = {"sequenceNumber": number, "timestamp": result.timestamp}
+            # The frame's own timestamp: many extensions leave the answer's at 0.
+            stamp = result.sample_timestamp
+            line = {
+                "sequenceNumber": number,
+                "timestamp": result.timestamp if stamp is None else stamp,
+            }
             output.write({**line, **body})
             for reason in omitted:
                 left_out.add(f"{frame}: {reason}")

@@ -74,6 +74,10 @@ class Result:
     inferences: list[Inference] = field(default_factory=list)
     #: Seconds from sending the acknowledged sample to receiving this answer.
     latency: float | None = None
+    #: The timestamp the acknowledged sample was sent with (None: acknowledges none).
+    #: Extensions that answer without one (``timestamp`` 0) are many: this is the one
+    #: to record the answer under.
+    sample_timestamp: int | None = None
 
 
 class Results:
@@ -170,6 +174,7 @@ class PipelineStream:
         # Our unacknowledged samples and when each was sent, oldest first (dicts keep
         # insertion order): the first entry is what the acknowledgement deadline watches.
         self._sent_at: dict[int, float] = {}
+        self._timestamps: dict[int, int] = {}  # of the samples sent, until acknowledged
         self._leased: set[int] = set()
         self._ended = False
         self._ended_at = 0.0
@@ -329,6 +334,7 @@ class PipelineStream:
                 self._leased.add(message.sequence_number)
                 lease = None  # the acknowledgement frees it now
             self._sent_at[message.sequence_number] = time.monotonic()
+            self._timestamps[message.sequence_number] = timestamp
         except BaseException:
             try:
                 _free(lease)  # never sent: the slot is free again at once
@@ -380,10 +386,12 @@ class PipelineStream:
     async def on_message(self, message: MediaStreamMessage, events: list[Event]) -> None:
         acknowledged: int | None = None
         latency: float | None = None
+        sent_with: int | None = None
         answer: SampleReceived | None = None
         for event in events:
             if isinstance(event, AckReceived) and event.needed:
                 acknowledged = event.acknowledged
+                sent_with = self._timestamps.get(acknowledged)
                 latency = self._settle(acknowledged)
             elif isinstance(event, SampleReceived):
                 answer = event
@@ -403,6 +411,7 @@ class PipelineStream:
             timestamp=answer.timestamp if answer else 0,
             inferences=list(answer.inferences) if answer else [],
             latency=latency,
+            sample_timestamp=sent_with,
         )
         self.runner.statistics.add(result)
         try:
@@ -470,5 +479,6 @@ class PipelineStream:
             assert self.arena is not None
             self._leased.discard(number)
             self.arena.ack(number)  # the only way a sent lease is freed
+        self._timestamps.pop(number, None)
         sent = self._sent_at.pop(number, None)
         return time.monotonic() - sent if sent is not None else None

@@ -40,7 +40,7 @@ from .lifecycle import (
 )
 from .roles import Role
 from .sequence import IncomingSequence, OutgoingSequence
-from .video_format import DEFAULT_LIMITS, FrameLimits
+from .video_format import DEFAULT_LIMITS, FrameLimits, VideoFormat
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +348,10 @@ class Session:
                 )
             start = reference.address_offset
             end = start + reference.length_bytes
-            if end > memory.length_bytes:
+            if end > memory.length_bytes and not (
+                error is RemoteProtocolError
+                and overruns_tolerably(start, reference.length_bytes, memory.length_bytes, video)
+            ):
                 raise error(
                     "SHM-4",
                     status or Status.OUT_OF_RANGE,
@@ -366,6 +369,14 @@ class Session:
                 )
             if error is RemoteProtocolError:
                 self._check_overlap(start, end)
+                if end > memory.length_bytes:
+                    self._tolerate(
+                        "SHM-14",
+                        f"content reference [{start}, {end}) runs {end - memory.length_bytes} "
+                        f"bytes past the shared-memory segment of {memory.length_bytes} bytes, "
+                        f"past the {video} frame at its start, which lies inside and is read",
+                    )
+                    return
                 if video.is_raw and length > video.frame_bytes:
                     # A widely used pipeline's allocator makes every slot after the first
                     # one byte longer than the frame; the frame is at the slot's start
@@ -535,6 +546,22 @@ class Session:
             )
         )
         return events
+
+
+#: How far past its segment a reference to a RAW frame may run, past the frame at its
+#: start (SHM-14): less than a page, what slots rounded up to a page, or computed as
+#: closed intervals (one byte longer than the frame), make of the last slot.
+OVERRUN_BYTES = 4096
+
+
+def overruns_tolerably(start: int, length: int, segment: int, video: VideoFormat) -> bool:
+    """Whether a reference that runs past its segment holds a RAW frame inside it, and
+    runs past it by less than ``OVERRUN_BYTES`` (SHM-14)."""
+    return (
+        video.is_raw
+        and start + video.frame_bytes <= segment
+        and start + length - segment < OVERRUN_BYTES
+    )
 
 
 def _numbers(numbers: frozenset[int]) -> str:

@@ -40,8 +40,12 @@ from ..engine.config import EngineConfig
 from ..engine.extension import Extension
 from ..engine.serve import StreamStop, serve_stream
 from ..errors import ProtocolError, RemoteProtocolError, bounded
-from ..messages import METHOD_PATH, MediaStreamMessage
+from ..messages import METHOD_PATH, MediaStreamDescriptor, MediaStreamMessage
 from ..protocol.auth import AUTH_HEADER, Credentials, check_authentication
+from ..protocol.descriptor import check_descriptor
+from ..protocol.roles import Role
+from ..protocol.session import overruns_tolerably
+from ..protocol.video_format import FrameLimits, VideoFormat
 from ..status import Status
 from ._grpclib_private import (
     cancelled_by_reset,
@@ -118,6 +122,7 @@ class _ServerChannel:
         max_bytes: int,
         budget: MessageBudget,
         frame_memory: FrameMemory,
+        limits: FrameLimits,
         descriptor_timeout: float | None,
         encoding: str | None = None,
         send_timeout: float | None = None,
@@ -132,9 +137,12 @@ class _ServerChannel:
         # Each sample's frame is held in the server's frame memory until answered
         # (SRV-18), by sequence number.
         self._memory = frame_memory
+        self._limits = limits
         self._held: dict[int, int] = {}
-        # The length of the segment the descriptor declared (0: none yet, or none).
+        # The length of the segment the descriptor declared (0: none yet, or none), and
+        # its checked media format (None: none yet, or none).
         self._segment = 0
+        self._video: VideoFormat | None = None
         self._max = max_bytes
         self._descriptor_timeout: float | None = descriptor_timeout
         self._first = True
@@ -175,22 +183,37 @@ class _ServerChannel:
         """
         sample = message.media_sample
         if sample is None:
-            described = message.media_stream_descriptor
-            if described is not None:
-                segment = described.shared_memory_buffer_transfer_properties
-                self._segment = segment.length_bytes if segment is not None else 0
+            if message.media_stream_descriptor is not None:
+                self._described(message.media_stream_descriptor)
             return
         embedded, reference = sample.content_bytes, sample.content_reference
         if reference is None:
             size = len(embedded.bytes) if embedded is not None else 0
-        elif reference.address_offset + reference.length_bytes <= self._segment:
-            size = reference.length_bytes
         else:
-            return
+            start, size, video = reference.address_offset, reference.length_bytes, self._video
+            if video is not None and video.is_raw:  # read from the start (SHM-14)
+                size = min(size, video.frame_bytes)
+            if start + reference.length_bytes > self._segment and not (
+                video is not None
+                and overruns_tolerably(start, reference.length_bytes, self._segment, video)
+            ):
+                return
         if size:
             await self._memory.take(self._raw.connection, size, self.peer)
             number = message.sequence_number
             self._held[number] = self._held.get(number, 0) + size
+
+    def _described(self, described: MediaStreamDescriptor) -> None:
+        """What the pipeline's descriptor says of the bytes its references hold."""
+        segment = described.shared_memory_buffer_transfer_properties
+        self._segment = segment.length_bytes if segment is not None else 0
+        try:
+            checked = check_descriptor(
+                described, Role.PIPELINE, self._limits, tolerate=lambda *_: None
+            )
+        except ProtocolError:
+            return  # the session refuses it: no sample follows
+        self._video = checked.video_format
 
     async def send(self, message: MediaStreamMessage) -> None:
         await self.send_batch([message])
@@ -323,6 +346,7 @@ class ExtensionService:
                 self._config.max_message_bytes,
                 self.budget,
                 self.frame_memory,
+                self._engine.limits,
                 self._config.limits.descriptor_timeout,
                 encoding,
                 self._config.limits.send_timeout,

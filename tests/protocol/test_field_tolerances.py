@@ -28,7 +28,7 @@ from avaproto.protocol.events import (
     Tolerated,
 )
 from avaproto.protocol.roles import Role
-from avaproto.protocol.session import Session
+from avaproto.protocol.session import OVERRUN_BYTES, Session
 from avaproto.status import Status
 from tests.builders import (
     FRAME_BYTES,
@@ -94,9 +94,28 @@ class TestReferencesLongerThanAFrame:
         assert extension.tolerated["SHM-14"] == 5
 
     @pytest.mark.rule("SHM-4", "SHM-14")
-    def test_the_segment_bound_still_applies_to_the_whole_reference(self) -> None:
+    def test_the_last_slot_may_run_a_byte_past_the_segment_its_frame_inside(self) -> None:
+        """The same allocator's last slot, once the segment has filled: its frame ends
+        with the segment, its reference a byte past it."""
+        _, extension = negotiate(pipeline_descriptor(shm=("seg", 3 * FRAME_BYTES)))
+        reference = referenced(2 * FRAME_BYTES, FRAME_BYTES + 1)
+        events = extension.receive(MediaStreamMessage(sequence_number=2, media_sample=reference))
+        [sample] = samples(events)
+        assert sample.content == ReferencedContent(2 * FRAME_BYTES, FRAME_BYTES)
+        [note] = tolerated(events)
+        assert (
+            note.rule == "SHM-14" and "runs 1 bytes past the shared-memory segment" in note.detail
+        )
+
+    @pytest.mark.rule("SHM-4", "SHM-14")
+    @pytest.mark.parametrize(
+        ("start", "length"),
+        [(1, FRAME_BYTES), (0, FRAME_BYTES + OVERRUN_BYTES)],
+        ids=["its-frame-past-the-end", "a-page-past-the-end"],
+    )
+    def test_the_segment_bound_still_applies_past_that(self, start: int, length: int) -> None:
         _, extension = negotiate(pipeline_descriptor(shm=("seg", FRAME_BYTES)))
-        message = MediaStreamMessage(sequence_number=2, media_sample=referenced(0, FRAME_BYTES + 1))
+        message = MediaStreamMessage(sequence_number=2, media_sample=referenced(start, length))
         with pytest.raises(RemoteProtocolError) as caught:
             extension.receive(message)
         assert (caught.value.rule, caught.value.status) == ("SHM-4", Status.OUT_OF_RANGE)

@@ -35,6 +35,7 @@ import pytest
 import trustme
 
 from avaproto.client import connect
+from avaproto.engine.drive import Result
 from avaproto.engine.frame import Frame
 from avaproto.errors import ProtocolError
 from avaproto.messages import (
@@ -193,6 +194,22 @@ async def test_send_completes_against_an_unnumbered_answer_descriptor(
     assert report.tolerated == {"SEQ-4": 1}
     warnings = [r.getMessage() for r in caplog.records if "SEQ-4" in r.getMessage()]
     assert len(warnings) == 1, warnings
+
+
+@pytest.mark.rule("PIPE-1")
+async def test_each_result_carries_the_timestamp_its_frame_was_sent_with() -> None:
+    """Microsoft's C# and Python samples answer without a timestamp (0): a result, and
+    the line ``send --output`` writes for it, are filed under the frame's own."""
+    results: list[Result] = []
+    with anyio.fail_after(TIMEOUT):
+        async with extension_peer(UnnumberedDescriptor()) as port:
+            await send_frames(
+                source(4),
+                SendOptions(target=f"127.0.0.1:{port}", format=RGB24),
+                on_result=results.append,
+            )
+    assert [r.timestamp for r in results] == [0] * 4  # as the extension answered
+    assert [r.sample_timestamp for r in results] == [0, 3000, 6000, 9000]  # 1/30 s apart
 
 
 # --- an extension that never acknowledges ------------------------------------------------
@@ -519,10 +536,13 @@ def field_descriptor(
     )
 
 
-@pytest.mark.rule("SHM-14", "SHM-8")
+@pytest.mark.rule("SHM-14", "SHM-8", "SHM-4")
+@pytest.mark.parametrize("filled", [False, True], ids=["room-left", "segment-filled"])
 async def test_serve_answers_a_pipeline_whose_references_are_one_byte_long(
-    caplog: pytest.LogCaptureFixture,
+    filled: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Once the segment has filled, the allocator's last slot ends with it, and its
+    reference a byte past it (Intel's DL Streamer client, at about its 400th frame)."""
     caplog.set_level(logging.INFO, logger="avaproto")
     seen: list[bytes] = []
 
@@ -531,10 +551,14 @@ async def test_serve_answers_a_pipeline_whose_references_are_one_byte_long(
         return [Inference(subtype=f"{len(frame.data or b'')}")]
 
     count = 6
-    async with field_segment(FRAME * (count + 1)) as (name, mapping):
+    allocator = ClosedIntervalAllocator(FRAME)
+    slots = [allocator.next() for _ in range(count)]
+    last, length = slots[-1]
+    async with field_segment(last + length - 1 if filled else FRAME * (count + 1)) as (
+        name,
+        mapping,
+    ):
         descriptor = field_descriptor(RGB24, (name, len(mapping)))
-        allocator = ClosedIntervalAllocator(FRAME)
-        slots = [allocator.next() for _ in range(count)]
         answers: list[MediaStreamMessage] = []
         answered, next_answer = anyio.create_memory_object_stream[None](count + 1)
         with anyio.fail_after(TIMEOUT):

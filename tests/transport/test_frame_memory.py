@@ -319,7 +319,7 @@ async def test_a_descriptor_in_several_data_frames_never_waits_for_frame_memory(
 @pytest.mark.rule("SRV-18", "SHM-1", "SHM-4")
 @pytest.mark.parametrize(
     ("segment", "length", "rule"),
-    [(None, 2**40, "SHM-1"), (1 << 20, 600 << 20, "SHM-4"), (1024, 2048, "SHM-4")],
+    [(None, 2**40, "SHM-1"), (1 << 20, 600 << 20, "SHM-4"), (1024, 8192, "SHM-4")],
     ids=["no-segment", "past-a-small-segment", "past-it-while-memory-is-full"],
 )
 async def test_a_reference_outside_its_segment_is_refused_by_its_rule_at_once(
