@@ -239,7 +239,12 @@ class PipelineStream:
         runner = StreamRunner(Role.PIPELINE, channel, statistics=statistics)
         stream = cls(runner, window, arena, ack_timeout)
         with runner.outcome():
-            await runner.send(runner.session.send_descriptor(descriptor))
+            await runner.send(
+                runner.session.send_descriptor(descriptor),
+                timeout=descriptor_timeout,
+                rule="PIPE-3",
+                awaited="open its flow-control window for our descriptor",
+            )
             answer = await runner.receive(
                 timeout=descriptor_timeout, rule="PIPE-3", awaited="answer our descriptor"
             )
@@ -342,7 +347,7 @@ class PipelineStream:
                 self._window.release()
             raise
         number = message.sequence_number
-        if await self._unless_ended(self.runner.send, message):
+        if await self._unless_ended(self._send, message, f"sample {number}"):
             self.runner.statistics.sent += 1
         else:
             self._settle(number)  # the extension ended the stream first: none will come
@@ -354,6 +359,16 @@ class PipelineStream:
         self._ended = True
         self._ended_at = time.monotonic()
         await self._unless_ended(self.channel.send_end)
+
+    async def _send(self, message: MediaStreamMessage, what: str) -> None:
+        """Send ``message`` within the acknowledgement deadline: an extension that keeps
+        its flow-control window shut takes nothing, and would acknowledge nothing (PIPE-4)."""
+        await self.runner.send(
+            message,
+            timeout=self._ack_timeout,
+            rule="PIPE-4",
+            awaited=f"open its flow-control window for {what}",
+        )
 
     async def _unless_ended(
         self, sending: Callable[[*_Args], Awaitable[None]], *args: *_Args
@@ -401,7 +416,9 @@ class PipelineStream:
             # Once the extension ended the stream, this answer and those after it still
             # go to the results, then its status (PIPE-6).
             await self._unless_ended(
-                self.runner.send, self.session.send_sample(None, ack=answer.sequence_number)
+                self._send,
+                self.session.send_sample(None, ack=answer.sequence_number),
+                f"our acknowledgement of its message {answer.sequence_number}",
             )
         if acknowledged is None and answer is None:
             return

@@ -179,7 +179,14 @@ class StreamRunner:
         await handler.on_message(*received)
         return True
 
-    async def send(self, message: MediaStreamMessage) -> None:
+    async def send(
+        self,
+        message: MediaStreamMessage,
+        *,
+        timeout: float | None = None,
+        rule: str = "",
+        awaited: str = "",
+    ) -> None:
         """Send a message the session produced; an interrupted send fails the session.
 
         Once a numbered message may or may not have left, the two sides' books can no
@@ -187,10 +194,24 @@ class StreamRunner:
         fails because the peer ended the stream (``StreamFailed``: its status, or the
         connection lost) is not that: the peer's account is in what it sent before,
         which the receive side reads in order and ends with, so the session stays as
-        it is for those messages (PIPE-6).
+        it is for those messages (PIPE-6). With ``timeout``, a peer that takes none of
+        it for that long (its flow-control window left shut) ends the stream with
+        DEADLINE_EXCEEDED under ``rule``, worded as ``receive`` words it.
         """
         try:
-            await self.channel.send(message)
+            if timeout is None:
+                await self.channel.send(message)
+            else:
+                with anyio.move_on_after(timeout) as waited:
+                    await self.channel.send(message)
+                if waited.cancelled_caught:
+                    error = ProtocolError(
+                        rule,
+                        Status.DEADLINE_EXCEEDED,
+                        f"the {self.peer} did not {awaited} within {timeout:g} s",
+                    )
+                    self.session.fail(error)
+                    raise error
         except StreamFailed:
             raise
         except BaseException:
