@@ -596,7 +596,9 @@ class _AnswerReading(grpclib.protocol.H2Protocol):
         finish_after_goaway(self)
         ignore_unknown_frames(self)
         peer = peer_address(transport.get_extra_info("peername"))
-        self._guard = guard = AnswerGuard(self._limits, peer, self._refuse)
+        self._guard = guard = AnswerGuard(
+            self._limits, peer, self._refuse, lambda: sent_so_far(self)
+        )
         connection: Any = self.connection
         connection.avaproto_guard = guard
         watch_events(self, guard.event)

@@ -13,6 +13,11 @@ this bounds the same things the other way, with the same figures (``ConnectionLi
 * h2 checks a frame's length only once the whole frame arrived, and buffers it until
   then: a header announcing 16 MiB held the stream until its deadline. A frame longer
   than the pipeline's SETTINGS_MAX_FRAME_SIZE is refused from its header (PIPE-8);
+* frames that carry no message (PING, PRIORITY, SETTINGS entries, WINDOW_UPDATE,
+  RST_STREAM, unknown types) cost a parse and an event each: a flood of them held a
+  pipeline's core for as long as its extension acknowledged in time. Past
+  ``max_frames_without_data`` beyond what the connection earns back, counted as the
+  server counts them (its CONN-19), the connection ends (PIPE-8);
 * what is not HTTP/2 a client can take ends the connection at once, naming it (PIPE-9):
   an HTTP/1.x response, a pushed stream, a stream the extension opens, a frame h2
   refuses.
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import h2.events
@@ -34,6 +40,14 @@ from ..errors import RemoteProtocolError
 from ..status import Status
 from .limits import ConnectionLimits
 from .message_meter import StreamMeters
+
+# What a frame earns back, or costs, of the allowance of frames without a message: the
+# server's figures (``avaproto.transport.guard``, CONN-19).
+_DATA, _HEADERS, _SETTINGS, _CONTINUATION = 0x0, 0x1, 0x4, 0x9
+QUIET_FRAMES_PER_SECOND = 10.0
+QUIET_BYTES = 1024
+QUIET_PER_FRAME = 4
+QUIET_PER_HEADERS = 10
 
 log = logging.getLogger("avaproto.pipeline")
 
@@ -46,10 +60,24 @@ _HTTP1 = (b"HTTP/1.", b"HTTP/0.", b"HTTP/2 ")
 class AnswerGuard:
     """The limits of one of the pipeline's connections, fed by its protocol."""
 
-    def __init__(self, limits: ConnectionLimits, peer: str, close: Close) -> None:
+    def __init__(
+        self,
+        limits: ConnectionLimits,
+        peer: str,
+        close: Close,
+        sent: Callable[[], tuple[int, int]] = lambda: (0, 0),
+    ) -> None:
         self._limits = limits
         self._peer = peer
         self._close = close
+        # The frames of the reads so far: a header cut by a read's end, the body left.
+        self._head = bytearray()
+        self._body_left = 0
+        # The allowance of frames without a message (PIPE-8), and what earned it last.
+        self._sent = sent
+        self._quiet_left = float(limits.max_frames_without_data)
+        self._quiet_at = time.monotonic()
+        self._quiet_sent = sent()
         self._meters = StreamMeters(limits.frames_per_message)
         #: Acknowledgements (of PING, SETTINGS) owed since the write buffer was empty.
         self.control_owed = 0
@@ -79,7 +107,61 @@ class AnswerGuard:
                     "a TLS port in front of one",
                 )
                 return False
-        return True
+        return self._frames(data)
+
+    def _frames(self, data: bytes) -> bool:
+        """Count the frames that begin in ``data`` against the allowance of frames
+        without a message; False once past it (the connection is ended)."""
+        i, n, earned, spent = 0, len(data), 0, 0
+        while i < n:
+            if self._body_left:
+                take = min(self._body_left, n - i)
+                self._body_left -= take
+                i += take
+                continue
+            if self._head or n - i < 9:
+                take = min(9 - len(self._head), n - i)
+                self._head += data[i : i + take]
+                i += take
+                if len(self._head) < 9:
+                    break
+                length, kind = int.from_bytes(self._head[:3], "big"), self._head[3]
+                self._head.clear()
+            else:
+                length, kind = int.from_bytes(data[i : i + 3], "big"), data[i + 3]
+                i += 9
+            self._body_left = length
+            if kind == _DATA:
+                earned += QUIET_PER_FRAME + length // QUIET_BYTES
+            elif kind == _HEADERS:
+                earned += QUIET_PER_HEADERS
+            elif kind != _CONTINUATION:
+                spent += max(1, length // 6) if kind == _SETTINGS else 1
+        if not spent:
+            if earned:
+                self._quiet_left = min(
+                    self._limits.max_frames_without_data, self._quiet_left + earned
+                )
+            return True
+        now, sent = time.monotonic(), self._sent()
+        earned_back = (
+            (now - self._quiet_at) * QUIET_FRAMES_PER_SECOND
+            + (sent[0] - self._quiet_sent[0]) / QUIET_BYTES
+            + (sent[1] - self._quiet_sent[1]) * QUIET_PER_FRAME
+        )
+        limit = self._limits.max_frames_without_data
+        self._quiet_left = min(limit, self._quiet_left + earned + earned_back) - spent
+        self._quiet_at, self._quiet_sent = now, sent
+        if self._quiet_left >= 0:
+            return True
+        self.refuse(
+            "PIPE-8",
+            Status.RESOURCE_EXHAUSTED,
+            f"more than {limit} frames that carry no message (PING, PRIORITY, SETTINGS "
+            "entries, WINDOW_UPDATE, RST_STREAM, unknown types) beyond what the "
+            "connection's messages earn back",
+        )
+        return False
 
     def data_frame(self, stream_id: int, payload: bytes | memoryview) -> bool:
         """A DATA frame about to be taken; False when its answer takes too many."""

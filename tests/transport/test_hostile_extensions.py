@@ -61,12 +61,18 @@ def answer(number: int, text_bytes: int = 0) -> bytes:
     )
 
 
-async def ended_by(misbehave: Misbehave, caplog: pytest.LogCaptureFixture) -> AvaprotoError:
+async def ended_by(
+    misbehave: Misbehave,
+    caplog: pytest.LogCaptureFixture,
+    limits: ConnectionLimits | None = None,
+) -> AvaprotoError:
     """What ends a pipeline's stream whose first sample meets ``misbehave``, which ends
     well before the acknowledgement deadline; nothing is logged above INFO."""
     async with _listening(_raw_extension(misbehave)) as port:
         with anyio.fail_after(TIMEOUT), pytest.raises(AvaprotoError) as ended:
-            async with connect(f"127.0.0.1:{port}", format=RGB24, ack_timeout=ACK_TIMEOUT) as pipe:
+            async with connect(
+                f"127.0.0.1:{port}", format=RGB24, ack_timeout=ACK_TIMEOUT, limits=limits
+            ) as pipe:
                 await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
                 async for _ in pipe.results():
                     pass
@@ -126,8 +132,36 @@ async def test_pings_from_an_extension_that_reads_nothing_are_bounded(
         while True:  # never reads again
             await client.send(pings)
 
-    error = await ended_by(flood, caplog)
+    # The allowance of frames without a message lifted, to watch this bound alone.
+    lifted = ConnectionLimits(max_frames_without_data=1 << 40)
+    error = await ended_by(flood, caplog, lifted)
     refused(error, "PIPE-8", Status.RESOURCE_EXHAUSTED, "acknowledgements (PING, SETTINGS)")
+
+
+@pytest.mark.rule("PIPE-8")
+@pytest.mark.parametrize(
+    "flood",
+    [
+        b"".join(frame(PING, 0, 0, struct.pack(">Q", n)) for n in range(1100)),
+        frame(0x2, 0, 1, bytes(5)) * 1100,  # PRIORITY
+        frame(0x4, 0, 0, struct.pack(">HI", 0x7F00, 1) * 2000),  # unknown settings
+        b"".join(frame(0xF0, 0, 0) for _ in range(1100)),  # a type HTTP/2 does not define
+    ],
+    ids=["pings", "priority", "settings-entries", "unknown-frames"],
+)
+async def test_a_flood_of_frames_without_a_message_ends_the_connection(
+    flood: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An extension that reads what the pipeline sends, and floods it with frames that
+    each cost a parse: held to the server's own allowance (its CONN-19)."""
+
+    async def flooding(client: anyio.abc.SocketStream, _: Any, __: int, ___: Any) -> bool:
+        await client.send(flood)
+        await anyio.sleep_forever()
+        return True
+
+    error = await ended_by(flooding, caplog)
+    refused(error, "PIPE-8", Status.RESOURCE_EXHAUSTED, "frames that carry no message")
 
 
 @pytest.mark.rule("PIPE-8")
