@@ -10,6 +10,8 @@ waited.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -290,12 +292,12 @@ async def test_a_stream_that_ends_with_frames_unanswered_gives_them_back() -> No
         await completes(server.port)
 
 
-async def test_a_descriptor_in_several_data_frames_never_waits_for_frame_memory() -> None:
-    """Every byte of frame memory held by another stream: a descriptor whose prefix
-    arrives in a DATA frame of its own is answered at once, since a body that one DATA
-    frame could carry is held only once read, and only if it is a sample's."""
+@asynccontextmanager
+async def memory_held_elsewhere(**limits: Any) -> AsyncIterator[Attacker]:
+    """A server whose frame memory one stream's frame holds, at a gate until the block
+    ends (then it is answered), and a raw HTTP/2 peer on a connection of its own."""
     gate, entered = anyio.Event(), []
-    async with serving(lambda: Gated(gate, entered), max_frame_memory=FRAME) as server:
+    async with serving(lambda: Gated(gate, entered), max_frame_memory=FRAME, **limits) as server:
         with anyio.fail_after(TIMEOUT):
             async with (
                 connect(f"127.0.0.1:{server.port}", format=WIDE) as holder,
@@ -303,17 +305,25 @@ async def test_a_descriptor_in_several_data_frames_never_waits_for_frame_memory(
             ):
                 await holder.send(bytes(FRAME), timestamp=0)
                 await eventually(lambda: entered == [2])
-                described = encode_framed(
-                    MediaStreamMessage(
-                        sequence_number=1,
-                        media_stream_descriptor=pipeline_descriptor(configuration="x" * 4000),
-                    )
-                )
-                stream_id = await attacker.open_stream(described[:5], described[5:])
-                await attacker.until(lambda: attacker.answers(stream_id) == 1)
-                assert attacker.status(stream_id) is None
+                yield attacker
                 gate.set()
                 assert (await holder.results().receive()).acknowledged == 2
+
+
+async def test_a_descriptor_in_several_data_frames_never_waits_for_frame_memory() -> None:
+    """Every byte of frame memory held by another stream: a descriptor whose prefix
+    arrives in a DATA frame of its own is answered at once, since a message is held
+    only once read, and only if it is a sample's."""
+    async with memory_held_elsewhere() as attacker:
+        described = encode_framed(
+            MediaStreamMessage(
+                sequence_number=1,
+                media_stream_descriptor=pipeline_descriptor(configuration="x" * 4000),
+            )
+        )
+        stream_id = await attacker.open_stream(described[:5], described[5:])
+        await attacker.until(lambda: attacker.answers(stream_id) == 1)
+        assert attacker.status(stream_id) is None
 
 
 @pytest.mark.rule("SRV-18", "SHM-1", "SHM-4")
@@ -328,7 +338,6 @@ async def test_a_reference_outside_its_segment_is_refused_by_its_rule_at_once(
     """Frame memory full (another stream's frame waits at a gate): a reference that
     does not lie inside the declared segment is not held, nor made to wait, but left
     to the session, which names the rule it breaks."""
-    gate, entered = anyio.Event(), []
     with SharedMemoryArena.create(1 << 20, prefix="avaproto-test-") as arena:
         shm = None if segment is None else (arena.handle_name, segment)
         described = encode_framed(
@@ -342,18 +351,8 @@ async def test_a_reference_outside_its_segment_is_refused_by_its_rule_at_once(
                 sequence_number=2, media_sample=MediaSample(content_reference=reference)
             )
         )
-        limits = {"max_frame_memory": FRAME, "frame_memory_timeout": 2 * TIMEOUT}
-        async with serving(lambda: Gated(gate, entered), **limits) as server:
-            with anyio.fail_after(TIMEOUT):
-                async with (
-                    connect(f"127.0.0.1:{server.port}", format=WIDE) as holder,
-                    Attacker.connect(server.port) as attacker,
-                ):
-                    await holder.send(bytes(FRAME), timestamp=0)
-                    await eventually(lambda: entered == [2])
-                    stream_id = await attacker.open_stream(described, referring)
-                    await attacker.until(lambda: attacker.status(stream_id) is not None)
-                    gate.set()
-                    assert (await holder.results().receive()).acknowledged == 2
+        async with memory_held_elsewhere(frame_memory_timeout=2 * TIMEOUT) as attacker:
+            stream_id = await attacker.open_stream(described, referring)
+            await attacker.until(lambda: attacker.status(stream_id) is not None)
     status = attacker.status(stream_id)
     assert status is not None and status[1].startswith(f"[{rule}]")

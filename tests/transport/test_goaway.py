@@ -18,8 +18,10 @@ import anyio.abc
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import pytest
 from h2.errors import ErrorCodes
+from h2.settings import SettingCodes
 
 from avaproto.client import connect
 from avaproto.codec import decode_message, encode_framed
@@ -87,6 +89,20 @@ OnSamples = Callable[
 _ANSWER_HEADERS = [(":status", "200"), ("content-type", "application/grpc")]
 
 
+def extension_machine(window: int | None = None) -> h2.connection.H2Connection:
+    """An extension's HTTP/2 state, its first SETTINGS queued; ``window``, if given, is
+    its streams' initial flow-control window, in force from that SETTINGS frame."""
+    machine = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+    )
+    if window is not None:
+        machine.local_settings = h2.settings.Settings(
+            client=False, initial_values={SettingCodes.INITIAL_WINDOW_SIZE: window}
+        )
+    machine.initiate_connection()
+    return machine
+
+
 def _raw_extension(
     on_samples: OnSamples, samples: int = 1, headers: list[tuple[str, str]] = _ANSWER_HEADERS
 ) -> Callable[[anyio.abc.SocketStream], Awaitable[None]]:
@@ -95,10 +111,7 @@ def _raw_extension(
     numbers)``, and reads on until the pipeline goes (or ``on_samples`` returns True)."""
 
     async def extension(client: anyio.abc.SocketStream) -> None:
-        machine = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
-        )
-        machine.initiate_connection()
+        machine = extension_machine()
         received, numbers = b"", []
         async with client:
             await client.send(machine.data_to_send())

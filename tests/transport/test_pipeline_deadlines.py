@@ -18,14 +18,18 @@ import h2.connection
 import h2.events
 import h2.settings
 import pytest
-from h2.settings import SettingCodes
 
 from avaproto.client import connect
 from avaproto.codec import decode_message, encode_framed
 from avaproto.errors import ProtocolError
 from avaproto.messages import MediaStreamMessage
 from avaproto.status import Status
-from tests.transport.test_goaway import _ANSWER_HEADERS, _listening, extension_descriptor
+from tests.transport.test_goaway import (
+    _ANSWER_HEADERS,
+    _listening,
+    extension_descriptor,
+    extension_machine,
+)
 from tests.transport.test_grpc import RGB24
 
 pytestmark = pytest.mark.anyio
@@ -44,12 +48,7 @@ def shut_window(window: int, early_ack: bool = False) -> object:
     first bytes arrive."""
 
     async def extension(client: anyio.abc.SocketStream) -> None:
-        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
-        machine = h2.connection.H2Connection(config)
-        machine.local_settings = h2.settings.Settings(  # in force from its first SETTINGS
-            client=False, initial_values={SettingCodes.INITIAL_WINDOW_SIZE: window}
-        )
-        machine.initiate_connection()
+        machine = extension_machine(window)
         received, ack_early = b"", early_ack
         async with client:
             await client.send(machine.data_to_send())
