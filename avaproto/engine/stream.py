@@ -214,6 +214,12 @@ class StreamRunner:
                     raise error
         except StreamFailed:
             raise
+        except ProtocolError as error:
+            # The peer broke a rule as this went out (its connection refused for it):
+            # that, not the interruption, is why the stream fails.
+            if not self.session.failed:
+                self.session.fail(error)
+            raise
         except BaseException:
             if not self.session.failed:
                 self.session.fail(

@@ -21,7 +21,7 @@ import pytest
 from avaproto.engine.drive import PipelineStream
 from avaproto.engine.outcome import protocol_errors
 from avaproto.engine.stream import PEER_FAILURE_GRACE
-from avaproto.errors import StreamFailed
+from avaproto.errors import ProtocolError, RemoteProtocolError, StreamFailed
 from avaproto.messages import (
     ContentReference,
     MediaDescriptor,
@@ -151,3 +151,39 @@ async def test_a_failure_with_no_answer_before_it_ends_the_stream_with_its_statu
     assert isinstance(error, StreamFailed), repr(error)
     assert error.status is Status.INTERNAL
     assert read == []
+
+
+class RefusedOnSecondSample(MemoryChannel):
+    """The pipeline's end of the in-memory transport, refusing its second sample as the
+    HTTP/2 transport does when it ends the connection for what the extension did (a
+    fake of that refusal: the in-memory transport has no connection to end)."""
+
+    async def send(self, message: MediaStreamMessage) -> None:
+        if message.sequence_number == 3:
+            raise RemoteProtocolError(
+                "PIPE-9", Status.INTERNAL, "the extension broke HTTP/2: window below 0"
+            )
+        await super().send(message)
+
+
+@pytest.mark.rule("PIPE-9")
+async def test_a_send_refused_for_the_extensions_fault_fails_the_stream_with_it() -> None:
+    """The stream fails for the extension's fault, named as such, not for the send it
+    interrupted (LIFE-3, "sending message 3 was interrupted"): what the stream says
+    when asked anything more (a late answer) names the fault."""
+    pipeline_end, extension_end = channel_pair(capacity=2 * WINDOW)
+    pipeline_end.__class__ = RefusedOnSecondSample
+    opened: list[PipelineStream] = []
+    with anyio.fail_after(TIMEOUT), pytest.raises(ProtocolError) as failed, protocol_errors():
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(failing_extension, extension_end, 2, 0)
+            async with PipelineStream.open(pipeline_end, pipeline_descriptor(), window=WINDOW) as (
+                stream,
+                _,
+            ):
+                opened.append(stream)
+                for t in range(2):
+                    await stream.send(bytes(FRAME_BYTES), timestamp=t)
+    assert (failed.value.rule, failed.value.status) == ("PIPE-9", Status.INTERNAL)
+    error = opened[0].session.error
+    assert error is not None and error.rule == "PIPE-9"
