@@ -78,13 +78,7 @@ class FrameMemory:
         if not self._waiters and self._fits(connection, size):
             self._add(connection, size)
             return
-        if size > self.per_connection or size > self.total:
-            where = "for one connection" if self.per_connection <= self.total else "in all"
-            raise self._refused(
-                peer,
-                f"a frame of {size} bytes is larger than the server holds {where} "
-                f"({min(self.per_connection, self.total)} bytes; {_FLAGS})",
-            )
+        self.check_fits(size, peer, f"a frame of {size} bytes is")
         waiter = _Waiter(connection, size)
         self._waiters.append(waiter)
         self._grant()
@@ -112,6 +106,17 @@ class FrameMemory:
                 f"memory ({self.held} bytes held of {self.total}, "
                 f"{self._by_connection.get(connection, 0)} on this connection of "
                 f"{self.per_connection}; {_FLAGS}, --frame-memory-timeout)",
+            )
+
+    def check_fits(self, size: int, peer: str, what: str) -> None:
+        """RESOURCE_EXHAUSTED if a frame of ``size`` bytes could never be held (``what``
+        names it): a stream of such frames is refused at its descriptor."""
+        if size > self.per_connection or size > self.total:
+            where = "for one connection" if self.per_connection <= self.total else "in all"
+            raise self._refused(
+                peer,
+                f"{what} larger than the server holds {where} "
+                f"({min(self.per_connection, self.total)} bytes; {_FLAGS})",
             )
 
     def give(self, connection: object, size: int) -> None:

@@ -213,7 +213,10 @@ class _ServerChannel:
             )
         except ProtocolError:
             return  # the session refuses it: no sample follows
-        self._video = checked.video_format
+        video = self._video = checked.video_format
+        if video is not None and video.is_raw:
+            size = video.frame_bytes
+            self._memory.check_fits(size, self.peer, f"its {video} frames of {size} bytes are")
 
     async def send(self, message: MediaStreamMessage) -> None:
         await self.send_batch([message])

@@ -356,3 +356,20 @@ async def test_a_reference_outside_its_segment_is_refused_by_its_rule_at_once(
             await attacker.until(lambda: attacker.status(stream_id) is not None)
     status = attacker.status(stream_id)
     assert status is not None and status[1].startswith(f"[{rule}]")
+
+
+async def test_a_stream_whose_frames_could_never_be_held_is_refused_at_its_descriptor(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with serving(max_frame_memory_per_connection=FRAME - 1) as server:
+        with anyio.fail_after(TIMEOUT), pytest.raises(StreamFailed) as refused:
+            async with connect(f"127.0.0.1:{server.port}", format=WIDE):
+                pass
+        await completes(server.port)  # smaller frames are served
+    assert refused.value.status is Status.RESOURCE_EXHAUSTED
+    assert refused.value.detail.startswith(
+        f"[SRV-18] its {WIDE} frames of {FRAME} bytes are larger than the server holds "
+        f"for one connection ({FRAME - 1} bytes;"
+    )
+    [line] = warnings(caplog, "SRV-18")
+    assert "127.0.0.1:" in line
