@@ -281,7 +281,9 @@ async def open_channel(
                         f"frame) within {connect_timeout:g} s: is it a gRPC server"
                         + ("?" if ssl_context is not None else ", or does it expect TLS?")
                         if connected
-                        else f"could not connect to {host}:{port} within {connect_timeout:g} s",
+                        else f"could not connect to {host}:{port}"
+                        + (", TLS handshake included," if ssl_context is not None else "")
+                        + f" within {connect_timeout:g} s",
                     ) from None
                 except GRPCError as error:
                     raise _failed(error) from None
