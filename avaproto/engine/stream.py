@@ -205,18 +205,17 @@ class StreamRunner:
                 with anyio.move_on_after(timeout) as waited:
                     await self.channel.send(message)
                 if waited.cancelled_caught:
-                    error = ProtocolError(
+                    raise ProtocolError(
                         rule,
                         Status.DEADLINE_EXCEEDED,
                         f"the {self.peer} did not {awaited} within {timeout:g} s",
                     )
-                    self.session.fail(error)
-                    raise error
         except StreamFailed:
             raise
         except ProtocolError as error:
-            # The peer broke a rule as this went out (its connection refused for it):
-            # that, not the interruption, is why the stream fails.
+            # The peer broke a rule as this went out (its connection refused for it, or
+            # its window left shut past the deadline): that, not the interruption, is
+            # why the stream fails.
             if not self.session.failed:
                 self.session.fail(error)
             raise

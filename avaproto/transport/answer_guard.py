@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 
 import h2.events
@@ -40,14 +39,7 @@ from ..errors import RemoteProtocolError
 from ..status import Status
 from .limits import ConnectionLimits
 from .message_meter import StreamMeters
-
-# What a frame earns back, or costs, of the allowance of frames without a message: the
-# server's figures (``avaproto.transport.guard``, CONN-19).
-_DATA, _HEADERS, _SETTINGS, _CONTINUATION = 0x0, 0x1, 0x4, 0x9
-QUIET_FRAMES_PER_SECOND = 10.0
-QUIET_BYTES = 1024
-QUIET_PER_FRAME = 4
-QUIET_PER_HEADERS = 10
+from .quiet_frames import QuietFrames
 
 log = logging.getLogger("avaproto.pipeline")
 
@@ -73,11 +65,8 @@ class AnswerGuard:
         # The frames of the reads so far: a header cut by a read's end, the body left.
         self._head = bytearray()
         self._body_left = 0
-        # The allowance of frames without a message (PIPE-8), and what earned it last.
-        self._sent = sent
-        self._quiet_left = float(limits.max_frames_without_data)
-        self._quiet_at = time.monotonic()
-        self._quiet_sent = sent()
+        # The allowance of frames without a message (PIPE-8), the server's (CONN-19).
+        self._quiet = QuietFrames(limits.max_frames_without_data, sent)
         self._meters = StreamMeters(limits.frames_per_message)
         #: Acknowledgements (of PING, SETTINGS) owed since the write buffer was empty.
         self.control_owed = 0
@@ -112,7 +101,7 @@ class AnswerGuard:
     def _frames(self, data: bytes) -> bool:
         """Count the frames that begin in ``data`` against the allowance of frames
         without a message; False once past it (the connection is ended)."""
-        i, n, earned, spent = 0, len(data), 0, 0
+        i, n = 0, len(data)
         while i < n:
             if self._body_left:
                 take = min(self._body_left, n - i)
@@ -131,37 +120,16 @@ class AnswerGuard:
                 length, kind = int.from_bytes(data[i : i + 3], "big"), data[i + 3]
                 i += 9
             self._body_left = length
-            if kind == _DATA:
-                earned += QUIET_PER_FRAME + length // QUIET_BYTES
-            elif kind == _HEADERS:
-                earned += QUIET_PER_HEADERS
-            elif kind != _CONTINUATION:
-                spent += max(1, length // 6) if kind == _SETTINGS else 1
-        if not spent:
-            if earned:
-                self._quiet_left = min(
-                    self._limits.max_frames_without_data, self._quiet_left + earned
+            if not self._quiet.frame(kind, length):
+                self.refuse(
+                    "PIPE-8",
+                    Status.RESOURCE_EXHAUSTED,
+                    f"more than {self._quiet.limit} frames that carry no message (PING, "
+                    "PRIORITY, SETTINGS entries, WINDOW_UPDATE, RST_STREAM, unknown types) "
+                    "beyond what the connection's messages earn back",
                 )
-            return True
-        now, sent = time.monotonic(), self._sent()
-        earned_back = (
-            (now - self._quiet_at) * QUIET_FRAMES_PER_SECOND
-            + (sent[0] - self._quiet_sent[0]) / QUIET_BYTES
-            + (sent[1] - self._quiet_sent[1]) * QUIET_PER_FRAME
-        )
-        limit = self._limits.max_frames_without_data
-        self._quiet_left = min(limit, self._quiet_left + earned + earned_back) - spent
-        self._quiet_at, self._quiet_sent = now, sent
-        if self._quiet_left >= 0:
-            return True
-        self.refuse(
-            "PIPE-8",
-            Status.RESOURCE_EXHAUSTED,
-            f"more than {limit} frames that carry no message (PING, PRIORITY, SETTINGS "
-            "entries, WINDOW_UPDATE, RST_STREAM, unknown types) beyond what the "
-            "connection's messages earn back",
-        )
-        return False
+                return False
+        return True
 
     def data_frame(self, stream_id: int, payload: bytes | memoryview) -> bool:
         """A DATA frame about to be taken; False when its answer takes too many."""

@@ -63,6 +63,7 @@ from ._grpclib_private import (
 from .addresses import UNKNOWN, peer_address
 from .limits import ConnectionLimits
 from .message_meter import StreamMeters
+from .quiet_frames import QUIET_BYTES, QUIET_PER_FRAME, QuietFrames
 from .tls import HTTP2_PREFACE, DiagnosedServerTLS
 
 log = logging.getLogger("avaproto.server")
@@ -166,15 +167,6 @@ HEADER_TABLE_BYTES = 4096
 #: one this many times it, counted compressed as it arrives or decoded, its connection
 #: (grpc-core's soft and hard metadata limits, 8 and 16 KiB).
 HEADER_LIST_HARD = 4
-
-#: How a connection earns back frames that carry no message (CONN-19): so many a
-#: second, one per this many bytes of DATA either way, so many per DATA frame received
-#: and per message sent (grpc-core's client answers each read with a PING of its
-#: bandwidth estimate, and returns credit in WINDOW_UPDATEs), so many per HEADERS.
-QUIET_FRAMES_PER_SECOND = 10.0
-QUIET_BYTES = 1024
-QUIET_PER_FRAME = 4
-QUIET_PER_HEADERS = 10
 
 #: Where a request's ``grpc-encoding`` is moved, for the server to read (grpclib keeps
 #: no ``grpc-`` header in a call's metadata, and reads no compressed message).
@@ -345,11 +337,10 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         self._block_bytes = 0
         self._empty_run = 0
         self._control_owed = 0
-        # Frames without a message the connection may still send (CONN-19), when that
-        # was counted, and what the connection had sent then (``_quiet``).
-        self._quiet_left = float(self._limits.max_frames_without_data)
-        self._quiet_at = 0.0
-        self._quiet_sent = (0, 0)  # bytes of DATA and messages sent, when last counted
+        # Frames without a message the connection may still send (CONN-19).
+        self._quiet_frames = QuietFrames(
+            self._limits.max_frames_without_data, lambda: sent_so_far(self._protocol)
+        )
         # Where the socket's bytes are read to: a buffer reused read after read, or
         # the buffer of the DATA frame being read (``_reading``).
         self._scratch = memoryview(bytearray(READ_SIZE))
@@ -512,7 +503,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 earned += QUIET_PER_FRAME + len(frame[1]) // QUIET_BYTES  # (CONN-19)
         if earned:
             self._empty_run = 0  # a DATA frame with a payload (CONN-8)
-            self._earn(earned)
+            self._quiet_frames.earn(earned)
         if updates and not self._quiet(updates):
             return True  # the connection is being closed: nothing more is taken
         self._give(taken)
@@ -749,13 +740,8 @@ class ConnectionGuard(asyncio.BufferedProtocol):
             if self._handshake_timer is not None:
                 self._handshake_timer.cancel()
                 self._handshake_timer = None
-        if kind == _DATA:
-            self._earn(QUIET_PER_FRAME + length // QUIET_BYTES)  # (CONN-19)
-        elif kind == _HEADERS:
-            self._earn(QUIET_PER_HEADERS)
-        elif kind != _CONTINUATION and not self._quiet(
-            max(1, length // 6) if kind == _SETTINGS else 1
-        ):
+        if not self._quiet_frames.frame(kind, length):
+            self._trip_quiet()
             return False
         if kind in (_DATA, _HEADERS, _CONTINUATION):
             if length == 0 and not (flags & _END_STREAM and kind != _CONTINUATION):
@@ -787,39 +773,21 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 return False
         return True
 
-    def _earn(self, frames: int) -> None:
-        """Allow ``frames`` more frames that carry no message (CONN-19)."""
-        self._quiet_left = min(self._limits.max_frames_without_data, self._quiet_left + frames)
-
     def _quiet(self, frames: int) -> bool:
-        """Count ``frames`` that carry no message (CONN-19); False once past the limit.
-
-        A token bucket of ``max_frames_without_data``, earned back by what the
-        connection carries: one frame per ``QUIET_BYTES`` of DATA either way,
-        ``QUIET_PER_FRAME`` per DATA frame received and per message sent,
-        ``QUIET_PER_HEADERS`` per HEADERS, so that a client's WINDOW_UPDATEs and PINGs
-        for what it sends and reads never run out, and ``QUIET_FRAMES_PER_SECOND`` (a
-        client's keepalive PINGs on a quiet stream). A DATA frame of one byte earns a
-        few, not the whole bucket. A SETTINGS frame counts once per entry.
-        """
-        now = time.monotonic()
-        limit = self._limits.max_frames_without_data
-        sent = sent_so_far(self._protocol)
-        earned = (now - self._quiet_at) * QUIET_FRAMES_PER_SECOND
-        earned += (sent[0] - self._quiet_sent[0]) / QUIET_BYTES
-        earned += (sent[1] - self._quiet_sent[1]) * QUIET_PER_FRAME
-        left = min(limit, self._quiet_left + earned)
-        self._quiet_left, self._quiet_at, self._quiet_sent = left - frames, now, sent
-        if self._quiet_left >= 0:
+        """Count ``frames`` that carry no message (CONN-19); False once past the limit."""
+        if self._quiet_frames.spend(frames):
             return True
+        self._trip_quiet()
+        return False
+
+    def _trip_quiet(self) -> None:
         self._trip(
             "CONN-19",
-            f"more than {limit} frames that carry no message (every frame but DATA, "
-            "HEADERS and CONTINUATION: PING, PRIORITY, SETTINGS entries, WINDOW_UPDATE, "
-            "RST_STREAM, unknown types) beyond what its messages and ours earn back "
-            "(--max-frames-without-data)",
+            f"more than {self._limits.max_frames_without_data} frames that carry no "
+            "message (every frame but DATA, HEADERS and CONTINUATION: PING, PRIORITY, "
+            "SETTINGS entries, WINDOW_UPDATE, RST_STREAM, unknown types) beyond what its "
+            "messages and ours earn back (--max-frames-without-data)",
         )
-        return False
 
     def _frame_received(self) -> None:
         if self._ends_block:

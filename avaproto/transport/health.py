@@ -13,7 +13,6 @@ instead of learning about the drain from refused calls.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -34,6 +33,7 @@ from ..errors import ProtocolError
 from ..messages import PACKAGE
 from ._grpclib_private import http2_stream
 from .addresses import peer_address
+from .budget import subtract
 from .framing import read
 from .guard import Throttled
 from .request_headers import request_encoding
@@ -68,7 +68,7 @@ class HealthService(HealthBase):
         #: past ``WATCHES_PER_CONNECTION`` on its connection.
         self.watching = 0
         self._max_watches = max_watches
-        self._by_connection: Counter[int] = Counter()
+        self._by_connection: dict[object, int] = {}
         self._warn = Throttled()
 
     @property
@@ -100,13 +100,13 @@ class HealthService(HealthBase):
     async def _serve_watch(self, stream: grpclib.server.Stream[Any, Any]) -> None:
         # A Watch stays open, outside the extension's --max-streams: each one held about
         # 16 KB, and nothing else bounded how many a peer opened.
-        connection = id(http2_stream(stream).connection)
+        connection = http2_stream(stream).connection
         if self.watching >= self._max_watches:
             message = (
                 f"[SRV-9] {self.watching} health watches already open; the limit is "
                 f"{self._max_watches} (--max-health-watches)"
             )
-        elif self._by_connection[connection] >= WATCHES_PER_CONNECTION:
+        elif self._by_connection.get(connection, 0) >= WATCHES_PER_CONNECTION:
             message = (
                 f"[SRV-9] {WATCHES_PER_CONNECTION} health watches already open on this "
                 "connection, the most one connection may hold"
@@ -119,15 +119,13 @@ class HealthService(HealthBase):
             )
             raise GRPCError(grpclib.const.Status.RESOURCE_EXHAUSTED, message)
         self.watching += 1
-        self._by_connection[connection] += 1
+        self._by_connection[connection] = self._by_connection.get(connection, 0) + 1
         try:
             async for response in self.watch(await _request(stream)):
                 await stream.send_message(response)
         finally:
             self.watching -= 1
-            self._by_connection[connection] -= 1
-            if not self._by_connection[connection]:
-                del self._by_connection[connection]
+            subtract(self._by_connection, connection, 1)
 
     async def check(self, message: HealthCheckRequest) -> HealthCheckResponse:
         if message.service not in self._services:

@@ -103,6 +103,29 @@ def extension_machine(window: int | None = None) -> h2.connection.H2Connection:
     return machine
 
 
+async def serve_raw(
+    client: anyio.abc.SocketStream,
+    machine: h2.connection.H2Connection,
+    on_data: Callable[[h2.events.DataReceived], Awaitable[bool]],
+    headers: list[tuple[str, str]] = _ANSWER_HEADERS,
+) -> None:
+    """Run an extension's ``machine`` on ``client`` until the pipeline goes: its first
+    SETTINGS, each stream answered with ``headers``, each DATA event handed to
+    ``on_data`` (True: stop there), and what it queued sent after each read."""
+    async with client:
+        await client.send(machine.data_to_send())
+        with contextlib.suppress(
+            anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError
+        ):
+            while True:
+                for event in machine.receive_data(await client.receive()):
+                    if isinstance(event, h2.events.RequestReceived):
+                        machine.send_headers(event.stream_id, headers)
+                    elif isinstance(event, h2.events.DataReceived) and await on_data(event):
+                        return
+                await client.send(machine.data_to_send())
+
+
 def _raw_extension(
     on_samples: OnSamples, samples: int = 1, headers: list[tuple[str, str]] = _ANSWER_HEADERS
 ) -> Callable[[anyio.abc.SocketStream], Awaitable[None]]:
@@ -113,36 +136,30 @@ def _raw_extension(
     async def extension(client: anyio.abc.SocketStream) -> None:
         machine = extension_machine()
         received, numbers = b"", []
-        async with client:
-            await client.send(machine.data_to_send())
-            with contextlib.suppress(
-                anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError
-            ):
-                while True:
-                    for event in machine.receive_data(await client.receive()):
-                        if isinstance(event, h2.events.RequestReceived):
-                            machine.send_headers(event.stream_id, headers)
-                        if not isinstance(event, h2.events.DataReceived):
-                            continue
-                        stream_id = event.stream_id
-                        machine.acknowledge_received_data(len(event.data), stream_id)
-                        received += event.data
-                        while len(received) >= 5 + int.from_bytes(received[1:5], "big"):
-                            size = 5 + int.from_bytes(received[1:5], "big")
-                            numbers.append(decode_message(received[5:size]).sequence_number)
-                            received = received[size:]
-                            if len(numbers) == 1:
-                                answer = MediaStreamMessage(
-                                    sequence_number=1,
-                                    ack_sequence_number=numbers[0],
-                                    media_stream_descriptor=extension_descriptor(),
-                                )
-                                machine.send_data(stream_id, encode_framed(answer))
-                            elif len(numbers) == 1 + samples:
-                                await client.send(machine.data_to_send())
-                                if await on_samples(client, machine, stream_id, numbers[1:]):
-                                    return
+
+        async def on_data(event: h2.events.DataReceived) -> bool:
+            nonlocal received
+            stream_id = event.stream_id
+            machine.acknowledge_received_data(len(event.data), stream_id)
+            received += event.data
+            while len(received) >= 5 + int.from_bytes(received[1:5], "big"):
+                size = 5 + int.from_bytes(received[1:5], "big")
+                numbers.append(decode_message(received[5:size]).sequence_number)
+                received = received[size:]
+                if len(numbers) == 1:
+                    answer = MediaStreamMessage(
+                        sequence_number=1,
+                        ack_sequence_number=numbers[0],
+                        media_stream_descriptor=extension_descriptor(),
+                    )
+                    machine.send_data(stream_id, encode_framed(answer))
+                elif len(numbers) == 1 + samples:
                     await client.send(machine.data_to_send())
+                    if await on_samples(client, machine, stream_id, numbers[1:]):
+                        return True
+            return False
+
+        await serve_raw(client, machine, on_data, headers)
 
     return extension
 

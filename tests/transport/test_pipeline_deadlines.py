@@ -9,8 +9,6 @@ taking it.
 
 from __future__ import annotations
 
-import contextlib
-
 import anyio
 import anyio.abc
 import h2.config
@@ -25,10 +23,10 @@ from avaproto.errors import ProtocolError
 from avaproto.messages import MediaStreamMessage
 from avaproto.status import Status
 from tests.transport.test_goaway import (
-    _ANSWER_HEADERS,
     _listening,
     extension_descriptor,
     extension_machine,
+    serve_raw,
 )
 from tests.transport.test_grpc import RGB24
 
@@ -50,32 +48,26 @@ def shut_window(window: int, early_ack: bool = False) -> object:
     async def extension(client: anyio.abc.SocketStream) -> None:
         machine = extension_machine(window)
         received, ack_early = b"", early_ack
-        async with client:
-            await client.send(machine.data_to_send())
-            with contextlib.suppress(
-                anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError
-            ):
-                while True:
-                    for event in machine.receive_data(await client.receive()):
-                        if isinstance(event, h2.events.RequestReceived):
-                            machine.send_headers(event.stream_id, _ANSWER_HEADERS)
-                        if not isinstance(event, h2.events.DataReceived):
-                            continue
-                        before, received = received, received + event.data
-                        size = 5 + int.from_bytes(received[1:5], "big")
-                        if not before and len(received) >= size:  # the descriptor
-                            number = decode_message(received[5:size]).sequence_number
-                            answer = MediaStreamMessage(
-                                sequence_number=1,
-                                ack_sequence_number=number,
-                                media_stream_descriptor=extension_descriptor(),
-                            )
-                            machine.send_data(event.stream_id, encode_framed(answer))
-                        elif ack_early and len(received) > size:  # a sample has begun
-                            ack_early = False
-                            answer = MediaStreamMessage(sequence_number=2, ack_sequence_number=2)
-                            machine.send_data(event.stream_id, encode_framed(answer))
-                    await client.send(machine.data_to_send())
+
+        async def on_data(event: h2.events.DataReceived) -> bool:
+            nonlocal received, ack_early
+            before, received = received, received + event.data
+            size = 5 + int.from_bytes(received[1:5], "big")
+            if not before and len(received) >= size:  # the descriptor
+                number = decode_message(received[5:size]).sequence_number
+                answer = MediaStreamMessage(
+                    sequence_number=1,
+                    ack_sequence_number=number,
+                    media_stream_descriptor=extension_descriptor(),
+                )
+                machine.send_data(event.stream_id, encode_framed(answer))
+            elif ack_early and len(received) > size:  # a sample has begun
+                ack_early = False
+                answer = MediaStreamMessage(sequence_number=2, ack_sequence_number=2)
+                machine.send_data(event.stream_id, encode_framed(answer))
+            return False
+
+        await serve_raw(client, machine, on_data)
 
     return extension
 
