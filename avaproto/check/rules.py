@@ -205,6 +205,9 @@ PROBED: tuple[str, ...] = tuple(e.id for e in CATALOGUE if e.out_of_reach is Non
 FIELD_NOTES: dict[str, str] = {
     "DESC-4": "The published sample extensions answer with a media descriptor (the "
     "timescale) and no extension_identifier.",
+    "ACK-1": "A widely used extension server (Intel DL Streamer's, with its default input "
+    "queue of 1) answers a sample only when the next request arrives, or once the "
+    "pipeline's requests end, so its answer to the latest sample waits for the pipeline.",
     "SEQ-3": "A widely used extension server numbers every answer 0, or repeats a number.",
     "SEQ-4": "A widely used extension server never sets sequence_number on its answers "
     "(each is numbered 0) while acknowledging correctly.",

@@ -14,6 +14,12 @@ Every wait on the extension has a deadline (PIPE-3, PIPE-4): its answer descript
 sample's acknowledgement, and the end of its stream once all is acknowledged. An
 extension that drops a frame without a word then ends the stream with
 DEADLINE_EXCEEDED instead of hanging the pipeline once its window is full.
+
+A sample's clock starts once the extension has no reason left to wait: when the next
+sample goes, the input ends, or the pipeline waits for the window. Some extensions
+(Intel DL Streamer's) answer a sample only when the next one arrives; paced slower than
+``ack_timeout``, such an extension is slow by one frame, not broken. At a window of 1
+the pipeline could never send the sample it waits for, so one more goes, once (PIPE-2).
 """
 
 from __future__ import annotations
@@ -40,15 +46,21 @@ from ..messages import (
     MediaStreamMessage,
 )
 from ..protocol.descriptor import StreamDescriptor
-from ..protocol.events import AckReceived, DescriptorReceived, Event, SampleReceived
+from ..protocol.events import AckReceived, DescriptorReceived, Event, SampleReceived, Tolerated
 from ..protocol.roles import Role
 from ..protocol.video_format import VideoFormat
 from ..status import Status
 from .channel import MessageChannel
+from .outcome import log_tolerated
 from .statistics import StreamStatistics
 from .stream import PEER_FAILURE_GRACE, StreamRunner
 
 _Args = TypeVarTuple("_Args")
+
+#: At a window of 1, how long (seconds, at most half of ``ack_timeout``) the one sample in flight
+#: waits before one more goes beyond the window (PIPE-2): long for an answer of a model
+#: at video rates, short against the deadline that would otherwise end the stream.
+HELD_ANSWER_WAIT = 1.0
 
 if TYPE_CHECKING:
     from ..media.shared_memory import SharedMemoryArena
@@ -167,6 +179,7 @@ class PipelineStream:
         self.channel = runner.channel
         self.arena = arena
         self._window = anyio.Semaphore(window)
+        self._window_size = window
         self._results, received = anyio.create_memory_object_stream[Result](window)
         self.results = Results(received, self._window)
         self._ack_timeout = ack_timeout
@@ -174,6 +187,13 @@ class PipelineStream:
         # Our unacknowledged samples and when each was sent, oldest first (dicts keep
         # insertion order): the first entry is what the acknowledgement deadline watches.
         self._sent_at: dict[int, float] = {}
+        # When each unacknowledged sample's deadline clock started (module docstring):
+        # absent for the latest sample while nothing was sent after it.
+        self._clock_from: dict[int, float] = {}
+        self._latest = 0  # the last sample sent
+        self._waiting_for_window = False
+        self._beyond_window = False  # the one sample beyond a window of 1 went out
+        self._moved: anyio.Event | None = None  # wakes a watcher that waits for a clock
         self._timestamps: dict[int, int] = {}  # of the samples sent, until acknowledged
         self._leased: set[int] = set()
         self._ended = False
@@ -312,7 +332,12 @@ class PipelineStream:
             try:
                 self._window.acquire_nowait()  # sending the message is the checkpoint
             except anyio.WouldBlock:
-                await self._window.acquire()
+                self._waiting_for_window = True
+                self._start_clock()  # nothing more goes until an answer comes
+                try:
+                    await self._window.acquire()
+                finally:
+                    self._waiting_for_window = False
         except BaseException:
             _free(lease)
             raise
@@ -338,6 +363,8 @@ class PipelineStream:
                 lease.mark_sent(message.sequence_number)
                 self._leased.add(message.sequence_number)
                 lease = None  # the acknowledgement frees it now
+            self._start_clock()
+            self._latest = message.sequence_number
             self._sent_at[message.sequence_number] = time.monotonic()
             self._timestamps[message.sequence_number] = timestamp
         except BaseException:
@@ -358,6 +385,8 @@ class PipelineStream:
         self.session.send_end()
         self._ended = True
         self._ended_at = time.monotonic()
+        self._start_clock()
+        self._wake()
         await self._unless_ended(self.channel.send_end)
 
     async def _send(self, message: MediaStreamMessage, what: str) -> None:
@@ -458,8 +487,35 @@ class PipelineStream:
         with anyio.move_on_after(PEER_FAILURE_GRACE):
             await seen.wait()
 
+    def _start_clock(self) -> None:
+        """The latest sample's deadline starts now, if it had not (module docstring)."""
+        latest = self._latest
+        if latest in self._sent_at and latest not in self._clock_from:
+            self._clock_from[latest] = time.monotonic()
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake the watcher if it waits for a clock to start, or for the end."""
+        if self._moved is not None:
+            self._moved.set()
+            self._moved = None
+
+    def _send_beyond_window(self, number: int, waited: float) -> None:
+        """Let one sample more than a window of 1 go, once: the extension may be
+        holding its answer until it comes (PIPE-2's tolerance)."""
+        self._beyond_window = True
+        self._window.release()
+        self.session.tolerated["PIPE-2"] += 1
+        detail = (
+            f"sample {number}, the only one in flight, was not acknowledged within "
+            f"{waited:g} s; one more goes beyond the window of 1, in case the extension "
+            "answers a sample only when the next arrives (as Intel DL Streamer's does)"
+        )
+        log_tolerated([Tolerated("PIPE-2", detail, first=True)], self.channel.peer)
+
     async def _watch_acknowledgements(self, timeout: float) -> None:
-        """End the stream once the oldest unacknowledged sample is ``timeout`` s old (PIPE-4).
+        """End the stream once the oldest unacknowledged sample's clock (module docstring)
+        has run ``timeout`` s (PIPE-4).
 
         Sleeps until the oldest sample's deadline, then looks again: acknowledgements
         that arrived meanwhile moved the oldest on. Costs nothing per message.
@@ -468,9 +524,24 @@ class PipelineStream:
             while True:
                 now = time.monotonic()
                 if self._sent_at:
-                    number, sent = next(iter(self._sent_at.items()))
-                    due = sent + timeout
-                    if now >= due:
+                    number = next(iter(self._sent_at))
+                    started = self._clock_from.get(number)
+                    if started is None:  # the latest, and the input goes on: wait
+                        await self._until_moved()
+                        continue
+                    due = started + timeout
+                    if (
+                        number == self._latest
+                        and self._waiting_for_window
+                        and self._window_size == 1
+                        and not self._beyond_window
+                    ):
+                        waited = min(timeout / 2, HELD_ANSWER_WAIT)
+                        if now >= started + waited:
+                            self._send_beyond_window(number, waited)
+                            continue
+                        due = started + waited
+                    elif now >= due:
                         raise ProtocolError(
                             "PIPE-4",
                             Status.DEADLINE_EXCEEDED,
@@ -487,9 +558,14 @@ class PipelineStream:
                             f"the extension at {self.channel.peer} acknowledged everything "
                             f"but did not end its stream within {timeout:g} s of our end",
                         )
-                else:
-                    due = now + timeout
+                else:  # nothing in flight, and the input goes on
+                    await self._until_moved()
+                    continue
                 await anyio.sleep(due - now)
+
+    async def _until_moved(self) -> None:
+        self._moved = anyio.Event()
+        await self._moved.wait()
 
     def _settle(self, number: int) -> float | None:
         if number in self._leased:
@@ -497,5 +573,6 @@ class PipelineStream:
             self._leased.discard(number)
             self.arena.ack(number)  # the only way a sent lease is freed
         self._timestamps.pop(number, None)
+        self._clock_from.pop(number, None)
         sent = self._sent_at.pop(number, None)
         return time.monotonic() - sent if sent is not None else None

@@ -212,6 +212,110 @@ async def test_each_result_carries_the_timestamp_its_frame_was_sent_with() -> No
     assert [r.sample_timestamp for r in results] == [0, 3000, 6000, 9000]  # 1/30 s apart
 
 
+# --- an extension that answers a sample only when the next arrives ------------------------
+
+
+class HoldsLatestAnswer(MediaGraphExtensionBase):
+    """Intel DL Streamer's extension server (``samples/ava_ai_extension/server/
+    media_graph_extension.py``): inside ``for request in request_iterator`` it yields
+    only the answers its pipeline finished, and with its default input queue of 1 the
+    answer to the latest request is yielded when the next request arrives, or after
+    the requests end. Its answers are numbered 0."""
+
+    def __init__(self) -> None:
+        self.drops = False  # also a broken one: never answers anything
+
+    async def process_media_stream(
+        self, messages: AsyncIterator[MediaStreamMessage]
+    ) -> AsyncIterator[MediaStreamMessage]:
+        held: int | None = None
+        async for message in messages:
+            if message.media_stream_descriptor is not None:
+                yield answer_descriptor(number=0, ack=message.sequence_number)
+                continue
+            if held is not None and not self.drops:
+                yield MediaStreamMessage(ack_sequence_number=held)
+            held = message.sequence_number
+        if held is not None and not self.drops:
+            yield MediaStreamMessage(ack_sequence_number=held)
+
+
+@pytest.mark.rule("PIPE-4")
+async def test_send_paced_slower_than_the_deadline_waits_for_answers_held_until_the_next() -> None:
+    """Each answer comes 0.5 s after its frame, when the next goes: past an ack_timeout
+    of 0.3 s, which counts from then (nothing sent after a frame is no fault yet)."""
+    with anyio.fail_after(TIMEOUT):
+        async with extension_peer(HoldsLatestAnswer()) as port:
+            report = await send_frames(
+                source(3),
+                SendOptions(target=f"127.0.0.1:{port}", format=RGB24, rate=2.0, ack_timeout=0.3),
+            )
+    assert (report.sent, report.answered) == (3, 3)
+    assert "PIPE-2" not in report.tolerated
+
+
+@pytest.mark.rule("PIPE-4")
+async def test_a_paced_extension_that_answers_nothing_still_fails_one_frame_later() -> None:
+    peer = HoldsLatestAnswer()
+    peer.drops = True
+    with anyio.fail_after(TIMEOUT):
+        async with extension_peer(peer) as port:
+            with pytest.raises(ProtocolError) as caught:
+                await send_frames(
+                    source(5),
+                    SendOptions(
+                        target=f"127.0.0.1:{port}", format=RGB24, rate=2.0, ack_timeout=0.3
+                    ),
+                )
+    assert caught.value.rule == "PIPE-4"
+    assert "sample 2 was not acknowledged within 0.3 s" in str(caught.value)
+
+
+@pytest.mark.rule("PIPE-2")
+@pytest.mark.parametrize("transfer", ["embedded", "shm"])
+async def test_a_window_of_one_sends_one_more_to_an_extension_that_holds_its_answer(
+    transfer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="avaproto")
+    with anyio.fail_after(TIMEOUT):
+        async with extension_peer(HoldsLatestAnswer()) as port:
+            report = await send_frames(
+                source(6),
+                SendOptions(
+                    target=f"127.0.0.1:{port}",
+                    format=RGB24,
+                    transfer=transfer,  # type: ignore[arg-type]
+                    shm_bytes=1 << 20,
+                    window=1,
+                    ack_timeout=0.6,  # one more goes after 0.3 s
+                ),
+            )
+    assert (report.sent, report.answered) == (6, 6)
+    assert report.tolerated.get("PIPE-2") == 1
+    warnings = [r.getMessage() for r in caplog.records if "PIPE-2" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "sample 2, the only one in flight, was not acknowledged within 0.3 s" in warnings[0]
+
+
+@pytest.mark.rule("PIPE-2")
+async def test_a_window_of_one_goes_beyond_itself_once_only() -> None:
+    """An extension that answers nothing gets one sample beyond the window, then the
+    deadline ends the stream: two in flight, never more."""
+    peer = HoldsLatestAnswer()
+    peer.drops = True
+    with anyio.fail_after(TIMEOUT):
+        async with extension_peer(peer) as port:
+            with pytest.raises(ProtocolError) as caught:
+                await send_frames(
+                    source(6),
+                    SendOptions(
+                        target=f"127.0.0.1:{port}", format=RGB24, window=1, ack_timeout=0.6
+                    ),
+                )
+    assert caught.value.rule == "PIPE-4"
+    assert "sample 2 was not acknowledged within 0.6 s (2 unacknowledged)" in str(caught.value)
+
+
 # --- an extension that never acknowledges ------------------------------------------------
 
 
