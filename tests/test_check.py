@@ -151,6 +151,23 @@ class HoldsLatestAnswer(MediaGraphExtensionBase):
             yield MediaStreamMessage(ack_sequence_number=held)
 
 
+class FailsAnEmptyStream(MediaGraphExtensionBase):
+    """Takes its first message as published grpcio extensions do, with
+    ``next(request_iterator)``: a stream without one ends with the handler's error."""
+
+    async def process_media_stream(
+        self, messages: AsyncIterator[MediaStreamMessage]
+    ) -> AsyncIterator[MediaStreamMessage]:
+        first = await anext(aiter(messages))  # raises on a stream with no message
+        yield MediaStreamMessage(
+            sequence_number=1,
+            ack_sequence_number=first.sequence_number,
+            media_stream_descriptor=MediaStreamDescriptor(
+                media_descriptor=MediaDescriptor(timescale=90000)
+            ),
+        )
+
+
 def check(capsys: pytest.CaptureFixture[str], target: str, *options: str) -> tuple[int, str, str]:
     """Run ``avaproto check``: its exit status, stdout and stderr."""
     capsys.readouterr()
@@ -343,6 +360,19 @@ def test_an_answer_held_until_the_next_request_is_a_warning_not_a_failure_of_eve
     assert f"in the field: {check_rules.FIELD_NOTES['ACK-1']}" in detail
     for rule in ("CONN-1", "CONN-3", "LIFE-2", "ACK-5"):
         assert found[rule][0] == "PASS", (rule, found[rule])
+
+
+@pytest.mark.rule("LIFE-4")
+def test_an_empty_stream_the_extension_fails_is_a_warning_with_the_field_note(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with peer(FailsAnEmptyStream()) as target:
+        status, out, _ = check(capsys, target, "--rules", "LIFE-4", "--formats", "rgb24")
+    assert status == 0, out
+    outcome, detail = lines_by_rule(out)["LIFE-4"]
+    assert outcome == "WARN"
+    assert detail.startswith("a stream ended before any message: UNKNOWN")
+    assert f"in the field: {check_rules.FIELD_NOTES['LIFE-4']}" in detail
 
 
 def test_a_target_that_never_answers_fails_at_the_deadline(

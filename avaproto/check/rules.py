@@ -216,6 +216,9 @@ FIELD_NOTES: dict[str, str] = {
     "byte more than the frame, and its own extension server reads the first frame's worth "
     "of bytes.",
     "CFG-1": 'Real pipelines send "{}" when no configuration is set.',
+    "LIFE-4": "Published grpcio extensions (Intel DL Streamer's server, the factory-ai-vision "
+    "inference module) begin with `next(request_iterator)`, so a stream that ends before any "
+    "message ends with UNKNOWN (a StopIteration) instead of OK.",
     "INF-4": "Detectors that do not clip their boxes (common in YOLO extensions) send boxes "
     "with l + w or t + h above 1, each edge still in [0, 1]; the published JSON schema "
     "allows them too, as it bounds each edge only.",
