@@ -404,6 +404,7 @@ def _server_config(args: argparse.Namespace) -> Any:
             frame_timeout=args.frame_timeout,
             shm_directory=args.shm_directory,
             shm_access=args.shm_access,
+            max_mapped_bytes=args.max_mapped_bytes,
         ),
         credentials=_credentials(args),
         ssl=_server_tls(args),
@@ -529,6 +530,15 @@ def _add_serve(commands: Any) -> None:
         "reads, so a pipeline that shrinks its segment ends only its own stream; map maps it "
         "without a copy, for pipelines trusted not to shrink it (a shrink can then kill the "
         "server with SIGBUS) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-mapped-bytes",
+        type=byte_size,
+        default=_default(EngineConfig, "max_mapped_bytes"),
+        metavar="SIZE",
+        help="with --shm-access map, the address space all mapped segments may take "
+        "together; a stream whose segment would pass it is refused with RESOURCE_EXHAUSTED "
+        f"(default: {_default(EngineConfig, 'max_mapped_bytes') >> 30} GiB)",
     )
     parser.add_argument(
         "--max-message-bytes",

@@ -112,6 +112,7 @@ CATALOGUE: tuple[RuleEntry, ...] = (
         "(SIGBUS): no probe does that to a target",
     ),
     _rule("SHM-16", "MUST", _ATTACK),
+    _rule("SHM-17", "MUST", _CONFIGURED),
     _rule("AUTH-1", "MAY"),
     _rule("AUTH-2", "MUST"),
     _rule("AUTH-3", "MUST"),

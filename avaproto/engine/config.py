@@ -7,6 +7,7 @@ from typing import Literal
 
 import anyio
 
+from ..media.shared_memory import DEFAULT_MAX_MAPPED_BYTES
 from ..protocol.video_format import DEFAULT_LIMITS, FrameLimits
 
 
@@ -30,6 +31,9 @@ class EngineConfig:
     #: between a sample's size check and the processor's read kills the whole process
     #: with SIGBUS.
     shm_access: Literal["read", "map"] = "read"
+    #: With ``shm_access="map"``, the address space every mapped segment of the process
+    #: may take together (SHM-17).
+    max_mapped_bytes: int = DEFAULT_MAX_MAPPED_BYTES
     #: The largest frame accepted (MEDIA-3).
     limits: FrameLimits = DEFAULT_LIMITS
     #: Worker threads shared by synchronous processors (None: anyio's default limiter).
@@ -40,5 +44,7 @@ class EngineConfig:
             raise ValueError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
         if self.shm_access not in ("read", "map"):
             raise ValueError(f"shm_access must be 'read' or 'map', got {self.shm_access!r}")
+        if self.max_mapped_bytes < 1:
+            raise ValueError(f"max_mapped_bytes must be positive, got {self.max_mapped_bytes}")
         if self.frame_timeout is not None and self.frame_timeout <= 0:
             raise ValueError(f"frame_timeout must be positive, got {self.frame_timeout}")

@@ -247,6 +247,7 @@ async def serve_stream(
                     descriptor.shared_memory.length_bytes,
                     directory=config.shm_directory,
                     access=config.shm_access,
+                    max_mapped_bytes=config.max_mapped_bytes,
                 )
             log.info(
                 "stream opened: peer %s, %s, %s",

@@ -166,6 +166,35 @@ class _PoolBytes:
 
 _pooled = _PoolBytes()
 
+#: Address space the segments of the process mapped with ``access="map"`` may take
+#: together (SHM-17): a pipeline names a sparse file of any size at no cost to itself,
+#: and mappings of terabytes each exhaust the 128 TiB a process has, until allocations
+#: of the server's own fail.
+DEFAULT_MAX_MAPPED_BYTES = 64 * 1024**3
+
+
+class _MappedBytes:
+    """The bytes of every open mapped region, against a limit given at each mapping."""
+
+    def __init__(self) -> None:
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def admit(self, size: int, limit: int) -> int | None:
+        """Take ``size`` bytes; None if within ``limit``, else what is held already."""
+        with self._lock:
+            if self.held + size > limit:
+                return self.held
+            self.held += size
+            return None
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self.held -= size
+
+
+_mapped = _MappedBytes()
+
 
 def _unpool(free: list[bytearray]) -> None:
     """Give back what a region's pool held when the region goes."""
@@ -422,6 +451,8 @@ class SharedMemoryRegion:
         self._largest = 0
         # A region dropped without close() gives its pooled bytes back all the same.
         weakref.finalize(self, _unpool, self._free)
+        if mapping is not None:  # admitted by ``open``; given back however it goes
+            self._unmapped = weakref.finalize(self, _mapped.release, length_bytes)
 
     @classmethod
     def open(
@@ -431,12 +462,14 @@ class SharedMemoryRegion:
         *,
         directory: str = DEFAULT_DIRECTORY,
         access: Access = "read",
+        max_mapped_bytes: int = DEFAULT_MAX_MAPPED_BYTES,
     ) -> SharedMemoryRegion:
         """Open ``directory/handle_name`` read-only; refuse anything that could leave it.
 
         ``access="read"`` keeps the descriptor and reads each sample out of the file;
         ``"map"`` maps exactly ``length_bytes`` read-only and closes our descriptor (the
-        mapping keeps a duplicate of its own).
+        mapping keeps a duplicate of its own), if the process's mapped regions stay
+        within ``max_mapped_bytes`` with it (SHM-17, RESOURCE_EXHAUSTED).
 
         Raises ``SharedMemoryError``: SHM-3 (not a plain name, checked before anything
         is opened), SHM-2 (length not above zero), SHM-5 (missing, a symlink, not a
@@ -518,9 +551,19 @@ class SharedMemoryRegion:
             if access == "read":
                 keep = True
                 return cls(path, length_bytes, descriptor=_Descriptor(fd))
+            held = _mapped.admit(length_bytes, max_mapped_bytes)
+            if held is not None:
+                raise SharedMemoryError(
+                    "SHM-17",
+                    Status.RESOURCE_EXHAUSTED,
+                    f"shared memory {path} of {length_bytes} bytes would be mapped beside "
+                    f"{held} bytes of segments mapped already; the limit is "
+                    f"{max_mapped_bytes} (--max-mapped-bytes)",
+                )
             try:
                 mapping = mmap.mmap(fd, length_bytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
             except (OSError, OverflowError, ValueError) as error:
+                _mapped.release(length_bytes)
                 raise SharedMemoryError(
                     "SHM-5",
                     Status.FAILED_PRECONDITION,
@@ -732,6 +775,8 @@ class SharedMemoryRegion:
         with self._lock:
             self._closed = True
             _unpool(self._free)
+        if self._mapping is not None:
+            self._unmapped()  # counted no more, even if an array keeps it mapped a while
         if self._descriptor is not None:
             self._descriptor.close()
         # Dropped here: an array still made from the mapping is then its last holder.

@@ -337,6 +337,30 @@ class TestOpeningARegion:
         assert mappings_of(region.path) == []
         assert open_fds() == before
 
+    @pytest.mark.rule("SHM-17")
+    def test_mapped_regions_stay_within_the_process_budget(self, arena: SharedMemoryArena) -> None:
+        """A sparse file of any size costs its sender nothing; mapping it whole costs the
+        server address space, so all mapped regions together are bounded."""
+        page = mmap.PAGESIZE
+        budget = shared_memory._mapped.held + 5 * page  # other tests' regions may be open
+        first = SharedMemoryRegion.open(
+            arena.handle_name, 3 * page, access="map", max_mapped_bytes=budget
+        )
+        with pytest.raises(SharedMemoryError) as caught:
+            SharedMemoryRegion.open(
+                arena.handle_name, 3 * page, access="map", max_mapped_bytes=budget
+            )
+        assert (caught.value.rule, caught.value.status) == ("SHM-17", Status.RESOURCE_EXHAUSTED)
+        assert f"of {3 * page} bytes would be mapped beside" in caught.value.detail
+        assert f"the limit is {budget} (--max-mapped-bytes)" in caught.value.detail
+        assert mappings_of(first.path) == [(3 * page, "r--s")]  # the refused one mapped nothing
+        # Read access maps nothing, so it is not counted; a closed region is counted no more.
+        SharedMemoryRegion.open(arena.handle_name, 3 * page, max_mapped_bytes=budget).close()
+        first.close()
+        SharedMemoryRegion.open(
+            arena.handle_name, 3 * page, access="map", max_mapped_bytes=budget
+        ).close()
+
     @pytest.mark.rule("SHM-5", "SHM-15")
     def test_read_access_maps_nothing_and_keeps_one_read_only_descriptor(
         self, arena: SharedMemoryArena
