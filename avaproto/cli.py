@@ -409,6 +409,7 @@ def _server_config(args: argparse.Namespace) -> Any:
         credentials=_credentials(args),
         ssl=_server_tls(args),
         max_message_bytes=args.max_message_bytes,
+        max_descriptor_bytes=args.max_descriptor_bytes,
         max_streams=args.max_streams,
         max_streams_per_connection=args.max_streams_per_connection,
         max_health_watches=args.max_health_watches,
@@ -548,6 +549,15 @@ def _add_serve(commands: Any) -> None:
         help="largest message accepted, in bytes or like 64MiB, and the largest encoded "
         "(JPG, PNG, BMP) sample a shared-memory reference may name "
         f"(default: {_default(ServerConfig, 'max_message_bytes') >> 20} MiB)",
+    )
+    parser.add_argument(
+        "--max-descriptor-bytes",
+        type=byte_size,
+        default=_default(ServerConfig, "max_descriptor_bytes"),
+        metavar="SIZE",
+        help="largest descriptor (a stream's first message, its extension_configuration "
+        "included) accepted: a stream keeps it while it lasts "
+        f"(default: {_default(ServerConfig, 'max_descriptor_bytes') >> 20} MiB)",
     )
     for flag, what in (
         ("--max-streams", "streams served at once"),

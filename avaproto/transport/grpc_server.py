@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -67,6 +68,9 @@ from .request_headers import header_values, request_deadline, request_encoding
 log = logging.getLogger("avaproto.server")
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: The largest first message (the descriptor) accepted (SRV-19): a stream keeps its
+#: descriptor for its whole life, outside every other bound.
+DEFAULT_MAX_DESCRIPTOR_BYTES = 1024 * 1024
 
 ExtensionFactory = Callable[[], Extension]
 
@@ -85,6 +89,8 @@ class ServerConfig:
     ssl: ssl.SSLContext | None = None
     #: Largest message accepted; a larger one ends its stream with RESOURCE_EXHAUSTED.
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    #: Largest descriptor (a stream's first message) accepted (SRV-19).
+    max_descriptor_bytes: int = DEFAULT_MAX_DESCRIPTOR_BYTES
     #: Streams served at once; one more is refused with RESOURCE_EXHAUSTED.
     max_streams: int = 64
     #: Streams one connection may have served at once (None: half of ``max_streams``),
@@ -126,8 +132,10 @@ class _ServerChannel:
         descriptor_timeout: float | None,
         encoding: str | None = None,
         send_timeout: float | None = None,
+        max_descriptor_bytes: int = DEFAULT_MAX_DESCRIPTOR_BYTES,
     ) -> None:
         self._stream = stream
+        self._max_descriptor = max_descriptor_bytes
         self._send_timeout = send_timeout
         self._encoding = encoding  # the pipeline's grpc-encoding, checked (WIRE-3)
         self.peer = peer_address(stream.peer.addr())
@@ -152,6 +160,8 @@ class _ServerChannel:
             return await self._read()
         self._first = False
         with anyio.move_on_after(self._descriptor_timeout):
+            if self._max_descriptor < self._max:
+                return await self._read(self._max_descriptor, "SRV-19")
             return await self._read()
         message = (
             f"no descriptor within {self._descriptor_timeout:g} s of the stream's start: "
@@ -161,11 +171,11 @@ class _ServerChannel:
         log.warning("stream of %s ended: [SRV-12] %s", self.peer, message)
         raise RemoteProtocolError("SRV-12", Status.DEADLINE_EXCEEDED, message)
 
-    async def _read(self) -> MediaStreamMessage | None:
+    async def _read(self, max_bytes: int = 0, rule: str = "SRV-5") -> MediaStreamMessage | None:
         return await read_message(
             self._raw,
-            self._max,
-            limit_rule="SRV-5",
+            max_bytes or self._max,
+            limit_rule=rule,
             hold=self._hold,
             settle=self._settle,
             encoding=self._encoding,
@@ -343,6 +353,7 @@ class ExtensionService:
         self.active_by_connection[connection] = mine + 1
         self._idle = anyio.Event() if self.active == 1 else self._idle
         channel: _ServerChannel | None = None
+        extension: Extension | None = None
         try:
             channel = _ServerChannel(
                 stream,
@@ -353,6 +364,7 @@ class ExtensionService:
                 self._config.limits.descriptor_timeout,
                 encoding,
                 self._config.limits.send_timeout,
+                self._config.max_descriptor_bytes,
             )
             extension = self._factory()
             self.streams[id(stream)] = OpenStream(channel.peer, _name(extension))
@@ -371,6 +383,11 @@ class ExtensionService:
                 # the connection closed: an answer sent meanwhile met the closed stream.
                 # The call ends as grpclib ends a cancelled one, with one line at INFO.
                 log.debug("a call ended by its stream's reset met %r", error)
+                # grpclib keeps the error the reset raised (the stream's cancellation
+                # wrapper holds it) until it next collects its finished calls, and with
+                # it the frames of the stream and what they held: a descriptor of
+                # megabytes, the last message. Those frames are finished.
+                _clear_frames(error)
                 raise asyncio.CancelledError from None
             if isinstance(error, ProtocolError):
                 raise GRPCError(grpclib.const.Status(int(error.status)), str(error)) from None
@@ -378,12 +395,31 @@ class ExtensionService:
         finally:
             if channel is not None:
                 channel.close()
+            # An error this call raised may outlive it (see above), and this frame with
+            # it: it holds the extension (and its model) and the channel no more.
+            extension = channel = None
             self.streams.pop(id(stream), None)
             self._stops.pop(id(stream), None)
             self.active -= 1
             subtract(self.active_by_connection, connection, 1)
             if self.active == 0:
                 self._idle.set()
+
+
+def _clear_frames(error: BaseException) -> None:
+    """Drop the locals of every finished frame ``error`` and the errors linked to it
+    (its group's, its cause, its context) were raised through."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
 
 
 def _unknown_method(health: bool, path: str) -> str:

@@ -30,6 +30,7 @@ from avaproto.server import running
 from avaproto.status import Status
 from avaproto.transport.grpc_server import ExtensionServer, ServerConfig
 from avaproto.transport.tls import client_context, server_context
+from tests.builders import pipeline_descriptor
 
 pytestmark = pytest.mark.anyio
 TIMEOUT = 30
@@ -313,6 +314,63 @@ async def test_oversized_message_is_refused_before_buffering() -> None:
     assert caught.value.status is Status.RESOURCE_EXHAUSTED
     assert caught.value.detail.startswith("[SRV-5] ")
     assert "100000 bytes" in caught.value.detail
+
+
+@pytest.mark.rule("SRV-19")
+async def test_a_descriptor_past_its_limit_is_refused_before_buffering() -> None:
+    async with server(max_descriptor_bytes=4096) as extension:
+        target = f"127.0.0.1:{extension.port}"
+        async with connect(target, format=RGB24, configuration="x" * 3000) as pipe:
+            await exchange(pipe, [bytes(RGB24.frame_bytes)])  # under it: served
+        with pytest.raises(StreamFailed) as caught:
+            async with connect(target, format=RGB24, configuration="x" * 5000):
+                pass
+    assert caught.value.status is Status.RESOURCE_EXHAUSTED
+    assert caught.value.detail.startswith("[SRV-19] message of ")
+    assert "exceeds the limit of 4096 bytes" in caught.value.detail
+
+
+async def test_a_reset_stream_leaves_nothing_of_it_behind() -> None:
+    """grpclib keeps the error a reset raised until it next collects its finished calls;
+    the frames that error went through are cleared, so what they held goes at once."""
+    import gc
+    import weakref
+
+    opened = anyio.Event()
+    made: list[weakref.ref[Any]] = []
+
+    class Extension:
+        def __init__(self) -> None:
+            made.append(weakref.ref(self))
+
+        async def open(self, descriptor: StreamDescriptor) -> None:
+            opened.set()
+
+        async def process(self, frame: Frame) -> None: ...
+        async def close(self) -> None: ...
+
+    with anyio.fail_after(TIMEOUT):
+        async with server(Extension) as extension:
+            channel = grpclib.client.Channel("127.0.0.1", extension.port)
+            async with channel.request(
+                METHOD_PATH,
+                grpclib.const.Cardinality.STREAM_STREAM,
+                MediaStreamMessage,
+                MediaStreamMessage,
+            ) as stream:
+                await stream.send_message(
+                    MediaStreamMessage(
+                        sequence_number=1,
+                        media_stream_descriptor=pipeline_descriptor(configuration="x" * 1000),
+                    )
+                )
+                await opened.wait()
+                await stream.cancel()  # RST_STREAM CANCEL
+            channel.close()
+            await extension.service.wait_idle()
+            gc.collect()
+            [gone] = made
+            assert gone() is None
 
 
 @pytest.mark.rule("SRV-6")
