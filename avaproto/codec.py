@@ -77,9 +77,12 @@ def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
 #: field and a sample with a thousand inferences a few tens of thousands; a message of
 #: millions of two-byte fields exists only to keep the event loop busy.
 MAX_FIELDS = 100_000
-#: What an inference costs of that budget beyond its own fields: each becomes an object
-#: of several hundred bytes, where an unknown field costs nothing once skipped. A
-#: message of empty inferences (two bytes each) is then capped at 9,091 of them.
+#: What an inference, or a message nested in one (an entity, its tag, box or each of its
+#: attributes), costs of that budget beyond its own fields: each becomes an object of
+#: several hundred bytes, made in about as long as ten fields take to read (10 µs),
+#: where an unknown field costs nothing once skipped. A message of empty inferences (two
+#: bytes each) is then capped at 9,091 of them, and any message costs at most about a
+#: tenth of a second of the event loop to decode.
 INFERENCE_WEIGHT = 10
 
 
@@ -96,8 +99,9 @@ def _too_many(pos: int) -> RemoteProtocolError:
     return RemoteProtocolError(
         "WIRE-2",
         Status.RESOURCE_EXHAUSTED,
-        f"message holds more than {MAX_FIELDS} fields (at byte {pos}; each inference counts "
-        f"as {INFERENCE_WEIGHT} more); no message of this protocol needs that many",
+        f"message holds more than {MAX_FIELDS} fields (at byte {pos}; each inference, and "
+        f"each message nested in one, counts as {INFERENCE_WEIGHT} more); no message of this "
+        "protocol needs that many",
     )
 
 
@@ -217,6 +221,9 @@ def _check_structure(
         if wire_type != expected and not packed:
             raise _malformed(f"{path}.{name} has wire type {wire_type}", start)
         if field.proto_type == "message":
+            budget.left -= INFERENCE_WEIGHT  # an object to make, as an inference is
+            if budget.left < 0:
+                raise _too_many(start)
             _check_structure(data, start, stop, meta.cls_by_field[name], f"{path}.{name}", budget)
         elif field.proto_type == "map":
             for _entry in _fields(data, start, stop, budget, f"{path}.{name}"):  # key, value

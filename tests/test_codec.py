@@ -103,6 +103,29 @@ def test_descriptors_are_decoded_too() -> None:
     assert decode_message(bytes(original)) == original
 
 
+@pytest.mark.rule("WIRE-2")
+def test_each_message_nested_in_an_inference_counts_as_an_inference_does() -> None:
+    """An entity of 24,000 attributes is 72,000 fields, but 24,000 objects to make: 358 ms
+    of the event loop in 324 KB (700 bytes gzipped), before nested messages counted."""
+    from avaproto.codec import INFERENCE_WEIGHT, MAX_FIELDS
+    from avaproto.messages import Attribute, Entity, MediaSample
+
+    def sample(attributes: int) -> bytes:
+        entity = Entity(attributes=[Attribute(name="n", value="v")] * attributes)
+        inference = Inference(entity=entity)
+        sample = MediaSample(inferences=[inference])
+        return bytes(MediaStreamMessage(sequence_number=2, media_sample=sample))
+
+    per_attribute = INFERENCE_WEIGHT + 3  # itself, and its key, name and value fields
+    fits = MAX_FIELDS // per_attribute - 10
+    decoded = decode_message(sample(fits)).media_sample
+    assert decoded is not None and decoded.inferences[0].entity is not None
+    assert len(decoded.inferences[0].entity.attributes) == fits
+    with pytest.raises(RemoteProtocolError) as caught:
+        decode_message(sample(24_000))
+    assert (caught.value.rule, caught.value.status) == ("WIRE-2", Status.RESOURCE_EXHAUSTED)
+
+
 @pytest.mark.rule("WIRE-1")
 @pytest.mark.parametrize(
     ("data", "fault"),
