@@ -497,7 +497,14 @@ async def start_server(factory: ExtensionFactory, config: ServerConfig) -> Exten
     """Start listening; the caller must ``close`` (or ``drain``) the returned server."""
     service = ExtensionService(factory, config)
     handlers: list[Any] = [service]
-    health = HealthService(max_watches=config.max_health_watches) if config.health else None
+    health = (
+        HealthService(
+            max_watches=config.max_health_watches,
+            request_timeout=config.limits.descriptor_timeout,
+        )
+        if config.health
+        else None
+    )
     if health is not None:
         handlers.append(health)
     # grpclib's own keepalive (a PING after 2 hours, a silent close) gives way to the

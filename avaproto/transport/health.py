@@ -13,7 +13,8 @@ instead of learning about the drain from refused calls.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 import anyio
@@ -47,6 +48,10 @@ DEFAULT_MAX_WATCHES = 100
 #: Watch calls one connection may hold: one per service a client watches, so that no
 #: one peer holds every one of the server's.
 WATCHES_PER_CONNECTION = 10
+#: Seconds a call has to send its request (the server's --descriptor-timeout): a call
+#: that sends none would otherwise be held, with its memory, for as long as its
+#: connection lasts.
+DEFAULT_REQUEST_TIMEOUT = 10.0
 
 __all__ = ["EXTENSION_SERVICE", "HealthService", "ServingStatus"]
 
@@ -59,6 +64,7 @@ class HealthService(HealthBase):
         services: Iterable[str] = (EXTENSION_SERVICE,),
         *,
         max_watches: int = DEFAULT_MAX_WATCHES,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
         self._services = frozenset({"", *services})
         self._status = ServingStatus.SERVING
@@ -70,6 +76,7 @@ class HealthService(HealthBase):
         self._max_watches = max_watches
         self._by_connection: dict[object, int] = {}
         self._warn = Throttled()
+        self._request_timeout = request_timeout
 
     @property
     def status(self) -> ServingStatus:
@@ -95,11 +102,31 @@ class HealthService(HealthBase):
         }
 
     async def _serve_check(self, stream: grpclib.server.Stream[Any, Any]) -> None:
-        await stream.send_message(await self.check(await _request(stream)))
+        # Counted as a watch until its request came: 300 connections of 100 checks that
+        # sent none held 500 MB.
+        with self._counted(stream):
+            request = await self._request(stream)
+        await stream.send_message(await self.check(request))
 
     async def _serve_watch(self, stream: grpclib.server.Stream[Any, Any]) -> None:
         # A Watch stays open, outside the extension's --max-streams: each one held about
         # 16 KB, and nothing else bounded how many a peer opened.
+        with self._counted(stream):
+            async for response in self.watch(await self._request(stream)):
+                await stream.send_message(response)
+
+    async def _request(self, stream: grpclib.server.Stream[Any, Any]) -> HealthCheckRequest:
+        with anyio.move_on_after(self._request_timeout):
+            return await _request(stream)
+        raise GRPCError(
+            grpclib.const.Status.DEADLINE_EXCEEDED,
+            f"[SRV-9] no health request within {self._request_timeout:g} s of the call's "
+            "start (--descriptor-timeout)",
+        )
+
+    @contextlib.contextmanager
+    def _counted(self, stream: grpclib.server.Stream[Any, Any]) -> Iterator[None]:
+        """One of the health calls held open at once, or RESOURCE_EXHAUSTED (SRV-9)."""
         connection = http2_stream(stream).connection
         if self.watching >= self._max_watches:
             message = (
@@ -121,8 +148,7 @@ class HealthService(HealthBase):
         self.watching += 1
         self._by_connection[connection] = self._by_connection.get(connection, 0) + 1
         try:
-            async for response in self.watch(await _request(stream)):
-                await stream.send_message(response)
+            yield
         finally:
             self.watching -= 1
             subtract(self._by_connection, connection, 1)

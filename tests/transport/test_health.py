@@ -9,6 +9,7 @@ bytes are the standard's.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import logging
 import subprocess
@@ -33,6 +34,7 @@ from avaproto.messages import Encoding, Inference, PixelFormat
 from avaproto.protocol.video_format import VideoFormat
 from avaproto.transport.grpc_server import ExtensionServer, ServerConfig, start_server
 from avaproto.transport.health import EXTENSION_SERVICE, ServingStatus
+from avaproto.transport.limits import ConnectionLimits
 from tests.transport.test_hostile_http2 import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.rule("SRV-9")]
@@ -291,6 +293,61 @@ async def test_one_connection_holds_at_most_ten_watches() -> None:
             )
             async with watching(server, "") as elsewhere:  # another connection
                 assert (await anext(elsewhere)).status is ServingStatus.SERVING
+
+
+@asynccontextmanager
+async def check_without_request(server: ExtensionServer) -> AsyncIterator[Any]:
+    """A ``Check`` call that opens its stream and sends no request."""
+    channel = grpclib.client.Channel("127.0.0.1", server.port)
+    try:
+        async with channel.request(
+            "/grpc.health.v1.Health/Check",
+            grpclib.const.Cardinality.UNARY_UNARY,
+            HealthCheckRequest,
+            HealthCheckResponse,
+        ) as call:
+            await call.send_request()
+            try:
+                yield call
+            finally:
+                with contextlib.suppress(Exception):  # ended by the server already
+                    await call.cancel()
+    finally:
+        channel.close()
+
+
+@pytest.mark.rule("SRV-9")
+async def test_a_call_that_sends_no_request_ends_at_the_request_deadline() -> None:
+    """300 connections of 100 checks that sent no request held 500 MB, for as long as
+    their connections lasted."""
+    with anyio.fail_after(TIMEOUT):
+        async with extension(limits=ConnectionLimits(descriptor_timeout=0.3)) as server:
+            with pytest.raises(GRPCError) as ended:
+                async with check_without_request(server) as call:
+                    # The status, then RST_STREAM NO_ERROR: the call had not sent its end.
+                    with contextlib.suppress(StreamTerminatedError):
+                        await call.recv_initial_metadata()
+    assert ended.value.status is grpclib.const.Status.DEADLINE_EXCEEDED
+    assert ended.value.message == (
+        "[SRV-9] no health request within 0.3 s of the call's start (--descriptor-timeout)"
+    )
+
+
+@pytest.mark.rule("SRV-9")
+async def test_a_check_awaiting_its_request_counts_as_a_watch() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with extension(max_health_watches=1) as server:
+            async with check_without_request(server), watching(server, "") as watch:
+                health_service = server.health
+                assert health_service is not None
+                await eventually(lambda: health_service.watching == 1)
+                with pytest.raises(GRPCError) as refused:
+                    await anext(watch)
+            assert refused.value.status is grpclib.const.Status.RESOURCE_EXHAUSTED
+            await eventually(lambda: health_service.watching == 0)
+            async with health(server) as stub:  # a check with its request is answered
+                answer = await stub.check(HealthCheckRequest(service=""))
+    assert answer.status is ServingStatus.SERVING
 
 
 # --- the standard's bytes and the core install ---------------------------------------
