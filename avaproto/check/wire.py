@@ -34,6 +34,7 @@ from ..transport._grpclib_private import (
     quiet_frame_repr,
     receive_initial_metadata,
     send_client_message,
+    settle_call_cancellations,
 )
 from ..transport.framing import WireCodec
 from ..transport.grpc_client import ClientChannel, parse_target
@@ -179,6 +180,7 @@ async def connection(target: Target) -> AsyncIterator[grpclib.client.Channel]:
     host, port = target.host_port
     quiet_frame_repr()
     keep_empty_data_frames_out()
+    settle_call_cancellations()
     channel = grpclib.client.Channel(host, port, ssl=target.ssl, codec=WireCodec())
     try:
         yield channel

@@ -28,7 +28,9 @@ a user's stream. The uses:
   took finish (h2 would close the connection on it), and reads made off the HTTP/2
   stream wait inside grpclib's guard of the call, so a lost connection ends them;
 * the repr h2 builds of every frame it receives, for a log that is off;
-* empty DATA frames, which grpclib's buffer would take for the end of the stream.
+* empty DATA frames, which grpclib's buffer would take for the end of the stream;
+* the cancellation grpclib's guard of a call delivers when the call ends, which it
+  never takes back.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import grpclib.const
 import grpclib.exceptions
 import grpclib.protocol
 import grpclib.server
+import grpclib.utils
 import h2.connection
 import h2.errors
 import h2.events
@@ -752,6 +755,19 @@ def _peer(protocol: Any) -> str:
     return peer_address(transport.get_extra_info("peername") if transport is not None else None)
 
 
+def lost_before_the_call(error: BaseException, channel: grpclib.client.Channel) -> bool:
+    """Whether ``error`` is grpclib meeting a connection the extension closed between its
+    connecting and the call's stream: ``Connection.close`` deletes ``_transport``, and
+    ``create_stream`` then raises AttributeError (an extension that refuses connections
+    past a limit of its own closes them as they open)."""
+    protocol = channel._protocol
+    return (
+        isinstance(error, AttributeError)
+        and protocol is not None
+        and not hasattr(protocol.processor.connection, "_transport")
+    )
+
+
 def read_answers_directly(channel: grpclib.client.Channel, limits: ConnectionLimits) -> None:
     """Have the connection ``channel`` makes read whole DATA frames and WINDOW_UPDATEs
     past h2 (``take_whole_frames``) within ``limits``; grpclib makes it with
@@ -1170,3 +1186,34 @@ def keep_empty_data_frames_out() -> None:
     event of its own, so dropping the empty frame loses nothing.
     """
     grpclib.protocol.EventsProcessor.process_data_received = _process_data_received  # type: ignore[method-assign]
+
+
+# --- the cancellation grpclib's guard of a call delivers ------------------------------------
+
+_WRAPPER_EXIT = grpclib.utils.Wrapper.__exit__
+
+
+def _wrapper_exit(
+    self: grpclib.utils.Wrapper,
+    kind: type[BaseException] | None,
+    value: BaseException | None,
+    traceback: Any,
+) -> None:
+    if self._error is not None and kind is asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            task.uncancel()  # the request ``cancel`` made: answered by the error raised
+    _WRAPPER_EXIT(self, kind, value, traceback)
+
+
+def settle_call_cancellations() -> None:
+    """Take back the cancellation grpclib's guard of a call delivers (idempotent).
+
+    When a call ends (its connection lost, its stream reset), ``Wrapper.cancel`` cancels
+    every task waiting inside the guard, and ``__exit__`` raises the call's error in
+    place of the ``CancelledError``, but never calls ``Task.uncancel``: the task stays
+    "being cancelled" (``Task.cancelling()`` > 0) for as long as it lives, and anyio's
+    next cancel scope to exit in it raises ``CancelledError``. A program that kept
+    running after a failed ``connect`` (one that retries) was cancelled at random later.
+    """
+    grpclib.utils.Wrapper.__exit__ = _wrapper_exit  # type: ignore[method-assign]

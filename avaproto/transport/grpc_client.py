@@ -35,6 +35,7 @@ from ._grpclib_private import (
     holds_whole_message,
     http2_stream,
     keep_empty_data_frames_out,
+    lost_before_the_call,
     quiet_frame_repr,
     read_answers_directly,
     receive_initial_metadata,
@@ -42,6 +43,7 @@ from ._grpclib_private import (
     received_headers,
     reset_code,
     send_client_message,
+    settle_call_cancellations,
     spoke_http2,
     trailers_only,
 )
@@ -252,6 +254,7 @@ async def open_channel(
     host, port = parse_target(target)
     quiet_frame_repr()
     keep_empty_data_frames_out()
+    settle_call_cancellations()
     channel = grpclib.client.Channel(host, port, ssl=ssl_context, codec=WireCodec())
     read_answers_directly(channel, limits or ConnectionLimits())
     client: ClientChannel | None = None
@@ -287,6 +290,17 @@ async def open_channel(
                     ) from None
                 except GRPCError as error:
                     raise _failed(error) from None
+                except AttributeError as error:
+                    if not lost_before_the_call(error, channel):
+                        raise
+                    hint = explain_connection_failure(
+                        StreamTerminatedError("Connection lost"), tls=ssl_context is not None
+                    )
+                    raise StreamFailed(
+                        Status.UNAVAILABLE,
+                        f"cannot reach {host}:{port}: it closed the connection as it opened; "
+                        f"{hint}",
+                    ) from None
                 except (ConnectionError, OSError) as error:
                     hint = explain_connection_failure(error, tls=ssl_context is not None)
                     raise StreamFailed(

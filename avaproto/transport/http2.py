@@ -29,7 +29,12 @@ from typing import Any
 
 import grpclib.server
 
-from ._grpclib_private import keep_empty_data_frames_out, quiet_frame_repr, wrap_connections
+from ._grpclib_private import (
+    keep_empty_data_frames_out,
+    quiet_frame_repr,
+    settle_call_cancellations,
+    wrap_connections,
+)
 from .guard import ServerGuard
 from .limits import ConnectionLimits
 
@@ -47,6 +52,7 @@ def tune_server(
     with ``limits``, log failed TLS handshakes (call before ``server.start``)."""
     quiet_frame_repr()
     keep_empty_data_frames_out()
+    settle_call_cancellations()
     guard = ServerGuard(limits or ConnectionLimits(), max_frame_size)
     tls: ssl.SSLContext | None = None
 

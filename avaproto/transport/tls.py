@@ -515,7 +515,8 @@ def explain_connection_failure(error: BaseException, *, tls: bool) -> str | None
         return (
             _CLOSED_DURING_TLS
             if tls
-            else "the server may require TLS: use --tls (or --tls-ca FILE)"
+            else "the server may require TLS: use --tls (or --tls-ca FILE); or it refuses "
+            "connections past a limit of its own (its log says which)"
         )
     return None
 
@@ -523,7 +524,8 @@ def explain_connection_failure(error: BaseException, *, tls: bool) -> str | None
 _CLOSED_DURING_TLS = (
     "the extension closed the connection during or right after the TLS handshake: it may "
     "not speak TLS (then drop --tls), or require a client certificate (--tls-cert FILE "
-    "--tls-key FILE), or not trust the one given"
+    "--tls-key FILE), or not trust the one given, or refuse connections past a limit of "
+    "its own (its log says which)"
 )
 
 

@@ -7,6 +7,7 @@ grpclib that renames or changes what avaproto mirrors fails here first.
 from __future__ import annotations
 
 import ast
+import asyncio
 import inspect
 import itertools
 import textwrap
@@ -366,7 +367,7 @@ def test_a_reset_cancels_the_handler_through_the_wrapper_cancelled_by_reset_read
     wrapper.cancel(grpclib.exceptions.StreamTerminatedError("reset"))
     assert wrapper.cancelled
     assert "self.cancel_failed = exc_type is not asyncio.CancelledError" in inspect.getsource(
-        grpclib.utils.Wrapper.__exit__
+        _grpclib_private._WRAPPER_EXIT  # grpclib's own, which settle_call_cancellations wraps
     )
 
     class Reset:
@@ -1115,3 +1116,31 @@ def test_unknown_frames_are_ignored_where_grpclib_looks_up_its_handlers() -> Non
     assert "UnknownFrameReceived(frame=frame)" in inspect.getsource(h2.connection.H2Connection)
     for event in _grpclib_private._IGNORED_EVENTS:
         assert issubclass(event, h2.events.Event)
+
+
+@pytest.mark.parametrize("settled", [False, True])
+async def test_a_call_ended_while_waiting_leaves_its_task_uncancelled_once_settled(
+    settled: bool,
+) -> None:
+    """Why settle_call_cancellations exists: grpclib's guard of a call cancels the task
+    waiting in it, raises the call's error instead, and never takes the request back."""
+    original = grpclib.utils.Wrapper.__exit__
+    if settled:
+        _grpclib_private.settle_call_cancellations()
+    else:
+        grpclib.utils.Wrapper.__exit__ = _grpclib_private._WRAPPER_EXIT  # type: ignore[method-assign]
+    try:
+        wrapper = grpclib.utils.Wrapper()
+
+        async def waits() -> None:
+            with wrapper:
+                await asyncio.sleep(10)
+
+        task = asyncio.ensure_future(waits())
+        await asyncio.sleep(0)  # inside the guard, waiting
+        wrapper.cancel(grpclib.exceptions.StreamTerminatedError("Connection lost"))
+        with pytest.raises(grpclib.exceptions.StreamTerminatedError):
+            await task
+        assert task.cancelling() == (0 if settled else 1)
+    finally:
+        grpclib.utils.Wrapper.__exit__ = original  # type: ignore[method-assign]

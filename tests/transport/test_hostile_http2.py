@@ -813,6 +813,22 @@ async def test_connections_past_the_limit_are_closed_as_they_are_accepted(
 
 
 @pytest.mark.rule("CONN-14")
+async def test_a_pipeline_refused_past_the_limit_is_told_why_it_may_be() -> None:
+    """grpclib's channel connects, then makes the call's stream: a connection closed in
+    between raised AttributeError from grpclib, and a traceback ended ``avaproto send``."""
+    async with serving(max_connections=1) as server, Attacker.connect(server.port):
+        await eventually(lambda: server.guard is not None and server.guard.open == 1)
+        for _ in range(6):  # closed before or after the stream was made: both are said
+            with anyio.fail_after(TIMEOUT), pytest.raises(StreamFailed) as refused:
+                async with connect(f"127.0.0.1:{server.port}", format=RGB24):
+                    pass
+            assert refused.value.status is Status.UNAVAILABLE
+            assert "refuses connections past a limit of its own" in refused.value.detail
+            # grpclib cancelled this task to end its wait; the request is taken back.
+            assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+@pytest.mark.rule("CONN-14")
 async def test_a_limit_above_the_open_file_limit_is_reported(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -604,7 +604,8 @@ async def test_plaintext_pipeline_against_tls_is_told_to_use_tls(files: dict[str
     async with extension(server_context(files["cert"], files["key"])) as server:
         error = await grpc_failure(server.port, None)
     assert explain_connection_failure(error, tls=False) == (
-        "the server may require TLS: use --tls (or --tls-ca FILE)"
+        "the server may require TLS: use --tls (or --tls-ca FILE); or it refuses "
+        "connections past a limit of its own (its log says which)"
     )
 
 
