@@ -44,6 +44,7 @@ class MessageBudget:
         #: Bytes taken now, in all.
         self.held = 0
         self._by_connection: dict[object, int] = {}
+        self._peers: dict[object, str] = {}
 
     def take(self, connection: object, size: int, peer: str) -> None:
         """Take ``size`` bytes for ``connection``, or refuse with RESOURCE_EXHAUSTED."""
@@ -55,11 +56,13 @@ class MessageBudget:
             )
         elif self.held + size > self.total:
             over = (
-                f"{self.held} bytes of incomplete messages already in the server; "
+                f"{self.held} bytes of incomplete messages already in the server"
+                f"{largest_holder(self._by_connection, self._peers)}; "
                 f"the limit is {self.total} (--max-incomplete-bytes)"
             )
         else:
             self._by_connection[connection] = mine + size
+            self._peers[connection] = peer
             self.held += size
             return
         refused = BudgetRefused(size, over)
@@ -77,14 +80,27 @@ class MessageBudget:
 
     def give(self, connection: object, size: int) -> None:
         self.held -= size
-        subtract(self._by_connection, connection, size)
+        subtract(self._by_connection, connection, size, self._peers)
 
 
-def subtract(counts: dict[object, int], key: object, size: int) -> None:
-    """Take ``size`` off ``counts[key]``, dropping the key at 0 so that the map holds
-    only connections that hold something."""
+def subtract(
+    counts: dict[object, int], key: object, size: int, peers: dict[object, str] | None = None
+) -> None:
+    """Take ``size`` off ``counts[key]``, dropping the key at 0 (from ``peers`` too) so
+    that the map holds only connections that hold something."""
     left = counts[key] - size
     if left:
         counts[key] = left
     else:
         del counts[key]
+        if peers is not None:
+            peers.pop(key, None)
+
+
+def largest_holder(counts: dict[object, int], peers: dict[object, str]) -> str:
+    """Which peer's connection holds the most of a server-wide bound, for the line
+    saying it was reached: the one refused is seldom the one holding it."""
+    if not counts:
+        return ""
+    connection, most = max(counts.items(), key=lambda item: item[1])
+    return f" (the most, {most}, by a connection of {peers.get(connection, 'a peer')})"

@@ -32,7 +32,7 @@ import anyio
 
 from ..errors import RemoteProtocolError
 from ..status import Status
-from .budget import subtract
+from .budget import largest_holder, subtract
 from .guard import Throttled
 
 log = logging.getLogger("avaproto.server")
@@ -44,6 +44,7 @@ _FLAGS = "--max-frame-memory, --max-frame-memory-per-connection"
 class _Waiter:
     connection: object
     size: int
+    peer: str
     granted: bool = False
     event: anyio.Event = field(default_factory=anyio.Event)
 
@@ -58,6 +59,7 @@ class FrameMemory:
         #: Bytes held now, in all.
         self.held = 0
         self._by_connection: dict[object, int] = {}
+        self._peers: dict[object, str] = {}
         self._waiters: list[_Waiter] = []
         self._warn = Throttled()
 
@@ -67,19 +69,20 @@ class FrameMemory:
             and self._by_connection.get(connection, 0) + size <= self.per_connection
         )
 
-    def _add(self, connection: object, size: int) -> None:
+    def _add(self, connection: object, size: int, peer: str) -> None:
         self.held += size
         self._by_connection[connection] = self._by_connection.get(connection, 0) + size
+        self._peers[connection] = peer
 
     async def take(self, connection: object, size: int, peer: str) -> None:
         """Hold ``size`` bytes for ``connection``: at once if they fit and no one waits,
         else once others give theirs back; RESOURCE_EXHAUSTED if they never can, or not
         within the timeout."""
         if not self._waiters and self._fits(connection, size):
-            self._add(connection, size)
+            self._add(connection, size, peer)
             return
         self.check_fits(size, peer, f"a frame of {size} bytes is")
-        waiter = _Waiter(connection, size)
+        waiter = _Waiter(connection, size, peer)
         self._waiters.append(waiter)
         self._grant()
         if waiter.granted:
@@ -87,7 +90,8 @@ class FrameMemory:
         self._warn(
             "SRV-18",
             f"stream of {peer} waits for frame memory: [SRV-18] {self.held} bytes of "
-            f"frames held in the server (limit {self.total}), "
+            f"frames held in the server{largest_holder(self._by_connection, self._peers)} "
+            f"(limit {self.total}), "
             f"{self._by_connection.get(connection, 0)} on its connection (limit "
             f"{self.per_connection}); its frame of {size} bytes waits for others to be "
             f"answered ({_FLAGS})",
@@ -103,7 +107,8 @@ class FrameMemory:
             raise self._refused(
                 peer,
                 f"a frame of {size} bytes waited {self.timeout:g} s for the server's frame "
-                f"memory ({self.held} bytes held of {self.total}, "
+                f"memory ({self.held} bytes held of {self.total}"
+                f"{largest_holder(self._by_connection, self._peers)}, "
                 f"{self._by_connection.get(connection, 0)} on this connection of "
                 f"{self.per_connection}; {_FLAGS}, --frame-memory-timeout)",
             )
@@ -124,7 +129,7 @@ class FrameMemory:
         if not size:
             return
         self.held -= size
-        subtract(self._by_connection, connection, size)
+        subtract(self._by_connection, connection, size, self._peers)
         if self._waiters:
             self._grant()
 
@@ -145,7 +150,7 @@ class FrameMemory:
             if self._by_connection.get(waiter.connection, 0) + waiter.size > self.per_connection:
                 continue
             self._waiters.remove(waiter)
-            self._add(waiter.connection, waiter.size)
+            self._add(waiter.connection, waiter.size, waiter.peer)
             waiter.granted = True
             waiter.event.set()
 

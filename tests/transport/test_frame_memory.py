@@ -128,11 +128,16 @@ async def test_a_frame_that_waits_past_the_timeout_is_refused(
         await memory.take(TWO, 1, "127.0.0.1:2")
     assert refused.value.status is Status.RESOURCE_EXHAUSTED
     assert "a frame of 1 bytes waited 0.05 s for the server's frame memory" in str(refused.value)
+    assert "(100 bytes held of 100 (the most, 100, by a connection of 127.0.0.1:1)," in str(
+        refused.value
+    )
     assert memory.held == 100
     memory.give(ONE, 100)
     await memory.take(TWO, 100, "127.0.0.1:2")  # no waiter was left behind
     waited, ended = warnings(caplog, "SRV-18")
     assert "127.0.0.1:2 waits for frame memory" in waited and "ended" in ended
+    # The stream that waits is seldom the one holding the memory: the line says which.
+    assert "held in the server (the most, 100, by a connection of 127.0.0.1:1)" in waited
 
 
 async def test_a_waiter_cancelled_leaves_nothing_held() -> None:

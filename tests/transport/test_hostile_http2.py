@@ -870,6 +870,9 @@ async def test_incomplete_messages_are_bounded_per_connection_and_in_all(
         assert status == str(Status.RESOURCE_EXHAUSTED.value)
         assert "[SRV-13]" in message and where in message
     assert len(warnings(caplog, "SRV-13")) == 2
+    # The stream refused is seldom the one holding the bytes: the line says which.
+    assert "in the server (the most, " in statuses[1][1]
+    assert ", by a connection of 127.0.0.1:" in statuses[1][1]
 
 
 # --- 6. an extension that blocks the event loop ---------------------------------------
