@@ -51,6 +51,7 @@ from avaproto.transport.grpc_server import ServerConfig
 from avaproto.transport.tls import server_context
 from bench.processes import Server
 from spec.catalogue import load_sections
+from tests.transport.test_field_peers import HoldsLatestAnswer
 
 USER, PASSWORD = "pipeline", "s3cret"
 
@@ -123,32 +124,6 @@ class NeverAnswers(MediaGraphExtensionBase):
             pass
         return
         yield  # an async generator that yields nothing
-
-
-class HoldsLatestAnswer(MediaGraphExtensionBase):
-    """Intel DL Streamer's extension server (``samples/ava_ai_extension/server/
-    media_graph_extension.py``), as ACK-1's field note tells: with its default input
-    queue of 1, the answer to the latest request goes when the next request arrives, or
-    after the requests end. Its answers are numbered 0."""
-
-    async def process_media_stream(
-        self, messages: AsyncIterator[MediaStreamMessage]
-    ) -> AsyncIterator[MediaStreamMessage]:
-        held: int | None = None
-        async for message in messages:
-            if message.media_stream_descriptor is not None:
-                yield MediaStreamMessage(
-                    ack_sequence_number=message.sequence_number,
-                    media_stream_descriptor=MediaStreamDescriptor(
-                        media_descriptor=MediaDescriptor(timescale=90000)
-                    ),
-                )
-                continue
-            if held is not None:
-                yield MediaStreamMessage(ack_sequence_number=held)
-            held = message.sequence_number
-        if held is not None:
-            yield MediaStreamMessage(ack_sequence_number=held)
 
 
 class FailsAnEmptyStream(MediaGraphExtensionBase):
