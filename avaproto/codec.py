@@ -74,15 +74,15 @@ def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
 
 
 #: The most fields one message may hold, nested ones included (WIRE-2). A frame is one
-#: field and a sample with a thousand inferences a few tens of thousands; a message of
-#: millions of two-byte fields exists only to keep the event loop busy.
+#: field and a sample of a thousand entities about 90,000 (with their weight, below); a
+#: message of millions of two-byte fields exists only to keep the event loop busy.
 MAX_FIELDS = 100_000
 #: What an inference, or a message nested in one (an entity, its tag, box or each of its
 #: attributes), costs of that budget beyond its own fields: each becomes an object of
 #: several hundred bytes, made in about as long as ten fields take to read (10 µs),
 #: where an unknown field costs nothing once skipped. A message of empty inferences (two
-#: bytes each) is then capped at 9,091 of them, and any message costs at most about a
-#: tenth of a second of the event loop to decode.
+#: bytes each) is then capped at 9,091 of them, and one of entities with a tag, a box
+#: and three attributes at about 1,150 (a detector's answer holds tens to hundreds).
 INFERENCE_WEIGHT = 10
 
 

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
+import grpclib.const
 import grpclib.server
 import pytest
 import trustme
@@ -32,9 +34,11 @@ from avaproto.check import rules as check_rules
 from avaproto.check.probes import Context, probes, video_format
 from avaproto.check.wire import Target
 from avaproto.cli import main
+from avaproto.codec import encode_framed
 from avaproto.errors import ProtocolError
 from avaproto.extensions import load_extension
 from avaproto.messages import (
+    METHOD_PATH,
     MediaDescriptor,
     MediaGraphExtensionBase,
     MediaSample,
@@ -46,7 +50,7 @@ from avaproto.protocol.events import DescriptorReceived, SampleReceived
 from avaproto.protocol.roles import Role
 from avaproto.protocol.session import Session
 from avaproto.server import running
-from avaproto.transport._grpclib_private import listener
+from avaproto.transport._grpclib_private import http2_stream, listener
 from avaproto.transport.grpc_server import ServerConfig
 from avaproto.transport.tls import server_context
 from bench.processes import Server
@@ -141,6 +145,64 @@ class FailsAnEmptyStream(MediaGraphExtensionBase):
                 media_descriptor=MediaDescriptor(timescale=90000)
             ),
         )
+
+
+class CrashesWithoutDescriptor(MediaGraphExtensionBase):
+    """A handler that crashes when the first message is no descriptor: grpclib ends the
+    call UNKNOWN, which is no refusal of what it was sent."""
+
+    async def process_media_stream(
+        self, messages: AsyncIterator[MediaStreamMessage]
+    ) -> AsyncIterator[MediaStreamMessage]:
+        async for message in messages:
+            descriptor = message.media_stream_descriptor
+            assert descriptor is not None, "'NoneType' object has no attribute 'media_descriptor'"
+            yield MediaStreamMessage(
+                sequence_number=1,
+                ack_sequence_number=message.sequence_number,
+                media_stream_descriptor=MediaStreamDescriptor(
+                    media_descriptor=MediaDescriptor(timescale=90000)
+                ),
+            )
+
+
+class SlowLastAnswer:
+    """An extension on a slow link: its fourth answer's bytes arrive in two DATA frames
+    1.5 s apart, longer than the check waits for an answer before it ends its direction
+    (a fake of the link; the server is plain grpclib)."""
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        return {
+            METHOD_PATH: grpclib.const.Handler(
+                self.handle,
+                grpclib.const.Cardinality.STREAM_STREAM,
+                MediaStreamMessage,
+                MediaStreamMessage,
+            )
+        }
+
+    async def handle(self, stream: Any) -> None:
+        await stream.send_initial_metadata()
+        raw = http2_stream(stream)
+        number = samples = 0
+        async for message in stream:
+            number += 1
+            answer = MediaStreamMessage(
+                sequence_number=number, ack_sequence_number=message.sequence_number
+            )
+            if message.media_stream_descriptor is not None:
+                answer.media_stream_descriptor = MediaStreamDescriptor(
+                    media_descriptor=MediaDescriptor(timescale=90000)
+                )
+            else:
+                samples += 1
+            framed = bytes(encode_framed(answer))
+            if samples == 4:
+                await raw.send_data(framed[:5])
+                await anyio.sleep(1.5)  # the link, not a synchronisation
+                framed = framed[5:]
+            await raw.send_data(framed)
+        await stream.send_trailing_metadata()
 
 
 def check(capsys: pytest.CaptureFixture[str], target: str, *options: str) -> tuple[int, str, str]:
@@ -348,6 +410,33 @@ def test_an_empty_stream_the_extension_fails_is_a_warning_with_the_field_note(
     assert outcome == "WARN"
     assert detail.startswith("a stream ended before any message: UNKNOWN")
     assert f"in the field: {check_rules.FIELD_NOTES['LIFE-4']}" in detail
+
+
+@pytest.mark.rule("DESC-1")
+def test_a_handler_that_crashes_on_a_violation_fails_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with peer(CrashesWithoutDescriptor()) as target:
+        status, out, _ = check(capsys, target, "--rules", "DESC-1", "--formats", "rgb24")
+    assert status == 1
+    outcome, detail = lines_by_rule(out)["DESC-1"]
+    assert outcome == "FAIL"
+    assert "a sample as the first message: ended it with UNKNOWN" in detail
+
+
+@pytest.mark.rule("ACK-1")
+def test_an_answer_arriving_slowly_is_read_whole_when_the_wait_for_it_ends(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with peer(SlowLastAnswer()) as target:  # type: ignore[arg-type]
+        _, out, _ = check(
+            capsys, target, "--rules", "ACK-1,WIRE-1,LIFE-2", "--formats", "rgb24", "--no-shm"
+        )
+    found = lines_by_rule(out)
+    # Its answer was not cut where the wait for it ended: no stray prefix was read.
+    assert "compressed flag" not in out and "inside a message prefix" not in out, out
+    assert found["LIFE-2"][0] == "PASS", found["LIFE-2"]
+    assert found["ACK-1"][0] == "WARN", found["ACK-1"]  # its answer came after our end
 
 
 def test_a_target_that_never_answers_fails_at_the_deadline(

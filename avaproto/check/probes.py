@@ -32,10 +32,12 @@ from functools import partial
 
 import anyio
 import numpy as np
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._generated.grpc.health.v1 import HealthCheckRequest, HealthStub
 from .._generated.grpc.health.v1 import HealthCheckResponseServingStatus as ServingStatus
 from ..engine.drive import HELD_ANSWER_WAIT
+from ..engine.outcome import protocol_errors
 from ..errors import InferenceError, ProtocolError, StreamFailed
 from ..media.inferences import box_overflows, validate
 from ..media.shared_memory import SharedMemoryArena
@@ -285,6 +287,18 @@ async def exchange(
         return Exchange(ending)
 
 
+#: Ends of a stream that are no refusal of what it was sent: none read (malformed
+#: answers), the connection lost, a handler that crashed (grpcio's and grpclib's status
+#: for an uncaught exception), a cancelled or timed-out call.
+_NOT_REFUSALS = (
+    None,
+    Status.UNAVAILABLE,
+    Status.UNKNOWN,
+    Status.CANCELLED,
+    Status.DEADLINE_EXCEEDED,
+)
+
+
 def refusal(rule: str, expected: Status, what: str, done: Exchange) -> Finding:
     """The finding of a violation that must end the stream with ``expected``."""
     ending = done.ending
@@ -298,7 +312,7 @@ def refusal(rule: str, expected: Status, what: str, done: Exchange) -> Finding:
         return Finding(rule, Outcome.PASS, f"{what}: refused with {expected.name}")
     if ending.ok:
         seen = f"accepted (answered {summarize(ending.answers)}, then ended the stream OK)"
-    elif ending.status not in (None, Status.UNAVAILABLE):
+    elif ending.status not in _NOT_REFUSALS:
         # Refused, with another status: the text names no status, and grpcio itself
         # ends a call whose bytes it cannot parse with INTERNAL, before any handler.
         return Finding(
@@ -382,16 +396,37 @@ class _Healthy:
             await self._send_frame(opened, frame(self.fmt, index))
         if contentless:
             await self._send_frame(opened, None)
-        await self._answers_while_open(opened)
-        session.send_end()
-        await opened.end()
-        open_acked = len(self.acked)
-        while (answer := await opened.receive()) is not None:
-            await self._answer(opened, answer)
+        # One task reads the answers, whole, into a stream: the wait for the next may
+        # time out (below) without cutting a message that was arriving.
+        sending, answers = anyio.create_memory_object_stream[MediaStreamMessage | None](
+            len(self.sent) + 1
+        )
+        with protocol_errors():
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._read, opened, sending)
+                await self._answers_while_open(opened, answers)
+                session.send_end()
+                await opened.end()
+                open_acked = len(self.acked)
+                while (answer := await answers.receive()) is not None:
+                    await self._answer(opened, answer)
         session.receive_end()
         self.acked_after_end = self.acked[open_acked:]
 
-    async def _answers_while_open(self, opened: Call) -> None:
+    @staticmethod
+    async def _read(
+        opened: Call, sending: MemoryObjectSendStream[MediaStreamMessage | None]
+    ) -> None:
+        async with sending:
+            while True:
+                answer = await opened.receive()
+                await sending.send(answer)
+                if answer is None:
+                    return
+
+    async def _answers_while_open(
+        self, opened: Call, answers: MemoryObjectReceiveStream[MediaStreamMessage | None]
+    ) -> None:
         """Every acknowledgement, our direction open; or, once some came, until the rest
         stop coming (``held``): an extension may answer a sample only when the next
         arrives or our direction ends (Intel DL Streamer's does), and that is no reason
@@ -401,22 +436,17 @@ class _Healthy:
         longest = 0.0  # the longest wait for an answer so far
         while len(self.acked) < len(self.sent):
             self.held = max(HELD_ANSWER_WAIT, 2 * longest) if self.acked else math.inf
-            answer = None
-            with anyio.move_on_after(self.held):
-                answer = await self.receive_or_end(opened)
-            if answer is None:
+            with anyio.move_on_after(self.held) as waited:
+                answer = await answers.receive()
+            if waited.cancelled_caught:
                 return  # the rest come, if at all, once our direction ends
+            if answer is None:
+                self.session.receive_end()  # raises LIFE-2: samples left unacknowledged
+                raise AssertionError("receive_end returned with samples unacknowledged")
             now = time.monotonic()
             longest, last = max(longest, now - last), now
             await self._answer(opened, answer)
         self.held = 0.0
-
-    async def receive_or_end(self, opened: Call) -> MediaStreamMessage:
-        answer = await opened.receive()
-        if answer is None:
-            self.session.receive_end()  # raises LIFE-2: samples left unacknowledged
-            raise AssertionError("receive_end returned with samples unacknowledged")
-        return answer
 
     async def _send_frame(self, opened: Call, content: bytes | None) -> None:
         media = MediaSample(timestamp=len(self.sent) * STEP)

@@ -20,6 +20,9 @@ sample goes, the input ends, or the pipeline waits for the window. Some extensio
 (Intel DL Streamer's) answer a sample only when the next one arrives; paced slower than
 ``ack_timeout``, such an extension is slow by one frame, not broken. At a window of 1
 the pipeline could never send the sample it waits for, so one more goes, once (PIPE-2).
+The latest sample's clock starts at the latest one ``ack_timeout`` after its sending,
+so its deadline is twice that: a caller that reads each answer before it sends the next
+frame (or never sends one again) is not left waiting for an extension that dropped it.
 """
 
 from __future__ import annotations
@@ -288,6 +291,7 @@ class PipelineStream:
         """
         if self.arena is None:
             raise ValueError("this stream sends its frames embedded: it has no segment")
+        self._start_clock()  # a full segment frees up only with an answer
         return await self.arena.allocate_async(length)
 
     def _takes(self, slot: SentLease) -> SentLease:
@@ -351,6 +355,7 @@ class PipelineStream:
                 )
             elif content is not None and self.arena is not None:
                 view = memoryview(content).cast("B")
+                self._start_clock()  # a full segment frees up only with an answer
                 lease = await self.arena.allocate_async(len(view))
                 lease.write(view)  # pwrite: a segment the peer shrank raises SHM-15
                 sample.content_reference = ContentReference(
@@ -526,9 +531,16 @@ class PipelineStream:
                 if self._sent_at:
                     number = next(iter(self._sent_at))
                     started = self._clock_from.get(number)
-                    if started is None:  # the latest, and the input goes on: wait
-                        await self._until_moved()
-                        continue
+                    if started is None:  # the latest, and the input goes on
+                        # Until the clock starts, or at the latest twice the timeout
+                        # from its sending: a caller that waits for this very answer
+                        # before it sends again (or never sends again) starts no clock.
+                        latest = self._sent_at[number] + 2 * timeout
+                        if now < latest:
+                            with anyio.move_on_after(latest - now):
+                                await self._until_moved()
+                            continue
+                        started = latest - timeout
                     due = started + timeout
                     if (
                         number == self._latest

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -407,8 +406,10 @@ class ExtensionService:
 
 
 def _clear_frames(error: BaseException) -> None:
-    """Drop the locals of every finished frame ``error`` and the errors linked to it
-    (its group's, its cause, its context) were raised through."""
+    """Drop the tracebacks of ``error`` and of the errors linked to it (its group's, its
+    cause, its context), and with them the frames they hold. Only the references go:
+    a frame may belong to a task still running (an error passed on from a worker), and
+    clearing the frame itself would finalize that task's coroutine."""
     seen: set[int] = set()
     pending = [error]
     while pending:
@@ -416,7 +417,7 @@ def _clear_frames(error: BaseException) -> None:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        traceback.clear_frames(current.__traceback__)
+        current.__traceback__ = None
         if isinstance(current, BaseExceptionGroup):
             pending.extend(current.exceptions)
         pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)

@@ -70,11 +70,12 @@ class HealthService(HealthBase):
         self._status = ServingStatus.SERVING
         # Replaced on every change, so each watcher wakes once per change it has not seen.
         self._changed = anyio.Event()
-        #: Watch calls open now; one past ``max_watches`` is refused (SRV-9), and one
-        #: past ``WATCHES_PER_CONNECTION`` on its connection.
-        self.watching = 0
-        self._max_watches = max_watches
-        self._by_connection: dict[object, int] = {}
+        # Watch calls open, and Check calls awaiting their request, each bounded apart:
+        # one past ``max_watches`` is refused (SRV-9), and one past
+        # ``WATCHES_PER_CONNECTION`` on its connection. Apart, so that watches filling
+        # their bound never refuse a balancer's checks.
+        self._watches = _Calls("health watches", "open", max_watches)
+        self._checks = _Calls("health checks", "awaiting their request", max_watches)
         self._warn = Throttled()
         self._request_timeout = request_timeout
 
@@ -104,7 +105,7 @@ class HealthService(HealthBase):
     async def _serve_check(self, stream: grpclib.server.Stream[Any, Any]) -> None:
         # Counted as a watch until its request came: 300 connections of 100 checks that
         # sent none held 500 MB.
-        with self._counted(stream):
+        with self._checks.held(stream, self._warn):
             request = await self._request(stream)
         await stream.send_message(await self.check(request))
 
@@ -126,32 +127,14 @@ class HealthService(HealthBase):
 
     @contextlib.contextmanager
     def _counted(self, stream: grpclib.server.Stream[Any, Any]) -> Iterator[None]:
-        """One of the health calls held open at once, or RESOURCE_EXHAUSTED (SRV-9)."""
-        connection = http2_stream(stream).connection
-        if self.watching >= self._max_watches:
-            message = (
-                f"[SRV-9] {self.watching} health watches already open; the limit is "
-                f"{self._max_watches} (--max-health-watches)"
-            )
-        elif self._by_connection.get(connection, 0) >= WATCHES_PER_CONNECTION:
-            message = (
-                f"[SRV-9] {WATCHES_PER_CONNECTION} health watches already open on this "
-                "connection, the most one connection may hold"
-            )
-        else:
-            message = ""
-        if message:
-            self._warn(
-                "SRV-9", f"refused a health watch of {peer_address(stream.peer.addr())}: {message}"
-            )
-            raise GRPCError(grpclib.const.Status.RESOURCE_EXHAUSTED, message)
-        self.watching += 1
-        self._by_connection[connection] = self._by_connection.get(connection, 0) + 1
-        try:
+        """One of the Watch calls open at once, or RESOURCE_EXHAUSTED (SRV-9)."""
+        with self._watches.held(stream, self._warn):
             yield
-        finally:
-            self.watching -= 1
-            subtract(self._by_connection, connection, 1)
+
+    @property
+    def watching(self) -> int:
+        """Watch calls open now."""
+        return self._watches.open
 
     async def check(self, message: HealthCheckRequest) -> HealthCheckResponse:
         if message.service not in self._services:
@@ -180,6 +163,42 @@ class HealthService(HealthBase):
                 sent = self._status
                 yield HealthCheckResponse(status=sent)
             await changed.wait()
+
+
+class _Calls:
+    """Health calls of one kind held at once, in all and per connection (SRV-9)."""
+
+    def __init__(self, what: str, state: str, limit: int) -> None:
+        self.what, self.state, self.limit = what, state, limit
+        self.open = 0
+        self._by_connection: dict[object, int] = {}
+
+    @contextlib.contextmanager
+    def held(self, stream: grpclib.server.Stream[Any, Any], warn: Throttled) -> Iterator[None]:
+        connection = http2_stream(stream).connection
+        if self.open >= self.limit:
+            message = (
+                f"[SRV-9] {self.open} {self.what} already {self.state}; the limit is "
+                f"{self.limit} (--max-health-watches)"
+            )
+        elif self._by_connection.get(connection, 0) >= WATCHES_PER_CONNECTION:
+            message = (
+                f"[SRV-9] {WATCHES_PER_CONNECTION} {self.what} already {self.state} on this "
+                "connection, the most one connection may hold"
+            )
+        else:
+            message = ""
+        if message:
+            kind = self.what.removesuffix("es").removesuffix("s")
+            warn("SRV-9", f"refused a {kind} of {peer_address(stream.peer.addr())}: {message}")
+            raise GRPCError(grpclib.const.Status.RESOURCE_EXHAUSTED, message)
+        self.open += 1
+        self._by_connection[connection] = self._by_connection.get(connection, 0) + 1
+        try:
+            yield
+        finally:
+            self.open -= 1
+            subtract(self._by_connection, connection, 1)
 
 
 async def _request(stream: grpclib.server.Stream[Any, Any]) -> HealthCheckRequest:

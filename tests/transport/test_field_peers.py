@@ -921,3 +921,40 @@ async def test_an_answer_over_the_limit_is_refused_before_it_is_read() -> None:
                         pass
     assert (caught.value.rule, caught.value.status) == ("PIPE-5", Status.RESOURCE_EXHAUSTED)
     assert "exceeds the limit of 100000 bytes" in str(caught.value)
+
+
+# --- a dropped frame, whatever the caller waits on ---------------------------------------
+
+
+@pytest.mark.rule("PIPE-4")
+async def test_a_caller_that_reads_each_answer_before_sending_again_is_not_left_waiting() -> None:
+    """Its latest sample's clock starts with no next send: at the latest one ack_timeout
+    after its sending, so a dropped frame ends the stream twice the timeout after it."""
+    with anyio.fail_after(TIMEOUT):
+        async with extension_peer(DropsFrames()) as port:
+            with pytest.raises(ProtocolError) as caught:
+                async with connect(f"127.0.0.1:{port}", format=RGB24, ack_timeout=0.3) as pipe:
+                    await pipe.send(bytes(FRAME), timestamp=0)
+                    await pipe.results().receive()
+    assert caught.value.rule == "PIPE-4"
+    assert "sample 2 was not acknowledged within 0.3 s (1 unacknowledged)" in str(caught.value)
+
+
+@pytest.mark.rule("PIPE-4")
+@pytest.mark.parametrize("allocating", [False, True])
+async def test_a_sender_waiting_for_room_in_its_segment_is_not_left_waiting(
+    allocating: bool,
+) -> None:
+    """A segment with room for one frame: the second waits for the first's answer."""
+    with anyio.fail_after(TIMEOUT):
+        async with extension_peer(DropsFrames()) as port:
+            with pytest.raises(ProtocolError) as caught:
+                async with connect(
+                    f"127.0.0.1:{port}", format=RGB24, ack_timeout=0.3, transfer="shm",
+                    shm_bytes=FRAME,
+                ) as pipe:  # fmt: skip
+                    for t in range(3):
+                        frame = await pipe.allocate() if allocating else bytes(FRAME)
+                        await pipe.send(frame, timestamp=t)
+    assert caught.value.rule == "PIPE-4"
+    assert "sample 2 was not acknowledged within 0.3 s" in str(caught.value)

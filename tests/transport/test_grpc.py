@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -371,6 +371,28 @@ async def test_a_reset_stream_leaves_nothing_of_it_behind() -> None:
             gc.collect()
             [gone] = made
             assert gone() is None
+
+
+def test_clearing_an_errors_frames_leaves_a_task_that_still_runs_running() -> None:
+    """An error a stream ends with may be linked to one a task still running raised (a
+    model's worker that passes its error on and goes on): only references are dropped."""
+    from avaproto.transport.grpc_server import _clear_frames
+
+    def worker() -> Iterator[Any]:
+        try:
+            raise RuntimeError("the model failed")
+        except RuntimeError as error:
+            caught = error
+        yield caught
+        yield "still running"
+
+    running_worker = worker()
+    passed_on = next(running_worker)
+    ended = ValueError("the stream was reset")
+    ended.__context__ = passed_on
+    _clear_frames(ended)
+    assert passed_on.__traceback__ is None
+    assert next(running_worker) == "still running"
 
 
 @pytest.mark.rule("SRV-6")

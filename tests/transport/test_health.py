@@ -334,19 +334,26 @@ async def test_a_call_that_sends_no_request_ends_at_the_request_deadline() -> No
 
 
 @pytest.mark.rule("SRV-9")
-async def test_a_check_awaiting_its_request_counts_as_a_watch() -> None:
+async def test_checks_awaiting_their_request_are_bounded_apart_from_watches() -> None:
+    """A peer's idle checks are refused past the bound, and watches filling theirs never
+    refuse a balancer's check."""
     with anyio.fail_after(TIMEOUT):
         async with extension(max_health_watches=1) as server:
-            async with check_without_request(server), watching(server, "") as watch:
-                health_service = server.health
-                assert health_service is not None
-                await eventually(lambda: health_service.watching == 1)
+            async with check_without_request(server):
                 with pytest.raises(GRPCError) as refused:
-                    await anext(watch)
-            assert refused.value.status is grpclib.const.Status.RESOURCE_EXHAUSTED
-            await eventually(lambda: health_service.watching == 0)
-            async with health(server) as stub:  # a check with its request is answered
-                answer = await stub.check(HealthCheckRequest(service=""))
+                    async with check_without_request(server) as second:
+                        with contextlib.suppress(StreamTerminatedError):  # then its status
+                            await second.recv_initial_metadata()
+                assert refused.value.status is grpclib.const.Status.RESOURCE_EXHAUSTED
+                assert refused.value.message == (
+                    "[SRV-9] 1 health checks already awaiting their request; the limit is 1 "
+                    "(--max-health-watches)"
+                )
+                async with watching(server, "") as watch:  # watches are counted apart
+                    assert (await anext(watch)).status is ServingStatus.SERVING
+            async with watching(server, "") as watch, health(server) as stub:
+                assert (await anext(watch)).status is ServingStatus.SERVING
+                answer = await stub.check(HealthCheckRequest(service=""))  # the watch is full
     assert answer.status is ServingStatus.SERVING
 
 
