@@ -82,8 +82,13 @@ MAX_FIELDS = 100_000
 #: several hundred bytes, made in about as long as ten fields take to read (10 µs),
 #: where an unknown field costs nothing once skipped. A message of empty inferences (two
 #: bytes each) is then capped at 9,091 of them, and one of entities with a tag, a box
-#: and three attributes at about 1,150 (a detector's answer holds tens to hundreds).
+#: and three attributes at about 920 (a detector's answer holds tens to hundreds).
 INFERENCE_WEIGHT = 10
+#: What a string, bytes or map entry of a known field costs of it, its own field
+#: included: each is decoded into an object (3 µs each for the repeated strings of
+#: ``related_inferences``, of which 99,000 in one message took 0.3 s).
+STRING_WEIGHT = 3
+_DECODED = frozenset({"string", "bytes", "map"})
 
 
 class _Budget:
@@ -100,8 +105,8 @@ def _too_many(pos: int) -> RemoteProtocolError:
         "WIRE-2",
         Status.RESOURCE_EXHAUSTED,
         f"message holds more than {MAX_FIELDS} fields (at byte {pos}; each inference, and "
-        f"each message nested in one, counts as {INFERENCE_WEIGHT} more); no message of this "
-        "protocol needs that many",
+        f"each message nested in one, counts as {INFERENCE_WEIGHT} more, each string "
+        f"{STRING_WEIGHT} in all); no message of this protocol needs that many",
     )
 
 
@@ -225,9 +230,13 @@ def _check_structure(
             if budget.left < 0:
                 raise _too_many(start)
             _check_structure(data, start, stop, meta.cls_by_field[name], f"{path}.{name}", budget)
-        elif field.proto_type == "map":
-            for _entry in _fields(data, start, stop, budget, f"{path}.{name}"):  # key, value
-                pass
+        elif field.proto_type in _DECODED:
+            budget.left -= STRING_WEIGHT - 1  # a string to decode, or an entry to make
+            if budget.left < 0:
+                raise _too_many(start)
+            if field.proto_type == "map":
+                for _entry in _fields(data, start, stop, budget, f"{path}.{name}"):  # key, value
+                    pass
 
 
 def _parse(cls: type[_Parsed], data: memoryview, start: int, stop: int, budget: _Budget) -> _Parsed:

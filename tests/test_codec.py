@@ -107,7 +107,7 @@ def test_descriptors_are_decoded_too() -> None:
 def test_each_message_nested_in_an_inference_counts_as_an_inference_does() -> None:
     """An entity of 24,000 attributes is 72,000 fields, but 24,000 objects to make: 358 ms
     of the event loop in 324 KB (700 bytes gzipped), before nested messages counted."""
-    from avaproto.codec import INFERENCE_WEIGHT, MAX_FIELDS
+    from avaproto.codec import INFERENCE_WEIGHT, MAX_FIELDS, STRING_WEIGHT
     from avaproto.messages import Attribute, Entity, MediaSample
 
     def sample(attributes: int) -> bytes:
@@ -116,13 +116,33 @@ def test_each_message_nested_in_an_inference_counts_as_an_inference_does() -> No
         sample = MediaSample(inferences=[inference])
         return bytes(MediaStreamMessage(sequence_number=2, media_sample=sample))
 
-    per_attribute = INFERENCE_WEIGHT + 3  # itself, and its key, name and value fields
+    # Itself (its field, and its weight), and its name and value strings.
+    per_attribute = 1 + INFERENCE_WEIGHT + 2 * STRING_WEIGHT
     fits = MAX_FIELDS // per_attribute - 10
     decoded = decode_message(sample(fits)).media_sample
     assert decoded is not None and decoded.inferences[0].entity is not None
     assert len(decoded.inferences[0].entity.attributes) == fits
     with pytest.raises(RemoteProtocolError) as caught:
         decode_message(sample(24_000))
+    assert (caught.value.rule, caught.value.status) == ("WIRE-2", Status.RESOURCE_EXHAUSTED)
+
+
+@pytest.mark.rule("WIRE-2")
+def test_each_string_counts_as_the_object_it_becomes() -> None:
+    """99,000 related_inferences in one inference, 792 KB, took 0.3 s to decode."""
+    from avaproto.codec import MAX_FIELDS, STRING_WEIGHT
+    from avaproto.messages import MediaSample
+
+    def sample(strings: int) -> bytes:
+        inference = Inference(related_inferences=["abcdef"] * strings)
+        sample = MediaSample(inferences=[inference])
+        return bytes(MediaStreamMessage(sequence_number=2, media_sample=sample))
+
+    fits = MAX_FIELDS // STRING_WEIGHT - 100
+    decoded = decode_message(sample(fits)).media_sample
+    assert decoded is not None and len(decoded.inferences[0].related_inferences) == fits
+    with pytest.raises(RemoteProtocolError) as caught:
+        decode_message(sample(99_000))
     assert (caught.value.rule, caught.value.status) == ("WIRE-2", Status.RESOURCE_EXHAUSTED)
 
 
