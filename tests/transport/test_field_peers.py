@@ -98,6 +98,18 @@ def source(count: int) -> list[SourceFrame]:
     ]
 
 
+def options(port: int, transfer: str = "embedded", **more: Any) -> SendOptions:
+    """``send``'s options for the peer on ``port``: RGB24 frames, embedded or in a
+    segment of 1 MiB."""
+    return SendOptions(
+        target=f"127.0.0.1:{port}",
+        format=RGB24,
+        transfer=transfer,  # type: ignore[arg-type]
+        shm_bytes=1 << 20,
+        **more,
+    )
+
+
 def answer_descriptor(number: int = 1, ack: int = 1) -> MediaStreamMessage:
     """What the published sample extension answers: no identifier, timescale only."""
     return MediaStreamMessage(
@@ -143,12 +155,7 @@ async def test_send_completes_against_answers_numbered_zero(
         async with extension_peer(UnnumberedAnswers()) as port:
             report = await send_frames(
                 source(12),
-                SendOptions(
-                    target=f"127.0.0.1:{port}",
-                    format=RGB24,
-                    transfer=transfer,  # type: ignore[arg-type]
-                    shm_bytes=1 << 20,
-                ),
+                options(port, transfer),
             )
     assert (report.sent, report.answered) == (12, 12)
     assert report.by_type["auto"] == 12 or sum(report.by_type.values()) == 12
@@ -254,21 +261,22 @@ async def test_send_paced_slower_than_the_deadline_waits_for_answers_held_until_
     assert "PIPE-2" not in report.tolerated
 
 
-@pytest.mark.rule("PIPE-4")
-async def test_a_paced_extension_that_answers_nothing_still_fails_one_frame_later() -> None:
+async def silent_holder_ends(frames: int, **more: Any) -> ProtocolError:
+    """What ``send`` fails with against that extension broken: it answers nothing."""
     peer = HoldsLatestAnswer()
     peer.drops = True
     with anyio.fail_after(TIMEOUT):
         async with extension_peer(peer) as port:
             with pytest.raises(ProtocolError) as caught:
-                await send_frames(
-                    source(5),
-                    SendOptions(
-                        target=f"127.0.0.1:{port}", format=RGB24, rate=2.0, ack_timeout=0.3
-                    ),
-                )
-    assert caught.value.rule == "PIPE-4"
-    assert "sample 2 was not acknowledged within 0.3 s" in str(caught.value)
+                await send_frames(source(frames), options(port, **more))
+    return caught.value
+
+
+@pytest.mark.rule("PIPE-4")
+async def test_a_paced_extension_that_answers_nothing_still_fails_one_frame_later() -> None:
+    error = await silent_holder_ends(5, rate=2.0, ack_timeout=0.3)
+    assert error.rule == "PIPE-4"
+    assert "sample 2 was not acknowledged within 0.3 s" in str(error)
 
 
 @pytest.mark.rule("PIPE-2")
@@ -281,14 +289,7 @@ async def test_a_window_of_one_sends_one_more_to_an_extension_that_holds_its_ans
         async with extension_peer(HoldsLatestAnswer()) as port:
             report = await send_frames(
                 source(6),
-                SendOptions(
-                    target=f"127.0.0.1:{port}",
-                    format=RGB24,
-                    transfer=transfer,  # type: ignore[arg-type]
-                    shm_bytes=1 << 20,
-                    window=1,
-                    ack_timeout=0.6,  # one more goes after 0.3 s
-                ),
+                options(port, transfer, window=1, ack_timeout=0.6),  # one more after 0.3 s
             )
     assert (report.sent, report.answered) == (6, 6)
     assert report.tolerated.get("PIPE-2") == 1
@@ -301,19 +302,9 @@ async def test_a_window_of_one_sends_one_more_to_an_extension_that_holds_its_ans
 async def test_a_window_of_one_goes_beyond_itself_once_only() -> None:
     """An extension that answers nothing gets one sample beyond the window, then the
     deadline ends the stream: two in flight, never more."""
-    peer = HoldsLatestAnswer()
-    peer.drops = True
-    with anyio.fail_after(TIMEOUT):
-        async with extension_peer(peer) as port:
-            with pytest.raises(ProtocolError) as caught:
-                await send_frames(
-                    source(6),
-                    SendOptions(
-                        target=f"127.0.0.1:{port}", format=RGB24, window=1, ack_timeout=0.6
-                    ),
-                )
-    assert caught.value.rule == "PIPE-4"
-    assert "sample 2 was not acknowledged within 0.6 s (2 unacknowledged)" in str(caught.value)
+    error = await silent_holder_ends(6, window=1, ack_timeout=0.6)
+    assert error.rule == "PIPE-4"
+    assert "sample 2 was not acknowledged within 0.6 s (2 unacknowledged)" in str(error)
 
 
 # --- an extension that never acknowledges ------------------------------------------------
@@ -354,14 +345,7 @@ async def test_send_fails_instead_of_hanging_when_nothing_is_acknowledged(
             with pytest.raises(ProtocolError) as caught:
                 await send_frames(
                     source(50),
-                    SendOptions(
-                        target=f"127.0.0.1:{port}",
-                        format=RGB24,
-                        transfer=transfer,  # type: ignore[arg-type]
-                        window=4,
-                        shm_bytes=1 << 20,
-                        ack_timeout=0.5,
-                    ),
+                    options(port, transfer, window=4, ack_timeout=0.5),
                     report=report,
                 )
     error = caught.value
