@@ -242,13 +242,18 @@ async def serve_stream(
             if descriptor.shared_memory is not None:
                 from ..media.shared_memory import SharedMemoryRegion
 
-                region = SharedMemoryRegion.open(
-                    descriptor.shared_memory.handle_name,
-                    descriptor.shared_memory.length_bytes,
-                    directory=config.shm_directory,
-                    access=config.shm_access,
-                    max_mapped_bytes=config.max_mapped_bytes,
-                )
+                try:
+                    region = SharedMemoryRegion.open(
+                        descriptor.shared_memory.handle_name,
+                        descriptor.shared_memory.length_bytes,
+                        directory=config.shm_directory,
+                        access=config.shm_access,
+                        max_mapped_bytes=config.max_mapped_bytes,
+                    )
+                except ProtocolError as error:
+                    if error.rule == "SHM-17":  # a bound of the process, tripped
+                        log.warning("stream of %s refused: %s", channel.peer, error)
+                    raise
             log.info(
                 "stream opened: peer %s, %s, %s",
                 channel.peer,

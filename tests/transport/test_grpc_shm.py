@@ -9,6 +9,7 @@ read-only mapping (``shm_access="map"``).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from avaproto.client import Pipeline, connect
+from avaproto.engine.config import EngineConfig
 from avaproto.engine.frame import Frame
 from avaproto.errors import StreamFailed
 from avaproto.media import frames
@@ -27,6 +29,7 @@ from avaproto.media.shared_memory import LeaseState, WriteMode
 from avaproto.messages import Encoding, Inference, PixelFormat
 from avaproto.protocol.video_format import VideoFormat
 from avaproto.server import running
+from avaproto.status import Status
 from avaproto.transport.grpc_server import ServerConfig
 
 pytestmark = pytest.mark.anyio
@@ -296,3 +299,27 @@ async def test_a_slot_sent_after_the_extension_failed_is_freed() -> None:
     # Checked here: leaving the block raises the extension's failure over anything else.
     # Only the first frame's slot is held (never acknowledged), until the arena closes.
     assert after == (LeaseState.RELEASED, 1)
+
+
+@pytest.mark.rule("SHM-17")
+async def test_a_stream_past_the_mapping_budget_is_refused_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server that maps segments: one of 1 MiB fits its budget of 1.5 MiB, a second
+    stream's does not, while the first is open."""
+    caplog.set_level(logging.WARNING, logger="avaproto")
+    fmt = VideoFormat.checked(Encoding.RAW, PixelFormat.RGB24, 16, 16)
+    config = ServerConfig(port=0, engine=EngineConfig(shm_access="map", max_mapped_bytes=3 << 19))
+    with anyio.fail_after(TIMEOUT):
+        async with running(lambda frame: [], config, grace=2) as server:
+            target = f"127.0.0.1:{server.port}"
+            async with connect(target, format=fmt, transfer="shm", shm_bytes=1 << 20) as first:
+                await first.send(bytes(fmt.frame_bytes), timestamp=0)
+                assert (await first.results().receive()).acknowledged == 2
+                with pytest.raises(StreamFailed) as refused:
+                    async with connect(target, format=fmt, transfer="shm", shm_bytes=1 << 20):
+                        pass
+    assert refused.value.status is Status.RESOURCE_EXHAUSTED
+    assert refused.value.detail.startswith("[SHM-17] shared memory /dev/shm/")
+    [line] = [r.getMessage() for r in caplog.records if "[SHM-17]" in r.getMessage()]
+    assert line.startswith("stream of 127.0.0.1:") and "(--max-mapped-bytes)" in line
