@@ -345,6 +345,7 @@ class PipelineStream:
         except BaseException:
             _free(lease)
             raise
+        self._start_clock()  # this sample goes now (its slot may wait for an answer first)
         try:
             sample = MediaSample(timestamp=timestamp, inferences=list(inferences))
             if lease is not None:
@@ -355,7 +356,6 @@ class PipelineStream:
                 )
             elif content is not None and self.arena is not None:
                 view = memoryview(content).cast("B")
-                self._start_clock()  # a full segment frees up only with an answer
                 lease = await self.arena.allocate_async(len(view))
                 lease.write(view)  # pwrite: a segment the peer shrank raises SHM-15
                 sample.content_reference = ContentReference(
@@ -368,7 +368,6 @@ class PipelineStream:
                 lease.mark_sent(message.sequence_number)
                 self._leased.add(message.sequence_number)
                 lease = None  # the acknowledgement frees it now
-            self._start_clock()
             self._latest = message.sequence_number
             self._sent_at[message.sequence_number] = time.monotonic()
             self._timestamps[message.sequence_number] = timestamp

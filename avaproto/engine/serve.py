@@ -251,7 +251,7 @@ async def serve_stream(
                         max_mapped_bytes=config.max_mapped_bytes,
                     )
                 except ProtocolError as error:
-                    if error.rule == "SHM-17":  # a bound of the process, tripped
+                    if error.status is Status.RESOURCE_EXHAUSTED:  # a bound, tripped
                         log.warning("stream of %s refused: %s", channel.peer, error)
                     raise
             log.info(

@@ -145,16 +145,17 @@ WRITE_MODES: tuple[WriteMode, ...] = ("pwrite", "map")
 POOL_BYTES = 256 * 1024 * 1024
 
 
-class _PoolBytes:
-    """The bytes pooled across regions, against ``POOL_BYTES``."""
+class _ProcessBytes:
+    """Bytes of one kind held across the regions of the process, against a bound."""
 
     def __init__(self) -> None:
         self.held = 0
         self._lock = threading.Lock()
 
-    def admit(self, size: int) -> bool:
+    def admit(self, size: int, limit: int) -> bool:
+        """Take ``size`` bytes if they stay within ``limit``; whether they did."""
         with self._lock:
-            if self.held + size > POOL_BYTES:
+            if self.held + size > limit:
                 return False
             self.held += size
             return True
@@ -164,36 +165,16 @@ class _PoolBytes:
             self.held -= size
 
 
-_pooled = _PoolBytes()
+#: The bytes pooled across regions, against ``POOL_BYTES``.
+_pooled = _ProcessBytes()
 
 #: Address space the segments of the process mapped with ``access="map"`` may take
 #: together (SHM-17): a pipeline names a sparse file of any size at no cost to itself,
 #: and mappings of terabytes each exhaust the 128 TiB a process has, until allocations
 #: of the server's own fail.
 DEFAULT_MAX_MAPPED_BYTES = 64 * 1024**3
-
-
-class _MappedBytes:
-    """The bytes of every open mapped region, against a limit given at each mapping."""
-
-    def __init__(self) -> None:
-        self.held = 0
-        self._lock = threading.Lock()
-
-    def admit(self, size: int, limit: int) -> int | None:
-        """Take ``size`` bytes; None if within ``limit``, else what is held already."""
-        with self._lock:
-            if self.held + size > limit:
-                return self.held
-            self.held += size
-            return None
-
-    def release(self, size: int) -> None:
-        with self._lock:
-            self.held -= size
-
-
-_mapped = _MappedBytes()
+#: The bytes of every open mapped region, against the limit given at each mapping.
+_mapped = _ProcessBytes()
 
 
 def _unpool(free: list[bytearray]) -> None:
@@ -551,13 +532,12 @@ class SharedMemoryRegion:
             if access == "read":
                 keep = True
                 return cls(path, length_bytes, descriptor=_Descriptor(fd))
-            held = _mapped.admit(length_bytes, max_mapped_bytes)
-            if held is not None:
+            if not _mapped.admit(length_bytes, max_mapped_bytes):
                 raise SharedMemoryError(
                     "SHM-17",
                     Status.RESOURCE_EXHAUSTED,
                     f"shared memory {path} of {length_bytes} bytes would be mapped beside "
-                    f"{held} bytes of segments mapped already; the limit is "
+                    f"{_mapped.held} bytes of segments mapped already; the limit is "
                     f"{max_mapped_bytes} (--max-mapped-bytes)",
                 )
             try:
@@ -727,7 +707,11 @@ class SharedMemoryRegion:
 
     def _give_back(self, buffer: bytearray) -> None:
         with self._lock:
-            if not self._closed and len(buffer) >= self._largest and _pooled.admit(len(buffer)):
+            if (
+                not self._closed
+                and len(buffer) >= self._largest
+                and _pooled.admit(len(buffer), POOL_BYTES)
+            ):
                 self._free.append(buffer)
 
     def _end(self, lease: ReceivedLease) -> bool:

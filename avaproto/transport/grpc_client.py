@@ -50,7 +50,7 @@ from ._grpclib_private import (
 from .compression import check_encoding
 from .framing import WireCodec, read_message
 from .limits import ConnectionLimits
-from .tls import explain_connection_failure
+from .tls import closed_at_once, explain_connection_failure
 
 #: The largest answer accepted (PIPE-5): answers carry inferences, rarely a frame; a
 #: 1080p RGB24 frame is 6.2 MB.
@@ -293,13 +293,10 @@ async def open_channel(
                 except AttributeError as error:
                     if not lost_before_the_call(error, channel):
                         raise
-                    hint = explain_connection_failure(
-                        StreamTerminatedError("Connection lost"), tls=ssl_context is not None
-                    )
                     raise StreamFailed(
                         Status.UNAVAILABLE,
                         f"cannot reach {host}:{port}: it closed the connection as it opened; "
-                        f"{hint}",
+                        + closed_at_once(tls=ssl_context is not None),
                     ) from None
                 except (ConnectionError, OSError) as error:
                     hint = explain_connection_failure(error, tls=ssl_context is not None)

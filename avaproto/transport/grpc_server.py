@@ -384,9 +384,9 @@ class ExtensionService:
                 log.debug("a call ended by its stream's reset met %r", error)
                 # grpclib keeps the error the reset raised (the stream's cancellation
                 # wrapper holds it) until it next collects its finished calls, and with
-                # it the frames of the stream and what they held: a descriptor of
-                # megabytes, the last message. Those frames are finished.
-                _clear_frames(error)
+                # its traceback the frames of the stream and what they held: a
+                # descriptor of megabytes, the last message.
+                _drop_tracebacks(error)
                 raise asyncio.CancelledError from None
             if isinstance(error, ProtocolError):
                 raise GRPCError(grpclib.const.Status(int(error.status)), str(error)) from None
@@ -405,7 +405,7 @@ class ExtensionService:
                 self._idle.set()
 
 
-def _clear_frames(error: BaseException) -> None:
+def _drop_tracebacks(error: BaseException) -> None:
     """Drop the tracebacks of ``error`` and of the errors linked to it (its group's, its
     cause, its context), and with them the frames they hold. Only the references go:
     a frame may belong to a task still running (an error passed on from a worker), and

@@ -74,8 +74,10 @@ class HealthService(HealthBase):
         # one past ``max_watches`` is refused (SRV-9), and one past
         # ``WATCHES_PER_CONNECTION`` on its connection. Apart, so that watches filling
         # their bound never refuse a balancer's checks.
-        self._watches = _Calls("health watches", "open", max_watches)
-        self._checks = _Calls("health checks", "awaiting their request", max_watches)
+        self._watches = _Calls("health watch", "health watches", "open", max_watches)
+        self._checks = _Calls(
+            "health check", "health checks", "awaiting their request", max_watches
+        )
         self._warn = Throttled()
         self._request_timeout = request_timeout
 
@@ -103,8 +105,8 @@ class HealthService(HealthBase):
         }
 
     async def _serve_check(self, stream: grpclib.server.Stream[Any, Any]) -> None:
-        # Counted as a watch until its request came: 300 connections of 100 checks that
-        # sent none held 500 MB.
+        # Counted until its request came: 300 connections of 100 checks that sent none
+        # held 500 MB.
         with self._checks.held(stream, self._warn):
             request = await self._request(stream)
         await stream.send_message(await self.check(request))
@@ -112,7 +114,7 @@ class HealthService(HealthBase):
     async def _serve_watch(self, stream: grpclib.server.Stream[Any, Any]) -> None:
         # A Watch stays open, outside the extension's --max-streams: each one held about
         # 16 KB, and nothing else bounded how many a peer opened.
-        with self._counted(stream):
+        with self._watches.held(stream, self._warn):
             async for response in self.watch(await self._request(stream)):
                 await stream.send_message(response)
 
@@ -124,12 +126,6 @@ class HealthService(HealthBase):
             f"[SRV-9] no health request within {self._request_timeout:g} s of the call's "
             "start (--descriptor-timeout)",
         )
-
-    @contextlib.contextmanager
-    def _counted(self, stream: grpclib.server.Stream[Any, Any]) -> Iterator[None]:
-        """One of the Watch calls open at once, or RESOURCE_EXHAUSTED (SRV-9)."""
-        with self._watches.held(stream, self._warn):
-            yield
 
     @property
     def watching(self) -> int:
@@ -168,8 +164,8 @@ class HealthService(HealthBase):
 class _Calls:
     """Health calls of one kind held at once, in all and per connection (SRV-9)."""
 
-    def __init__(self, what: str, state: str, limit: int) -> None:
-        self.what, self.state, self.limit = what, state, limit
+    def __init__(self, one: str, many: str, state: str, limit: int) -> None:
+        self.one, self.many, self.state, self.limit = one, many, state, limit
         self.open = 0
         self._by_connection: dict[object, int] = {}
 
@@ -178,19 +174,18 @@ class _Calls:
         connection = http2_stream(stream).connection
         if self.open >= self.limit:
             message = (
-                f"[SRV-9] {self.open} {self.what} already {self.state}; the limit is "
+                f"[SRV-9] {self.open} {self.many} already {self.state}; the limit is "
                 f"{self.limit} (--max-health-watches)"
             )
         elif self._by_connection.get(connection, 0) >= WATCHES_PER_CONNECTION:
             message = (
-                f"[SRV-9] {WATCHES_PER_CONNECTION} {self.what} already {self.state} on this "
+                f"[SRV-9] {WATCHES_PER_CONNECTION} {self.many} already {self.state} on this "
                 "connection, the most one connection may hold"
             )
         else:
             message = ""
         if message:
-            kind = self.what.removesuffix("es").removesuffix("s")
-            warn("SRV-9", f"refused a {kind} of {peer_address(stream.peer.addr())}: {message}")
+            warn("SRV-9", f"refused a {self.one} of {peer_address(stream.peer.addr())}: {message}")
             raise GRPCError(grpclib.const.Status.RESOURCE_EXHAUSTED, message)
         self.open += 1
         self._by_connection[connection] = self._by_connection.get(connection, 0) + 1

@@ -512,13 +512,18 @@ def explain_connection_failure(error: BaseException, *, tls: bool) -> str | None
             return _CLOSED_DURING_TLS
         return None
     if _closed_connection(error):
-        return (
-            _CLOSED_DURING_TLS
-            if tls
-            else "the server may require TLS: use --tls (or --tls-ca FILE); or it refuses "
-            "connections past a limit of its own (its log says which)"
-        )
+        return closed_at_once(tls=tls)
     return None
+
+
+def closed_at_once(*, tls: bool) -> str:
+    """The hint for a connection the extension closed before it answered anything."""
+    return (
+        _CLOSED_DURING_TLS
+        if tls
+        else "the server may require TLS: use --tls (or --tls-ca FILE); or it refuses "
+        "connections past a limit of its own (its log says which)"
+    )
 
 
 _CLOSED_DURING_TLS = (

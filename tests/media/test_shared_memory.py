@@ -664,7 +664,7 @@ class TestViewsOutlivingTheirLease:
         for one buffer: the second given back is let go, and a closed region's buffers
         make room again."""
         monkeypatch.setattr(shared_memory, "POOL_BYTES", 1024)
-        monkeypatch.setattr(shared_memory, "_pooled", shared_memory._PoolBytes())
+        monkeypatch.setattr(shared_memory, "_pooled", shared_memory._ProcessBytes())
         with (
             SharedMemoryRegion.open("segment", 4096, directory=segment[0]) as one,
             SharedMemoryRegion.open("segment", 4096, directory=segment[0]) as two,

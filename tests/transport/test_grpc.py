@@ -376,7 +376,7 @@ async def test_a_reset_stream_leaves_nothing_of_it_behind() -> None:
 def test_clearing_an_errors_frames_leaves_a_task_that_still_runs_running() -> None:
     """An error a stream ends with may be linked to one a task still running raised (a
     model's worker that passes its error on and goes on): only references are dropped."""
-    from avaproto.transport.grpc_server import _clear_frames
+    from avaproto.transport.grpc_server import _drop_tracebacks
 
     def worker() -> Iterator[Any]:
         try:
@@ -390,7 +390,7 @@ def test_clearing_an_errors_frames_leaves_a_task_that_still_runs_running() -> No
     passed_on = next(running_worker)
     ended = ValueError("the stream was reset")
     ended.__context__ = passed_on
-    _clear_frames(ended)
+    _drop_tracebacks(ended)
     assert passed_on.__traceback__ is None
     assert next(running_worker) == "still running"
 
