@@ -706,9 +706,9 @@ def _add_serve(commands: Any) -> None:
         "--max-frame-memory",
         byte_size,
         "SIZE",
-        "bytes of frames held from their arrival until answered (embedded messages, and "
-        "shared-memory samples by their length), across the server; past it a stream's "
-        "next frame waits for others to be answered",
+        "bytes of frames held from their arrival until processed (embedded messages, "
+        "and shared-memory samples by their length), across the server; past it a "
+        "stream's next frame waits for others to be processed",
     )
     limit(
         "--max-frame-memory-per-connection",

@@ -33,6 +33,14 @@ class MessageChannel(Protocol):
         """
         ...
 
+    def let_go(self, sequence_number: int) -> None:
+        """The sample ``sequence_number`` was processed: the engine holds its frame no more.
+
+        A transport that bounds the frames held (the server's frame memory, SRV-18)
+        counts this one's bytes as free from now, not from when its answer is sent.
+        """
+        ...
+
     async def send_end(self) -> None:
         """End our direction: nothing more will be sent."""
         ...

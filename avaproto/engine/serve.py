@@ -9,10 +9,11 @@ The extension is a handler on ``engine.stream.StreamRunner``, as the pipeline is
 runner's one task group holds the ``max_in_flight`` workers, so nothing outlives the
 stream. Every received sample is answered exactly once, after its
 processing finished (ACK-1), by a message that carries its inferences and its
-acknowledgement (ACK-6); its shared-memory lease is released right after that message
-is sent (SRV-6). At the end of input everything in flight completes first (LIFE-2);
-on a violation, a failing processor or cancellation, the task group cancels the rest
-and ``finally`` releases every lease and mapping.
+acknowledgement (ACK-6); its frame (its shared-memory lease, or the bytes of its
+message) is let go as soon as its processing ended, before that message waits for the
+pipeline's window (SRV-7, SRV-18). At the end of input everything in flight
+completes first (LIFE-2); on a violation, a failing processor or cancellation, the
+task group cancels the rest and ``finally`` releases every lease and mapping.
 """
 
 from __future__ import annotations
@@ -57,13 +58,19 @@ StreamSummary = StreamStatistics
 
 
 class _Job:
-    """One sample on its way from the reader through a worker to the answerer."""
+    """One sample on its way from the reader through a worker to the answerer.
 
-    __slots__ = ("done", "frame", "inferences", "lease", "sample")
+    Once processed it keeps only what its answer needs: its frame (the message's
+    bytes, or its lease) is let go then, not when the answer leaves, so a pipeline
+    that leaves its window shut holds no frame memory with its unsent answers (SRV-18).
+    """
+
+    __slots__ = ("done", "frame", "inferences", "lease", "number", "timestamp")
 
     def __init__(self, sample: SampleReceived, frame: Frame, lease: Lease | None) -> None:
-        self.sample = sample
-        self.frame = frame
+        self.number = sample.sequence_number
+        self.timestamp = sample.timestamp
+        self.frame: Frame | None = frame
         self.lease = lease
         self.done = False
         self.inferences: list[Inference] = []
@@ -447,19 +454,23 @@ class ExtensionHandler:
             finally:
                 in_order.release()
         job.done = True
+        job.frame = None
+        _release(job)
+        self.channel.let_go(job.number)
         # In request order, only the head of the line unblocks answers.
         if not self.config.ordered or job is self.pending[0]:
             await self._answer_ready()
 
     async def _process(self, job: _Job) -> None:
-        number = job.sample.sequence_number
+        number, frame = job.number, job.frame
+        assert frame is not None  # let go only once processed
         timeout = self.timeout
         try:
             if timeout:
                 with anyio.fail_after(timeout):
-                    result = await self.extension.process(job.frame)
+                    result = await self.extension.process(frame)
             else:
-                result = await self.extension.process(job.frame)
+                result = await self.extension.process(frame)
             job.inferences = _checked(result, number, self._mended)
         except TimeoutError:
             raise ProtocolError(
@@ -517,17 +528,12 @@ class ExtensionHandler:
             while ready := self._ready():
                 messages = [
                     session.send_sample(
-                        MediaSample(timestamp=job.sample.timestamp, inferences=job.inferences),
-                        ack=job.sample.sequence_number,
+                        MediaSample(timestamp=job.timestamp, inferences=job.inferences),
+                        ack=job.number,
                     )
                     for job in ready
                 ]
-                try:
-                    await self.channel.send_batch(messages)
-                finally:
-                    # Sent or not (a failure ends the stream), these leases end now (SRV-6).
-                    for job in ready:
-                        _release(job)
+                await self.channel.send_batch(messages)
                 for job in ready:
                     self.slots.release()
                     self.summary.count_answer(job.inferences)
@@ -572,9 +578,10 @@ def _checked(result: object, number: int, mended: Callable[[int, str], None]) ->
 
 
 def _release(job: _Job) -> None:
-    if job.lease is None:
+    lease, job.lease = job.lease, None
+    if lease is None:
         return
     try:
-        job.lease.release()
+        lease.release()
     except ProtocolError as error:
-        log.warning("sample %d: %s", job.sample.sequence_number, error)
+        log.warning("sample %d: %s", job.number, error)

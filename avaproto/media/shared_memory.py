@@ -141,7 +141,7 @@ WRITE_MODES: tuple[WriteMode, ...] = ("pwrite", "map")
 #: leases: a buffer given back past it is let go. Each stream's pool keeps as many
 #: buffers as it read at once, of its largest frame; without a bound across streams,
 #: pools of large frames on many long streams would add up to many times what the
-#: server holds at any moment (SRV-18 bounds the frames held until answered).
+#: server holds at any moment (SRV-18 bounds the frames held until processed).
 POOL_BYTES = 256 * 1024 * 1024
 
 

@@ -1,8 +1,8 @@
-"""The bytes of frames the server holds until it has answered them (SRV-18).
+"""The bytes of frames the server holds until it has processed them (SRV-18).
 
 SRV-13 bounds a message while it arrives; once whole, an embedded frame stays in memory
-until its sample is answered, and a shared-memory frame is copied out of the sender's
-segment when the processor first reads it and kept until its acknowledgement (SHM-7).
+until its sample is processed, and a shared-memory frame is copied out of the sender's
+segment when the processor first reads it and kept until then (SHM-7).
 Each stream holds up to ``max_in_flight`` such frames, each as large as the limits allow
 (a 64 MiB message, a 16384x16384 BGRA frame of 1 GiB in shared memory): without a
 bound across streams, one pipeline opening a few streams of large frames, or a slow
@@ -11,8 +11,9 @@ kernel ends the process.
 
 So every sample's frame is counted once its message is read (an embedded frame's
 bytes, inflated if compressed; a shared-memory reference's ``length_bytes``) until its
-answer is sent or its stream ends, per connection and for the whole server. A stream
-whose frame does not fit waits for others to be answered, reading nothing more (its
+processing ended or its stream ends, per connection and for the whole server: an
+answer waiting for the pipeline's window holds no frame. A stream
+whose frame does not fit waits for others to be processed, reading nothing more (its
 flow-control window closes, as a pipeline expects of a busy extension), the waiting
 message still counted among the messages in flight (SRV-13); a frame larger than a
 bound, or a wait longer than the timeout, ends the stream with RESOURCE_EXHAUSTED.
@@ -50,7 +51,7 @@ class _Waiter:
 
 
 class FrameMemory:
-    """Bytes of frames held until answered, per connection and in all."""
+    """Bytes of frames held until processed, per connection and in all."""
 
     def __init__(self, total: int, per_connection: int, timeout: float | None) -> None:
         self.total = total
@@ -94,7 +95,7 @@ class FrameMemory:
             f"(limit {self.total}), "
             f"{self._by_connection.get(connection, 0)} on its connection (limit "
             f"{self.per_connection}); its frame of {size} bytes waits for others to be "
-            f"answered ({_FLAGS})",
+            f"processed ({_FLAGS})",
         )
         try:
             with anyio.move_on_after(self.timeout):

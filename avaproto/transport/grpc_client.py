@@ -224,6 +224,9 @@ class ClientChannel:
         for message in messages:
             await self.send(message)
 
+    def let_go(self, sequence_number: int) -> None:
+        return None  # nothing is counted per frame here
+
     async def send_end(self) -> None:
         try:
             await self._stream.end()

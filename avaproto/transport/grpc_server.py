@@ -141,7 +141,7 @@ class _ServerChannel:
         self._raw = http2_stream(stream)  # read before grpclib buffers a message
         # Each body is read within the budget of incomplete messages (SRV-13).
         self._hold = partial(budget.holding, self._raw.connection, self.peer)
-        # Each sample's frame is held in the server's frame memory until answered
+        # Each sample's frame is held in the server's frame memory until processed
         # (SRV-18), by sequence number.
         self._memory = frame_memory
         self._limits = limits
@@ -181,7 +181,7 @@ class _ServerChannel:
         )
 
     async def _settle(self, message: MediaStreamMessage) -> None:
-        """Hold a sample's frame until it is answered (SRV-18), once its message is read.
+        """Hold a sample's frame until it is processed (SRV-18), once its message is read.
 
         A sample that does not fit waits here, its message still counted in the budget
         of messages in flight (SRV-13) if it came in more than one DATA frame. It is
@@ -238,14 +238,15 @@ class _ServerChannel:
             message = (
                 f"the pipeline left its HTTP/2 flow-control window shut for "
                 f"{self._send_timeout:g} s: it reads none of the answers, and its stream "
-                "held a slot, its frames and its leases meanwhile (--send-timeout)"
+                "held a slot and its answers meanwhile (--send-timeout)"
             )
             log.warning("stream of %s ended: [SRV-17] %s", self.peer, message)
             raise RemoteProtocolError("SRV-17", Status.DEADLINE_EXCEEDED, message) from None
-        if self._held:
-            for answer in messages:
-                size = self._held.pop(answer.ack_sequence_number, 0)
-                self._memory.give(self._raw.connection, size)
+
+    def let_go(self, sequence_number: int) -> None:
+        size = self._held.pop(sequence_number, 0)
+        if size:
+            self._memory.give(self._raw.connection, size)
 
     async def send_end(self) -> None:
         await self._stream.send_trailing_metadata()
@@ -281,7 +282,7 @@ class ExtensionService:
         self.budget = MessageBudget(
             limits.max_incomplete_bytes, limits.max_incomplete_bytes_per_connection
         )
-        #: Bytes of frames held until answered, per connection and in all (SRV-18).
+        #: Bytes of frames held until processed, per connection and in all (SRV-18).
         self.frame_memory = FrameMemory(
             limits.max_frame_memory,
             limits.max_frame_memory_per_connection,

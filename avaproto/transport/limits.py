@@ -79,10 +79,10 @@ class ConnectionLimits:
     max_incomplete_bytes_per_connection: int = 256 * MiB
     #: The same, across the whole server (SRV-13).
     max_incomplete_bytes: int = 512 * MiB
-    #: Bytes of frames held from their arrival until their answers (an embedded frame
+    #: Bytes of frames held from their arrival until processed (an embedded frame
     #: once read, a shared-memory sample's ``length_bytes`` from its reference), across
     #: the whole server (SRV-18): past it, a stream's frame waits for others to be
-    #: answered.
+    #: processed.
     max_frame_memory: int = 1024 * MiB
     #: The same, across all streams of one connection (SRV-18).
     max_frame_memory_per_connection: int = 512 * MiB

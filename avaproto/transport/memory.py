@@ -84,6 +84,9 @@ class MemoryChannel:
         for message in messages:
             await self.send(message)
 
+    def let_go(self, sequence_number: int) -> None:
+        return None  # nothing is counted per frame here
+
     async def send_end(self) -> None:
         await self._send.aclose()
 

@@ -1,10 +1,10 @@
-"""The frames the server holds until it answered them, bounded (spec: serving, SRV-18).
+"""The frames the server holds until it processed them, bounded (spec: serving, SRV-18).
 
 The bound itself is tested first on its own (waits, order, refusals); then a real
 server on a loopback port, driven by avaproto's pipeline and a raw HTTP/2 peer, shows
 that a stream whose frame does not fit waits, reading nothing more, until others are
-answered, loses nothing, and that a wait past the timeout ends only the stream that
-waited.
+processed, loses nothing, that a wait past the timeout ends only the stream that
+waited, and that answers held back by a pipeline's shut window hold no frame.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
+from h2.settings import SettingCodes
 
 from avaproto.client import connect
 from avaproto.codec import encode_framed
@@ -35,10 +36,13 @@ from avaproto.status import Status
 from avaproto.transport.frame_memory import FrameMemory
 from tests.builders import pipeline_descriptor
 from tests.transport.test_hostile_http2 import (
+    DESCRIPTOR,
+    RGB24,
     TIMEOUT,
     Attacker,
     completes,
     eventually,
+    sample,
     serving,
     warnings,
 )
@@ -216,7 +220,7 @@ async def test_frames_past_the_bound_wait_and_every_one_is_answered(
                     gate.set()
                     answered = [(await pipe.results().receive()).acknowledged for _ in range(6)]
         assert answered == [2, 3, 4, 5, 6, 7]
-        assert memory.held == 0  # every frame given back with its answer
+        assert memory.held == 0  # every frame given back once processed
     [line] = warnings(caplog, "SRV-18")
     held = int(line.split("its frame of ")[1].split()[0])  # its message's length, if embedded
     assert "127.0.0.1:" in line and frame_bytes <= held < frame_bytes + 64
@@ -295,6 +299,34 @@ async def test_a_stream_that_ends_with_frames_unanswered_gives_them_back() -> No
         assert memory.held == 0
         gate.set()
         await completes(server.port)
+
+
+async def test_answers_waiting_for_a_shut_window_hold_no_frame_memory() -> None:
+    """A pipeline that reads no answer (its window shut once the descriptor's answer
+    went) holds its stream's slots until the send timeout, but not the frames it sent:
+    each is let go once processed, so the memory they took serves the others at once."""
+    entered: list[int] = []
+
+    def record(frame: Frame) -> list[object]:
+        entered.append(frame.sequence_number)
+        return []
+
+    bound = RGB24.frame_bytes  # room for the frames of ``completes``, one at a time
+    async with serving(record, max_frame_memory=bound, send_timeout=4 * TIMEOUT) as server:
+        memory = server.service.frame_memory
+        with anyio.fail_after(TIMEOUT):
+            async with Attacker.connect(server.port) as attacker:
+                stream_id = await attacker.open_stream(DESCRIPTOR)
+                await attacker.until(lambda: attacker.answers(stream_id) == 1)
+                attacker.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 0})
+                await attacker.flush()
+                await attacker.settled()  # the server has the settings: no answer goes
+                attacker.h2.send_data(stream_id, sample(2) + sample(3))
+                await attacker.flush()
+                await eventually(lambda: entered == [2, 3])
+                assert memory.held == 0  # though neither answer could leave
+                await completes(server.port)  # frames of the whole bound, served meanwhile
+                assert attacker.answers(stream_id) == 1 and attacker.status(stream_id) is None
 
 
 @asynccontextmanager
