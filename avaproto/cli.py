@@ -696,6 +696,13 @@ def _add_serve(commands: Any) -> None:
         "none of the answers, ends with DEADLINE_EXCEEDED",
     )
     limit(
+        "--message-timeout",
+        _timeout,
+        "SECONDS",
+        "a message that does not arrive whole this long after its length prefix ends its "
+        "stream with DEADLINE_EXCEEDED",
+    )
+    limit(
         "--max-incomplete-bytes-per-connection",
         byte_size,
         "SIZE",

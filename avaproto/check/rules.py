@@ -186,6 +186,7 @@ CATALOGUE: tuple[RuleEntry, ...] = (
     _rule("SRV-17", "MUST", _CONFIGURED + " (a send deadline, 60 s by default)"),
     _rule("SRV-18", "MUST", _ATTACK),
     _rule("SRV-19", "MUST", _ATTACK),
+    _rule("SRV-20", "MUST", _ATTACK),
     _rule("PIPE-1", "SHOULD", _PIPELINE),
     _rule("PIPE-2", "MUST", _PIPELINE),
     _rule("PIPE-3", "SHOULD", _PIPELINE),

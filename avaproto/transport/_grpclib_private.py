@@ -862,6 +862,12 @@ def acknowledge(h2_stream: grpclib.protocol.Stream, size: int) -> None:
     h2_stream.buffer._ack_callback(size)
 
 
+def received_bytes(h2_stream: grpclib.protocol.Stream) -> int:
+    """Bytes of the stream read off HTTP/2 and not yet taken by a message: after a
+    message's prefix, how much of its body came."""
+    return h2_stream.buffer._acked_size
+
+
 async def _next_piece(h2_stream: grpclib.protocol.Stream) -> tuple[memoryview, int] | None:
     """The next piece of the stream's buffer, acknowledged, as ``Buffer.read`` pulls one
     in (waiting for it); None at the end of the stream, left for ``Buffer.read`` to find."""

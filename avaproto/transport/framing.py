@@ -9,11 +9,13 @@ stream that ends inside a message is a malformed message (WIRE-1), never a crash
 from __future__ import annotations
 
 import contextlib
+import logging
 import struct
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
+import anyio
 import grpclib.protocol
 from grpclib.encoding.base import CodecBase
 
@@ -21,11 +23,12 @@ from ..codec import decode_message, encode_message
 from ..errors import RemoteProtocolError
 from ..messages import MediaStreamMessage
 from ..status import Status
-from ._grpclib_private import receive_exactly, receive_whole
+from ._grpclib_private import receive_exactly, receive_whole, received_bytes
 from .compression import inflate
 
 _PREFIX = struct.Struct(">BI")
 _Message = TypeVar("_Message")
+log = logging.getLogger("avaproto.server")
 
 
 def _truncated(what: str) -> RemoteProtocolError:
@@ -40,6 +43,7 @@ async def read_message(
     hold: Callable[[int], AbstractContextManager[object]] | None = None,
     settle: Callable[[MediaStreamMessage], Awaitable[None]] | None = None,
     encoding: str | None = None,
+    arrival: Arrival | None = None,
 ) -> MediaStreamMessage | None:
     """The next extension message on ``stream``, or None at its clean end (``read``)."""
     return await read(
@@ -50,7 +54,32 @@ async def read_message(
         hold=hold,
         settle=settle,
         encoding=encoding,
+        arrival=arrival,
     )
+
+
+class Arrival:
+    """How long a message's body may take to arrive once its prefix came (SRV-20).
+
+    The budget of incomplete messages (SRV-13) bounds how many bytes announced
+    messages may hold, not for how long: a peer that sends a byte of each now and then
+    keeps its connection alive (CONN-16) and the budget taken. ``peer`` names it in the
+    warning logged when the deadline passes.
+    """
+
+    __slots__ = ("peer", "timeout")
+
+    def __init__(self, timeout: float, peer: str) -> None:
+        self.timeout, self.peer = timeout, peer
+
+    def exceeded(self, length: int, came: int) -> RemoteProtocolError:
+        detail = (
+            f"a message of {length} bytes did not arrive whole within {self.timeout:g} s of "
+            f"its length prefix ({came} of its bytes came): an announced message holds "
+            "the server's budget of incomplete messages until it is whole (--message-timeout)"
+        )
+        log.warning("stream of %s ended: [SRV-20] %s", self.peer, detail)
+        return RemoteProtocolError("SRV-20", Status.DEADLINE_EXCEEDED, detail)
 
 
 async def read(
@@ -62,6 +91,7 @@ async def read(
     hold: Callable[[int], AbstractContextManager[object]] | None = None,
     settle: Callable[[_Message], Awaitable[None]] | None = None,
     encoding: str | None = None,
+    arrival: Arrival | None = None,
 ) -> _Message | None:
     """The next message on ``stream``, decoded by ``decode``, or None at its clean end.
 
@@ -74,6 +104,7 @@ async def read(
     may wait for room, counted meanwhile as a message in flight. A message flagged
     compressed is inflated as the stream's ``encoding`` says, to at most ``max_bytes``
     (``avaproto.transport.compression``, WIRE-3), its inflated bytes held likewise.
+    With ``arrival``, a body that does not arrive in time ends the stream (SRV-20).
     """
     whole = await receive_whole(stream)
     if whole is not None:  # the common case: a message that arrived in one DATA frame
@@ -96,7 +127,13 @@ async def read(
     _check_prefix(compressed, length, max_bytes, limit_rule)
     with hold(length) if hold is not None else contextlib.nullcontext():
         try:
-            data = await receive_exactly(stream, length)
+            if arrival is None:
+                data = await receive_exactly(stream, length)
+            else:
+                with anyio.move_on_after(arrival.timeout) as waited:
+                    data = await receive_exactly(stream, length)
+                if waited.cancelled_caught:
+                    raise arrival.exceeded(length, received_bytes(stream))
         except AssertionError:
             raise _truncated(f"a message of {length} bytes") from None
         if len(data) != length:

@@ -57,7 +57,7 @@ from ._grpclib_private import (
 from .addresses import peer_address
 from .budget import MessageBudget, subtract
 from .frame_memory import FrameMemory
-from .framing import WireCodec, read_message
+from .framing import Arrival, WireCodec, read_message
 from .guard import ServerGuard, Throttled, check_open_file_limit, quiet_accept_failures
 from .health import DEFAULT_MAX_WATCHES, HealthService, ServingStatus
 from .http2 import tune_server
@@ -132,6 +132,7 @@ class _ServerChannel:
         encoding: str | None = None,
         send_timeout: float | None = None,
         max_descriptor_bytes: int = DEFAULT_MAX_DESCRIPTOR_BYTES,
+        message_timeout: float | None = None,
     ) -> None:
         self._stream = stream
         self._max_descriptor = max_descriptor_bytes
@@ -141,6 +142,8 @@ class _ServerChannel:
         self._raw = http2_stream(stream)  # read before grpclib buffers a message
         # Each body is read within the budget of incomplete messages (SRV-13).
         self._hold = partial(budget.holding, self._raw.connection, self.peer)
+        # ... and must arrive whole in time once announced (SRV-20).
+        self._arrival = None if message_timeout is None else Arrival(message_timeout, self.peer)
         # Each sample's frame is held in the server's frame memory until processed
         # (SRV-18), by sequence number.
         self._memory = frame_memory
@@ -178,6 +181,7 @@ class _ServerChannel:
             hold=self._hold,
             settle=self._settle,
             encoding=self._encoding,
+            arrival=self._arrival,
         )
 
     async def _settle(self, message: MediaStreamMessage) -> None:
@@ -365,6 +369,7 @@ class ExtensionService:
                 encoding,
                 self._config.limits.send_timeout,
                 self._config.max_descriptor_bytes,
+                self._config.limits.message_timeout,
             )
             extension = self._factory()
             self.streams[id(stream)] = OpenStream(channel.peer, _name(extension))

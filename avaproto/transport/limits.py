@@ -71,9 +71,14 @@ class ConnectionLimits:
     #: Seconds a stream may take to send its descriptor (SRV-12).
     descriptor_timeout: float | None = 10.0
     #: Seconds an answer may wait for the peer to open its flow-control window (SRV-17):
-    #: a pipeline that reads none of its answers holds its stream's slot, leases and
-    #: frames while it waits (nginx's send_timeout is 60 s).
+    #: a pipeline that reads none of its answers holds its stream's slot and answers
+    #: while it waits (nginx's send_timeout is 60 s).
     send_timeout: float | None = 60.0
+    #: Seconds a message may take to arrive whole once its length prefix came (SRV-20):
+    #: a pipeline that announces large messages and sends their bytes a few at a time
+    #: holds the budget of incomplete messages (SRV-13) while it trickles, whatever
+    #: the bound on its size (nginx's client_body_timeout is 60 s between reads).
+    message_timeout: float | None = 60.0
     #: Bytes of messages announced but not yet complete, across all streams of one
     #: connection (SRV-13).
     max_incomplete_bytes_per_connection: int = 256 * MiB

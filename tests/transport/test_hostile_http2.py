@@ -875,6 +875,34 @@ async def test_incomplete_messages_are_bounded_per_connection_and_in_all(
     assert ", by a connection of 127.0.0.1:" in statuses[1][1]
 
 
+@pytest.mark.rule("SRV-20")
+@pytest.mark.parametrize("came", [0, 10_000], ids=["prefix-only", "part-of-it"])
+async def test_a_message_that_does_not_arrive_in_time_gives_its_budget_back(
+    came: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A message of 700 KB announced and left unfinished, its connection alive: past
+    the message timeout its stream ends DEADLINE_EXCEEDED, and the budget of
+    incomplete messages it held is free again; another pipeline's stream goes on."""
+    announced = sample(2, 700_000)
+    async with serving(message_timeout=0.3) as server, pipeline_during(server.port):
+        held = server.service.budget
+        async with Attacker.connect(server.port) as attacker:
+            with anyio.fail_after(TIMEOUT):
+                stream_id = await attacker.open_stream(DESCRIPTOR, announced[: 5 + came])
+                await eventually(lambda: held.held >= 700_000)
+                await attacker.until(lambda: attacker.status(stream_id) is not None)
+        assert held.held == 0
+        await completes(server.port)
+    assert attacker.status(stream_id) == (
+        str(Status.DEADLINE_EXCEEDED.value),
+        f"[SRV-20] a message of {len(announced) - 5} bytes did not arrive whole within 0.3 s "
+        f"of its length prefix ({came} of its bytes came): an announced message holds the "
+        "server's budget of incomplete messages until it is whole (--message-timeout)",
+    )
+    [line] = warnings(caplog, "SRV-20")
+    assert "stream of 127.0.0.1:" in line
+
+
 # --- 6. an extension that blocks the event loop ---------------------------------------
 
 
