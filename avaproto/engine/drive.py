@@ -18,8 +18,12 @@ DEADLINE_EXCEEDED instead of hanging the pipeline once its window is full.
 A sample's clock starts once the extension has no reason left to wait: when the next
 sample goes, the input ends, or the pipeline waits for the window. Some extensions
 (Intel DL Streamer's) answer a sample only when the next one arrives; paced slower than
-``ack_timeout``, such an extension is slow by one frame, not broken. At a window of 1
-the pipeline could never send the sample it waits for, so one more goes, once (PIPE-2).
+``ack_timeout``, such an extension is slow by one frame, not broken. Others (Intel
+VA Serving's first server) hand out the answers their pipeline finished only when a
+request arrives. With its window full the pipeline would never send what they wait
+for, so when no answer came for a while one sample goes beyond the window (PIPE-2):
+the first time the window stays one wider, later ones are lent until the next
+answer.
 The latest sample's clock starts at the latest one ``ack_timeout`` after its sending,
 so its deadline is twice that: a caller that reads each answer before it sends the next
 frame (or never sends one again) is not left waiting for an extension that dropped it.
@@ -60,13 +64,59 @@ from .stream import PEER_FAILURE_GRACE, StreamRunner
 
 _Args = TypeVarTuple("_Args")
 
-#: At a window of 1, how long (seconds, at most half of ``ack_timeout``) the one sample in flight
-#: waits before one more goes beyond the window (PIPE-2): long for an answer of a model
-#: at video rates, short against the deadline that would otherwise end the stream.
+#: How long (seconds, at most half of ``ack_timeout``) a full window waits without an
+#: answer before one sample goes beyond it (PIPE-2): long for an answer of a model at
+#: video rates, short against the deadline that would otherwise end the stream.
 HELD_ANSWER_WAIT = 1.0
 
 if TYPE_CHECKING:
     from ..media.shared_memory import SharedMemoryArena
+
+
+class _Window:
+    """The samples that may be unacknowledged at once (PIPE-2), and its one tolerance.
+
+    ``beyond`` lets one sample more go while every slot is taken, for an extension that
+    answers only when another request arrives: the first time for the rest of the
+    stream (one that answers each sample when the next arrives then runs one behind
+    without waiting again), later ones lent, paid back by the next slot freed, and only
+    once a slot was freed since the last: an extension that answers nothing gets one
+    sample beyond its window, never more, before the deadline ends the stream.
+    """
+
+    __slots__ = ("_slots", "freed", "lent", "size", "widened")
+
+    def __init__(self, size: int) -> None:
+        self._slots = anyio.Semaphore(size)
+        self.size = size
+        self.widened = self.lent = False
+        self.freed = True  # a slot was freed since a sample last went beyond
+
+    def acquire_nowait(self) -> None:
+        self._slots.acquire_nowait()
+
+    async def acquire(self) -> None:
+        await self._slots.acquire()
+
+    def free(self) -> None:
+        self.freed = True
+        if self.lent:
+            self.lent = False
+        else:
+            self._slots.release()
+
+    @property
+    def may_go_beyond(self) -> bool:
+        return self.freed and not self.lent
+
+    def beyond(self) -> None:
+        if self.widened:
+            self.lent = True
+        else:
+            self.widened = True
+            self.size += 1
+        self.freed = False
+        self._slots.release()
 
 
 def _free(slot: SentLease | None) -> None:
@@ -108,7 +158,7 @@ class Results:
     ``StreamFailed``, after every answer it sent before (PIPE-6).
     """
 
-    def __init__(self, received: MemoryObjectReceiveStream[Result], window: anyio.Semaphore):
+    def __init__(self, received: MemoryObjectReceiveStream[Result], window: _Window):
         self._received = received
         self._window = window
         self._closed = False
@@ -130,7 +180,7 @@ class Results:
             self._failure_seen.set()
             raise StreamFailed(self._failure.status, self._failure.detail) from None
         if result.acknowledged is not None:
-            self._window.release()
+            self._window.free()
         return result
 
     def __aiter__(self) -> Results:
@@ -181,8 +231,7 @@ class PipelineStream:
         self.session = runner.session
         self.channel = runner.channel
         self.arena = arena
-        self._window = anyio.Semaphore(window)
-        self._window_size = window
+        self._window = _Window(window)
         self._results, received = anyio.create_memory_object_stream[Result](window)
         self.results = Results(received, self._window)
         self._ack_timeout = ack_timeout
@@ -195,8 +244,11 @@ class PipelineStream:
         self._clock_from: dict[int, float] = {}
         self._latest = 0  # the last sample sent
         self._waiting_for_window = False
-        self._beyond_window = False  # the one sample beyond a window of 1 went out
+        # When an acknowledgement last came, or a sample last went beyond the window: a
+        # full window waits from then before one more goes (PIPE-2).
+        self._progress_at = 0.0
         self._moved: anyio.Event | None = None  # wakes a watcher that waits for a clock
+        self._filled: anyio.Event | None = None  # ... or for the window to fill
         self._timestamps: dict[int, int] = {}  # of the samples sent, until acknowledged
         self._leased: set[int] = set()
         self._ended = False
@@ -338,6 +390,8 @@ class PipelineStream:
             except anyio.WouldBlock:
                 self._waiting_for_window = True
                 self._start_clock()  # nothing more goes until an answer comes
+                if self._filled is not None:
+                    self._filled.set()  # the watcher times going beyond the window
                 try:
                     await self._window.acquire()
                 finally:
@@ -375,7 +429,7 @@ class PipelineStream:
             try:
                 _free(lease)  # never sent: the slot is free again at once
             finally:
-                self._window.release()
+                self._window.free()
             raise
         number = message.sequence_number
         if await self._unless_ended(self._send, message, f"sample {number}"):
@@ -473,7 +527,7 @@ class PipelineStream:
             # Nobody reads results any more (the block was left); the window slot the
             # consumer would have freed is given back here.
             if acknowledged is not None:
-                self._window.release()
+                self._window.free()
 
     def on_end(self) -> None:
         self._results.close()
@@ -505,15 +559,22 @@ class PipelineStream:
             self._moved = None
 
     def _send_beyond_window(self, number: int, waited: float) -> None:
-        """Let one sample more than a window of 1 go, once: the extension may be
-        holding its answer until it comes (PIPE-2's tolerance)."""
-        self._beyond_window = True
-        self._window.release()
-        self.session.tolerated["PIPE-2"] += 1
+        """Let one sample more than the window go: the extension may be holding its
+        answers until another request comes (PIPE-2's tolerance)."""
+        window = self._window
+        in_flight = len(self._sent_at)
+        window.beyond()
+        self._progress_at = time.monotonic()
+        tolerated = self.session.tolerated
+        tolerated["PIPE-2"] += 1
+        if tolerated["PIPE-2"] > 1:
+            return  # warned once per stream, counted each time
         detail = (
-            f"sample {number}, the only one in flight, was not acknowledged within "
-            f"{waited:g} s; one more goes beyond the window of 1, in case the extension "
-            "answers a sample only when the next arrives (as Intel DL Streamer's does)"
+            f"sample {number}, the oldest of {in_flight} in flight, was not acknowledged "
+            f"and no answer came for {waited:g} s; one more goes beyond the window of "
+            f"{window.size - 1}, and again whenever that happens, in case the extension "
+            "answers only when another request arrives (as Intel DL Streamer's and VA "
+            "Serving's do)"
         )
         log_tolerated([Tolerated("PIPE-2", detail, first=True)], self.channel.peer)
 
@@ -541,18 +602,14 @@ class PipelineStream:
                             continue
                         started = latest - timeout
                     due = started + timeout
-                    if (
-                        number == self._latest
-                        and self._waiting_for_window
-                        and self._window_size == 1
-                        and not self._beyond_window
-                    ):
+                    if self._waiting_for_window and self._window.may_go_beyond:
                         waited = min(timeout / 2, HELD_ANSWER_WAIT)
-                        if now >= started + waited:
+                        quiet = max(started, self._progress_at) + waited
+                        if now >= quiet:
                             self._send_beyond_window(number, waited)
                             continue
-                        due = started + waited
-                    elif now >= due:
+                        due = min(due, quiet)
+                    if now >= started + timeout:
                         raise ProtocolError(
                             "PIPE-4",
                             Status.DEADLINE_EXCEEDED,
@@ -572,7 +629,13 @@ class PipelineStream:
                 else:  # nothing in flight, and the input goes on
                     await self._until_moved()
                     continue
-                await anyio.sleep(due - now)
+                if self._waiting_for_window or not self._window.may_go_beyond:
+                    await anyio.sleep(due - now)
+                else:  # until the window fills, when the wait before going beyond starts
+                    filled = self._filled = anyio.Event()
+                    with anyio.move_on_after(due - now):
+                        await filled.wait()
+                    self._filled = None
 
     async def _until_moved(self) -> None:
         self._moved = anyio.Event()
@@ -586,4 +649,7 @@ class PipelineStream:
         self._timestamps.pop(number, None)
         self._clock_from.pop(number, None)
         sent = self._sent_at.pop(number, None)
-        return time.monotonic() - sent if sent is not None else None
+        if sent is None:
+            return None
+        now = self._progress_at = time.monotonic()
+        return now - sent

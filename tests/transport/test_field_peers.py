@@ -35,6 +35,7 @@ import pytest
 import trustme
 
 from avaproto.client import connect
+from avaproto.engine import drive as pipeline_stream
 from avaproto.engine.drive import Result
 from avaproto.engine.frame import Frame
 from avaproto.errors import ProtocolError
@@ -295,16 +296,68 @@ async def test_a_window_of_one_sends_one_more_to_an_extension_that_holds_its_ans
     assert report.tolerated.get("PIPE-2") == 1
     warnings = [r.getMessage() for r in caplog.records if "PIPE-2" in r.getMessage()]
     assert len(warnings) == 1, warnings
-    assert "sample 2, the only one in flight, was not acknowledged within 0.3 s" in warnings[0]
+    assert (
+        "sample 2, the oldest of 1 in flight, was not acknowledged and no answer came for "
+        "0.3 s; one more goes beyond the window of 1" in warnings[0]
+    )
 
 
 @pytest.mark.rule("PIPE-2")
-async def test_a_window_of_one_goes_beyond_itself_once_only() -> None:
+async def test_a_window_of_one_goes_beyond_itself_once_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """An extension that answers nothing gets one sample beyond the window, then the
-    deadline ends the stream: two in flight, never more."""
+    deadline ends the stream: two in flight, never more, though the wait before going
+    beyond passes five times before the deadline."""
+    monkeypatch.setattr(pipeline_stream, "HELD_ANSWER_WAIT", 0.1)
     error = await silent_holder_ends(6, window=1, ack_timeout=0.6)
     assert error.rule == "PIPE-4"
     assert "sample 2 was not acknowledged within 0.6 s (2 unacknowledged)" in str(error)
+
+
+class DrainsOnArrival(MediaGraphExtensionBase):
+    """Intel VA Serving's first extension server (``VAServingServer``): each request goes
+    into an asynchronous pipeline, and the answers it finished are handed out only when
+    a request arrives, the rest once the requests end. Its answers are numbered 0."""
+
+    async def process_media_stream(
+        self, messages: AsyncIterator[MediaStreamMessage]
+    ) -> AsyncIterator[MediaStreamMessage]:
+        finished: list[int] = []
+
+        async def pipeline(number: int) -> None:
+            await anyio.sleep(0.02)
+            finished.append(number)
+
+        async with anyio.create_task_group() as tasks:
+            async for message in messages:
+                if message.media_stream_descriptor is not None:
+                    yield answer_descriptor(number=0, ack=message.sequence_number)
+                    continue
+                tasks.start_soon(pipeline, message.sequence_number)
+                while finished:
+                    yield MediaStreamMessage(ack_sequence_number=finished.pop(0))
+        while finished:
+            yield MediaStreamMessage(ack_sequence_number=finished.pop(0))
+
+
+@pytest.mark.rule("PIPE-2")
+@pytest.mark.parametrize("window", [1, 4])
+async def test_the_window_goes_beyond_itself_for_an_extension_that_answers_on_arrival(
+    window: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sent as fast as the window allows, every sample arrives before the one before it
+    is finished, so a full window of finished answers waits for a request that would
+    never come: one sample beyond the window brings them, each time it fills."""
+    caplog.set_level(logging.WARNING, logger="avaproto")
+    with anyio.fail_after(TIMEOUT):
+        async with extension_peer(DrainsOnArrival()) as port:
+            report = await send_frames(source(12), options(port, window=window, ack_timeout=0.4))
+    assert (report.sent, report.answered) == (12, 12)
+    assert report.tolerated["PIPE-2"] >= 2  # the window widened, then lent one more
+    warnings = [r.getMessage() for r in caplog.records if "PIPE-2" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert f"one more goes beyond the window of {window}, and again" in warnings[0]
 
 
 # --- an extension that never acknowledges ------------------------------------------------
@@ -351,8 +404,9 @@ async def test_send_fails_instead_of_hanging_when_nothing_is_acknowledged(
     error = caught.value
     assert (error.rule, error.status) == ("PIPE-4", Status.DEADLINE_EXCEEDED)
     assert "sample 2 was not acknowledged within 0.5 s" in str(error)
-    assert "4 unacknowledged" in str(error)
-    assert report.sent == 4 and report.answered == 0
+    # the window's 4, and one beyond it in case the extension holds its answers (PIPE-2)
+    assert "5 unacknowledged" in str(error)
+    assert report.sent == 5 and report.answered == 0
     assert report.seconds > 0
     assert shm_listing(shm_dir) == before  # the segment is unlinked
 
