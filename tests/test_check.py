@@ -12,6 +12,7 @@ change it.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -31,7 +32,9 @@ from grpclib.exceptions import GRPCError
 from avaproto.check import CheckOptions
 from avaproto.check import report as check_report
 from avaproto.check import rules as check_rules
-from avaproto.check.probes import Context, probes, video_format
+from avaproto.check.probes import Context, Probe, probes, video_format
+from avaproto.check.report import Outcome
+from avaproto.check.run import CheckAborted, run_check, run_probe
 from avaproto.check.wire import Target
 from avaproto.cli import main
 from avaproto.codec import encode_framed
@@ -55,7 +58,8 @@ from avaproto.transport.grpc_server import ServerConfig
 from avaproto.transport.tls import server_context
 from bench.processes import Server
 from spec.catalogue import load_sections
-from tests.transport.test_field_peers import HoldsLatestAnswer
+from tests.transport.test_field_peers import HoldsLatestAnswer, RawCodec
+from tests.transport.test_hostile_extensions import speaking
 
 USER, PASSWORD = "pipeline", "s3cret"
 
@@ -504,6 +508,99 @@ def test_an_unreachable_target_is_one_line(capsys: pytest.CaptureFixture[str]) -
     assert status == 1 and out == ""
     assert error.startswith(f"avaproto check: cannot reach 127.0.0.1:{port}")
     assert len(error.splitlines()) == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.rule("PIPE-9")
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # grpclib's transport
+async def test_a_target_that_answers_in_http1_is_named_as_such(anyio_backend: str) -> None:
+    """It read "did not answer an empty stream within 2 s", after the 2 s: the probes'
+    connections are bounded and read as the pipeline's are."""
+    async with speaking(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n") as port:
+        with anyio.fail_after(30), pytest.raises(CheckAborted) as aborted:
+            await run_check(f"127.0.0.1:{port}", CheckOptions(timeout=20))
+    assert f"[PIPE-9] the extension at 127.0.0.1:{port} answered in HTTP/1" in str(aborted.value)
+
+
+class RawHealth:
+    """An extension that ends every stream at once, and whose health service answers
+    ``answer``'s bytes, whatever they are."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+
+    async def _stream(self, stream: Any) -> None:
+        async for _ in stream:
+            pass
+
+    async def _check(self, stream: Any) -> None:
+        await stream.recv_message()
+        await stream.send_message(self.answer)
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        bytes_in_out = (bytes, bytes)
+        return {
+            METHOD_PATH: grpclib.const.Handler(
+                self._stream, grpclib.const.Cardinality.STREAM_STREAM, *bytes_in_out
+            ),
+            "/grpc.health.v1.Health/Check": grpclib.const.Handler(
+                self._check, grpclib.const.Cardinality.UNARY_UNARY, *bytes_in_out
+            ),
+        }
+
+
+@pytest.mark.rule("SRV-9")
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (b"\x08\x63", "status 99, which grpc.health.v1 does not define"),
+        (b"\x0a\x01\x01", "a message whose status field is malformed"),  # a length, not a number
+    ],
+    ids=["unknown-status", "wrong-wire-type"],
+)
+def test_a_health_answer_the_service_does_not_define_is_named(
+    capsys: pytest.CaptureFixture[str], answer: bytes, said: str
+) -> None:
+    """It ended the whole check with a traceback (ValueError), the report lost."""
+    with start_blocking_portal() as portal:
+        server = portal.call(lambda: grpclib.server.Server([RawHealth(answer)], codec=RawCodec()))
+        portal.call(server.start, "127.0.0.1", 0)
+        try:
+            listening = listener(server)
+            assert listening is not None
+            port = listening.sockets[0].getsockname()[1]
+            status, out, _ = check(capsys, f"127.0.0.1:{port}", "--rules", "SRV-9")
+        finally:
+            portal.call(server.close)
+            portal.call(server.wait_closed)
+    assert status == 0  # SRV-9 is a MAY: a deviation is a warning
+    assert lines_by_rule(out)["SRV-9"] == ("WARN", f"grpc.health.v1.Health answers {said}")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_probe_that_fails_unforeseen_fails_its_rules_and_the_check_goes_on(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A probe is code of avaproto's meeting an extension it does not trust: what it
+    did not foresee fails that probe's rules, naming the error, not the whole report.
+    (The failing probe is the test's own: no extension provokes one on purpose.)"""
+
+    async def fails(ctx: Context) -> list[Any]:
+        raise KeyError("what no probe foresaw")
+
+    ctx = Context(Target("127.0.0.1:1"), CheckOptions(), [video_format("rgb24")])
+    caplog.set_level(logging.DEBUG, logger="avaproto")
+    found = await run_probe(ctx, Probe("a probe", ("ACK-1", "SEQ-3"), fails))
+    assert [(f.rule, f.outcome) for f in found] == [
+        ("ACK-1", Outcome.FAIL),
+        ("SEQ-3", Outcome.FAIL),
+    ]
+    assert found[0].detail == (
+        "a probe: the probe could not judge what the extension did, and failed with "
+        "KeyError: 'what no probe foresaw' (-v shows where; a fault of avaproto's)"
+    )
+    assert any(record.exc_info for record in caplog.records)
 
 
 @pytest.mark.parametrize(

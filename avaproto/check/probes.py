@@ -998,7 +998,16 @@ async def health(ctx: Context) -> list[Finding]:
             if error.status.name == "UNIMPLEMENTED":
                 return [Finding("SRV-9", Outcome.SKIP, "no health service (it is optional)")]
             return [deviation("SRV-9", f"Check answered {error.status.name}: {error.message}")]
-    status = ServingStatus(answer.status)
+    raw = answer.status  # betterproto2 keeps what the bytes held, an enum or not
+    number = int(raw) if isinstance(raw, int) else None
+    status = {member.value: member for member in ServingStatus}.get(number)
+    if status is None:
+        what = (
+            f"status {number}, which grpc.health.v1 does not define"
+            if number is not None
+            else "a message whose status field is malformed"
+        )
+        return [deviation("SRV-9", f"grpc.health.v1.Health answers {what}")]
     if status is ServingStatus.SERVING:
         return [Finding("SRV-9", Outcome.PASS, "grpc.health.v1.Health answers SERVING")]
     return [deviation("SRV-9", f"grpc.health.v1.Health answers {status.name} while serving")]

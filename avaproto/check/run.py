@@ -80,7 +80,7 @@ async def _preflight(ctx: Context) -> list[Finding]:
     ]
 
 
-async def _run_probe(ctx: Context, probe: Probe) -> list[Finding]:
+async def run_probe(ctx: Context, probe: Probe) -> list[Finding]:
     reason = skip_reason(probe, ctx.options)
     if reason is not None:
         return [Finding(rule, Outcome.SKIP, reason) for rule in probe.rules]
@@ -100,6 +100,13 @@ async def _run_probe(ctx: Context, probe: Probe) -> list[Finding]:
         ]
     except (StreamFailed, ProtocolError) as error:  # a probe that did not say which rule
         return [deviation(rule, f"{probe.name}: {error}") for rule in probe.rules]
+    except Exception as error:  # what the extension did, no probe foresaw: the rest go on
+        log.debug("probe %s failed", probe.name, exc_info=True)
+        detail = (
+            f"{probe.name}: the probe could not judge what the extension did, and failed "
+            f"with {type(error).__name__}: {error} (-v shows where; a fault of avaproto's)"
+        )
+        return [deviation(rule, detail) for rule in probe.rules]
     for finding in found:
         log.debug("%s: %s %s %s", probe.name, finding.rule, finding.outcome.value, finding.detail)
     return found
@@ -132,5 +139,5 @@ async def run_check(
         raise CheckAborted(str(error)) from None
     for probe in probes(ctx):
         if wanted.intersection(probe.rules):
-            findings += await _run_probe(ctx, probe)
+            findings += await run_probe(ctx, probe)
     return combine(target, findings, selected)

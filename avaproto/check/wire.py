@@ -30,14 +30,18 @@ from ..errors import AvaprotoError, ProtocolError, StreamFailed
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..status import Status
 from ..transport._grpclib_private import (
+    ended_with_call,
+    extension_speaks_http2,
     keep_empty_data_frames_out,
     quiet_frame_repr,
+    read_answers_directly,
     receive_initial_metadata,
     send_client_message,
     settle_call_cancellations,
 )
 from ..transport.framing import WireCodec
-from ..transport.grpc_client import ClientChannel, parse_target
+from ..transport.grpc_client import ClientChannel, parse_target, why_lost
+from ..transport.limits import ConnectionLimits
 from ..transport.tls import explain_connection_failure
 
 #: What sending on a stream the extension has refused, reset or closed can raise.
@@ -182,6 +186,9 @@ async def connection(target: Target) -> AsyncIterator[grpclib.client.Channel]:
     keep_empty_data_frames_out()
     settle_call_cancellations()
     channel = grpclib.client.Channel(host, port, ssl=target.ssl, codec=WireCodec())
+    # What the extension can make the probe hold is bounded as for any pipeline
+    # (PIPE-8, PIPE-9): a probe reads answers from a process it does not trust.
+    read_answers_directly(channel, ConnectionLimits())
     try:
         yield channel
     finally:
@@ -210,11 +217,16 @@ async def call(
     try:
         try:
             await stream.send_request()
+            with ended_with_call(stream):
+                await extension_speaks_http2(stream)
         except (ConnectionError, OSError) as error:
             hint = explain_connection_failure(error, tls=target.ssl is not None)
             raise Unreachable(
                 f"cannot reach {host}:{port}: {error}" + (f"; {hint}" if hint else "")
             ) from None
+        except grpclib.exceptions.StreamTerminatedError as error:
+            lost = why_lost(stream, error, tls=target.ssl is not None)
+            raise Unreachable(f"{host}:{port}: {lost}") from None
         yield Call(stream, f"{host}:{port}", tls=target.ssl is not None)
     finally:
         # Leave as a failed call does: reset the stream if it is still open, without

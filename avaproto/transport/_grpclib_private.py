@@ -773,6 +773,11 @@ def read_answers_directly(channel: grpclib.client.Channel, limits: ConnectionLim
     past h2 (``take_whole_frames``) within ``limits``; grpclib makes it with
     ``_protocol_factory``."""
 
+    # grpclib's client takes headers as ASCII, so an extension's status whose message is
+    # UTF-8 (not percent-encoded, as gRPC asks) read as a connection's protocol error,
+    # and the status was lost: headers are UTF-8 here, as the server takes them.
+    channel._h2_config.header_encoding = "utf-8"
+
     def protocol() -> grpclib.protocol.H2Protocol:
         return _AnswerReading(
             grpclib.client.Handler(), channel._config, channel._h2_config, limits=limits

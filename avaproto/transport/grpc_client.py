@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 import ssl
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
@@ -83,7 +83,7 @@ _RESET_STATUS = {
 }
 
 
-def _lost(
+def why_lost(
     stream: grpclib.client.Stream[Any, Any], error: StreamTerminatedError, *, tls: bool
 ) -> StreamFailed | ProtocolError:
     """Why the call's connection ended, the extension having sent no status: the
@@ -121,6 +121,9 @@ class ClientChannel:
         self._tls = tls
         self._encoding: str | None = None  # the extension's grpc-encoding (WIRE-3)
         self._encoding_read = False
+        # A message whose prefix was taken and whose body did not come: the stream's
+        # bytes no longer start at a message, and nothing more may be read from it.
+        self._cut = False
 
     async def receive(self) -> MediaStreamMessage | None:
         try:
@@ -130,8 +133,9 @@ class ClientChannel:
                     return await self._next()
             except StreamTerminatedError:
                 # Answers that arrived before the reset (or the connection's end) are
-                # still delivered, one per call, then the reason (PIPE-6).
-                if not holds_whole_message(http2_stream(self._stream)):
+                # still delivered, one per call, then the reason (PIPE-6); never the
+                # rest of one cut short, read as if a message began there.
+                if self._cut or not holds_whole_message(http2_stream(self._stream)):
                     raise
                 return await self._next()  # waits for nothing: it is all here
         except GRPCError as error:
@@ -140,6 +144,13 @@ class ClientChannel:
             if self._ended_ok():
                 return None  # the extension's OK, then a reset of our direction: the end
             raise self._why_reset(error) from None
+
+    @contextmanager
+    def _body(self, length: int) -> Iterator[None]:
+        """While a message's body is read: left set if the read ends inside it."""
+        self._cut = True
+        yield
+        self._cut = False
 
     async def _next(self) -> MediaStreamMessage | None:
         if not self._encoding_read:  # the extension's headers are in: read them once
@@ -154,7 +165,11 @@ class ClientChannel:
             self._encoding = check_encoding(named[-1] if named else None)
             self._encoding_read = True
         message = await read_message(
-            http2_stream(self._stream), self._max, limit_rule="PIPE-5", encoding=self._encoding
+            http2_stream(self._stream),
+            self._max,
+            limit_rule="PIPE-5",
+            encoding=self._encoding,
+            hold=self._body,
         )
         if message is not None:
             return message
@@ -218,7 +233,7 @@ class ClientChannel:
                 _RESET_STATUS.get(name, Status.INTERNAL),
                 f"the extension reset the stream (RST_STREAM {name}) without a status",
             )
-        return _lost(self._stream, error, tls=self._tls)
+        return why_lost(self._stream, error, tls=self._tls)
 
     async def send_batch(self, messages: list[MediaStreamMessage]) -> None:
         for message in messages:
@@ -319,7 +334,7 @@ async def open_channel(
             # grpclib finishes the call through its guard, which keeps the reset that
             # followed the extension's OK: the call ended as the extension said.
             if client is None:  # lost before the extension spoke HTTP/2
-                raise _lost(stream, error, tls=ssl_context is not None) from None
+                raise why_lost(stream, error, tls=ssl_context is not None) from None
             if not client._ended_ok():
                 raise client._why_reset(error) from None
     finally:

@@ -353,6 +353,23 @@ async def test_a_header_that_is_not_utf8_is_named(caplog: pytest.LogCaptureFixtu
     refused(error, "PIPE-9", Status.INTERNAL, "broke HTTP/2", "a header that is not UTF-8")
 
 
+@pytest.mark.rule("PIPE-6")
+async def test_a_status_message_in_utf8_not_percent_encoded_is_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """gRPC percent-encodes grpc-message; an extension that sends it as UTF-8 as it is
+    had its status lost, read as a header that is not UTF-8."""
+
+    async def fails(client: anyio.abc.SocketStream, machine: Any, stream_id: int, _: Any) -> None:
+        trailers = [("grpc-status", "13"), ("grpc-message", "héllo wörld ✓")]
+        block = machine.encoder.encode([(k.encode(), v.encode()) for k, v in trailers])
+        await client.send(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, block))
+
+    error = await ended_by(fails, caplog)
+    assert isinstance(error, StreamFailed), repr(error)
+    assert (error.status, error.detail) == (Status.INTERNAL, "héllo wörld ✓")
+
+
 # --- the end of the extension's stream ------------------------------------------------
 
 
@@ -374,6 +391,41 @@ async def test_a_stream_ended_without_trailers_ends_at_once(
                 assert (await results.receive()).acknowledged == 2  # the answer is kept
                 await results.receive()
     refused(ended.value, "PIPE-6", Status.UNKNOWN, "without a status", "no trailers")
+
+
+@pytest.mark.rule("PIPE-6")
+@pytest.mark.parametrize("how", ["connection-closed", "reset"])
+async def test_the_rest_of_an_answer_cut_short_is_never_read_as_answers(
+    how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An answer announced 100 bytes longer than what came, which is itself a whole
+    answer acknowledging the sample, then the connection's end or a reset: the pipeline
+    took the prefix, so what follows is the inside of a message, not one; it delivered
+    that as an answer, an acknowledgement the extension never sent."""
+
+    async def cuts(client: anyio.abc.SocketStream, _: Any, stream_id: int, got: list[int]) -> bool:
+        inside = answer(got[0])
+        await client.send(frame(DATA, 0, stream_id, struct.pack(">BI", 0, len(inside) + 100)))
+        await client.send(frame(DATA, 0, stream_id, inside))
+        if how == "reset":
+            await client.send(frame(RST_STREAM, 0, stream_id, struct.pack(">I", ErrorCodes.CANCEL)))
+            return False
+        return True  # the extension goes: its connection closes
+
+    received: list[object] = []
+    async with _listening(_raw_extension(cuts)) as port:
+        with anyio.fail_after(TIMEOUT), pytest.raises(StreamFailed) as ended:
+            async with connect(f"127.0.0.1:{port}", format=RGB24, ack_timeout=None) as pipe:
+                await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
+                async for result in pipe.results():
+                    received.append(result)
+    assert received == []
+    if how == "reset":
+        assert ended.value.status is Status.CANCELLED
+    else:
+        assert ended.value.status is Status.UNAVAILABLE
+        assert "connection lost" in ended.value.detail
+    assert not [r for r in caplog.records if r.levelno > logging.INFO or r.exc_info]
 
 
 @pytest.mark.rule("PIPE-6")
