@@ -1451,7 +1451,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _add_bench(commands: Any) -> None:
-    from .bench.drive import drive_target
+    from .bench.drive import ENCODED, drive_target
     from .client import Transfer
     from .protocol.pixel_formats import PIXEL_LAYOUTS
 
@@ -1491,9 +1491,11 @@ def _add_bench(commands: Any) -> None:
     )
     parser.add_argument(
         "--format",
-        choices=[pixel_format.name for pixel_format in PIXEL_LAYOUTS],
+        choices=[pixel_format.name for pixel_format in PIXEL_LAYOUTS] + list(ENCODED),
         default=_parameter_default(drive_target, "pixel_format"),
-        help="pixel format of the RAW frames (default: %(default)s)",
+        help="pixel format of the RAW frames, or JPG, PNG or BMP for a test image so "
+        "encoded, for an extension that takes only those, as most published ones "
+        "(needs Pillow: pip install 'avaproto[image]') (default: %(default)s)",
     )
     parser.add_argument(
         "--frames",
@@ -1545,14 +1547,16 @@ def _add_bench(commands: Any) -> None:
 
 
 def _pixel_formats(text: str) -> tuple[str, ...]:
+    from .check.probes import ENCODED
     from .protocol.pixel_formats import PIXEL_LAYOUTS
 
-    known = [pixel_format.name for pixel_format in PIXEL_LAYOUTS]
+    known = [str(pixel_format.name) for pixel_format in PIXEL_LAYOUTS] + list(ENCODED)
     chosen = tuple(dict.fromkeys(p.strip().upper() for p in text.split(",") if p.strip()))
     unknown = [name for name in chosen if name not in known]
     if not chosen or unknown:
         raise argparse.ArgumentTypeError(
-            f"expected pixel formats among {', '.join(known)} (comma-separated), got {text!r}"
+            f"expected pixel formats or encodings among {', '.join(known)} (comma-separated), "
+            f"got {text!r}"
         )
     return chosen
 
@@ -1576,6 +1580,7 @@ def _check(args: argparse.Namespace) -> int:
 
     options = CheckOptions(
         formats=args.formats,
+        size=args.size,
         shm=not args.no_shm,
         shm_directory=args.shm_directory,
         shm_mode=args.shm_mode,
@@ -1622,8 +1627,19 @@ def _add_check(commands: Any) -> None:
         type=_pixel_formats,
         default=DEFAULT_FORMATS,
         metavar="LIST",
-        help="pixel formats of the healthy streams, comma-separated; the first is used by "
-        f"the other probes (default: {','.join(DEFAULT_FORMATS).lower()})",
+        help="pixel formats of the healthy streams' RAW frames, or JPG, PNG, BMP for test "
+        "images so encoded (an extension that takes only those, as most published ones; "
+        "needs Pillow), comma-separated; the first is used by the other probes (default: "
+        f"{','.join(DEFAULT_FORMATS).lower()})",
+    )
+    width, height = _default(CheckOptions, "size")
+    parser.add_argument(
+        "--size",
+        type=_size,
+        default=(width, height),
+        metavar="WxH",
+        help="the frames' size, for an extension that takes one size only (default: "
+        f"{width}x{height})",
     )
     parser.add_argument(
         "--rules",

@@ -20,7 +20,8 @@ from avaproto.bench.drive import drive_target, format_drive_report, synthetic_pa
 from avaproto.engine.frame import Frame
 from avaproto.errors import StreamFailed
 from avaproto.media import inferences
-from avaproto.messages import Inference
+from avaproto.media.images import decode_image, synthetic_image
+from avaproto.messages import Encoding, Inference
 from avaproto.server import running
 from avaproto.transport.grpc_server import ServerConfig
 
@@ -101,6 +102,24 @@ async def test_drive_target_reports_fps_and_latency(
     assert report["rewrite_frames"] == (rewrite if transfer == "shm" else None)
     if written:
         assert written in text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("encoding", ["JPG", "PNG", "BMP"])
+async def test_drive_target_sends_an_encoded_test_image_for_an_extension_that_takes_only_those(
+    encoding: str,
+) -> None:
+    """Most published extensions decode JPG, PNG or BMP and refuse RAW frames."""
+    recorder = Recorder()
+    async with running(recorder.factory, ServerConfig(port=0)) as server:
+        with anyio.fail_after(TIMEOUT):
+            report = await drive_target(
+                f"127.0.0.1:{server.port}", size=(32, 24), frames=5, pixel_format=encoding
+            )
+    assert report["answered"] == 5 and report["format"] == f"{encoding} 32x24"
+    assert recorder.contents == {synthetic_image(32, 24, Encoding[encoding])}
+    assert decode_image(recorder.first or b"", Encoding[encoding]).shape == (24, 32, 3)
+    assert report["frame_bytes"] == len(recorder.first or b"")
 
 
 @pytest.mark.anyio

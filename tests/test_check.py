@@ -38,17 +38,26 @@ from avaproto.check.run import CheckAborted, run_check, run_probe
 from avaproto.check.wire import Target
 from avaproto.cli import main
 from avaproto.codec import encode_framed
+from avaproto.engine.frame import Frame
+from avaproto.media.images import decode_image
 from avaproto.errors import ProtocolError
 from avaproto.extensions import load_extension
 from avaproto.messages import (
     METHOD_PATH,
+    Encoding,
+    Entity,
+    Inference,
+    InferenceType,
     MediaDescriptor,
     MediaGraphExtensionBase,
     MediaSample,
     MediaStreamDescriptor,
     MediaStreamMessage,
+    Rectangle,
+    Tag,
 )
 from avaproto.protocol.auth import Credentials
+from avaproto.protocol.descriptor import StreamDescriptor
 from avaproto.protocol.events import DescriptorReceived, SampleReceived
 from avaproto.protocol.roles import Role
 from avaproto.protocol.session import Session
@@ -58,7 +67,7 @@ from avaproto.transport.grpc_server import ServerConfig
 from avaproto.transport.tls import server_context
 from bench.processes import Server
 from spec.catalogue import load_sections
-from tests.transport.test_field_peers import HoldsLatestAnswer, RawCodec
+from tests.transport.test_field_peers import DrainsOnArrival, HoldsLatestAnswer, RawCodec
 from tests.transport.test_hostile_extensions import speaking
 
 USER, PASSWORD = "pipeline", "s3cret"
@@ -207,6 +216,48 @@ class SlowLastAnswer:
                 framed = framed[5:]
             await raw.send_data(framed)
         await stream.send_trailing_metadata()
+
+
+class UnclippedBoxes(MediaGraphExtensionBase):
+    """Answers every sample with a person at the image's left edge, its box unclipped
+    (l below 0), as YOLO extensions that compute a centre minus half the width do."""
+
+    async def process_media_stream(
+        self, messages: AsyncIterator[MediaStreamMessage]
+    ) -> AsyncIterator[MediaStreamMessage]:
+        number = 0
+        async for message in messages:
+            number += 1
+            answer = MediaStreamMessage(
+                sequence_number=number, ack_sequence_number=message.sequence_number
+            )
+            if message.media_stream_descriptor is not None:
+                answer.media_stream_descriptor = MediaStreamDescriptor(
+                    media_descriptor=MediaDescriptor(timescale=90000)
+                )
+            else:
+                box = Rectangle(l=-0.01, t=0.1, w=0.3, h=0.4)
+                person = Entity(tag=Tag(value="person", confidence=0.9), box=box)
+                found = Inference(type=InferenceType.ENTITY, entity=person)
+                answer.media_sample = MediaSample(inferences=[found])
+            yield answer
+
+
+class TakesOnlyJpg:
+    """An extension that decodes JPG and fails on anything else, as the published YOLO
+    extensions do."""
+
+    async def open(self, descriptor: StreamDescriptor) -> None:
+        self.encoding = descriptor.video_format.encoding if descriptor.video_format else None
+
+    async def process(self, frame: Frame) -> list[Inference]:
+        if frame.data is not None:
+            if self.encoding is not Encoding.JPG:
+                raise ValueError("cannot decode the received bytes")
+            decode_image(frame.data, Encoding.JPG)  # a JPEG of the size, or it raises
+        return []
+
+    async def close(self) -> None: ...
 
 
 def check(capsys: pytest.CaptureFixture[str], target: str, *options: str) -> tuple[int, str, str]:
@@ -401,6 +452,67 @@ def test_an_answer_held_until_the_next_request_is_a_warning_not_a_failure_of_eve
     assert f"in the field: {check_rules.FIELD_NOTES['ACK-1']}" in detail
     for rule in ("CONN-1", "CONN-3", "LIFE-2", "ACK-5"):
         assert found[rule][0] == "PASS", (rule, found[rule])
+
+
+@pytest.mark.rule("ACK-1")
+def test_answers_handed_out_only_as_requests_arrive_are_a_warning_not_a_failure(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No answer at all while our direction is open: it waited for the probe's
+    deadline, and every rule the healthy stream shows failed."""
+    with peer(DrainsOnArrival()) as target:
+        status, out, _ = check(
+            capsys, target, "--rules", "ACK-1,CONN-1,LIFE-2", "--formats", "rgb24",
+            "--no-shm", "--timeout", "2",
+        )  # fmt: skip
+    assert status == 0, out
+    found = lines_by_rule(out)
+    outcome, detail = found["ACK-1"]
+    assert outcome == "WARN"
+    assert "4 samples, each acknowledged, but 2, 3, 4, 5 only after our direction" in detail
+    assert "with no answer for 1 s before" in detail
+    assert found["CONN-1"][0] == found["LIFE-2"][0] == "PASS"
+
+
+@pytest.mark.rule("INF-4")
+def test_a_box_reaching_past_the_left_edge_is_a_warning_with_the_field_note(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """avaproto's pipeline and server cut such a box to the image (INF-4's field note);
+    the check failed it."""
+    with peer(UnclippedBoxes()) as target:
+        status, out, _ = check(capsys, target, "--rules", "INF-*", "--formats", "rgb24")
+    assert status == 0, out
+    outcome, detail = lines_by_rule(out)["INF-4"]
+    assert outcome == "WARN"
+    assert (
+        "RAW RGB24 64x48 embedded: answer inference 0.entity.box (l=-0.01, t=0.1, w=0.3, "
+        "h=0.4) reaches outside the image; cut to it" in detail
+    )
+    assert f"in the field: {check_rules.FIELD_NOTES['INF-4']}" in detail
+
+
+@pytest.mark.rule("LIFE-4", "MEDIA-6")
+def test_an_extension_that_takes_only_jpg_is_checked_with_jpg_images(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every healthy stream sent RAW frames: each failed against such an extension."""
+    served = running(TakesOnlyJpg, ServerConfig(port=0))
+    with start_blocking_portal() as portal, portal.wrap_async_context_manager(served) as server:
+        target = f"127.0.0.1:{server.port}"
+        rules = ("--rules", "LIFE-4,CONN-1,ACK-1,MEDIA-6,EMB-3", "--size", "96x64")
+        _, raw, _ = check(capsys, target, *rules, "--formats", "rgb24")
+        status, jpg, _ = check(capsys, target, *rules, "--formats", "jpg")
+    assert lines_by_rule(raw)["LIFE-4"][0] == "FAIL"
+    assert status == 0, jpg
+    found = lines_by_rule(jpg)
+    assert found["LIFE-4"] == ("PASS", "")
+    assert found["CONN-1"][0] == found["ACK-1"][0] == found["EMB-3"][0] == "PASS"
+    assert found["MEDIA-6"] == (
+        "SKIP",
+        "the first of --formats is JPG: the sizes of RAW frames are probed with RAW frames "
+        "(put a pixel format first)",
+    )
 
 
 @pytest.mark.rule("LIFE-4")
@@ -607,7 +719,7 @@ async def test_a_probe_that_fails_unforeseen_fails_its_rules_and_the_check_goes_
     ("option", "value", "message"),
     [
         ("--rules", "NOPE-*", "matches no rule id"),
-        ("--formats", "rgb24,XYZ", "expected pixel formats among"),
+        ("--formats", "rgb24,XYZ", "expected pixel formats or encodings among"),
         ("--timeout", "0", "must be positive"),
     ],
 )

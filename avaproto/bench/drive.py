@@ -1,7 +1,8 @@
 """What an extension sustains: drive any extension with a steady load, report fps and latency.
 
 ``avaproto bench TARGET`` runs this: it opens one or more streams to the extension at
-TARGET, as a pipeline would, and sends the same pre-encoded RAW frame over and over,
+TARGET, as a pipeline would, and sends the same RAW frame (or encoded test image) over
+and over,
 embedded or through shared memory, keeping a window of unacknowledged samples per
 stream (or pacing at a fixed rate), and reports the frames per second answered and the
 latency of each frame, from sending it to receiving its acknowledgement.
@@ -39,6 +40,7 @@ from ..client import (
 )
 from ..engine.outcome import protocol_errors
 from ..engine.statistics import StreamStatistics
+from ..media.images import synthetic_image
 from ..media.shared_memory import WriteMode
 from ..messages import Encoding, PixelFormat
 from ..protocol.auth import Credentials
@@ -48,6 +50,8 @@ from ..report import percentile
 #: The clock of the timestamps sent, and the frame rate they assume when not paced.
 TIMESCALE = 90000
 NOMINAL_RATE = 30.0
+#: The encoded formats ``drive_target`` sends as one test image (needs Pillow).
+ENCODED = ("JPG", "PNG", "BMP")
 #: Slots are 64-byte aligned in the segment (SHM-13).
 _ALIGNMENT = 64
 
@@ -202,7 +206,8 @@ async def drive_target(
     """Drive the extension at ``target`` and return what it sustained.
 
     Each of ``streams`` streams (each on a connection of its own, as separate pipelines
-    are) sends ``frames`` RAW frames of ``size`` (width, height) in ``pixel_format``,
+    are) sends ``frames`` RAW frames of ``size`` (width, height) in ``pixel_format``
+    (or, for JPG, PNG or BMP, one encoded test image),
     with at most ``window`` unacknowledged, at ``rate`` frames per second per stream if
     given, else as fast as the window allows. With ``transfer="shm"`` each stream's
     segment holds ``window + 1`` frames, written as ``shm_write`` says (see ``connect``),
@@ -220,8 +225,12 @@ async def drive_target(
     if rate is not None and rate <= 0:
         raise ValueError(f"rate must be positive (or None), got {rate}")
     width, height = size
-    fmt = VideoFormat.checked(Encoding.RAW, PixelFormat[pixel_format], width, height)
-    payload = synthetic_payload(fmt.frame_bytes)
+    if pixel_format in ENCODED:  # an encoded image: most published extensions take JPG
+        fmt = VideoFormat.checked(Encoding[pixel_format], PixelFormat.NONE, width, height)
+        payload = synthetic_image(width, height, fmt.encoding)
+    else:
+        fmt = VideoFormat.checked(Encoding.RAW, PixelFormat[pixel_format], width, height)
+        payload = synthetic_payload(fmt.frame_bytes)
     options: dict[str, Any] = {
         "configuration": configuration,
         "credentials": credentials,
@@ -231,7 +240,7 @@ async def drive_target(
         "ack_timeout": ack_timeout,
     }
     if transfer == "shm":
-        options["shm_bytes"] = segment_bytes(fmt.frame_bytes, window)
+        options["shm_bytes"] = segment_bytes(len(payload), window)
         options["shm_write"] = shm_write
         options["shm_mode"] = shm_mode
     runs = [StreamRun() for _ in range(streams)]
@@ -249,7 +258,7 @@ async def drive_target(
         "rewrite_frames": rewrite_frames if transfer == "shm" else None,
         "width": width,
         "height": height,
-        "frame_bytes": fmt.frame_bytes,
+        "frame_bytes": len(payload),
         "window": window,
         "rate": rate,
         "streams": streams,

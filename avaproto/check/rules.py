@@ -222,6 +222,10 @@ FIELD_NOTES: dict[str, str] = {
     "LIFE-4": "Published grpcio extensions (Intel DL Streamer's server, the factory-ai-vision "
     "inference module) begin with `next(request_iterator)`, so a stream that ends before any "
     "message ends with UNKNOWN (a StopIteration) instead of OK.",
+    "INF-3": "Below 0 stands for no confidence in real detectors: NVIDIA's DeepStream gives "
+    "-0.1 to objects its tracker found (NvDsObjectMeta), and Azure's published DeepStream "
+    "extension passes that on as the tag's confidence; model-server adaptors give -1 to an "
+    "attribute that is a measure (an age).",
     "INF-4": "Detectors that do not clip their boxes (common in YOLO extensions) send boxes "
     "with l + w or t + h above 1, each edge still in [0, 1]; the published JSON schema "
     "allows them too, as it bounds each edge only.",

@@ -127,7 +127,7 @@ async def run_check(
     ctx = Context(
         Target(target, options.tls, tuple(metadata)),
         options,
-        [video_format(name) for name in options.formats],
+        [video_format(name, options.size) for name in options.formats],
     )
     try:
         findings = await _preflight(ctx)

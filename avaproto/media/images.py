@@ -109,3 +109,15 @@ def encode_image(rgb: npt.NDArray[np.uint8], encoding: Encoding, *, quality: int
     options = {"quality": quality} if encoding is Encoding.JPG else {}
     image_module.fromarray(np.ascontiguousarray(rgb), "RGB").save(buffer, pillow_format, **options)
     return buffer.getvalue()
+
+
+def synthetic_image(width: int, height: int, encoding: Encoding, index: int = 0) -> bytes:
+    """A test pattern of ``width`` x ``height`` as an encoded sample: smooth gradients
+    that shift with ``index``, so frames differ and stay small, as camera images do."""
+    rows = np.arange(height, dtype=np.uint32)[:, None]
+    columns = np.arange(width, dtype=np.uint32)[None, :]
+    rgb = np.empty((height, width, 3), dtype=np.uint8)
+    rgb[..., 0] = (columns * 255 // max(width - 1, 1) + index * 7) % 256
+    rgb[..., 1] = (rows * 255 // max(height - 1, 1) + index * 13) % 256
+    rgb[..., 2] = ((rows + columns) * 2 + index * 29) % 256
+    return encode_image(rgb, encoding)

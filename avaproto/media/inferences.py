@@ -470,17 +470,24 @@ def validate_or_mend(inference: Inference, where: str = "inference") -> tuple[In
     inference, unchanged (and ``""``) when valid, or its mended copy and what was
     changed, each part naming its rule; ``InferenceError`` for anything no repair mends.
     """
+    inference, changed = mended_by_rule(inference, where)
+    return inference, "; ".join(f"[{rule}] {detail}" for rule, detail in changed.items())
+
+
+def mended_by_rule(
+    inference: Inference, where: str = "inference"
+) -> tuple[Inference, dict[str, str]]:
+    """``validate_or_mend``'s inference, and what was mended under each rule."""
     changed: dict[str, str] = {}
     while True:
         try:
-            return validate(inference, where), "; ".join(changed.values())
+            return validate(inference, where), changed
         except InferenceError as error:
             mend = _MENDS.get(error.rule) if error.rule not in changed else None
             done = mend(inference, where) if mend is not None else None
             if done is None:
                 raise
-            inference, detail = done
-            changed[error.rule] = f"[{error.rule}] {detail}"
+            inference, changed[error.rule] = done
 
 
 def _misses(start: float, size: float) -> bool:
