@@ -1438,6 +1438,7 @@ def _bench(args: argparse.Namespace) -> int:
             credentials=credentials,
             tls=tls,
             connect_timeout=args.connect_timeout,
+            descriptor_timeout=args.descriptor_timeout,
             ack_timeout=args.ack_timeout,
             shm_write=args.shm_write,
             shm_mode=args.shm_mode,
@@ -1534,7 +1535,7 @@ def _add_bench(commands: Any) -> None:
         parser,
         {
             name: _parameter_default(drive_target, name)
-            for name in ("connect_timeout", "ack_timeout")
+            for name in ("connect_timeout", "descriptor_timeout", "ack_timeout")
         },
         "connect over TLS, trusting the system's CAs (default: off; implied below)",
     )

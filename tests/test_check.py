@@ -39,9 +39,9 @@ from avaproto.check.wire import Target
 from avaproto.cli import main
 from avaproto.codec import encode_framed
 from avaproto.engine.frame import Frame
-from avaproto.media.images import decode_image
 from avaproto.errors import ProtocolError
 from avaproto.extensions import load_extension
+from avaproto.media.images import decode_image
 from avaproto.messages import (
     METHOD_PATH,
     Encoding,
@@ -568,6 +568,49 @@ def test_a_target_that_never_answers_fails_at_the_deadline(
         "FAIL",
         "RAW RGB24 64x48 embedded: no answer within 0.5 s",
     )
+
+
+class AnswersOnlyTheDescriptor(MediaGraphExtensionBase):
+    """Answers the descriptor, then nothing, and keeps its stream open: an extension
+    that drops the frames it fails on."""
+
+    async def process_media_stream(
+        self, messages: AsyncIterator[MediaStreamMessage]
+    ) -> AsyncIterator[MediaStreamMessage]:
+        described = False
+        async for message in messages:
+            if message.media_stream_descriptor is not None:
+                described = True
+                yield MediaStreamMessage(
+                    sequence_number=1,
+                    ack_sequence_number=message.sequence_number,
+                    media_stream_descriptor=MediaStreamDescriptor(
+                        media_descriptor=MediaDescriptor(timescale=90000)
+                    ),
+                )
+        if described:  # an empty stream (the check's first) ends cleanly
+            await anyio.sleep_forever()  # until the probe goes
+            yield MediaStreamMessage()  # never reached: an async generator
+
+
+@pytest.mark.rule("ACK-1")
+def test_samples_never_acknowledged_fail_that_rule_not_every_rule_the_stream_shows(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with peer(AnswersOnlyTheDescriptor()) as target:
+        status, out, _ = check(
+            capsys, target, "--rules", "ACK-1,CONN-1,DESC-5", "--formats", "rgb24", "--no-shm",
+            "--timeout", "1",
+        )  # fmt: skip
+    assert status == 1
+    found = lines_by_rule(out)
+    assert found["ACK-1"] == (
+        "FAIL",
+        "RAW RGB24 64x48 embedded: 4 samples, 2, 3, 4, 5 never acknowledged (waited 0.9 s, "
+        "our direction ended)",
+    )
+    assert found["CONN-1"][0] == "PASS"
+    assert found["DESC-5"][0] == "SKIP"  # not reached: its answers were not all in
 
 
 def test_probes_left_out_are_skipped_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:

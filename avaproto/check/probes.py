@@ -583,6 +583,30 @@ class _Healthy:
             True,
         )
 
+    def unanswered(self, waited: float) -> list[Finding]:
+        """The stream outlived the probe's time: what it showed before, and which samples
+        no answer acknowledged (an extension that drops frames it fails on), rather than
+        a failure of every rule a healthy stream shows."""
+        what = self.what
+        missing = [number for number in self.sent if number not in self.acked]
+        if missing:
+            detail = (
+                f"{what}: {len(self.sent)} samples, {_listed(missing)} never acknowledged "
+                f"(waited {waited:.3g} s, our direction ended)"
+            )
+        else:
+            detail = f"{what}: every sample acknowledged, but the stream never ended"
+        return [*self.served(), deviation("ACK-1" if missing else "LIFE-2", detail)]
+
+    def served(self) -> list[Finding]:
+        """What any stream the extension answered shows, whatever came after."""
+        if not self.numbers:
+            return []
+        return [
+            Finding("CONN-1", Outcome.PASS, f"{self.what}: ProcessMediaStream is served"),
+            Finding("CONN-2", Outcome.PASS, f"at {METHOD_PATH}"),
+        ]
+
     def _inference_findings(self) -> list[Finding]:
         if not self.inferences:
             reason = "the extension returned no inferences to check"
@@ -635,10 +659,16 @@ async def healthy(ctx: Context, fmt: VideoFormat, shm: bool) -> list[Finding]:
     )
     driven = _Healthy(ctx, fmt, arena)
     try:
-        async with stream(ctx) as opened:
-            await driven.run(opened)
+        # Short of the probe's own deadline, to say what the stream showed before it.
+        with anyio.move_on_after(ctx.options.timeout * 0.9) as waited:
+            async with stream(ctx) as opened:
+                await driven.run(opened)
+        if waited.cancelled_caught:
+            if not driven.numbers:  # nothing answered: every rule it shows is failed
+                raise TimeoutError
+            return driven.unanswered(ctx.options.timeout * 0.9)
     except ProtocolError as error:
-        return [deviation(error.rule, f"{driven.what}: {error.detail}")]
+        return [deviation(error.rule, f"{driven.what}: {error.detail}"), *driven.served()]
     except StreamFailed as failed:
         return _refused(driven.what, failed, ctx, shm)
     finally:

@@ -222,7 +222,8 @@ async def call(
         except (ConnectionError, OSError) as error:
             hint = explain_connection_failure(error, tls=target.ssl is not None)
             raise Unreachable(
-                f"cannot reach {host}:{port}: {error}" + (f"; {hint}" if hint else "")
+                f"cannot reach {host}:{port}: {str(error) or type(error).__name__}"
+                + (f"; {hint}" if hint else "")
             ) from None
         except grpclib.exceptions.StreamTerminatedError as error:
             lost = why_lost(stream, error, tls=target.ssl is not None)

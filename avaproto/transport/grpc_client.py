@@ -320,7 +320,8 @@ async def open_channel(
                     hint = explain_connection_failure(error, tls=ssl_context is not None)
                     raise StreamFailed(
                         Status.UNAVAILABLE,
-                        f"cannot reach {host}:{port}: {error}" + (f"; {hint}" if hint else ""),
+                        f"cannot reach {host}:{port}: {str(error) or type(error).__name__}"
+                        + (f"; {hint}" if hint else ""),
                     ) from None
                 client = ClientChannel(
                     stream, f"{host}:{port}", max_message_bytes, tls=ssl_context is not None
