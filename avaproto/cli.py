@@ -863,14 +863,19 @@ class _Omissions:
         return f"{self.what.format(count=self.count)}; the first: {self.first}"
 
 
-def _mend(inferences: list[Inference], frame: str, mended: _Omissions) -> list[Inference]:
+def _mend(
+    inferences: list[Inference],
+    frame: str,
+    mended: _Omissions,
+    invalid: _Omissions | None = None,
+) -> list[Inference]:
     """``inferences`` with what has one reading mended (``validate_or_mend``): a box
     reaching outside the image cut to it (INF-4), a confidence below 0 read as none
     (INF-3).
 
     As sent, such an inference has no schema-valid JSON form (a value is outside
     [0, 1]); mended, it keeps what the detector found, where leaving it out would lose
-    the detection.
+    the detection. What nothing mends is noted in ``invalid``, if given.
     """
     from .errors import InferenceError
     from .media.inferences import validate_or_mend
@@ -879,7 +884,9 @@ def _mend(inferences: list[Inference], frame: str, mended: _Omissions) -> list[I
     for index, inference in enumerate(inferences):
         try:
             kept[index], detail = validate_or_mend(inference, f"inferences[{index}]")
-        except InferenceError:
+        except InferenceError as error:
+            if invalid is not None:
+                invalid.add(f"{frame}: {error}")
             continue  # to_json_lenient leaves it out and says why
         if detail:
             mended.add(f"{frame}: {detail}")
@@ -1067,18 +1074,31 @@ def _send(args: argparse.Namespace) -> int:
     output = ResultsFile(args.output) if args.output else None
     summary = sys.stderr if args.output == "-" else sys.stdout
     progress = _Progress(sys.stderr, total)
-    # What --output could not write as given: a count and the first, for one warning.
-    left_out = _Omissions("left out {count} inference(s) that have no schema-valid JSON form")
-    mended = _Omissions(
-        "mended {count} inference(s) as the detector meant them: a box reaching outside "
-        "the image cut to it (INF-4), a confidence below 0 read as none (INF-3)"
-    )
+    # What --output could not write as given, or (without it) what the answers held
+    # that the inference rules refuse: a count and the first, for one warning each.
+    if output is not None:
+        left_out = _Omissions(
+            "--output left out {count} inference(s) that have no schema-valid JSON form"
+        )
+        mended = _Omissions(
+            "--output mended {count} inference(s) as the detector meant them: a box reaching "
+            "outside the image cut to it (INF-4), a confidence below 0 read as none (INF-3)"
+        )
+    else:
+        left_out = _Omissions("the extension sent {count} invalid inference(s)")
+        mended = _Omissions(
+            "the extension sent {count} inference(s) that --output would mend as the detector "
+            "meant them: a box reaching outside the image (INF-4), a confidence below 0 (INF-3)"
+        )
 
     def on_result(result: Result) -> None:
         progress.step()
-        if output is not None:
-            number = result.acknowledged
-            frame = f"frame {number}" if number is not None else "an answer acknowledging none"
+        number = result.acknowledged
+        frame = f"sample {number}" if number is not None else "an answer acknowledging none"
+        if output is None:
+            if result.inferences:
+                _mend(result.inferences, frame, mended, left_out)
+        else:
             body, omitted = to_json_lenient(result.inferences)
             if omitted:  # what has one reading is mended and written (INF-3, INF-4)
                 body, omitted = to_json_lenient(_mend(result.inferences, frame, mended))
@@ -1115,7 +1135,7 @@ def _send(args: argparse.Namespace) -> int:
             print(text, file=summary)
     for omissions in (mended, left_out):
         if omissions.count:
-            print(f"avaproto send: warning: --output {omissions}", file=sys.stderr)
+            print(f"avaproto send: warning: {omissions}", file=sys.stderr)
     failure = _unwrap(failure) if failure is not None else None
     if failure is None and received is None:
         if output is not None:

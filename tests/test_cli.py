@@ -11,6 +11,7 @@ import argparse
 import base64
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -339,7 +340,7 @@ def test_entity_inferences_without_a_json_form_are_left_out_with_one_warning(
         [person] = line["inferences"]
         assert person["entity"]["tag"] == {"value": "person", "confidence": 0.9}
     warning = one_line(done.stderr)
-    assert "left out 4 inference(s)" in warning and "frame 2" in warning and "JSON-6" in warning
+    assert "left out 4 inference(s)" in warning and "sample 2" in warning and "JSON-6" in warning
     assert "8 entity" in done.stdout  # the summary counts what the extension sent
 
 
@@ -378,6 +379,16 @@ def test_output_mends_what_has_one_reading_instead_of_leaving_it_out() -> None:
     assert str(mended).startswith(
         "mended 3 inference(s); the first: frame 7: [INF-4] inferences[1].entity.box"
     )
+    # Without --output, send still counts them, and what nothing mends, for its warning.
+    invalid = _Omissions("the extension sent {count} invalid inference(s)")
+    unknowable = Inference(
+        type=InferenceType.ENTITY,
+        entity=Entity(tag=Tag(value="bus", confidence=math.nan), box=Rectangle(0, 0, 0.5, 0.5)),
+    )
+    _mend([unknowable, tracked], "sample 9", mended, invalid)
+    assert (mended.count, invalid.count) == (4, 1)
+    first = "the extension sent 1 invalid inference(s); the first: sample 9:"
+    assert str(invalid).startswith(first)
 
 
 # --- --output: never a half-written or erased file ---------------------------------------
