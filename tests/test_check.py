@@ -179,6 +179,17 @@ class CrashesWithoutDescriptor(MediaGraphExtensionBase):
             )
 
 
+def answer_to(message: MediaStreamMessage, number: int) -> MediaStreamMessage:
+    """An extension's answer numbered ``number`` acknowledging ``message``: for a
+    descriptor, a descriptor of its own, as the published samples send (a timescale)."""
+    answer = MediaStreamMessage(sequence_number=number, ack_sequence_number=message.sequence_number)
+    if message.media_stream_descriptor is not None:
+        answer.media_stream_descriptor = MediaStreamDescriptor(
+            media_descriptor=MediaDescriptor(timescale=90000)
+        )
+    return answer
+
+
 class SlowLastAnswer:
     """An extension on a slow link: its fourth answer's bytes arrive in two DATA frames
     1.5 s apart, longer than the check waits for an answer before it ends its direction
@@ -200,14 +211,8 @@ class SlowLastAnswer:
         number = samples = 0
         async for message in stream:
             number += 1
-            answer = MediaStreamMessage(
-                sequence_number=number, ack_sequence_number=message.sequence_number
-            )
-            if message.media_stream_descriptor is not None:
-                answer.media_stream_descriptor = MediaStreamDescriptor(
-                    media_descriptor=MediaDescriptor(timescale=90000)
-                )
-            else:
+            answer = answer_to(message, number)
+            if message.media_stream_descriptor is None:
                 samples += 1
             framed = bytes(encode_framed(answer))
             if samples == 4:
@@ -228,14 +233,8 @@ class UnclippedBoxes(MediaGraphExtensionBase):
         number = 0
         async for message in messages:
             number += 1
-            answer = MediaStreamMessage(
-                sequence_number=number, ack_sequence_number=message.sequence_number
-            )
-            if message.media_stream_descriptor is not None:
-                answer.media_stream_descriptor = MediaStreamDescriptor(
-                    media_descriptor=MediaDescriptor(timescale=90000)
-                )
-            else:
+            answer = answer_to(message, number)
+            if message.media_stream_descriptor is None:
                 box = Rectangle(l=-0.01, t=0.1, w=0.3, h=0.4)
                 person = Entity(tag=Tag(value="person", confidence=0.9), box=box)
                 found = Inference(type=InferenceType.ENTITY, entity=person)
@@ -581,13 +580,7 @@ class AnswersOnlyTheDescriptor(MediaGraphExtensionBase):
         async for message in messages:
             if message.media_stream_descriptor is not None:
                 described = True
-                yield MediaStreamMessage(
-                    sequence_number=1,
-                    ack_sequence_number=message.sequence_number,
-                    media_stream_descriptor=MediaStreamDescriptor(
-                        media_descriptor=MediaDescriptor(timescale=90000)
-                    ),
-                )
+                yield answer_to(message, 1)
         if described:  # an empty stream (the check's first) ends cleanly
             await anyio.sleep_forever()  # until the probe goes
             yield MediaStreamMessage()  # never reached: an async generator
