@@ -1472,8 +1472,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _add_bench(commands: Any) -> None:
-    from .bench.drive import ENCODED, drive_target
+    from .bench.drive import drive_target
     from .client import Transfer
+    from .media.images import ENCODED
     from .protocol.pixel_formats import PIXEL_LAYOUTS
 
     parser = commands.add_parser(
@@ -1568,7 +1569,7 @@ def _add_bench(commands: Any) -> None:
 
 
 def _pixel_formats(text: str) -> tuple[str, ...]:
-    from .check.probes import ENCODED
+    from .media.images import ENCODED
     from .protocol.pixel_formats import PIXEL_LAYOUTS
 
     known = [str(pixel_format.name) for pixel_format in PIXEL_LAYOUTS] + list(ENCODED)

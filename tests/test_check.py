@@ -746,7 +746,7 @@ async def test_a_probe_that_fails_unforeseen_fails_its_rules_and_the_check_goes_
     ]
     assert found[0].detail == (
         "a probe: the probe could not judge what the extension did, and failed with "
-        "KeyError: 'what no probe foresaw' (-v shows where; a fault of avaproto's)"
+        "KeyError: 'what no probe foresaw' (-v shows where; please report it)"
     )
     assert any(record.exc_info for record in caplog.records)
 

@@ -40,7 +40,7 @@ from ..client import (
 )
 from ..engine.outcome import protocol_errors
 from ..engine.statistics import StreamStatistics
-from ..media.images import synthetic_image
+from ..media.images import ENCODED, synthetic_image
 from ..media.shared_memory import WriteMode
 from ..messages import Encoding, PixelFormat
 from ..protocol.auth import Credentials
@@ -50,8 +50,6 @@ from ..report import percentile
 #: The clock of the timestamps sent, and the frame rate they assume when not paced.
 TIMESCALE = 90000
 NOMINAL_RATE = 30.0
-#: The encoded formats ``drive_target`` sends as one test image (needs Pillow).
-ENCODED = ("JPG", "PNG", "BMP")
 #: Slots are 64-byte aligned in the segment (SHM-13).
 _ALIGNMENT = 64
 

@@ -38,7 +38,7 @@ from .._generated.grpc.health.v1 import HealthCheckResponseServingStatus as Serv
 from ..engine.drive import HELD_ANSWER_WAIT
 from ..engine.outcome import protocol_errors
 from ..errors import InferenceError, ProtocolError, StreamFailed
-from ..media.images import synthetic_image
+from ..media.images import ENCODED, synthetic_image
 from ..media.inferences import box_overflows, mended_by_rule
 from ..media.shared_memory import SharedMemoryArena
 from ..messages import (
@@ -126,10 +126,6 @@ class Probe:
     #: What the probe needs to run: "shm", "credentials", "no-credentials", "raw" (a
     #: RAW first format).
     needs: tuple[str, ...] = ()
-
-
-#: The encoded formats the healthy streams can send, as a test image (needs Pillow).
-ENCODED = ("JPG", "PNG", "BMP")
 
 
 def video_format(name: str, size: tuple[int, int] = FRAME_SIZE) -> VideoFormat:
@@ -401,6 +397,7 @@ class _Healthy:
         #: samples unacknowledged (0: none was).
         self.held = 0.0
         self.acked_after_end: list[int] = []
+        self.ended = False  # our direction
 
     def pipeline_descriptor(self) -> MediaStreamDescriptor:
         shm = (self.arena.handle_name, self.arena.length_bytes) if self.arena else None
@@ -431,6 +428,7 @@ class _Healthy:
                 await self._answers_while_open(opened, answers)
                 session.send_end()
                 await opened.end()
+                self.ended = True
                 open_acked = len(self.acked)
                 while (answer := await answers.receive()) is not None:
                     await self._answer(opened, answer)
@@ -452,18 +450,18 @@ class _Healthy:
         self, opened: Call, answers: MemoryObjectReceiveStream[MediaStreamMessage | None]
     ) -> None:
         """Every acknowledgement, our direction open; or until the answers stop coming
-        (``held``: once some came, twice the longest wait between them; before any, half
-        the probe's time): an extension may answer a sample only when the next arrives
-        (Intel DL Streamer's does), or hand out what it finished only when a request
-        arrives and the rest when our direction ends (Intel VA Serving's first server
-        does), and that is no reason to fail every rule this stream shows. Ending our
-        direction with samples in flight is what pipelines do at the end of their
+        (``held``: once some came, twice the longest wait between them; before any, or
+        at most, half the probe's time): an extension may answer a sample only when the
+        next arrives (Intel DL Streamer's does), or hand out what it finished only when
+        a request arrives and the rest when our direction ends (Intel VA Serving's first
+        server does), and that is no reason to fail every rule this stream shows. Ending
+        our direction with samples in flight is what pipelines do at the end of their
         input."""
         last = time.monotonic()
         longest = 0.0  # the longest wait for an answer so far
-        first = max(HELD_ANSWER_WAIT, self.ctx.options.timeout / 2)
+        most = self.ctx.options.timeout / 2  # the rest of the probe's time is the answers'
         while len(self.acked) < len(self.sent):
-            self.held = max(HELD_ANSWER_WAIT, 2 * longest) if self.acked else first
+            self.held = min(max(HELD_ANSWER_WAIT, 2 * longest), most) if self.acked else most
             with anyio.move_on_after(self.held) as waited:
                 answer = await answers.receive()
             if waited.cancelled_caught:
@@ -590,9 +588,10 @@ class _Healthy:
         what = self.what
         missing = [number for number in self.sent if number not in self.acked]
         if missing:
+            ended = ", our direction ended" if self.ended else ""
             detail = (
                 f"{what}: {len(self.sent)} samples, {_listed(missing)} never acknowledged "
-                f"(waited {waited:.3g} s, our direction ended)"
+                f"(waited {waited:.3g} s{ended})"
             )
         else:
             detail = f"{what}: every sample acknowledged, but the stream never ended"
@@ -1085,7 +1084,7 @@ def probes(ctx: Context) -> list[Probe]:
     """Every probe, in the order they run: healthy streams first, the stream killers last."""
     fmt = ctx.fmt
     frame_bytes = content_bytes(fmt)
-    width, height = FRAME_SIZE
+    width, height = ctx.options.size
     rgb = PixelFormat.RGB24
     listed: list[Probe] = []
     for each in ctx.formats:

@@ -104,7 +104,7 @@ async def run_probe(ctx: Context, probe: Probe) -> list[Finding]:
         log.debug("probe %s failed", probe.name, exc_info=True)
         detail = (
             f"{probe.name}: the probe could not judge what the extension did, and failed "
-            f"with {type(error).__name__}: {error} (-v shows where; a fault of avaproto's)"
+            f"with {type(error).__name__}: {error} (-v shows where; please report it)"
         )
         return [deviation(rule, detail) for rule in probe.rules]
     for finding in found:

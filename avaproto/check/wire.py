@@ -38,6 +38,7 @@ from ..transport._grpclib_private import (
     receive_initial_metadata,
     send_client_message,
     settle_call_cancellations,
+    spoke_http2,
 )
 from ..transport.framing import WireCodec
 from ..transport.grpc_client import ClientChannel, parse_target, why_lost
@@ -226,8 +227,12 @@ async def call(
                 + (f"; {hint}" if hint else "")
             ) from None
         except grpclib.exceptions.StreamTerminatedError as error:
-            lost = why_lost(stream, error, tls=target.ssl is not None)
-            raise Unreachable(f"{host}:{port}: {lost}") from None
+            # Its SETTINGS and a refusal of the call (a status, then a reset) can come in
+            # one read: then the call ended, and its status says why. Without SETTINGS
+            # the connection ended before HTTP/2 began (HTTP/1, TLS, a refusal: PIPE-9).
+            if not spoke_http2(stream):
+                lost = why_lost(stream, error, tls=target.ssl is not None)
+                raise Unreachable(f"{host}:{port}: {lost}") from None
         yield Call(stream, f"{host}:{port}", tls=target.ssl is not None)
     finally:
         # Leave as a failed call does: reset the stream if it is still open, without

@@ -73,7 +73,7 @@ if TYPE_CHECKING:
     from ..media.shared_memory import SharedMemoryArena
 
 
-class _Window:
+class Window:
     """The samples that may be unacknowledged at once (PIPE-2), and its one tolerance.
 
     ``beyond`` lets one sample more go while every slot is taken, for an extension that
@@ -84,22 +84,32 @@ class _Window:
     sample beyond its window, never more, before the deadline ends the stream.
     """
 
-    __slots__ = ("_slots", "freed", "lent", "size", "widened")
+    __slots__ = ("_changed", "_slots", "filling", "freed", "lent", "size", "widened")
 
     def __init__(self, size: int) -> None:
         self._slots = anyio.Semaphore(size)
         self.size = size
         self.widened = self.lent = False
         self.freed = True  # a slot was freed since a sample last went beyond
+        self.filling = False  # a sender waits for a slot
+        self._changed: anyio.Event | None = None  # wakes a watcher of the two above
 
     def acquire_nowait(self) -> None:
         self._slots.acquire_nowait()
 
     async def acquire(self) -> None:
-        await self._slots.acquire()
+        """Wait for a slot, the window full meanwhile (``filling``)."""
+        self.filling = True
+        self._wake()
+        try:
+            await self._slots.acquire()
+        finally:
+            self.filling = False
 
     def free(self) -> None:
-        self.freed = True
+        if not self.freed:  # the first since a sample went beyond: another may go
+            self.freed = True
+            self._wake()
         if self.lent:
             self.lent = False
         else:
@@ -117,6 +127,23 @@ class _Window:
             self.size += 1
         self.freed = False
         self._slots.release()
+
+    async def until_changed(self, timeout: float) -> None:
+        """Until a sender starts to wait, or one may go beyond again; at most ``timeout``.
+
+        Neither happens per message under load (a sender that waits wakes this once;
+        a slot freed does only after a sample went beyond), so watching costs nothing
+        per message.
+        """
+        changed = self._changed = anyio.Event()
+        with anyio.move_on_after(timeout):
+            await changed.wait()
+        self._changed = None
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
 
 def _free(slot: SentLease | None) -> None:
@@ -158,7 +185,7 @@ class Results:
     ``StreamFailed``, after every answer it sent before (PIPE-6).
     """
 
-    def __init__(self, received: MemoryObjectReceiveStream[Result], window: _Window):
+    def __init__(self, received: MemoryObjectReceiveStream[Result], window: Window):
         self._received = received
         self._window = window
         self._closed = False
@@ -231,7 +258,7 @@ class PipelineStream:
         self.session = runner.session
         self.channel = runner.channel
         self.arena = arena
-        self._window = _Window(window)
+        self._window = Window(window)
         self._results, received = anyio.create_memory_object_stream[Result](window)
         self.results = Results(received, self._window)
         self._ack_timeout = ack_timeout
@@ -243,12 +270,10 @@ class PipelineStream:
         # absent for the latest sample while nothing was sent after it.
         self._clock_from: dict[int, float] = {}
         self._latest = 0  # the last sample sent
-        self._waiting_for_window = False
         # When an acknowledgement last came, or a sample last went beyond the window: a
         # full window waits from then before one more goes (PIPE-2).
         self._progress_at = 0.0
         self._moved: anyio.Event | None = None  # wakes a watcher that waits for a clock
-        self._filled: anyio.Event | None = None  # ... or for the window to fill
         self._timestamps: dict[int, int] = {}  # of the samples sent, until acknowledged
         self._leased: set[int] = set()
         self._ended = False
@@ -388,14 +413,8 @@ class PipelineStream:
             try:
                 self._window.acquire_nowait()  # sending the message is the checkpoint
             except anyio.WouldBlock:
-                self._waiting_for_window = True
                 self._start_clock()  # nothing more goes until an answer comes
-                if self._filled is not None:
-                    self._filled.set()  # the watcher times going beyond the window
-                try:
-                    await self._window.acquire()
-                finally:
-                    self._waiting_for_window = False
+                await self._window.acquire()
         except BaseException:
             _free(lease)
             raise
@@ -602,7 +621,7 @@ class PipelineStream:
                             continue
                         started = latest - timeout
                     due = started + timeout
-                    if self._waiting_for_window and self._window.may_go_beyond:
+                    if self._window.filling and self._window.may_go_beyond:
                         waited = min(timeout / 2, HELD_ANSWER_WAIT)
                         quiet = max(started, self._progress_at) + waited
                         if now >= quiet:
@@ -629,13 +648,12 @@ class PipelineStream:
                 else:  # nothing in flight, and the input goes on
                     await self._until_moved()
                     continue
-                if self._waiting_for_window or not self._window.may_go_beyond:
+                window = self._window
+                if self._sent_at and not (window.filling and window.may_go_beyond):
+                    # Until a sample may go beyond the window (module docstring).
+                    await window.until_changed(due - now)
+                else:
                     await anyio.sleep(due - now)
-                else:  # until the window fills, when the wait before going beyond starts
-                    filled = self._filled = anyio.Event()
-                    with anyio.move_on_after(due - now):
-                        await filled.wait()
-                    self._filled = None
 
     async def _until_moved(self) -> None:
         self._moved = anyio.Event()

@@ -21,6 +21,8 @@ from ..status import Status
 
 #: Pillow's name for each encoded format of the contract.
 PILLOW_FORMATS = {Encoding.JPG: "JPEG", Encoding.PNG: "PNG", Encoding.BMP: "BMP"}
+#: The encoded formats' names, as the commands take them.
+ENCODED = tuple(str(encoding.name) for encoding in PILLOW_FORMATS)
 
 
 def load_pillow() -> Any:

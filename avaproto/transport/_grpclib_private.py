@@ -867,6 +867,17 @@ def acknowledge(h2_stream: grpclib.protocol.Stream, size: int) -> None:
     h2_stream.buffer._ack_callback(size)
 
 
+def window_shut(h2_stream: grpclib.protocol.Stream) -> bool:
+    """Whether the peer may send no more of the stream for now because a window of ours
+    is at 0: the connection's, which its other streams' unread bytes can take, or the
+    stream's own."""
+    machine = h2_stream._h2_connection
+    if machine._inbound_flow_control_window_manager.current_window_size <= 0:
+        return True
+    stream = machine.streams.get(h2_stream.id) if h2_stream.id is not None else None
+    return stream is not None and stream._inbound_window_manager.current_window_size <= 0
+
+
 def received_bytes(h2_stream: grpclib.protocol.Stream) -> int:
     """Bytes of the stream read off HTTP/2 and not yet taken by a message: after a
     message's prefix, how much of its body came."""

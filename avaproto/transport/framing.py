@@ -23,7 +23,7 @@ from ..codec import decode_message, encode_message
 from ..errors import RemoteProtocolError
 from ..messages import MediaStreamMessage
 from ..status import Status
-from ._grpclib_private import receive_exactly, receive_whole, received_bytes
+from ._grpclib_private import receive_exactly, receive_whole, received_bytes, window_shut
 from .compression import inflate
 
 _PREFIX = struct.Struct(">BI")
@@ -130,10 +130,7 @@ async def read(
             if arrival is None:
                 data = await receive_exactly(stream, length)
             else:
-                with anyio.move_on_after(arrival.timeout) as waited:
-                    data = await receive_exactly(stream, length)
-                if waited.cancelled_caught:
-                    raise arrival.exceeded(length, received_bytes(stream))
+                data = await _arriving(stream, length, arrival)
         except AssertionError:
             raise _truncated(f"a message of {length} bytes") from None
         if len(data) != length:
@@ -144,6 +141,19 @@ async def read(
         if settle is not None:
             await settle(message)  # the message still counted in the budget of ``hold``
         return message
+
+
+async def _arriving(
+    stream: grpclib.protocol.Stream, length: int, arrival: Arrival
+) -> bytes | memoryview:
+    """The body, within the arrival deadline (SRV-20), which starts again while the
+    pipeline could not send: a window of ours at 0 (its other streams' bytes unread,
+    one of them waiting for frame memory, SRV-18) is the server's doing, not its."""
+    while True:
+        with anyio.move_on_after(arrival.timeout) as waited:
+            return await receive_exactly(stream, length)  # resumes where a wait stopped
+        if not (waited.cancelled_caught and window_shut(stream)):
+            raise arrival.exceeded(length, received_bytes(stream))
 
 
 async def _inflated(

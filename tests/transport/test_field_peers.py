@@ -360,6 +360,20 @@ async def test_the_window_goes_beyond_itself_for_an_extension_that_answers_on_ar
     assert f"one more goes beyond the window of {window}, and again" in warnings[0]
 
 
+@pytest.mark.rule("PIPE-2")
+async def test_each_wait_before_going_beyond_the_window_is_as_short_as_the_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the first sample beyond the window, the next ones waited for the oldest
+    sample's deadline (30 s each) instead of the wait before going beyond."""
+    monkeypatch.setattr(pipeline_stream, "HELD_ANSWER_WAIT", 0.1)
+    with anyio.fail_after(5):  # several waits of 0.1 s; one wait of the deadline is 30 s
+        async with extension_peer(DrainsOnArrival()) as port:
+            report = await send_frames(source(24), options(port, window=4, ack_timeout=30))
+    assert (report.sent, report.answered) == (24, 24)
+    assert report.tolerated["PIPE-2"] >= 3
+
+
 # --- an extension that never acknowledges ------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from avaproto.engine.frame import Frame
 from avaproto.errors import ProtocolError, StreamFailed
 from avaproto.media.shared_memory import SharedMemoryArena
 from avaproto.messages import (
+    ContentBytes,
     ContentReference,
     Encoding,
     MediaSample,
@@ -329,6 +330,57 @@ async def test_answers_waiting_for_a_shut_window_hold_no_frame_memory() -> None:
                 assert attacker.answers(stream_id) == 1 and attacker.status(stream_id) is None
 
 
+@pytest.mark.rule("SRV-7")
+async def test_answers_waiting_for_a_shut_window_hold_no_shared_memory_lease() -> None:
+    """Through shared memory: each sample's lease ends once it is processed, so the
+    views of its frame are released while its answer still waits for the window."""
+    views: list[memoryview] = []
+
+    def record(frame: Frame) -> list[object]:
+        assert frame.data is not None
+        views.append(frame.data)
+        return []
+
+    size = RGB24.frame_bytes
+    with SharedMemoryArena.create(1 << 16, prefix="avaproto-test-") as arena:
+        described = encode_framed(
+            MediaStreamMessage(
+                sequence_number=1,
+                media_stream_descriptor=pipeline_descriptor(
+                    shm=(arena.handle_name, arena.length_bytes)
+                ),
+            )
+        )
+        referring = b"".join(
+            encode_framed(
+                MediaStreamMessage(
+                    sequence_number=number,
+                    media_sample=MediaSample(
+                        content_reference=ContentReference(
+                            address_offset=slot * 4096, length_bytes=size
+                        )
+                    ),
+                )
+            )
+            for slot, number in enumerate((2, 3))
+        )
+        async with serving(record, send_timeout=4 * TIMEOUT) as server:
+            with anyio.fail_after(TIMEOUT):
+                async with Attacker.connect(server.port) as attacker:
+                    stream_id = await attacker.open_stream(described)
+                    await attacker.until(lambda: attacker.answers(stream_id) == 1)
+                    attacker.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 0})
+                    await attacker.flush()
+                    await attacker.settled()  # the server has the settings: no answer goes
+                    attacker.h2.send_data(stream_id, referring)
+                    await attacker.flush()
+                    await eventually(lambda: len(views) == 2)
+                    for view in views:
+                        with pytest.raises(ValueError, match="released memoryview"):  # ended
+                            view[0]
+                    assert attacker.answers(stream_id) == 1 and attacker.status(stream_id) is None
+
+
 @asynccontextmanager
 async def memory_held_elsewhere(**limits: Any) -> AsyncIterator[Attacker]:
     """A server whose frame memory one stream's frame holds, at a gate until the block
@@ -345,6 +397,39 @@ async def memory_held_elsewhere(**limits: Any) -> AsyncIterator[Attacker]:
                 yield attacker
                 gate.set()
                 assert (await holder.results().receive()).acknowledged == 2
+
+
+@pytest.mark.rule("SRV-20", "SRV-18")
+async def test_a_message_held_back_by_a_sibling_waiting_for_frame_memory_is_not_blamed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Stream B's message is half here when stream A, on the same connection, waits for
+    frame memory and its next bytes, unread, take the whole connection window: B's
+    pipeline cannot send the rest, and its arrival deadline must not end it for that."""
+    async with memory_held_elsewhere(message_timeout=0.3) as attacker:
+        h2 = attacker.h2
+        wanted = sample(2, 100_000)  # never whole: it never takes frame memory
+        b = await attacker.open_stream(DESCRIPTOR, wanted[:1000])
+        await attacker.until(lambda: attacker.answers(b) == 1)
+        a = await attacker.open_stream(DESCRIPTOR, sample(2))  # waits for frame memory
+        await attacker.until(lambda: attacker.answers(a) == 1)
+        filler = encode_framed(
+            MediaStreamMessage(
+                sequence_number=3,
+                media_sample=MediaSample(content_bytes=ContentBytes(bytes=bytes(8 << 20))),
+            )
+        )
+        sent = 0
+        while (room := min(h2.local_flow_control_window(a), h2.max_outbound_frame_size)) > 0:
+            h2.send_data(a, filler[sent : sent + room])
+            sent += room
+            await attacker.flush()
+        await attacker.settled()  # the server has all of it: the connection's window is 0
+        assert h2.local_flow_control_window(b) == 0
+        await anyio.sleep(1.0)  # three arrival deadlines pass; B's pipeline could not send
+        assert attacker.status(b) is None
+        assert not warnings(caplog, "SRV-20")
+    # The block's end freed the memory: A reads on, the window opens, B could go on.
 
 
 async def test_a_descriptor_in_several_data_frames_never_waits_for_frame_memory() -> None:
