@@ -22,6 +22,10 @@ _PIXELS = "how the extension reads pixels, inside it: nothing on the wire shows 
 _ENCODING = "the protobuf encoding itself: any stream that works already agrees on it"
 _PERMISSION = "a permission (MAY): no behaviour of the extension can break it"
 _CONFIGURED = "depends on how the extension was configured, which a probe cannot know"
+_CLIENTS = (
+    "how other gRPC clients and proxies speak HTTP/2: the check speaks as avaproto's "
+    "client does (tests/transport/test_hostile_http2.py speaks as they do)"
+)
 _ATTACK = (
     "a defence against a hostile peer: the check probes conformance and attacks nothing "
     "(tests/transport/test_hostile_http2.py attacks avaproto's own server)"
@@ -61,6 +65,8 @@ CATALOGUE: tuple[RuleEntry, ...] = (
     _rule("CONN-17", "MUST", _ATTACK),
     _rule("CONN-18", "MUST", _ATTACK),
     _rule("CONN-19", "MUST", _ATTACK),
+    _rule("CONN-20", "MUST", _CLIENTS),
+    _rule("CONN-21", "SHOULD", _CLIENTS),
     _rule("DESC-1", "MUST"),
     _rule("DESC-2", "MUST"),
     _rule("DESC-3", "SHOULD"),

@@ -729,6 +729,31 @@ def finish_after_goaway(protocol: Any) -> None:
     table[hyperframe.frame.GoAwayFrame] = receive_goaway
 
 
+def serve_on_after_goaway(protocol: Any, going: Callable[[int], None]) -> None:
+    """Have a server connection take a pipeline's GOAWAY without an error as RFC 9113
+    (6.8) means it: no stream of ours (a gRPC server opens none) goes on there, and the
+    pipeline's own streams carry on to their end.
+
+    grpc-java's channel, shut down gracefully while a call runs, sends one at once and
+    waits for its calls to finish. h2 takes any GOAWAY as the end of the connection
+    (every frame after it a protocol error) and grpclib ends every call on it, so the
+    running streams ended CANCELLED. Such a GOAWAY is not given to h2
+    (``finish_after_goaway`` does the same on the pipeline's side); ``going(last
+    stream id)`` is told. One with an error code goes to h2 as before.
+    """
+    machine = protocol.connection._connection
+    table = machine._frame_dispatch_table
+    closing = table[hyperframe.frame.GoAwayFrame]
+
+    def receive_goaway(frame: hyperframe.frame.GoAwayFrame) -> tuple[list[Any], list[Any]]:
+        if frame.error_code != h2.errors.ErrorCodes.NO_ERROR:
+            return cast(tuple[list[Any], list[Any]], closing(frame))
+        going(frame.last_stream_id)
+        return [], []
+
+    table[hyperframe.frame.GoAwayFrame] = receive_goaway
+
+
 def goaway_error(stream: grpclib.client.Stream[Any, Any]) -> str | None:
     """How the extension ended the call's connection, if with a GOAWAY carrying an error
     (``finish_after_goaway``): its error code and the text it gave."""

@@ -52,6 +52,7 @@ from ._grpclib_private import (
     ignore_unknown_frames,
     receive_bytes,
     sent_so_far,
+    serve_on_after_goaway,
     take_frames,
     taking_frames,
     track_streams,
@@ -177,6 +178,42 @@ _MOVED: dict[str | bytes, str] = {
     "grpc-encoding": ENCODING_HEADER,
     b"grpc-encoding": ENCODING_HEADER,
 }
+
+
+#: What gRPC names its requests' content-type, as grpclib's router compares it.
+_GRPC = "application/grpc"
+
+
+def _as_grpclib_reads(headers: list[tuple[Any, Any]]) -> tuple[list[tuple[Any, Any]], str]:
+    """A request's headers as grpclib's router reads them, and what of them was read
+    otherwise than sent ("" if nothing; CONN-21).
+
+    grpclib compares content-type exactly and refuses a request without ``te:
+    trailers`` (HTTP 415 or 400, with nothing logged). A media type is compared
+    without case and its parameters mean nothing to gRPC (``application/grpc;
+    charset=utf-8``, as HTTP libraries and proxies write it); a proxy may drop ``te``.
+    Both are served, as grpc-go and grpc-java do. Another content-type is left for
+    grpclib to refuse, and said.
+    """
+    notes: list[str] = []
+    kept: list[tuple[Any, Any]] = []
+    trailers = False
+    for name, value in headers:
+        if name == "content-type" and isinstance(value, str):
+            media = value.partition(";")[0].strip().lower()
+            if media in (_GRPC, _GRPC + "+proto"):
+                if media != value:
+                    notes.append(f"content-type {value!r} read as {media!r}")
+                    value = media
+            else:
+                notes.append(f"content-type {value!r} is not gRPC's: refused (HTTP 415)")
+        elif name == "te" and isinstance(value, str) and value.strip().lower() == "trailers":
+            trailers, value = True, "trailers"
+        kept.append((_MOVED.get(name, name), value))
+    if not trailers:
+        notes.append("no te: trailers (a proxy between may not carry trailers)")
+        kept.append(("te", "trailers"))
+    return kept, "; ".join(notes)
 
 
 class ServerGuard:
@@ -354,6 +391,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         self._last_stream = 2**31 - 1
         self._premature = 0
         self._unanswered: set[int] = set()
+        self._headers_noted = False  # a request's headers read otherwise than sent (CONN-21)
         self._meters = StreamMeters(self._limits.frames_per_message)
 
     # --- the socket: accepted and lost ------------------------------------------------
@@ -425,6 +463,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         track_streams(self._protocol, self._stream_accepted, self._stream_released)
         watch_events(self._protocol, self._event)
         ignore_unknown_frames(self._protocol)
+        serve_on_after_goaway(self._protocol, self._peer_going)
         watch_sent_headers(self._protocol, self._unanswered.discard)
         self._arm_idle()
 
@@ -789,6 +828,15 @@ class ConnectionGuard(asyncio.BufferedProtocol):
             "messages and ours earn back (--max-frames-without-data)",
         )
 
+    def _peer_going(self, last_stream: int) -> None:
+        """The pipeline said GOAWAY without an error (its channel shuts down, CONN-20):
+        its streams go on to their end; once none is left, the idle timeout closes."""
+        log.info(
+            "%s is going away (GOAWAY NO_ERROR, last stream %d): its streams finish",
+            self.peer,
+            last_stream,
+        )
+
     def _frame_received(self) -> None:
         if self._ends_block:
             self._ends_block = self._in_block = False
@@ -818,9 +866,12 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 self._refuse_headers(event.stream_id, size)
                 return False
             self._unanswered.add(event.stream_id)
-            if any(name in _MOVED for name, _ in headers):
-                event.headers = cast(
-                    Any, [(_MOVED.get(name, name), value) for name, value in headers]
+            read, note = _as_grpclib_reads(headers)
+            event.headers = cast(Any, read)
+            if note and not self._headers_noted:  # once per connection: a proxy's habit
+                self._headers_noted = True
+                log.warning(
+                    "request of %s: [CONN-21] %s (warned once per connection)", self.peer, note
                 )
         elif isinstance(event, h2.events.StreamReset):
             self._meters.forget(event.stream_id)

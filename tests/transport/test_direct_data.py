@@ -342,13 +342,14 @@ async def test_data_after_an_unfinished_push_promise_is_refused_by_h2() -> None:
 async def test_frames_after_the_peers_goaway_in_the_same_read_end_quietly(
     after: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A peer's GOAWAY closes the connection (grpclib drops h2's frame table with it):
-    what follows in the same read is dropped, not an error of the event loop."""
+    """A peer's GOAWAY with an error closes the connection (grpclib drops h2's frame
+    table with it): what follows in the same read is dropped, not an error of the event
+    loop."""
     with anyio.fail_after(4 * TIMEOUT):
         async with serving() as server:
             async with Attacker.connect(server.port) as attacker:
                 stream_id = await open_call(attacker, 300)
-                goaway = frame(7, 0, 0, struct.pack(">LL", 0, 0))  # GOAWAY, NO_ERROR
+                goaway = frame(7, 0, 0, struct.pack(">LL", 0, ErrorCodes.INTERNAL_ERROR))
                 if after == "data":
                     more = frame(DATA, 0, stream_id, sample(2, 300))
                 else:

@@ -1185,12 +1185,14 @@ async def test_a_header_that_is_not_utf8_is_refused_like_any_broken_frame(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
-@pytest.mark.rule("CONN-17")
+@pytest.mark.rule("CONN-17", "CONN-20")
+@pytest.mark.parametrize("code", [ErrorCodes.NO_ERROR, ErrorCodes.INTERNAL_ERROR])
 async def test_a_peer_that_resets_its_stream_after_its_own_goaway_is_no_fault(
-    caplog: pytest.LogCaptureFixture,
+    code: ErrorCodes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """RFC 9113 lets a client reset its streams after its GOAWAY; h2 refuses any frame
-    once the connection is closed. The connection ends, logged at INFO."""
+    """RFC 9113 lets a client reset its streams after its GOAWAY. Without an error the
+    connection goes on (CONN-20) and the stream ends as reset; with one, h2 refuses any
+    frame once the connection is closed, and the connection ends, logged at INFO."""
     caplog.set_level(logging.INFO, logger="avaproto")
     async with serving() as server, Attacker.connect(server.port) as attacker:
         with anyio.fail_after(TIMEOUT):
@@ -1199,12 +1201,20 @@ async def test_a_peer_that_resets_its_stream_after_its_own_goaway_is_no_fault(
             attacker.h2.send_data(stream_id, DESCRIPTOR)
             assert await attacker.flush()
             await attacker.until(lambda: attacker.answers(stream_id) == 1)
-            goaway_frame = frame(7, 0, 0, struct.pack(">II", stream_id, 0))
+            goaway_frame = frame(7, 0, 0, struct.pack(">II", stream_id, code))
             reset = frame(3, 0, stream_id, struct.pack(">I", ErrorCodes.CANCEL))
             assert await attacker.send(goaway_frame + reset)
-            await attacker.closed()
+            if code:
+                await attacker.closed()
+            else:
+                await eventually(lambda: server.service.active == 0)
+                assert await attacker.send(frame(PING, 0, 0, bytes(8)))  # still open
     assert warnings(caplog, "CONN-17") == []
-    assert any("went away" in r.getMessage() for r in caplog.records)
+    lines = [r.getMessage() for r in caplog.records]
+    if code:
+        assert any("went away" in line for line in lines)
+    else:
+        assert any("CANCELLED" in line for line in lines), lines
 
 
 @pytest.mark.rule("CONN-17")
@@ -1278,6 +1288,86 @@ async def test_a_pipeline_that_never_opens_its_window_gives_its_slot_back(
         await completes(server.port)
     [line] = warnings(caplog, "SRV-17")
     assert "127.0.0.1:" in line and "(--send-timeout)" in line
+
+
+@pytest.mark.rule("CONN-20")
+async def test_a_pipeline_going_away_without_an_error_finishes_its_streams(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """grpc-java's channel shut down during a call says GOAWAY NO_ERROR at once, then
+    finishes the call: its stream ended CANCELLED, the connection closed under it."""
+    caplog.set_level(logging.INFO, logger="avaproto")
+    async with serving() as server:
+        with anyio.fail_after(TIMEOUT):
+            async with Attacker.connect(server.port) as attacker:
+                stream_id = await attacker.open_stream(DESCRIPTOR)
+                await attacker.until(lambda: attacker.answers(stream_id) == 1)
+                await attacker.send(frame(0x7, 0, 0, struct.pack(">LL", 0, 0)))  # GOAWAY
+                attacker.h2.send_data(stream_id, sample(2) + sample(3), end_stream=True)
+                await attacker.flush()
+                await attacker.until(lambda: attacker.status(stream_id) is not None)
+                assert attacker.answers(stream_id) == 3
+                assert attacker.status(stream_id) == ("0", "")
+                assert attacker.goaway is None and not attacker.ended.is_set()
+        await completes(server.port)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("is going away (GOAWAY NO_ERROR" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.rule("CONN-21")
+@pytest.mark.parametrize(
+    ("header", "value", "read"),
+    [
+        ("content-type", "application/grpc; charset=utf-8", "'application/grpc'"),
+        ("content-type", "Application/gRPC+proto", "'application/grpc+proto'"),
+        ("te", None, "no te: trailers"),
+    ],
+    ids=["parameters", "case", "no-te"],
+)
+async def test_request_headers_as_proxies_write_them_are_served_and_warned_once(
+    header: str, value: str | None, read: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """grpclib refused these with HTTP 415 or 400, and logged nothing."""
+    request = [(k, v) for k, v in REQUEST if k != header]
+    if value is not None:
+        request.append((header, value))
+    async with serving() as server:
+        with anyio.fail_after(TIMEOUT):
+            async with Attacker.connect(server.port) as attacker:
+                streams = []
+                for _ in range(2):
+                    stream_id = attacker.h2.get_next_available_stream_id()
+                    attacker.h2.send_headers(stream_id, request)
+                    attacker.h2.send_data(stream_id, DESCRIPTOR + sample(2), end_stream=True)
+                    streams.append(stream_id)
+                await attacker.flush()
+                for stream_id in streams:
+                    await attacker.until(lambda s=stream_id: attacker.status(s) is not None)
+                    assert attacker.status(stream_id) == ("0", "")
+                    assert attacker.answers(stream_id) == 2
+    [line] = warnings(caplog, "CONN-21")
+    assert read in line and "127.0.0.1:" in line and "(warned once per connection)" in line
+
+
+@pytest.mark.rule("CONN-21")
+async def test_a_content_type_that_is_not_grpcs_is_refused_and_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    request = [(k, v) for k, v in REQUEST if k != "content-type"]
+    request.append(("content-type", "application/json"))
+    async with serving() as server:
+        with anyio.fail_after(TIMEOUT):
+            async with Attacker.connect(server.port) as attacker:
+                stream_id = attacker.h2.get_next_available_stream_id()
+                attacker.h2.send_headers(stream_id, request, end_stream=True)
+                await attacker.flush()
+                await attacker.until(lambda: attacker.status(stream_id) is not None)
+    headers = [
+        dict(e.headers) for e in attacker.events if isinstance(e, h2.events.ResponseReceived)
+    ]
+    assert headers[0][":status"] == "415"
+    [line] = warnings(caplog, "CONN-21")
+    assert "content-type 'application/json' is not gRPC's: refused (HTTP 415)" in line
 
 
 @pytest.mark.rule("CONN-19")
