@@ -302,6 +302,17 @@ async def test_a_stream_that_ends_with_frames_unanswered_gives_them_back() -> No
         await completes(server.port)
 
 
+async def answered_then_shut(attacker: Attacker, described: bytes) -> int:
+    """A stream opened with its descriptor, answered; then the peer's window shut: no
+    answer of the server's leaves from now on. Its id."""
+    stream_id = await attacker.open_stream(described)
+    await attacker.until(lambda: attacker.answers(stream_id) == 1)
+    attacker.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    await attacker.flush()
+    await attacker.settled()  # the server has the settings
+    return stream_id
+
+
 async def test_answers_waiting_for_a_shut_window_hold_no_frame_memory() -> None:
     """A pipeline that reads no answer (its window shut once the descriptor's answer
     went) holds its stream's slots until the send timeout, but not the frames it sent:
@@ -317,11 +328,7 @@ async def test_answers_waiting_for_a_shut_window_hold_no_frame_memory() -> None:
         memory = server.service.frame_memory
         with anyio.fail_after(TIMEOUT):
             async with Attacker.connect(server.port) as attacker:
-                stream_id = await attacker.open_stream(DESCRIPTOR)
-                await attacker.until(lambda: attacker.answers(stream_id) == 1)
-                attacker.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 0})
-                await attacker.flush()
-                await attacker.settled()  # the server has the settings: no answer goes
+                stream_id = await answered_then_shut(attacker, DESCRIPTOR)
                 attacker.h2.send_data(stream_id, sample(2) + sample(3))
                 await attacker.flush()
                 await eventually(lambda: entered == [2, 3])
@@ -367,11 +374,7 @@ async def test_answers_waiting_for_a_shut_window_hold_no_shared_memory_lease() -
         async with serving(record, send_timeout=4 * TIMEOUT) as server:
             with anyio.fail_after(TIMEOUT):
                 async with Attacker.connect(server.port) as attacker:
-                    stream_id = await attacker.open_stream(described)
-                    await attacker.until(lambda: attacker.answers(stream_id) == 1)
-                    attacker.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 0})
-                    await attacker.flush()
-                    await attacker.settled()  # the server has the settings: no answer goes
+                    stream_id = await answered_then_shut(attacker, described)
                     attacker.h2.send_data(stream_id, referring)
                     await attacker.flush()
                     await eventually(lambda: len(views) == 2)
