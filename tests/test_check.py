@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import struct
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import grpclib.const
 import grpclib.server
 import pytest
@@ -68,6 +70,7 @@ from avaproto.transport.tls import server_context
 from bench.processes import Server
 from spec.catalogue import load_sections
 from tests.transport.test_field_peers import DrainsOnArrival, HoldsLatestAnswer, RawCodec
+from tests.transport.test_goaway import _listening
 from tests.transport.test_hostile_extensions import speaking
 
 USER, PASSWORD = "pipeline", "s3cret"
@@ -668,6 +671,26 @@ async def test_a_target_that_answers_in_http1_is_named_as_such(anyio_backend: st
         with anyio.fail_after(30), pytest.raises(CheckAborted) as aborted:
             await run_check(f"127.0.0.1:{port}", CheckOptions(timeout=20))
     assert f"[PIPE-9] the extension at 127.0.0.1:{port} answered in HTTP/1" in str(aborted.value)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # grpclib's transport
+async def test_a_target_that_closes_as_it_opens_is_one_line(anyio_backend: str) -> None:
+    """It sends its SETTINGS and closes: the call meets a lost connection, or grpclib
+    fails it with an AttributeError (a connection closed as it opened: that ended the
+    check with a traceback), as the two race; either way, one line."""
+
+    async def closes(client: anyio.abc.SocketStream) -> None:
+        raw = client.extra(anyio.abc.SocketAttribute.raw_socket)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        async with client:  # closed with a reset, as a process that exits does
+            await client.send(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # SETTINGS
+
+    async with _listening(closes) as port:
+        for _ in range(3):  # its bytes and its end race the call: each way is one line
+            with anyio.fail_after(30), pytest.raises(CheckAborted) as aborted:
+                await run_check(f"127.0.0.1:{port}", CheckOptions(timeout=10))
+            assert f"127.0.0.1:{port}" in str(aborted.value)
 
 
 class RawHealth:

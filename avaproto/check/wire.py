@@ -33,6 +33,7 @@ from ..transport._grpclib_private import (
     ended_with_call,
     extension_speaks_http2,
     keep_empty_data_frames_out,
+    lost_before_the_call,
     quiet_frame_repr,
     read_answers_directly,
     receive_initial_metadata,
@@ -43,7 +44,7 @@ from ..transport._grpclib_private import (
 from ..transport.framing import WireCodec
 from ..transport.grpc_client import ClientChannel, parse_target, why_lost
 from ..transport.limits import ConnectionLimits
-from ..transport.tls import explain_connection_failure
+from ..transport.tls import closed_at_once, explain_connection_failure
 
 #: What sending on a stream the extension has refused, reset or closed can raise.
 _SEND_ERRORS = (
@@ -225,6 +226,13 @@ async def call(
             raise Unreachable(
                 f"cannot reach {host}:{port}: {str(error) or type(error).__name__}"
                 + (f"; {hint}" if hint else "")
+            ) from None
+        except AttributeError as error:
+            if not lost_before_the_call(error, channel):
+                raise
+            raise Unreachable(
+                f"cannot reach {host}:{port}: it closed the connection as it opened; "
+                + closed_at_once(tls=target.ssl is not None)
             ) from None
         except grpclib.exceptions.StreamTerminatedError as error:
             # Its SETTINGS and a refusal of the call (a status, then a reset) can come in

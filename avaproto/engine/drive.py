@@ -84,27 +84,32 @@ class Window:
     sample beyond its window, never more, before the deadline ends the stream.
     """
 
-    __slots__ = ("_changed", "_slots", "filling", "freed", "lent", "size", "widened")
+    __slots__ = ("_changed", "_slots", "freed", "lent", "size", "waiting", "widened")
 
     def __init__(self, size: int) -> None:
         self._slots = anyio.Semaphore(size)
         self.size = size
         self.widened = self.lent = False
         self.freed = True  # a slot was freed since a sample last went beyond
-        self.filling = False  # a sender waits for a slot
+        self.waiting = 0  # senders waiting for a slot
         self._changed: anyio.Event | None = None  # wakes a watcher of the two above
 
     def acquire_nowait(self) -> None:
         self._slots.acquire_nowait()
 
+    @property
+    def filling(self) -> bool:
+        """Whether a sender waits for a slot: the window is full."""
+        return self.waiting > 0
+
     async def acquire(self) -> None:
         """Wait for a slot, the window full meanwhile (``filling``)."""
-        self.filling = True
+        self.waiting += 1
         self._wake()
         try:
             await self._slots.acquire()
         finally:
-            self.filling = False
+            self.waiting -= 1
 
     def free(self) -> None:
         if not self.freed:  # the first since a sample went beyond: another may go

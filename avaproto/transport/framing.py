@@ -64,19 +64,28 @@ class Arrival:
     The budget of incomplete messages (SRV-13) bounds how many bytes announced
     messages may hold, not for how long: a peer that sends a byte of each now and then
     keeps its connection alive (CONN-16) and the budget taken. ``peer`` names it in the
-    warning logged when the deadline passes.
+    warning logged when the deadline passes. ``held_back`` is how long, at most, the
+    deadline may be put off in all while the server itself held the body back (a sibling
+    waiting for frame memory, ``--frame-memory-timeout``): a peer that shuts a window of
+    ours on purpose holds the budget no longer than that.
     """
 
-    __slots__ = ("peer", "timeout")
+    __slots__ = ("held_back", "peer", "timeout")
 
-    def __init__(self, timeout: float, peer: str) -> None:
-        self.timeout, self.peer = timeout, peer
+    def __init__(self, timeout: float, peer: str, held_back: float = 0.0) -> None:
+        self.timeout, self.peer, self.held_back = timeout, peer, held_back
 
-    def exceeded(self, length: int, came: int) -> RemoteProtocolError:
+    def exceeded(self, length: int, came: int, waited: float) -> RemoteProtocolError:
+        put_off = (
+            f", put off to {waited:.3g} s in all while the server held its bytes back"
+            if waited > 2 * self.timeout
+            else ""
+        )
         detail = (
             f"a message of {length} bytes did not arrive whole within {self.timeout:g} s of "
-            f"its length prefix ({came} of its bytes came): an announced message holds "
-            "the server's budget of incomplete messages until it is whole (--message-timeout)"
+            f"its length prefix ({came} of its bytes came{put_off}): an announced message "
+            "holds the server's budget of incomplete messages until it is whole "
+            "(--message-timeout)"
         )
         log.warning("stream of %s ended: [SRV-20] %s", self.peer, detail)
         return RemoteProtocolError("SRV-20", Status.DEADLINE_EXCEEDED, detail)
@@ -148,12 +157,15 @@ async def _arriving(
 ) -> bytes | memoryview:
     """The body, within the arrival deadline (SRV-20), which starts again while the
     pipeline could not send: a window of ours at 0 (its other streams' bytes unread,
-    one of them waiting for frame memory, SRV-18) is the server's doing, not its."""
+    one of them waiting for frame memory, SRV-18) is the server's doing, not its; for
+    ``held_back`` seconds at most."""
+    began = anyio.current_time()
     while True:
-        with anyio.move_on_after(arrival.timeout) as waited:
+        with anyio.move_on_after(arrival.timeout):
             return await receive_exactly(stream, length)  # resumes where a wait stopped
-        if not (waited.cancelled_caught and window_shut(stream)):
-            raise arrival.exceeded(length, received_bytes(stream))
+        waited = anyio.current_time() - began
+        if not (window_shut(stream) and waited < arrival.timeout + arrival.held_back):
+            raise arrival.exceeded(length, received_bytes(stream), waited)
 
 
 async def _inflated(

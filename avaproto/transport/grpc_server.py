@@ -143,7 +143,11 @@ class _ServerChannel:
         # Each body is read within the budget of incomplete messages (SRV-13).
         self._hold = partial(budget.holding, self._raw.connection, self.peer)
         # ... and must arrive whole in time once announced (SRV-20).
-        self._arrival = None if message_timeout is None else Arrival(message_timeout, self.peer)
+        self._arrival = (
+            None
+            if message_timeout is None
+            else Arrival(message_timeout, self.peer, frame_memory.timeout or 0.0)
+        )
         # Each sample's frame is held in the server's frame memory until processed
         # (SRV-18), by sequence number.
         self._memory = frame_memory

@@ -186,34 +186,39 @@ _GRPC = "application/grpc"
 
 def _as_grpclib_reads(headers: list[tuple[Any, Any]]) -> tuple[list[tuple[Any, Any]], str]:
     """A request's headers as grpclib's router reads them, and what of them was read
-    otherwise than sent ("" if nothing; CONN-21).
+    otherwise than sent, or will be refused ("" if nothing; CONN-21).
 
-    grpclib compares content-type exactly and refuses a request without ``te:
-    trailers`` (HTTP 415 or 400, with nothing logged). A media type is compared
-    without case and its parameters mean nothing to gRPC (``application/grpc;
-    charset=utf-8``, as HTTP libraries and proxies write it); a proxy may drop ``te``.
-    Both are served, as grpc-go and grpc-java do. Another content-type is left for
-    grpclib to refuse, and said.
+    grpclib reads the last of a repeated name, compares content-type exactly and
+    refuses a request without ``te: trailers`` (HTTP 415 or 400, with nothing logged).
+    A media type is compared without case and its parameters mean nothing to gRPC
+    (``application/grpc; charset=utf-8``, as HTTP libraries and proxies write it); a
+    proxy may drop ``te``. These are served, as grpc-go and
+    grpc-java serve them; another content-type, or none, is left for grpclib to refuse,
+    and said.
     """
     notes: list[str] = []
-    kept: list[tuple[Any, Any]] = []
-    trailers = False
-    for name, value in headers:
-        if name == "content-type" and isinstance(value, str):
-            media = value.partition(";")[0].strip().lower()
-            if media in (_GRPC, _GRPC + "+proto"):
-                if media != value:
-                    notes.append(f"content-type {value!r} read as {media!r}")
-                    value = media
-            else:
-                notes.append(f"content-type {value!r} is not gRPC's: refused (HTTP 415)")
-        elif name == "te" and isinstance(value, str) and value.strip().lower() == "trailers":
-            trailers, value = True, "trailers"
-        kept.append((_MOVED.get(name, name), value))
-    if not trailers:
+    kept = [(_MOVED.get(name, name), value) for name, value in headers if name not in _READ]
+    given = dict(headers)  # the last of each, as grpclib reads them
+    sent = given.get("content-type")
+    media = sent.partition(";")[0].strip().lower() if isinstance(sent, str) else None
+    if media in (_GRPC, _GRPC + "+proto"):
+        kept.append(("content-type", media))
+        if media != sent:
+            notes.append(f"content-type {sent!r} read as {media!r}")
+    elif sent is None:
+        notes.append("no content-type: refused (HTTP 415)")
+    else:
+        kept.append(("content-type", sent))
+        notes.append(f"content-type {sent!r} is not gRPC's: refused (HTTP 415)")
+    te = given.get("te")  # HTTP/2 allows it "trailers" alone (h2 refuses any other)
+    kept.append(("te", "trailers"))
+    if te is None:
         notes.append("no te: trailers (a proxy between may not carry trailers)")
-        kept.append(("te", "trailers"))
     return kept, "; ".join(notes)
+
+
+#: The headers ``_as_grpclib_reads`` gives grpclib once, as it reads them.
+_READ = frozenset(("content-type", "te"))
 
 
 class ServerGuard:
@@ -392,6 +397,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         self._premature = 0
         self._unanswered: set[int] = set()
         self._headers_noted = False  # a request's headers read otherwise than sent (CONN-21)
+        self._going = False  # the peer said GOAWAY without an error (CONN-20)
         self._meters = StreamMeters(self._limits.frames_per_message)
 
     # --- the socket: accepted and lost ------------------------------------------------
@@ -830,7 +836,11 @@ class ConnectionGuard(asyncio.BufferedProtocol):
 
     def _peer_going(self, last_stream: int) -> None:
         """The pipeline said GOAWAY without an error (its channel shuts down, CONN-20):
-        its streams go on to their end; once none is left, the idle timeout closes."""
+        its streams go on to their end; once none is left, the idle timeout closes.
+        Said once per connection: a peer may repeat it (grpc-core sends two)."""
+        if self._going:
+            return
+        self._going = True
         log.info(
             "%s is going away (GOAWAY NO_ERROR, last stream %d): its streams finish",
             self.peer,

@@ -61,3 +61,19 @@ async def test_a_watcher_wakes_when_a_sample_may_go_beyond_again() -> None:
                 window.free()  # pays back the loan, and another may go beyond
         assert window.filling and window.may_go_beyond
         tasks.cancel_scope.cancel()
+
+
+async def test_the_window_fills_while_any_sender_waits() -> None:
+    """Two senders wait; one gets a slot: the other still waits, and the window is
+    still full for the watcher (a flag cleared by the first hid it)."""
+    window = Window(1)
+    assert taken(window) == 1
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(window.acquire)
+        tasks.start_soon(window.acquire)
+        await anyio.wait_all_tasks_blocked()
+        window.free()
+        await anyio.wait_all_tasks_blocked()
+        assert window.filling
+        window.free()
+    assert not window.filling

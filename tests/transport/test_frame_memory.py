@@ -435,6 +435,45 @@ async def test_a_message_held_back_by_a_sibling_waiting_for_frame_memory_is_not_
     # The block's end freed the memory: A reads on, the window opens, B could go on.
 
 
+@pytest.mark.rule("SRV-20")
+async def test_a_window_shut_on_purpose_puts_the_deadline_off_only_so_long(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A pipeline that reads no answer of stream A (each wait renewed by a byte of
+    window now and then, so SRV-17 never ends it) leaves A's next bytes unread, which
+    take the connection's window; its stream B announced 50 MiB and sends no more. B's
+    deadline is put off while the window is shut, but no longer than the frame-memory
+    timeout besides: it held the budget of incomplete messages for as long as it
+    liked."""
+    limits = {"message_timeout": 0.3, "send_timeout": 0.6, "frame_memory_timeout": 0.6}
+    async with serving(**limits) as server:
+        with anyio.fail_after(TIMEOUT):
+            async with Attacker.connect(server.port) as attacker:
+                h2 = attacker.h2
+                big = sample(2, 50 << 20)
+                b = await attacker.open_stream(DESCRIPTOR, big[:1000])
+                await attacker.until(lambda: attacker.answers(b) == 1)
+                a = await answered_then_shut(attacker, DESCRIPTOR)
+                filler = b"".join(sample(n) for n in range(2, 12)) + sample(12, 8 << 20)
+                sent = 0
+                while (
+                    room := min(h2.local_flow_control_window(a), h2.max_outbound_frame_size)
+                ) > 0:
+                    h2.send_data(a, filler[sent : sent + room])
+                    sent += room
+                    await attacker.flush()
+                while attacker.status(b) is None:
+                    with anyio.move_on_after(0.2):  # a byte of window now and then
+                        await attacker.until(lambda: attacker.status(b) is not None)
+                    h2.increment_flow_control_window(1, stream_id=a)
+                    await attacker.flush()
+        assert server.service.budget.held == 0
+    status = attacker.status(b)
+    assert status is not None and status[0] == str(Status.DEADLINE_EXCEEDED.value)
+    assert "[SRV-20]" in status[1] and "while the server held its bytes back" in status[1]
+    assert attacker.status(a) is None  # A, which holds the window, was not what ended
+
+
 async def test_a_descriptor_in_several_data_frames_never_waits_for_frame_memory() -> None:
     """Every byte of frame memory held by another stream: a descriptor whose prefix
     arrives in a DATA frame of its own is answered at once, since a message is held
