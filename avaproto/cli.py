@@ -692,8 +692,9 @@ def _add_serve(commands: Any) -> None:
         "--send-timeout",
         _timeout,
         "SECONDS",
-        "a stream whose pipeline leaves its flow-control window shut this long, reading "
-        "none of the answers, ends with DEADLINE_EXCEEDED",
+        "a stream whose answer does not go out whole in this time, its pipeline's "
+        "flow-control window shut (reading none of the answers) or opened a byte at a "
+        "time, ends with DEADLINE_EXCEEDED",
     )
     limit(
         "--message-timeout",

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -159,8 +160,9 @@ async def send_data(
     open, send what fits in one frame, again until all is sent. Each frame is a slice
     of ``data`` (or of its pieces, in order: a message whose frame is a piece of its
     own) written as it is (``_write_frame``); grpclib's reads each frame out of a
-    ``BytesIO`` first, and h2 copies it three more times. A window left shut for
-    ``window_timeout`` seconds raises ``TimeoutError`` (None: wait for ever).
+    ``BytesIO`` first, and h2 copies it three more times. Data not all sent within
+    ``window_timeout`` seconds, the peer's window shut or opened a byte at a time,
+    raises ``TimeoutError`` (None: wait for ever).
     """
     assert h2_stream.id is not None
     pieces = (
@@ -172,12 +174,13 @@ async def send_data(
     connection = h2_stream.connection
     index, offset = 0, 0  # where the next frame begins: which piece, how far into it
     left = sum(len(piece) for piece in pieces)
+    deadline = math.inf if window_timeout is None else anyio.current_time() + window_timeout
     while left:
         await connection.write_ready.wait()
         window = machine.local_flow_control_window(h2_stream.id)
         if not window > 0:  # it can become negative
             h2_stream.window_updated.clear()
-            with anyio.fail_after(window_timeout):
+            with anyio.fail_after(deadline - anyio.current_time()):
                 await h2_stream.window_updated.wait()
             continue  # others may have sent meanwhile: look again
         size = min(window, machine.max_outbound_frame_size, left)

@@ -70,9 +70,10 @@ class ConnectionLimits:
     keepalive_timeout: float | None = 20.0
     #: Seconds a stream may take to send its descriptor (SRV-12).
     descriptor_timeout: float | None = 10.0
-    #: Seconds an answer may wait for the peer to open its flow-control window (SRV-17):
-    #: a pipeline that reads none of its answers holds its stream's slot and answers
-    #: while it waits (nginx's send_timeout is 60 s).
+    #: Seconds an answer may take to go out whole, waiting for the peer to open its
+    #: flow-control window (SRV-17): a pipeline that reads none of its answers, or opens
+    #: its window a byte at a time, holds its stream's slot and answers meanwhile
+    #: (nginx's send_timeout is 60 s).
     send_timeout: float | None = 60.0
     #: Seconds a message may take to arrive whole once its length prefix came (SRV-20):
     #: a pipeline that announces large messages and sends their bytes a few at a time

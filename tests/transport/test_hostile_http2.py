@@ -1400,6 +1400,37 @@ async def test_request_headers_are_read_as_grpclib_reads_them(
     assert warnings(caplog, "CONN-21") == []
 
 
+@pytest.mark.rule("SRV-17")
+async def test_a_pipeline_that_opens_its_window_a_byte_at_a_time_gives_its_slot_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each byte of window ended one wait, and the next wait started the send timeout
+    again: the answer trickled out for as long as the pipeline liked, its slot held."""
+    caplog.set_level(logging.WARNING, logger="avaproto")
+    async with serving(send_timeout=0.6) as server:
+        async with Attacker.connect(server.port) as attacker:
+            with anyio.fail_after(TIMEOUT):
+                attacker.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 0})
+                await attacker.flush()
+                await attacker.settled()  # the server has the settings
+                # Only the bytes of window below are given: none for the bytes read.
+                attacker.h2.acknowledge_received_data = lambda *_, **__: None  # type: ignore[method-assign]
+                stream_id = await attacker.open_stream(DESCRIPTOR)
+                while attacker.status(stream_id) is None:  # a byte every 0.1 s: 10 B/s
+                    with anyio.move_on_after(0.1) as waited:
+                        await attacker.until(lambda: attacker.status(stream_id) is not None)
+                    if waited.cancelled_caught:
+                        attacker.h2.increment_flow_control_window(1, stream_id=stream_id)
+                        await attacker.flush()
+        status = attacker.status(stream_id)
+        assert status is not None and status[0] == "4"  # DEADLINE_EXCEEDED
+        assert status[1].startswith("[SRV-17]")
+        assert attacker.answers(stream_id) == 0  # its answer never went out whole
+        assert server.service.active == 0
+    [line] = warnings(caplog, "SRV-17")
+    assert "(--send-timeout)" in line
+
+
 @pytest.mark.rule("CONN-19")
 @pytest.mark.parametrize(
     "flood",
