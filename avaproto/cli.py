@@ -1443,6 +1443,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     from .bench.drive import drive_target, format_drive_report
 
+    _needs_pillow(args, [args.format])
+
     credentials = _credentials(args)
     tls = _client_tls(args)
     report = anyio.run(
@@ -1595,11 +1597,25 @@ def _rule_patterns(text: str) -> tuple[str, ...]:
     return patterns
 
 
+def _needs_pillow(args: argparse.Namespace, formats: Sequence[str]) -> None:
+    """An encoded format asked for without Pillow: a usage error now, not a failure of
+    every stream later."""
+    from .media.images import ENCODED, load_pillow
+
+    if any(name in ENCODED for name in formats):
+        try:
+            load_pillow()
+        except ImportError as error:
+            args.parser.error(str(error))
+
+
 def _check(args: argparse.Namespace) -> int:
     import anyio
 
     from .check import CheckAborted, CheckOptions, run_check
     from .media.shared_memory import remove_stale_segments
+
+    _needs_pillow(args, args.formats)
 
     options = CheckOptions(
         formats=args.formats,

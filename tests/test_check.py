@@ -791,6 +791,22 @@ def test_usage_errors_exit_2(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["check", "--formats", "jpg"], ["bench", "--format", "JPG"]])
+def test_an_encoded_format_without_pillow_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """Pillow is an extra: without it, each stream failed on its first frame."""
+
+    def missing() -> None:
+        raise ImportError("encoding JPG, PNG and BMP needs Pillow: pip install 'avaproto[image]'")
+
+    monkeypatch.setattr("avaproto.media.images.load_pillow", missing)
+    with pytest.raises(SystemExit) as exited:
+        main([command[0], "127.0.0.1:5001", *command[1:]])
+    assert exited.value.code == 2
+    assert "needs Pillow: pip install 'avaproto[image]'" in capsys.readouterr().err
+
+
 # --- the rules' table against spec/ -----------------------------------------------------------
 
 
