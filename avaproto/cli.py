@@ -532,33 +532,36 @@ def _add_serve(commands: Any) -> None:
         "without a copy, for pipelines trusted not to shrink it (a shrink can then kill the "
         "server with SIGBUS) (default: %(default)s)",
     )
-    parser.add_argument(
-        "--max-mapped-bytes",
-        type=byte_size,
-        default=_default(EngineConfig, "max_mapped_bytes"),
-        metavar="SIZE",
-        help="with --shm-access map, the address space all mapped segments may take "
-        "together; a stream whose segment would pass it is refused with RESOURCE_EXHAUSTED "
-        f"(default: {_default(EngineConfig, 'max_mapped_bytes') >> 30} GiB)",
-    )
-    parser.add_argument(
-        "--max-message-bytes",
-        type=byte_size,
-        default=_default(ServerConfig, "max_message_bytes"),
-        metavar="SIZE",
-        help="largest message accepted, in bytes or like 64MiB, and the largest encoded "
-        "(JPG, PNG, BMP) sample a shared-memory reference may name "
-        f"(default: {_default(ServerConfig, 'max_message_bytes') >> 20} MiB)",
-    )
-    parser.add_argument(
-        "--max-descriptor-bytes",
-        type=byte_size,
-        default=_default(ServerConfig, "max_descriptor_bytes"),
-        metavar="SIZE",
-        help="largest descriptor (a stream's first message, its extension_configuration "
-        "included) accepted: a stream keeps it while it lasts "
-        f"(default: {_default(ServerConfig, 'max_descriptor_bytes') >> 20} MiB)",
-    )
+    for flag, owner, what in (
+        (
+            "--max-mapped-bytes",
+            EngineConfig,
+            "with --shm-access map, the address space all mapped segments may take "
+            "together; a stream whose segment would pass it is refused with RESOURCE_EXHAUSTED",
+        ),
+        (
+            "--max-message-bytes",
+            ServerConfig,
+            "largest message accepted, in bytes or like 64MiB, and the largest encoded "
+            "(JPG, PNG, BMP) sample a shared-memory reference may name",
+        ),
+        (
+            "--max-descriptor-bytes",
+            ServerConfig,
+            "largest descriptor (a stream's first message, its extension_configuration "
+            "included) accepted: a stream keeps it while it lasts",
+        ),
+    ):
+        default = _default(owner, flag.removeprefix("--").replace("-", "_"))
+        unit = "GiB" if default >= 1 << 30 else "MiB"
+        shown = default >> (30 if unit == "GiB" else 20)
+        parser.add_argument(
+            flag,
+            type=byte_size,
+            default=default,
+            metavar="SIZE",
+            help=f"{what} (default: {shown} {unit})",
+        )
     for flag, what in (
         ("--max-streams", "streams served at once"),
         ("--max-health-watches", "health Watch calls open at once (balancers keep one each)"),

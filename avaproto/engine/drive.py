@@ -32,6 +32,7 @@ frame (or never sends one again) is not left waiting for an extension that dropp
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -73,6 +74,27 @@ if TYPE_CHECKING:
     from ..media.shared_memory import SharedMemoryArena
 
 
+class _Signal:
+    """A wake-up for the one task that may wait on it, costing nothing while none does."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event: anyio.Event | None = None
+
+    def set(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self, timeout: float = math.inf) -> None:
+        """Until ``set``, or at most ``timeout`` seconds."""
+        event = self._event = anyio.Event()
+        with anyio.move_on_after(timeout):
+            await event.wait()
+        self._event = None
+
+
 class Window:
     """The samples that may be unacknowledged at once (PIPE-2), and its one tolerance.
 
@@ -92,7 +114,7 @@ class Window:
         self.widened = self.lent = False
         self.freed = True  # a slot was freed since a sample last went beyond
         self.waiting = 0  # senders waiting for a slot
-        self._changed: anyio.Event | None = None  # wakes a watcher of the two above
+        self._changed = _Signal()  # wakes a watcher of the two above
 
     def acquire_nowait(self) -> None:
         self._slots.acquire_nowait()
@@ -105,7 +127,7 @@ class Window:
     async def acquire(self) -> None:
         """Wait for a slot, the window full meanwhile (``filling``)."""
         self.waiting += 1
-        self._wake()
+        self._changed.set()
         try:
             await self._slots.acquire()
         finally:
@@ -114,7 +136,7 @@ class Window:
     def free(self) -> None:
         if not self.freed:  # the first since a sample went beyond: another may go
             self.freed = True
-            self._wake()
+            self._changed.set()
         if self.lent:
             self.lent = False
         else:
@@ -140,15 +162,7 @@ class Window:
         a slot freed does only after a sample went beyond), so watching costs nothing
         per message.
         """
-        changed = self._changed = anyio.Event()
-        with anyio.move_on_after(timeout):
-            await changed.wait()
-        self._changed = None
-
-    def _wake(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
+        await self._changed.wait(timeout)
 
 
 def _free(slot: SentLease | None) -> None:
@@ -278,7 +292,7 @@ class PipelineStream:
         # When an acknowledgement last came, or a sample last went beyond the window: a
         # full window waits from then before one more goes (PIPE-2).
         self._progress_at = 0.0
-        self._moved: anyio.Event | None = None  # wakes a watcher that waits for a clock
+        self._moved = _Signal()  # wakes a watcher that waits for a clock
         self._timestamps: dict[int, int] = {}  # of the samples sent, until acknowledged
         self._leased: set[int] = set()
         self._ended = False
@@ -578,9 +592,7 @@ class PipelineStream:
 
     def _wake(self) -> None:
         """Wake the watcher if it waits for a clock to start, or for the end."""
-        if self._moved is not None:
-            self._moved.set()
-            self._moved = None
+        self._moved.set()
 
     def _send_beyond_window(self, number: int, waited: float) -> None:
         """Let one sample more than the window go: the extension may be holding its
@@ -621,8 +633,7 @@ class PipelineStream:
                         # before it sends again (or never sends again) starts no clock.
                         latest = self._sent_at[number] + 2 * timeout
                         if now < latest:
-                            with anyio.move_on_after(latest - now):
-                                await self._until_moved()
+                            await self._moved.wait(latest - now)
                             continue
                         started = latest - timeout
                     due = started + timeout
@@ -651,7 +662,7 @@ class PipelineStream:
                             f"but did not end its stream within {timeout:g} s of our end",
                         )
                 else:  # nothing in flight, and the input goes on
-                    await self._until_moved()
+                    await self._moved.wait()
                     continue
                 window = self._window
                 if self._sent_at and not (window.filling and window.may_go_beyond):
@@ -659,10 +670,6 @@ class PipelineStream:
                     await window.until_changed(due - now)
                 else:
                     await anyio.sleep(due - now)
-
-    async def _until_moved(self) -> None:
-        self._moved = anyio.Event()
-        await self._moved.wait()
 
     def _settle(self, number: int) -> float | None:
         if number in self._leased:

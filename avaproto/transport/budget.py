@@ -43,12 +43,11 @@ class MessageBudget:
         self.per_connection = per_connection
         #: Bytes taken now, in all.
         self.held = 0
-        self._by_connection: dict[object, int] = {}
-        self._peers: dict[object, str] = {}
+        self._holdings = Holdings()
 
     def take(self, connection: object, size: int, peer: str) -> None:
         """Take ``size`` bytes for ``connection``, or refuse with RESOURCE_EXHAUSTED."""
-        mine = self._by_connection.get(connection, 0)
+        mine = self._holdings.of(connection)
         if mine + size > self.per_connection:
             over = (
                 f"{mine} bytes of incomplete messages already on this connection; "
@@ -57,12 +56,11 @@ class MessageBudget:
         elif self.held + size > self.total:
             over = (
                 f"{self.held} bytes of incomplete messages already in the server"
-                f"{largest_holder(self._by_connection, self._peers)}; "
+                f"{self._holdings.largest()}; "
                 f"the limit is {self.total} (--max-incomplete-bytes)"
             )
         else:
-            self._by_connection[connection] = mine + size
-            self._peers[connection] = peer
+            self._holdings.add(connection, size, peer)
             self.held += size
             return
         refused = BudgetRefused(size, over)
@@ -80,27 +78,45 @@ class MessageBudget:
 
     def give(self, connection: object, size: int) -> None:
         self.held -= size
-        subtract(self._by_connection, connection, size, self._peers)
+        self._holdings.give(connection, size)
 
 
-def subtract(
-    counts: dict[object, int], key: object, size: int, peers: dict[object, str] | None = None
-) -> None:
-    """Take ``size`` off ``counts[key]``, dropping the key at 0 (from ``peers`` too) so
-    that the map holds only connections that hold something."""
+def subtract(counts: dict[object, int], key: object, size: int) -> None:
+    """Take ``size`` off ``counts[key]``, dropping the key at 0 so that the map holds
+    only connections that hold something."""
     left = counts[key] - size
     if left:
         counts[key] = left
     else:
         del counts[key]
-        if peers is not None:
-            peers.pop(key, None)
 
 
-def largest_holder(counts: dict[object, int], peers: dict[object, str]) -> str:
-    """Which peer's connection holds the most of a server-wide bound, for the line
-    saying it was reached: the one refused is seldom the one holding it."""
-    if not counts:
-        return ""
-    connection, most = max(counts.items(), key=lambda item: item[1])
-    return f" (the most, {most}, by a connection of {peers.get(connection, 'a peer')})"
+class Holdings:
+    """What each connection holds of a server-wide bound, and whose connection it is:
+    the line saying the bound was reached names the peer holding the most, since the
+    one refused is seldom the one holding it."""
+
+    __slots__ = ("_counts", "_peers")
+
+    def __init__(self) -> None:
+        self._counts: dict[object, int] = {}
+        self._peers: dict[object, str] = {}
+
+    def of(self, connection: object) -> int:
+        return self._counts.get(connection, 0)
+
+    def add(self, connection: object, size: int, peer: str) -> None:
+        self._counts[connection] = self.of(connection) + size
+        self._peers[connection] = peer
+
+    def give(self, connection: object, size: int) -> None:
+        subtract(self._counts, connection, size)
+        if connection not in self._counts:
+            self._peers.pop(connection, None)
+
+    def largest(self) -> str:
+        """`` (the most, N, by a connection of PEER)``, or "" when none holds any."""
+        if not self._counts:
+            return ""
+        connection, most = max(self._counts.items(), key=lambda item: item[1])
+        return f" (the most, {most}, by a connection of {self._peers.get(connection, 'a peer')})"

@@ -33,7 +33,7 @@ import anyio
 
 from ..errors import RemoteProtocolError
 from ..status import Status
-from .budget import largest_holder, subtract
+from .budget import Holdings
 from .guard import Throttled
 
 log = logging.getLogger("avaproto.server")
@@ -59,21 +59,19 @@ class FrameMemory:
         self.timeout = timeout
         #: Bytes held now, in all.
         self.held = 0
-        self._by_connection: dict[object, int] = {}
-        self._peers: dict[object, str] = {}
+        self._holdings = Holdings()
         self._waiters: list[_Waiter] = []
         self._warn = Throttled()
 
     def _fits(self, connection: object, size: int) -> bool:
         return (
             self.held + size <= self.total
-            and self._by_connection.get(connection, 0) + size <= self.per_connection
+            and self._holdings.of(connection) + size <= self.per_connection
         )
 
     def _add(self, connection: object, size: int, peer: str) -> None:
         self.held += size
-        self._by_connection[connection] = self._by_connection.get(connection, 0) + size
-        self._peers[connection] = peer
+        self._holdings.add(connection, size, peer)
 
     async def take(self, connection: object, size: int, peer: str) -> None:
         """Hold ``size`` bytes for ``connection``: at once if they fit and no one waits,
@@ -91,9 +89,9 @@ class FrameMemory:
         self._warn(
             "SRV-18",
             f"stream of {peer} waits for frame memory: [SRV-18] {self.held} bytes of "
-            f"frames held in the server{largest_holder(self._by_connection, self._peers)} "
+            f"frames held in the server{self._holdings.largest()} "
             f"(limit {self.total}), "
-            f"{self._by_connection.get(connection, 0)} on its connection (limit "
+            f"{self._holdings.of(connection)} on its connection (limit "
             f"{self.per_connection}); its frame of {size} bytes waits for others to be "
             f"processed ({_FLAGS})",
         )
@@ -109,8 +107,8 @@ class FrameMemory:
                 peer,
                 f"a frame of {size} bytes waited {self.timeout:g} s for the server's frame "
                 f"memory ({self.held} bytes held of {self.total}"
-                f"{largest_holder(self._by_connection, self._peers)}, "
-                f"{self._by_connection.get(connection, 0)} on this connection of "
+                f"{self._holdings.largest()}, "
+                f"{self._holdings.of(connection)} on this connection of "
                 f"{self.per_connection}; {_FLAGS}, --frame-memory-timeout)",
             )
 
@@ -130,7 +128,7 @@ class FrameMemory:
         if not size:
             return
         self.held -= size
-        subtract(self._by_connection, connection, size, self._peers)
+        self._holdings.give(connection, size)
         if self._waiters:
             self._grant()
 
@@ -148,7 +146,7 @@ class FrameMemory:
         for waiter in list(self._waiters):
             if self.held + waiter.size > self.total:
                 return
-            if self._by_connection.get(waiter.connection, 0) + waiter.size > self.per_connection:
+            if self._holdings.of(waiter.connection) + waiter.size > self.per_connection:
                 continue
             self._waiters.remove(waiter)
             self._add(waiter.connection, waiter.size, waiter.peer)

@@ -111,6 +111,21 @@ def options(port: int, transfer: str = "embedded", **more: Any) -> SendOptions:
     )
 
 
+async def sent_to(
+    peer: MediaGraphExtensionBase,
+    frames: int,
+    transfer: str = "embedded",
+    *,
+    timeout: float = TIMEOUT,
+    **more: Any,
+) -> Report:
+    """``send`` of ``frames`` frames to ``peer``, served on a port of its own; within
+    ``timeout`` seconds."""
+    with anyio.fail_after(timeout):
+        async with extension_peer(peer) as port:
+            return await send_frames(source(frames), options(port, transfer, **more))
+
+
 def answer_descriptor(number: int = 1, ack: int = 1) -> MediaStreamMessage:
     """What the published sample extension answers: no identifier, timescale only."""
     return MediaStreamMessage(
@@ -154,10 +169,7 @@ async def test_send_completes_against_answers_numbered_zero(
     caplog.set_level(logging.WARNING, logger="avaproto")
     with anyio.fail_after(TIMEOUT):
         async with extension_peer(UnnumberedAnswers()) as port:
-            report = await send_frames(
-                source(12),
-                options(port, transfer),
-            )
+            report = await send_frames(source(12), options(port, transfer))
     assert (report.sent, report.answered) == (12, 12)
     assert report.by_type["auto"] == 12 or sum(report.by_type.values()) == 12
     assert report.tolerated == {"SEQ-4": 12}
@@ -286,12 +298,8 @@ async def test_a_window_of_one_sends_one_more_to_an_extension_that_holds_its_ans
     transfer: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="avaproto")
-    with anyio.fail_after(TIMEOUT):
-        async with extension_peer(HoldsLatestAnswer()) as port:
-            report = await send_frames(
-                source(6),
-                options(port, transfer, window=1, ack_timeout=0.6),  # one more after 0.3 s
-            )
+    # one more after 0.3 s
+    report = await sent_to(HoldsLatestAnswer(), 6, transfer, window=1, ack_timeout=0.6)
     assert (report.sent, report.answered) == (6, 6)
     assert report.tolerated.get("PIPE-2") == 1
     warnings = [r.getMessage() for r in caplog.records if "PIPE-2" in r.getMessage()]
@@ -350,9 +358,7 @@ async def test_the_window_goes_beyond_itself_for_an_extension_that_answers_on_ar
     is finished, so a full window of finished answers waits for a request that would
     never come: one sample beyond the window brings them, each time it fills."""
     caplog.set_level(logging.WARNING, logger="avaproto")
-    with anyio.fail_after(TIMEOUT):
-        async with extension_peer(DrainsOnArrival()) as port:
-            report = await send_frames(source(12), options(port, window=window, ack_timeout=0.4))
+    report = await sent_to(DrainsOnArrival(), 12, window=window, ack_timeout=0.4)
     assert (report.sent, report.answered) == (12, 12)
     assert report.tolerated["PIPE-2"] >= 2  # the window widened, then lent one more
     warnings = [r.getMessage() for r in caplog.records if "PIPE-2" in r.getMessage()]
@@ -367,9 +373,8 @@ async def test_each_wait_before_going_beyond_the_window_is_as_short_as_the_first
     """After the first sample beyond the window, the next ones waited for the oldest
     sample's deadline (30 s each) instead of the wait before going beyond."""
     monkeypatch.setattr(pipeline_stream, "HELD_ANSWER_WAIT", 0.1)
-    with anyio.fail_after(5):  # several waits of 0.1 s; one wait of the deadline is 30 s
-        async with extension_peer(DrainsOnArrival()) as port:
-            report = await send_frames(source(24), options(port, window=4, ack_timeout=30))
+    # several waits of 0.1 s within 5 s; one wait of the deadline is 30 s
+    report = await sent_to(DrainsOnArrival(), 24, timeout=5, window=4, ack_timeout=30)
     assert (report.sent, report.answered) == (24, 24)
     assert report.tolerated["PIPE-2"] >= 3
 
