@@ -1154,7 +1154,18 @@ def _send(args: argparse.Namespace) -> int:
     if not isinstance(failure, AvaprotoError | OSError | SourceError):
         raise failure
     print(f"avaproto send: {failure}{where}", file=sys.stderr)
+    if args.transfer == "shm" and "permission denied" in str(failure).lower():
+        print(f"avaproto send: hint: {_SEGMENT_DENIED.format(mode=args.shm_mode)}", file=sys.stderr)
     return 1
+
+
+#: Said when an extension fails on a shared-memory stream with "Permission denied".
+_SEGMENT_DENIED = (
+    "an extension of another user cannot open the segment (mode {mode:#o}): run both "
+    "as one user, or give the segment to a group both are in, --shm-mode 640 for an "
+    "extension that opens it read-only, 660 for one that opens it read-write as the "
+    "published extensions do (SHM-9)"
+)
 
 
 #: The pipeline's deadlines: option, and what each bounds.
@@ -1405,8 +1416,8 @@ def _segment_mode(text: str) -> int:
         check_segment_mode(mode)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: 600 (the owner only), 640 (and its group, read-only) or 644 "
-            "(and anyone, read-only)"
+            f"{text!r}: 600 (the owner only), 640 (and its group, read-only), 644 (and "
+            "anyone, read-only) or 660 (and its group, read-write)"
         ) from None
     return mode
 
@@ -1421,7 +1432,9 @@ def _shm_mode_option(parser: Any) -> None:
         metavar="MODE",
         help="the segment's permissions, in octal: 600, only this user can open it; 640 "
         "or 644 let an extension running as another user of this user's group, or any "
-        "user, read it (never write it) (default: 600)",
+        "user, read it; 660 lets one of the group open it read-write, as the published "
+        "extensions do (open 'r+b'), warned of: the group may then change frames; no "
+        "mode lets anyone else write it (default: 600)",
     )
 
 

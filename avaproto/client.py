@@ -179,7 +179,8 @@ async def connect(
     of this process, or ``"map"``, through a mapping as most pipelines write, a third of
     the cost, for an extension trusted not to (``avaproto.media.shared_memory``).
     ``shm_mode`` 0o640 or 0o644 lets an extension running as another user read the
-    segment (SHM-9: 0o600, its owner only, by default).
+    segment, 0o660 one of the owner's group open it read-write as the published
+    extensions do (SHM-9: 0o600, its owner only, by default).
     """
     descriptor = MediaStreamDescriptor(
         graph_identifier=graph

@@ -56,7 +56,8 @@ class SendOptions:
     shm_directory: str = "/dev/shm"
     #: How frames go into the segment: checked writes, or a mapping for a trusted extension.
     shm_write: WriteMode = "pwrite"
-    #: The segment's permissions: 0o600, or 0o640 / 0o644 for an extension of another user.
+    #: The segment's permissions: 0o600, or 0o640 / 0o644 / 0o660 for an extension of
+    #: another user (SHM-9).
     shm_mode: int = 0o600
     #: Seconds to establish the connection (TCP, TLS, HTTP/2) before giving up.
     connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT

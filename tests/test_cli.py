@@ -899,10 +899,61 @@ def test_a_segment_mode_lets_others_read_at_most(capsys: pytest.CaptureFixture[s
         assert parser.parse_args([command, "h:1"]).shm_mode == 0o600
         assert parser.parse_args([command, "h:1", "--shm-mode", "640"]).shm_mode == 0o640
         assert parser.parse_args([command, "h:1", "--shm-mode", "0o644"]).shm_mode == 0o644
-    for refused in ("666", "660", "400", "rw"):
+        assert parser.parse_args([command, "h:1", "--shm-mode", "660"]).shm_mode == 0o660
+    for refused in ("666", "664", "670", "400", "rw"):
         with pytest.raises(SystemExit):
             parser.parse_args(["send", "h:1", "--shm-mode", refused])
         assert "600 (the owner only), 640" in capsys.readouterr().err
+
+
+#: Opens the pipeline's segment as the published extensions do (Azure's YOLOv3 and
+#: DeepStream samples' ``SharedMemoryManager``): read-write, then mapped; as another user
+#: (nobody), of the sender's group: the kernel checks the open against the effective uid,
+#: which is nobody's only around it (the server itself must read root's Python).
+READ_WRITE_EXTENSION = """\
+import mmap, os
+
+class ReadWrite:
+    def open(self, descriptor):
+        shm = descriptor.shared_memory
+        os.seteuid(65534)
+        try:
+            self.file = open(os.path.join("/dev/shm", shm.handle_name), "r+b")
+        finally:
+            os.seteuid(0)
+        self.mapping = mmap.mmap(self.file.fileno(), shm.length_bytes)
+
+    def process(self, frame):
+        return None
+
+    def close(self):  # called however open ended
+        if hasattr(self, "mapping"):
+            self.mapping.close()
+            self.file.close()
+"""
+
+
+@pytest.mark.rule("SHM-9")
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to open a segment as another user")
+def test_a_segment_its_group_may_open_read_write(extensions: Path) -> None:
+    """A real server whose extension opens the segment read-write as another user of
+    this user's group: at 640 it fails, and send says which modes would do; at 660 it
+    is served, and the sender warns that the group may change frames."""
+    (extensions / "readwrite.py").write_text(READ_WRITE_EXTENSION)
+    with serving("--extension", "readwrite:ReadWrite", cwd=extensions) as server:
+        send = ("send", server.target, "--transfer", "shm", "--frames", "3")
+        denied = run(*send, "--shm-mode", "640")
+        assert denied.returncode == 1, denied.stderr
+        assert "Permission denied" in denied.stderr, denied.stderr
+        hint = "hint: an extension of another user cannot open the segment (mode 0o640)"
+        assert hint in denied.stderr, denied.stderr
+        assert "660 for one that opens it read-write" in denied.stderr
+        opened = run(*send, "--shm-mode", "660")
+        assert opened.returncode == 0, opened.stderr
+        assert "[SHM-9] segment /dev/shm/avaproto-" in opened.stderr, opened.stderr
+        group = f"is mode 0o660: any process of group {os.getgid()} may change"
+        assert group in opened.stderr, opened.stderr
+        assert "hint" not in opened.stderr
 
 
 @pytest.mark.rule("PIPE-8")

@@ -98,7 +98,7 @@ class CheckOptions:
     #: False: leave shared memory out (a target on another host cannot map our segments).
     shm: bool = True
     shm_directory: str = "/dev/shm"
-    #: The segments' permissions (SHM-9): 0o640 or 0o644 for a target of another user.
+    #: The segments' permissions (SHM-9): 0o640, 0o644 or 0o660 for a target of another user.
     shm_mode: int = 0o600
     #: Seconds each probe may take, connecting included.
     timeout: float = DEFAULT_TIMEOUT

@@ -30,7 +30,7 @@ import anyio
 import anyio.abc
 
 from ..errors import InferenceError, ProtocolError, RemoteProtocolError, StreamFailed
-from ..media.inferences import validate_or_mend
+from ..media.inferences import from_protoc, validate_or_mend
 from ..messages import (
     Inference,
     MediaDescriptor,
@@ -555,12 +555,21 @@ def _checked(result: object, number: int, mended: Callable[[int, str], None]) ->
         ) from None
     for index, inference in enumerate(inferences):
         if not isinstance(inference, Inference):
-            raise ProtocolError(
-                "SRV-3",
-                Status.INTERNAL,
-                f"the extension returned a {type(inference).__name__} among the inferences "
-                f"of sample {number}; expected Inference",
+            kind = type(inference)
+            named = f"{kind.__module__}.{kind.__qualname__}"
+            read = from_protoc(inference)
+            if read is None:
+                raise ProtocolError(
+                    "SRV-3",
+                    Status.INTERNAL,
+                    f"the extension returned a value of type {named} among the inferences "
+                    f"of sample {number}; expected avaproto.messages.Inference (made by "
+                    "the functions of avaproto.media.inferences)",
+                )
+            mended(
+                number, f"inferences[{index}] was protoc's {named}, read as avaproto's Inference"
             )
+            inference = read
         try:
             # A box reaching past the image's left or top (a detector that does not
             # clip) is cut to the image, a confidence below 0 (a tracker's "none") read

@@ -40,6 +40,7 @@ import betterproto2
 
 from ..errors import InferenceError
 from ..messages import (
+    PACKAGE,
     Attribute,
     Classification,
     Entity,
@@ -497,6 +498,26 @@ def _misses(start: float, size: float) -> bool:
     return start > 1.0 or end < 0.0 or (size > 0.0 and (end <= 0.0 or start >= 1.0))
 
 
+#: Inference's name in the contract, as protoc's classes carry it (``DESCRIPTOR``).
+_CONTRACT_NAME = f"{PACKAGE}.Inference"
+
+
+def from_protoc(value: object) -> Inference | None:
+    """``value`` read as an ``Inference`` if it is one of protoc's classes (the
+    ``inferencing_pb2.Inference`` the published extensions build); None otherwise.
+
+    Both are the contract's message, so its bytes say the same in either: an extension
+    ported from a published sample returns these, and nothing about them is unclear.
+    """
+    if getattr(getattr(type(value), "DESCRIPTOR", None), "full_name", None) != _CONTRACT_NAME:
+        return None
+    try:
+        data = value.SerializeToString()  # type: ignore[attr-defined]
+        return Inference.parse(data) if isinstance(data, bytes) else None
+    except Exception:  # not what its name says: refused as any other object
+        return None
+
+
 def validate_all(inferences: Iterable[Inference]) -> list[Inference]:
     """``validate`` each, naming its index (``inferences[i]``) in errors."""
     return [validate(item, f"inferences[{index}]") for index, item in enumerate(inferences)]
@@ -513,6 +534,7 @@ __all__ = [
     "clip_box",
     "entity",
     "event",
+    "from_protoc",
     "motion",
     "other",
     "rectangle",

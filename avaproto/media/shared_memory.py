@@ -867,19 +867,25 @@ def _unlink_segment(path: str, owner: int, descriptor: _Descriptor) -> None:
 
 #: The sender's segment: read and written by its owner only (SHM-9).
 SEGMENT_MODE = 0o600
+#: The modes a segment may be given (SHM-9): others may read it (0o640, 0o644), and its
+#: group may write it too (0o660), never anyone else.
+SEGMENT_MODES = (0o600, 0o640, 0o644, 0o660)
 
 
 def check_segment_mode(mode: int) -> None:
-    """A segment's mode lets its owner read and write it and others at most read it.
+    """A segment's mode lets its owner read and write it, its group at most read and
+    write it, and others at most read it.
 
-    The extension only reads (it maps the segment read-only); write access for anyone
-    but the sender would let another process change a frame between the sender's
-    write and the extension's read, or after the extension checked it.
+    An extension only needs to read, and write access for anyone but the sender lets
+    another process change a frame between the sender's write and the extension's
+    read, or after the extension checked it. Group write (0o660) is there because the
+    published extensions open the segment read-write (``open(path, "r+b")`` before
+    ``mmap``), which 0o640 refuses them; ``SharedMemoryArena.create`` warns of it.
     """
-    if mode not in (0o600, 0o640, 0o644):
+    if mode not in SEGMENT_MODES:
         raise ValueError(
-            f"a segment's mode must be 0o600, 0o640 or 0o644 (its owner reads and writes, "
-            f"others at most read), got {mode:#o}"
+            "a segment's mode must be 0o600, 0o640, 0o644 or 0o660 (its owner reads and "
+            f"writes, its group at most reads and writes, others at most read), got {mode:#o}"
         )
 
 
@@ -941,7 +947,10 @@ class SharedMemoryArena:
         """A new segment of ``size`` bytes, mode 0600, with a name no one else has (SHM-9).
 
         ``mode`` 0o640 or 0o644 lets an extension running as another user of the
-        owner's group, or any user, read the frames (``check_segment_mode``).
+        owner's group, or any user, read the frames; 0o660 lets one of the group open
+        them read-write, as the published extensions do, with a warning: any process
+        of that group can then change a frame before the extension reads it
+        (``check_segment_mode``).
 
         The memory is reserved now (SHM-11): a full shared-memory directory raises
         ``SharedMemoryError`` (RESOURCE_EXHAUSTED) here rather than a bus error on some
@@ -966,12 +975,22 @@ class SharedMemoryArena:
             # Held while the arena lives: tells remove_stale_segments in any process,
             # whatever its pid namespace, that the segment is in use.
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return cls(path, size, fd, alignment, write=write)
+            made = cls(path, size, fd, alignment, write=write)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             raise
+        if mode & stat.S_IWGRP:
+            log.warning(
+                "[SHM-9] segment %s is mode %#o: any process of group %d may change its "
+                "frames before the extension reads them (for an extension of that group "
+                "that opens segments read-write, as the published ones do)",
+                path,
+                mode,
+                os.fstat(fd).st_gid,
+            )
+        return made
 
     @property
     def handle_name(self) -> str:

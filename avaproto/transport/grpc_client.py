@@ -100,6 +100,22 @@ def why_lost(
     return StreamFailed(Status.UNAVAILABLE, message)
 
 
+async def _spoken_to(stream: grpclib.client.Stream[Any, Any]) -> None:
+    """Until the extension's SETTINGS came, or the call ended after them.
+
+    An extension that ends the call at once (a refusal, or OK with nothing said) sends
+    its SETTINGS, its status and a reset of our direction together; when one read
+    brings them all, grpclib ends the wait with the reset though the SETTINGS came
+    first. The call then ends as any other, by what the extension said.
+    """
+    try:
+        with ended_with_call(stream):
+            await extension_speaks_http2(stream)
+    except StreamTerminatedError:
+        if not spoke_http2(stream):
+            raise
+
+
 def _failed(error: GRPCError) -> StreamFailed:
     return StreamFailed(Status(error.status.value), error.message or "")
 
@@ -196,6 +212,8 @@ class ClientChannel:
         try:
             await send_client_message(self._stream, framed_pieces(message))
         except StreamTerminatedError as error:
+            if self._ended_ok():
+                return  # the extension ended the call first: what it said is read next
             raise self._why_reset(error) from None
 
     def _sent_status(self) -> tuple[grpclib.const.Status, str | None] | None:
@@ -292,8 +310,7 @@ async def open_channel(
                         await stream.send_request()
                         connected = True
                         if connect_timeout is not None:  # else the descriptor's deadline
-                            with ended_with_call(stream):
-                                await extension_speaks_http2(stream)
+                            await _spoken_to(stream)
                 except TimeoutError:
                     raise ProtocolError(
                         "PIPE-3",

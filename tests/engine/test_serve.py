@@ -230,7 +230,62 @@ async def test_processor_returning_garbage_ends_the_stream_with_internal() -> No
             await stream.end()
             await collect(results)
     assert isinstance(outcome[0], ProtocolError)
-    assert "str" in str(outcome[0])
+    assert "returned a value of type builtins.str among the inferences of sample 2" in str(
+        outcome[0]
+    )
+    assert "expected avaproto.messages.Inference" in str(outcome[0])
+
+
+@pytest.mark.rule("SRV-3")
+async def test_protocs_inferences_are_read_as_avaprotos_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The published extensions build their answers with protoc's classes
+    (``inferencing_pb2``, here compiled from protos/ by the official runtime): an
+    extension ported from one returns those, and their bytes say the same."""
+    from bench.official import official_messages
+
+    official_messages()
+    import inferencing_pb2  # made importable by official_messages
+
+    def published(frame: Frame) -> list[object]:
+        made = inferencing_pb2.Inference(type=inferencing_pb2.Inference.ENTITY)
+        made.entity.tag.value = "car"
+        made.entity.box.l, made.entity.box.t, made.entity.box.w, made.entity.box.h = (
+            0.25, 0.25, 0.5, 0.5
+        )  # fmt: skip
+        return [made]
+
+    caplog.set_level(logging.WARNING, logger="avaproto")
+    async with served(FunctionExtension(published)) as (stream, results, _):
+        for t in range(3):
+            await stream.send(bytes(FRAME_BYTES), timestamp=t)
+        await stream.end()
+        answers = await collect(results)
+    assert [a.inferences for a in answers] == [entity_at(0.25)] * 3
+    [warned] = [r.getMessage() for r in caplog.records if "inferencing_pb2" in r.getMessage()]
+    assert "inferences[0] was protoc's inferencing_pb2.Inference, read as avaproto's" in warned
+
+
+@pytest.mark.rule("SRV-3")
+async def test_another_message_of_protocs_is_refused_by_its_name() -> None:
+    from bench.official import official_messages
+
+    official_messages()
+    import inferencing_pb2
+
+    with pytest.raises(StreamFailed) as failed:
+        async with served(FunctionExtension(lambda frame: [inferencing_pb2.Tag(value="car")])) as (
+            stream,
+            results,
+            _,
+        ):
+            await stream.send(bytes(FRAME_BYTES), timestamp=0)
+            await stream.end()
+            await collect(results)
+    assert (
+        "returned a value of type inferencing_pb2.Tag among the inferences" in failed.value.detail
+    )
 
 
 def entity_at(l: float) -> list[Inference]:  # noqa: E741

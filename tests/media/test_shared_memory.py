@@ -982,20 +982,33 @@ class TestTheSendersArena:
         assert not one.path.exists() and not two.path.exists()
 
     @pytest.mark.rule("SHM-9")
-    @pytest.mark.parametrize("mode", [0o640, 0o644])
-    def test_a_segment_others_may_read_but_never_write(self, mode: int) -> None:
+    @pytest.mark.parametrize("mode", [0o640, 0o644, 0o660])
+    def test_a_segment_others_may_read_and_its_group_write(
+        self, mode: int, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Group write, for extensions that open segments read-write, is warned of."""
+        caplog.set_level(logging.WARNING, logger="avaproto")
         previous = os.umask(0o077)  # even under the most restrictive umask
         try:
             with SharedMemoryArena.create(4096, mode=mode) as arena:
                 assert stat.S_IMODE(arena.path.stat().st_mode) == mode
         finally:
             os.umask(previous)
+        warned = [r.getMessage() for r in caplog.records]
+        if mode != 0o660:
+            assert warned == []
+            return
+        [line] = warned
+        assert line.startswith(f"[SHM-9] segment {arena.path} is mode 0o660: any process of ")
+        assert "may change its frames before the extension reads them" in line
 
     @pytest.mark.rule("SHM-9")
-    @pytest.mark.parametrize("mode", [0o666, 0o660, 0o400, 0o4600, 0o700, 0o606, 0o604])
+    @pytest.mark.parametrize(
+        "mode", [0o666, 0o664, 0o670, 0o662, 0o400, 0o4600, 0o700, 0o606, 0o604]
+    )
     def test_a_mode_that_lets_others_write_is_refused(self, mode: int) -> None:
         before = set(os.listdir(SHM))
-        with pytest.raises(ValueError, match="0o600, 0o640 or 0o644"):
+        with pytest.raises(ValueError, match="0o600, 0o640, 0o644 or 0o660"):
             SharedMemoryArena.create(4096, mode=mode)
         assert set(os.listdir(SHM)) <= before
 

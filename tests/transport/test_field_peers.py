@@ -17,6 +17,7 @@ avaproto's side is the real server, client and CLI core.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import os
@@ -549,6 +550,44 @@ async def test_a_grpcio_extension_that_ends_at_once_is_refused_for_what_it_lacke
                 pass
     finally:
         server.stop(grace=None)
+    assert caught.value.rule == "DESC-5", caught.value
+    assert "without answering our descriptor" in str(caught.value)
+
+
+@pytest.mark.rule("DESC-5")
+async def test_an_end_that_comes_with_the_extensions_settings_is_read_as_said() -> None:
+    """The same end, its SETTINGS, status and reset in one read (as a busy machine
+    delivers grpcio's): the wait for the SETTINGS ended with the reset, and the
+    pipeline said "connection lost"."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    from tests.transport.test_goaway import _listening
+
+    async def at_once(client: anyio.abc.SocketStream) -> None:
+        machine = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        machine.initiate_connection()  # its SETTINGS, held back until the call came
+        async with client:
+            with anyio.fail_after(TIMEOUT):
+                while True:
+                    events = machine.receive_data(await client.receive())
+                    opened = [e for e in events if isinstance(e, h2.events.RequestReceived)]
+                    if opened:
+                        break
+            [call] = opened
+            ended = [(":status", "200"), ("content-type", "application/grpc")]
+            machine.send_headers(call.stream_id, [*ended, ("grpc-status", "0")], end_stream=True)
+            machine.reset_stream(call.stream_id)  # NO_ERROR: our direction is not read
+            await client.send(machine.data_to_send())
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while await client.receive():  # until the pipeline goes
+                    pass
+
+    async with _listening(at_once) as port:
+        with anyio.fail_after(TIMEOUT), pytest.raises(ProtocolError) as caught:
+            async with connect(f"127.0.0.1:{port}", format=RGB24, descriptor_timeout=TIMEOUT / 2):
+                pass
     assert caught.value.rule == "DESC-5", caught.value
     assert "without answering our descriptor" in str(caught.value)
 
