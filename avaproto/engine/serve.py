@@ -416,7 +416,7 @@ class ExtensionHandler:
         data: memoryview | Lease | None = None
         content = event.content
         if isinstance(content, EmbeddedContent):
-            data = memoryview(content.data)
+            data = memoryview(content.data).toreadonly()  # as a lease's view is
         elif content is not None:
             assert self.region is not None  # the session checked SHM-1
             lease = self.region.lease(event.sequence_number, content.offset, content.length)
@@ -478,9 +478,21 @@ class ExtensionHandler:
                 Status.DEADLINE_EXCEEDED,
                 f"processing sample {number} took longer than the frame timeout of {timeout} s",
             ) from None
+        except InferenceError as error:  # avaproto.media.inferences refused what it made
+            raise ProtocolError(
+                "SRV-3",
+                Status.INTERNAL,
+                f"the extension failed on sample {number}: {error} (the functions of "
+                "avaproto.media.inferences refuse what the rules refuse: clip a detector's "
+                "box to the image first)",
+            ) from error
         except ProtocolError:
-            raise
+            raise  # the sample's own fault (its shared memory, SHM-15), not the extension's
         except Exception as error:
+            # The stream ends with the error's text; its author needs where it came from.
+            log.warning(
+                "%s: the extension failed on sample %d", self.runner.peer, number, exc_info=error
+            )
             raise ProtocolError(
                 "SRV-3",
                 Status.INTERNAL,

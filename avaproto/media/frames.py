@@ -125,7 +125,7 @@ def _native_shape(layout: PixelLayout, plane: Plane) -> tuple[int, ...]:
     return (plane.height, plane.width)
 
 
-def _plane(raw: memoryview, layout: PixelLayout, plane: Plane) -> np.ndarray:
+def _plane(raw: np.ndarray, layout: PixelLayout, plane: Plane) -> np.ndarray:
     """One plane as a strided view of ``raw``; the padding past each row is skipped."""
     shape = _native_shape(layout, plane)
     if layout.layout is Layout.WORD16:
@@ -133,6 +133,17 @@ def _plane(raw: memoryview, layout: PixelLayout, plane: Plane) -> np.ndarray:
     item = layout.bytes_per_pixel
     strides = (plane.pitch, item, 1) if len(shape) == 3 else (plane.pitch, item)
     return np.ndarray(shape, np.uint8, raw, plane.offset, strides)
+
+
+def _exporting(view: memoryview) -> np.ndarray:
+    """``view``'s bytes as an array that holds an export of them while it lives.
+
+    ``np.ndarray(buffer=a_memoryview)`` keeps the object under the view (a bytearray,
+    an mmap) without an export: the view can then be released, a pooled buffer reused
+    under the array, a mapping unmapped (a segmentation fault on the next read).
+    ``np.frombuffer`` keeps one, which refuses all three (SHM-12).
+    """
+    return np.frombuffer(view, np.uint8)
 
 
 def decode(buffer: Buffer, fmt: VideoFormat) -> Image:
@@ -154,7 +165,8 @@ def decode(buffer: Buffer, fmt: VideoFormat) -> Image:
             Status.INVALID_ARGUMENT,
             f"a {fmt} frame measures {expected} bytes, the content has {raw.nbytes}",
         )
-    planes = [_plane(raw, layout, plane) for plane in _planes(fmt)]
+    whole = _exporting(raw)
+    planes = [_plane(whole, layout, plane) for plane in _planes(fmt)]
     if layout.layout is Layout.PLANAR_YUV420:
         return YuvPlanes(*planes)
     image: Image = planes[0]
@@ -467,10 +479,11 @@ def encode_native(image: Image, fmt: VideoFormat) -> bytes:
         dtype = _word_dtype(layout) if layout.layout is Layout.WORD16 else np.dtype(np.uint8)
         return np.asarray(image, dtype).tobytes()  # packed rows: one copy, no padding
     out = bytearray(fmt.frame_bytes)
-    raw = memoryview(out)
+    whole = _exporting(memoryview(out))
     sources = list(image) if isinstance(image, YuvPlanes) else [image]
     for source, plane in zip(sources, planes, strict=True):
-        np.copyto(_plane(raw, layout, plane), source, casting="same_kind")
+        np.copyto(_plane(whole, layout, plane), source, casting="same_kind")
+    del whole  # its export, before the bytes are taken
     return bytes(out)
 
 

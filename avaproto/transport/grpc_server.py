@@ -38,6 +38,7 @@ from grpclib.exceptions import GRPCError
 from ..codec import encode_framed
 from ..engine.config import EngineConfig
 from ..engine.extension import Extension
+from ..engine.outcome import protocol_errors
 from ..engine.serve import StreamStop, serve_stream
 from ..errors import ProtocolError, RemoteProtocolError, bounded
 from ..messages import METHOD_PATH, MediaStreamDescriptor, MediaStreamMessage
@@ -378,14 +379,25 @@ class ExtensionService:
             extension = self._factory()
             self.streams[id(stream)] = OpenStream(channel.peer, _name(extension))
             stop = self._stops[id(stream)] = StreamStop()
-            await serve_stream(
-                channel,
-                extension,
-                self._engine,
-                deadline=timeout,
-                deadline_text=f"grpc-timeout {given}",
-                stop=stop,
-            )
+            with protocol_errors((Exception,)):
+                # In a task of its own: grpclib ends a call whose stream was reset by
+                # cancelling this task natively (Task.cancel), which no cancel scope
+                # shields from, and the extension's close() was cut short (its model
+                # left loaded, the stream's closing line never logged). The task group
+                # turns it into anyio's cancellation of the stream, whose close() and
+                # cleanup run shielded to their end.
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(
+                        partial(
+                            serve_stream,
+                            channel,
+                            extension,
+                            self._engine,
+                            deadline=timeout,
+                            deadline_text=f"grpc-timeout {given}",
+                            stop=stop,
+                        )
+                    )
         except BaseException as error:
             if cancelled_by_reset(stream):
                 # The pipeline reset the stream (a cancelled call, a closed channel), or

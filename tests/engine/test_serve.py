@@ -10,6 +10,7 @@ import logging
 import random
 import re
 import threading
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -24,6 +25,7 @@ from avaproto.engine.frame import Frame
 from avaproto.engine.outcome import protocol_errors
 from avaproto.engine.serve import StreamSummary, serve_stream
 from avaproto.errors import ProtocolError, StreamFailed
+from avaproto.media import inferences
 from avaproto.messages import (
     Entity,
     Inference,
@@ -199,7 +201,11 @@ async def test_end_of_input_with_frames_in_flight_answers_them_all() -> None:
 
 
 @pytest.mark.rule("SRV-3", "LIFE-3")
-async def test_processor_that_raises_ends_the_stream_with_internal() -> None:
+async def test_processor_that_raises_ends_the_stream_with_internal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="avaproto")
+
     def broken(frame: Frame) -> None:
         if frame.sequence_number == 4:
             raise ValueError("model exploded")
@@ -216,6 +222,47 @@ async def test_processor_that_raises_ends_the_stream_with_internal() -> None:
     assert failed.value.status is Status.INTERNAL
     assert "[SRV-3]" in failed.value.detail
     assert "sample 4" in failed.value.detail and "model exploded" in failed.value.detail
+    # Its author is told where: the traceback, once, in the server's log.
+    [logged] = [r for r in caplog.records if r.exc_info]
+    assert "the extension failed on sample 4" in logged.getMessage()
+    assert logged.exc_info is not None
+    assert "in broken" in "".join(traceback.format_exception(*logged.exc_info))
+
+
+@pytest.mark.rule("EMB-1")
+async def test_an_embedded_frame_is_read_only_as_a_shared_memory_one_is() -> None:
+    """Code that drew on ``frame.rgb()`` worked with embedded frames (send's default)
+    and failed with shared memory: both are read-only."""
+    seen: list[tuple[bool, bool]] = []
+
+    def look(frame: Frame) -> None:
+        assert frame.data is not None
+        seen.append((frame.data.readonly, frame.rgb().flags.writeable))
+
+    async with served(FunctionExtension(look)) as (stream, results, _):
+        await stream.send(bytes(FRAME_BYTES), timestamp=0)
+        await stream.end()
+        await collect(results)
+    assert seen == [(True, False)]
+
+
+@pytest.mark.rule("SRV-3")
+async def test_an_inference_the_builders_refuse_is_the_extensions_failure() -> None:
+    """A detector's box past the image's edge, given to ``inferences.rectangle``: the
+    stream ends INTERNAL, the extension's failure, not INVALID_ARGUMENT, which tells
+    the pipeline it sent something wrong."""
+
+    def unclipped(frame: Frame) -> list[Inference]:
+        return [inferences.entity("person", 0.5, inferences.rectangle(-0.1, 0.1, 0.2, 0.2))]
+
+    with pytest.raises(StreamFailed) as failed:
+        async with served(FunctionExtension(unclipped)) as (stream, results, _):
+            await stream.send(bytes(FRAME_BYTES), timestamp=0)
+            await stream.end()
+            await collect(results)
+    assert failed.value.status is Status.INTERNAL
+    assert "[SRV-3] the extension failed on sample 2: [INF-4] box.l = -0.1" in failed.value.detail
+    assert "clip a detector's box to the image first" in failed.value.detail
 
 
 @pytest.mark.rule("SRV-3")

@@ -408,7 +408,8 @@ class TestColour:
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-        assert peak < 1024, f"{peak} bytes allocated for a 6 MB frame"
+        # A few array headers (the strided view, the byte array it exports from): no pixels.
+        assert peak < 4096, f"{peak} bytes allocated for a 6 MB frame"
         assert np.shares_memory(rgb, np.frombuffer(data, np.uint8))
         assert (rgb[0, 0] == buffer[2::-1]).all() and (rgb[0, 1] == buffer[5:2:-1]).all()
 

@@ -643,6 +643,41 @@ class TestViewsOutlivingTheirLease:
             del kept
 
     @pytest.mark.rule("SHM-12")
+    @pytest.mark.parametrize(
+        "pixels", [PixelFormat.RGB24, PixelFormat.RGB565LE, PixelFormat.YUV420P]
+    )
+    @pytest.mark.parametrize("access", ["read", "map"])
+    def test_a_decoded_frame_kept_past_its_lease_keeps_its_bytes(
+        self,
+        arena: SharedMemoryArena,
+        caplog: pytest.LogCaptureFixture,
+        pixels: PixelFormat,
+        access: Access,
+    ) -> None:
+        """What ``frame.rgb()`` and ``frame.image`` give, kept by a tracker for the next
+        frame: numpy's strided views of a memoryview hold the bytearray or mmap under
+        it without an export, so the buffer went back to the pool and the next frame
+        was read into it under the kept array, or the mapping was unmapped under it
+        (a segmentation fault on its next read)."""
+        fmt = VideoFormat.checked(Encoding.RAW, pixels, 4, 2)
+        slot = arena.allocate(fmt.frame_bytes)
+        slot.write(b"\x01" * fmt.frame_bytes)
+        slot.mark_sent(2)
+        region = SharedMemoryRegion.open(arena.handle_name, 4096, access=access)
+        kept = frames.decode(region.lease(2, slot.offset, fmt.frame_bytes).view, fmt)
+        with caplog.at_level(logging.WARNING, "avaproto.media.shared_memory"):
+            region.close(force=True)  # releases the lease
+        assert "[SHM-12]" in caplog.text
+        if access == "map":
+            assert (4096, "r--s") in mappings_of(region.path)  # before any read of it
+        else:
+            assert region.pooled_buffers == 0
+        planes = list(kept) if isinstance(kept, frames.YuvPlanes) else [kept]
+        assert all(plane.tobytes() == b"\x01" * plane.nbytes for plane in planes)
+        arena.ack(2)
+        del kept, planes
+
+    @pytest.mark.rule("SHM-12")
     def test_a_view_made_from_the_view_also_keeps_the_buffer_out_of_the_pool(
         self, segment: tuple[str, Path], caplog: pytest.LogCaptureFixture
     ) -> None:

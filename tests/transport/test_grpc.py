@@ -373,6 +373,56 @@ async def test_a_reset_stream_leaves_nothing_of_it_behind() -> None:
             assert gone() is None
 
 
+@pytest.mark.rule("SRV-16")
+async def test_a_pipeline_gone_during_the_extensions_close_lets_it_finish(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """grpclib ends a call whose stream was reset, or whose connection closed, by
+    cancelling its task natively: a close() under way (the pipeline has its status and
+    closes its channel) was cut short, and the stream's closing line never logged."""
+    from avaproto.transport.guard import ConnectionGuard
+
+    caplog.set_level(logging.INFO, logger="avaproto")
+    closing, reset, closed = anyio.Event(), anyio.Event(), anyio.Event()
+    lost = ConnectionGuard.connection_lost
+
+    def seen_lost(self: ConnectionGuard, error: BaseException | None) -> None:
+        lost(self, error)  # grpclib ends the connection's calls in there
+        reset.set()
+
+    monkeypatch.setattr(ConnectionGuard, "connection_lost", seen_lost)
+
+    class Extension:
+        async def process(self, frame: Frame) -> None: ...
+
+        async def close(self) -> None:
+            closing.set()
+            await reset.wait()
+            closed.set()
+
+    with anyio.fail_after(TIMEOUT):
+        async with server(Extension) as extension:
+            channel = grpclib.client.Channel("127.0.0.1", extension.port)
+            async with channel.request(
+                METHOD_PATH,
+                grpclib.const.Cardinality.STREAM_STREAM,
+                MediaStreamMessage,
+                MediaStreamMessage,
+            ) as stream:
+                await stream.send_message(
+                    MediaStreamMessage(
+                        sequence_number=1, media_stream_descriptor=pipeline_descriptor()
+                    ),
+                    end=True,
+                )
+                await closing.wait()
+                channel.close()  # the connection, as the pipeline goes
+            await closed.wait()
+            await extension.service.wait_idle()
+    [line] = [r.getMessage() for r in caplog.records if "stream closed" in r.getMessage()]
+    assert "0 frames" in line
+
+
 def test_clearing_an_errors_frames_leaves_a_task_that_still_runs_running() -> None:
     """An error a stream ends with may be linked to one a task still running raised (a
     model's worker that passes its error on and goes on): only references are dropped."""
