@@ -76,6 +76,10 @@ def redact(text: str) -> str:
     return _BASIC_TOKEN.sub(rf"\g<1> {REDACTED}", text)
 
 
+#: hpack's lines that quote a whole header block, as bytes (its ``log.debug`` formats).
+_HEADER_BLOCKS = frozenset({"Encoded header block to %s", "Decoding %s"})
+
+
 class RedactCredentials(logging.Filter):
     """Redacts credentials from every record a handler emits, its message and arguments.
 
@@ -85,6 +89,11 @@ class RedactCredentials(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("hpack") and record.msg in _HEADER_BLOCKS:
+            # A header block as hpack encoded it: its bytes hold every header, the
+            # credentials too, Huffman-coded where no pattern finds them.
+            record.msg, record.args = record.msg % (REDACTED,), None
+            return True
         try:
             message = record.getMessage()
         except Exception:  # a malformed record: let the handler report it as usual
@@ -1153,6 +1162,9 @@ def _send(args: argparse.Namespace) -> int:
     assert failure is not None
     if not isinstance(failure, AvaprotoError | OSError | SourceError):
         raise failure
+    if isinstance(failure, BrokenPipeError):  # --output - | head: the reader is done
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to it
+        failure = OSError("the output's reader went away (a broken pipe)")
     print(f"avaproto send: {failure}{where}", file=sys.stderr)
     if args.transfer == "shm" and "permission denied" in str(failure).lower():
         print(f"avaproto send: hint: {_SEGMENT_DENIED.format(mode=args.shm_mode)}", file=sys.stderr)

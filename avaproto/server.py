@@ -100,14 +100,23 @@ async def running(
 async def serve(
     target: Servable,
     *,
-    host: str = "127.0.0.1",
-    port: int = 5001,
+    host: str | None = None,
+    port: int | None = None,
     config: ServerConfig | None = None,
     grace: float = 5.0,
     ready: Callable[[ExtensionServer], None] | None = None,
 ) -> None:
-    """Serve ``target`` until cancelled or until SIGTERM/SIGINT, then drain for ``grace`` s."""
-    config = replace(config or ServerConfig(engine=EngineConfig()), host=host, port=port)
+    """Serve ``target`` until cancelled or until SIGTERM/SIGINT, then drain for ``grace`` s.
+
+    ``host`` and ``port``, when given, override ``config``'s (127.0.0.1 and 5001 by
+    default).
+    """
+    config = config or ServerConfig(engine=EngineConfig())
+    config = replace(
+        config,
+        host=config.host if host is None else host,
+        port=config.port if port is None else port,
+    )
     # The signals are caught before the server listens (and logs that it does), so a
     # supervisor that stops it the moment it is ready gets a drain, not an abrupt exit.
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

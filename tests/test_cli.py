@@ -196,6 +196,24 @@ def test_send_writes_one_json_line_per_acknowledged_frame(tmp_path: Path, transf
     assert not list(tmp_path.glob(".results.jsonl.*")), "no temporary file is left behind"
 
 
+def test_output_to_a_reader_that_goes_away_ends_in_one_line() -> None:
+    """``send --output - | head -1``: the pipe breaks under the next result."""
+    with serving("--extension", "motion") as server:
+        sender = subprocess.Popen(
+            [*AVAPROTO, "send", server.target, "--frames", "300", "--output", "-"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert sender.stdout is not None
+        assert sender.stdout.readline().startswith('{"sequenceNumber":')
+        sender.stdout.close()  # as head does once it has its line
+        _, stderr = sender.communicate(timeout=TIMEOUT)
+    assert sender.returncode == 1
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert "avaproto send: the output's reader went away (a broken pipe)" in stderr
+
+
 @pytest.mark.rule("AUTH-3")
 def test_send_with_wrong_password_fails_with_one_clear_line() -> None:
     with serving(
@@ -636,6 +654,31 @@ def test_redaction_covers_every_form_a_header_is_printed_in() -> None:
     )
     assert RedactCredentials().filter(record)
     assert token not in record.getMessage() and "x-ms-authentication" in record.getMessage()
+
+
+def test_a_header_block_hpack_logs_is_redacted_whole() -> None:
+    """hpack logs every header block as bytes, Huffman-coded: no pattern finds the
+    credentials in them, and the bytes decode back to them."""
+    import hpack
+
+    token = base64.b64encode(b"alice:S3cretPassw0rd").decode()
+    caught: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.addFilter(RedactCredentials())
+    handler.emit = caught.append  # type: ignore[method-assign]
+    logger = logging.getLogger("hpack")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        block = hpack.Encoder().encode([("x-ms-authentication", f"Basic {token}")])
+        hpack.Decoder().decode(block)
+    finally:
+        logger.setLevel(level)
+        logger.removeHandler(handler)
+    said = [record.getMessage() for record in caught]
+    assert "Encoded header block to <redacted>" in said and "Decoding <redacted>" in said
+    assert not [line for line in said if token in line or repr(block)[2:-1] in line]
 
 
 # --- TLS from the command line -------------------------------------------------------------

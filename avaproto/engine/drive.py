@@ -650,7 +650,9 @@ class PipelineStream:
                             Status.DEADLINE_EXCEEDED,
                             f"sample {number} was not acknowledged within {timeout:g} s "
                             f"({len(self._sent_at)} unacknowledged); the extension at "
-                            f"{self.channel.peer} may drop frames it fails on",
+                            f"{self.channel.peer} is slower than that, or drops frames it "
+                            "fails on (ack_timeout, --ack-timeout: longer, or none to wait "
+                            "for ever)",
                         )
                 elif self._ended:
                     due = self._ended_at + timeout

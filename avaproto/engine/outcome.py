@@ -42,12 +42,12 @@ def first_protocol_error(
     By default: the first protocol violation, or the peer's failure status.
     """
     for error in group.exceptions:
-        if isinstance(error, kinds):
-            return error
-        if isinstance(error, BaseExceptionGroup):
+        if isinstance(error, BaseExceptionGroup):  # an ExceptionGroup is an Exception too
             found = first_protocol_error(error, kinds)
             if found is not None:
                 return found
+        elif isinstance(error, kinds):
+            return error
     return None
 
 

@@ -55,7 +55,7 @@ def parse_header(value: str) -> Credentials:
     """Read ``Basic base64(username:password)``; raise AUTH-3 when it is not that shape."""
     scheme, _, token = value.strip().partition(" ")
     if scheme.lower() != _SCHEME or not token:
-        raise _refuse(f"{AUTH_HEADER} must use the Basic scheme: 'Basic <base64>'")
+        raise _refuse(f"{AUTH_HEADER} must be 'Basic ' and the base64 of username:password")
     token = token.strip()
     # Encoders that leave out the padding are common (JSON-5 reads such base64 too);
     # the text without it is unambiguous, so it is put back before decoding.

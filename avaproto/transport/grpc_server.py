@@ -321,6 +321,31 @@ class ExtensionService:
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
+    def _made(self, stream: grpclib.server.Stream[Any, Any]) -> Extension:
+        """The stream's extension, from the factory; one that fails ends the stream
+        INTERNAL (SRV-3) with what it raised, and its traceback logged once."""
+        try:
+            made = self._factory()
+            if not callable(getattr(made, "process", None)):
+                kind = type(made)
+                raise TypeError(
+                    f"the factory gave a {kind.__module__}.{kind.__qualname__}, which has no "
+                    "process(frame) method"
+                )
+            return made
+        except Exception as error:
+            message = (
+                f"[SRV-3] the extension could not be made for this stream: "
+                f"{type(error).__name__}: {error}"
+            )
+            log.warning(
+                "stream of %s refused: %s",
+                peer_address(stream.peer.addr()),
+                message,
+                exc_info=error,
+            )
+            raise GRPCError(grpclib.const.Status.INTERNAL, message) from None
+
     async def _handle(self, stream: grpclib.server.Stream[Any, Any]) -> None:
         if self.draining:
             raise GRPCError(
@@ -354,7 +379,7 @@ class ExtensionService:
         try:
             check_authentication(header_values(stream, AUTH_HEADER), self._config.credentials)
         except ProtocolError as error:
-            log.warning("stream refused: %s", error)
+            log.warning("stream of %s refused: %s", peer_address(stream.peer.addr()), error)
             raise GRPCError(grpclib.const.Status(int(error.status)), str(error)) from None
         timeout, given = request_deadline(stream)
         encoding = request_encoding(stream)
@@ -376,7 +401,7 @@ class ExtensionService:
                 self._config.max_descriptor_bytes,
                 self._config.limits.message_timeout,
             )
-            extension = self._factory()
+            extension = self._made(stream)
             self.streams[id(stream)] = OpenStream(channel.peer, _name(extension))
             stop = self._stops[id(stream)] = StreamStop()
             with protocol_errors((Exception,)):

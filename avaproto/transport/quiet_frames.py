@@ -23,6 +23,11 @@ QUIET_FRAMES_PER_SECOND = 10.0
 QUIET_BYTES = 1024
 QUIET_PER_FRAME = 4
 QUIET_PER_HEADERS = 10
+#: What the connection's own sends earn is kept up to this many times the limit, apart:
+#: a peer answers them when it reads them, which may be long after, all at once (grpcio
+#: returns credit for thousands of small answers it read in a burst), and capped with
+#: the rest at the limit, that credit was lost before it came.
+OWED_LIMITS = 100
 
 _DATA, _HEADERS, _SETTINGS, _CONTINUATION = 0x0, 0x1, 0x4, 0x9
 
@@ -31,13 +36,16 @@ class QuietFrames:
     """A token bucket of ``limit`` frames that carry no message.
 
     ``sent()`` gives the bytes of DATA and the messages the connection sent so far,
-    which earn frames back as those received do.
+    which earn frames back as those received do, kept in a bucket of their own (up to
+    ``OWED_LIMITS`` times the limit) spent once the first is empty: a peer owes them for
+    what it was sent, however late it answers.
     """
 
     def __init__(self, limit: int, sent: Callable[[], tuple[int, int]]) -> None:
         self.limit = limit
         self._sent = sent
         self._left = float(limit)
+        self._owed = 0.0  # earned by what the connection sent, not yet spent
         self._at = time.monotonic()
         self._sent_then = (0, 0)  # what ``sent()`` gave when last counted
 
@@ -49,14 +57,15 @@ class QuietFrames:
         """Count ``frames`` that carry no message; False once past the allowance."""
         now, sent = time.monotonic(), self._sent()
         then = self._sent_then
-        earned = (
-            (now - self._at) * QUIET_FRAMES_PER_SECOND
-            + (sent[0] - then[0]) / QUIET_BYTES
-            + (sent[1] - then[1]) * QUIET_PER_FRAME
-        )
-        self._left = min(self.limit, self._left + earned) - frames
+        owed = (sent[0] - then[0]) / QUIET_BYTES + (sent[1] - then[1]) * QUIET_PER_FRAME
+        self._owed = min(self.limit * OWED_LIMITS, self._owed + owed)
+        left = min(self.limit, self._left + (now - self._at) * QUIET_FRAMES_PER_SECOND) - frames
+        if left < 0:
+            self._owed += left
+            left = 0.0
+        self._left = left
         self._at, self._sent_then = now, sent
-        return self._left >= 0
+        return self._owed >= 0
 
     def frame(self, kind: int, length: int) -> bool:
         """A frame's header arrived: a DATA frame or HEADERS earns, one that carries no

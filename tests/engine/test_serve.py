@@ -772,6 +772,17 @@ def test_protocol_errors_surfaces_the_cause_of_a_failed_task_group() -> None:
         raise BaseExceptionGroup("tasks", [ValueError("not a protocol error")])
 
 
+def test_the_error_asked_for_is_found_in_nested_groups_not_the_group() -> None:
+    """An ExceptionGroup is an Exception: asked for the first Exception of a task group
+    nested in another (send's, in the engine's), the search gave the inner group, and
+    ``send --output - | head`` printed its traceback."""
+    broken = BrokenPipeError(32, "Broken pipe")
+    nested = BaseExceptionGroup("engine", [ExceptionGroup("send", [broken])])
+    with pytest.raises(BrokenPipeError) as caught, protocol_errors((Exception,)):
+        raise nested
+    assert caught.value is broken
+
+
 def test_every_extension_is_made_the_whole_protocol() -> None:
     from avaproto.engine.extension import ExtensionBase, as_async_extension
 

@@ -6,6 +6,7 @@ import logging
 import struct
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from avaproto.engine.config import EngineConfig
 from avaproto.engine.drive import Result
 from avaproto.engine.extension import ExtensionRefused
 from avaproto.engine.frame import Frame
-from avaproto.errors import StreamFailed
+from avaproto.errors import ProtocolError, StreamFailed
 from avaproto.messages import METHOD_PATH, Encoding, Inference, MediaStreamMessage, PixelFormat
 from avaproto.protocol.auth import Credentials
 from avaproto.protocol.descriptor import StreamDescriptor
@@ -112,8 +113,9 @@ class TestAuthentication:
         ],
     )
     async def test_refused_before_any_message_is_read(
-        self, credentials: Credentials | None, says: str
+        self, credentials: Credentials | None, says: str, caplog: pytest.LogCaptureFixture
     ) -> None:
+        caplog.set_level(logging.WARNING, logger="avaproto")
         opened: list[object] = []
 
         class Recording:
@@ -134,6 +136,18 @@ class TestAuthentication:
         assert says in caught.value.detail and "[AUTH-3]" in caught.value.detail
         assert "s3cret" not in caught.value.detail
         assert opened == []
+        [line] = [r.getMessage() for r in caplog.records if "[AUTH-3]" in r.getMessage()]
+        assert line.startswith("stream of 127.0.0.1:") and says in line
+
+    @pytest.mark.rule("AUTH-3")
+    def test_the_refusal_of_another_scheme_survives_the_logs_redaction(self) -> None:
+        from avaproto.cli import redact
+        from avaproto.protocol.auth import check_authentication
+
+        with pytest.raises(ProtocolError) as caught:
+            check_authentication(["Bearer abc"], self.CREDENTIALS)
+        assert "must be 'Basic ' and the base64 of username:password" in str(caught.value)
+        assert redact(str(caught.value)) == str(caught.value)
 
     @pytest.mark.rule("AUTH-3")
     async def test_malformed_header(self) -> None:
@@ -421,6 +435,52 @@ async def test_a_pipeline_gone_during_the_extensions_close_lets_it_finish(
             await extension.service.wait_idle()
     [line] = [r.getMessage() for r in caplog.records if "stream closed" in r.getMessage()]
     assert "0 frames" in line
+
+
+def _no_model() -> Any:
+    raise MemoryError("CUDA out of memory")
+
+
+@pytest.mark.rule("SRV-3")
+@pytest.mark.parametrize(
+    ("factory", "says"),
+    [
+        (_no_model, "MemoryError: CUDA out of memory"),
+        (lambda: 42, "TypeError: the factory gave a builtins.int, which has no process(frame)"),
+    ],
+)
+async def test_an_extension_that_cannot_be_made_ends_its_stream_internal(
+    factory: Any, says: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not UNKNOWN "Internal Server Error" and grpclib's traceback: the rule, what the
+    factory raised, and the traceback in the server's log, once."""
+    caplog.set_level(logging.WARNING)
+    async with server(factory) as extension:
+        with pytest.raises(StreamFailed) as caught:
+            async with connect(f"127.0.0.1:{extension.port}", format=RGB24):
+                pass
+    assert caught.value.status is Status.INTERNAL
+    assert "[SRV-3] the extension could not be made for this stream: " + says in str(caught.value)
+    [logged] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert logged.name == "avaproto.server" and logged.exc_info is not None
+    assert logged.getMessage().startswith("stream of 127.0.0.1:")
+
+
+async def test_serve_listens_where_its_config_says_unless_told_otherwise() -> None:
+    """``serve(config=ServerConfig(port=0))`` was moved to serve's own default, 5001."""
+    from avaproto.server import serve
+
+    ports: list[int] = []
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tasks:
+
+            def ready(server: ExtensionServer) -> None:
+                ports.append(server.port)
+                tasks.cancel_scope.cancel()
+
+            tasks.start_soon(partial(serve, tagged, config=ServerConfig(port=0), ready=ready))
+    [port] = ports
+    assert port not in (0, 5001)
 
 
 def test_clearing_an_errors_frames_leaves_a_task_that_still_runs_running() -> None:

@@ -1499,6 +1499,32 @@ async def test_window_updates_for_the_answers_a_client_reads_are_earned_back() -
 
 
 @pytest.mark.rule("CONN-19")
+@pytest.mark.parametrize(("updates", "allowed"), [(240, True), (900, False)])
+async def test_credit_returned_late_for_answers_sent_is_earned_back(
+    updates: int, allowed: bool
+) -> None:
+    """grpcio, busy, reads thousands of small answers at once, then returns credit for
+    them all (about 1.2 WINDOW_UPDATEs an answer): what the answers earned had been
+    capped at the allowance meanwhile, and the connection was closed (CONN-19). What
+    they earn is still counted: 201 answers earn 804 frames, not 900."""
+    async with (
+        serving(max_frames_without_data=20) as server,
+        Attacker.connect(server.port) as attacker,
+    ):
+        with anyio.fail_after(TIMEOUT):
+            samples = [sample(number) for number in range(2, 202)]
+            stream_id = await attacker.open_stream(DESCRIPTOR, *samples, end=True)
+            await attacker.until(lambda: attacker.status(stream_id) is not None)
+            late = frame(0x8, 0, 0, struct.pack(">I", 1)) * updates  # 240: 1.2 an answer
+            assert await attacker.send(late)
+            if not allowed:
+                goaway(await attacker.closed(), ErrorCodes.ENHANCE_YOUR_CALM, "CONN-19")
+                return
+            await attacker.settled()
+        assert attacker.goaway is None and attacker.answers(stream_id) == 201
+
+
+@pytest.mark.rule("CONN-19")
 async def test_a_byte_of_data_earns_back_one_frame_not_the_whole_allowance() -> None:
     """Else 999 frames of no message, then a DATA frame of one byte, again and again,
     would flood as freely as no limit at all."""
