@@ -434,6 +434,7 @@ def _serve(args: argparse.Namespace) -> int:
     import anyio
 
     from .extensions import ExtensionLoadError, load_extension
+    from .media.images import limit_decoded_bytes
     from .server import serve
 
     config = _server_config(args)
@@ -441,6 +442,7 @@ def _serve(args: argparse.Namespace) -> int:
         factory = load_extension(args.extension)
     except ExtensionLoadError as error:
         raise UsageError(f"--extension {args.extension}: {error}") from None
+    limit_decoded_bytes(args.max_decoded_bytes)
     if args.slice_us:
         from .scheduling import request_slice
 
@@ -469,6 +471,7 @@ def _slice_us(text: str) -> int:
 def _add_serve(commands: Any) -> None:
     from .engine.config import EngineConfig
     from .extensions import BUILTINS
+    from .media.images import DEFAULT_MAX_DECODED_BYTES
     from .scheduling import DEFAULT_SLICE
     from .server import serve
     from .transport.grpc_server import ServerConfig
@@ -748,6 +751,16 @@ def _add_serve(commands: Any) -> None:
         "SIZE",
         "buffers sized from frame and message headers for bytes still arriving (read into "
         "without a copy), across the server; past it, bytes are buffered as they arrive",
+    )
+    limits.add_argument(
+        "--max-decoded-bytes",
+        type=byte_size,
+        default=DEFAULT_MAX_DECODED_BYTES,
+        metavar="SIZE",
+        help="bytes the JPG, PNG and BMP samples an extension decodes (frame.rgb(), "
+        "frame.image) take while decoding and while their arrays live, across the "
+        "server (a small file can announce a huge image); an image that does not fit "
+        f"ends its stream with RESOURCE_EXHAUSTED (default: {DEFAULT_MAX_DECODED_BYTES >> 20} MiB)",
     )
     parser.add_argument(
         "--loop-lag-warning",

@@ -9,7 +9,10 @@ imported only when a caller asks for pixels, with an error that says what to ins
 from __future__ import annotations
 
 import io
+import logging
+import threading
 import warnings
+import weakref
 from typing import Any
 
 import numpy as np
@@ -23,6 +26,50 @@ from ..status import Status
 PILLOW_FORMATS = {Encoding.JPG: "JPEG", Encoding.PNG: "PNG", Encoding.BMP: "BMP"}
 #: The encoded formats' names, as the commands take them.
 ENCODED = tuple(str(encoding.name) for encoding in PILLOW_FORMATS)
+
+#: The bytes the images of the process being decoded and decoded (while their arrays
+#: live) may take together (SRV-18): a PNG of 10 KB can announce 88 million pixels,
+#: a gigabyte once decoded, and a few streams of them took a server past 3.7 GB while
+#: its frame memory counted their 10 KB each. ``avaproto serve --max-decoded-bytes``.
+DEFAULT_MAX_DECODED_BYTES = 1024**3
+#: What decoding one pixel takes at its peak, in bytes: the decoder's own image (up to
+#: four bytes a pixel), its RGB conversion and the array made from that.
+DECODING_BYTES_PER_PIXEL = 10
+#: What a decoded pixel keeps while its array lives: RGB.
+DECODED_BYTES_PER_PIXEL = 3
+
+log = logging.getLogger("avaproto.media.images")
+
+
+class _DecodedBytes:
+    """The bytes of decoded images in the process, against a bound changed at will."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if self.held + size > self.limit:
+                return False
+            self.held += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self.held -= size
+
+
+#: The process's decoded images (``limit_decoded_bytes`` sets their bound).
+decoded = _DecodedBytes(DEFAULT_MAX_DECODED_BYTES)
+
+
+def limit_decoded_bytes(limit: int) -> None:
+    """Bound the bytes the process's images take being decoded and decoded (SRV-18)."""
+    if limit <= 0:
+        raise ValueError(f"the bound on decoded images must be above 0, got {limit}")
+    decoded.limit = limit
 
 
 def load_pillow() -> Any:
@@ -76,7 +123,7 @@ def decode_image(data: bytes | bytearray | memoryview, encoding: Encoding) -> np
                     "(PIL.Image.MAX_IMAGE_PIXELS)",
                 )
             if found == expected:
-                return np.asarray(image.convert("RGB"), dtype=np.uint8)
+                return _decoded(image, name, pixels)
     except image_module.DecompressionBombError as error:
         status = Status.RESOURCE_EXHAUSTED
         raise FrameError("MEDIA-3", status, f"the {name} sample: {error}") from None
@@ -97,6 +144,30 @@ def decode_image(data: bytes | bytearray | memoryview, encoding: Encoding) -> np
         Status.INVALID_ARGUMENT,
         f"the sample is {found} data, but the stream says {name}",
     )
+
+
+def _decoded(image: Any, name: str, pixels: int) -> npt.NDArray[np.uint8]:
+    """``image``'s pixels as RGB, its bytes counted in ``decoded`` while decoding and
+    then for as long as the array lives; refused (SRV-18, RESOURCE_EXHAUSTED) when
+    they would pass its bound."""
+    peak, kept = pixels * DECODING_BYTES_PER_PIXEL, pixels * DECODED_BYTES_PER_PIXEL
+    if not decoded.take(peak):
+        message = (
+            f"decoding the {name} sample's {image.width}x{image.height} pixels takes about "
+            f"{peak / 2**20:.1f} MiB; the process's images being decoded and decoded hold "
+            f"{decoded.held / 2**20:.1f} MiB of its bound of {decoded.limit / 2**20:.1f} MiB "
+            "(--max-decoded-bytes)"
+        )
+        log.warning("[SRV-18] %s", message)
+        raise FrameError("SRV-18", Status.RESOURCE_EXHAUSTED, message)
+    try:
+        rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except BaseException:
+        decoded.give(peak)
+        raise
+    decoded.give(peak - kept)
+    weakref.finalize(rgb, decoded.give, kept)
+    return rgb
 
 
 def encode_image(rgb: npt.NDArray[np.uint8], encoding: Encoding, *, quality: int = 90) -> bytes:

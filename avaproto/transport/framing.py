@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 import grpclib.protocol
 from grpclib.encoding.base import CodecBase
 
@@ -35,6 +37,43 @@ def _truncated(what: str) -> RemoteProtocolError:
     return RemoteProtocolError("WIRE-1", Status.INVALID_ARGUMENT, f"the stream ended inside {what}")
 
 
+#: Seconds of decoding one stream's messages may take of the event loop before it lets
+#: the others run (WIRE-2).
+PACING_SLICE = 0.005
+
+
+class Pacing:
+    """The time one stream's messages have kept the event loop decoding since they last
+    let other work run (WIRE-2).
+
+    Messages that arrived together are read one after the other without a trip around
+    the event loop, which is what makes a stream in full flow cheap. But the field
+    budget lets one message cost tens of milliseconds to decode (thousands of
+    inferences, a few dozen bytes once compressed), and a read of a hundred of them
+    held every other stream, keepalive and deadline for seconds. So the decoding is
+    timed, and once it passes ``PACING_SLICE`` the reader yields once.
+    """
+
+    __slots__ = ("spent",)
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+
+    def decode(self, data: bytes | bytearray | memoryview) -> MediaStreamMessage:
+        started = time.perf_counter()
+        try:
+            return decode_message(data)
+        finally:
+            self.spent += time.perf_counter() - started
+
+    async def let_others_run(self) -> None:
+        """Yield once if decoding took its slice (never cancelled there: the message
+        read is the caller's)."""
+        if self.spent >= PACING_SLICE:
+            self.spent = 0.0
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+
+
 async def read_message(
     stream: grpclib.protocol.Stream,
     max_bytes: int,
@@ -44,18 +83,23 @@ async def read_message(
     settle: Callable[[MediaStreamMessage], Awaitable[None]] | None = None,
     encoding: str | None = None,
     arrival: Arrival | None = None,
+    pacing: Pacing | None = None,
 ) -> MediaStreamMessage | None:
-    """The next extension message on ``stream``, or None at its clean end (``read``)."""
-    return await read(
+    """The next extension message on ``stream``, or None at its clean end (``read``);
+    with ``pacing``, the decoding of the stream's messages is paced (``Pacing``)."""
+    message = await read(
         stream,
         max_bytes,
-        decode_message,
+        decode_message if pacing is None else pacing.decode,
         limit_rule=limit_rule,
         hold=hold,
         settle=settle,
         encoding=encoding,
         arrival=arrival,
     )
+    if pacing is not None:
+        await pacing.let_others_run()
+    return message
 
 
 class Arrival:

@@ -48,7 +48,7 @@ from ._grpclib_private import (
     trailers_only,
 )
 from .compression import check_encoding
-from .framing import WireCodec, read_message
+from .framing import Pacing, WireCodec, read_message
 from .limits import ConnectionLimits
 from .tls import closed_at_once, explain_connection_failure
 
@@ -140,6 +140,7 @@ class ClientChannel:
         # A message whose prefix was taken and whose body did not come: the stream's
         # bytes no longer start at a message, and nothing more may be read from it.
         self._cut = False
+        self._pacing = Pacing()  # what decoding answers takes of the event loop (WIRE-2)
 
     async def receive(self) -> MediaStreamMessage | None:
         try:
@@ -186,6 +187,7 @@ class ClientChannel:
             limit_rule="PIPE-5",
             encoding=self._encoding,
             hold=self._body,
+            pacing=self._pacing,
         )
         if message is not None:
             return message

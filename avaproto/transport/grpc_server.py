@@ -58,7 +58,7 @@ from ._grpclib_private import (
 from .addresses import peer_address
 from .budget import MessageBudget, subtract
 from .frame_memory import FrameMemory
-from .framing import Arrival, WireCodec, read_message
+from .framing import Arrival, Pacing, WireCodec, read_message
 from .guard import ServerGuard, Throttled, check_open_file_limit, quiet_accept_failures
 from .health import DEFAULT_MAX_WATCHES, HealthService, ServingStatus
 from .http2 import tune_server
@@ -161,6 +161,7 @@ class _ServerChannel:
         self._max = max_bytes
         self._descriptor_timeout: float | None = descriptor_timeout
         self._first = True
+        self._pacing = Pacing()  # what decoding the stream's messages takes of the loop
 
     async def receive(self) -> MediaStreamMessage | None:
         if not self._first:
@@ -187,6 +188,7 @@ class _ServerChannel:
             settle=self._settle,
             encoding=self._encoding,
             arrival=self._arrival,
+            pacing=self._pacing,
         )
 
     async def _settle(self, message: MediaStreamMessage) -> None:

@@ -65,3 +65,32 @@ def test_an_image_announcing_too_many_pixels_is_refused_before_they_are_allocate
         decode_image(png_header(side, side), Encoding.PNG)
     assert (caught.value.rule, caught.value.status) == ("MEDIA-3", Status.RESOURCE_EXHAUSTED)
     assert f"{side * side} pixels" in str(caught.value)
+
+
+@pytest.mark.rule("SRV-18")
+def test_decoded_images_are_bounded_while_their_arrays_live(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PNG of 10 KB can announce 88 million pixels, a gigabyte once decoded; a few
+    streams of them took a server past 3.7 GB while its frame memory counted 10 KB
+    each. What decoding takes is counted, and what a decoded array keeps until it goes."""
+    import gc
+
+    from avaproto.media import images
+
+    monkeypatch.setattr(images, "decoded", images._DecodedBytes(images.DEFAULT_MAX_DECODED_BYTES))
+    picture = encode_image(PICTURE, Encoding.PNG)
+    pixels = PICTURE.shape[0] * PICTURE.shape[1]
+    # Room to decode one at its peak; its array keeps 3 bytes a pixel once decoded.
+    images.limit_decoded_bytes(pixels * images.DECODING_BYTES_PER_PIXEL)
+    kept = decode_image(picture, Encoding.PNG)
+    assert images.decoded.held == pixels * images.DECODED_BYTES_PER_PIXEL
+    with pytest.raises(FrameError) as caught:
+        decode_image(picture, Encoding.PNG)  # its peak does not fit beside the kept one
+    assert (caught.value.rule, caught.value.status) == ("SRV-18", Status.RESOURCE_EXHAUSTED)
+    assert "6x8 pixels" in str(caught.value) and "(--max-decoded-bytes)" in str(caught.value)
+    assert "[SRV-18] decoding the PNG sample's 6x8 pixels" in caplog.text
+    del kept
+    gc.collect()
+    assert images.decoded.held == 0
+    np.testing.assert_array_equal(decode_image(picture, Encoding.PNG), PICTURE)
