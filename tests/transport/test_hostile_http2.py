@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ctypes
 import gc
+import itertools
 import logging
 import os
 import resource
@@ -26,6 +27,7 @@ import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -1496,6 +1498,42 @@ async def test_window_updates_for_the_answers_a_client_reads_are_earned_back() -
             len(e.data) for e in attacker.events if isinstance(e, h2.events.DataReceived)
         )
         assert received > 20 * 32 * 1024
+
+
+def ended(attacker: Attacker, stream_id: int) -> bool:
+    return attacker.status(stream_id) is not None
+
+
+async def test_connections_read_into_one_buffer_each_keep_their_own_bytes() -> None:
+    """Every connection's reads go through one buffer of the server's (256 KiB each
+    took 270 MB for 1,000 idle connections): two connections whose streams arrive a
+    few bytes at a time, interleaved, headers cut anywhere, are each read whole."""
+    async with (
+        serving() as server,
+        Attacker.connect(server.port) as one,
+        Attacker.connect(server.port) as two,
+    ):
+        with anyio.fail_after(TIMEOUT):
+            calls = []
+            for attacker in (one, two):
+                stream_id = attacker.h2.get_next_available_stream_id()
+                attacker.h2.send_headers(stream_id, REQUEST)
+                for number, message in enumerate((DESCRIPTOR, sample(2), sample(3)), 1):
+                    attacker.h2.send_data(stream_id, message, end_stream=number == 3)
+                calls.append((attacker, stream_id, attacker.h2.data_to_send()))
+            sizes = itertools.cycle([1, 7, 13, 4, 9])
+            pending = [[attacker, data] for attacker, _, data in calls]
+            while any(data for _, data in pending):
+                for each in pending:
+                    attacker, data = each
+                    if data:
+                        size = next(sizes)
+                        assert await attacker.send(data[:size])
+                        each[1] = data[size:]
+            for attacker, stream_id, _ in calls:
+                await attacker.until(partial(ended, attacker, stream_id))
+                assert attacker.status(stream_id) == ("0", "")
+                assert attacker.answers(stream_id) == 3
 
 
 @pytest.mark.rule("CONN-19")
