@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider tests/test_layers.py
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict avaproto bench
+	$(BIN)/mypy --strict avaproto bench tests/typed_api.py
 
 pytest: $(STAMP)
 	$(BIN)/pytest

@@ -450,7 +450,32 @@ def _serve(args: argparse.Namespace) -> int:
     # The server logs "serving ... on HOST:PORT" once it listens (port 0: the one chosen).
     anyio.run(lambda: serve(factory, host=args.host, port=args.port, config=config,
                             grace=args.grace))  # fmt: skip
+    _leave_stuck_calls()
     return 0
+
+
+def _leave_stuck_calls() -> None:
+    """Exit now if a plain ``def`` of the extension still runs in a worker thread.
+
+    The drain gave up on it (a thread cannot be cancelled), but Python waits for every
+    such thread before it exits: a processor stuck in a call kept the server for as
+    long as it liked after its grace, silent, and a Ctrl-C then printed a traceback.
+    """
+    import threading
+
+    workers = [t for t in threading.enumerate() if t.name == "AnyIO worker thread"]
+    for worker in workers:
+        worker.join(0.5)  # an idle one ends as the event loop does
+    stuck = sum(worker.is_alive() for worker in workers)
+    if stuck:
+        log.warning(
+            "%d call(s) of the extension still run in worker threads after the drain: "
+            "exiting without them",
+            stuck,
+        )
+        logging.shutdown()  # flushed: nothing else runs after os._exit
+        sys.stdout.flush()
+        os._exit(0)
 
 
 def _slice_us(text: str) -> int:
@@ -481,8 +506,8 @@ def _add_serve(commands: Any) -> None:
         help="serve an extension",
         description=(
             "Serve an extension over gRPC until SIGTERM or Ctrl-C, then drain: running "
-            "streams get --grace seconds to finish. Logs one line as each stream opens "
-            "and closes."
+            "streams get --grace seconds to finish (a second Ctrl-C ends them at once). "
+            "Logs one line as each stream opens and closes."
         ),
     )
     parser.add_argument(

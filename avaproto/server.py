@@ -21,13 +21,20 @@ from dataclasses import replace
 import anyio
 
 from .engine.config import EngineConfig
-from .engine.extension import Extension, FunctionExtension, Processor, check_extension_class
+from .engine.extension import (
+    FunctionExtension,
+    Processing,
+    Processor,
+    check_extension_class,
+)
 from .transport.grpc_server import ExtensionFactory, ExtensionServer, ServerConfig, start_server
 from .transport.watchdog import watch_loop_lag
 
 log = logging.getLogger("avaproto.server")
 
-Servable = Processor | type[Extension] | ExtensionFactory
+#: What ``serve`` and ``running`` take: a processor function, an extension class (its
+#: methods plain or async), or a factory of extension objects.
+Servable = Processor | type[Processing] | ExtensionFactory
 
 
 def as_factory(
@@ -120,9 +127,35 @@ async def serve(
     # The signals are caught before the server listens (and logs that it does), so a
     # supervisor that stops it the moment it is ready gets a drain, not an abrupt exit.
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with running(target, config, grace=grace) as server:
-            if ready is not None:
-                ready(server)
-            async for received in signals:
-                log.info("%s: draining for up to %.1f s", signal.Signals(received).name, grace)
-                break
+        async with anyio.create_task_group() as tasks:
+            async with running(target, config, grace=grace) as server:
+                if ready is not None:
+                    ready(server)
+                async for received in signals:
+                    log.info("%s: draining for up to %.1f s", signal.Signals(received).name, grace)
+                    break
+                # The drain runs as the block ends; a second signal ends its grace.
+                tasks.start_soon(_cut_short_on_signal, signals, server)
+            tasks.cancel_scope.cancel()  # drained: the second signal is not awaited
+
+
+async def _cut_short_on_signal(signals: AsyncIterator[int], server: ExtensionServer) -> None:
+    async for received in signals:
+        log.warning(
+            "%s again: ending the %d streams still open now",
+            signal.Signals(received).name,
+            server.service.active,
+        )
+        server.cut_short()
+        return
+
+
+__all__ = [
+    "ExtensionFactory",
+    "ExtensionServer",
+    "Servable",
+    "ServerConfig",
+    "as_factory",
+    "running",
+    "serve",
+]

@@ -58,6 +58,8 @@ EXTENSIONS = {
         "    return [inferences.entity('person', 0.9, box), odd]\n"
     ),
     "broken": "raise RuntimeError('no model file at /models/yolo.onnx')\n",
+    # A plain def stuck in a call that never returns: no thread can be cancelled.
+    "stuck": "import threading\n\ndef process(frame):\n    threading.Event().wait()\n",
 }
 
 
@@ -194,6 +196,39 @@ def test_send_writes_one_json_line_per_acknowledged_frame(tmp_path: Path, transf
     assert re.search(r"latency: p50 [\d.]+ ms, p99 [\d.]+ ms", done.stdout)
     assert "inferences:" in done.stdout and "motion" in done.stdout
     assert not list(tmp_path.glob(".results.jsonl.*")), "no temporary file is left behind"
+
+
+@pytest.mark.rule("SRV-8")
+def test_a_processor_stuck_in_a_call_does_not_keep_the_server(extensions: Path) -> None:
+    """Python waits for every worker thread before it exits: a processor stuck in a
+    call kept the server, silent, long after its grace."""
+    with serving("--extension", "stuck:process", "--grace", "0.5", cwd=extensions) as server:
+        sent = run("send", server.target, "--frames", "1", "--size", "8x8", "--ack-timeout", "1")
+        assert "[PIPE-4]" in sent.stderr, sent.stderr
+    line = server.wait_for("still run in worker threads after the drain")
+    assert "1 call(s) of the extension" in line
+
+
+@pytest.mark.rule("SRV-8")
+def test_a_second_signal_ends_the_drain_at_once(extensions: Path) -> None:
+    """The first Ctrl-C drains for --grace; a second one ended nothing before."""
+    with serving("--extension", "slow:process", "--grace", "3600", cwd=extensions) as server:
+        sender = subprocess.Popen(
+            [*AVAPROTO, "send", server.target, "--frames", "1", "--size", "8x8"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            server.wait_for("stream opened")
+            server.process.send_signal(signal.SIGINT)
+            server.wait_for("SIGINT: draining for up to 3600.0 s")
+            server.process.send_signal(signal.SIGINT)
+            assert server.process.wait(timeout=TIMEOUT) == 0
+        finally:
+            _, stderr = sender.communicate(timeout=TIMEOUT)
+    assert "SIGINT again: ending the 1 streams still open now" in "\n".join(server.lines)
+    assert "[SRV-8]" in stderr, stderr
 
 
 def test_output_to_a_reader_that_goes_away_ends_in_one_line() -> None:

@@ -35,6 +35,14 @@ AsyncProcessor = Callable[[Frame], Awaitable[Result]]
 Processor = SyncProcessor | AsyncProcessor
 
 
+class Processing(Protocol):
+    """What the server takes an extension object as: anything with ``process(frame)``,
+    plain or async, with or without ``open``, ``close`` and ``sequential``
+    (``as_async_extension`` makes an ``Extension`` of it)."""
+
+    def process(self, frame: Frame, /) -> Any: ...
+
+
 class ExtensionRefused(ProtocolError):
     """``Extension.open`` refuses a stream: its descriptor or configuration cannot be served.
 

@@ -44,7 +44,7 @@ from ..protocol.roles import Role
 from ..status import Status
 from .channel import MessageChannel
 from .config import EngineConfig
-from .extension import Extension, as_async_extension
+from .extension import Extension, Processing, as_async_extension
 from .frame import Frame
 from .leases import Lease, Region
 from .statistics import StreamStatistics
@@ -219,7 +219,7 @@ def _stoppable(stop: StreamStop | None) -> Iterator[None]:
 
 async def serve_stream(
     channel: MessageChannel,
-    extension: Extension,
+    extension: Processing,
     config: EngineConfig = _DEFAULT_CONFIG,
     *,
     deadline: float | None = None,

@@ -131,9 +131,11 @@ class StreamRunner:
 
         Leaving the block waits for every task (the receive loop ends with the peer's
         end of stream). A failure anywhere ends the stream with one error: the first
-        protocol violation or the peer's failure, never the cancellations it caused.
+        protocol violation or the peer's failure, never the cancellations it caused;
+        failing those, the first other error, as raised (the block's own, say: a
+        caller's ``KeyError`` comes out a ``KeyError``, not a group of one).
         """
-        with protocol_errors():
+        with protocol_errors((Exception,)):
             async with anyio.create_task_group() as tasks:
                 handler.start(tasks)
                 if not handler.reads_itself:

@@ -18,13 +18,13 @@ import os
 import sys
 from collections.abc import Callable
 
-from ..engine.extension import Extension
+from ..engine.extension import Processing
 from ..server import as_factory
 from .motion import MotionExtension
 from .null import NullExtension
 
 #: Name -> extension class, for ``avaproto serve --extension NAME``.
-BUILTINS: dict[str, Callable[[], Extension]] = {
+BUILTINS: dict[str, Callable[[], Processing]] = {
     "motion": MotionExtension,
     "null": NullExtension,
 }
@@ -76,7 +76,7 @@ def _import(module_name: str) -> object:
         ) from None
 
 
-def load_extension(spec: str) -> Callable[[], Extension]:
+def load_extension(spec: str) -> Callable[[], Processing]:
     """A per-stream extension factory for a built-in name or ``module:attribute``."""
     if spec in BUILTINS:
         return BUILTINS[spec]

@@ -37,7 +37,7 @@ from grpclib.exceptions import GRPCError
 
 from ..codec import encode_framed
 from ..engine.config import EngineConfig
-from ..engine.extension import Extension
+from ..engine.extension import Processing
 from ..engine.outcome import protocol_errors
 from ..engine.serve import StreamStop, serve_stream
 from ..errors import ProtocolError, RemoteProtocolError, bounded
@@ -72,7 +72,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: descriptor for its whole life, outside every other bound.
 DEFAULT_MAX_DESCRIPTOR_BYTES = 1024 * 1024
 
-ExtensionFactory = Callable[[], Extension]
+#: Makes a stream's extension: anything with ``process(frame)``, plain or async.
+ExtensionFactory = Callable[[], Processing]
 
 
 @dataclass(frozen=True)
@@ -323,7 +324,7 @@ class ExtensionService:
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
-    def _made(self, stream: grpclib.server.Stream[Any, Any]) -> Extension:
+    def _made(self, stream: grpclib.server.Stream[Any, Any]) -> Processing:
         """The stream's extension, from the factory; one that fails ends the stream
         INTERNAL (SRV-3) with what it raised, and its traceback logged once."""
         try:
@@ -389,7 +390,7 @@ class ExtensionService:
         self.active_by_connection[connection] = mine + 1
         self._idle = anyio.Event() if self.active == 1 else self._idle
         channel: _ServerChannel | None = None
-        extension: Extension | None = None
+        extension: Processing | None = None
         try:
             channel = _ServerChannel(
                 stream,
@@ -479,7 +480,7 @@ def _unknown_method(health: bool, path: str) -> str:
     return bounded(f"[CONN-1] no method {path!r} here: this server serves {served}")
 
 
-def _name(extension: Extension) -> str:
+def _name(extension: Processing) -> str:
     """The extension's class, or the function a ``FunctionExtension`` wraps."""
     processor = getattr(extension, "_processor", None)
     if processor is not None:
@@ -502,6 +503,9 @@ class ExtensionServer:
         self.health = health
         #: The connections' guard (``avaproto.transport.guard``): how many are open.
         self.guard = guard
+        # The grace of a drain under way, which ``cut_short`` ends.
+        self._grace: anyio.CancelScope | None = None
+        self._cut = False
 
     @property
     def port(self) -> int:
@@ -527,7 +531,9 @@ class ExtensionServer:
             self.guard.going_away(
                 f"[SRV-8] the server is shutting down; streams open have {grace:g} s"
             )
-        with anyio.move_on_after(grace):
+        with anyio.move_on_after(grace) as self._grace:
+            if self._cut:
+                self._grace.cancel()
             await self.service.wait_idle()
         if self.service.active:
             log.warning("cancelling %d streams still open after %.1f s", self.service.active, grace)
@@ -537,6 +543,13 @@ class ExtensionServer:
             with anyio.move_on_after(STOP_GRACE):  # each ends with its status, then closes
                 await self.service.wait_idle()
         await self.close()
+
+    def cut_short(self) -> None:
+        """End a drain's grace now (or the next one's at once): its open streams end
+        UNAVAILABLE (SRV-8), as when the grace runs out. A second Ctrl-C."""
+        self._cut = True
+        if self._grace is not None:
+            self._grace.cancel()
 
     async def close(self) -> None:
         self._server.close()

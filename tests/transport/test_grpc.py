@@ -466,6 +466,15 @@ async def test_an_extension_that_cannot_be_made_ends_its_stream_internal(
     assert logged.getMessage().startswith("stream of 127.0.0.1:")
 
 
+async def test_an_error_of_the_callers_own_comes_out_of_connect_as_raised() -> None:
+    """Not an ExceptionGroup of one, which ``except KeyError`` does not catch."""
+    async with server() as extension:
+        with pytest.raises(KeyError, match="label"):
+            async with connect(f"127.0.0.1:{extension.port}", format=RGB24) as pipe:
+                await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
+                raise KeyError("label")
+
+
 async def test_serve_listens_where_its_config_says_unless_told_otherwise() -> None:
     """``serve(config=ServerConfig(port=0))`` was moved to serve's own default, 5001."""
     from avaproto.server import serve
