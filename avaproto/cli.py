@@ -548,11 +548,11 @@ def _add_serve(commands: Any) -> None:
     )
     parser.add_argument(
         "--frame-timeout",
-        type=_positive(float),
+        type=_timeout,
         default=_default(EngineConfig, "frame_timeout"),
         metavar="SECONDS",
-        help="end a stream with DEADLINE_EXCEEDED when a frame takes longer "
-        "(default: %(default)s, no limit)",
+        help="end a stream with DEADLINE_EXCEEDED when a frame takes longer; 0 or none: "
+        "no limit (default: %(default)s, no limit)",
     )
     parser.add_argument(
         "--shm-directory",
@@ -900,18 +900,26 @@ class _Omissions:
     for a day must not grow the pipeline's memory with a message per frame.
     """
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, by_rule: dict[str, str] | None = None) -> None:
         self.what = what
         self.count = 0
         self.first = ""
+        # What each rule's mend did, said only for the rules a reason named.
+        self._by_rule = by_rule or {}
+        self._rules: set[str] = set()
 
     def add(self, reason: str) -> None:
         if not self.count:
             self.first = reason
         self.count += 1
+        self._rules.update(rule for rule in self._by_rule if f"[{rule}]" in reason)
 
     def __str__(self) -> str:
-        return f"{self.what.format(count=self.count)}; the first: {self.first}"
+        how = ", ".join(
+            f"{text} ({rule})" for rule, text in self._by_rule.items() if rule in self._rules
+        )
+        what = self.what.format(count=self.count) + (f": {how}" if how else "")
+        return f"{what}; the first: {self.first}"
 
 
 def _mend(
@@ -1086,6 +1094,8 @@ def _send(args: argparse.Namespace) -> int:
             load_pillow()
         except ImportError as error:
             raise UsageError(f"--encoding {args.encoding}: {error}") from None
+    if args.transfer == "shm" and not os.path.isdir(args.shm_directory):
+        raise UsageError(f"--shm-directory {args.shm_directory}: not a directory")
     remove_stale_segments(args.shm_directory)
     first, rest = _first_frame(args)
     height, width = first.rgb.shape[:2]
@@ -1132,14 +1142,18 @@ def _send(args: argparse.Namespace) -> int:
             "--output left out {count} inference(s) that have no schema-valid JSON form"
         )
         mended = _Omissions(
-            "--output mended {count} inference(s) as the detector meant them: a box reaching "
-            "outside the image cut to it (INF-4), a confidence below 0 read as none (INF-3)"
+            "--output mended {count} inference(s) as the detector meant them",
+            {
+                "INF-4": "a box reaching outside the image cut to it",
+                "INF-3": "a confidence below 0 read as none",
+            },
         )
     else:
         left_out = _Omissions("the extension sent {count} invalid inference(s)")
         mended = _Omissions(
             "the extension sent {count} inference(s) that --output would mend as the detector "
-            "meant them: a box reaching outside the image (INF-4), a confidence below 0 (INF-3)"
+            "meant them",
+            {"INF-4": "a box reaching outside the image", "INF-3": "a confidence below 0"},
         )
 
     def on_result(result: Result) -> None:

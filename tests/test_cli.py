@@ -432,6 +432,12 @@ def test_output_mends_what_has_one_reading_instead_of_leaving_it_out() -> None:
     assert str(mended).startswith(
         "mended 3 inference(s); the first: frame 7: [INF-4] inferences[1].entity.box"
     )
+    # The warning says what was done, not every mend there is.
+    boxes = _Omissions("mended {count}", {"INF-4": "a box cut", "INF-3": "a confidence unset"})
+    _mend([past_left], "frame 9", boxes)
+    assert str(boxes).startswith("mended 1: a box cut (INF-4); the first: frame 9")
+    _mend([tracked], "frame 10", boxes)
+    assert str(boxes).startswith("mended 2: a box cut (INF-4), a confidence unset (INF-3);")
     # Without --output, send still counts them, and what nothing mends, for its warning.
     invalid = _Omissions("the extension sent {count} invalid inference(s)")
     unknowable = Inference(
@@ -658,6 +664,39 @@ def test_library_debug_logs_never_show_credentials() -> None:
     assert "hpack" in logs and "x-ms-authentication" in logs  # the headers were logged
     assert token not in logs and password not in logs
     assert "<redacted>" in logs
+
+
+def _has_ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+def test_an_ipv6_address_is_logged_as_send_takes_it() -> None:
+    """ "serving null on ::1:5111" could not be pasted back: send wants [::1]:5111."""
+    with serving("--extension", "null", "--host", "::1") as server:
+        assert server.target.startswith("[::1]:"), server.lines
+        done = run("send", server.target, "--frames", "1", "--size", "8x8")
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_missing_shm_directory_is_a_usage_error(tmp_path: Path) -> None:
+    done = run("send", "127.0.0.1:1", "--transfer", "shm", "--shm-directory", str(tmp_path / "no"))
+    assert done.returncode == 2
+    assert one_line(done.stderr).endswith(f"--shm-directory {tmp_path / 'no'}: not a directory")
+
+
+def test_no_frame_timeout_is_said_as_every_other_timeout() -> None:
+    parser = build_parser()
+    for none in ("0", "none"):
+        assert parser.parse_args(["serve", "--frame-timeout", none]).frame_timeout is None
+    assert parser.parse_args(["serve", "--frame-timeout", "2.5"]).frame_timeout == 2.5
 
 
 def test_verbosity_levels_and_their_place(tmp_path: Path) -> None:

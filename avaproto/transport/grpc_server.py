@@ -584,7 +584,7 @@ async def start_server(factory: ExtensionFactory, config: ServerConfig) -> Exten
     log.info(
         "serving %s on %s:%d%s%s",
         config.engine.extension_identifier,
-        config.host,
+        f"[{config.host}]" if ":" in config.host else config.host,  # an address to paste
         running.port,
         " with TLS" if config.ssl else "",
         " with authentication" if config.credentials else "",
