@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import anyio
 import anyio.abc
 
+from ..codec import decode_message, encode_message
 from ..errors import InferenceError, ProtocolError, RemoteProtocolError, StreamFailed
 from ..media.inferences import from_protoc, validate_or_mend
 from ..messages import (
@@ -595,7 +596,31 @@ def _checked(result: object, number: int, mended: Callable[[int, str], None]) ->
             ) from None
         if detail:
             mended(number, detail)
+    if len(inferences) > _LARGE_ANSWER:
+        _check_fits_an_answer(inferences, number)  # type: ignore[arg-type]
     return inferences  # type: ignore[return-value]  # every item checked above
+
+
+#: Inferences an answer may hold before it is checked against the pipeline's budget of
+#: fields (WIRE-2): the heaviest usual ones (entities with a tag, a box and three
+#: attributes) fit about 920 to a message.
+_LARGE_ANSWER = 800
+
+
+def _check_fits_an_answer(inferences: list[Inference], number: int) -> None:
+    """Refuse (SRV-3) an answer a pipeline would refuse for its fields (WIRE-2), as
+    avaproto's own does: the stream ends with the extension's fault named, not with the
+    pipeline's refusal, once the answer went out."""
+    message = MediaStreamMessage(media_sample=MediaSample(inferences=inferences))
+    try:
+        decode_message(encode_message(message))
+    except RemoteProtocolError as error:
+        raise ProtocolError(
+            "SRV-3",
+            Status.INTERNAL,
+            f"the extension's answer to sample {number} ({len(inferences)} inferences) is "
+            f"larger than a pipeline takes: {error.detail}",
+        ) from None
 
 
 def _release(job: _Job) -> None:

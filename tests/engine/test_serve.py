@@ -283,6 +283,37 @@ async def test_processor_returning_garbage_ends_the_stream_with_internal() -> No
     assert "expected avaproto.messages.Inference" in str(outcome[0])
 
 
+@pytest.mark.rule("SRV-3", "WIRE-2")
+@pytest.mark.parametrize(("count", "fits"), [(900, True), (12_000, False)])
+async def test_an_answer_larger_than_a_pipeline_takes_is_the_extensions_failure(
+    count: int, fits: bool
+) -> None:
+    """12,000 entities went out, and the pipeline refused them (WIRE-2), the server
+    logging only that the stream was cancelled."""
+    many = inferences.entity("person", 0.5, inferences.rectangle(0.1, 0.1, 0.2, 0.2))
+
+    def crowd(frame: Frame) -> list[Inference]:
+        return [many] * count
+
+    if fits:
+        async with served(FunctionExtension(crowd)) as (stream, results, _):
+            await stream.send(bytes(FRAME_BYTES), timestamp=0)
+            await stream.end()
+            [answer] = await collect(results)
+        assert len(answer.inferences) == count
+        return
+    with pytest.raises(StreamFailed) as failed:
+        async with served(FunctionExtension(crowd)) as (stream, results, _):
+            await stream.send(bytes(FRAME_BYTES), timestamp=0)
+            await stream.end()
+            await collect(results)
+    assert failed.value.status is Status.INTERNAL
+    assert "[SRV-3] the extension's answer to sample 2 (12000 inferences) is larger" in (
+        failed.value.detail
+    )
+    assert "100000 fields" in failed.value.detail
+
+
 @pytest.mark.rule("SRV-3")
 async def test_protocs_inferences_are_read_as_avaprotos_with_one_warning(
     caplog: pytest.LogCaptureFixture,
