@@ -409,6 +409,7 @@ def _server_config(args: argparse.Namespace) -> Any:
         engine=EngineConfig(
             extension_identifier=args.identifier or args.extension,
             max_in_flight=args.max_in_flight,
+            close_timeout=args.close_timeout,
             ordered=not args.completion_order,
             frame_timeout=args.frame_timeout,
             shm_directory=args.shm_directory,
@@ -553,6 +554,15 @@ def _add_serve(commands: Any) -> None:
         metavar="SECONDS",
         help="end a stream with DEADLINE_EXCEEDED when a frame takes longer; 0 or none: "
         "no limit (default: %(default)s, no limit)",
+    )
+    parser.add_argument(
+        "--close-timeout",
+        type=_timeout,
+        default=_default(EngineConfig, "close_timeout"),
+        metavar="SECONDS",
+        help="time the extension's close() may take once its stream is over; past it the "
+        "stream ends without it, logged, so that a close that never returns cannot hold "
+        "the server's drain; 0 or none: no limit (default: %(default)s)",
     )
     parser.add_argument(
         "--shm-directory",
@@ -1218,9 +1228,16 @@ def _send(args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to it
         failure = OSError("the output's reader went away (a broken pipe)")
     print(f"avaproto send: {failure}{where}", file=sys.stderr)
-    if args.transfer == "shm" and "permission denied" in str(failure).lower():
+    said = str(failure)
+    if args.transfer == "shm" and "permission denied" in said.lower() and _names_a_segment(said):
         print(f"avaproto send: hint: {_SEGMENT_DENIED.format(mode=args.shm_mode)}", file=sys.stderr)
     return 1
+
+
+def _names_a_segment(text: str) -> bool:
+    """Whether ``text`` names one of send's segments (``avaproto-PID-...``), not, say,
+    the extension's own model file."""
+    return re.search(r"(?<![\w.-])avaproto-\d+-[0-9a-f]+", text) is not None
 
 
 #: Said when an extension fails on a shared-memory stream with "Permission denied".

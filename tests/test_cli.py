@@ -1023,6 +1023,15 @@ def test_a_segment_mode_lets_others_read_at_most(capsys: pytest.CaptureFixture[s
         assert "600 (the owner only), 640" in capsys.readouterr().err
 
 
+def test_the_segment_hint_is_given_only_when_the_failure_names_a_segment() -> None:
+    from avaproto.cli import _names_a_segment
+
+    assert _names_a_segment("Permission denied: '/dev/shm/avaproto-3203-2674341d4dfede66'")
+    assert _names_a_segment("[Errno 13] Permission denied: avaproto-12-ab")
+    assert not _names_a_segment("PermissionError: [Errno 13] Permission denied: '/models/y.onnx'")
+    assert not _names_a_segment("Permission denied: '/opt/my-avaproto-1-ab'")
+
+
 #: Opens the pipeline's segment as the published extensions do (Azure's YOLOv3 and
 #: DeepStream samples' ``SharedMemoryManager``): read-write, then mapped; as another user
 #: (nobody), of the sender's group: the kernel checks the open against the effective uid,

@@ -23,6 +23,10 @@ class EngineConfig:
     ordered: bool = True
     #: Seconds one frame may take before the stream ends with DEADLINE_EXCEEDED (SRV-4).
     frame_timeout: float | None = None
+    #: Seconds the extension's ``close()`` may take once its stream is over (SRV-8):
+    #: past it the stream ends without waiting (a plain ``def`` left running in its
+    #: thread), so that a close that never returns cannot hold a drain for ever.
+    close_timeout: float | None = 10.0
     #: Where shared-memory handles are looked up (SHM-3).
     shm_directory: str = "/dev/shm"
     #: How a pipeline's segment is reached (SHM-15): "read" copies each frame out with

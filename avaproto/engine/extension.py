@@ -83,9 +83,12 @@ class _ThreadedExtension:
     """An extension class whose plain ``def`` methods run in worker threads.
 
     A blocking method called on the event loop would stall every stream of the server;
-    one awaited as if it were a coroutine would fail on the first frame. ``process`` is
-    abandoned when its stream's frame timeout expires (SRV-4): the thread cannot be
-    killed, but the stream ends on time and the thread's result is dropped.
+    one awaited as if it were a coroutine would fail on the first frame. A call is
+    abandoned when what awaits it is cancelled: ``process`` when its stream's frame
+    timeout expires (SRV-4), ``open`` when its stream ends or the server drains,
+    ``close`` past the close timeout (SRV-8). The thread cannot be killed, but the
+    stream ends on time and the thread's result is dropped; one that never returns held
+    the server's drain for ever.
     """
 
     sequential: ClassVar[bool] = False
@@ -97,25 +100,25 @@ class _ThreadedExtension:
         self._process = extension.process  # type: ignore[attr-defined]
         self._close = getattr(extension, "close", None)
 
-    async def _call(self, method: Callable[..., Any] | None, *args: Any, abandon: bool) -> Any:
+    async def _call(self, method: Callable[..., Any] | None, *args: Any) -> Any:
         if method is None:
             return None
         if inspect.iscoroutinefunction(method):
             return await method(*args)
         result = await anyio.to_thread.run_sync(
-            method, *args, limiter=self._limiter, abandon_on_cancel=abandon
+            method, *args, limiter=self._limiter, abandon_on_cancel=True
         )
         return await result if inspect.isawaitable(result) else result
 
     async def open(self, descriptor: StreamDescriptor) -> None:
-        await self._call(self._open, descriptor, abandon=False)
+        await self._call(self._open, descriptor)
 
     async def process(self, frame: Frame) -> Result:
-        result: Result = await self._call(self._process, frame, abandon=True)
+        result: Result = await self._call(self._process, frame)
         return result
 
     async def close(self) -> None:
-        await self._call(self._close, abandon=False)
+        await self._call(self._close)
 
 
 class _SequentialThreadedExtension(_ThreadedExtension):

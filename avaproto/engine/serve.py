@@ -295,9 +295,8 @@ async def serve_stream(
     finally:
         if handler is not None:
             handler.release_pending()
-        with anyio.CancelScope(shield=True):
-            if opened:
-                await _close(extension)
+        if opened:
+            await _close(extension, config.close_timeout, summary.peer)
         if region is not None:
             region.close(force=True)
         log.info(
@@ -323,11 +322,21 @@ def _pipeline_deadline(seconds: float | None, text: str) -> Iterator[None]:
         )
 
 
-async def _close(extension: Extension) -> None:
-    try:
-        await extension.close()
-    except Exception:
-        log.exception("extension close() failed")
+async def _close(extension: Extension, timeout: float | None, peer: str) -> None:
+    """The extension's ``close()``, whatever ended the stream (shielded), but for at most
+    ``timeout`` seconds: one that never returns held the server's drain for ever."""
+    with anyio.move_on_after(timeout, shield=True) as waited:
+        try:
+            await extension.close()
+        except Exception:
+            log.exception("%s: the extension's close() failed", peer)
+    if waited.cancelled_caught:
+        log.warning(
+            "%s: the extension's close() did not return within %g s; the stream ended "
+            "without it (--close-timeout)",
+            peer,
+            timeout,
+        )
 
 
 class ExtensionHandler:
@@ -375,6 +384,7 @@ class ExtensionHandler:
         self.received: _Job | None = None
         # Inferences of the extension's mended as they went out (INF-3, INF-4).
         self.mended = 0
+        self.failure_logged = False  # a processor's traceback, logged once per stream
 
     #: The workers read the stream themselves (the runner starts no receive loop).
     reads_itself: ClassVar[bool] = True
@@ -490,10 +500,16 @@ class ExtensionHandler:
         except ProtocolError:
             raise  # the sample's own fault (its shared memory, SHM-15), not the extension's
         except Exception as error:
-            # The stream ends with the error's text; its author needs where it came from.
-            log.warning(
-                "%s: the extension failed on sample %d", self.runner.peer, number, exc_info=error
-            )
+            # The stream ends with the error's text; its author needs where it came from,
+            # once: the other workers' failures meanwhile are the same stream's end.
+            if not self.failure_logged:
+                self.failure_logged = True
+                log.warning(
+                    "%s: the extension failed on sample %d",
+                    self.runner.peer,
+                    number,
+                    exc_info=error,
+                )
             raise ProtocolError(
                 "SRV-3",
                 Status.INTERNAL,

@@ -47,7 +47,9 @@ class _DecodedBytes:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
-        self._lock = threading.Lock()
+        # Reentrant: ``give`` runs from an array's finalizer, which a garbage
+        # collection inside ``take`` or ``give`` can call on the same thread.
+        self._lock = threading.RLock()
 
     def take(self, size: int) -> bool:
         with self._lock:

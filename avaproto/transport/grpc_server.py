@@ -336,6 +336,8 @@ class ExtensionService:
                     "process(frame) method"
                 )
             return made
+        except ProtocolError as error:  # a refusal of the factory's own, with its status
+            raise GRPCError(grpclib.const.Status(int(error.status)), str(error)) from None
         except Exception as error:
             message = (
                 f"[SRV-3] the extension could not be made for this stream: "

@@ -437,6 +437,47 @@ async def test_a_pipeline_gone_during_the_extensions_close_lets_it_finish(
     assert "0 frames" in line
 
 
+@pytest.mark.rule("SRV-8")
+async def test_a_close_that_never_returns_holds_its_stream_no_longer_than_the_close_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Shielded so that a reset cannot cut it short, a close() that never returned held
+    the server's drain, and its process, for ever."""
+    caplog.set_level(logging.WARNING, logger="avaproto")
+
+    class Stuck:
+        async def process(self, frame: Frame) -> None: ...
+
+        async def close(self) -> None:
+            await anyio.sleep_forever()
+
+    with anyio.fail_after(TIMEOUT):
+        async with server(Stuck, engine=EngineConfig(close_timeout=0.2)) as extension:
+            async with connect(f"127.0.0.1:{extension.port}", format=RGB24):
+                pass
+            await extension.service.wait_idle()
+    [line] = [r.getMessage() for r in caplog.records if "close()" in r.getMessage()]
+    assert "the extension's close() did not return within 0.2 s" in line
+    assert "(--close-timeout)" in line
+
+
+def _slots_taken() -> Any:
+    from avaproto.engine.extension import ExtensionRefused
+
+    raise ExtensionRefused("all 4 model slots are taken", status=Status.UNAVAILABLE, rule="SRV-6")
+
+
+@pytest.mark.rule("SRV-3")
+async def test_a_factory_that_refuses_a_stream_ends_it_with_its_own_status() -> None:
+    """A refusal is not a failure to make the extension: UNAVAILABLE is retried."""
+    async with server(_slots_taken) as extension:
+        with pytest.raises(StreamFailed) as caught:
+            async with connect(f"127.0.0.1:{extension.port}", format=RGB24):
+                pass
+    assert caught.value.status is Status.UNAVAILABLE
+    assert "[SRV-6] all 4 model slots are taken" in str(caught.value)
+
+
 def _no_model() -> Any:
     raise MemoryError("CUDA out of memory")
 
