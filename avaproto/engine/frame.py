@@ -14,7 +14,6 @@ copy them (``frame.rgb().copy()``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import TYPE_CHECKING
 
 from ..messages import Inference
@@ -99,18 +98,25 @@ class Frame:
         timescale = self.descriptor.timescale
         return self.timestamp / timescale if timescale else None
 
-    @cached_property
+    @property
     def image(self) -> Image:
         """The pixels in their native layout: an array (packed formats) or YUV planes.
 
-        Encoded samples (JPG, PNG, BMP) are decoded to RGB through Pillow.
+        Encoded samples (JPG, PNG, BMP) are decoded to RGB through Pillow, once.
         """
+        # Kept in the frame's own dict: functools.cached_property takes one lock for
+        # every instance (up to Python 3.12), and a slow image of one stream held up
+        # the frames of every other.
+        image: Image | None = self.__dict__.get("_image")
+        if image is not None:
+            return image
         from ..media import frames, images
 
         data, fmt = self._media()
-        if fmt.is_raw:
-            return frames.decode(data, fmt)
-        return images.decode_image(data, fmt.encoding)
+        encoding = fmt.encoding
+        image = frames.decode(data, fmt) if fmt.is_raw else images.decode_image(data, encoding)
+        object.__setattr__(self, "_image", image)
+        return image
 
     def rgb(self) -> npt.NDArray[np.uint8]:
         """The frame as height x width x 3 RGB, a view of the sample when the format allows."""

@@ -62,6 +62,10 @@ LUMA = (0.299, 0.587, 0.114)
 THRESHOLD_AT_0, THRESHOLD_AT_1 = 60.0, 4.0
 
 
+#: The longest configuration read: the settings are a handful of numbers.
+MAX_CONFIGURATION_CHARACTERS = 4096
+
+
 @dataclass(frozen=True)
 class MotionSettings:
     sensitivity: float = 0.5
@@ -78,6 +82,12 @@ class MotionSettings:
         """Settings from the pipeline's extension_configuration; empty means defaults."""
         if not text.strip():
             return cls()
+        if len(text) > MAX_CONFIGURATION_CHARACTERS:
+            # Parsed on the event loop: a megabyte of JSON took 38 ms a stream.
+            raise ExtensionRefused(
+                f"motion: extension_configuration of {len(text)} characters; its settings "
+                f"take a few dozen, and at most {MAX_CONFIGURATION_CHARACTERS} are read"
+            )
         try:
             given = json.loads(text)
         except json.JSONDecodeError as error:
@@ -363,7 +373,9 @@ class MotionExtension:
         if not frame.has_data:
             return None  # inferences only: nothing to look at
         # The frame is read (from shared memory: it may be large) in the thread too.
-        regions = await anyio.to_thread.run_sync(self._detect, frame)
+        # Abandoned when the frame timeout expires (SRV-4): the stream ends on time, the
+        # thread's result dropped, as for any plain def processor.
+        regions = await anyio.to_thread.run_sync(self._detect, frame, abandon_on_cancel=True)
         return [region.to_inference() for region in regions]
 
     def _detect(self, frame: Frame) -> list[Region]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 import threading
 import warnings
 import weakref
@@ -33,8 +34,9 @@ ENCODED = tuple(str(encoding.name) for encoding in PILLOW_FORMATS)
 #: its frame memory counted their 10 KB each. ``avaproto serve --max-decoded-bytes``.
 DEFAULT_MAX_DECODED_BYTES = 1024**3
 #: What decoding one pixel takes at its peak, in bytes: the decoder's own image (up to
-#: four bytes a pixel), its RGB conversion and the array made from that.
-DECODING_BYTES_PER_PIXEL = 10
+#: four bytes a pixel, more for progressive JPEGs), its RGB conversion and the array
+#: made from that (14 bytes a pixel measured for progressive and CMYK JPEGs, RGBA PNGs).
+DECODING_BYTES_PER_PIXEL = 15
 #: What a decoded pixel keeps while its array lives: RGB.
 DECODED_BYTES_PER_PIXEL = 3
 
@@ -107,6 +109,7 @@ def decode_image(data: bytes | bytearray | memoryview, encoding: Encoding) -> np
     image_module = load_pillow()
     name = Encoding(encoding).name  # one of PILLOW_FORMATS' (checked above)
     size = memoryview(data).nbytes
+    _check_cost(memoryview(data).cast("B"), name)
     try:
         with warnings.catch_warnings():
             # Pillow warns of an image past its limit; it is refused below instead.
@@ -146,6 +149,54 @@ def decode_image(data: bytes | bytearray | memoryview, encoding: Encoding) -> np
         Status.INVALID_ARGUMENT,
         f"the sample is {found} data, but the stream says {name}",
     )
+
+
+#: Compressed metadata chunks (iCCP, zTXt, iTXt) a PNG may hold before its pixels:
+#: Pillow inflates each as it opens the file (up to 1 MiB each, whatever the image's
+#: size), and a 1x1 PNG of 10,000 of them, 27 KB once the message was compressed,
+#: cost 21 s of CPU.
+MAX_PNG_COMPRESSED_CHUNKS = 16
+#: Pixels of an RLE-compressed BMP: Pillow decodes those in Python, a pixel at a time
+#: (5 s for 9400x9400 pixels sent in 2.5 KB); a frame of 1920x1080 takes a tenth of a
+#: second. Uncompressed BMPs, what pipelines send, are not bounded by this.
+MAX_RLE_BMP_PIXELS = 1920 * 1088
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHUNK = struct.Struct(">I4s")
+_BMP_RLE = (1, 2)  # BI_RLE8, BI_RLE4
+
+
+def _check_cost(data: memoryview, name: str) -> None:
+    """Refuse (MEDIA-12) what would cost Pillow far more than its pixels: a PNG's
+    compressed metadata, an RLE-compressed BMP of many pixels; read from the bytes
+    before Pillow parses any."""
+    if bytes(data[:8]) == _PNG_SIGNATURE:
+        pos, compressed = 8, 0
+        while pos + 8 <= len(data):
+            length, kind = _PNG_CHUNK.unpack_from(data, pos)
+            if kind == b"IDAT":
+                break
+            if kind in (b"iCCP", b"zTXt", b"iTXt"):
+                compressed += 1
+                if compressed > MAX_PNG_COMPRESSED_CHUNKS:
+                    raise FrameError(
+                        "MEDIA-12",
+                        Status.INVALID_ARGUMENT,
+                        f"the {name} sample holds more than {MAX_PNG_COMPRESSED_CHUNKS} "
+                        "compressed metadata chunks (iCCP, zTXt, iTXt) before its pixels, "
+                        "each inflated as the image is opened",
+                    )
+            pos += 12 + length
+    elif bytes(data[:2]) == b"BM" and len(data) >= 34:
+        width, height, _, _, compression = struct.unpack_from("<iiHHI", data, 18)
+        pixels = abs(width) * abs(height)
+        if compression in _BMP_RLE and pixels > MAX_RLE_BMP_PIXELS:
+            raise FrameError(
+                "MEDIA-12",
+                Status.INVALID_ARGUMENT,
+                f"the {name} sample is an RLE-compressed BMP of {abs(width)}x{abs(height)} "
+                f"pixels; the decoder reads those a pixel at a time, so at most "
+                f"{MAX_RLE_BMP_PIXELS} are taken: send it uncompressed",
+            )
 
 
 def _decoded(image: Any, name: str, pixels: int) -> npt.NDArray[np.uint8]:

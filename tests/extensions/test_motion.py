@@ -179,8 +179,9 @@ class TestConfiguration:
             ('{"treshold": 3}', "treshold"),
             ("[1, 2]", "JSON object"),
             ("sensitivity=1", "not JSON"),
-            ("[" * 200_000, "cannot be read (RecursionError)"),  # nested past any parser
-            ('{"sensitivity": ' + "9" * 5000 + "}", "cannot be read (ValueError)"),
+            ("[" * 4000, "cannot be read (RecursionError)"),  # nested past any parser
+            ("[" * 200_000, "at most 4096 are read"),  # refused before it is parsed
+            ('{"sensitivity": ' + "9" * 5000 + "}", "at most 4096 are read"),
         ],
     )
     def test_bad_configuration_is_refused_naming_the_key(self, text: str, named: str) -> None:
@@ -498,3 +499,29 @@ class TestServed:
                         pass
         assert caught.value.status is Status.INVALID_ARGUMENT
         assert "minArea" in caught.value.detail
+
+    @pytest.mark.rule("SRV-4")
+    async def test_a_frame_past_the_frame_timeout_ends_its_stream_on_time(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """motion detects in a worker thread, which it did not abandon: --frame-timeout
+        let a frame that took 20 s end OK."""
+        import threading
+
+        from avaproto.engine.config import EngineConfig
+
+        release = threading.Event()
+        monkeypatch.setattr(MotionExtension, "_detect", lambda self, frame: release.wait(60))
+        fmt = VideoFormat.checked(Encoding.RAW, PixelFormat.RGB24, 16, 16)
+        config = ServerConfig(port=0, engine=EngineConfig(frame_timeout=0.2))
+        try:
+            with anyio.fail_after(TIMEOUT):
+                async with running(MotionExtension, config, grace=2) as server:
+                    with pytest.raises(StreamFailed) as caught:
+                        async with connect(f"127.0.0.1:{server.port}", format=fmt) as pipe:
+                            await pipe.send(bytes(fmt.frame_bytes), timestamp=0)
+                            await pipe.results().receive()
+        finally:
+            release.set()
+        assert caught.value.status is Status.DEADLINE_EXCEEDED
+        assert "[SRV-4]" in caught.value.detail

@@ -10,7 +10,7 @@ import pytest
 
 from avaproto.errors import FrameError
 from avaproto.media.images import decode_image, encode_image
-from avaproto.messages import Encoding
+from avaproto.messages import Encoding, PixelFormat
 from avaproto.status import Status
 
 pytest.importorskip("PIL")
@@ -94,3 +94,66 @@ def test_decoded_images_are_bounded_while_their_arrays_live(
     gc.collect()
     assert images.decoded.held == 0
     np.testing.assert_array_equal(decode_image(picture, Encoding.PNG), PICTURE)
+
+
+@pytest.mark.rule("MEDIA-12")
+def test_a_slow_image_holds_up_no_other_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Frame.image`` was a functools.cached_property, which up to Python 3.12 takes
+    one lock for every frame of the process: one stream's image that took 20 s to
+    decode held every other stream's frames, RAW ones included."""
+    import threading
+
+    from avaproto.engine.frame import Frame
+    from avaproto.media import images
+    from avaproto.protocol.descriptor import StreamDescriptor
+    from avaproto.protocol.roles import Role
+    from avaproto.protocol.video_format import VideoFormat
+
+    entered, release = threading.Event(), threading.Event()
+    decode = images.decode_image
+
+    def slow(data: bytes | bytearray | memoryview, encoding: Encoding) -> np.ndarray:
+        entered.set()
+        assert release.wait(60)
+        return decode(data, encoding)
+
+    monkeypatch.setattr(images, "decode_image", slow)
+
+    def frame(fmt: VideoFormat, data: bytes) -> Frame:
+        described = StreamDescriptor(Role.PIPELINE, None, None, "", 90000, fmt, None)
+        return Frame(2, 0, memoryview(data), fmt, described)
+
+    encoded = VideoFormat.checked(Encoding.PNG, None, 6, 8)
+    raw = VideoFormat.checked(Encoding.RAW, PixelFormat.RGB24, 2, 2)
+    slow_one = frame(encoded, encode_image(PICTURE, Encoding.PNG))
+    other = frame(raw, bytes(12))
+    first = threading.Thread(target=lambda: slow_one.image)
+    first.start()
+    try:
+        assert entered.wait(60)
+        second = threading.Thread(target=lambda: other.image)
+        second.start()
+        second.join(60)
+        assert not second.is_alive()  # done while the first still decodes
+    finally:
+        release.set()
+        first.join(60)
+    assert slow_one.image.shape == PICTURE.shape and other.image.shape == (2, 2, 3)
+
+
+@pytest.mark.rule("MEDIA-12")
+def test_an_image_that_costs_far_more_than_its_pixels_is_refused_before_pillow() -> None:
+    """Pillow inflates each compressed metadata chunk of a PNG as it opens it (10,000 in
+    a 1x1 PNG: 21 s), and decodes an RLE BMP a pixel at a time (9400x9400: 5 s)."""
+    profile = b"icc\x00\x00" + zlib.compress(bytes(1000))
+    png = encode_image(PICTURE, Encoding.PNG)
+    crowded = png[:33] + chunk(b"iCCP", profile) * 17 + png[33:]
+    with pytest.raises(FrameError) as caught:
+        decode_image(crowded, Encoding.PNG)
+    assert (caught.value.rule, caught.value.status) == ("MEDIA-12", Status.INVALID_ARGUMENT)
+    assert "more than 16 compressed metadata chunks" in str(caught.value)
+    decode_image(png[:33] + chunk(b"iCCP", profile) + png[33:], Encoding.PNG)  # one is usual
+    header = struct.pack("<2sIHHI", b"BM", 0, 0, 0, 54)
+    rle = header + struct.pack("<IiiHHI", 40, 9400, 9400, 1, 4, 2) + bytes(20)
+    with pytest.raises(FrameError, match="RLE-compressed BMP of 9400x9400 pixels"):
+        decode_image(rle, Encoding.BMP)

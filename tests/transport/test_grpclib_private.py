@@ -1192,3 +1192,46 @@ async def test_decoding_messages_read_together_lets_other_work_run_once_it_took_
     readers_first = [2, 3, 4, "other", "other", "other"]
     assert (order != readers_first) is interleaved, order
     assert [n for n in order if n != "other"] == [2, 3, 4]
+
+
+@pytest.mark.rule("WIRE-2")
+async def test_a_large_message_that_is_not_a_plain_sample_is_decoded_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pacing yields between messages, never inside one: 20,000 map entries (279 bytes
+    compressed, within the field budget) took a quarter of a second of the loop. Such a
+    message is decoded in a thread; an embedded frame, however large, at once."""
+    import threading
+
+    from avaproto.codec import encode_framed
+    from avaproto.transport import framing
+
+    where: list[bool] = []
+    decode = framing.decode_message
+
+    def seen(data: Any) -> MediaStreamMessage:
+        where.append(threading.current_thread() is threading.main_thread())
+        return decode(data)
+
+    monkeypatch.setattr(framing, "decode_message", seen)
+    many = MediaSample(inferences=[Inference(subtype="x" * 100)] * 400)  # about 40 KB
+    frame = MediaSample(content_bytes=ContentBytes(bytes=bytes(framing.APART_BYTES * 4)))
+    framed = [
+        encode_framed(MediaStreamMessage(sequence_number=2, media_sample=many)),
+        encode_framed(MediaStreamMessage(sequence_number=3, media_sample=frame)),
+        encode_framed(MediaStreamMessage(sequence_number=4, media_sample=MediaSample())),
+    ]
+    stream, pacing = _Buffered(framed, True), framing.Pacing()
+    with anyio.fail_after(TIMEOUT):
+        numbers = []
+        for _ in framed:
+            message = await framing.read_message(
+                stream,  # type: ignore[arg-type]
+                1 << 20,
+                limit_rule="SRV-5",
+                pacing=pacing,
+            )
+            assert message is not None
+            numbers.append(message.sequence_number)
+    assert numbers == [2, 3, 4]
+    assert where == [False, True]  # the frame went the usual way, past decode_message
