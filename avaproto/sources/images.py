@@ -30,6 +30,8 @@ def image_frames(
             picture = image.convert("RGB")
     except image_module.UnidentifiedImageError:
         raise SourceError(f"{path} is not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as error:  # Pillow's words for broken data
+        raise SourceError(f"{path} cannot be read as an image: {error}") from None
     if size is not None and picture.size != size:
         picture = picture.resize(size, image_module.Resampling.BILINEAR)
     rgb = np.asarray(picture, dtype=np.uint8)

@@ -78,6 +78,13 @@ class TestImages:
         with pytest.raises(SourceError, match=r"card\.png is not an image file"):
             list(open_source(str(path)))
 
+    def test_a_truncated_image_is_named(self, tmp_path: Path) -> None:
+        path = tmp_path / "card.png"
+        Image.fromarray(np.arange(60 * 40 * 3, dtype=np.uint8).reshape(40, 60, 3)).save(path)
+        path.write_bytes(path.read_bytes()[:-200])
+        with pytest.raises(SourceError, match=r"card\.png cannot be read as an image: "):
+            list(open_source(str(path)))
+
 
 class TestFrameCount:
     def test_generated_and_still_sources(self, tmp_path: Path) -> None:
