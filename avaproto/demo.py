@@ -49,7 +49,8 @@ def _describe(result: Result, timescale: int) -> str | None:
     shown = "; ".join(f"l={b.l:.2f} t={b.t:.2f} w={b.w:.2f} h={b.h:.2f}" for b in boxes[:3])
     more = f" (+{len(boxes) - 3})" if len(boxes) > 3 else ""
     seconds = result.timestamp / timescale
-    return f"frame {result.acknowledged} at {seconds:6.2f} s: motion {shown}{more}"
+    # By its sequence number, as send and the server's log name samples (the first is 2).
+    return f"sample {result.acknowledged} at {seconds:6.2f} s: motion {shown}{more}"
 
 
 async def run_demo(source: str | None, *, frames: int, transfer: Transfer) -> int:

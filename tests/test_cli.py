@@ -364,7 +364,7 @@ def test_demo_prints_motion_and_a_summary() -> None:
     done = run("demo", "--frames", "60")
     assert done.returncode == 0, done.stderr
     assert "motion extension serving on 127.0.0.1:" in done.stdout
-    assert re.search(r"frame \d+ at +[\d.]+ s: motion l=", done.stdout)
+    assert re.search(r"sample \d+ at +[\d.]+ s: motion l=", done.stdout)
     assert "60 sent, 60 answered" in done.stdout
 
 

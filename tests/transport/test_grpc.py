@@ -55,6 +55,19 @@ async def server(target: Any = tagged, **config: Any) -> AsyncIterator[Extension
             yield started
 
 
+@asynccontextmanager
+async def grpclib_call(port: int) -> AsyncIterator[tuple[grpclib.client.Channel, Any]]:
+    """A call of grpclib's own client, as a pipeline of another stack makes it."""
+    channel = grpclib.client.Channel("127.0.0.1", port)
+    async with channel.request(
+        METHOD_PATH,
+        grpclib.const.Cardinality.STREAM_STREAM,
+        MediaStreamMessage,
+        MediaStreamMessage,
+    ) as stream:
+        yield channel, stream
+
+
 async def exchange(pipeline: Pipeline, frames: list[bytes | None]) -> list[Result]:
     async def feed() -> None:
         for t, frame in enumerate(frames):
@@ -365,13 +378,7 @@ async def test_a_reset_stream_leaves_nothing_of_it_behind() -> None:
 
     with anyio.fail_after(TIMEOUT):
         async with server(Extension) as extension:
-            channel = grpclib.client.Channel("127.0.0.1", extension.port)
-            async with channel.request(
-                METHOD_PATH,
-                grpclib.const.Cardinality.STREAM_STREAM,
-                MediaStreamMessage,
-                MediaStreamMessage,
-            ) as stream:
+            async with grpclib_call(extension.port) as (channel, stream):
                 await stream.send_message(
                     MediaStreamMessage(
                         sequence_number=1,
@@ -416,13 +423,7 @@ async def test_a_pipeline_gone_during_the_extensions_close_lets_it_finish(
 
     with anyio.fail_after(TIMEOUT):
         async with server(Extension) as extension:
-            channel = grpclib.client.Channel("127.0.0.1", extension.port)
-            async with channel.request(
-                METHOD_PATH,
-                grpclib.const.Cardinality.STREAM_STREAM,
-                MediaStreamMessage,
-                MediaStreamMessage,
-            ) as stream:
+            async with grpclib_call(extension.port) as (channel, stream):
                 await stream.send_message(
                     MediaStreamMessage(
                         sequence_number=1, media_stream_descriptor=pipeline_descriptor()
