@@ -318,6 +318,31 @@ def decode_message(buffer: Buffer) -> MediaStreamMessage:
     return usual if usual is not None else _walk(data)
 
 
+def embedded_bytes(buffer: Buffer) -> int:
+    """The length of the embedded frame (content_bytes) of the message in ``buffer``;
+    0 when it has none, or when the fields before it are not the few a sample puts
+    first (runtimes write fields in number order: the frame before any inference).
+
+    A look at the first fields only, for a reader that must know what, besides its
+    frame, a message holds; malformed bytes are left to ``decode_message``.
+    """
+    data = memoryview(buffer).cast("B") if not isinstance(buffer, memoryview) else buffer
+    budget = _Budget(_FIELDS_BEFORE_CONTENT)
+    try:
+        for number, wire_type, start, stop in _fields(data, 0, len(data), budget):
+            if number == 6 and wire_type == _LEN:  # media_sample
+                for inner, inner_type, a, b in _fields(data, start, stop, budget):
+                    if inner == 5 and inner_type == _LEN:  # content_bytes
+                        return b - a
+    except RemoteProtocolError:
+        return 0
+    return 0
+
+
+#: Fields looked at before a sample's content_bytes: its envelope's and a few more.
+_FIELDS_BEFORE_CONTENT = 8
+
+
 def decode_usual(buffer: Buffer) -> MediaStreamMessage | None:
     """``decode_message`` for a message in the usual layout (a sample or an
     acknowledgement, read straight through, in microseconds); None for any other."""

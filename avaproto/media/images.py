@@ -151,11 +151,14 @@ def decode_image(data: bytes | bytearray | memoryview, encoding: Encoding) -> np
     )
 
 
-#: Compressed metadata chunks (iCCP, zTXt, iTXt) a PNG may hold before its pixels:
+#: Compressed metadata chunks (iCCP, zTXt, iTXt) a PNG may hold, before or after its pixels:
 #: Pillow inflates each as it opens the file (up to 1 MiB each, whatever the image's
 #: size), and a 1x1 PNG of 10,000 of them, 27 KB once the message was compressed,
 #: cost 21 s of CPU.
 MAX_PNG_COMPRESSED_CHUNKS = 16
+#: Other chunks a PNG may hold besides its pixels (IDAT): 100,000 chunks of text took
+#: 0.3 s; an image holds a few.
+MAX_PNG_OTHER_CHUNKS = 1000
 #: Pixels of an RLE-compressed BMP: Pillow decodes those in Python, a pixel at a time
 #: (5 s for 9400x9400 pixels sent in 2.5 KB); a frame of 1920x1080 takes a tenth of a
 #: second. Uncompressed BMPs, what pipelines send, are not bounded by this.
@@ -170,23 +173,28 @@ def _check_cost(data: memoryview, name: str) -> None:
     compressed metadata, an RLE-compressed BMP of many pixels; read from the bytes
     before Pillow parses any."""
     if bytes(data[:8]) == _PNG_SIGNATURE:
-        pos, compressed = 8, 0
-        while pos + 8 <= len(data):
+        pos, compressed, other = 8, 0, 0
+        while pos + 8 <= len(data):  # every chunk: Pillow reads those after IDAT too
             length, kind = _PNG_CHUNK.unpack_from(data, pos)
-            if kind == b"IDAT":
+            if kind == b"IEND":
                 break
             if kind in (b"iCCP", b"zTXt", b"iTXt"):
                 compressed += 1
-                if compressed > MAX_PNG_COMPRESSED_CHUNKS:
-                    raise FrameError(
-                        "MEDIA-12",
-                        Status.INVALID_ARGUMENT,
-                        f"the {name} sample holds more than {MAX_PNG_COMPRESSED_CHUNKS} "
-                        "compressed metadata chunks (iCCP, zTXt, iTXt) before its pixels, "
-                        "each inflated as the image is opened",
-                    )
+            elif kind != b"IDAT":
+                other += 1
+            if compressed > MAX_PNG_COMPRESSED_CHUNKS or other > MAX_PNG_OTHER_CHUNKS:
+                raise FrameError(
+                    "MEDIA-12",
+                    Status.INVALID_ARGUMENT,
+                    f"the {name} sample holds more than {MAX_PNG_COMPRESSED_CHUNKS} "
+                    f"compressed metadata chunks (iCCP, zTXt, iTXt), or {MAX_PNG_OTHER_CHUNKS} "
+                    "chunks besides its pixels: each is read, the first inflated, as the "
+                    "image is decoded",
+                )
             pos += 12 + length
     elif bytes(data[:2]) == b"BM" and len(data) >= 34:
+        if struct.unpack_from("<I", data, 14)[0] < 40:  # OS/2's header: no compression
+            return
         width, height, _, _, compression = struct.unpack_from("<iiHHI", data, 18)
         pixels = abs(width) * abs(height)
         if compression in _BMP_RLE and pixels > MAX_RLE_BMP_PIXELS:

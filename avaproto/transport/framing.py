@@ -22,7 +22,7 @@ import anyio.to_thread
 import grpclib.protocol
 from grpclib.encoding.base import CodecBase
 
-from ..codec import decode_message, decode_usual, encode_message
+from ..codec import decode_message, decode_usual, embedded_bytes, encode_message
 from ..errors import RemoteProtocolError
 from ..messages import MediaStreamMessage
 from ..status import Status
@@ -41,18 +41,23 @@ def _truncated(what: str) -> RemoteProtocolError:
 #: Seconds of decoding one stream's messages may take of the event loop before it lets
 #: the others run (WIRE-2).
 PACING_SLICE = 0.005
-#: Bytes from which a message that is not a plain sample is decoded in a thread (one at
-#: a time in the process), not on the event loop: within the field budget one message
-#: can still cost a quarter of a second (20,000 map entries, 279 bytes compressed), and
-#: no pacing between messages shortens one.
+#: Bytes, besides an embedded frame, from which a message that is not a plain sample is
+#: decoded in a thread (one at a time per event loop), not on the event loop: within
+#: the field budget one message can still cost a quarter of a second (20,000 map
+#: entries, 279 bytes compressed), and no pacing between messages shortens one.
 APART_BYTES = 16 * 1024
-_apart: list[anyio.CapacityLimiter] = []  # made in the event loop, on first use
+#: The one thread that decodes them, per event loop (a limiter belongs to its loop, and
+#: one shared by two loops in two threads left one waiting for ever).
+_apart: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar("avaproto_apart")
 
 
 def _apart_limiter() -> anyio.CapacityLimiter:
-    if not _apart:
-        _apart.append(anyio.CapacityLimiter(1))
-    return _apart[0]
+    try:
+        return _apart.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(1)
+        _apart.set(limiter)
+        return limiter
 
 
 class Pacing:
@@ -77,8 +82,9 @@ class Pacing:
             usual = decode_usual(data)  # an embedded frame, at once
             if usual is not None:
                 return usual
-            limiter = _apart_limiter()
-            return await anyio.to_thread.run_sync(decode_message, data, limiter=limiter)
+            if len(data) - embedded_bytes(data) >= APART_BYTES:  # a frame costs nothing
+                limiter = _apart_limiter()
+                return await anyio.to_thread.run_sync(decode_message, data, limiter=limiter)
         started = time.perf_counter()
         try:
             return decode_message(data)

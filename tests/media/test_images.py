@@ -153,7 +153,18 @@ def test_an_image_that_costs_far_more_than_its_pixels_is_refused_before_pillow()
     assert (caught.value.rule, caught.value.status) == ("MEDIA-12", Status.INVALID_ARGUMENT)
     assert "more than 16 compressed metadata chunks" in str(caught.value)
     decode_image(png[:33] + chunk(b"iCCP", profile) + png[33:], Encoding.PNG)  # one is usual
+    after_the_pixels = png[:-12] + chunk(b"iCCP", profile) * 17 + png[-12:]  # before IEND
+    with pytest.raises(FrameError, match="more than 16 compressed metadata chunks"):
+        decode_image(after_the_pixels, Encoding.PNG)  # Pillow reads those too
+    chatty = png[:-12] + chunk(b"tEXt", b"k\x00v") * 1001 + png[-12:]
+    with pytest.raises(FrameError, match="or 1000 chunks besides its pixels"):
+        decode_image(chatty, Encoding.PNG)
     header = struct.pack("<2sIHHI", b"BM", 0, 0, 0, 54)
     rle = header + struct.pack("<IiiHHI", 40, 9400, 9400, 1, 4, 2) + bytes(20)
     with pytest.raises(FrameError, match="RLE-compressed BMP of 9400x9400 pixels"):
         decode_image(rle, Encoding.BMP)
+    # OS/2's 12-byte header has no compression field: its bytes there are pixels.
+    from avaproto.media.images import _check_cost
+
+    core = header + struct.pack("<IHHHH", 12, 64, 48, 1, 24) + struct.pack("<I", 1) * 8
+    _check_cost(memoryview(core), "BMP")

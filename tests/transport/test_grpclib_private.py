@@ -1216,10 +1216,14 @@ async def test_a_large_message_that_is_not_a_plain_sample_is_decoded_off_the_eve
     monkeypatch.setattr(framing, "decode_message", seen)
     many = MediaSample(inferences=[Inference(subtype="x" * 100)] * 400)  # about 40 KB
     frame = MediaSample(content_bytes=ContentBytes(bytes=bytes(framing.APART_BYTES * 4)))
+    # A frame with an upstream node's inference: not the usual layout, but its frame
+    # costs nothing to read, and a thread for it was nine times the cost.
+    noted = MediaSample(content_bytes=frame.content_bytes, inferences=[Inference(subtype="x")])
     framed = [
         encode_framed(MediaStreamMessage(sequence_number=2, media_sample=many)),
         encode_framed(MediaStreamMessage(sequence_number=3, media_sample=frame)),
         encode_framed(MediaStreamMessage(sequence_number=4, media_sample=MediaSample())),
+        encode_framed(MediaStreamMessage(sequence_number=5, media_sample=noted)),
     ]
     stream, pacing = _Buffered(framed, True), framing.Pacing()
     with anyio.fail_after(TIMEOUT):
@@ -1233,5 +1237,35 @@ async def test_a_large_message_that_is_not_a_plain_sample_is_decoded_off_the_eve
             )
             assert message is not None
             numbers.append(message.sequence_number)
-    assert numbers == [2, 3, 4]
-    assert where == [False, True]  # the frame went the usual way, past decode_message
+    assert numbers == [2, 3, 4, 5]
+    assert where == [False, True, True]  # the plain frame went past decode_message
+
+
+@pytest.mark.rule("WIRE-2")
+def test_event_loops_in_two_threads_each_decode_apart() -> None:
+    """The thread that decodes such messages is one per event loop: one limiter shared
+    by two loops in two threads was released from the wrong thread, and the other
+    loop's decodes waited for ever."""
+    import threading
+
+    from avaproto.codec import encode_framed
+    from avaproto.transport import framing
+
+    many = MediaSample(inferences=[Inference(subtype="x" * 100)] * 400)
+    framed = encode_framed(MediaStreamMessage(sequence_number=2, media_sample=many))
+    decoded: list[int] = []
+
+    async def decode_all() -> None:
+        pacing = framing.Pacing()
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tasks:
+                for _ in range(20):
+                    tasks.start_soon(pacing.decode, framed[5:])
+        decoded.append(20)
+
+    threads = [threading.Thread(target=anyio.run, args=(decode_all,)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT * 2)
+    assert decoded == [20, 20]
