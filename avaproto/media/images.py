@@ -188,7 +188,7 @@ def _check_cost(data: memoryview, name: str) -> None:
                     Status.INVALID_ARGUMENT,
                     f"the {name} sample holds more than {MAX_PNG_COMPRESSED_CHUNKS} "
                     f"compressed metadata chunks (iCCP, zTXt, iTXt), or {MAX_PNG_OTHER_CHUNKS} "
-                    "chunks besides its pixels: each is read, the first inflated, as the "
+                    "chunks besides its pixels: each is read, the compressed ones inflated, as the "
                     "image is decoded",
                 )
             pos += 12 + length

@@ -24,11 +24,11 @@ QUIET_BYTES = 1024
 QUIET_PER_FRAME = 4
 QUIET_PER_HEADERS = 10
 #: What the connection's own sends earn is kept up to this many times the limit, apart
-#: (a burst of 20,000 frames at most with the defaults, after 5,000 answers sent):
+#: (a burst of 5,000 frames at most with the defaults, after 1,250 answers sent):
 #: a peer answers them when it reads them, which may be long after, all at once (grpcio
 #: returns credit for thousands of small answers it read in a burst), and capped with
 #: the rest at the limit, that credit was lost before it came.
-OWED_LIMITS = 20
+OWED_LIMITS = 5
 
 _DATA, _HEADERS, _SETTINGS, _CONTINUATION = 0x0, 0x1, 0x4, 0x9
 
