@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import logging
 import struct
-import threading
 import warnings
 import weakref
 from typing import Any
@@ -22,6 +21,7 @@ import numpy.typing as npt
 from ..errors import FrameError
 from ..messages import Encoding
 from ..status import Status
+from .held_bytes import HeldBytes
 
 #: Pillow's name for each encoded format of the contract.
 PILLOW_FORMATS = {Encoding.JPG: "JPEG", Encoding.PNG: "PNG", Encoding.BMP: "BMP"}
@@ -43,30 +43,8 @@ DECODED_BYTES_PER_PIXEL = 3
 log = logging.getLogger("avaproto.media.images")
 
 
-class _DecodedBytes:
-    """The bytes of decoded images in the process, against a bound changed at will."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
-        # Reentrant: ``give`` runs from an array's finalizer, which a garbage
-        # collection inside ``take`` or ``give`` can call on the same thread.
-        self._lock = threading.RLock()
-
-    def take(self, size: int) -> bool:
-        with self._lock:
-            if self.held + size > self.limit:
-                return False
-            self.held += size
-            return True
-
-    def give(self, size: int) -> None:
-        with self._lock:
-            self.held -= size
-
-
 #: The process's decoded images (``limit_decoded_bytes`` sets their bound).
-decoded = _DecodedBytes(DEFAULT_MAX_DECODED_BYTES)
+decoded = HeldBytes(DEFAULT_MAX_DECODED_BYTES)
 
 
 def limit_decoded_bytes(limit: int) -> None:
@@ -212,22 +190,22 @@ def _decoded(image: Any, name: str, pixels: int) -> npt.NDArray[np.uint8]:
     then for as long as the array lives; refused (SRV-18, RESOURCE_EXHAUSTED) when
     they would pass its bound."""
     peak, kept = pixels * DECODING_BYTES_PER_PIXEL, pixels * DECODED_BYTES_PER_PIXEL
-    if not decoded.take(peak):
+    if not decoded.admit(peak):
         message = (
             f"decoding the {name} sample's {image.width}x{image.height} pixels takes about "
             f"{peak / 2**20:.1f} MiB; the process's images being decoded and decoded hold "
-            f"{decoded.held / 2**20:.1f} MiB of its bound of {decoded.limit / 2**20:.1f} MiB "
-            "(--max-decoded-bytes)"
+            f"{decoded.held / 2**20:.1f} MiB of its bound of "
+            f"{(decoded.limit or 0) / 2**20:.1f} MiB (--max-decoded-bytes)"
         )
         log.warning("[SRV-18] %s", message)
         raise FrameError("SRV-18", Status.RESOURCE_EXHAUSTED, message)
     try:
         rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
     except BaseException:
-        decoded.give(peak)
+        decoded.release(peak)
         raise
-    decoded.give(peak - kept)
-    weakref.finalize(rgb, decoded.give, kept)
+    decoded.release(peak - kept)
+    weakref.finalize(rgb, decoded.release, kept)
     return rgb
 
 

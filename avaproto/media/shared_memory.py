@@ -119,6 +119,7 @@ import anyio
 from ..errors import LeaseError, ProtocolError, SharedMemoryError
 from ..protocol.descriptor import check_handle_name
 from ..status import Status
+from .held_bytes import HeldBytes
 
 log = logging.getLogger("avaproto.media.shared_memory")
 
@@ -145,28 +146,8 @@ WRITE_MODES: tuple[WriteMode, ...] = ("pwrite", "map")
 POOL_BYTES = 256 * 1024 * 1024
 
 
-class _ProcessBytes:
-    """Bytes of one kind held across the regions of the process, against a bound."""
-
-    def __init__(self) -> None:
-        self.held = 0
-        self._lock = threading.Lock()
-
-    def admit(self, size: int, limit: int) -> bool:
-        """Take ``size`` bytes if they stay within ``limit``; whether they did."""
-        with self._lock:
-            if self.held + size > limit:
-                return False
-            self.held += size
-            return True
-
-    def release(self, size: int) -> None:
-        with self._lock:
-            self.held -= size
-
-
 #: The bytes pooled across regions, against ``POOL_BYTES``.
-_pooled = _ProcessBytes()
+_pooled = HeldBytes()
 
 #: Address space the segments of the process mapped with ``access="map"`` may take
 #: together (SHM-17): a pipeline names a sparse file of any size at no cost to itself,
@@ -174,7 +155,7 @@ _pooled = _ProcessBytes()
 #: of the server's own fail.
 DEFAULT_MAX_MAPPED_BYTES = 64 * 1024**3
 #: The bytes of every open mapped region, against the limit given at each mapping.
-_mapped = _ProcessBytes()
+_mapped = HeldBytes()
 
 
 def _unpool(free: list[bytearray]) -> None:

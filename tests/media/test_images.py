@@ -77,8 +77,9 @@ def test_decoded_images_are_bounded_while_their_arrays_live(
     import gc
 
     from avaproto.media import images
+    from avaproto.media.held_bytes import HeldBytes
 
-    monkeypatch.setattr(images, "decoded", images._DecodedBytes(images.DEFAULT_MAX_DECODED_BYTES))
+    monkeypatch.setattr(images, "decoded", HeldBytes(images.DEFAULT_MAX_DECODED_BYTES))
     picture = encode_image(PICTURE, Encoding.PNG)
     pixels = PICTURE.shape[0] * PICTURE.shape[1]
     # Room to decode one at its peak; its array keeps 3 bytes a pixel once decoded.

@@ -34,6 +34,7 @@ from avaproto.bench import shm as shm_bench
 from avaproto.engine.frame import Frame
 from avaproto.errors import LeaseError, SharedMemoryError
 from avaproto.media import frames
+from avaproto.media.held_bytes import HeldBytes
 from avaproto.media.shared_memory import (
     ACCESS_MODES,
     ALIGNMENT,
@@ -699,7 +700,7 @@ class TestViewsOutlivingTheirLease:
         for one buffer: the second given back is let go, and a closed region's buffers
         make room again."""
         monkeypatch.setattr(shared_memory, "POOL_BYTES", 1024)
-        monkeypatch.setattr(shared_memory, "_pooled", shared_memory._ProcessBytes())
+        monkeypatch.setattr(shared_memory, "_pooled", HeldBytes())
         with (
             SharedMemoryRegion.open("segment", 4096, directory=segment[0]) as one,
             SharedMemoryRegion.open("segment", 4096, directory=segment[0]) as two,
