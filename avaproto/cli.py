@@ -1099,6 +1099,11 @@ def _send(args: argparse.Namespace) -> int:
     tls = _client_tls(args)
     if args.size is not None:
         _check_frame_fits(args, _video_format(args, args.size))
+    if args.encoding != "RAW" and args.format != "RGB24":  # RGB24: the default
+        raise UsageError(
+            f"--format {args.format} is a pixel format of RAW frames; --encoding "
+            f"{args.encoding} samples carry their own"
+        )
     if args.encoding != "RAW":
         try:
             load_pillow()
@@ -1868,6 +1873,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.parser.prog}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print(f"{args.parser.prog}: stopped by SIGINT", file=sys.stderr)  # as send says it
         return 130
     except Exception as error:  # one line for the errors a person can act on
         from .errors import AvaprotoError

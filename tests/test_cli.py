@@ -231,6 +231,22 @@ def test_a_second_signal_ends_the_drain_at_once(extensions: Path) -> None:
     assert "[SRV-8]" in stderr, stderr
 
 
+def test_a_command_stopped_by_ctrl_c_says_so(extensions: Path) -> None:
+    """bench and demo ended with status 130 and nothing on the terminal."""
+    with serving("--extension", "slow:process", "--grace", "0", cwd=extensions) as server:
+        bench = subprocess.Popen(
+            [*AVAPROTO, "bench", server.target, "--frames", "10", "--size", "8x8"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        server.wait_for("stream opened")
+        bench.send_signal(signal.SIGINT)
+        _, stderr = bench.communicate(timeout=TIMEOUT)
+    assert bench.returncode == 130
+    assert one_line(stderr) == "avaproto bench: stopped by SIGINT"
+
+
 def test_output_to_a_reader_that_goes_away_ends_in_one_line() -> None:
     """``send --output - | head -1``: the pipe breaks under the next result."""
     with serving("--extension", "motion") as server:
@@ -690,6 +706,15 @@ def test_a_missing_shm_directory_is_a_usage_error(tmp_path: Path) -> None:
     done = run("send", "127.0.0.1:1", "--transfer", "shm", "--shm-directory", str(tmp_path / "no"))
     assert done.returncode == 2
     assert one_line(done.stderr).endswith(f"--shm-directory {tmp_path / 'no'}: not a directory")
+
+
+def test_a_pixel_format_with_an_encoding_is_a_usage_error() -> None:
+    """--encoding JPG --format BGR24 dropped --format without a word."""
+    done = run("send", "127.0.0.1:1", "--encoding", "JPG", "--format", "BGR24")
+    assert done.returncode == 2
+    assert one_line(done.stderr).endswith(
+        "--format BGR24 is a pixel format of RAW frames; --encoding JPG samples carry their own"
+    )
 
 
 def test_no_frame_timeout_is_said_as_every_other_timeout() -> None:
