@@ -80,6 +80,13 @@ def run(
     )
 
 
+def started(*args: str) -> subprocess.Popen[str]:
+    """An avaproto command running in the background, its stderr kept, its stdout not."""
+    return subprocess.Popen(
+        [*AVAPROTO, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
 class Server:
     """An ``avaproto serve`` process; its log is read as it comes, never left to block."""
 
@@ -213,12 +220,7 @@ def test_a_processor_stuck_in_a_call_does_not_keep_the_server(extensions: Path) 
 def test_a_second_signal_ends_the_drain_at_once(extensions: Path) -> None:
     """The first Ctrl-C drains for --grace; a second one ended nothing before."""
     with serving("--extension", "slow:process", "--grace", "3600", cwd=extensions) as server:
-        sender = subprocess.Popen(
-            [*AVAPROTO, "send", server.target, "--frames", "1", "--size", "8x8"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        sender = started("send", server.target, "--frames", "1", "--size", "8x8")
         try:
             server.wait_for("stream opened")
             server.process.send_signal(signal.SIGINT)
@@ -234,12 +236,7 @@ def test_a_second_signal_ends_the_drain_at_once(extensions: Path) -> None:
 def test_a_command_stopped_by_ctrl_c_says_so(extensions: Path) -> None:
     """bench and demo ended with status 130 and nothing on the terminal."""
     with serving("--extension", "slow:process", "--grace", "0", cwd=extensions) as server:
-        bench = subprocess.Popen(
-            [*AVAPROTO, "bench", server.target, "--frames", "10", "--size", "8x8"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        bench = started("bench", server.target, "--frames", "10", "--size", "8x8")
         server.wait_for("stream opened")
         bench.send_signal(signal.SIGINT)
         _, stderr = bench.communicate(timeout=TIMEOUT)

@@ -115,8 +115,7 @@ async def read_message(
     message = await read(
         stream,
         max_bytes,
-        decode_message,
-        decode_async=None if pacing is None else pacing.decode,
+        _decoded if pacing is None else pacing.decode,
         limit_rule=limit_rule,
         hold=hold,
         settle=settle,
@@ -126,6 +125,10 @@ async def read_message(
     if pacing is not None:
         await pacing.let_others_run()
     return message
+
+
+async def _decoded(data: bytes | bytearray | memoryview) -> MediaStreamMessage:
+    return decode_message(data)
 
 
 class Arrival:
@@ -164,9 +167,8 @@ class Arrival:
 async def read(
     stream: grpclib.protocol.Stream,
     max_bytes: int,
-    decode: Callable[[bytes | bytearray | memoryview], _Message],
+    decode: Callable[[bytes | bytearray | memoryview], Awaitable[_Message]],
     *,
-    decode_async: Callable[[bytes | bytearray | memoryview], Awaitable[_Message]] | None = None,
     limit_rule: str,
     hold: Callable[[int], AbstractContextManager[object]] | None = None,
     settle: Callable[[_Message], Awaitable[None]] | None = None,
@@ -187,17 +189,12 @@ async def read(
     With ``arrival``, a body that does not arrive in time ends the stream (SRV-20).
     """
 
-    async def decoded(data: bytes | bytearray | memoryview) -> _Message:
-        return decode(data) if decode_async is None else await decode_async(data)
-
     whole = await receive_whole(stream)
     if whole is not None:  # the common case: a message that arrived in one DATA frame
         _check_prefix(whole[0], len(whole) - 5, max_bytes, limit_rule)
         if whole[0]:
-            return await _inflated(
-                whole[5:], decoded, encoding, max_bytes, limit_rule, hold, settle
-            )
-        message = await decoded(whole[5:])
+            return await _inflated(whole[5:], decode, encoding, max_bytes, limit_rule, hold, settle)
+        message = await decode(whole[5:])
         if settle is not None:
             await settle(message)
         return message
@@ -222,8 +219,8 @@ async def read(
         if len(data) != length:
             raise _truncated(f"a message of {length} bytes")
         if compressed:
-            return await _inflated(data, decoded, encoding, max_bytes, limit_rule, hold, settle)
-        message = await decoded(data)
+            return await _inflated(data, decode, encoding, max_bytes, limit_rule, hold, settle)
+        message = await decode(data)
         if settle is not None:
             await settle(message)  # the message still counted in the budget of ``hold``
         return message

@@ -196,13 +196,17 @@ class _Calls:
             subtract(self._by_connection, connection, 1)
 
 
+async def _parsed(data: bytes | bytearray | memoryview) -> HealthCheckRequest:
+    return HealthCheckRequest.parse(bytes(data))
+
+
 async def _request(stream: grpclib.server.Stream[Any, Any]) -> HealthCheckRequest:
     """The call's one request, read off its HTTP/2 stream; a bad one ends the call."""
     try:
         request = await read(
             http2_stream(stream),
             MAX_REQUEST_BYTES,
-            lambda data: HealthCheckRequest.parse(bytes(data)),
+            _parsed,
             limit_rule="SRV-5",
             encoding=request_encoding(stream),
         )
