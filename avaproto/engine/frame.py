@@ -129,6 +129,14 @@ class Frame:
             return image  # type: ignore[return-value]  # RGB uint8, from decode_image
         return frames.to_rgb(image, fmt)
 
+    def _let_go(self) -> None:
+        """Forget what was made from the sample's bytes (its view, its image), before
+        its lease ends: the thread that ran a plain ``def`` processor holds the frame
+        until it takes its next job, and the cached image would hold the bytes with it
+        (SHM-12 would then blame the extension, which kept nothing)."""
+        self.__dict__.pop("_image", None)
+        self.__dict__.pop("_view", None)
+
     def _media(self) -> tuple[memoryview, VideoFormat]:
         data = self.data
         if data is None or self.format is None:

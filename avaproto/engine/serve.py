@@ -465,7 +465,6 @@ class ExtensionHandler:
             finally:
                 in_order.release()
         job.done = True
-        job.frame = None
         _release(job)
         self.channel.let_go(job.number)
         # In request order, only the head of the line unblocks answers.
@@ -640,6 +639,10 @@ def _check_fits_an_answer(inferences: list[Inference], number: int) -> None:
 
 
 def _release(job: _Job) -> None:
+    """The job's frame forgets its bytes, then its lease ends (once)."""
+    frame, job.frame = job.frame, None
+    if frame is not None:
+        frame._let_go()
     lease, job.lease = job.lease, None
     if lease is None:
         return

@@ -201,6 +201,46 @@ async def test_each_lease_ends_right_after_its_acknowledgement() -> None:
     assert seen == [True] * 5
 
 
+@pytest.mark.rule("SHM-12")
+@pytest.mark.parametrize("keeps", ["frame", "array"])
+async def test_a_frame_kept_past_its_lease_is_not_blamed_an_array_is(
+    keeps: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frame kept past its lease (a tracker's previous frame; the worker thread that
+    ran a plain ``def`` processor, until it takes its next job) must not hold the bytes
+    through the image it cached: SHM-12 would blame an extension that kept no pixels.
+    An array the extension keeps is blamed, and stays readable."""
+    kept: dict[int, object] = {}
+
+    def look(frame: Frame) -> list[Inference]:
+        rgb = frame.rgb()
+        kept[frame.sequence_number] = rgb if keeps == "array" else frame
+        return []
+
+    fmt = VideoFormat.checked(Encoding.RAW, PixelFormat.RGB24, 16, 8)
+    sources = pictures(10, fmt.width, fmt.height)
+    caplog.set_level(logging.WARNING)
+    with anyio.fail_after(TIMEOUT):
+        async with shm_pipeline(look, fmt, shm_bytes=1 << 20) as pipe:
+
+            async def feed() -> None:
+                for t, rgb in enumerate(sources):
+                    await pipe.send(rgb, timestamp=t)
+                await pipe.end()
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(feed)
+                answers = [r async for r in pipe.results()]
+    assert len(answers) == 10
+    warned = caplog.text.count("[SHM-12]")
+    if keeps == "array":
+        assert warned == 10
+        arrays = [kept[number] for number in sorted(kept)]
+        assert all(np.array_equal(a, b) for a, b in zip(arrays, sources, strict=True))
+    else:
+        assert warned == 0
+
+
 async def test_a_slot_the_pipeline_filled_itself_goes_as_it_is() -> None:
     """``allocate`` hands out a slot to fill; ``send`` then copies nothing: the extension
     reads what was written there, and a slot taken again at an offset already written
