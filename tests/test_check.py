@@ -55,6 +55,7 @@ from avaproto.messages import (
     MediaSample,
     MediaStreamDescriptor,
     MediaStreamMessage,
+    PixelFormat,
     Rectangle,
     Tag,
 )
@@ -80,9 +81,11 @@ USER, PASSWORD = "pipeline", "s3cret"
 
 
 @contextmanager
-def avaproto_server(extension: str = "null", **config: Any) -> Iterator[str]:
-    """avaproto's server, on an event loop of its own thread; yields its target."""
-    served = running(load_extension(extension), ServerConfig(port=0, **config))
+def avaproto_server(extension: Any = "null", **config: Any) -> Iterator[str]:
+    """avaproto's server, on an event loop of its own thread, for a built-in's name or a
+    processor; yields its target."""
+    factory = load_extension(extension) if isinstance(extension, str) else extension
+    served = running(factory, ServerConfig(port=0, **config))
     with start_blocking_portal() as portal, portal.wrap_async_context_manager(served) as server:
         yield f"127.0.0.1:{server.port}"
 
@@ -164,22 +167,22 @@ class FailsAnEmptyStream(MediaGraphExtensionBase):
 
 
 class CrashesWithoutDescriptor(MediaGraphExtensionBase):
-    """A handler that crashes when the first message is no descriptor: grpclib ends the
-    call UNKNOWN, which is no refusal of what it was sent."""
+    """A handler that crashes when the first message is no descriptor, and serves a
+    stream that opens with one: grpclib ends the call UNKNOWN, which is no refusal of
+    what it was sent."""
 
     async def process_media_stream(
         self, messages: AsyncIterator[MediaStreamMessage]
     ) -> AsyncIterator[MediaStreamMessage]:
+        number = 0
         async for message in messages:
-            descriptor = message.media_stream_descriptor
-            assert descriptor is not None, "'NoneType' object has no attribute 'media_descriptor'"
-            yield MediaStreamMessage(
-                sequence_number=1,
-                ack_sequence_number=message.sequence_number,
-                media_stream_descriptor=MediaStreamDescriptor(
-                    media_descriptor=MediaDescriptor(timescale=90000)
-                ),
-            )
+            if not number:
+                descriptor = message.media_stream_descriptor
+                assert descriptor is not None, (
+                    "'NoneType' object has no attribute 'media_descriptor'"
+                )
+            number += 1
+            yield answer_to(message, number)
 
 
 def answer_to(message: MediaStreamMessage, number: int) -> MediaStreamMessage:
@@ -396,13 +399,19 @@ def test_the_grpcio_baseline_shows_its_gaps(
     report = json.loads(out)
     details = {entry["rule"]: entry["detail"] for entry in report["rules"]}
     results = outcomes(report)
-    # It answers a sample sent first with a descriptor, never checks numbering, and has
-    # no authentication at all.
-    for rule in ("DESC-1", "SEQ-3", "SEQ-4", "AUTH-3", "ACK-3", "MEDIA-6", "SHM-3"):
-        assert results[rule] == "FAIL", (rule, details[rule])
+    # It answers a sample sent first with a descriptor and never checks numbering: the
+    # text sets those rules for the pipeline, so it is lenient there, not broken.
+    for rule in ("DESC-1", "SEQ-3", "SEQ-4", "ACK-3", "MEDIA-6", "SHM-3"):
+        assert results[rule] == "WARN", (rule, details[rule])
     assert "a sample as the first message: accepted" in details["DESC-1"]
-    assert "expected FAILED_PRECONDITION" in details["DESC-1"]
+    assert (
+        "avaproto refuses it with FAILED_PRECONDITION, but the text sets this rule for the pipeline"
+        in details["DESC-1"]
+    )
     assert "a repeated sequence number: accepted" in details["SEQ-3"]
+    # It has no authentication at all, though it was said to have credentials: that
+    # one is owed to its operator.
+    assert results["AUTH-3"] == "FAIL", details["AUTH-3"]
     assert "a stream with no x-ms-authentication header: accepted" in details["AUTH-3"]
     assert "expected UNAUTHENTICATED" in details["AUTH-3"]
     # What it does keep is not held against it.
@@ -415,6 +424,53 @@ def test_the_grpcio_baseline_shows_its_gaps(
     assert "refused, with INTERNAL" in details["WIRE-1"]
     assert "avaproto's status for it is INVALID_ARGUMENT" in details["WIRE-1"]
     assert report["summary"]["FAIL"] == sum(outcome == "FAIL" for outcome in results.values())
+
+
+def model_not_loaded(frame: Frame) -> list[Inference]:
+    raise RuntimeError("model not loaded")
+
+
+def test_an_extension_failing_every_stream_is_named_first_not_blamed_on_each_rule(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Its own failure ends every stream that reaches a sample: the probes of the rules
+    broken before any sample still judge it; the others saw only that failure, and
+    say so, instead of failing rules it may well keep."""
+    with avaproto_server(model_not_loaded) as target:
+        status, out, _ = check(capsys, target, "--json")
+    assert status == 1
+    report = json.loads(out)
+    results = outcomes(report)
+    details = {entry["rule"]: entry["detail"] for entry in report["rules"]}
+    failure = "INTERNAL: [SRV-3] the extension failed on sample 2: RuntimeError: model not loaded"
+    assert report["notice"].startswith(f"every stream as a pipeline sends it failed: {failure}")
+    assert results["LIFE-4"] == "FAIL" and failure in details["LIFE-4"]
+    for rule in ("SEQ-6", "EMB-3", "CFG-1", "AUTH-1", "SRV-6"):  # valid samples only
+        assert results[rule] == "SKIP", (rule, details[rule])
+        assert details[rule] == "not judged: its probe met the failure every stream met"
+    not_judged = sum(detail.startswith("not judged") for detail in details.values())
+    assert f"the {not_judged} rules whose probes met the same failure" in report["notice"]
+    for rule in ("DESC-1", "SEQ-4", "SHM-3", "MEDIA-6"):  # refused before any sample
+        assert results[rule] == "PASS", (rule, details[rule])
+    assert report["summary"]["FAIL"] == 1
+
+
+def test_a_failure_of_one_format_only_judges_every_rule(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Served in one format and failing in another: the extension works, and the
+    probes' findings stand as they are."""
+
+    def rgb_only(frame: Frame) -> list[Inference]:
+        if frame.format is not None and frame.format.pixel_format is not PixelFormat.RGB24:
+            raise RuntimeError("model not loaded")
+        return []
+
+    with avaproto_server(rgb_only) as target:
+        status, out, _ = check(capsys, target, "--json", "--formats", "rgb24,bgr24")
+    report = json.loads(out)
+    assert status == 1 and "notice" not in report
+    assert not any(entry["detail"].startswith("not judged") for entry in report["rules"])
 
 
 # --- each outcome, where a broken classification would show ----------------------------------

@@ -111,6 +111,8 @@ class Context:
     target: Target
     options: CheckOptions
     formats: list[VideoFormat] = field(default_factory=list)
+    #: How each healthy stream that failed ended (``StreamFailed``'s text), in order.
+    healthy_failures: list[str] = field(default_factory=list)
 
     @property
     def fmt(self) -> VideoFormat:
@@ -126,6 +128,8 @@ class Probe:
     #: What the probe needs to run: "shm", "credentials", "no-credentials", "raw" (a
     #: RAW first format).
     needs: tuple[str, ...] = ()
+    #: A healthy stream: what a pipeline sends, no rule broken.
+    healthy: bool = False
 
 
 def video_format(name: str, size: tuple[int, int] = FRAME_SIZE) -> VideoFormat:
@@ -321,8 +325,21 @@ _NOT_REFUSALS = (
 )
 
 
+#: The refusals the extension owes its own operator: an extension configured with
+#: credentials that serves a stream without them is open to anyone.
+_OWED_REFUSALS = frozenset({"AUTH-3"})
+
+
 def refusal(rule: str, expected: Status, what: str, done: Exchange) -> Finding:
-    """The finding of a violation that must end the stream with ``expected``."""
+    """The finding of a violation that avaproto ends the stream for with ``expected``.
+
+    The violations are the pipeline's: the text sets these rules for the party that
+    sends (the descriptor first, increasing numbers, a reference inside the segment),
+    and says nothing of what the other must do with a message that breaks one. An
+    extension that serves it anyway is lenient, as the published samples are: a WARN,
+    not a FAIL, except where the refusal guards the extension's own operator
+    (``_OWED_REFUSALS``).
+    """
     ending = done.ending
     if not done.reached:
         return Finding(
@@ -334,6 +351,14 @@ def refusal(rule: str, expected: Status, what: str, done: Exchange) -> Finding:
         return Finding(rule, Outcome.PASS, f"{what}: refused with {expected.name}")
     if ending.ok:
         seen = f"accepted (answered {summarize(ending.answers)}, then ended the stream OK)"
+        if rule not in _OWED_REFUSALS:
+            return Finding(
+                rule,
+                Outcome.WARN,
+                f"{what}: {seen}; avaproto refuses it with {expected.name}, but the text "
+                "sets this rule for the pipeline, not what the extension does when it is "
+                "broken",
+            )
     elif ending.status not in _NOT_REFUSALS:
         # Refused, with another status: the text names no status, and grpcio itself
         # ends a call whose bytes it cannot parse with INTERNAL, before any handler.
@@ -677,6 +702,7 @@ async def healthy(ctx: Context, fmt: VideoFormat, shm: bool) -> list[Finding]:
 
 
 def _refused(what: str, failed: StreamFailed, ctx: Context, shm: bool) -> list[Finding]:
+    ctx.healthy_failures.append(str(failed))
     seen = f"{what}: a stream as a pipeline sends it ended with {failed}"
     if failed.status is Status.UNAUTHENTICATED and ctx.options.credentials is not None:
         return [deviation("AUTH-2", seen)]
@@ -1088,7 +1114,14 @@ def probes(ctx: Context) -> list[Probe]:
     rgb = PixelFormat.RGB24
     listed: list[Probe] = []
     for each in ctx.formats:
-        listed.append(Probe(f"{each} embedded", HEALTHY, partial(healthy, fmt=each, shm=False)))
+        listed.append(
+            Probe(
+                f"{each} embedded",
+                HEALTHY,
+                partial(healthy, fmt=each, shm=False),
+                healthy=True,
+            )
+        )
     for each in ctx.formats:
         listed.append(
             Probe(
@@ -1096,6 +1129,7 @@ def probes(ctx: Context) -> list[Probe]:
                 (*HEALTHY, "SHM-1", "ACK-5"),
                 partial(healthy, fmt=each, shm=True),
                 needs=("shm",),
+                healthy=True,
             )
         )
     shm = partial(announced, ctx)

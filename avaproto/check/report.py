@@ -83,6 +83,8 @@ class CheckReport:
     results: list[RuleResult]
     #: (rule, level, why) of the selected rules no probe can reach.
     out_of_reach: list[tuple[str, str, str]] = field(default_factory=list)
+    #: What to read first: the extension failed every stream as a pipeline sends it.
+    notice: str = ""
 
     def count(self, outcome: Outcome) -> int:
         return sum(result.outcome is outcome for result in self.results)
@@ -105,7 +107,7 @@ class CheckReport:
     def lines(self, *, verbose: bool = False) -> list[str]:
         """One line per rule, then the summary; ``verbose`` shows what each PASS saw too."""
         width = max((len(result.rule) for result in self.results), default=0)
-        text = []
+        text = [f"NOTE: {self.notice}"] if self.notice else []
         for result in self.results:
             line = f"{result.rule:<{width}}  {result.level:<6}  {result.outcome.value}"
             shown = result.detail if result.outcome is not Outcome.PASS or verbose else ""
@@ -118,6 +120,7 @@ class CheckReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "target": self.target,
+            **({"notice": self.notice} if self.notice else {}),
             "rules": [result.as_dict() for result in self.results],
             "summary": self.summary(),
             "out_of_reach": [

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import re
 from collections.abc import Iterable, Sequence
 
 import anyio
@@ -137,7 +138,57 @@ async def run_check(
         ) from None
     except Unreachable as error:
         raise CheckAborted(str(error)) from None
+    healthy = 0
+    failing: str | None = None
     for probe in probes(ctx):
-        if wanted.intersection(probe.rules):
-            findings += await run_probe(ctx, probe)
-    return combine(target, findings, selected)
+        if not wanted.intersection(probe.rules):
+            continue
+        found = await run_probe(ctx, probe)
+        if probe.healthy:
+            healthy += 1
+        else:
+            if failing is None and healthy:
+                failing = _failing_everywhere(ctx, healthy)
+            if failing:
+                found = [_not_judged(finding, failing) for finding in found]
+        findings += found
+    report = combine(target, findings, selected)
+    if failing:
+        not_judged = sum(result.detail.startswith(_NOT_JUDGED) for result in report.results)
+        report.notice = (
+            f"every stream as a pipeline sends it failed: {ctx.healthy_failures[0]}; the "
+            f"{not_judged} rules whose probes met the same failure are SKIP, not judged "
+            "(fix that first, then check again)"
+        )
+    return report
+
+
+_NUMBERS = re.compile(r"\d+")
+_NOT_JUDGED = "not judged: "
+
+
+def _shape(text: str) -> str:
+    """A failure's text without its numbers: the same failure on another sample."""
+    return _NUMBERS.sub("#", text)
+
+
+def _failing_everywhere(ctx: Context, healthy: int) -> str:
+    """The shape of the one failure every healthy stream met (``ctx.healthy_failures``),
+    or "" if any was served or they failed differently. Only a failure with words is
+    told apart: a bare status could be any probe's refusal."""
+    failures = ctx.healthy_failures
+    if len(failures) != healthy:
+        return ""
+    shapes = {_shape(failure) for failure in failures}
+    shape = shapes.pop()
+    return "" if shapes or ":" not in shape else shape
+
+
+def _not_judged(finding: Finding, failing: str) -> Finding:
+    """A probe's FAIL or WARN that only saw the extension's failure on every stream
+    (``failing``): not a word on its rule, whose probe never got an answer to judge."""
+    if finding.outcome not in (Outcome.FAIL, Outcome.WARN) or failing not in _shape(finding.detail):
+        return finding
+    return Finding(
+        finding.rule, Outcome.SKIP, f"{_NOT_JUDGED}its probe met the failure every stream met"
+    )
