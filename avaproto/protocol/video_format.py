@@ -143,8 +143,9 @@ class VideoFormat:
             stride_bytes=self.stride_bytes,
         )
 
-    @property
+    @cached_property
     def is_raw(self) -> bool:
+        """Whether frames are RAW pixels (asked several times per sample: computed once)."""
         return self.encoding is Encoding.RAW
 
     @property
