@@ -29,10 +29,10 @@ import ssl
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NoReturn, get_args
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar, get_args
 
 from . import __version__
 
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from .sources import SourceFrame
 
 Command = Callable[[argparse.Namespace], int]
+_T = TypeVar("_T")
 log = logging.getLogger("avaproto.cli")
 
 
@@ -1045,42 +1046,78 @@ async def _run_until_signal(
     report: Report,
     on_result: Callable[[Result], None],
 ) -> tuple[BaseException | None, int | None]:
-    """Send; a SIGTERM, SIGINT or SIGHUP (the terminal closed) cancels the run, which
-    unlinks the shared memory.
+    """Send until done or stopped (``_until_stopped``): the run's error, if any, and the
+    signal that ended it, if one did."""
+    from .send import send_frames
 
-    Returns the run's error, if any, and the signal that ended it, if one did.
-    """
+    _, failure, received = await _until_stopped(
+        lambda: send_frames(frames, options, on_result=on_result, report=report)
+    )
+    return failure, received
+
+
+#: The signals that stop a command that sends: a terminal's Ctrl-C, a closed terminal,
+#: and what ``timeout``, a container runtime or systemd send.
+_STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class _Stopped(Exception):
+    """A signal of ``_STOPS`` stopped the command, which cleaned up as on any exit."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(signal.Signals(number).name)
+        self.number = number
+
+
+async def _until_stopped(
+    work: Callable[[], Awaitable[_T]],
+) -> tuple[list[_T], Exception | None, int | None]:
+    """Run ``work`` until it returns or fails, or until a signal of ``_STOPS`` cancels
+    it: cancelled, it removes its shared-memory segments, which the signal's default
+    action would leave behind. Returns its result (in a list: none if it did not
+    return), its error and the signal, each if there was one."""
     import anyio
     from anyio.abc import TaskStatus
 
-    from .send import send_frames
-
-    failure: BaseException | None = None
+    done: list[_T] = []
+    failure: Exception | None = None
     received: int | None = None
     async with anyio.create_task_group() as tasks:
 
         async def watch(*, task_status: TaskStatus[None]) -> None:
             nonlocal received
-            stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-            with anyio.open_signal_receiver(*stops) as signals:
+            with anyio.open_signal_receiver(*_STOPS) as signals:
                 task_status.started()
                 async for number in signals:
                     received = number
                     tasks.cancel_scope.cancel()
                     return
 
-        async def work() -> None:
+        async def body() -> None:
             nonlocal failure
             try:
-                await send_frames(frames, options, on_result=on_result, report=report)
-            except Exception as error:
+                done.append(await work())
+            except Exception as error:  # given back as it is, not in a group
                 failure = error
             finally:
                 tasks.cancel_scope.cancel()
 
         await tasks.start(watch)
-        tasks.start_soon(work)
-    return failure, received
+        tasks.start_soon(body)
+    return done, failure, received
+
+
+def _run_stoppable(work: Callable[[], Awaitable[_T]]) -> _T:
+    """``work``'s result, on an event loop of its own; its error is raised as it is,
+    and a stopping signal as ``_Stopped``."""
+    import anyio
+
+    done, failure, received = anyio.run(_until_stopped, work)
+    if received is not None:
+        raise _Stopped(received)
+    if failure is not None:
+        raise failure
+    return done[0]
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -1441,7 +1478,6 @@ DEMO_TRANSFER = "shm"
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import anyio
 
     from .demo import run_demo
     from .media.shared_memory import DEFAULT_DIRECTORY, remove_stale_segments
@@ -1451,7 +1487,7 @@ def _demo(args: argparse.Namespace) -> int:
         raise UsageError(f"--source {args.source}: no such file")
     remove_stale_segments(DEFAULT_DIRECTORY)
     try:
-        status: int = anyio.run(
+        status: int = _run_stoppable(
             lambda: run_demo(args.source, frames=args.frames, transfer=args.transfer)
         )
     except (SourceError, ImportError) as error:
@@ -1541,7 +1577,6 @@ def _shm_write_option(parser: Any, default: str) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import anyio
 
     from .bench.drive import drive_target, format_drive_report
 
@@ -1549,7 +1584,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     credentials = _credentials(args)
     tls = _client_tls(args)
-    report = anyio.run(
+    report = _run_stoppable(
         lambda: drive_target(
             args.target,
             transfer=args.transfer,
@@ -1712,7 +1747,6 @@ def _needs_pillow(args: argparse.Namespace, formats: Sequence[str]) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    import anyio
 
     from .check import CheckAborted, CheckOptions, run_check
     from .media.shared_memory import remove_stale_segments
@@ -1737,7 +1771,7 @@ def _check(args: argparse.Namespace) -> int:
             )
         remove_stale_segments(args.shm_directory)
     try:
-        report = anyio.run(lambda: run_check(args.target, options, rules=args.rules))
+        report = _run_stoppable(lambda: run_check(args.target, options, rules=args.rules))
     except CheckAborted as error:
         print(f"avaproto check: {error}", file=sys.stderr)
         return 1
@@ -1875,6 +1909,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{args.parser.prog}: stopped by SIGINT", file=sys.stderr)  # as send says it
         return 130
+    except _Stopped as stopped:
+        print(f"{args.parser.prog}: stopped by {stopped}", file=sys.stderr)
+        return 128 + stopped.number
     except Exception as error:  # one line for the errors a person can act on
         from .errors import AvaprotoError
 

@@ -857,6 +857,43 @@ def test_a_stopped_sender_removes_its_segment_and_sums_up(
     assert re.search(r"frames: \d+ sent, 0 answered", stdout)
 
 
+@pytest.mark.rule("SHM-9")
+@pytest.mark.parametrize("command", ["bench", "check"])
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_stopped_bench_or_check_removes_its_segments_and_says_so(
+    tmp_path: Path, extensions: Path, command: str, signum: signal.Signals, status: int
+) -> None:
+    """Only send caught these signals: bench and check died of them (what ``timeout``
+    sends), silent, their segments left under /dev/shm."""
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    if command == "bench":  # its segments are under /dev/shm, named for its process
+        directory = "/dev/shm"
+        options = ["--frames", "20", "--size", "16x16", "--transfer", "shm", "--streams", "2"]
+    else:  # its first probe is a stream through shared memory
+        directory = str(shm)
+        options = ["--rules", "SHM-1", "--formats", "rgb24", "--shm-directory", directory]
+    with serving(
+        "--extension", "slow:process", "--shm-directory", directory, "--grace", "0", cwd=extensions
+    ) as server:
+        stopped = started(command, server.target, *options)
+        try:
+            server.wait_for("stream opened")  # the descriptor named the segment: it exists
+            ours = f"avaproto-{stopped.pid}-"
+            places = [*shm.iterdir(), *Path("/dev/shm").iterdir()]
+            segments = [place for place in places if place.name.startswith(ours)]
+            assert segments
+            stopped.send_signal(signum)
+            _, stderr = stopped.communicate(timeout=TIMEOUT)
+        finally:
+            if stopped.poll() is None:
+                stopped.kill()
+                stopped.wait(TIMEOUT)
+    assert stopped.returncode == status, stderr
+    assert one_line(stderr) == f"avaproto {command}: stopped by {signum.name}"
+    assert not any(segment.exists() for segment in segments)
+
+
 @pytest.mark.rule("PIPE-4")
 def test_ack_timeout_ends_a_run_the_extension_never_answers(extensions: Path) -> None:
     with serving("--extension", "slow:process", "--grace", "0", cwd=extensions) as server:

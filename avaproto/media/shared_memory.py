@@ -837,13 +837,40 @@ class SentLease:
         )
 
 
-def _unlink_segment(path: str, owner: int, descriptor: _Descriptor) -> None:
-    """Remove the segment's file, once, and only in the process that made it."""
-    if os.getpid() == owner:
-        with contextlib.suppress(FileNotFoundError):
+def _unlink_segment(path: str, owner: int, descriptor: _Descriptor, made: tuple[int, int]) -> None:
+    """Remove the segment's file, once, and only in the process that made it, and only
+    if its name still names it (``made``: its device and inode): the extension may have
+    unlinked it and put something else there (SHM-9). The descriptor is closed
+    whatever is found; it held the segment's memory and its liveness lock."""
+    if os.getpid() != owner:
+        return
+    try:
+        found = os.lstat(path)
+        if (found.st_dev, found.st_ino) == made:
             os.unlink(path)
-        # Releases the liveness lock too (see remove_stale_segments).
-        descriptor.close()
+        else:
+            log.warning(
+                "[SHM-9] %s no longer names this process's segment (another process "
+                "unlinked it and put %s there): left as it is",
+                path,
+                _kind(found.st_mode),
+            )
+    except FileNotFoundError:
+        pass  # unlinked by another process: nothing of ours is left on disk
+    except OSError as error:
+        log.warning("[SHM-9] the segment %s could not be removed: %s", path, error)
+    finally:
+        descriptor.close()  # releases the liveness lock too (see remove_stale_segments)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    return "a file of its own" if stat.S_ISREG(mode) else "a special file"
 
 
 #: The sender's segment: read and written by its owner only (SHM-9).
@@ -910,8 +937,14 @@ class SharedMemoryArena:
         self._freed = threading.Condition(self._lock)
         self._waiters: list[anyio.Event] = []
         # Unlinks the file if the arena is dropped unclosed, or at interpreter exit.
+        made = os.fstat(fd)
         self._unlink = weakref.finalize(
-            self, _unlink_segment, str(path), os.getpid(), self._descriptor
+            self,
+            _unlink_segment,
+            str(path),
+            os.getpid(),
+            self._descriptor,
+            (made.st_dev, made.st_ino),
         )
 
     @classmethod

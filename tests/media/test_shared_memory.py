@@ -6,6 +6,7 @@ where a test needs a private place; every file made is removed by its fixture.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import gc
@@ -1080,6 +1081,36 @@ class TestTheSendersArena:
         del made
         gc.collect()
         assert not path.exists()
+
+    @pytest.mark.rule("SHM-9")
+    @pytest.mark.parametrize("planted", ["directory", "symbolic link", "file"])
+    def test_what_another_process_put_in_its_place_is_left_and_its_own_let_go(
+        self, tmp_path: Path, planted: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An extension of the same user may unlink the segment and put something else
+        under its name: closing removes nothing of another's, raises nothing, and still
+        lets go of the segment's descriptor (its memory and its liveness lock)."""
+        made = SharedMemoryArena.create(4096, directory=str(tmp_path))
+        target = tmp_path / "kept"
+        target.write_bytes(b"another's")
+        made.path.unlink()
+        if planted == "directory":
+            made.path.mkdir()
+        elif planted == "symbolic link":
+            made.path.symlink_to(target)
+        else:
+            made.path.write_bytes(b"another's")
+        caplog.set_level(logging.WARNING)
+        made.close()
+        assert made.path.exists() or made.path.is_symlink()
+        assert target.read_bytes() == b"another's"
+        assert f"[SHM-9] {made.path} no longer names this process's segment" in caplog.text
+        assert f"put a {planted} there" in caplog.text or planted == "file"
+        held = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # the listing's own descriptor, closed
+                held.append(os.readlink(f"/proc/self/fd/{fd}"))
+        assert not any(link.startswith(str(made.path)) for link in held)
 
     @pytest.mark.rule("SHM-3")
     def test_a_prefix_cannot_leave_the_directory(self, tmp_path: Path) -> None:
