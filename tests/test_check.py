@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import grpclib.const
+import grpclib.exceptions
 import grpclib.server
 import pytest
 import trustme
@@ -753,7 +754,7 @@ class RawHealth:
     """An extension that ends every stream at once, and whose health service answers
     ``answer``'s bytes, whatever they are."""
 
-    def __init__(self, answer: bytes) -> None:
+    def __init__(self, answer: bytes | Exception) -> None:
         self.answer = answer
 
     async def _stream(self, stream: Any) -> None:
@@ -762,6 +763,8 @@ class RawHealth:
 
     async def _check(self, stream: Any) -> None:
         await stream.recv_message()
+        if isinstance(self.answer, Exception):
+            raise self.answer
         await stream.send_message(self.answer)
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
@@ -782,13 +785,40 @@ class RawHealth:
     [
         (b"\x08\x63", "status 99, which grpc.health.v1 does not define"),
         (b"\x0a\x01\x01", "a message whose status field is malformed"),  # a length, not a number
+        # 16 MB of status fields: read whole, then decoded for 25 s on the event loop,
+        # past the probe's deadline and deaf to Ctrl-C.
+        (
+            b"\x08\x01" * 8_000_000,
+            "message of 16000000 bytes exceeds the limit of 1024 bytes",
+        ),
     ],
-    ids=["unknown-status", "wrong-wire-type"],
+    ids=["unknown-status", "wrong-wire-type", "16-MB"],
 )
 def test_a_health_answer_the_service_does_not_define_is_named(
     capsys: pytest.CaptureFixture[str], answer: bytes, said: str
 ) -> None:
     """It ended the whole check with a traceback (ValueError), the report lost."""
+    status, out = check_health(capsys, answer)
+    assert status == 0  # SRV-9 is a MAY: a deviation is a warning
+    assert lines_by_rule(out)["SRV-9"] == ("WARN", f"grpc.health.v1.Health answers {said}")
+
+
+@pytest.mark.rule("SRV-9")
+def test_a_health_refusal_is_quoted_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    """Its status message went to the terminal as it came: lines forged, screen cleared."""
+    refusal = grpclib.exceptions.GRPCError(
+        grpclib.const.Status.UNAVAILABLE, "down\nFAKE LOG LINE\x1b[2J"
+    )
+    status, out = check_health(capsys, refusal)
+    assert status == 0
+    assert lines_by_rule(out)["SRV-9"] == (
+        "WARN",
+        "Check answered UNAVAILABLE: down\\nFAKE LOG LINE\\x1b[2J",
+    )
+
+
+def check_health(capsys: pytest.CaptureFixture[str], answer: bytes | Exception) -> tuple[int, str]:
+    """``avaproto check --rules SRV-9`` against a ``RawHealth`` answering ``answer``."""
     with start_blocking_portal() as portal:
         server = portal.call(lambda: grpclib.server.Server([RawHealth(answer)], codec=RawCodec()))
         portal.call(server.start, "127.0.0.1", 0)
@@ -800,8 +830,7 @@ def test_a_health_answer_the_service_does_not_define_is_named(
         finally:
             portal.call(server.close)
             portal.call(server.wait_closed)
-    assert status == 0  # SRV-9 is a MAY: a deviation is a warning
-    assert lines_by_rule(out)["SRV-9"] == ("WARN", f"grpc.health.v1.Health answers {said}")
+    return status, out
 
 
 @pytest.mark.anyio

@@ -30,14 +30,16 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import anyio
+import grpclib.client
+import grpclib.const
 import numpy as np
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .._generated.grpc.health.v1 import HealthCheckRequest, HealthStub
+from .._generated.grpc.health.v1 import HealthCheckRequest, HealthCheckResponse
 from .._generated.grpc.health.v1 import HealthCheckResponseServingStatus as ServingStatus
 from ..engine.drive import HELD_ANSWER_WAIT
 from ..engine.outcome import protocol_errors
-from ..errors import InferenceError, ProtocolError, StreamFailed
+from ..errors import InferenceError, ProtocolError, StreamFailed, bounded
 from ..media.images import ENCODED, synthetic_image
 from ..media.inferences import box_overflows, mended_by_rule
 from ..media.shared_memory import SharedMemoryArena
@@ -64,6 +66,8 @@ from ..protocol.sequence import UINT64_MAX
 from ..protocol.session import Session
 from ..protocol.video_format import VideoFormat
 from ..status import Status
+from ..transport._grpclib_private import http2_stream, receive_initial_metadata
+from ..transport.framing import read
 from .report import Finding, Outcome, deviation
 from .wire import Call, Ending, Target, call, connection, framed, summarize
 
@@ -1076,18 +1080,27 @@ async def _vanish(ctx: Context) -> None:
         lone.close()  # the TCP connection closes under the open stream
 
 
+#: The longest answer of grpc.health.v1.Health/Check read: its message is a status of a
+#: byte or two, and a longer one is no answer of the health service's.
+HEALTH_ANSWER_BYTES = 1024
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
 async def health(ctx: Context) -> list[Finding]:
     from grpclib.exceptions import GRPCError
 
     async with connection(ctx.target) as channel:
         try:
-            answer = await HealthStub(channel).check(
-                HealthCheckRequest(service=""), metadata=list(ctx.target.metadata) or None
-            )
+            answer = await _health_check(channel, ctx.target)
         except GRPCError as error:
             if error.status.name == "UNIMPLEMENTED":
                 return [Finding("SRV-9", Outcome.SKIP, "no health service (it is optional)")]
-            return [deviation("SRV-9", f"Check answered {error.status.name}: {error.message}")]
+            detail = bounded(f"Check answered {error.status.name}: {error.message}")
+            return [deviation("SRV-9", detail)]
+        except ProtocolError as error:
+            return [deviation("SRV-9", f"grpc.health.v1.Health answers {error.detail}")]
+    if answer is None:
+        return [deviation("SRV-9", "grpc.health.v1.Health answered no message")]
     raw = answer.status  # betterproto2 keeps what the bytes held, an enum or not
     number = int(raw) if isinstance(raw, int) else None
     status = {member.value: member for member in ServingStatus}.get(number)
@@ -1101,6 +1114,31 @@ async def health(ctx: Context) -> list[Finding]:
     if status is ServingStatus.SERVING:
         return [Finding("SRV-9", Outcome.PASS, "grpc.health.v1.Health answers SERVING")]
     return [deviation("SRV-9", f"grpc.health.v1.Health answers {status.name} while serving")]
+
+
+async def _health_check(
+    channel: grpclib.client.Channel, target: Target
+) -> HealthCheckResponse | None:
+    """The answer of grpc.health.v1.Health/Check for the whole server, read as answers
+    are: bounded before it is read (``HEALTH_ANSWER_BYTES``) and decoded off grpclib's
+    own reader, which takes any length and decodes it on the event loop."""
+    stream = channel.request(
+        _HEALTH_CHECK,
+        grpclib.const.Cardinality.UNARY_UNARY,
+        HealthCheckRequest,
+        HealthCheckResponse,
+        metadata=list(target.metadata) or None,
+    )
+    async with stream:
+        await stream.send_message(HealthCheckRequest(service=""), end=True)
+        await receive_initial_metadata(stream)
+        return await read(
+            http2_stream(stream), HEALTH_ANSWER_BYTES, _health_answer, limit_rule="PIPE-5"
+        )
+
+
+async def _health_answer(data: bytes | bytearray | memoryview) -> HealthCheckResponse:
+    return HealthCheckResponse.parse(bytes(data))
 
 
 # --- the list ---------------------------------------------------------------------------------
