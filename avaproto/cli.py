@@ -1174,6 +1174,7 @@ def _send(args: argparse.Namespace) -> int:
             frames_per_message=args.frames_per_message,
             max_control_frames=args.max_control_frames,
         ),
+        max_answers_per_sample=args.max_answers_per_frame,
     )
     total = frame_count(args.source, frames=args.frames)
     log.info(
@@ -1444,7 +1445,15 @@ def _add_send(commands: Any) -> None:
     _shm_write_option(shm, _default(SendOptions, "shm_write"))
     limits = parser.add_argument_group(
         "limits on what the extension may make the pipeline hold",
-        "Past one the connection ends and the run with a status naming it (PIPE-8).",
+        "Past one the connection ends and the run with a status naming it (PIPE-8, PIPE-10).",
+    )
+    limits.add_argument(
+        "--max-answers-per-frame",
+        type=_positive(int),
+        default=_default(SendOptions, "max_answers_per_sample"),
+        metavar="N",
+        help="answers that acknowledge no frame (the extension's own inferences, written "
+        "to --output too) taken per frame sent (default: %(default)s)",
     )
     _limit_option(
         limits,

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Literal
 
-from .engine.drive import PipelineStream, Results
+from .engine.drive import ANSWERS_PER_SAMPLE, PipelineStream, Results
 from .engine.statistics import StreamStatistics
 from .media.shared_memory import SentLease
 from .messages import (
@@ -152,6 +152,7 @@ async def connect(
     max_message_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
     statistics: StreamStatistics | None = None,
     limits: ConnectionLimits | None = None,
+    max_answers_per_sample: int = ANSWERS_PER_SAMPLE,
 ) -> AsyncIterator[Pipeline]:
     """Open a stream to the extension at ``target`` (``host:port``) and negotiate it.
 
@@ -172,7 +173,10 @@ async def connect(
     The stream's figures (frames, latencies, tolerated deviations, status) are kept in
     ``statistics`` if given. ``limits`` bounds what the extension can make the pipeline
     hold (PIPE-8: its DATA frames per answer, the acknowledgements it leaves unread),
-    with the server's figures by default.
+    with the server's figures by default. Answers that acknowledge none of our samples
+    (inferences of the extension's own) are results too, up to
+    ``max_answers_per_sample`` per sample sent (PIPE-10): past that the stream ends with
+    RESOURCE_EXHAUSTED, the results before kept.
 
     With ``transfer="shm"``, ``shm_write`` says how frames go into the segment:
     ``"pwrite"``, which an extension that shrinks the segment cannot turn into a crash
@@ -222,6 +226,7 @@ async def connect(
                 descriptor_timeout=descriptor_timeout,
                 ack_timeout=ack_timeout,
                 statistics=statistics,
+                max_answers_per_sample=max_answers_per_sample,
             ) as (stream, results),
         ):
             yield Pipeline(stream, results)

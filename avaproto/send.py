@@ -25,7 +25,7 @@ from .client import (
     connect,
     encode_frame,
 )
-from .engine.drive import Result
+from .engine.drive import ANSWERS_PER_SAMPLE, Result
 from .engine.outcome import protocol_errors
 from .protocol.auth import Credentials
 from .protocol.video_format import VideoFormat
@@ -67,6 +67,8 @@ class SendOptions:
     ack_timeout: float | None = DEFAULT_ACK_TIMEOUT
     #: What the extension may make the pipeline hold (PIPE-8); None: the defaults.
     limits: ConnectionLimits | None = None
+    #: Answers that acknowledge no sample taken per sample sent (PIPE-10).
+    max_answers_per_sample: int = ANSWERS_PER_SAMPLE
 
 
 def ticks(seconds: float, timescale: int) -> int:
@@ -134,6 +136,7 @@ async def _run(
         ack_timeout=options.ack_timeout,
         statistics=report,
         limits=options.limits,
+        max_answers_per_sample=options.max_answers_per_sample,
     ) as pipeline:
 
         async def feed() -> None:

@@ -150,6 +150,22 @@ class NeverAnswers(MediaGraphExtensionBase):
         yield  # an async generator that yields nothing
 
 
+class AnswersOnAndOn(MediaGraphExtensionBase):
+    """Answers the descriptor, then sends 1100 inferences of its own (as good as
+    without end for a probe that reads 1000), and acknowledges nothing."""
+
+    async def process_media_stream(
+        self, messages: AsyncIterator[MediaStreamMessage]
+    ) -> AsyncIterator[MediaStreamMessage]:
+        first = await anext(aiter(messages))
+        yield answer_to(first, 1)
+        own = MediaSample(inferences=[Inference(type=InferenceType.TEXT)])
+        for number in range(2, 1102):
+            yield MediaStreamMessage(sequence_number=number, media_sample=own)
+        async for _ in messages:
+            pass
+
+
 class FailsAnEmptyStream(MediaGraphExtensionBase):
     """Takes its first message as published grpcio extensions do, with
     ``next(request_iterator)``: a stream without one ends with the handler's error."""
@@ -612,6 +628,20 @@ def test_an_answer_arriving_slowly_is_read_whole_when_the_wait_for_it_ends(
     assert "compressed flag" not in out and "inside a message prefix" not in out, out
     assert found["LIFE-2"][0] == "PASS", found["LIFE-2"]
     assert found["ACK-1"][0] == "WARN", found["ACK-1"]  # its answer came after our end
+
+
+@pytest.mark.rule("PIPE-10")
+def test_a_probe_keeps_no_more_than_a_thousand_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every answer of a probe's stream was kept until the probe's deadline: an
+    extension answering without end grew the check by 40 MB a second."""
+    with peer(AnswersOnAndOn()) as target:
+        status, out, _ = check(
+            capsys, target, "--rules", "LIFE-4", "--formats", "rgb24", "--no-shm", "--json"
+        )
+    assert status == 1
+    [entry] = json.loads(out)["rules"]
+    assert entry["outcome"] == "FAIL"
+    assert "[PIPE-10] the extension sent more than 1000 answers" in entry["detail"]
 
 
 def test_a_target_that_never_answers_fails_at_the_deadline(

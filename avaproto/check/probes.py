@@ -69,6 +69,7 @@ from ..status import Status
 from ..transport._grpclib_private import http2_stream, receive_initial_metadata
 from ..transport.framing import read
 from .report import Finding, Outcome, deviation
+from .rules import PROBED
 from .wire import Call, Ending, Target, call, connection, framed, summarize
 
 #: Frames of this size: small, even (YUV420P), quick over any link.
@@ -696,7 +697,11 @@ async def healthy(ctx: Context, fmt: VideoFormat, shm: bool) -> list[Finding]:
                 raise TimeoutError
             return driven.unanswered(ctx.options.timeout * 0.9)
     except ProtocolError as error:
-        return [deviation(error.rule, f"{driven.what}: {error.detail}"), *driven.served()]
+        # A bound of the pipeline's own (its answers, PIPE-10) is no rule of the
+        # extension's: the stream it ended is the one a pipeline sends (LIFE-4).
+        if error.rule in PROBED:
+            return [deviation(error.rule, f"{driven.what}: {error.detail}"), *driven.served()]
+        return [deviation("LIFE-4", f"{driven.what}: {error}"), *driven.served()]
     except StreamFailed as failed:
         return _refused(driven.what, failed, ctx, shm)
     finally:

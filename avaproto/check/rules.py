@@ -202,6 +202,7 @@ CATALOGUE: tuple[RuleEntry, ...] = (
     _rule("PIPE-7", "MUST", _PIPELINE),
     _rule("PIPE-8", "MUST", _PIPELINE),
     _rule("PIPE-9", "MUST", _PIPELINE),
+    _rule("PIPE-10", "MUST", _PIPELINE),
 )
 
 BY_ID: dict[str, RuleEntry] = {entry.id: entry for entry in CATALOGUE}

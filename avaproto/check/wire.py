@@ -26,7 +26,7 @@ import grpclib.exceptions
 import h2.exceptions
 
 from ..codec import encode_framed
-from ..errors import AvaprotoError, ProtocolError, StreamFailed
+from ..errors import AvaprotoError, ProtocolError, RemoteProtocolError, StreamFailed
 from ..messages import METHOD_PATH, MediaStreamMessage
 from ..status import Status
 from ..transport._grpclib_private import (
@@ -55,7 +55,8 @@ _SEND_ERRORS = (
     OSError,
 )
 _PREFIX = struct.Struct(">?I")
-#: The answers a probe reads at most, so that an extension answering forever is bounded.
+#: The answers a probe reads at most on one stream, so that an extension answering
+#: forever is bounded (each is kept until the probe judges them).
 MAX_ANSWERS = 1000
 
 
@@ -144,6 +145,13 @@ class Call:
             # A trailers-only answer with status OK: the extension ended the stream
             # without a message. Its trailers came with its headers: none will follow.
             return None
+        if len(self.received) >= MAX_ANSWERS:
+            raise RemoteProtocolError(
+                "PIPE-10",
+                Status.RESOURCE_EXHAUSTED,
+                f"the extension sent more than {MAX_ANSWERS} answers on one of the check's "
+                "streams, which sends a few samples",
+            )
         message = await self.channel.receive()
         if message is not None:
             self.received.append(message)

@@ -43,7 +43,7 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..errors import LeaseError, ProtocolError, StreamFailed
+from ..errors import LeaseError, ProtocolError, RemoteProtocolError, StreamFailed
 from ..media.shared_memory import LeaseState, SentLease
 from ..messages import (
     ContentBytes,
@@ -255,6 +255,11 @@ class Results:
         return self._failure_seen
 
 
+#: Answers that acknowledge none of the pipeline's samples (the extension's own
+#: inferences) taken per sample sent, and as many before the first (PIPE-10).
+ANSWERS_PER_SAMPLE = 16
+
+
 class PipelineStream:
     """The pipeline's end of one negotiated stream; open with ``PipelineStream.open``.
 
@@ -272,6 +277,7 @@ class PipelineStream:
         window: int,
         arena: SharedMemoryArena | None,
         ack_timeout: float | None = None,
+        answers_per_sample: int = ANSWERS_PER_SAMPLE,
     ) -> None:
         self.runner = runner
         self.session = runner.session
@@ -289,6 +295,10 @@ class PipelineStream:
         # absent for the latest sample while nothing was sent after it.
         self._clock_from: dict[int, float] = {}
         self._latest = 0  # the last sample sent
+        self._samples_sent = 0
+        # Answers that acknowledged none of our samples, against their allowance (PIPE-10).
+        self._unacknowledging = 0
+        self._answers_per_sample = answers_per_sample
         # When an acknowledgement last came, or a sample last went beyond the window: a
         # full window waits from then before one more goes (PIPE-2).
         self._progress_at = 0.0
@@ -336,6 +346,7 @@ class PipelineStream:
         descriptor_timeout: float | None = None,
         ack_timeout: float | None = None,
         statistics: StreamStatistics | None = None,
+        max_answers_per_sample: int = ANSWERS_PER_SAMPLE,
     ) -> AsyncIterator[tuple[PipelineStream, Results]]:
         """Negotiate, then yield the stream and its results.
 
@@ -345,10 +356,15 @@ class PipelineStream:
         bounds the wait for the answer descriptor (PIPE-3), ``ack_timeout`` each
         sample's wait for its acknowledgement (PIPE-4); None waits forever. The stream's
         figures are kept in ``statistics`` (a new record if None) as it runs, whether
-        or not the results are read.
+        or not the results are read. Answers that acknowledge none of our samples are
+        taken up to ``max_answers_per_sample`` per sample sent (PIPE-10).
         """
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
+        if max_answers_per_sample < 1:
+            raise ValueError(
+                f"max_answers_per_sample must be at least 1, got {max_answers_per_sample}"
+            )
         for name, value in (
             ("descriptor_timeout", descriptor_timeout),
             ("ack_timeout", ack_timeout),
@@ -356,7 +372,7 @@ class PipelineStream:
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive (or None), got {value}")
         runner = StreamRunner(Role.PIPELINE, channel, statistics=statistics)
-        stream = cls(runner, window, arena, ack_timeout)
+        stream = cls(runner, window, arena, ack_timeout, max_answers_per_sample)
         with runner.outcome():
             await runner.send(
                 runner.session.send_descriptor(descriptor),
@@ -461,6 +477,7 @@ class PipelineStream:
                 self._leased.add(message.sequence_number)
                 lease = None  # the acknowledgement frees it now
             self._latest = message.sequence_number
+            self._samples_sent += 1
             self._sent_at[message.sequence_number] = time.monotonic()
             self._timestamps[message.sequence_number] = timestamp
         except BaseException:
@@ -545,8 +562,10 @@ class PipelineStream:
                 self.session.send_sample(None, ack=answer.sequence_number),
                 f"our acknowledgement of its message {answer.sequence_number}",
             )
-        if acknowledged is None and answer is None:
-            return
+        if acknowledged is None:
+            if answer is None:
+                return
+            self._count_unacknowledging()
         result = Result(
             acknowledged=acknowledged,
             sequence_number=message.sequence_number,
@@ -566,6 +585,20 @@ class PipelineStream:
             # consumer would have freed is given back here.
             if acknowledged is not None:
                 self._window.free()
+
+    def _count_unacknowledging(self) -> None:
+        """An answer that acknowledges none of our samples (inferences of the
+        extension's own): a result like any other, within its allowance (PIPE-10)."""
+        self._unacknowledging += 1
+        allowed = self._answers_per_sample * (self._samples_sent + 1)
+        if self._unacknowledging > allowed:
+            raise RemoteProtocolError(
+                "PIPE-10",
+                Status.RESOURCE_EXHAUSTED,
+                f"the extension sent {self._unacknowledging} answers that acknowledge none "
+                f"of our {self._samples_sent} samples; at most {self._answers_per_sample} "
+                "per sample sent are taken (max_answers_per_sample)",
+            )
 
     def on_end(self) -> None:
         self._results.close()

@@ -242,6 +242,39 @@ async def test_a_refusal_while_the_pipeline_has_bytes_unwritten_logs_nothing_els
     assert not [r for r in caplog.records if r.levelno > logging.INFO or r.exc_info]
 
 
+@pytest.mark.rule("PIPE-10")
+async def test_answers_that_acknowledge_nothing_are_taken_up_to_their_allowance(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Inferences of the extension's own are results, but not without end: 10,000 for
+    5 frames went to ``send --output`` as 104 MB (a flood of them, 562 MB in 15 s), the
+    frames never acknowledged and the deadline never reached. Refused at the 33rd for
+    one sample sent (16 per sample, and as many before the first); the 32 before kept."""
+
+    async def flood(client: anyio.abc.SocketStream, h2: Any, stream_id: int, _: list[int]) -> None:
+        for number in range(2, 2 + 40):
+            sample = MediaSample(inferences=[inferences.text("its own")])
+            own = MediaStreamMessage(sequence_number=number, media_sample=sample)
+            await client.send(frame(DATA, 0, stream_id, encode_framed(own)))
+
+    results = []
+    async with _listening(_raw_extension(flood)) as port:
+        with anyio.fail_after(TIMEOUT), pytest.raises(AvaprotoError) as ended:
+            async with connect(f"127.0.0.1:{port}", format=RGB24, ack_timeout=ACK_TIMEOUT) as pipe:
+                await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
+                async for result in pipe.results():
+                    results.append(result)
+    refused(
+        ended.value,
+        "PIPE-10",
+        Status.RESOURCE_EXHAUSTED,
+        "sent 33 answers that acknowledge none of our 1 samples; at most 16 per sample",
+    )
+    assert len(results) == 32
+    assert all(r.acknowledged is None and r.inferences for r in results)
+    assert not [r for r in caplog.records if r.levelno > logging.INFO or r.exc_info]
+
+
 # --- what is not HTTP/2 a client takes (PIPE-9) ---------------------------------------
 
 
