@@ -80,6 +80,18 @@ def run(
     )
 
 
+def stopped_by(process: subprocess.Popen[str], signum: signal.Signals) -> tuple[str, str]:
+    """Send ``signum`` and read what the command wrote until it exited; killed if it
+    does not exit in time (the test then fails on its status)."""
+    process.send_signal(signum)
+    try:
+        return process.communicate(timeout=TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(TIMEOUT)
+
+
 def started(*args: str) -> subprocess.Popen[str]:
     """An avaproto command running in the background, its stderr kept, its stdout not."""
     return subprocess.Popen(
@@ -845,12 +857,8 @@ def test_a_stopped_sender_removes_its_segment_and_sums_up(
             server.wait_for("stream opened")  # the descriptor named the segment: it exists
             [segment] = shm.iterdir()
             assert segment.stat().st_size == 1 << 20
-            sender.send_signal(signum)
-            stdout, stderr = sender.communicate(timeout=TIMEOUT)
         finally:
-            if sender.poll() is None:
-                sender.kill()
-                sender.wait(TIMEOUT)
+            stdout, stderr = stopped_by(sender, signum)
     assert sender.returncode == status, stderr
     assert list(shm.iterdir()) == []
     assert f"stopped by {signum.name}" in one_line(stderr)
@@ -883,12 +891,8 @@ def test_a_stopped_bench_or_check_removes_its_segments_and_says_so(
             places = [*shm.iterdir(), *Path("/dev/shm").iterdir()]
             segments = [place for place in places if place.name.startswith(ours)]
             assert segments
-            stopped.send_signal(signum)
-            _, stderr = stopped.communicate(timeout=TIMEOUT)
         finally:
-            if stopped.poll() is None:
-                stopped.kill()
-                stopped.wait(TIMEOUT)
+            _, stderr = stopped_by(stopped, signum)
     assert stopped.returncode == status, stderr
     assert one_line(stderr) == f"avaproto {command}: stopped by {signum.name}"
     assert not any(segment.exists() for segment in segments)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import pytest
 
 from avaproto.client import Pipeline, connect
 from avaproto.engine.config import EngineConfig
+from avaproto.engine.drive import Result
 from avaproto.engine.frame import Frame
 from avaproto.errors import StreamFailed
 from avaproto.media import frames
@@ -51,6 +52,19 @@ async def shm_pipeline(processor: Any, fmt: VideoFormat, **options: Any) -> Asyn
         connect(f"127.0.0.1:{server.port}", format=fmt, transfer="shm", **options) as pipe,
     ):
         yield pipe
+
+
+async def exchanged(pipe: Pipeline, frames: Sequence[Any]) -> list[Result]:
+    """Send ``frames`` (timestamps 0, 1, ...), end the input, and read every answer."""
+
+    async def feed() -> None:
+        for t, content in enumerate(frames):
+            await pipe.send(content, timestamp=t)
+        await pipe.end()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(feed)
+        return [r async for r in pipe.results()]
 
 
 def shm_fds() -> list[str]:
@@ -108,15 +122,7 @@ async def test_frames_through_shared_memory_reach_the_processor_intact(
         async with shm_pipeline(digest_of_rgb, fmt, shm_bytes=1 << 20, shm_write=shm_write) as pipe:
             arena = pipe.stream.arena
             assert arena is not None and (SHM / arena.handle_name).exists()
-
-            async def feed() -> None:
-                for t, rgb in enumerate(sources):
-                    await pipe.send(rgb, timestamp=t)
-                await pipe.end()
-
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(feed)
-                results = [r async for r in pipe.results()]
+            results = await exchanged(pipe, sources)
             assert arena.in_use == 0  # every slot came back with its acknowledgement
     assert [r.acknowledged for r in results] == list(range(2, 14))
     assert [r.inferences[0].subtype for r in results] == expected
@@ -188,15 +194,7 @@ async def test_each_lease_ends_right_after_its_acknowledgement() -> None:
     fmt = VideoFormat.checked(Encoding.RAW, PixelFormat.RGB24, 16, 8)
     with anyio.fail_after(TIMEOUT):
         async with shm_pipeline(Checking, fmt, shm_bytes=1 << 20, window=1) as pipe:
-
-            async def feed() -> None:
-                for t in range(6):
-                    await pipe.send(bytes(fmt.frame_bytes), timestamp=t)
-                await pipe.end()
-
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(feed)
-                answers = [r async for r in pipe.results()]
+            answers = await exchanged(pipe, [bytes(fmt.frame_bytes)] * 6)
     assert len(answers) == 6
     assert seen == [True] * 5
 
@@ -222,15 +220,7 @@ async def test_a_frame_kept_past_its_lease_is_not_blamed_an_array_is(
     caplog.set_level(logging.WARNING)
     with anyio.fail_after(TIMEOUT):
         async with shm_pipeline(look, fmt, shm_bytes=1 << 20) as pipe:
-
-            async def feed() -> None:
-                for t, rgb in enumerate(sources):
-                    await pipe.send(rgb, timestamp=t)
-                await pipe.end()
-
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(feed)
-                answers = [r async for r in pipe.results()]
+            answers = await exchanged(pipe, sources)
     assert len(answers) == 10
     warned = caplog.text.count("[SHM-12]")
     if keeps == "array":

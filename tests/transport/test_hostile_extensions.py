@@ -25,6 +25,7 @@ from h2.errors import ErrorCodes
 
 from avaproto.client import connect
 from avaproto.codec import encode_framed
+from avaproto.engine.drive import Result
 from avaproto.errors import AvaprotoError, ProtocolError, StreamFailed
 from avaproto.media import inferences
 from avaproto.messages import MediaSample, MediaStreamMessage
@@ -66,17 +67,22 @@ async def ended_by(
     caplog: pytest.LogCaptureFixture,
     limits: ConnectionLimits | None = None,
     timeout: float = TIMEOUT,
+    *,
+    received: list[Result] | None = None,
+    ack_timeout: float | None = ACK_TIMEOUT,
 ) -> AvaprotoError:
     """What ends a pipeline's stream whose first sample meets ``misbehave``, which ends
-    well before the acknowledgement deadline; nothing is logged above INFO."""
+    well before the acknowledgement deadline; nothing is logged above INFO. The results
+    read before go to ``received``."""
     async with _listening(_raw_extension(misbehave)) as port:
         with anyio.fail_after(timeout), pytest.raises(AvaprotoError) as ended:
             async with connect(
-                f"127.0.0.1:{port}", format=RGB24, ack_timeout=ACK_TIMEOUT, limits=limits
+                f"127.0.0.1:{port}", format=RGB24, ack_timeout=ack_timeout, limits=limits
             ) as pipe:
                 await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
-                async for _ in pipe.results():
-                    pass
+                async for result in pipe.results():
+                    if received is not None:
+                        received.append(result)
     assert not [r for r in caplog.records if r.levelno > logging.INFO or r.exc_info]
     return ended.value
 
@@ -257,22 +263,15 @@ async def test_answers_that_acknowledge_nothing_are_taken_up_to_their_allowance(
             own = MediaStreamMessage(sequence_number=number, media_sample=sample)
             await client.send(frame(DATA, 0, stream_id, encode_framed(own)))
 
-    results = []
-    async with _listening(_raw_extension(flood)) as port:
-        with anyio.fail_after(TIMEOUT), pytest.raises(AvaprotoError) as ended:
-            async with connect(f"127.0.0.1:{port}", format=RGB24, ack_timeout=ACK_TIMEOUT) as pipe:
-                await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
-                async for result in pipe.results():
-                    results.append(result)
+    results: list[Result] = []
     refused(
-        ended.value,
+        await ended_by(flood, caplog, received=results),
         "PIPE-10",
         Status.RESOURCE_EXHAUSTED,
         "sent 33 answers that acknowledge none of our 1 samples; at most 16 per sample",
     )
     assert len(results) == 32
     assert all(r.acknowledged is None and r.inferences for r in results)
-    assert not [r for r in caplog.records if r.levelno > logging.INFO or r.exc_info]
 
 
 # --- what is not HTTP/2 a client takes (PIPE-9) ---------------------------------------
@@ -448,20 +447,15 @@ async def test_the_rest_of_an_answer_cut_short_is_never_read_as_answers(
             return False
         return True  # the extension goes: its connection closes
 
-    received: list[object] = []
-    async with _listening(_raw_extension(cuts)) as port:
-        with anyio.fail_after(TIMEOUT), pytest.raises(StreamFailed) as ended:
-            async with connect(f"127.0.0.1:{port}", format=RGB24, ack_timeout=None) as pipe:
-                await pipe.send(bytes(RGB24.frame_bytes), timestamp=0)
-                async for result in pipe.results():
-                    received.append(result)
+    received: list[Result] = []
+    error = await ended_by(cuts, caplog, received=received, ack_timeout=None)
     assert received == []
+    assert isinstance(error, StreamFailed), repr(error)
     if how == "reset":
-        assert ended.value.status is Status.CANCELLED
+        assert error.status is Status.CANCELLED
     else:
-        assert ended.value.status is Status.UNAVAILABLE
-        assert "connection lost" in ended.value.detail
-    assert not [r for r in caplog.records if r.levelno > logging.INFO or r.exc_info]
+        assert error.status is Status.UNAVAILABLE
+        assert "connection lost" in error.detail
 
 
 @pytest.mark.rule("PIPE-6")
