@@ -32,6 +32,7 @@ from functools import partial
 import anyio
 import grpclib.client
 import grpclib.const
+import grpclib.exceptions
 import numpy as np
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -66,7 +67,13 @@ from ..protocol.sequence import UINT64_MAX
 from ..protocol.session import Session
 from ..protocol.video_format import VideoFormat
 from ..status import Status
-from ..transport._grpclib_private import http2_stream, receive_initial_metadata
+from ..transport._grpclib_private import (
+    ended_with_call,
+    http2_stream,
+    receive_initial_metadata,
+    received_headers,
+)
+from ..transport.compression import check_encoding
 from ..transport.framing import read
 from .report import Finding, Outcome, deviation
 from .rules import PROBED
@@ -330,20 +337,24 @@ _NOT_REFUSALS = (
 )
 
 
-#: The refusals the extension owes its own operator: an extension configured with
-#: credentials that serves a stream without them is open to anyone.
-_OWED_REFUSALS = frozenset({"AUTH-3"})
+#: The refusals of violations the text sets for the party that sends, and says nothing
+#: of what the other does with: the descriptor first and once, a format for content,
+#: increasing numbers, acknowledgements of what was sent, shared memory announced. The
+#: others (a handle or a reference that leaves the segment, a symlink, a frame of
+#: another size, a malformed or oversized message, missing credentials) guard the
+#: extension itself: serving one anyway is a FAIL.
+_SENDERS_RULES = frozenset(
+    {"DESC-1", "DESC-2", "DESC-3", "DESC-7", "SEQ-3", "SEQ-4", "ACK-3", "SHM-1"}
+)
 
 
 def refusal(rule: str, expected: Status, what: str, done: Exchange) -> Finding:
     """The finding of a violation that avaproto ends the stream for with ``expected``.
 
-    The violations are the pipeline's: the text sets these rules for the party that
-    sends (the descriptor first, increasing numbers, a reference inside the segment),
-    and says nothing of what the other must do with a message that breaks one. An
-    extension that serves it anyway is lenient, as the published samples are: a WARN,
-    not a FAIL, except where the refusal guards the extension's own operator
-    (``_OWED_REFUSALS``).
+    The violations are the pipeline's. Where the text sets the rule for the party that
+    sends and says nothing of what the other does with a message that breaks it
+    (``_SENDERS_RULES``), an extension that serves it anyway is lenient, as the
+    published samples are: a WARN, not a FAIL.
     """
     ending = done.ending
     if not done.reached:
@@ -356,7 +367,7 @@ def refusal(rule: str, expected: Status, what: str, done: Exchange) -> Finding:
         return Finding(rule, Outcome.PASS, f"{what}: refused with {expected.name}")
     if ending.ok:
         seen = f"accepted (answered {summarize(ending.answers)}, then ended the stream OK)"
-        if rule not in _OWED_REFUSALS:
+        if rule in _SENDERS_RULES:
             return Finding(
                 rule,
                 Outcome.WARN,
@@ -1104,6 +1115,8 @@ async def health(ctx: Context) -> list[Finding]:
             return [deviation("SRV-9", detail)]
         except ProtocolError as error:
             return [deviation("SRV-9", f"grpc.health.v1.Health answers {error.detail}")]
+        except grpclib.exceptions.StreamTerminatedError as error:
+            return [deviation("SRV-9", f"Check ended before its answer: {error}")]
     if answer is None:
         return [deviation("SRV-9", "grpc.health.v1.Health answered no message")]
     raw = answer.status  # betterproto2 keeps what the bytes held, an enum or not
@@ -1137,9 +1150,17 @@ async def _health_check(
     async with stream:
         await stream.send_message(HealthCheckRequest(service=""), end=True)
         await receive_initial_metadata(stream)
-        return await read(
-            http2_stream(stream), HEALTH_ANSWER_BYTES, _health_answer, limit_rule="PIPE-5"
-        )
+        named = [
+            value for name, value in received_headers(stream)[1] or () if name == "grpc-encoding"
+        ]
+        with ended_with_call(stream):  # a lost connection or a reset ends the read
+            return await read(
+                http2_stream(stream),
+                HEALTH_ANSWER_BYTES,
+                _health_answer,
+                limit_rule="PIPE-5",
+                encoding=check_encoding(named[-1] if named else None),
+            )
 
 
 async def _health_answer(data: bytes | bytearray | memoryview) -> HealthCheckResponse:

@@ -145,7 +145,7 @@ async def run_check(
             continue
         found = await run_probe(ctx, probe)
         if probe.healthy:
-            healthy += 1
+            healthy += skip_reason(probe, ctx.options) is None  # those that ran
         else:
             if failing is None and healthy:
                 failing = _failing_everywhere(ctx, healthy)

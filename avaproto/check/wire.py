@@ -145,15 +145,15 @@ class Call:
             # A trailers-only answer with status OK: the extension ended the stream
             # without a message. Its trailers came with its headers: none will follow.
             return None
-        if len(self.received) >= MAX_ANSWERS:
-            raise RemoteProtocolError(
-                "PIPE-10",
-                Status.RESOURCE_EXHAUSTED,
-                f"the extension sent more than {MAX_ANSWERS} answers on one of the check's "
-                "streams, which sends a few samples",
-            )
         message = await self.channel.receive()
         if message is not None:
+            if len(self.received) == MAX_ANSWERS:
+                raise RemoteProtocolError(
+                    "PIPE-10",
+                    Status.RESOURCE_EXHAUSTED,
+                    f"the extension sent more than {MAX_ANSWERS} answers on one of the "
+                    "check's streams, which sends a few samples",
+                )
             self.received.append(message)
         return message
 
@@ -172,16 +172,13 @@ class Call:
             await self.end()
         answers: list[MediaStreamMessage] = []
         try:
-            while len(answers) < MAX_ANSWERS:
-                message = await self.receive()
-                if message is None:
-                    return Ending(Status.OK, "", answers)
+            while (message := await self.receive()) is not None:  # at most MAX_ANSWERS
                 answers.append(message)
         except StreamFailed as failed:
             return Ending(failed.status, failed.detail, answers)
         except ProtocolError as error:
             return Ending(None, str(error), answers)
-        return Ending(None, f"more than {MAX_ANSWERS} answers", answers)
+        return Ending(Status.OK, "", answers)
 
 
 class Unreachable(AvaprotoError):
