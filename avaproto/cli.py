@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import inspect
 import json
 import logging
@@ -28,6 +29,7 @@ import signal
 import ssl
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
@@ -450,8 +452,16 @@ def _serve(args: argparse.Namespace) -> int:
 
         request_slice(args.slice_us / 1e6)  # this thread runs the event loop
     # The server logs "serving ... on HOST:PORT" once it listens (port 0: the one chosen).
-    anyio.run(lambda: serve(factory, host=args.host, port=args.port, config=config,
-                            grace=args.grace))  # fmt: skip
+    try:
+        anyio.run(lambda: serve(factory, host=args.host, port=args.port, config=config,
+                                grace=args.grace))  # fmt: skip
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise  # one line too: main says it
+        raise OSError(
+            error.errno,
+            f"port {args.port} on {args.host} is in use (--port 0 picks a free one)",
+        ) from None
     _leave_stuck_calls()
     return 0
 
@@ -1075,13 +1085,27 @@ async def _until_stopped(
     """Run ``work`` until it returns or fails, or until a signal of ``_STOPS`` cancels
     it: cancelled, it removes its shared-memory segments, which the signal's default
     action would leave behind. Returns its result (in a list: none if it did not
-    return), its error and the signal, each if there was one."""
+    return), its error and the signal, each if there was one.
+
+    A signal that follows the first (GNU ``timeout`` signals the command, then its
+    process group; an impatient Ctrl-C) is taken and ignored, here and after
+    (``_ignore_stops``): the run is stopping already, and what it cleans up and writes
+    on its way out must not be cut. Off the main thread no signal can be received:
+    ``work`` just runs.
+    """
     import anyio
     from anyio.abc import TaskStatus
 
     done: list[_T] = []
     failure: Exception | None = None
     received: int | None = None
+    if threading.current_thread() is not threading.main_thread():
+        try:
+            done.append(await work())
+        except Exception as error:
+            failure = error
+        return done, failure, received
+    working = anyio.CancelScope()
     async with anyio.create_task_group() as tasks:
 
         async def watch(*, task_status: TaskStatus[None]) -> None:
@@ -1089,22 +1113,33 @@ async def _until_stopped(
             with anyio.open_signal_receiver(*_STOPS) as signals:
                 task_status.started()
                 async for number in signals:
-                    received = number
-                    tasks.cancel_scope.cancel()
-                    return
+                    if received is None:
+                        received = number
+                        working.cancel()
 
         async def body() -> None:
             nonlocal failure
             try:
-                done.append(await work())
+                with working:
+                    done.append(await work())
             except Exception as error:  # given back as it is, not in a group
                 failure = error
             finally:
-                tasks.cancel_scope.cancel()
+                tasks.cancel_scope.cancel()  # the watch too
+                if received is not None:
+                    _ignore_stops()
 
         await tasks.start(watch)
         tasks.start_soon(body)
+    if received is not None and failure is not None:
+        log.debug("the run failed as it stopped", exc_info=failure)
     return done, failure, received
+
+
+def _ignore_stops() -> None:
+    """From here on a stopping signal changes nothing: the run is stopping already."""
+    for number in _STOPS:
+        signal.signal(number, signal.SIG_IGN)
 
 
 def _run_stoppable(work: Callable[[], Awaitable[_T]]) -> _T:
@@ -1114,6 +1149,7 @@ def _run_stoppable(work: Callable[[], Awaitable[_T]]) -> _T:
 
     done, failure, received = anyio.run(_until_stopped, work)
     if received is not None:
+        _ignore_stops()  # asyncio's runner put back its own SIGINT handler as it ended
         raise _Stopped(received)
     if failure is not None:
         raise failure
@@ -1238,6 +1274,8 @@ def _send(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         failure, received = anyio.run(_run_until_signal, chained(), options, report, on_result)
+        if received is not None:
+            _ignore_stops()  # asyncio's runner put back its own SIGINT handler as it ended
     except BaseException:
         if output is not None:
             output.keep_partial()

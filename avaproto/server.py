@@ -27,6 +27,7 @@ from .engine.extension import (
     Processor,
     check_extension_class,
 )
+from .engine.outcome import protocol_errors
 from .transport.grpc_server import ExtensionFactory, ExtensionServer, ServerConfig, start_server
 from .transport.watchdog import watch_loop_lag
 
@@ -126,7 +127,11 @@ async def serve(
     )
     # The signals are caught before the server listens (and logs that it does), so a
     # supervisor that stops it the moment it is ready gets a drain, not an abrupt exit.
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    # protocol_errors: a port in use is an OSError of its own, not a group of one.
+    with (
+        anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals,
+        protocol_errors((Exception,)),
+    ):
         async with anyio.create_task_group() as tasks:
             async with running(target, config, grace=grace) as server:
                 if ready is not None:
@@ -141,11 +146,11 @@ async def serve(
 
 async def _cut_short_on_signal(signals: AsyncIterator[int], server: ExtensionServer) -> None:
     async for received in signals:
-        log.warning(
-            "%s again: ending the %d streams still open now",
-            signal.Signals(received).name,
-            server.service.active,
-        )
+        name, active = signal.Signals(received).name, server.service.active
+        if active:
+            log.warning("%s again: ending the %d streams still open now", name, active)
+        else:  # GNU timeout signals the command, then its process group: twice
+            log.info("%s again: no stream is open, stopping", name)
         server.cut_short()
         return
 

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +28,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from avaproto.cli import RedactCredentials, build_parser, byte_size, redact
+from avaproto.cli import RedactCredentials, build_parser, byte_size, main, redact
 from avaproto.media.shared_memory import remove_stale_segments
 from avaproto.scheduling import DEFAULT_SLICE, current_slice
 from avaproto.sources.synthetic import synthetic_frames
@@ -863,6 +864,66 @@ def test_a_stopped_sender_removes_its_segment_and_sums_up(
     assert list(shm.iterdir()) == []
     assert f"stopped by {signum.name}" in one_line(stderr)
     assert re.search(r"frames: \d+ sent, 0 answered", stdout)
+
+
+#: A command stopped by a signal, signalled again while it cleans up and after its loop
+#: ended, as GNU timeout (the command, then its group) or an impatient Ctrl-C does.
+_SIGNALLED_AGAIN = """
+import os, signal, sys, time, anyio
+from avaproto.cli import _Stopped, _run_stoppable
+number = getattr(signal, sys.argv[1])
+
+async def work():
+    os.kill(os.getpid(), number)
+    try:
+        await anyio.sleep(30)
+    finally:
+        with anyio.CancelScope(shield=True):
+            os.kill(os.getpid(), number)
+            await anyio.sleep(0.2)
+
+try:
+    _run_stoppable(work)
+except _Stopped as stopped:
+    os.kill(os.getpid(), number)
+    time.sleep(0.2)
+    print("cleaned up after", stopped)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_second_signal_does_not_cut_a_commands_way_out(signum: signal.Signals) -> None:
+    """The second signal met the default handler while the first one's cleanup ran:
+    send lost its summary and its output (SIGTERM) or printed a traceback (SIGINT)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNALLED_AGAIN, signum.name],
+        capture_output=True, text=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"cleaned up after {signum.name}"
+
+
+def test_a_port_in_use_is_one_line() -> None:
+    """It was 51 lines of an exception group's traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run("serve", "--port", str(port), "--extension", "null")
+    assert done.returncode == 1
+    assert one_line(done.stderr) == (
+        f"avaproto serve: [Errno 98] port {port} on 127.0.0.1 is in use (--port 0 picks a free one)"
+    )
+
+
+def test_a_command_run_off_the_main_thread_runs_without_signals() -> None:
+    """A program that calls avaproto.cli.main from a thread: no signal can be received
+    there, and check failed with RuntimeError (set_wakeup_fd) instead of running."""
+    found: list[int] = []
+    worker = threading.Thread(target=lambda: found.append(main(["check", "127.0.0.1:9"])))
+    worker.start()
+    worker.join(TIMEOUT)
+    assert found == [1]
 
 
 @pytest.mark.rule("SHM-9")

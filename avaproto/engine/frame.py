@@ -138,6 +138,13 @@ class Frame:
         self.__dict__.pop("_view", None)
 
     def _media(self) -> tuple[memoryview, VideoFormat]:
+        content = self._content
+        if content is not None and not isinstance(content, memoryview) and content.released:
+            raise ValueError(
+                f"sample {self.sequence_number}'s frame was let go when its processing "
+                "ended (SHM-7: its shared memory may hold another frame by now); copy what "
+                "must outlive process(), e.g. frame.rgb().copy()"
+            )
         data = self.data
         if data is None or self.format is None:
             raise ValueError(f"sample {self.sequence_number} carries no media content")

@@ -229,6 +229,8 @@ async def test_a_frame_kept_past_its_lease_is_not_blamed_an_array_is(
         assert all(np.array_equal(a, b) for a, b in zip(arrays, sources, strict=True))
     else:
         assert warned == 0
+        with pytest.raises(ValueError, match=r"sample 2's frame was let go .* copy what must"):
+            kept[2].rgb()  # type: ignore[attr-defined]
 
 
 async def test_a_slot_the_pipeline_filled_itself_goes_as_it_is() -> None:
