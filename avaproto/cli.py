@@ -1809,6 +1809,7 @@ def _check(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         credentials=_credentials(args),
         tls=_client_tls(args),
+        configuration=args.config or "",
     )
     if options.shm:
         if not Path(args.shm_directory).is_dir():
@@ -1878,6 +1879,12 @@ def _add_check(commands: Any) -> None:
         metavar="SECONDS",
         help="time each probe may take, connecting included; past it the probe FAILs "
         "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="TEXT",
+        help="extension_configuration every probe sends, for an extension that needs one "
+        '(CFG-1\'s probe sends "{}") (default: none)',
     )
     parser.add_argument(
         "--json",

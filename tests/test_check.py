@@ -47,6 +47,7 @@ from avaproto.check.run import CheckAborted, run_check, run_probe
 from avaproto.check.wire import Target
 from avaproto.cli import main
 from avaproto.codec import encode_framed
+from avaproto.engine.extension import ExtensionRefused
 from avaproto.engine.frame import Frame
 from avaproto.errors import ProtocolError
 from avaproto.extensions import load_extension
@@ -485,6 +486,39 @@ def test_an_extension_failing_every_stream_is_named_first_not_blamed_on_each_rul
     for rule in ("DESC-1", "SEQ-4", "MEDIA-6"):  # refused before any sample
         assert results[rule] == "PASS", (rule, details[rule])
     assert report["summary"]["FAIL"] == 1
+
+
+class NeedsAZone:
+    """Refuses a stream whose configuration names no zone, as a configured model does."""
+
+    async def open(self, descriptor: Any) -> None:
+        if "zone" not in descriptor.extension_configuration:
+            raise ExtensionRefused('the configuration names no zone: {"zone": "..."}')
+
+    async def process(self, frame: Frame) -> list[Inference]:
+        return []
+
+    async def close(self) -> None:
+        return None
+
+
+def test_an_extension_that_needs_a_configuration_is_checked_with_config(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """check had no --config: every stream of such an extension was refused, and the
+    report said to fix that first."""
+    with avaproto_server(NeedsAZone) as target:
+        without, out, _ = check(capsys, target, "--json", "--rules", "LIFE-4,CFG-1,DESC-1")
+        refused = json.loads(out)
+        given, out, _ = check(
+            capsys, target, "--json", "--rules", "LIFE-4,DESC-1", "--config", '{"zone": "door"}'
+        )
+        served = json.loads(out)
+    assert without == 1 and "[CFG-3] the configuration names no zone" in refused["notice"]
+    assert "needs a configuration: give it with --config" in refused["rules"][-1]["detail"]
+    assert given == 0 and "notice" not in served
+    assert set(outcomes(served).values()) == {"PASS"}
+    assert outcomes(refused)["CFG-1"] == "SKIP"  # its "{}" met the same refusal
 
 
 def test_a_failure_of_one_format_only_judges_every_rule(

@@ -20,6 +20,7 @@ is a FAIL naming the wait, never a hung check.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import secrets
 import ssl
@@ -100,6 +101,11 @@ _NO_CREDENTIALS = (
 Probing = Callable[["Context"], Awaitable[list[Finding]]]
 
 
+#: The extension_configuration of every probe's descriptor but those about it (CFG-1):
+#: ``CheckOptions.configuration``, for the run that ``run_check`` makes.
+CONFIGURATION: contextvars.ContextVar[str] = contextvars.ContextVar("configuration", default="")
+
+
 @dataclass(frozen=True)
 class CheckOptions:
     """How to check: what to send, where shared memory lives, how long to wait."""
@@ -116,6 +122,8 @@ class CheckOptions:
     timeout: float = DEFAULT_TIMEOUT
     credentials: Credentials | None = None
     tls: ssl.SSLContext | None = None
+    #: The extension_configuration the probes send (an extension that needs one).
+    configuration: str = ""
 
 
 @dataclass
@@ -192,12 +200,13 @@ def descriptor(
     *,
     shm: tuple[str, int] | None = None,
     graph: bool = True,
-    configuration: str = "",
+    configuration: str | None = None,
     extension_identifier: str | None = None,
 ) -> MediaStreamDescriptor:
-    """A pipeline's descriptor (a graph identifier unless ``graph`` is False)."""
+    """A pipeline's descriptor (a graph identifier unless ``graph`` is False), with the
+    check's ``--config`` unless ``configuration`` says otherwise."""
     built = MediaStreamDescriptor(
-        extension_configuration=configuration,
+        extension_configuration=CONFIGURATION.get() if configuration is None else configuration,
         media_descriptor=MediaDescriptor(
             timescale=TIMESCALE, video_frame_sample_format=sample_format
         ),
@@ -221,7 +230,7 @@ def opening(
     *,
     shm: tuple[str, int] | None = None,
     graph: bool = True,
-    configuration: str = "",
+    configuration: str | None = None,
     extension_identifier: str | None = None,
 ) -> MediaStreamMessage:
     """The pipeline's first message: its descriptor for frames of ``fmt``."""
@@ -728,6 +737,8 @@ def _refused(what: str, failed: StreamFailed, ctx: Context, shm: bool) -> list[F
         return [deviation("AUTH-2", seen)]
     if failed.status is Status.FAILED_PRECONDITION and shm:
         seen += " (a target on another host cannot map this host's segments: --no-shm)"
+    elif failed.status is Status.INVALID_ARGUMENT and "configuration" in failed.detail:
+        seen += " (an extension that needs a configuration: give it with --config)"
     elif failed.status is Status.INVALID_ARGUMENT:
         seen += " (an extension that does not take this format: leave it out of --formats)"
     return [deviation("LIFE-4", seen)]

@@ -20,7 +20,15 @@ import anyio
 from ..errors import AvaprotoError, ProtocolError, StreamFailed
 from ..messages import METHOD_PATH
 from ..status import Status
-from .probes import CheckOptions, Context, Probe, probes, skip_reason, video_format
+from .probes import (
+    CONFIGURATION,
+    CheckOptions,
+    Context,
+    Probe,
+    probes,
+    skip_reason,
+    video_format,
+)
 from .report import CheckReport, Finding, Outcome, combine, deviation
 from .rules import CATALOGUE, PROBED
 from .wire import Target, Unreachable, call, connection
@@ -125,6 +133,7 @@ async def run_check(
     selected = select(list(rules))
     wanted = set(selected) & set(PROBED)
     metadata = options.credentials.metadata() if options.credentials else ()
+    CONFIGURATION.set(options.configuration)  # this run's task, and the probes' tasks
     ctx = Context(
         Target(target, options.tls, tuple(metadata)),
         options,

@@ -489,12 +489,11 @@ class ExtensionHandler:
                 f"processing sample {number} took longer than the frame timeout of {timeout} s",
             ) from None
         except InferenceError as error:  # avaproto.media.inferences refused what it made
+            hint = _BUILDER_HINTS.get(error.rule, "")
             raise ProtocolError(
                 "SRV-3",
                 Status.INTERNAL,
-                f"the extension failed on sample {number}: {error} (the functions of "
-                "avaproto.media.inferences refuse what the rules refuse: clip a detector's "
-                "box to the image first)",
+                f"the extension failed on sample {number}: {error}{hint}",
             ) from error
         except ProtocolError:
             raise  # the sample's own fault (its shared memory, SHM-15), not the extension's
@@ -636,6 +635,14 @@ def _check_fits_an_answer(inferences: list[Inference], number: int) -> None:
             f"the extension's answer to sample {number} ({len(inferences)} inferences) is "
             f"larger than a pipeline takes: {error.detail}",
         ) from None
+
+
+#: What to do about a refusal of avaproto.media.inferences' functions, by rule.
+_BUILDER_HINTS = {
+    "INF-4": " (a box is fractions of the frame, in [0, 1]: divide pixels by its width and "
+    "height; inferences.rectangle(..., clip=True) cuts a detector's box to the image)",
+    "INF-3": " (a confidence is in [0, 1]: a score in percent is divided by 100)",
+}
 
 
 def _release(job: _Job) -> None:

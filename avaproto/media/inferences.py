@@ -110,15 +110,26 @@ def rectangle(
     t: SupportsFloat,
     w: SupportsFloat,
     h: SupportsFloat,
+    *,
+    clip: bool = False,
 ) -> Rectangle:
     """A box as fractions of the image: of the padded image, when it was padded (INF-5).
 
-    Each edge is checked in [0, 1] (INF-4). The box may reach past the image's edge
-    (l + w > 1 or t + h > 1), as boxes of detectors that do not clip do: refusing it
-    would end a stream over a box that is still useful, and clipping it would change
-    what the detector said. ``box_overflows`` tells a caller who wants to clip.
+    Each edge is checked in [0, 1] (INF-4). The box may reach past the image's right or
+    bottom edge (l + w > 1 or t + h > 1), as boxes of detectors that do not clip do:
+    refusing it would end a stream over a box that is still useful. With ``clip``, a
+    box is first cut to the image on every side (a detector's box that starts left of
+    or above it, l or t below 0, is otherwise refused); ``box_overflows`` tells a
+    caller who wants to know.
     """
-    return _box_of((l, t, w, h), "box")
+    edges: tuple[object, ...] = (l, t, w, h)
+    if clip:
+        x, y, width, height = (float(value) for value in (l, t, w, h))
+        if not any(math.isnan(value) for value in (x, y, width, height)):
+            left, top = min(max(x, 0.0), 1.0), min(max(y, 0.0), 1.0)
+            right, bottom = min(max(x + width, 0.0), 1.0), min(max(y + height, 0.0), 1.0)
+            edges = (left, top, max(right - left, 0.0), max(bottom - top, 0.0))
+    return _box_of(edges, "box")
 
 
 def tag(value: str, confidence: SupportsFloat = 1.0) -> Tag:

@@ -24,7 +24,7 @@ from avaproto.engine.extension import ExtensionRefused, FunctionExtension
 from avaproto.engine.frame import Frame
 from avaproto.engine.outcome import protocol_errors
 from avaproto.engine.serve import StreamSummary, serve_stream
-from avaproto.errors import ProtocolError, StreamFailed
+from avaproto.errors import InferenceError, ProtocolError, StreamFailed
 from avaproto.media import inferences
 from avaproto.messages import (
     Entity,
@@ -262,7 +262,21 @@ async def test_an_inference_the_builders_refuse_is_the_extensions_failure() -> N
             await collect(results)
     assert failed.value.status is Status.INTERNAL
     assert "[SRV-3] the extension failed on sample 2: [INF-4] box.l = -0.1" in failed.value.detail
-    assert "clip a detector's box to the image first" in failed.value.detail
+    assert "inferences.rectangle(..., clip=True) cuts a detector's box" in failed.value.detail
+
+
+def test_a_box_cut_to_the_image_keeps_what_lies_inside() -> None:
+    """A detector's box starting left of and above the image, and one past its right
+    and bottom edges: cut on every side, as the server cuts one it is given."""
+    box = inferences.rectangle(-0.1, -0.2, 0.3, 0.4, clip=True)
+    assert (box.l, box.t) == (0.0, 0.0)
+    assert box.w == pytest.approx(0.2) and box.h == pytest.approx(0.2)
+    past = inferences.rectangle(0.9, 0.7, 0.3, 0.5, clip=True)
+    assert past.w == pytest.approx(0.1) and past.h == pytest.approx(0.3)
+    outside = inferences.rectangle(1.5, 0.2, 0.1, 0.1, clip=True)
+    assert (outside.l, outside.w) == (1.0, 0.0)
+    with pytest.raises(InferenceError, match=r"box.l = -0.1 is outside"):
+        inferences.rectangle(-0.1, 0.1, 0.2, 0.2)
 
 
 @pytest.mark.rule("SRV-3")
