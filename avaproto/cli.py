@@ -1439,12 +1439,14 @@ def _add_send(commands: Any) -> None:
     media = parser.add_argument_group("media format")
     media.add_argument(
         "--encoding",
+        type=str.upper,  # rgb24 as check --formats takes it
         choices=[encoding.name for encoding in Encoding],
         default="RAW",
         help="how frames are encoded; JPG, PNG and BMP need avaproto[image] (default: %(default)s)",
     )
     media.add_argument(
         "--format",
+        type=str.upper,  # rgb24 as check --formats takes it
         choices=[pixel_format.name for pixel_format in PIXEL_LAYOUTS],
         default="RGB24",
         help="pixel format of RAW frames (default: %(default)s)",
@@ -1700,6 +1702,7 @@ def _add_bench(commands: Any) -> None:
     )
     parser.add_argument(
         "--format",
+        type=str.upper,  # rgb24 as check --formats takes it
         choices=[pixel_format.name for pixel_format in PIXEL_LAYOUTS] + list(ENCODED),
         default=_parameter_default(drive_target, "pixel_format"),
         help="pixel format of the RAW frames, or JPG, PNG or BMP for a test image so "
@@ -1949,7 +1952,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the command they were given to, whose --help lists its own
+        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     configure_logging(args.verbose + args.sub_verbose, narrate=args.command == "serve")
     from .allocator import keep_large_buffers
 

@@ -903,6 +903,34 @@ def test_a_second_signal_does_not_cut_a_commands_way_out(signum: signal.Signals)
     assert done.stdout.strip() == f"cleaned up after {signum.name}"
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["bench", "127.0.0.1:9", "--shm-size", "1M"],
+         "avaproto bench: error: unrecognized arguments: --shm-size 1M "
+         "(see 'avaproto bench --help')"),
+        (["check", "127.0.0.1:9", "--nope"],
+         "avaproto check: error: unrecognized arguments: --nope (see 'avaproto check --help')"),
+    ],
+)  # fmt: skip
+def test_an_option_a_command_does_not_take_is_named_with_the_command(
+    capsys: pytest.CaptureFixture[str], argv: list[str], said: str
+) -> None:
+    """It was blamed on the top-level command, whose --help does not list the options."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert one_line(capsys.readouterr().err) == said
+
+
+def test_pixel_formats_and_encodings_are_taken_in_any_case() -> None:
+    """check --formats took rgb24; send --format and bench --format refused it."""
+    parser = build_parser()
+    sent = parser.parse_args(["send", "127.0.0.1:9", "--format", "bgr24", "--encoding", "raw"])
+    assert (sent.format, sent.encoding) == ("BGR24", "RAW")
+    assert parser.parse_args(["bench", "127.0.0.1:9", "--format", "jpg"]).format == "JPG"
+
+
 def test_a_port_in_use_is_one_line() -> None:
     """It was 51 lines of an exception group's traceback."""
     with socket.socket() as taken:

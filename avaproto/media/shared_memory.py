@@ -108,7 +108,7 @@ import stat
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
 from types import TracebackType
@@ -189,8 +189,9 @@ def _check_name(handle_name: str) -> None:
         raise SharedMemoryError("SHM-3", Status.INVALID_ARGUMENT, error.detail) from None
 
 
-def _release_view(view: memoryview, what: str) -> bool:
-    """Release ``view``; if something still exports it, say so and let it go with that.
+def _release_view(view: memoryview, what: str, held: Callable[[str], None] | None = None) -> bool:
+    """Release ``view``; if something still exports it, say so (``held``, by default a
+    warning) and let it go with that.
 
     The memory stays valid until the exporter drops it (Python never frees or unmaps
     exported memory), so nothing dangles; the warning names the rule so the holder can
@@ -199,16 +200,17 @@ def _release_view(view: memoryview, what: str) -> bool:
     try:
         view.release()
     except BufferError:
-        _warn_held(what)
+        (held or _warn_held)(what)
         return False
     return True
 
 
-def _warn_held(what: str) -> None:
+def _warn_held(what: str, *, once: bool = False) -> None:
     log.warning(
         "[SHM-12] %s ended, but an object made from its view still holds the bytes; "
-        "the memory stays valid until it goes (copy what must outlive a lease)",
+        "the memory stays valid until it goes (copy what must outlive a lease)%s",
         what,
+        " (warned once per stream)" if once else "",
     )
 
 
@@ -406,6 +408,7 @@ class SharedMemoryRegion:
         self._mapping = mapping
         self._whole = memoryview(mapping) if mapping is not None else None
         self._leases: set[ReceivedLease] = set()
+        self._leases_held = 0  # leases that ended with their bytes held (SHM-12)
         self._lock = threading.Lock()
         self._closed = False
         #: Read buffers not lent to any lease, and the size new ones get.
@@ -707,14 +710,23 @@ class SharedMemoryRegion:
         if view is None:
             return True
         what = f"the lease of sample {lease.sequence_number}"
-        released = _release_view(view, what)
+        released = _release_view(view, what, self._held)
         if buffer is not None:
             if _exported(buffer):
                 if released:  # held through a view made from ours: warn all the same
-                    _warn_held(what)
+                    self._held(what)
             else:
                 self._give_back(buffer)
         return True
+
+    def _held(self, what: str) -> None:
+        """A lease ended with its bytes still held: warned once per region (a stream's),
+        not for every frame of an extension that keeps them all."""
+        self._leases_held += 1
+        if self._leases_held == 1:
+            _warn_held(what, once=True)
+        else:
+            log.debug("[SHM-12] %s ended, its bytes still held", what)
 
     def close(self, *, force: bool = False) -> None:
         """Close. Live leases refuse it, unless ``force`` releases them first.
