@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .engine.extension import Extension, ExtensionBase, ExtensionRefused
     from .engine.frame import Frame
     from .errors import AvaprotoError, ProtocolError, StreamFailed
+    from .protocol.video_format import VideoFormat
     from .server import running, serve
 
 #: Public name -> the module that defines it.
@@ -29,6 +30,7 @@ _EXPORTS = {
     "AvaprotoError": "errors",
     "ProtocolError": "errors",
     "StreamFailed": "errors",
+    "VideoFormat": "protocol.video_format",
     "running": "server",
     "serve": "server",
 }
@@ -42,6 +44,7 @@ __all__ = [
     "Pipeline",
     "ProtocolError",
     "StreamFailed",
+    "VideoFormat",
     "__version__",
     "connect",
     "running",

@@ -186,6 +186,11 @@ async def connect(
     segment, 0o660 one of the owner's group open it read-write as the published
     extensions do (SHM-9: 0o600, its owner only, by default).
     """
+    if format is not None and not isinstance(format, VideoFormat):
+        raise TypeError(
+            f"format is a VideoFormat (avaproto.VideoFormat.raw(416, 416), say), not "
+            f"{type(format).__name__} {format!r}"
+        )
     descriptor = MediaStreamDescriptor(
         graph_identifier=graph
         or GraphIdentifier(graph_instance_name="avaproto", graph_node_name="grpcExtension"),

@@ -165,3 +165,23 @@ def test_every_serving_example_serves(tmp_path: Path, block: str) -> None:
         finally:
             assert stop(process) == 0
         assert all(line["inferences"][0]["type"] == kind for line in lines)
+
+
+def test_the_client_example_drives_a_server(tmp_path: Path) -> None:
+    """The README's pipeline, against avaproto's null extension on a port of its own."""
+    [block] = [b for b in blocks("python") if "avaproto.connect(" in b]
+    process, target = start(
+        [sys.executable, "-m", "avaproto", "serve", "--port", "0", "--extension", "null"],
+        tmp_path,
+        stdout=False,
+    )
+    try:
+        script = tmp_path / "pipeline.py"
+        script.write_text(block.replace("localhost:5001", target), encoding="utf-8")
+        done = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=TIMEOUT
+        )
+    finally:
+        assert stop(process) == 0
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"{number} []" for number in range(2, 32)]

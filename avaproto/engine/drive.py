@@ -32,6 +32,7 @@ frame (or never sends one again) is not left waiting for an extension that dropp
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -255,6 +256,12 @@ class Results:
         return self._failure_seen
 
 
+log = logging.getLogger("avaproto.client")
+
+#: Seconds a sample may wait for the window, all of it answered and unread, before the
+#: caller is told to read the results while sending.
+UNREAD_WARNING = 5.0
+
 #: Answers that acknowledge none of the pipeline's samples (the extension's own
 #: inferences) taken per sample sent, and as many before the first (PIPE-10).
 ANSWERS_PER_SAMPLE = 16
@@ -295,6 +302,7 @@ class PipelineStream:
         # absent for the latest sample while nothing was sent after it.
         self._clock_from: dict[int, float] = {}
         self._latest = 0  # the last sample sent
+        self._told_unread = False  # that sending waits for answers nobody reads
         self._samples_sent = 0
         # Answers that acknowledged none of our samples, against their allowance (PIPE-10).
         self._unacknowledging = 0
@@ -449,7 +457,7 @@ class PipelineStream:
                 self._window.acquire_nowait()  # sending the message is the checkpoint
             except anyio.WouldBlock:
                 self._start_clock()  # nothing more goes until an answer comes
-                await self._window.acquire()
+                await self._window_slot()
         except BaseException:
             _free(lease)
             raise
@@ -530,6 +538,25 @@ class PipelineStream:
             self._peer_failed = True
             return False
         return True
+
+    async def _window_slot(self) -> None:
+        """A slot of the window, for as long as it takes; a caller that sends without
+        reading the results waits for ever, told why once, past ``UNREAD_WARNING``
+        seconds with every answer of the window waiting to be read."""
+        with anyio.move_on_after(UNREAD_WARNING):
+            await self._window.acquire()
+            return
+        unread = self._results.statistics().current_buffer_used
+        if unread >= self._window.size and not self._told_unread:
+            self._told_unread = True
+            log.warning(
+                "%s: sending has waited %g s for the window, which %d answers nobody has "
+                "read fill: read results() while sending (a task beside the one that sends)",
+                self.runner.peer,
+                UNREAD_WARNING,
+                unread,
+            )
+        await self._window.acquire()
 
     # The handler's side, called by the runner.
 

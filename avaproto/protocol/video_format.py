@@ -122,6 +122,26 @@ class VideoFormat:
         return cls(encoding, pixel_format, width, height, stride_bytes)
 
     @classmethod
+    def raw(
+        cls,
+        width: int,
+        height: int,
+        pixel_format: PixelFormat | str = PixelFormat.RGB24,
+        stride_bytes: int = 0,
+    ) -> VideoFormat:
+        """RAW frames of ``width`` x ``height``, checked: ``VideoFormat.raw(416, 416)``,
+        or with a pixel format by name, ``VideoFormat.raw(640, 480, "bgr24")``."""
+        if isinstance(pixel_format, str):
+            try:
+                pixel_format = PixelFormat[pixel_format.upper()]
+            except KeyError:
+                names = ", ".join(f.name or "" for f in PIXEL_LAYOUTS)
+                raise ValueError(
+                    f"unknown pixel format {pixel_format!r}; expected one of {names}"
+                ) from None
+        return cls.checked(Encoding.RAW, pixel_format, width, height, stride_bytes)
+
+    @classmethod
     def from_message(
         cls, message: VideoFrameSampleFormat, limits: FrameLimits = DEFAULT_LIMITS
     ) -> VideoFormat:

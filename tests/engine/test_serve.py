@@ -18,6 +18,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from avaproto.engine import drive
 from avaproto.engine.config import EngineConfig
 from avaproto.engine.drive import PipelineStream, Result
 from avaproto.engine.extension import ExtensionRefused, FunctionExtension
@@ -669,6 +670,30 @@ async def test_a_window_slot_comes_back_only_when_its_answer_is_read() -> None:
             assert feed.sent == 4
             answers = await collect(results)
     assert [a.acknowledged for a in answers] == [3, 4, 5, 6]
+
+
+async def test_a_sender_that_reads_no_results_is_told_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first script that only sends waited for ever after ``window`` frames, and
+    nothing said why: every slot held by an answer nobody had read."""
+
+    async def answer(frame: Frame) -> list[Inference]:
+        return tagged(frame)
+
+    monkeypatch.setattr(drive, "UNREAD_WARNING", 0.05)
+    caplog.set_level(logging.WARNING)
+    async with served(FunctionExtension(answer), window=2) as (stream, results, _):
+        feed = Feed(stream, 4)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(feed)
+            told = "which 2 answers nobody has read fill: read results() while sending"
+            with anyio.fail_after(TIMEOUT):
+                while told not in caplog.text:
+                    await anyio.sleep(0.01)  # the warning is past a deadline: waited for
+            answers = await collect(results)
+    assert [a.acknowledged for a in answers] == [2, 3, 4, 5]
+    assert caplog.text.count(told) == 1
 
 
 async def test_answers_left_unread_are_dropped_when_the_block_is_left() -> None:

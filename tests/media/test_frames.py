@@ -572,3 +572,22 @@ def test_the_bench_command_prints_the_pixel_table(
     table = capsys.readouterr().out
     assert "copy (baseline)" in table and "8x4" in table
     assert all(f.name in table for f in FORMATS)
+
+
+def test_a_raw_format_is_made_by_size_and_pixel_format_name() -> None:
+    """A library user had to find Encoding, PixelFormat and VideoFormat.checked."""
+    import avaproto
+    from avaproto.messages import Encoding, PixelFormat
+
+    fmt = avaproto.VideoFormat.raw(640, 480, "bgr24")
+    assert (fmt.encoding, fmt.pixel_format, fmt.width, fmt.height) == (
+        Encoding.RAW,
+        PixelFormat.BGR24,
+        640,
+        480,
+    )
+    assert avaproto.VideoFormat.raw(4, 2).pixel_format is PixelFormat.RGB24
+    with pytest.raises(ValueError, match="unknown pixel format 'rgb'; expected one of"):
+        avaproto.VideoFormat.raw(4, 2, "rgb")
+    with pytest.raises(FrameError, match="a width and a height above zero"):
+        avaproto.VideoFormat.raw(0, 2)
