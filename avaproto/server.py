@@ -148,7 +148,8 @@ async def _cut_short_on_signal(signals: AsyncIterator[int], server: ExtensionSer
     async for received in signals:
         name, active = signal.Signals(received).name, server.service.active
         if active:
-            log.warning("%s again: ending the %d streams still open now", name, active)
+            streams = "the stream" if active == 1 else f"the {active} streams"
+            log.warning("%s again: ending %s still open now", name, streams)
         else:  # GNU timeout signals the command, then its process group: twice
             log.info("%s again: no stream is open, stopping", name)
         server.cut_short()

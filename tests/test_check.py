@@ -704,7 +704,8 @@ def test_a_target_that_never_answers_fails_at_the_deadline(
     assert status == 1
     assert lines_by_rule(out)["DESC-5"] == (
         "FAIL",
-        "RAW RGB24 64x48 embedded: no answer within 0.5 s",
+        "RAW RGB24 64x48 embedded: no answer within 0.5 s (--timeout: an extension slower "
+        "than that needs more)",
     )
 
 

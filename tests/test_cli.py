@@ -242,8 +242,8 @@ def test_a_second_signal_ends_the_drain_at_once(extensions: Path) -> None:
             assert server.process.wait(timeout=TIMEOUT) == 0
         finally:
             _, stderr = sender.communicate(timeout=TIMEOUT)
-    assert "SIGINT again: ending the 1 streams still open now" in "\n".join(server.lines)
-    assert "[SRV-8]" in stderr, stderr
+    assert "SIGINT again: ending the stream still open now" in "\n".join(server.lines)
+    assert "[SRV-8] the server stopped at once, asked twice" in stderr, stderr
 
 
 def test_a_command_stopped_by_ctrl_c_says_so(extensions: Path) -> None:
@@ -584,6 +584,10 @@ def usage_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["serve", "--extension", "no.such.module:thing"],
          "--extension no.such.module:thing: no module named 'no'"),
         (["serve", "--extension", "nothing"], "unknown extension 'nothing'"),
+        (["serve", "--extension", "detector.detect"], "(detector:detect, a colon before"),
+        (["serve", "--extension", "detector.py"], "(detector:NAME, the module's function"),
+        (["serve", "--extension", "detector.py:detect"],
+         "names a file: the module is 'detector' (detector:detect)"),
         (["send", target, "--username", "u"], "give both --username and --password"),
         (["demo", "--source", str(tmp_path / "none.mp4")], "no such file"),
         (["send", target, "--output", str(tmp_path / "no" / "dir.jsonl")],

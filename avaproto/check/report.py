@@ -99,8 +99,10 @@ class CheckReport:
 
     def summary_line(self) -> str:
         counts = ", ".join(f"{self.count(outcome)} {outcome.value}" for outcome in Outcome)
+        checked = len(self.results)
         return (
-            f"{len(self.results)} rules checked: {counts}; {len(self.out_of_reach)} rules "
+            f"{checked} rule{'' if checked == 1 else 's'} checked: {counts}; "
+            f"{len(self.out_of_reach)} rules "
             "cannot be checked from outside an extension (--json lists them and why)"
         )
 

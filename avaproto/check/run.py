@@ -100,7 +100,12 @@ async def run_probe(ctx: Context, probe: Probe) -> list[Finding]:
             found = await probe.run(ctx)
     except TimeoutError:
         return [
-            deviation(rule, f"{probe.name}: no answer within {timeout:g} s") for rule in probe.rules
+            deviation(
+                rule,
+                f"{probe.name}: no answer within {timeout:g} s (--timeout: an extension "
+                "slower than that needs more)",
+            )
+            for rule in probe.rules
         ]
     except Unreachable as error:
         return [

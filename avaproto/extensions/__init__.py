@@ -82,8 +82,20 @@ def load_extension(spec: str) -> Callable[[], Processing]:
         return BUILTINS[spec]
     module_name, colon, attribute = spec.partition(":")
     if not colon or not module_name or not attribute:
+        hint = ""
+        if not colon and "." in spec.removesuffix(".py"):  # detector.detect
+            module, _, name = spec.rpartition(".")
+            hint = f" ({module}:{name}, a colon before the function or class)"
+        elif spec.endswith(".py") or not colon:  # detector.py, detector
+            hint = f" ({spec.removesuffix('.py')}:NAME, the module's function or class)"
         raise ExtensionLoadError(
-            f"unknown extension {spec!r}: expected one of {', '.join(BUILTINS)} or module:attribute"
+            f"unknown extension {spec!r}: expected one of {', '.join(BUILTINS)} or "
+            f"module:attribute{hint}"
+        )
+    if module_name.endswith(".py"):  # detector.py:detect: the file, not the module
+        raise ExtensionLoadError(
+            f"{spec!r} names a file: the module is {module_name.removesuffix('.py')!r} "
+            f"({module_name.removesuffix('.py')}:{attribute})"
         )
     target = _import(module_name)
     where = module_name

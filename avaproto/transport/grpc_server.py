@@ -538,10 +538,16 @@ class ExtensionServer:
                 self._grace.cancel()
             await self.service.wait_idle()
         if self.service.active:
-            log.warning("cancelling %d streams still open after %.1f s", self.service.active, grace)
-            self.service.stop_all(
-                f"the server stopped: its grace of {grace:g} s for open streams ended"
-            )
+            active = self.service.active
+            if self._cut:  # a second signal: the grace did not run out, it was ended
+                log.warning("cancelling %d stream%s still open", active, _s(active))
+                why = "the server stopped at once, asked twice (a second Ctrl-C or SIGTERM)"
+            else:
+                log.warning(
+                    "cancelling %d stream%s still open after %.1f s", active, _s(active), grace
+                )
+                why = f"the server stopped: its grace of {grace:g} s for open streams ended"
+            self.service.stop_all(why)
             with anyio.move_on_after(STOP_GRACE):  # each ends with its status, then closes
                 await self.service.wait_idle()
         await self.close()
@@ -592,3 +598,7 @@ async def start_server(factory: ExtensionFactory, config: ServerConfig) -> Exten
         " with authentication" if config.credentials else "",
     )
     return running
+
+
+def _s(count: int) -> str:
+    return "" if count == 1 else "s"
