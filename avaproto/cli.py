@@ -1110,12 +1110,16 @@ async def _until_stopped(
 
         async def watch(*, task_status: TaskStatus[None]) -> None:
             nonlocal received
-            with anyio.open_signal_receiver(*_STOPS) as signals:
-                task_status.started()
-                async for number in signals:
-                    if received is None:
-                        received = number
-                        working.cancel()
+            try:
+                with anyio.open_signal_receiver(*_STOPS) as signals:
+                    task_status.started()
+                    async for number in signals:
+                        if received is None:
+                            received = number
+                            working.cancel()
+            finally:
+                if received is not None:  # leaving the receiver put the defaults back
+                    _ignore_stops()
 
         async def body() -> None:
             nonlocal failure
@@ -1126,8 +1130,6 @@ async def _until_stopped(
                 failure = error
             finally:
                 tasks.cancel_scope.cancel()  # the watch too
-                if received is not None:
-                    _ignore_stops()
 
         await tasks.start(watch)
         tasks.start_soon(body)
@@ -1960,6 +1962,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     keep_large_buffers()  # frame-sized buffers from the heap, not fresh pages each
     run: Command = args.run
+    # A stopped run ignores the stopping signals until it is out (``_ignore_stops``):
+    # a program that called main gets its own handlers back.
+    handlers = (
+        {number: signal.getsignal(number) for number in _STOPS}
+        if threading.current_thread() is threading.main_thread()
+        else {}
+    )
     try:
         return run(args)
     except UsageError as error:
@@ -1978,6 +1987,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"avaproto {args.command}: {error}", file=sys.stderr)
             return 1
         raise
+    finally:
+        for number, handler in handlers.items():
+            if handler is not None and signal.getsignal(number) is not handler:
+                signal.signal(number, handler)
 
 
 if __name__ == "__main__":

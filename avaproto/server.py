@@ -14,8 +14,9 @@ from __future__ import annotations
 import inspect
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 
 import anyio
@@ -128,10 +129,7 @@ async def serve(
     # The signals are caught before the server listens (and logs that it does), so a
     # supervisor that stops it the moment it is ready gets a drain, not an abrupt exit.
     # protocol_errors: a port in use is an OSError of its own, not a group of one.
-    with (
-        anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals,
-        protocol_errors((Exception,)),
-    ):
+    with _stop_signals() as signals, protocol_errors((Exception,)):
         async with anyio.create_task_group() as tasks:
             async with running(target, config, grace=grace) as server:
                 if ready is not None:
@@ -142,6 +140,22 @@ async def serve(
                 # The drain runs as the block ends; a second signal ends its grace.
                 tasks.start_soon(_cut_short_on_signal, signals, server)
             tasks.cancel_scope.cancel()  # drained: the second signal is not awaited
+
+
+@contextmanager
+def _stop_signals() -> Iterator[AsyncIterator[int]]:
+    """SIGTERM and SIGINT as they come; off the main thread, where none can be received,
+    nothing (the caller's cancellation stops the server)."""
+    if threading.current_thread() is threading.main_thread():
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            yield signals
+    else:
+        yield _none()
+
+
+async def _none() -> AsyncIterator[int]:
+    await anyio.sleep_forever()
+    yield 0  # never reached: an async generator that yields nothing
 
 
 async def _cut_short_on_signal(signals: AsyncIterator[int], server: ExtensionServer) -> None:

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+import anyio
 import pytest
 import trustme
 
@@ -933,6 +934,35 @@ def test_pixel_formats_and_encodings_are_taken_in_any_case() -> None:
     sent = parser.parse_args(["send", "127.0.0.1:9", "--format", "bgr24", "--encoding", "raw"])
     assert (sent.format, sent.encoding) == ("BGR24", "RAW")
     assert parser.parse_args(["bench", "127.0.0.1:9", "--format", "jpg"]).format == "JPG"
+
+
+def test_the_library_serves_off_the_main_thread() -> None:
+    """No signal can be received there: serve failed with RuntimeError (set_wakeup_fd)."""
+    import avaproto
+
+    ports: list[int] = []
+
+    def nothing(frame: object) -> None:
+        return None
+
+    async def briefly() -> None:
+        with anyio.move_on_after(TIMEOUT):
+            await avaproto.serve(nothing, port=0, ready=lambda server: ports.append(server.port))
+
+    def run_it() -> None:
+        async def until_ready() -> None:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(briefly)
+                while not ports:
+                    await anyio.sleep(0.01)  # serve's ready callback is what is awaited
+                tasks.cancel_scope.cancel()
+
+        anyio.run(until_ready)
+
+    worker = threading.Thread(target=run_it)
+    worker.start()
+    worker.join(TIMEOUT)
+    assert not worker.is_alive() and len(ports) == 1
 
 
 def test_a_port_in_use_is_one_line() -> None:

@@ -346,24 +346,23 @@ _NOT_REFUSALS = (
 )
 
 
-#: The refusals of violations the text sets for the party that sends, and says nothing
-#: of what the other does with: the descriptor first and once, a format for content,
-#: increasing numbers, acknowledgements of what was sent, shared memory announced. The
-#: others (a handle or a reference that leaves the segment, a symlink, a frame of
-#: another size, a malformed or oversized message, missing credentials) guard the
-#: extension itself: serving one anyway is a FAIL.
-_SENDERS_RULES = frozenset(
-    {"DESC-1", "DESC-2", "DESC-3", "DESC-7", "SEQ-3", "SEQ-4", "ACK-3", "SHM-1"}
-)
+#: The refusals that guard the extension itself: serving the violation anyway means
+#: reading outside what it was given (a handle that leaves the shared-memory
+#: directory, a reference past the segment, a symbolic link, a file shorter than
+#: announced, a frame of another size), parsing a malformed or oversized message, or a
+#: stream without the credentials it was said to require. Every other violation is a
+#: rule the text sets for the pipeline, or a bound of avaproto's own, and says nothing
+#: of what the extension does with it: serving it is lenient (WARN), as the published
+#: samples are.
+_GUARDS = frozenset({"SHM-3", "SHM-4", "SHM-5", "SHM-6", "MEDIA-6", "WIRE-1", "SRV-5", "AUTH-3"})
 
 
 def refusal(rule: str, expected: Status, what: str, done: Exchange) -> Finding:
     """The finding of a violation that avaproto ends the stream for with ``expected``.
 
-    The violations are the pipeline's. Where the text sets the rule for the party that
-    sends and says nothing of what the other does with a message that breaks it
-    (``_SENDERS_RULES``), an extension that serves it anyway is lenient, as the
-    published samples are: a WARN, not a FAIL.
+    The violations are the pipeline's. Unless the refusal guards the extension itself
+    (``_GUARDS``), an extension that serves one anyway is lenient, as the published
+    samples are: a WARN, not a FAIL.
     """
     ending = done.ending
     if not done.reached:
@@ -376,13 +375,13 @@ def refusal(rule: str, expected: Status, what: str, done: Exchange) -> Finding:
         return Finding(rule, Outcome.PASS, f"{what}: refused with {expected.name}")
     if ending.ok:
         seen = f"accepted (answered {summarize(ending.answers)}, then ended the stream OK)"
-        if rule in _SENDERS_RULES:
+        if rule not in _GUARDS:
             return Finding(
                 rule,
                 Outcome.WARN,
                 f"{what}: {seen}; avaproto refuses it with {expected.name}, but the text "
-                "sets this rule for the pipeline, not what the extension does when it is "
-                "broken",
+                "sets this rule for the pipeline (or avaproto its own bound), not what the "
+                "extension does when it is broken",
             )
     elif ending.status not in _NOT_REFUSALS:
         # Refused, with another status: the text names no status, and grpcio itself
@@ -737,7 +736,7 @@ def _refused(what: str, failed: StreamFailed, ctx: Context, shm: bool) -> list[F
         return [deviation("AUTH-2", seen)]
     if failed.status is Status.FAILED_PRECONDITION and shm:
         seen += " (a target on another host cannot map this host's segments: --no-shm)"
-    elif failed.status is Status.INVALID_ARGUMENT and "configuration" in failed.detail:
+    elif failed.status is Status.INVALID_ARGUMENT and "configuration" in failed.detail.lower():
         seen += " (an extension that needs a configuration: give it with --config)"
     elif failed.status is Status.INVALID_ARGUMENT:
         seen += " (an extension that does not take this format: leave it out of --formats)"

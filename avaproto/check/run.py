@@ -138,7 +138,20 @@ async def run_check(
     selected = select(list(rules))
     wanted = set(selected) & set(PROBED)
     metadata = options.credentials.metadata() if options.credentials else ()
-    CONFIGURATION.set(options.configuration)  # this run's task, and the probes' tasks
+    configured = CONFIGURATION.set(options.configuration)  # the probes' tasks inherit it
+    try:
+        return await _run(target, options, selected, wanted, metadata)
+    finally:
+        CONFIGURATION.reset(configured)
+
+
+async def _run(
+    target: str,
+    options: CheckOptions,
+    selected: list[str],
+    wanted: set[str],
+    metadata: Sequence[tuple[str, str]],
+) -> CheckReport:
     ctx = Context(
         Target(target, options.tls, tuple(metadata)),
         options,

@@ -107,7 +107,7 @@ class Window:
     sample beyond its window, never more, before the deadline ends the stream.
     """
 
-    __slots__ = ("_changed", "_slots", "freed", "lent", "size", "waiting", "widened")
+    __slots__ = ("_changed", "_slots", "freed", "lent", "size", "taken", "waiting", "widened")
 
     def __init__(self, size: int) -> None:
         self._slots = anyio.Semaphore(size)
@@ -115,6 +115,7 @@ class Window:
         self.widened = self.lent = False
         self.freed = True  # a slot was freed since a sample last went beyond
         self.waiting = 0  # senders waiting for a slot
+        self.taken = 0  # answers the consumer took (each frees a slot)
         self._changed = _Signal()  # wakes a watcher of the two above
 
     def acquire_nowait(self) -> None:
@@ -135,6 +136,7 @@ class Window:
             self.waiting -= 1
 
     def free(self) -> None:
+        self.taken += 1
         if not self.freed:  # the first since a sample went beyond: another may go
             self.freed = True
             self._changed.set()
@@ -546,8 +548,11 @@ class PipelineStream:
         with anyio.move_on_after(UNREAD_WARNING):
             await self._window.acquire()
             return
-        unread = self._results.statistics().current_buffer_used
-        if unread >= self._window.size and not self._told_unread:
+        waiting = self._results.statistics()
+        unread = waiting.current_buffer_used
+        # Every answer the results can hold is there, and none was ever taken: a slow
+        # reader has taken some, and is no more told than a slow extension's sender.
+        if unread >= waiting.max_buffer_size and not self._window.taken and not self._told_unread:
             self._told_unread = True
             log.warning(
                 "%s: sending has waited %g s for the window, which %d answers nobody has "

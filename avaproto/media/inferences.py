@@ -125,7 +125,8 @@ def rectangle(
     edges: tuple[object, ...] = (l, t, w, h)
     if clip:
         x, y, width, height = (float(value) for value in (l, t, w, h))
-        if not any(math.isnan(value) for value in (x, y, width, height)):
+        # A negative size (corners swapped) is a detector's bug: refused, not cut to 0.
+        if width >= 0 and height >= 0 and not math.isnan(x + y):
             left, top = min(max(x, 0.0), 1.0), min(max(y, 0.0), 1.0)
             right, bottom = min(max(x + width, 0.0), 1.0), min(max(y + height, 0.0), 1.0)
             edges = (left, top, max(right - left, 0.0), max(bottom - top, 0.0))

@@ -696,6 +696,30 @@ async def test_a_sender_that_reads_no_results_is_told_once(
     assert caplog.text.count(told) == 1
 
 
+async def test_a_slow_reader_is_not_told_it_reads_nothing(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer slower per answer than the warning's delay still reads: the warning
+    is for a sender whose answers were never read."""
+
+    async def answer(frame: Frame) -> list[Inference]:
+        return tagged(frame)
+
+    monkeypatch.setattr(drive, "UNREAD_WARNING", 0.05)
+    caplog.set_level(logging.WARNING)
+    taken = []
+    async with (
+        served(FunctionExtension(answer), window=2) as (stream, results, _),
+        anyio.create_task_group() as tasks,
+    ):
+        tasks.start_soon(Feed(stream, 5))
+        async for result in results:
+            taken.append(result.acknowledged)
+            await anyio.sleep(0.15)  # the consumer's own slow work, not a wait for us
+    assert taken == [2, 3, 4, 5, 6]
+    assert "nobody has read" not in caplog.text
+
+
 async def test_answers_left_unread_are_dropped_when_the_block_is_left() -> None:
     async with served(FunctionExtension(tagged), window=4) as (stream, _results, outcome):
         for t in range(4):
