@@ -1247,6 +1247,8 @@ def _send(args: argparse.Namespace) -> int:
             {"INF-4": "a box reaching outside the image", "INF-3": "a confidence below 0"},
         )
 
+    reader_gone: list[bool] = []
+
     def on_result(result: Result) -> None:
         progress.step()
         number = result.acknowledged
@@ -1264,7 +1266,13 @@ def _send(args: argparse.Namespace) -> int:
                 "sequenceNumber": number,
                 "timestamp": result.timestamp if stamp is None else stamp,
             }
-            output.write({**line, **body})
+            try:
+                output.write({**line, **body})
+            except BrokenPipeError:
+                # What the run's end says, whatever the cancellation it causes ends with
+                # (a sample's send cut short, LIFE-3).
+                reader_gone.append(True)
+                raise
             for reason in omitted:
                 left_out.add(f"{frame}: {reason}")
 
@@ -1295,6 +1303,8 @@ def _send(args: argparse.Namespace) -> int:
         if omissions.count:
             print(f"avaproto send: warning: {omissions}", file=sys.stderr)
     failure = _unwrap(failure) if failure is not None else None
+    if reader_gone and failure is not None:
+        failure = BrokenPipeError()
     if failure is None and received is None:
         if output is not None:
             output.commit()
