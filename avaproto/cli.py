@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from .messages import Inference
     from .protocol.auth import Credentials
     from .protocol.video_format import VideoFormat
-    from .report import Report
     from .sources import SourceFrame
 
 Command = Callable[[argparse.Namespace], int]
@@ -854,6 +853,7 @@ class ResultsFile:
 
     def __init__(self, target: str) -> None:
         self.count = 0
+        self.reader_gone = False  # the reader of stdout went away (a broken pipe)
         self._stdout = target == "-"
         self.shown = target  # the path as the user wrote it, for messages
         self.target = Path(target)
@@ -875,9 +875,15 @@ class ResultsFile:
         self._file = os.fdopen(fd, "w", encoding="utf-8")
 
     def write(self, line: dict[str, Any]) -> None:
-        self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
-        if self._stdout:
-            self._file.flush()
+        try:
+            self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
+            if self._stdout:
+                self._file.flush()
+        except BrokenPipeError:
+            # What the run's end says, whatever the cancellation it causes ends with
+            # (a sample's send cut short, LIFE-3).
+            self.reader_gone = True
+            raise
         self.count += 1
 
     def commit(self) -> None:
@@ -1050,22 +1056,6 @@ def _unwrap(error: BaseException) -> BaseException:
     return error
 
 
-async def _run_until_signal(
-    frames: Iterator[SourceFrame],
-    options: Any,
-    report: Report,
-    on_result: Callable[[Result], None],
-) -> tuple[BaseException | None, int | None]:
-    """Send until done or stopped (``_until_stopped``): the run's error, if any, and the
-    signal that ended it, if one did."""
-    from .send import send_frames
-
-    _, failure, received = await _until_stopped(
-        lambda: send_frames(frames, options, on_result=on_result, report=report)
-    )
-    return failure, received
-
-
 #: The signals that stop a command that sends: a terminal's Ctrl-C, a closed terminal,
 #: and what ``timeout``, a container runtime or systemd send.
 _STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -1144,14 +1134,23 @@ def _ignore_stops() -> None:
         signal.signal(number, signal.SIG_IGN)
 
 
-def _run_stoppable(work: Callable[[], Awaitable[_T]]) -> _T:
-    """``work``'s result, on an event loop of its own; its error is raised as it is,
-    and a stopping signal as ``_Stopped``."""
+def _run_until_stopped(
+    work: Callable[[], Awaitable[_T]],
+) -> tuple[list[_T], Exception | None, int | None]:
+    """``_until_stopped`` on an event loop of its own."""
     import anyio
 
     done, failure, received = anyio.run(_until_stopped, work)
     if received is not None:
         _ignore_stops()  # asyncio's runner put back its own SIGINT handler as it ended
+    return done, failure, received
+
+
+def _run_stoppable(work: Callable[[], Awaitable[_T]]) -> _T:
+    """``work``'s result, on an event loop of its own; its error is raised as it is,
+    and a stopping signal as ``_Stopped``."""
+    done, failure, received = _run_until_stopped(work)
+    if received is not None:
         raise _Stopped(received)
     if failure is not None:
         raise failure
@@ -1159,14 +1158,13 @@ def _run_stoppable(work: Callable[[], Awaitable[_T]]) -> _T:
 
 
 def _send(args: argparse.Namespace) -> int:
-    import anyio
 
     from .errors import AvaprotoError
     from .media.images import load_pillow
     from .media.inference_json import to_json_lenient
     from .media.shared_memory import remove_stale_segments
     from .report import Report
-    from .send import SendOptions
+    from .send import SendOptions, send_frames
     from .sources import SourceError, frame_count
     from .transport.limits import ConnectionLimits
 
@@ -1247,8 +1245,6 @@ def _send(args: argparse.Namespace) -> int:
             {"INF-4": "a box reaching outside the image", "INF-3": "a confidence below 0"},
         )
 
-    reader_gone: list[bool] = []
-
     def on_result(result: Result) -> None:
         progress.step()
         number = result.acknowledged
@@ -1266,13 +1262,7 @@ def _send(args: argparse.Namespace) -> int:
                 "sequenceNumber": number,
                 "timestamp": result.timestamp if stamp is None else stamp,
             }
-            try:
-                output.write({**line, **body})
-            except BrokenPipeError:
-                # What the run's end says, whatever the cancellation it causes ends with
-                # (a sample's send cut short, LIFE-3).
-                reader_gone.append(True)
-                raise
+            output.write({**line, **body})
             for reason in omitted:
                 left_out.add(f"{frame}: {reason}")
 
@@ -1283,9 +1273,9 @@ def _send(args: argparse.Namespace) -> int:
     report = Report()
     started = time.monotonic()
     try:
-        failure, received = anyio.run(_run_until_signal, chained(), options, report, on_result)
-        if received is not None:
-            _ignore_stops()  # asyncio's runner put back its own SIGINT handler as it ended
+        _, failure, received = _run_until_stopped(
+            lambda: send_frames(chained(), options, on_result=on_result, report=report)
+        )
     except BaseException:
         if output is not None:
             output.keep_partial()
@@ -1302,10 +1292,10 @@ def _send(args: argparse.Namespace) -> int:
     for omissions in (mended, left_out):
         if omissions.count:
             print(f"avaproto send: warning: {omissions}", file=sys.stderr)
-    failure = _unwrap(failure) if failure is not None else None
-    if reader_gone and failure is not None:
-        failure = BrokenPipeError()
-    if failure is None and received is None:
+    cause: BaseException | None = _unwrap(failure) if failure is not None else None
+    if output is not None and output.reader_gone and cause is not None:
+        cause = BrokenPipeError()
+    if cause is None and received is None:
         if output is not None:
             output.commit()
         return 0 if report.answered == report.sent else 1
@@ -1314,14 +1304,14 @@ def _send(args: argparse.Namespace) -> int:
         name = signal.Signals(received).name
         print(f"avaproto send: stopped by {name}{where}", file=sys.stderr)
         return 128 + received
-    assert failure is not None
-    if not isinstance(failure, AvaprotoError | OSError | SourceError):
-        raise failure
-    if isinstance(failure, BrokenPipeError):  # --output - | head: the reader is done
+    assert cause is not None
+    if not isinstance(cause, AvaprotoError | OSError | SourceError):
+        raise cause
+    if isinstance(cause, BrokenPipeError):  # --output - | head: the reader is done
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to it
-        failure = OSError("the output's reader went away (a broken pipe)")
-    print(f"avaproto send: {failure}{where}", file=sys.stderr)
-    said = str(failure)
+        cause = OSError("the output's reader went away (a broken pipe)")
+    print(f"avaproto send: {cause}{where}", file=sys.stderr)
+    said = str(cause)
     if args.transfer == "shm" and "permission denied" in said.lower() and _names_a_segment(said):
         print(f"avaproto send: hint: {_SEGMENT_DENIED.format(mode=args.shm_mode)}", file=sys.stderr)
     return 1

@@ -96,6 +96,14 @@ async def collect(results: anyio.abc.ObjectReceiveStream[Result]) -> list[Result
     return [result async for result in results]
 
 
+async def one_frame(extension: object) -> list[Result]:
+    """The answers of ``extension`` to a stream of one frame."""
+    async with served(extension) as (stream, results, _):
+        await stream.send(bytes(FRAME_BYTES), timestamp=0)
+        await stream.end()
+        return await collect(results)
+
+
 @pytest.mark.rule("ACK-1", "ACK-6", "SRV-2")
 async def test_every_sample_is_answered_in_order_with_its_ack() -> None:
     async with served(FunctionExtension(tagged)) as (stream, results, outcome):
@@ -240,10 +248,7 @@ async def test_an_embedded_frame_is_read_only_as_a_shared_memory_one_is() -> Non
         assert frame.data is not None
         seen.append((frame.data.readonly, frame.rgb().flags.writeable))
 
-    async with served(FunctionExtension(look)) as (stream, results, _):
-        await stream.send(bytes(FRAME_BYTES), timestamp=0)
-        await stream.end()
-        await collect(results)
+    await one_frame(FunctionExtension(look))
     assert seen == [(True, False)]
 
 
@@ -257,10 +262,7 @@ async def test_an_inference_the_builders_refuse_is_the_extensions_failure() -> N
         return [inferences.entity("person", 0.5, inferences.rectangle(-0.1, 0.1, 0.2, 0.2))]
 
     with pytest.raises(StreamFailed) as failed:
-        async with served(FunctionExtension(unclipped)) as (stream, results, _):
-            await stream.send(bytes(FRAME_BYTES), timestamp=0)
-            await stream.end()
-            await collect(results)
+        await one_frame(FunctionExtension(unclipped))
     assert failed.value.status is Status.INTERNAL
     assert "[SRV-3] the extension failed on sample 2: [INF-4] box.l = -0.1" in failed.value.detail
     assert "inferences.rectangle(..., clip=True) cuts a detector's box" in failed.value.detail
@@ -311,17 +313,11 @@ async def test_an_answer_larger_than_a_pipeline_takes_is_the_extensions_failure(
         return [many] * count
 
     if fits:
-        async with served(FunctionExtension(crowd)) as (stream, results, _):
-            await stream.send(bytes(FRAME_BYTES), timestamp=0)
-            await stream.end()
-            [answer] = await collect(results)
+        [answer] = await one_frame(FunctionExtension(crowd))
         assert len(answer.inferences) == count
         return
     with pytest.raises(StreamFailed) as failed:
-        async with served(FunctionExtension(crowd)) as (stream, results, _):
-            await stream.send(bytes(FRAME_BYTES), timestamp=0)
-            await stream.end()
-            await collect(results)
+        await one_frame(FunctionExtension(crowd))
     assert failed.value.status is Status.INTERNAL
     assert "[SRV-3] the extension's answer to sample 2 (12000 inferences) is larger" in (
         failed.value.detail
@@ -538,10 +534,7 @@ async def test_a_class_without_open_and_close_is_served() -> None:
         async def process(self, frame: Frame) -> list[Inference]:
             return tagged(frame)
 
-    async with served(OnlyProcess()) as (stream, results, _):
-        await stream.send(bytes(FRAME_BYTES), timestamp=0)
-        await stream.end()
-        [answer] = await collect(results)
+    [answer] = await one_frame(OnlyProcess())
     assert answer.acknowledged == 2
 
 
@@ -832,10 +825,7 @@ async def test_processor_returning_an_invalid_inference_ends_the_stream_with_int
         return [Inference(motion=Motion(box=Rectangle(l=0.5, t=0.1, w=-0.25, h=0.5)))]
 
     with pytest.raises(StreamFailed) as caught:
-        async with served(FunctionExtension(sloppy)) as (stream, results, _):
-            await stream.send(bytes(FRAME_BYTES), timestamp=0)
-            await stream.end()
-            await collect(results)
+        await one_frame(FunctionExtension(sloppy))
     assert caught.value.status is Status.INTERNAL
     assert "INF-4" in caught.value.detail and "sample 2" in caught.value.detail
 
@@ -847,10 +837,7 @@ async def test_processor_returning_a_box_past_the_image_edge_is_answered() -> No
     def unclipped(frame: Frame) -> list[Inference]:
         return [Inference(motion=Motion(box=Rectangle(l=0.5, t=0.5, w=0.9, h=0.75)))]
 
-    async with served(FunctionExtension(unclipped)) as (stream, results, _):
-        await stream.send(bytes(FRAME_BYTES), timestamp=0)
-        await stream.end()
-        [answer] = await collect(results)
+    [answer] = await one_frame(FunctionExtension(unclipped))
     [inference] = answer.inferences
     assert inference.motion is not None and inference.motion.box is not None
     assert inference.motion.box.w == pytest.approx(0.9)
