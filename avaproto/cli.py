@@ -1046,16 +1046,6 @@ def _first_frame(args: argparse.Namespace) -> tuple[SourceFrame, Iterator[Source
     return first, frames
 
 
-def _unwrap(error: BaseException) -> BaseException:
-    """The error a person can act on, out of a task group's exception group."""
-    from .engine.outcome import first_protocol_error
-
-    if isinstance(error, BaseExceptionGroup):
-        found = first_protocol_error(error) or first_protocol_error(error, (Exception,))
-        return found if found is not None else error
-    return error
-
-
 #: The signals that stop a command that sends: a terminal's Ctrl-C, a closed terminal,
 #: and what ``timeout``, a container runtime or systemd send.
 _STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -1292,7 +1282,9 @@ def _send(args: argparse.Namespace) -> int:
     for omissions in (mended, left_out):
         if omissions.count:
             print(f"avaproto send: warning: {omissions}", file=sys.stderr)
-    cause: BaseException | None = _unwrap(failure) if failure is not None else None
+    from .engine.outcome import the_error
+
+    cause = None if failure is None else the_error(failure, (Exception,))
     if output is not None and output.reader_gone and cause is not None:
         cause = BrokenPipeError()
     if cause is None and received is None:

@@ -7,7 +7,8 @@ servers round by round so that drift on the machine hits all of them alike:
 * ``grpcio-sync``: grpcio's synchronous server (a pool of 3 threads), written as the
   published sample extensions are: one frame at a time per stream.
 * ``grpcio-aio``: grpcio's asyncio server, the strongest Python peer, one frame at a time.
-* ``avaproto``: ``avaproto serve --extension null`` (or ``bench.extensions:sleepy``).
+* ``avaproto``: ``avaproto serve --extension bench.extensions:touch --shm-access map`` (or
+  ``bench.extensions:sleepy``).
 
 The clients are a grpcio client with the official protobuf runtime (C code) and
 avaproto's own (``avaproto.bench.drive``). Both keep the same window of unacknowledged

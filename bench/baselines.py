@@ -5,9 +5,10 @@ the published sample extensions do: read a message, touch its frame (embedded: t
 bytes; shared memory: the slice of the segment the descriptor names, mapped read-only
 once per stream), optionally wait ``--delay`` seconds as a remote model would, and
 answer with a message that acknowledges it (its own sequence numbers 1, 2, ...; the
-sample's timestamp echoed, no inferences: the bytes avaproto's ``null`` extension
-sends). Touching reads the first and the last byte, so the frame is really reached and
-no copy is made beyond what grpcio and protobuf make to hand it over.
+sample's timestamp echoed, no inferences: the bytes avaproto's server sends with
+``bench.extensions:touch``, which touches each frame the same way). Touching reads the
+first and the last byte, so the frame is really reached and no copy is made beyond what
+grpcio and protobuf make to hand it over.
 
 * ``sync``: ``grpc.server(ThreadPoolExecutor(max_workers=3))``, as in the samples: each
   stream holds one of the 3 threads for its whole life, so a 4th stream waits.

@@ -5,8 +5,11 @@ counts the copies. tracemalloc's snapshots see only the blocks alive when they a
 taken, and a copy made and freed while a message passes through would escape them;
 glibc's ``mtrace`` logs *every* malloc, calloc and realloc with its size instead. The
 server runs in a process of its own (``python -m bench.copies``:
-``avaproto.server.running`` with the ``null`` extension, which records and copies
-nothing) started with ``LD_PRELOAD=libc_malloc_debug.so.0`` (glibc 2.34 and later); it
+``avaproto.server.running`` with ``bench.extensions:touch``, which reads each frame's
+first and last byte as every server in the benchmark does, with ``shm_access="map"`` as
+there; in the default ``"read"`` mode the frame's bytes are read with ``preadv`` into a
+buffer reused from frame to frame, a copy this method cannot see, since nothing is
+allocated for it) started with ``LD_PRELOAD=libc_malloc_debug.so.0`` (glibc 2.34 and later); it
 switches tracing on just before a stream of N frames sent by the grpcio client (another
 process, so none of its allocations are counted) and off when the stream has ended.
 Two figures per sample:
@@ -187,13 +190,16 @@ async def _serve(trace_directory: str, mtrace: bool) -> None:
     """The traced server: its port on stdout; then, on stdin, ``mtrace NAME`` or
     ``where NAME`` to start tracing into NAME in ``trace_directory``, ``stop`` to stop.
     Every command is echoed once done."""
-    from avaproto.extensions.null import NullExtension
+    from avaproto.engine.config import EngineConfig
     from avaproto.server import running
     from avaproto.transport.grpc_server import ServerConfig
 
+    from .extensions import touch
+
     start_mtrace, stop_mtrace = _tracer() if mtrace else (None, None)
     attribution: tuple[LineAttribution, str] | None = None
-    async with running(NullExtension, ServerConfig(host="127.0.0.1", port=0)) as server:
+    config = ServerConfig(host="127.0.0.1", port=0, engine=EngineConfig(shm_access="map"))
+    async with running(touch, config) as server:
         print(server.port, flush=True)
         while True:
             line = (await anyio.to_thread.run_sync(sys.stdin.readline)).split()

@@ -145,8 +145,19 @@ class Server(_Process):
     @classmethod
     def start(cls, name: str, logs: Path, *, delay: float = 0.0) -> Server:
         if name == "avaproto":
-            extension = "bench.extensions:sleepy" if delay else "null"
-            command = [*avaproto_command(), "serve", "--port", "0", "--extension", extension]
+            extension = "bench.extensions:sleepy" if delay else "bench.extensions:touch"
+            # The baselines map the segment; so does avaproto's server here (its
+            # default, reading each frame out, costs one copy: ``python -m avaproto.bench``).
+            command = [
+                *avaproto_command(),
+                "serve",
+                "--port",
+                "0",
+                "--extension",
+                extension,
+                "--shm-access",
+                "map",
+            ]
         elif name in ("grpcio-sync", "grpcio-aio"):
             kind = name.removeprefix("grpcio-")
             command = [sys.executable, "-m", "bench.baselines", kind, "--delay", str(delay)]

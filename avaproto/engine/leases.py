@@ -2,12 +2,13 @@
 
 The media plane's ``SharedMemoryRegion`` and ``ReceivedLease`` are what runs; the
 engine names only these protocols, so it depends on the shape of the seam, not on the
-media plane's classes (which a test checks still fit it).
+media plane's classes (``mypy --strict``, in ``make test``, checks that they still fit
+it: ``_fits`` below).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 
 class Lease(Protocol):
@@ -50,3 +51,10 @@ class Region(Protocol):
     def close(self, *, force: bool = False) -> None:
         """Close; ``force`` releases the leases still live (a stream that failed)."""
         ...
+
+
+if TYPE_CHECKING:
+    from ..media.shared_memory import ReceivedLease, SharedMemoryRegion
+
+    def _fits(region: SharedMemoryRegion, lease: ReceivedLease) -> tuple[Region, Lease]:
+        return region, lease  # a type error here if the media plane's classes drift

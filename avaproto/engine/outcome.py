@@ -51,22 +51,27 @@ def first_protocol_error(
     return None
 
 
+def the_error(error: BaseException, also: tuple[type[BaseException], ...] = ()) -> BaseException:
+    """The one error a failure comes to: out of a task group's exception group, the first
+    protocol error (or the peer's failure); failing that, the first error of the kinds in
+    ``also`` (``(Exception,)``: whatever a person can act on, such as a refused
+    connection). Anything else, the group included, is ``error`` itself."""
+    if not isinstance(error, BaseExceptionGroup):
+        return error
+    found = first_protocol_error(error)
+    if found is None and also:
+        found = first_protocol_error(error, also)
+    return error if found is None else found
+
+
 @contextmanager
 def protocol_errors(also: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
-    """Around a task group: its failure surfaces as the one error the stream ends with.
-
-    A task group raises every child's exception together, the cause among the
-    cancellations it triggered; a stream ends with one status, so the first protocol
-    error (or the peer's failure) is raised alone; failing that, the first error of the
-    kinds in ``also`` (``(Exception,)``: whatever a person can act on, such as a refused
-    connection). Anything else is raised unchanged.
-    """
+    """Around a task group: its failure surfaces as the one error the stream ends with
+    (``the_error``); anything else is raised unchanged."""
     try:
         yield
     except BaseExceptionGroup as group:
-        error = first_protocol_error(group)
-        if error is None and also:
-            error = first_protocol_error(group, also)
-        if error is None:
+        error = the_error(group, also)
+        if error is group:
             raise
         raise error from None

@@ -63,6 +63,7 @@ import hyperframe.frame
 from ..errors import RemoteProtocolError
 from .addresses import peer_address
 from .answer_guard import AnswerGuard
+from .coalescing import CoalescingTransport
 from .limits import ConnectionLimits
 
 # --- sending DATA frames ------------------------------------------------------------------
@@ -112,7 +113,12 @@ def _write_frame(
     head = _DATA_HEAD.pack(size << 8, 0, stream_id)
     transport = h2_stream._transport
     if size < _JOIN_BELOW and not isinstance(chunk, list):
-        transport.write(head + chunk)  # an answer, a reference to shared memory
+        # An answer, or a reference to shared memory; an answer with more of its
+        # stream's samples waiting to be read leaves with theirs (``coalescing``).
+        if isinstance(transport, CoalescingTransport) and h2_stream.buffer._unacked.qsize():
+            transport.write_later(head + chunk)
+        else:
+            transport.write(head + chunk)
     else:
         # Small pieces go with what precedes them, large ones as they are (not copied)
         # but for their first _JOIN_BELOW bytes, which go with what precedes them: a

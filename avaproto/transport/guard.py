@@ -62,6 +62,7 @@ from ._grpclib_private import (
     whole_frames,
 )
 from .addresses import UNKNOWN, peer_address
+from .coalescing import CoalescingTransport
 from .limits import ConnectionLimits
 from .message_meter import StreamMeters
 from .quiet_frames import QUIET_BYTES, QUIET_PER_FRAME, QuietFrames
@@ -363,6 +364,8 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         self.peer = UNKNOWN
         self._raw: asyncio.Transport | None = None  # the socket's transport
         self._transport: asyncio.Transport | None = None  # what HTTP/2 is written to
+        # The same, holding the answers of one read for one write (``coalescing``).
+        self._writer: CoalescingTransport | None = None
         self._transports: tuple[asyncio.Transport, ...] = ()
         self._h2: Any = None
         self._admitted = False
@@ -460,7 +463,8 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         self._transport = cast(asyncio.Transport, transport)
         # The socket's, and the TLS transport over it if there is one.
         self._transports = tuple(t for t in {self._raw, self._transport} if t is not None)
-        self._protocol.connection_made(transport)
+        self._writer = CoalescingTransport(self._transport)
+        self._protocol.connection_made(cast(asyncio.Transport, self._writer))
         self._h2 = h2_connection(self._protocol)
         limit = self._limits.max_header_list_bytes
         settings: dict[int, int] = {
@@ -872,8 +876,8 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 # The peer may have reset it in the same read: then it is closed already.
                 with contextlib.suppress(h2.exceptions.StreamClosedError):
                     self._h2.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
-                assert self._transport is not None
-                self._transport.write(self._h2.data_to_send())
+                assert self._writer is not None
+                self._writer.write(self._h2.data_to_send())
                 return False
             self._opened += 1
             headers = event.headers
@@ -930,8 +934,8 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         with contextlib.suppress(h2.exceptions.StreamClosedError):
             self._h2.send_headers(stream_id, trailers, end_stream=True)
             self._h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
-        assert self._transport is not None
-        self._transport.write(self._h2.data_to_send())
+        assert self._writer is not None
+        self._writer.write(self._h2.data_to_send())
 
     def _metered(self, stream_id: int, payload: bytes | memoryview) -> bool:
         """Follow a DATA frame through its stream's messages; False once CONN-9 tripped."""
@@ -1020,14 +1024,14 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         self._keepalive_timer = None
         if self._closing or not self._active:
             return  # no stream: the idle timeout (CONN-13) watches the connection
-        if self._bytes_in != self._bytes_seen or self._transport is None:
+        if self._bytes_in != self._bytes_seen or self._writer is None:
             self._arm_keepalive()
             return
         try:
             self._h2.ping(_KEEPALIVE_PING)
         except h2.exceptions.ProtocolError:
             return  # the peer's GOAWAY closed it: the connection is ending anyway
-        self._transport.write(self._h2.data_to_send())
+        self._writer.write(self._h2.data_to_send())
         timeout = self._limits.keepalive_timeout
         if timeout is None:
             self._arm_keepalive()  # PINGs that keep middleboxes' state, and no verdict
@@ -1091,14 +1095,14 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         that nothing of it was processed, so grpc-core retries it on another connection.
         Written past h2, whose state machine would refuse every frame after its own
         GOAWAY, the answers of the running streams included."""
-        if self._closing or self._transport is None or self._transport.is_closing():
+        if self._closing or self._writer is None or self._writer.is_closing():
             return
         last = self._h2.highest_inbound_stream_id
         self._last_stream = last
         frame = hyperframe.frame.GoAwayFrame(
             0, last_stream_id=last, error_code=0, additional_data=reason.encode()
         )
-        self._transport.write(frame.serialize())
+        self._writer.write(frame.serialize())
 
     def _trip(
         self,
@@ -1118,7 +1122,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
             log.info("closing the connection of %s: %s", self.peer, reason)
         else:
             self._server.warn(rule, f"closing the connection of {self.peer}: {reason}")
-        assert self._transport is not None
+        assert self._writer is not None
         with contextlib.suppress(h2.exceptions.ProtocolError):  # h2 already closed it
             self._h2.close_connection(
                 error_code=code,
@@ -1126,7 +1130,7 @@ class ConnectionGuard(asyncio.BufferedProtocol):
                 # A GOAWAY's last stream never rises above one sent before (a drain's).
                 last_stream_id=min(self._last_stream, self._h2.highest_inbound_stream_id),
             )
-            self._transport.write(self._h2.data_to_send())
+            self._writer.write(self._h2.data_to_send())
         self._close_after_goaway(reason)
 
     def _close_after_goaway(self, reason: str) -> None:

@@ -326,6 +326,27 @@ def test_the_private_names_exist_where_they_are_used() -> None:
     assert hyperframe.frame.Frame.__str__ is object.__str__
 
 
+def test_the_names_a_held_answer_and_a_direct_frame_look_at_are_the_libraries() -> None:
+    """``_write_frame`` holds an answer while its stream's ``Buffer._unacked`` queue has
+    pieces not yet read, writes to the stream's ``_transport``, and leaves a frame to h2
+    while ``H2Connection._data_to_send`` holds h2's own output; the end of a stream is
+    ``Buffer._eof``."""
+    import h2.connection
+
+    buffer = grpclib.protocol.Buffer(lambda size: None)
+    assert isinstance(buffer._unacked, asyncio.Queue) and buffer._unacked.qsize() == 0
+    buffer.add(b"piece", 5)
+    assert buffer._unacked.qsize() == 1 and buffer._eof is False
+    buffer.eof()
+    assert buffer._eof is True
+    assert "self._transport = transport" in inspect.getsource(grpclib.protocol.Stream.__init__)
+    assert "self.buffer = Buffer(" in inspect.getsource(grpclib.protocol.Stream.init_stream)
+    machine = h2.connection.H2Connection()
+    assert machine._data_to_send == bytearray()
+    machine.initiate_connection()
+    assert machine._data_to_send and machine.data_to_send() and not machine._data_to_send
+
+
 def test_sent_so_far_reads_the_counts_grpclib_keeps() -> None:
     """CONN-19 earns back frames from them; avaproto's sending keeps them as grpclib does."""
     assert grpclib.protocol.Connection.data_sent == 0  # the class-level starts
