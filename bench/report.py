@@ -49,7 +49,9 @@ def _legend(results: dict[str, Any]) -> str:
         f"thread, user and system, per frame answered, median [min{DASH}max] of the "
         "rounds; CPU vs a baseline: the baseline's / this row's, paired by round "
         "likewise (above 1: cheaper). Latency: from sending a frame to its "
-        "acknowledgement, over all the rounds' frames."
+        "acknowledgement, over all the rounds' frames. No-op: every server reads the "
+        "first and the last byte of each frame and answers without inferences "
+        "(avaproto's through a mapping of the segment, as the baselines)."
     )
 
 

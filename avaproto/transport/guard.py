@@ -527,6 +527,12 @@ class ConnectionGuard(asyncio.BufferedProtocol):
         if self._transport is not None:
             self._protocol.resume_writing()
 
+    def eof_received(self) -> None:
+        """The pipeline ended its side (a TCP FIN, TLS's close_notify): asyncio closes the
+        transport on return, so the answers held for this turn go out first."""
+        if self._writer is not None:
+            self._writer.flush()
+
     def connection_lost(self, exc: BaseException | None) -> None:
         self.released()
         if self._transport is not None:

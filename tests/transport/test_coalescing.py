@@ -9,9 +9,13 @@ raw HTTP/2 client that sees how the server's bytes arrive.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from typing import Any, cast
 
 import anyio
+import anyio.abc
+import anyio.lowlevel
 import h2.events
 import pytest
 
@@ -33,13 +37,28 @@ def anyio_backend() -> str:
 
 
 class Recorded:
-    """What the socket's transport was asked to write, write by write."""
+    """What the socket's transport was asked to do, in order."""
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
+        self.calls: list[str] = []
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.writes.append(bytes(data))
+        self.calls.append("write")
+
+    def writelines(self, pieces: list[bytes]) -> None:
+        self.writes.append(b"".join(pieces))
+        self.calls.append("writelines")
+
+    def write_eof(self) -> None:
+        self.calls.append("write_eof")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+    def abort(self) -> None:
+        self.calls.append("abort")
 
     def is_closing(self) -> bool:
         return False
@@ -75,6 +94,23 @@ async def test_a_large_write_after_held_ones_is_not_copied_to_join_them() -> Non
     large = memoryview(bytes(JOIN_BELOW))
     writer.write(large)
     assert socket.writes == [b"held", bytes(JOIN_BELOW)]
+
+
+async def test_closing_writes_what_is_held_first_and_an_abort_drops_it() -> None:
+    writer, socket = coalescing()
+    writer.write_later(b"held")
+    writer.close()
+    assert socket.calls == ["write", "close"] and socket.writes == [b"held"]
+    for end in ("write_eof", "writelines"):
+        writer, socket = coalescing()
+        writer.write_later(b"held")
+        getattr(writer, end)(*([[b"more"]] if end == "writelines" else []))
+        assert socket.calls == ["write", end] and socket.writes[0] == b"held"
+    writer, socket = coalescing()
+    writer.write_later(b"held")
+    writer.abort()
+    await anyio.lowlevel.checkpoint()  # the turn's flush finds nothing left
+    assert socket.calls == ["abort"] and writer.holding == 0
 
 
 async def test_everything_else_is_the_transports() -> None:
@@ -151,3 +187,20 @@ async def test_nothing_held_is_lost_or_comes_after_the_trailers() -> None:
         if isinstance(event, h2.events.DataReceived) and event.stream_id == stream_id
     ]
     assert ended and max(data) < ended[0]
+
+
+async def test_an_answer_held_when_the_pipeline_ends_its_side_still_leaves() -> None:
+    """The pipeline's FIN read in the turn an answer was held in: asyncio closes the
+    transport once the guard's ``eof_received`` returns, and the answer goes first."""
+    async with serving(process) as server, Attacker.connect(server.port) as attacker:
+        with anyio.fail_after(TIMEOUT):
+            stream_id = await stream_with_descriptor_answered(attacker)
+            attacker.h2.send_data(stream_id, sample(2))
+            attacker.h2.send_data(stream_id, sample(3)[:20])  # more to read: 2's answer is held
+            raw = attacker.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+            data = attacker.h2.data_to_send()
+            async with attacker.writing:  # the data and the FIN before the server looks
+                assert os.write(raw.fileno(), data) == len(data)  # small: never partial
+                raw.shutdown(socket.SHUT_WR)
+            await attacker.ended.wait()
+    assert attacker.answers(stream_id) == 2
