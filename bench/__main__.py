@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from .cells import CELLS, CLIENTS, SERVERS, SPECIAL
@@ -116,9 +118,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stopped(Exception):
+    """SIGTERM or SIGHUP (``timeout``, a closed terminal): the run unwinds as on Ctrl-C,
+    so every server and client process it started is stopped and its segment removed."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(signal.Signals(number).name)
+        self.number = number
+
+
+def _stop(number: int, frame: object) -> None:
+    for stop in _STOPS:  # the way out is not cut short by a second signal
+        signal.signal(stop, signal.SIG_IGN)
+    raise _Stopped(number)
+
+
+_STOPS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(arguments)
+    if threading.current_thread() is not threading.main_thread():
+        return _main(args, arguments)
+    previous = {number: signal.signal(number, _stop) for number in _STOPS}
+    try:
+        return _main(args, arguments)
+    except _Stopped as stopped:
+        print(f"python -m bench: stopped by {stopped}", file=sys.stderr)
+        return 128 + stopped.number
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _main(args: argparse.Namespace, arguments: list[str]) -> int:
 
     def progress(text: str) -> None:
         if not args.quiet:

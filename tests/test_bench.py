@@ -241,16 +241,70 @@ def _alive(pid: str) -> bool:
     return True
 
 
-def test_the_latency_extension_loads_by_module_and_attribute(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("name", ["touch", "sleepy"])
+def test_the_bench_extensions_load_by_module_and_attribute(
+    monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
     from avaproto.engine.extension import FunctionExtension
     from avaproto.extensions import load_extension
     from bench import extensions
 
     monkeypatch.chdir(Path(extensions.__file__).parents[1])  # where the harness runs it
-    factory = load_extension("bench.extensions:sleepy")
+    factory = load_extension(f"bench.extensions:{name}")
     assert isinstance(factory(), FunctionExtension)
+
+
+def test_the_bench_extensions_touch_a_frame_as_the_baselines_do() -> None:
+    from avaproto.protocol.descriptor import StreamDescriptor
+    from avaproto.protocol.roles import Role
+    from avaproto.protocol.video_format import VideoFormat
+    from bench.extensions import touched
+
+    fmt: VideoFormat | None = None
+    described = StreamDescriptor(Role.PIPELINE, None, None, "", 90000, fmt, None)
+    assert touched(Frame(2, 0, memoryview(bytes([7, 0, 0, 5])), fmt, described)) == 12
+    assert touched(Frame(3, 0, None, fmt, described)) == 0
+
+
+def test_a_stopped_harness_stops_every_process_it_started() -> None:
+    """SIGTERM (what ``timeout`` sends) unwinds the run as Ctrl-C does: the servers and
+    the clients are stopped, not left running without a parent."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    arguments = ["--cells", "shm-416", "--rounds", "100", "--warmup", "0", "--frames", "200"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench", *arguments],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    children: list[str] = []
+    try:
+        assert process.stderr is not None
+        deadline = time.monotonic() + 60
+        for line in process.stderr:  # a round done: every server and client is running
+            if "round 1/" in line or time.monotonic() > deadline:
+                break
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        assert len(children) >= 5, children  # three servers, two clients
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=60)
+        left = [pid for pid in children if _alive(pid)]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pid in children:  # whatever the outcome, nothing of the test's outlives it
+            if _alive(pid):
+                os.kill(int(pid), signal.SIGKILL)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "python -m bench: stopped by SIGTERM" in errors
+    assert left == []
 
 
 def test_the_grpcio_clients_ring_writes_a_slot_once_unless_told_to_again() -> None:
