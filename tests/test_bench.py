@@ -9,7 +9,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -269,11 +273,6 @@ def test_the_bench_extensions_touch_a_frame_as_the_baselines_do() -> None:
 def test_a_stopped_harness_stops_every_process_it_started() -> None:
     """SIGTERM (what ``timeout`` sends) unwinds the run as Ctrl-C does: the servers and
     the clients are stopped, not left running without a parent."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     root = Path(__file__).resolve().parents[1]
     arguments = ["--cells", "shm-416", "--rounds", "100", "--warmup", "0", "--frames", "200"]
     process = subprocess.Popen(
